@@ -1,0 +1,1 @@
+"""Sans-IO protocol cores: pure state machines over bytes, no sockets, no clock."""
