@@ -78,3 +78,16 @@ class ConnectionClosedError(MimirliteError):
 
 class DialError(MimirliteError):
     """A dial failed: no address reachable, timeout, or handshake failure."""
+
+
+class IncompleteReadError(MimirliteError):
+    """The stream ended before the expected number of bytes arrived."""
+
+    def __init__(self, expected: int, partial: bytes) -> None:
+        super().__init__(f"stream ended after {len(partial)} of {expected} bytes")
+        self.expected = expected
+        self.partial = partial
+
+
+class AddressError(LocalError):
+    """A multiaddr that mimirlite cannot dial or listen on."""

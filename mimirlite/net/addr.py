@@ -1,0 +1,56 @@
+"""The multiaddrs mimirlite dials and listens on: /ip4 or /ip6, /tcp, optional /p2p."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from mimirlite.errors import AddressError, InvalidKeyError
+from mimirlite.identity import PeerId
+
+
+@dataclass(frozen=True)
+class TcpAddr:
+    """A parsed TCP multiaddr."""
+
+    host: str
+    port: int
+    peer_id: PeerId | None = None
+
+    @property
+    def is_ip6(self) -> bool:
+        return ":" in self.host
+
+    def multiaddr(self, peer_id: PeerId | None = None) -> str:
+        """Text form; ``peer_id`` (or the parsed one) appended as /p2p/."""
+        pid = peer_id or self.peer_id
+        text = f"/{'ip6' if self.is_ip6 else 'ip4'}/{self.host}/tcp/{self.port}"
+        return f"{text}/p2p/{pid}" if pid else text
+
+
+def parse_multiaddr(text: str) -> TcpAddr:
+    """Parse ``/ip4/<a>/tcp/<port>[/p2p/<id>]`` (or /ip6); AddressError otherwise."""
+    from multiaddr import Multiaddr
+
+    try:
+        parts = [(p.name, v) for p, v in Multiaddr(text).items()]
+    except Exception as exc:  # the multiaddr package raises several unrelated types
+        raise AddressError(f"invalid multiaddr {text!r}: {exc}") from None
+    return _from_parts(text, parts)
+
+
+def _from_parts(text: str, parts: list[tuple[str, object]]) -> TcpAddr:
+    names = [name for name, _ in parts]
+    if names[:2] not in (["ip4", "tcp"], ["ip6", "tcp"]) or names[2:] not in ([], ["p2p"]):
+        raise AddressError(f"unsupported multiaddr {text!r}: need /ip4|/ip6, /tcp, optional /p2p")
+    host = str(ipaddress.ip_address(str(parts[0][1])))
+    port = int(str(parts[1][1]))
+    if not 0 <= port <= 65535:
+        raise AddressError(f"invalid TCP port in {text!r}")
+    peer_id = None
+    if len(parts) == 3:
+        try:
+            peer_id = PeerId.from_string(str(parts[2][1]))
+        except InvalidKeyError as exc:
+            raise AddressError(f"invalid peer ID in {text!r}: {exc}") from None
+    return TcpAddr(host, port, peer_id)

@@ -1,0 +1,414 @@
+"""One TCP connection: the upgrade (multistream, Noise, multistream, yamux) and the stream mux.
+
+Incoming bytes go socket -> Noise transport -> yamux session synchronously in ``data_received``;
+outgoing frames produced in one event-loop turn leave in one Noise message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from mimirlite.errors import (
+    ConnectionClosedError,
+    HandshakeError,
+    MimirliteError,
+    ProtocolError,
+    StreamResetError,
+)
+from mimirlite.net.stream import Stream
+from mimirlite.wire import noise, yamux
+from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
+from mimirlite.wire.noise import NoiseHandshake, NoiseTransport
+from mimirlite.wire.yamux import YamuxSession
+
+if TYPE_CHECKING:
+    from mimirlite.identity import KeyPair, PeerId
+    from mimirlite.net.config import HostConfig
+
+log = logging.getLogger(__name__)
+
+
+class Connection(asyncio.Protocol):
+    """An upgraded libp2p connection carrying yamux streams."""
+
+    def __init__(
+        self,
+        keypair: KeyPair,
+        config: HostConfig,
+        *,
+        initiator: bool,
+        on_stream: Callable[[Stream], None],
+        on_close: Callable[[Connection], None],
+        expected_peer: PeerId | None = None,
+    ) -> None:
+        self._keypair = keypair
+        self._config = config
+        self.initiator = initiator
+        self._on_stream = on_stream
+        self._on_close = on_close
+        self._expected_peer = expected_peer
+        self.remote_peer: PeerId | None = None
+        self.remote_address: tuple[str, int] | None = None
+        self._transport: asyncio.Transport | None = None
+        # upgrade phase
+        self._inbox = bytearray()
+        self._eof = False
+        self._inbox_waiter: asyncio.Future[None] | None = None
+        # session phase
+        self._noise: NoiseTransport | None = None
+        self._session: YamuxSession | None = None
+        self._streams: dict[int, Stream] = {}
+        self._lingering: dict[int, asyncio.TimerHandle] = {}
+        self._flush_scheduled = False
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
+        self._closed = False
+        self.close_reason: BaseException | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def __repr__(self) -> str:
+        side = "out" if self.initiator else "in"
+        return f"<Connection {side} {self.remote_peer} {self.remote_address}>"
+
+    @property
+    def is_open(self) -> bool:
+        return self._session is not None and not self._closed and not self._session.go_away_received
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    # ---- asyncio.Protocol ----
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.remote_address = (peer[0], peer[1])
+        transport.set_write_buffer_limits(high=self._config.write_buffer_high)
+
+    def data_received(self, data: bytes) -> None:
+        if self._session is None:
+            self._inbox += data
+            self._wake_inbox()
+            return
+        self._on_session_data(data)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake_inbox()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._wake_inbox()
+        self._teardown(exc or ConnectionClosedError("connection closed by remote"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    async def _drain(self) -> None:
+        if self._closed:
+            raise ConnectionClosedError("connection closed")
+        fut = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(fut)
+        await fut
+
+    # ---- upgrade ----
+
+    def _wake_inbox(self) -> None:
+        w = self._inbox_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _read_some(self) -> bytes:
+        while not self._inbox:
+            if self._eof:
+                raise HandshakeError("connection closed during the upgrade")
+            self._inbox_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._inbox_waiter
+            finally:
+                self._inbox_waiter = None
+        data = bytes(self._inbox)
+        self._inbox.clear()
+        return data
+
+    def _write(self, data: bytes) -> None:
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    async def upgrade(self) -> None:
+        """Negotiate Noise and yamux; raises HandshakeError, MultistreamError, PeerIdMismatchError."""
+        ms: MultistreamDialer | MultistreamListener
+        if self.initiator:
+            ms = MultistreamDialer([noise.PROTOCOL_ID])
+        else:
+            ms = MultistreamListener(lambda p: p == noise.PROTOCOL_ID)
+        self._write(ms.data_to_send())
+        while ms.selected is None:
+            ms.receive_data(await self._read_some())
+            self._write(ms.data_to_send())
+
+        hs = NoiseHandshake(self._keypair, initiator=self.initiator, expected_peer=self._expected_peer)
+        self._write(hs.data_to_send())
+        pending = ms.leftover
+        while not hs.complete:
+            hs.receive_data(pending or await self._read_some())
+            pending = b""
+            if not hs.complete:
+                self._write(hs.data_to_send())
+        self.remote_peer = hs.remote_peer
+        transport = hs.transport()
+        last_handshake_message = hs.data_to_send()
+
+        ms2: MultistreamDialer | MultistreamListener
+        if self.initiator:
+            ms2 = MultistreamDialer([yamux.PROTOCOL_ID])
+        else:
+            ms2 = MultistreamListener(lambda p: p == yamux.PROTOCOL_ID)
+        # The initiator's last handshake message and its muxer proposal leave together.
+        self._write(last_handshake_message + transport.encrypt(ms2.data_to_send()))
+        plaintexts = transport.receive_data(b"")
+        while True:
+            for p in plaintexts:
+                ms2.receive_data(p)
+            self._write(transport.encrypt(ms2.data_to_send()))
+            if ms2.selected is not None:
+                break
+            plaintexts = transport.receive_data(await self._read_some())
+
+        self._noise = transport
+        self._session = YamuxSession(is_client=self.initiator, config=self._config.yamux)
+        leftover = ms2.leftover
+        rest = bytes(self._inbox)
+        self._inbox.clear()
+        if leftover:
+            self._on_plaintext(leftover)
+        if rest:
+            self._on_session_data(rest)
+        elif self._eof:
+            self._teardown(ConnectionClosedError("connection closed by remote"))
+
+    # ---- session ----
+
+    def _on_session_data(self, data: bytes) -> None:
+        assert self._noise is not None
+        try:
+            for plaintext in self._noise.receive_data(data):
+                self._on_plaintext(plaintext)
+                if self._closed:
+                    return
+        except ProtocolError as exc:
+            self.abort(exc)
+            return
+        self._flush()
+
+    def _on_plaintext(self, plaintext: bytes) -> None:
+        session = self._session
+        assert session is not None
+        try:
+            events = session.receive_data(plaintext)
+        except ProtocolError as exc:
+            self.abort(exc)
+            return
+        streams = self._streams
+        for ev in events:
+            if isinstance(ev, yamux.DataReceived):
+                sid = ev.stream_id
+                st = streams.get(sid)
+                if st is None or sid in self._lingering:
+                    session.consumed(sid, len(ev.data))
+                else:
+                    st._on_data(ev.data)
+            elif isinstance(ev, yamux.SendWindowUpdated):
+                st = streams.get(ev.stream_id)
+                if st is not None:
+                    st._wake_writer()
+            elif isinstance(ev, yamux.StreamOpened):
+                st = Stream(self, ev.stream_id)
+                streams[st.stream_id] = st
+                self._on_stream(st)
+            elif isinstance(ev, yamux.StreamEnded):
+                sid = ev.stream_id
+                if sid in self._lingering:
+                    self._forget(sid)
+                st = streams.get(sid)
+                if st is not None:
+                    st._on_eof()
+                    self._maybe_forget(st)
+            elif isinstance(ev, yamux.StreamReset):
+                st = streams.pop(ev.stream_id, None)
+                self._unlinger(ev.stream_id)
+                if st is not None:
+                    st._on_reset(StreamResetError("stream reset by remote"))
+            elif isinstance(ev, yamux.PongReceived):
+                entry = self._pings.pop(ev.opaque, None)
+                if entry is not None and not entry[1].done():
+                    entry[1].set_result(time.perf_counter() - entry[0])
+            elif isinstance(ev, yamux.GoAwayReceived):
+                log.debug("%r: remote sent GoAway (code %d)", self, ev.code)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._session is None or self._noise is None:
+            return
+        out = self._session.data_to_send()
+        if out:
+            self._write(self._noise.encrypt(out))
+
+    # ---- used by Stream ----
+
+    def _send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
+        if self._closed or self._session is None:
+            raise ConnectionClosedError("connection closed")
+        sent = self._session.send_data(stream_id, data)
+        if sent:
+            self._schedule_flush()
+        return sent
+
+    def _consumed(self, stream_id: int, n: int) -> None:
+        if self._session is not None and not self._closed:
+            self._session.consumed(stream_id, n)
+            self._schedule_flush()
+
+    def _close_stream(self, stream_id: int) -> None:
+        if self._session is None or self._closed:
+            return
+        self._session.close_stream(stream_id)
+        self._schedule_flush()
+        st = self._streams.get(stream_id)
+        if st is not None:
+            self._maybe_forget(st)
+
+    def _reset_stream(self, stream_id: int) -> None:
+        self._streams.pop(stream_id, None)
+        self._unlinger(stream_id)
+        if self._session is None or self._closed:
+            return
+        self._session.reset_stream(stream_id)
+        self._schedule_flush()
+
+    def _maybe_forget(self, st: Stream) -> None:
+        if st._eof and st._write_closed:
+            self._streams.pop(st.stream_id, None)
+
+    def _linger(self, st: Stream) -> None:
+        """We are done with ``st``: drop unread data; reset it if the remote never ends it."""
+        sid = st.stream_id
+        unread = len(st._buf) - st._pos
+        if unread:
+            st._take(unread)
+        if st._eof or st._reset_exc is not None or self._closed:
+            self._streams.pop(sid, None)
+            return
+        if sid not in self._lingering:
+            loop = asyncio.get_running_loop()
+            self._lingering[sid] = loop.call_later(self._config.linger_timeout, self._linger_expired, sid)
+
+    def _linger_expired(self, sid: int) -> None:
+        self._lingering.pop(sid, None)
+        st = self._streams.get(sid)
+        if st is not None:
+            log.debug("%r: stream %d not ended by remote in time; resetting", self, sid)
+            st._on_reset(StreamResetError("linger timeout"))
+            self._reset_stream(sid)
+
+    def _unlinger(self, sid: int) -> None:
+        handle = self._lingering.pop(sid, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _forget(self, sid: int) -> None:
+        self._unlinger(sid)
+        self._streams.pop(sid, None)
+
+    # ---- public ----
+
+    def open_stream(self) -> Stream:
+        """A new outbound stream (no protocol negotiated yet)."""
+        if not self.is_open:
+            raise ConnectionClosedError("connection is closed or going away")
+        assert self._session is not None
+        sid = self._session.open_stream()
+        st = Stream(self, sid)
+        self._streams[sid] = st
+        self._schedule_flush()
+        return st
+
+    async def ping(self, timeout: float = 10.0) -> float:
+        """Round-trip time of a yamux ping, in seconds."""
+        if not self.is_open:
+            raise ConnectionClosedError("connection is closed")
+        assert self._session is not None
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        opaque = self._session.ping()
+        self._pings[opaque] = (time.perf_counter(), fut)
+        self._schedule_flush()
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pings.pop(opaque, None)
+
+    def close(self) -> None:
+        """Say GoAway and close the socket; streams end with ConnectionClosedError."""
+        if self._closed:
+            return
+        if self._session is not None and self._noise is not None:
+            self._session.go_away(0)
+            self._flush()
+        self._teardown(ConnectionClosedError("connection closed locally"))
+
+    def abort(self, reason: BaseException) -> None:
+        """End the connection because of ``reason`` (logged once)."""
+        if self._closed:
+            return
+        log.warning("%r: closing connection: %s", self, reason)
+        if self._session is not None:
+            self._flush()  # a session that raised has queued its GoAway
+        self._teardown(reason)
+
+    def _teardown(self, reason: BaseException) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.close_reason = reason
+        if self._transport is not None:
+            self._transport.close()
+        exc = reason if isinstance(reason, MimirliteError) else ConnectionClosedError(str(reason))
+        streams, self._streams = self._streams, {}
+        for st in streams.values():
+            st._on_reset(exc)
+        for handle in self._lingering.values():
+            handle.cancel()
+        self._lingering.clear()
+        for _, fut in self._pings.values():
+            if not fut.done():
+                fut.set_exception(ConnectionClosedError("connection closed"))
+        self._pings.clear()
+        self.resume_writing()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._on_close(self)

@@ -1,0 +1,362 @@
+"""The Host: listens, dials, keeps one connection per peer, and routes streams to handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from mimirlite.errors import (
+    AddressError,
+    ConnectionClosedError,
+    DialError,
+    LocalError,
+    MimirliteError,
+    ProtocolError,
+    StreamResetError,
+)
+from mimirlite.identity import KeyPair, PeerId
+from mimirlite.net.addr import TcpAddr, parse_multiaddr
+from mimirlite.net.config import HostConfig
+from mimirlite.net.connection import Connection
+from mimirlite.net.stream import Stream
+from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Stream], Awaitable[None]]
+ConnectionListener = Callable[[Connection], None]
+
+
+class Host:
+    """A libp2p host speaking TCP + Noise + yamux.
+
+    ``async with Host(keypair, listen=[...]) as host`` starts listening and, on exit, closes every
+    listener, connection and handler task.
+    """
+
+    def __init__(
+        self,
+        keypair: KeyPair | None = None,
+        listen: Iterable[str] = (),
+        *,
+        config: HostConfig | None = None,
+    ) -> None:
+        self.keypair = keypair or KeyPair.generate()
+        self.peer_id: PeerId = self.keypair.peer_id
+        self.config = config or HostConfig()
+        self._listen = [parse_multiaddr(a) for a in listen]
+        self._servers: list[asyncio.Server] = []
+        self._listen_addrs: list[TcpAddr] = []
+        self._handlers: dict[str, Handler] = {}
+        self._conns: dict[PeerId, Connection] = {}
+        self._all_conns: set[Connection] = set()
+        self._pending_inbound = 0
+        self._dialing: dict[PeerId, asyncio.Future[Connection]] = {}
+        self._addrs: dict[PeerId, list[TcpAddr]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_connected: list[ConnectionListener] = []
+        self.on_disconnected: list[ConnectionListener] = []
+        self._started = False
+        self._stopped = False
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        """Open the listeners."""
+        if self._started:
+            return
+        self._started = True
+        loop = asyncio.get_running_loop()
+        try:
+            for addr in self._listen:
+                server = await loop.create_server(self._inbound_protocol, addr.host, addr.port)
+                self._servers.append(server)
+                for sock in server.sockets:
+                    name = sock.getsockname()
+                    self._listen_addrs.append(TcpAddr(name[0], name[1]))
+        except OSError:
+            await self.stop()
+            raise
+        for a in self._listen_addrs:
+            log.info("listening on %s", a.multiaddr(self.peer_id))
+
+    async def stop(self) -> None:
+        """Close listeners, connections and handler tasks; waits for them to finish."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self._all_conns):
+            conn.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+    async def __aenter__(self) -> Host:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def listen_addrs(self) -> list[str]:
+        """Bound listen addresses, each ending in /p2p/<our peer ID>."""
+        return [a.multiaddr(self.peer_id) for a in self._listen_addrs]
+
+    @property
+    def connections(self) -> dict[PeerId, Connection]:
+        """The open connection per connected peer."""
+        return dict(self._conns)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- handlers ----
+
+    def set_handler(self, protocol: str, handler: Handler) -> None:
+        """Serve ``protocol`` with ``async def handler(stream)``; the stream is closed after it returns."""
+        self._handlers[protocol] = handler
+
+    def remove_handler(self, protocol: str) -> None:
+        self._handlers.pop(protocol, None)
+
+    @property
+    def protocols(self) -> list[str]:
+        return list(self._handlers)
+
+    # ---- peers and dialing ----
+
+    def add_addrs(self, peer_id: PeerId, addrs: Iterable[str | TcpAddr]) -> None:
+        """Remember addresses to dial ``peer_id`` at."""
+        known = self._addrs.setdefault(peer_id, [])
+        for a in addrs:
+            parsed = a if isinstance(a, TcpAddr) else parse_multiaddr(a)
+            plain = TcpAddr(parsed.host, parsed.port)
+            if plain not in known:
+                known.append(plain)
+
+    def addrs_of(self, peer_id: PeerId) -> list[str]:
+        return [a.multiaddr(peer_id) for a in self._addrs.get(peer_id, [])]
+
+    async def dial(self, target: str | PeerId) -> Connection:
+        """Connect to a multiaddr (with /p2p/ it is verified) or to a peer whose addresses we know.
+
+        Reuses the open connection to the same peer; raises DialError, PeerIdMismatchError.
+        """
+        self._check_running()
+        if isinstance(target, PeerId):
+            peer_id: PeerId | None = target
+            addrs = self._addrs.get(target, [])
+            if not addrs and target not in self._conns:
+                raise DialError(f"no known address for {target}")
+        else:
+            addr = parse_multiaddr(target)
+            peer_id = addr.peer_id
+            addrs = [addr]
+        if peer_id is not None:
+            conn = self._conns.get(peer_id)
+            if conn is not None and conn.is_open:
+                return conn
+            pending = self._dialing.get(peer_id)
+            if pending is not None:
+                return await asyncio.shield(pending)
+            fut: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
+            self._dialing[peer_id] = fut
+            try:
+                conn = await self._dial_addrs(addrs, peer_id)
+            except BaseException as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()  # retrieved: waiters, if any, re-raise it
+                raise
+            else:
+                fut.set_result(conn)
+                return conn
+            finally:
+                self._dialing.pop(peer_id, None)
+        return await self._dial_addrs(addrs, None)
+
+    async def _dial_addrs(self, addrs: Sequence[TcpAddr], peer_id: PeerId | None) -> Connection:
+        errors: list[str] = []
+        for addr in addrs:
+            try:
+                return await asyncio.wait_for(self._dial_one(addr, peer_id), self.config.dial_timeout)
+            except (OSError, asyncio.TimeoutError, ProtocolError) as exc:
+                reason = str(exc) or type(exc).__name__
+                log.debug("dial %s failed: %s", addr.multiaddr(peer_id), reason)
+                if isinstance(exc, ProtocolError) and peer_id is not None:
+                    raise
+                errors.append(f"{addr.multiaddr(peer_id)}: {reason}")
+        raise DialError("could not dial: " + "; ".join(errors))
+
+    async def _dial_one(self, addr: TcpAddr, peer_id: PeerId | None) -> Connection:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(
+            lambda: Connection(
+                self.keypair,
+                self.config,
+                initiator=True,
+                on_stream=self._on_stream,
+                on_close=self._on_close,
+                expected_peer=peer_id,
+            ),
+            addr.host,
+            addr.port,
+        )
+        try:
+            await conn.upgrade()
+        except BaseException as exc:
+            conn._teardown(exc)
+            raise
+        assert conn.remote_peer is not None
+        self.add_addrs(conn.remote_peer, [addr])
+        self._register(conn)
+        return conn
+
+    def _inbound_protocol(self) -> Connection:
+        conn = Connection(
+            self.keypair, self.config, initiator=False, on_stream=self._on_stream, on_close=self._on_close
+        )
+        self._spawn(self._accept(conn), "mimirlite-accept")
+        return conn
+
+    async def _accept(self, conn: Connection) -> None:
+        cfg = self.config
+        if self._pending_inbound >= cfg.max_pending_handshakes or len(self._all_conns) >= cfg.max_connections:
+            log.warning("refusing inbound connection from %s: connection limits reached", conn.remote_address)
+            conn._teardown(ConnectionClosedError("connection limit"))
+            return
+        self._pending_inbound += 1
+        try:
+            await asyncio.wait_for(conn.upgrade(), cfg.handshake_timeout)
+        except asyncio.TimeoutError:
+            log.warning("inbound connection from %s: upgrade timed out", conn.remote_address)
+            conn._teardown(ConnectionClosedError("handshake timeout"))
+            return
+        except (MimirliteError, OSError) as exc:
+            log.warning("inbound connection from %s failed to upgrade: %s", conn.remote_address, exc)
+            conn._teardown(exc)
+            return
+        except BaseException as exc:
+            conn._teardown(exc)
+            raise
+        finally:
+            self._pending_inbound -= 1
+        if self._stopped:
+            conn.close()
+            return
+        self._register(conn)
+
+    def _register(self, conn: Connection) -> None:
+        if conn._closed:
+            return
+        peer = conn.remote_peer
+        assert peer is not None
+        self._all_conns.add(conn)
+        current = self._conns.get(peer)
+        if current is None or not current.is_open:
+            self._conns[peer] = conn
+        log.debug("connected %r", conn)
+        for cb in self.on_connected:
+            cb(conn)
+
+    def _on_close(self, conn: Connection) -> None:
+        if conn not in self._all_conns:
+            return
+        self._all_conns.discard(conn)
+        peer = conn.remote_peer
+        if peer is not None and self._conns.get(peer) is conn:
+            del self._conns[peer]
+            for other in self._all_conns:
+                if other.remote_peer == peer and other.is_open:
+                    self._conns[peer] = other
+                    break
+        log.debug("disconnected %r: %s", conn, conn.close_reason)
+        for cb in self.on_disconnected:
+            cb(conn)
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise LocalError("host is stopped")
+
+    # ---- streams ----
+
+    async def new_stream(self, target: str | PeerId, protocols: str | Sequence[str]) -> Stream:
+        """Open a stream to ``target`` (multiaddr or known peer) for the first protocol it accepts.
+
+        Raises ProtocolNotSupportedError when the remote refuses them all.
+        """
+        conn = await self.dial(target)
+        return await self.open_on(conn, protocols)
+
+    async def open_on(self, conn: Connection, protocols: str | Sequence[str]) -> Stream:
+        """Open a stream on ``conn`` and negotiate one of ``protocols``."""
+        protos = [protocols] if isinstance(protocols, str) else list(protocols)
+        stream = conn.open_stream()
+        ms = MultistreamDialer(protos)
+        try:
+            await asyncio.wait_for(self._negotiate(stream, ms), self.config.negotiate_timeout)
+        except BaseException:
+            await stream.reset()
+            raise
+        stream.protocol = ms.selected
+        return stream
+
+    async def _negotiate(self, stream: Stream, ms: MultistreamDialer | MultistreamListener) -> None:
+        out = ms.data_to_send()
+        if out:
+            await stream.write(out)
+        while ms.selected is None:
+            data = await stream.read()
+            if not data:
+                raise StreamResetError("stream ended during protocol negotiation")
+            ms.receive_data(data)
+            out = ms.data_to_send()
+            if out:
+                await stream.write(out)
+        stream._unread(ms.leftover)
+
+    def _on_stream(self, stream: Stream) -> None:
+        self._spawn(self._serve(stream), "mimirlite-stream")
+
+    async def _serve(self, stream: Stream) -> None:
+        ms = MultistreamListener(self._handlers.__contains__)
+        try:
+            await asyncio.wait_for(self._negotiate(stream, ms), self.config.negotiate_timeout)
+        except (MimirliteError, asyncio.TimeoutError) as exc:
+            log.debug("%r: inbound negotiation failed: %s", stream, exc or "timeout")
+            await stream.reset()
+            return
+        protocol = ms.selected
+        assert protocol is not None
+        stream.protocol = protocol
+        handler = self._handlers.get(protocol)
+        if handler is None:
+            await stream.reset()
+            return
+        try:
+            await handler(stream)
+        except asyncio.CancelledError:
+            await stream.reset()
+            raise
+        except MimirliteError as exc:
+            log.info("%r: handler ended: %s", stream, exc)
+            await stream.reset()
+        except Exception:
+            log.exception("%r: handler failed", stream)
+            await stream.reset()
+        else:
+            await stream.close()

@@ -1,0 +1,299 @@
+"""A yamux stream as the application sees it: read, write with backpressure, half-close, reset."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from mimirlite.errors import (
+    IncompleteReadError,
+    MessageTooLargeError,
+    StreamClosedError,
+    StreamResetError,
+)
+from mimirlite.wire import lp
+from mimirlite.wire.varint import decode_uvarint
+
+if TYPE_CHECKING:
+    from mimirlite.identity import PeerId
+    from mimirlite.net.connection import Connection
+
+DEFAULT_READ = 65536
+
+
+class Stream:
+    """One multiplexed stream on a Connection.
+
+    Reads return ``b""`` at the remote's end of data; writes wait while the remote's window
+    is spent or the socket is backed up. Use ``async with`` to close (or reset on error).
+    """
+
+    __slots__ = (
+        "_buf",
+        "_conn",
+        "_credit_skip",
+        "_eof",
+        "_pos",
+        "_read_waiter",
+        "_reset_exc",
+        "_write_closed",
+        "_write_waiter",
+        "protocol",
+        "stream_id",
+    )
+
+    def __init__(self, conn: Connection, stream_id: int) -> None:
+        self._conn = conn
+        self.stream_id = stream_id
+        self.protocol: str | None = None
+        self._buf = bytearray()
+        self._pos = 0
+        self._credit_skip = 0
+        self._eof = False
+        self._write_closed = False
+        self._reset_exc: BaseException | None = None
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._write_waiter: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.stream_id} {self.protocol} with {self._conn.remote_peer}>"
+
+    @property
+    def remote_peer(self) -> PeerId:
+        """The authenticated peer at the other end."""
+        peer = self._conn.remote_peer
+        assert peer is not None
+        return peer
+
+    @property
+    def connection(self) -> Connection:
+        return self._conn
+
+    @property
+    def is_reset(self) -> bool:
+        return self._reset_exc is not None
+
+    @property
+    def at_eof(self) -> bool:
+        """True when the remote closed its write side and everything was read."""
+        return self._eof and self._pos == len(self._buf)
+
+    # ---- called by the connection ----
+
+    def _on_data(self, data: bytes) -> None:
+        if self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+        self._wake_reader()
+
+    def _on_eof(self) -> None:
+        self._eof = True
+        self._wake_reader()
+
+    def _on_reset(self, exc: BaseException) -> None:
+        if self._reset_exc is None:
+            self._reset_exc = exc
+        self._wake_reader()
+        self._wake_writer()
+
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        waiter = self._write_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _unread(self, data: bytes) -> None:
+        """Put back bytes a negotiation read past (already credited to the window)."""
+        if data:
+            self._buf[self._pos : self._pos] = data
+            self._credit_skip += len(data)
+            self._wake_reader()
+
+    # ---- reading ----
+
+    async def _fill(self) -> bool:
+        """Wait for more data; False at end of stream. Raises if the stream was reset."""
+        while True:
+            if self._reset_exc is not None:
+                raise StreamResetError(str(self._reset_exc)) from self._reset_exc
+            if self._pos < len(self._buf):
+                return True
+            if self._eof:
+                return False
+            self._read_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+
+    def _take(self, n: int) -> bytes:
+        pos = self._pos
+        if pos == 0 and n >= len(self._buf):
+            out = bytes(self._buf)
+            self._buf.clear()
+        else:
+            end = min(pos + n, len(self._buf))
+            out = bytes(self._buf[pos:end])
+            if end == len(self._buf):
+                self._buf.clear()
+                self._pos = 0
+            else:
+                self._pos = end
+        self._credit(len(out))
+        return out
+
+    def _credit(self, n: int) -> None:
+        if self._credit_skip:
+            skip = min(self._credit_skip, n)
+            self._credit_skip -= skip
+            n -= skip
+        if n:
+            self._conn._consumed(self.stream_id, n)
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all buffered, at most 64 KiB, when n < 0); ``b""`` at end of stream."""
+        if n == 0:
+            return b""
+        if not await self._fill():
+            return b""
+        return self._take(n if n > 0 else DEFAULT_READ)
+
+    async def read_exactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes; IncompleteReadError if the stream ends first."""
+        parts: list[bytes] = []
+        need = n
+        while need:
+            if not await self._fill():
+                raise IncompleteReadError(n, b"".join(parts))
+            chunk = self._take(need)
+            parts.append(chunk)
+            need -= len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read_all(self, limit: int = 1 << 30) -> bytes:
+        """Everything until the remote closes; MessageTooLargeError past ``limit`` bytes."""
+        parts: list[bytes] = []
+        total = 0
+        while await self._fill():
+            chunk = self._take(DEFAULT_READ)
+            total += len(chunk)
+            if total > limit:
+                raise MessageTooLargeError(f"stream sent more than {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def read_message(self, max_size: int = lp.MAX_MESSAGE) -> bytes | None:
+        """One length-prefixed message body; None at a clean end of stream.
+
+        Raises DecodeError for a bad varint, MessageTooLargeError above ``max_size``
+        and IncompleteReadError when the stream ends inside a message.
+        """
+        while True:
+            got = decode_uvarint(self._buf, self._pos)
+            if got is not None:
+                break
+            if not await self._fill_more():
+                if self._pos == len(self._buf):
+                    return None
+                raise IncompleteReadError(1, bytes(self._buf[self._pos :]))
+        length, start = got
+        if length > max_size:
+            raise MessageTooLargeError(f"message of {length} bytes exceeds the {max_size} byte cap")
+        end = start + length
+        while len(self._buf) < end:
+            if not await self._fill_more():
+                raise IncompleteReadError(end - self._pos, bytes(self._buf[self._pos :]))
+        body = bytes(self._buf[start:end])
+        self._credit(end - self._pos)
+        if end == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        else:
+            self._pos = end
+        return body
+
+    async def _fill_more(self) -> bool:
+        """Wait until more bytes than are buffered now arrive; False at end of stream."""
+        have = len(self._buf)
+        while len(self._buf) == have:
+            if self._reset_exc is not None:
+                raise StreamResetError(str(self._reset_exc)) from self._reset_exc
+            if self._eof:
+                return False
+            self._read_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._read_waiter
+            finally:
+                self._read_waiter = None
+        return True
+
+    async def read_json(self, max_size: int = lp.MAX_MESSAGE) -> Any:
+        """One LP-JSON message; None at a clean end of stream (a JSON ``null`` reads as None too)."""
+        body = await self.read_message(max_size)
+        if body is None:
+            return None
+        return lp.decode_json(body)
+
+    # ---- writing ----
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data``; waits while the remote's window is spent or the socket is backed up."""
+        conn = self._conn
+        while True:
+            if self._reset_exc is not None:
+                raise StreamResetError(str(self._reset_exc)) from self._reset_exc
+            if self._write_closed:
+                raise StreamClosedError("write after close_write")
+            sent = conn._send(self.stream_id, data)
+            if sent == len(data):
+                break
+            if sent:
+                data = memoryview(data)[sent:]
+            self._write_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._write_waiter
+            finally:
+                self._write_waiter = None
+        if conn._write_paused:
+            await conn._drain()
+
+    async def write_json(self, obj: Any) -> None:
+        """Send one LP-JSON message."""
+        await self.write(lp.encode_json(obj))
+
+    async def close_write(self) -> None:
+        """Half-close: the remote reads end of stream; we can still read."""
+        if self._write_closed or self._reset_exc is not None:
+            return
+        self._write_closed = True
+        self._conn._close_stream(self.stream_id)
+
+    async def reset(self) -> None:
+        """Abort both directions at once."""
+        if self._reset_exc is None:
+            self._reset_exc = StreamResetError("reset locally")
+            self._conn._reset_stream(self.stream_id)
+        self._wake_reader()
+        self._wake_writer()
+
+    async def close(self) -> None:
+        """Close our side and stop reading; what the remote still sends is discarded."""
+        await self.close_write()
+        self._conn._linger(self)
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            await self.close()
+        else:
+            await self.reset()

@@ -1,0 +1,30 @@
+"""Shared fixtures: hosts on loopback with an echo protocol."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mimirlite import Host, Stream
+
+ECHO = "/echo/1.0.0"
+
+
+async def echo_handler(stream: Stream) -> None:
+    """Echo every byte until the remote closes its write side."""
+    while data := await stream.read():
+        await stream.write(data)
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[Host]:
+    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host:
+        host.set_handler(ECHO, echo_handler)
+        yield host
+
+
+@pytest.fixture
+async def dialer() -> AsyncIterator[Host]:
+    async with Host() as host:
+        yield host
