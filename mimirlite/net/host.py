@@ -9,7 +9,6 @@ from types import TracebackType
 from typing import Any
 
 from mimirlite.errors import (
-    AddressError,
     ConnectionClosedError,
     DialError,
     LocalError,

@@ -1,0 +1,403 @@
+"""libp2p keys and peer IDs, as described in the libp2p peer-ids spec (``peer-ids/peer-ids.md``).
+
+Public keys of every spec key type can be decoded and used to verify signatures; our own key
+pair is always Ed25519. Key messages must be canonically encoded (fields in tag order, each
+exactly once, minimal varints), since the encoding is what a peer ID is derived from.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import enum
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from mimirlite.errors import DecodeError, InvalidKeyError
+from mimirlite.wire.protobuf import (
+    LENGTH_DELIMITED,
+    VARINT,
+    encode_bytes_field,
+    encode_varint_field,
+    iter_fields,
+)
+from mimirlite.wire.varint import decode_uvarint, encode_uvarint
+
+IDENTITY_CODE = 0x00
+SHA2_256_CODE = 0x12
+LIBP2P_KEY_CODEC = 0x72
+CID_VERSION = 1
+MAX_INLINE_KEY_LENGTH = 42
+"""Encoded public keys up to this size are inlined in the peer ID (identity multihash)."""
+
+_MIN_RSA_BITS = 2048
+_MAX_RSA_BITS = 8192
+_MAX_PEER_ID_TEXT = 128
+_ECDSA_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
+
+
+class KeyType(enum.IntEnum):
+    """The ``KeyType`` enum of the libp2p key protobuf."""
+
+    RSA = 0
+    ED25519 = 1
+    SECP256K1 = 2
+    ECDSA = 3
+
+
+# --- text codecs -------------------------------------------------------------------------------
+
+_B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}
+_B32_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+
+
+def _b58encode(data: bytes) -> str:
+    """base58btc: one ``1`` per leading zero byte, then the big-endian number in base 58."""
+    n = int.from_bytes(data, "big")
+    digits: list[str] = []
+    while n:
+        n, r = divmod(n, 58)
+        digits.append(_B58_ALPHABET[r])
+    zeros = len(data) - len(data.lstrip(b"\0"))
+    return "1" * zeros + "".join(reversed(digits))
+
+
+def _b58decode(text: str) -> bytes:
+    n = 0
+    for c in text:
+        digit = _B58_INDEX.get(c)
+        if digit is None:
+            raise InvalidKeyError(f"invalid base58btc character {c!r}")
+        n = n * 58 + digit
+    zeros = len(text) - len(text.lstrip("1"))
+    return b"\0" * zeros + n.to_bytes((n.bit_length() + 7) // 8, "big")
+
+
+def _b32encode(data: bytes) -> str:
+    """RFC 4648 base32, lower case, no padding (multibase ``b``)."""
+    return base64.b32encode(data).decode("ascii").lower().rstrip("=")
+
+
+def _b32decode(text: str) -> bytes:
+    if not _B32_ALPHABET.issuperset(text) or len(text) % 8 in (1, 3, 6):
+        raise InvalidKeyError("invalid base32 text")
+    try:
+        data = base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+    except binascii.Error as e:
+        raise InvalidKeyError(f"invalid base32 text: {e}") from e
+    if _b32encode(data) != text:  # non-zero trailing bits
+        raise InvalidKeyError("base32 text is not canonical")
+    return data
+
+
+# --- key messages ------------------------------------------------------------------------------
+
+
+def _encode_key_message(key_type: int, data: bytes) -> bytes:
+    return encode_varint_field(1, key_type) + encode_bytes_field(2, data)
+
+
+def _decode_key_message(buf: bytes, what: str) -> tuple[KeyType, bytes]:
+    """Decode a ``PublicKey``/``PrivateKey`` message; it must be canonically encoded."""
+    fields: dict[int, int | bytes] = {}
+    try:
+        for field, wire_type, value in iter_fields(buf):
+            expected = {1: VARINT, 2: LENGTH_DELIMITED}.get(field)
+            if expected is None or wire_type != expected or field in fields:
+                raise InvalidKeyError(f"{what}: unexpected field {field} (wire type {wire_type})")
+            fields[field] = value
+    except DecodeError as e:
+        raise InvalidKeyError(f"{what}: {e}") from e
+    raw_type, data = fields.get(1), fields.get(2)
+    if not isinstance(raw_type, int) or not isinstance(data, bytes):
+        raise InvalidKeyError(f"{what}: missing Type or Data")
+    try:
+        key_type = KeyType(raw_type)
+    except ValueError:
+        raise InvalidKeyError(f"{what}: unknown key type {raw_type}") from None
+    if _encode_key_message(key_type, data) != bytes(buf):
+        raise InvalidKeyError(f"{what}: not canonically encoded")
+    return key_type, data
+
+
+def _check_public_key_data(key_type: KeyType, data: bytes) -> None:
+    """Cheap shape checks; full decoding happens in ``verify``."""
+    if key_type == KeyType.ED25519:
+        ok = len(data) == 32
+    elif key_type == KeyType.SECP256K1:
+        ok = (len(data) == 33 and data[0] in (2, 3)) or (len(data) == 65 and data[0] == 4)
+    else:
+        ok = len(data) > 0
+    if not ok:
+        raise InvalidKeyError(f"malformed {key_type.name} public key ({len(data)} bytes)")
+
+
+def _verify_ed25519(key_data: bytes, data: bytes, signature: bytes) -> None:
+    ed25519.Ed25519PublicKey.from_public_bytes(key_data).verify(signature, data)
+
+
+def _verify_secp256k1(key_data: bytes, data: bytes, signature: bytes) -> None:
+    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), key_data)
+    key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+
+
+def _verify_ecdsa(key_data: bytes, data: bytes, signature: bytes) -> None:
+    key = serialization.load_der_public_key(key_data)
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, _ECDSA_CURVES):
+        raise ValueError("not a NIST P-256/P-384/P-521 key")
+    key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+
+
+def _verify_rsa(key_data: bytes, data: bytes, signature: bytes) -> None:
+    key = serialization.load_der_public_key(key_data)
+    if not isinstance(key, rsa.RSAPublicKey) or not _MIN_RSA_BITS <= key.key_size <= _MAX_RSA_BITS:
+        raise ValueError(f"RSA keys must have {_MIN_RSA_BITS} to {_MAX_RSA_BITS} bits")
+    key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+
+
+_VERIFIERS = {
+    KeyType.RSA: _verify_rsa,
+    KeyType.ED25519: _verify_ed25519,
+    KeyType.SECP256K1: _verify_secp256k1,
+    KeyType.ECDSA: _verify_ecdsa,
+}
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A libp2p public key: its type and the key bytes carried in the protobuf ``Data`` field.
+
+    Data encodings: Ed25519 raw 32 bytes; Secp256k1 a compressed (or uncompressed) point;
+    ECDSA and RSA a DER SubjectPublicKeyInfo.
+    """
+
+    key_type: KeyType
+    data: bytes
+
+    @classmethod
+    def from_protobuf(cls, buf: bytes) -> PublicKey:
+        """Decode a ``PublicKey`` protobuf; InvalidKeyError if malformed."""
+        key_type, data = _decode_key_message(buf, "public key")
+        _check_public_key_data(key_type, data)
+        return cls(key_type, data)
+
+    def to_protobuf(self) -> bytes:
+        """The canonical ``PublicKey`` protobuf (what peer IDs are derived from)."""
+        return _encode_key_message(self.key_type, self.data)
+
+    def verify(self, data: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is this key's signature over ``data``; never raises."""
+        verifier = _VERIFIERS.get(self.key_type)
+        if verifier is None:
+            return False
+        try:
+            verifier(bytes(self.data), bytes(data), bytes(signature))
+        except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
+            return False
+        return True
+
+
+# --- peer IDs ----------------------------------------------------------------------------------
+
+
+def _parse_multihash(buf: bytes) -> PublicKey | None:
+    """Validate a peer ID multihash; return the inlined public key of an identity multihash."""
+    try:
+        code = decode_uvarint(buf)
+        length = decode_uvarint(buf, code[1]) if code is not None else None
+    except DecodeError as e:
+        raise InvalidKeyError(f"peer ID: {e}") from e
+    if code is None or length is None:
+        raise InvalidKeyError("peer ID: truncated multihash")
+    digest = buf[length[1] :]
+    if len(digest) != length[0]:
+        raise InvalidKeyError("peer ID: multihash length does not match its digest")
+    if code[0] == SHA2_256_CODE:
+        if len(digest) != 32:
+            raise InvalidKeyError("peer ID: sha2-256 digest must be 32 bytes")
+        return None
+    if code[0] == IDENTITY_CODE:
+        if len(digest) > MAX_INLINE_KEY_LENGTH:
+            raise InvalidKeyError(f"peer ID: inlined key longer than {MAX_INLINE_KEY_LENGTH} bytes")
+        return PublicKey.from_protobuf(digest)
+    raise InvalidKeyError(f"peer ID: unsupported multihash code {code[0]:#x}")
+
+
+class PeerId:
+    """A peer ID: the multihash of a public key (inlined when small, else its SHA-256)."""
+
+    __slots__ = ("_key", "_multihash", "_text")
+
+    def __init__(self, multihash: bytes) -> None:
+        multihash = bytes(multihash)
+        self._key = _parse_multihash(multihash)
+        self._multihash = multihash
+        self._text: str | None = None
+
+    @classmethod
+    def from_public_key(cls, key: PublicKey) -> PeerId:
+        """The peer ID of ``key``: identity multihash up to 42 encoded bytes, else sha2-256."""
+        encoded = key.to_protobuf()
+        if len(encoded) <= MAX_INLINE_KEY_LENGTH:
+            return cls(encode_uvarint(IDENTITY_CODE) + encode_uvarint(len(encoded)) + encoded)
+        return cls(encode_uvarint(SHA2_256_CODE) + encode_uvarint(32) + hashlib.sha256(encoded).digest())
+
+    @classmethod
+    def from_string(cls, text: str) -> PeerId:
+        """Parse base58btc (``12D3KooW...``, ``Qm...``) or a CIDv1 (``bafz...``, ``z...``)."""
+        if len(text) > _MAX_PEER_ID_TEXT:
+            raise InvalidKeyError("peer ID text too long")
+        if text.startswith(("1", "Qm")):
+            return cls(_b58decode(text))
+        if text.startswith("b"):
+            cid = _b32decode(text[1:])
+        elif text.startswith("z"):
+            cid = _b58decode(text[1:])
+        else:
+            raise InvalidKeyError(f"not a peer ID: {text!r}")
+        try:
+            version = decode_uvarint(cid)
+            codec = decode_uvarint(cid, version[1]) if version is not None else None
+        except DecodeError as e:
+            raise InvalidKeyError(f"peer ID CID: {e}") from e
+        if version is None or codec is None or version[0] != CID_VERSION:
+            raise InvalidKeyError("peer ID: not a CIDv1")
+        if codec[0] != LIBP2P_KEY_CODEC:
+            raise InvalidKeyError(f"peer ID: CID codec {codec[0]:#x} is not libp2p-key")
+        return cls(cid[codec[1] :])
+
+    @classmethod
+    def from_bytes(cls, buf: bytes) -> PeerId:
+        """Parse the binary form (the multihash)."""
+        return cls(buf)
+
+    def to_bytes(self) -> bytes:
+        """The multihash."""
+        return self._multihash
+
+    def to_base58(self) -> str:
+        """The canonical text form: base58btc of the multihash."""
+        if self._text is None:
+            self._text = _b58encode(self._multihash)
+        return self._text
+
+    def to_cid_string(self) -> str:
+        """CIDv1 text form: multibase base32, codec libp2p-key."""
+        return "b" + _b32encode(
+            encode_uvarint(CID_VERSION) + encode_uvarint(LIBP2P_KEY_CODEC) + self._multihash
+        )
+
+    def public_key(self) -> PublicKey | None:
+        """The key inlined in an identity multihash; None for a hashed peer ID."""
+        return self._key
+
+    def matches_public_key(self, key: PublicKey) -> bool:
+        """Whether ``key`` is the key this peer ID was derived from."""
+        return PeerId.from_public_key(key)._multihash == self._multihash
+
+    def __str__(self) -> str:
+        return self.to_base58()
+
+    def __repr__(self) -> str:
+        return f"PeerId({self.to_base58()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PeerId):
+            return NotImplemented
+        return self._multihash == other._multihash
+
+    def __hash__(self) -> int:
+        return hash(self._multihash)
+
+
+# --- our own key pair --------------------------------------------------------------------------
+
+
+class KeyPair:
+    """Our Ed25519 identity."""
+
+    __slots__ = ("_private", "peer_id", "public_key")
+
+    def __init__(self, private_key: ed25519.Ed25519PrivateKey) -> None:
+        self._private = private_key
+        self.public_key = PublicKey(KeyType.ED25519, private_key.public_key().public_bytes_raw())
+        self.peer_id = PeerId.from_public_key(self.public_key)
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        """A fresh random key pair."""
+        return cls(ed25519.Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_private_protobuf(cls, buf: bytes) -> KeyPair:
+        """Decode a ``PrivateKey`` protobuf holding an Ed25519 key.
+
+        Data may be the 32-byte seed, seed || public key (64 bytes) or the legacy
+        seed || public key || public key (96 bytes); embedded public keys must match the seed.
+        """
+        key_type, data = _decode_key_message(buf, "private key")
+        if key_type != KeyType.ED25519:
+            raise InvalidKeyError(f"private key: only Ed25519 is supported, not {key_type.name}")
+        if len(data) not in (32, 64, 96):
+            raise InvalidKeyError(f"private key: Ed25519 data must be 32, 64 or 96 bytes, not {len(data)}")
+        pair = cls(ed25519.Ed25519PrivateKey.from_private_bytes(data[:32]))
+        for start in range(32, len(data), 32):
+            if data[start : start + 32] != pair.public_key.data:
+                raise InvalidKeyError("private key: embedded public key does not match the private key")
+        return pair
+
+    def to_private_protobuf(self) -> bytes:
+        """``PrivateKey`` protobuf with Data = 32-byte seed || 32-byte public key."""
+        seed = self._private.private_bytes_raw()
+        return _encode_key_message(KeyType.ED25519, seed + self.public_key.data)
+
+    def sign(self, data: bytes) -> bytes:
+        """Ed25519 signature over ``data``."""
+        return self._private.sign(data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> KeyPair:
+        """Load a key file (raw ``PrivateKey`` protobuf); InvalidKeyError naming the path if bad."""
+        with open(path, "rb") as f:
+            buf = f.read()
+        try:
+            return cls.from_private_protobuf(buf)
+        except InvalidKeyError as e:
+            raise InvalidKeyError(f"{os.fspath(path)}: {e}") from e
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the key file atomically (temporary file, then rename), readable by the owner only."""
+        target = os.fspath(path)
+        tmp = f"{target}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.to_private_protobuf())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load_or_create(cls, path: str | os.PathLike[str]) -> KeyPair:
+        """Load the key file, or generate and save a new key if it does not exist."""
+        try:
+            return cls.load(path)
+        except FileNotFoundError:
+            pair = cls.generate()
+            pair.save(path)
+            return pair
+
+    def __repr__(self) -> str:
+        return f"KeyPair({self.peer_id})"

@@ -1,0 +1,336 @@
+"""libp2p Noise secure channel (``/noise``), sans-IO.
+
+``Noise_XX_25519_ChaChaPoly_SHA256`` with an empty prologue; every Noise message travels behind a
+2-byte big-endian length. The handshake runs on ``noiseprotocol``; each side proves its libp2p
+identity by signing ``"noise-libp2p-static-key:" + static X25519 public key`` in a
+``NoiseHandshakePayload`` (responder in message 2, initiator in message 3). After the handshake,
+:class:`NoiseTransport` encrypts with ChaCha20-Poly1305 directly, which keeps the per-message cost low.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from noise.connection import Keypair, NoiseConnection
+from noise.exceptions import (
+    NoiseHandshakeError,
+    NoiseInvalidMessage,
+    NoiseMaxNonceError,
+    NoiseValueError,
+)
+
+from mimirlite.errors import DecodeError, HandshakeError, InvalidKeyError, LocalError, PeerIdMismatchError
+from mimirlite.identity import KeyPair, PeerId, PublicKey
+from mimirlite.wire.protobuf import LENGTH_DELIMITED, decode_message, encode_bytes_field
+
+PROTOCOL_ID = "/noise"
+NOISE_PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
+MAX_MESSAGE = 65535
+"""Largest Noise message on the wire (the 2-byte length prefix excluded)."""
+TAG_SIZE = 16
+MAX_PLAINTEXT = MAX_MESSAGE - TAG_SIZE
+MAX_HANDSHAKE_PAYLOAD = 4096
+"""Largest handshake payload accepted (identity key, signature, extensions); RSA-8192 fits."""
+STATIC_KEY_PREFIX = b"noise-libp2p-static-key:"
+
+_DH_LEN = 32
+_ENCRYPTED_KEY = _DH_LEN + TAG_SIZE
+# Per handshake message: (smallest, largest) size on the wire. Message 1 is ``e`` plus an unencrypted
+# payload that we ignore; messages 2 and 3 carry an encrypted static key and an encrypted, signed payload.
+_MESSAGE_BOUNDS = {
+    1: (_DH_LEN, _DH_LEN + MAX_HANDSHAKE_PAYLOAD),
+    2: (_DH_LEN + _ENCRYPTED_KEY + TAG_SIZE, _DH_LEN + _ENCRYPTED_KEY + TAG_SIZE + MAX_HANDSHAKE_PAYLOAD),
+    3: (_ENCRYPTED_KEY + TAG_SIZE, _ENCRYPTED_KEY + TAG_SIZE + MAX_HANDSHAKE_PAYLOAD),
+}
+_PAYLOAD_SCHEMA = {1: LENGTH_DELIMITED, 2: LENGTH_DELIMITED}
+_NOISE_FAILURES = (
+    ValueError,
+    InvalidTag,
+    NoiseValueError,
+    NoiseHandshakeError,
+    NoiseInvalidMessage,
+    NoiseMaxNonceError,
+)
+
+_MAX_NONCE = 2**64 - 1  # reserved by Noise; the last usable nonce is one below
+_pack_nonce = struct.Struct("<4xQ").pack
+_pack_length = struct.Struct(">H").pack
+_FULL_FRAME_HEADER = _pack_length(MAX_MESSAGE)
+
+
+def _frame(message: bytes | bytearray) -> bytes:
+    return _pack_length(len(message)) + message
+
+
+class NoiseHandshake:
+    """One side of the XX handshake: feed received bytes, send what :meth:`data_to_send` returns."""
+
+    def __init__(self, keypair: KeyPair, *, initiator: bool, expected_peer: PeerId | None = None) -> None:
+        """Prepare the handshake; the initiator's first message is queued at once."""
+        self._initiator = initiator
+        self._expected_peer = expected_peer
+        static = X25519PrivateKey.generate()
+        static_public = static.public_key().public_bytes_raw()
+        self._payload = encode_bytes_field(1, keypair.public_key.to_protobuf()) + encode_bytes_field(
+            2, keypair.sign(STATIC_KEY_PREFIX + static_public)
+        )
+        conn = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
+        conn.set_keypair_from_private_bytes(Keypair.STATIC, static.private_bytes_raw())
+        if initiator:
+            conn.set_as_initiator()
+        else:
+            conn.set_as_responder()
+        conn.start_handshake()
+        self._conn: Any = conn
+        # Kept here because noiseprotocol drops its handshake state (and the remote static key) at split.
+        self._state: Any = conn.noise_protocol.handshake_state
+        self._next = 1  # number of the next handshake message (4 once complete)
+        self._buffer = bytearray()
+        self._outgoing: list[bytes] = []
+        self._failed = False
+        self._transport_taken = False
+        self.remote_peer: PeerId | None = None
+        self.remote_public_key: PublicKey | None = None
+        if initiator:
+            self._write()
+
+    @property
+    def complete(self) -> bool:
+        """True once all three messages are exchanged and the remote identity is verified."""
+        return self._next > 3
+
+    def data_to_send(self) -> bytes:
+        """Framed handshake messages queued since the last call."""
+        out = b"".join(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer ``data`` and process every complete handshake message in it.
+
+        Bytes after the last handshake message are kept for :meth:`transport`. Raises
+        HandshakeError (PeerIdMismatchError for the wrong identity); a failed handshake stays failed.
+        """
+        if self._failed:
+            raise HandshakeError("noise handshake already failed")
+        buf = self._buffer
+        buf += data
+        try:
+            while not self.complete and len(buf) >= 2:
+                length = buf[0] << 8 | buf[1]
+                low, high = _MESSAGE_BOUNDS[self._next]
+                if not low <= length <= high:
+                    raise HandshakeError(
+                        f"noise handshake message {self._next} has {length} bytes, expected {low}..{high}"
+                    )
+                if len(buf) < 2 + length:
+                    break
+                message = bytes(buf[2 : 2 + length])
+                del buf[: 2 + length]
+                self._read(message)
+                if not self.complete:
+                    self._write()
+        except HandshakeError:
+            self._failed = True
+            raise
+
+    def transport(self) -> NoiseTransport:
+        """The transport phase, holding any bytes received after the last handshake message.
+
+        Call once, after :attr:`complete`. Call ``receive_data(b"")`` on the result to get messages
+        already held (a pipelining peer sends them with its last handshake message).
+        """
+        if not self.complete:
+            raise LocalError("noise handshake is not complete")
+        if self._transport_taken:
+            raise LocalError("noise transport already taken")
+        self._transport_taken = True
+        protocol = self._conn.noise_protocol
+        transport = NoiseTransport(
+            bytes(protocol.cipher_state_encrypt.k), bytes(protocol.cipher_state_decrypt.k), self._buffer
+        )
+        self._buffer = bytearray()
+        self._conn = self._state = None
+        return transport
+
+    def _write(self) -> None:
+        # Message 1 carries no payload; messages 2 and 3 carry our signed identity.
+        payload = b"" if self._next == 1 else self._payload
+        try:
+            message = self._conn.write_message(payload)
+        except _NOISE_FAILURES as exc:
+            raise HandshakeError(f"noise handshake message {self._next} could not be built: {exc!r}") from exc
+        self._outgoing.append(_frame(message))
+        self._next += 1
+
+    def _read(self, message: bytes) -> None:
+        try:
+            payload = bytes(self._conn.read_message(message))
+        except _NOISE_FAILURES as exc:
+            raise HandshakeError(f"noise handshake message {self._next} rejected: {exc!r}") from exc
+        if self._next > 1:
+            self._verify(payload, bytes(self._state.rs.public_bytes))
+        self._next += 1
+
+    def _verify(self, payload: bytes, remote_static: bytes) -> None:
+        """Check the remote's signed payload against its static key; record its identity."""
+        try:
+            fields = decode_message(payload, _PAYLOAD_SCHEMA)
+        except DecodeError as exc:
+            raise HandshakeError(f"noise handshake payload undecodable: {exc}") from exc
+        key_bytes = fields.get(1, [b""])[-1]
+        signature = fields.get(2, [b""])[-1]
+        if not isinstance(key_bytes, bytes) or not key_bytes:
+            raise HandshakeError("noise handshake payload has no identity key")
+        if not isinstance(signature, bytes) or not signature:
+            raise HandshakeError("noise handshake payload has no identity signature")
+        try:
+            public_key = PublicKey.from_protobuf(key_bytes)
+            valid = public_key.verify(STATIC_KEY_PREFIX + remote_static, signature)
+            peer = PeerId.from_public_key(public_key)
+        except InvalidKeyError as exc:
+            raise HandshakeError(f"noise handshake identity key invalid: {exc}") from exc
+        if not valid:
+            raise HandshakeError("noise handshake static key signature does not verify")
+        if self._expected_peer is not None and peer != self._expected_peer:
+            raise PeerIdMismatchError(self._expected_peer, peer)
+        self.remote_peer = peer
+        self.remote_public_key = public_key
+
+
+class NoiseTransport:
+    """Encrypts and decrypts framed Noise transport messages once the handshake is done."""
+
+    __slots__ = ("_buffer", "_decrypt", "_early", "_encrypt", "_failed", "_receive_nonce", "_send_nonce")
+
+    def __init__(
+        self, send_key: bytes, receive_key: bytes, received: bytes | bytearray | memoryview = b""
+    ) -> None:
+        """Use ``send_key`` / ``receive_key``; ``received`` holds bytes not yet decrypted."""
+        self._encrypt = ChaCha20Poly1305(send_key).encrypt
+        self._decrypt = ChaCha20Poly1305(receive_key).decrypt
+        self._send_nonce = 0
+        self._receive_nonce = 0
+        self._buffer = bytearray()  # less than one whole frame
+        self._early = bytes(received)  # whatever arrived with the handshake, decrypted on the next call
+        self._failed = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of a frame that is not complete yet."""
+        return len(self._buffer) + len(self._early)
+
+    def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Framed ciphertext of ``data``, split into messages of at most MAX_PLAINTEXT bytes."""
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        if size == 0:
+            return b""
+        nonce = self._send_nonce
+        if size <= MAX_PLAINTEXT:
+            if nonce >= _MAX_NONCE:
+                raise LocalError("noise send nonces exhausted")
+            ciphertext = self._encrypt(_pack_nonce(nonce), data, None)
+            self._send_nonce = nonce + 1
+            return _pack_length(size + TAG_SIZE) + ciphertext
+        count = -(-size // MAX_PLAINTEXT)
+        if nonce + count > _MAX_NONCE:
+            raise LocalError("noise send nonces exhausted")
+        view = memoryview(data).cast("B")
+        encrypt = self._encrypt
+        parts: list[bytes] = []
+        append = parts.append
+        for start in range(0, size - MAX_PLAINTEXT, MAX_PLAINTEXT):
+            append(_FULL_FRAME_HEADER)
+            append(encrypt(_pack_nonce(nonce), view[start : start + MAX_PLAINTEXT], None))
+            nonce += 1
+        start = (count - 1) * MAX_PLAINTEXT
+        append(_pack_length(size - start + TAG_SIZE))
+        append(encrypt(_pack_nonce(nonce), view[start:], None))
+        self._send_nonce = nonce + 1
+        return b"".join(parts)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Plaintexts of every message completed by ``data`` (empty ones are dropped).
+
+        A partial frame is held until the rest arrives. Raises DecodeError when a message fails
+        authentication; the transport is unusable afterwards.
+        """
+        if self._failed:
+            raise DecodeError("noise transport already failed")
+        if self._early:
+            data = self._early + bytes(data)
+            self._early = b""
+        view = memoryview(data)
+        if view.format != "B":
+            view = view.cast("B")
+        out: list[bytes] = []
+        pos = 0
+        if self._buffer:
+            pos = self._complete_pending(view, out)
+            if self._buffer:
+                return out
+        end = len(view)
+        decrypt = self._decrypt
+        nonce = self._receive_nonce
+        try:
+            while end - pos >= 2:
+                stop = pos + 2 + (view[pos] << 8 | view[pos + 1])
+                if stop > end:
+                    break
+                if nonce >= _MAX_NONCE:
+                    raise DecodeError("noise receive nonces exhausted")
+                plaintext = decrypt(_pack_nonce(nonce), view[pos + 2 : stop], None)
+                nonce += 1
+                if plaintext:
+                    out.append(plaintext)
+                pos = stop
+        except InvalidTag:
+            self._failed = True
+            raise DecodeError("noise transport message failed authentication") from None
+        except DecodeError:
+            self._failed = True
+            raise
+        self._receive_nonce = nonce
+        if pos < end:
+            self._buffer += view[pos:]
+        return out
+
+    def _complete_pending(self, view: memoryview, out: list[bytes]) -> int:
+        """Move bytes from ``view`` into the held partial frame; decrypt it if complete.
+
+        Returns how many bytes of ``view`` were used. Copies at most one frame.
+        """
+        buf = self._buffer
+        pos = 0
+        if len(buf) < 2:
+            pos = min(2 - len(buf), len(view))
+            buf += view[:pos]
+            if len(buf) < 2:
+                return pos
+        total = 2 + (buf[0] << 8 | buf[1])
+        take = min(total - len(buf), len(view) - pos)
+        buf += view[pos : pos + take]
+        pos += take
+        if len(buf) < total:
+            return pos
+        nonce = self._receive_nonce
+        try:
+            if nonce >= _MAX_NONCE:
+                raise DecodeError("noise receive nonces exhausted")
+            with memoryview(buf) as frame:
+                plaintext = self._decrypt(_pack_nonce(nonce), frame[2:], None)
+        except InvalidTag:
+            self._failed = True
+            raise DecodeError("noise transport message failed authentication") from None
+        except DecodeError:
+            self._failed = True
+            raise
+        self._receive_nonce = nonce + 1
+        buf.clear()
+        if plaintext:
+            out.append(plaintext)
+        return pos

@@ -1,0 +1,617 @@
+"""Sans-IO yamux session (``/yamux/1.0.0``): frames, stream states and flow-control windows.
+
+Bytes in via :meth:`YamuxSession.receive_data` (returns events), bytes out via
+:meth:`YamuxSession.data_to_send`. No sockets, no clock, no event loop: the asyncio glue owns the
+stream buffers and feeds :meth:`YamuxSession.consumed` as the application reads.
+
+Wire format (hashicorp/yamux ``spec.md``): a 12-byte header ``version(u8) type(u8) flags(u16)
+stream_id(u32) length(u32)``, big endian, followed by ``length`` payload bytes for data frames only.
+The dialer (client) opens odd stream ids, the listener (server) even ones; ping and go-away use id 0.
+
+Payloads are delivered as they arrive: a data frame split across several ``receive_data`` calls
+yields one :class:`DataReceived` per piece, so nothing larger than a partial 12-byte header is ever
+buffered here. Flags carried on a data frame (FIN, RST) take effect after its last payload byte.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass
+
+from mimirlite.errors import (
+    ConnectionClosedError,
+    LimitExceededError,
+    LocalError,
+    StreamClosedError,
+    StreamResetError,
+    YamuxError,
+)
+
+__all__ = [
+    "GO_AWAY_INTERNAL_ERROR",
+    "GO_AWAY_NORMAL",
+    "GO_AWAY_PROTOCOL_ERROR",
+    "INITIAL_WINDOW",
+    "PROTOCOL_ID",
+    "DataReceived",
+    "GoAwayReceived",
+    "PongReceived",
+    "SendWindowUpdated",
+    "StreamAcked",
+    "StreamEnded",
+    "StreamOpened",
+    "StreamReset",
+    "YamuxConfig",
+    "YamuxEvent",
+    "YamuxSession",
+]
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_ID = "/yamux/1.0.0"
+INITIAL_WINDOW = 256 * 1024
+"""Per-stream window both sides assume at stream open (fixed by the spec)."""
+
+HEADER_LEN = 12
+_HEADER = struct.Struct(">BBHII")
+_pack = _HEADER.pack
+_unpack_from = _HEADER.unpack_from
+
+TYPE_DATA = 0
+TYPE_WINDOW_UPDATE = 1
+TYPE_PING = 2
+TYPE_GO_AWAY = 3
+
+FLAG_SYN = 1
+FLAG_ACK = 2
+FLAG_FIN = 4
+FLAG_RST = 8
+
+GO_AWAY_NORMAL = 0
+GO_AWAY_PROTOCOL_ERROR = 1
+GO_AWAY_INTERNAL_ERROR = 2
+
+_MAX_U32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class YamuxConfig:
+    """Limits of one yamux session."""
+
+    initial_window: int = INITIAL_WINDOW
+    """Per-stream receive window we grant; at least the spec's 256 KiB (the excess is sent with SYN/ACK)."""
+    max_streams: int = 1024
+    """Open streams per direction: extra inbound SYNs are answered with RST, extra opens raise."""
+    max_frame_data: int = 256 * 1024
+    """Largest data payload we put in one frame."""
+    max_receive_frame: int = 16 * 1024 * 1024
+    """A received data frame announcing a longer payload is a protocol error."""
+
+    def __post_init__(self) -> None:
+        if not INITIAL_WINDOW <= self.initial_window <= _MAX_U32:
+            raise LocalError(f"initial_window must be between {INITIAL_WINDOW} and {_MAX_U32}")
+        if self.max_streams < 0:
+            raise LocalError("max_streams must be >= 0")
+        if not 1 <= self.max_frame_data <= _MAX_U32:
+            raise LocalError(f"max_frame_data must be between 1 and {_MAX_U32}")
+        if self.max_receive_frame < 0:
+            raise LocalError("max_receive_frame must be >= 0")
+
+
+_DEFAULT_CONFIG = YamuxConfig()
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened:
+    """The remote opened stream ``stream_id`` (its ACK is already queued)."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAcked:
+    """The remote acknowledged a stream we opened."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived:
+    """Payload bytes for ``stream_id``; hand :meth:`YamuxSession.consumed` their count once read."""
+
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """The remote half-closed ``stream_id`` (FIN): no more data comes; we may still send."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReset:
+    """The remote reset ``stream_id`` (RST); the session has forgotten it."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendWindowUpdated:
+    """Our send window for ``stream_id`` grew; writers blocked on it may proceed."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PongReceived:
+    """The answer to a ping we sent with ``opaque``."""
+
+    opaque: int
+
+
+@dataclass(frozen=True, slots=True)
+class GoAwayReceived:
+    """The remote will accept no new streams (``code``: 0 normal, 1 protocol error, 2 internal)."""
+
+    code: int
+
+
+YamuxEvent = (
+    StreamOpened
+    | StreamAcked
+    | DataReceived
+    | StreamEnded
+    | StreamReset
+    | SendWindowUpdated
+    | PongReceived
+    | GoAwayReceived
+)
+
+
+# --- session ------------------------------------------------------------------------------------
+
+
+class _Stream:
+    """Per-stream bookkeeping (no data: the glue buffers it)."""
+
+    __slots__ = (
+        "acked",
+        "dead",
+        "local_closed",
+        "outbound",
+        "recv_window",
+        "remote_closed",
+        "send_window",
+        "sid",
+        "unacked",
+    )
+
+    def __init__(self, sid: int, outbound: bool, recv_window: int) -> None:
+        self.sid = sid
+        self.outbound = outbound
+        self.send_window = INITIAL_WINDOW  # what the remote lets us send
+        self.recv_window = recv_window  # what the remote may still send us
+        self.unacked = 0  # consumed bytes not yet returned to the remote in a window update
+        self.local_closed = False  # we sent FIN
+        self.remote_closed = False  # the remote sent FIN
+        self.acked = not outbound  # for outbound streams: the remote's ACK arrived
+        self.dead = False
+
+
+class YamuxSession:
+    """One yamux session over an ordered, reliable byte stream (sans-IO)."""
+
+    def __init__(self, *, is_client: bool, config: YamuxConfig = _DEFAULT_CONFIG) -> None:
+        self._is_client = is_client
+        self._config = config
+        self._initial_window = config.initial_window
+        self._window_extra = config.initial_window - INITIAL_WINDOW
+        self._update_threshold = config.initial_window // 2
+        self._max_frame_data = config.max_frame_data
+        self._max_receive_frame = config.max_receive_frame
+        self._max_streams = config.max_streams
+        self._remote_parity = 0 if is_client else 1
+        self._next_id = 1 if is_client else 2
+        self._streams: dict[int, _Stream] = {}
+        self._inbound = 0
+        self._outbound = 0
+        # ids the remote reset, so send_data can say StreamResetError; cleared by close/reset, capped.
+        self._remote_resets: dict[int, None] = {}
+        self._out: list[bytes | memoryview] = []
+        self._pings: set[int] = set()
+        self._next_ping = 0
+        self._local_go_away: int | None = None
+        self._remote_go_away: int | None = None
+        self._error: str | None = None
+        # parser state: a partial header, or the rest of a data frame's payload
+        self._hdr = bytearray()
+        self._rx_remaining = 0
+        self._rx_stream: _Stream | None = None
+        self._rx_flags = 0
+
+    # --- properties -----------------------------------------------------------------------------
+
+    @property
+    def is_client(self) -> bool:
+        """True for the dialer side (odd stream ids)."""
+        return self._is_client
+
+    @property
+    def config(self) -> YamuxConfig:
+        """The limits this session was created with."""
+        return self._config
+
+    @property
+    def is_closed(self) -> bool:
+        """True once a protocol error killed the session (a GoAway is queued)."""
+        return self._error is not None
+
+    @property
+    def error(self) -> str | None:
+        """Why the session died, if it did."""
+        return self._error
+
+    @property
+    def go_away_received(self) -> int | None:
+        """The remote's GoAway code, or None."""
+        return self._remote_go_away
+
+    @property
+    def go_away_sent(self) -> int | None:
+        """The code of the GoAway we sent, or None."""
+        return self._local_go_away
+
+    @property
+    def stream_count(self) -> int:
+        """Streams not yet forgotten (either side still open, no RST)."""
+        return len(self._streams)
+
+    def has_stream(self, stream_id: int) -> bool:
+        """True while ``stream_id`` is tracked."""
+        return stream_id in self._streams
+
+    # --- output ---------------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Everything queued since the last call, as one bytes object (``b""`` if nothing)."""
+        out = self._out
+        if not out:
+            return b""
+        first = out[0]
+        data = first if len(out) == 1 and isinstance(first, bytes) else b"".join(out)
+        out.clear()
+        return data
+
+    # --- local API ------------------------------------------------------------------------------
+
+    def open_stream(self) -> int:
+        """Open an outbound stream (queues a window update with SYN) and return its id."""
+        if self._error is not None:
+            raise ConnectionClosedError(f"yamux session failed: {self._error}")
+        if self._remote_go_away is not None:
+            raise ConnectionClosedError("remote sent GoAway; no new streams")
+        if self._local_go_away is not None:
+            raise ConnectionClosedError("we sent GoAway; no new streams")
+        if self._outbound >= self._max_streams:
+            raise LimitExceededError(f"at most {self._max_streams} outbound yamux streams")
+        sid = self._next_id
+        if sid > _MAX_U32:
+            raise LimitExceededError("yamux stream ids exhausted")
+        self._next_id = sid + 2
+        self._streams[sid] = _Stream(sid, True, self._initial_window)
+        self._outbound += 1
+        self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_SYN, sid, self._window_extra))
+        return sid
+
+    def send_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
+        """Queue as much of ``data`` as the send window allows; return the number of bytes taken.
+
+        ``bytes`` are queued without copying; other buffers are copied, so the caller may reuse them.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if self._error is not None:
+                raise StreamClosedError(f"yamux session failed: {self._error}")
+            if stream_id in self._remote_resets:
+                raise StreamResetError(f"yamux stream {stream_id} was reset by the remote")
+            raise StreamClosedError(f"yamux stream {stream_id} is not open")
+        if stream.local_closed:
+            raise StreamClosedError(f"yamux stream {stream_id} is closed for writing")
+        if self._error is not None:
+            raise StreamClosedError(f"yamux session failed: {self._error}")
+        size = len(data) if type(data) is not memoryview else data.nbytes
+        window = stream.send_window
+        n = size if size <= window else window
+        if n <= 0:
+            return 0
+        stream.send_window = window - n
+        max_frame = self._max_frame_data
+        out = self._out
+        if n == size and n <= max_frame and isinstance(data, bytes):
+            out.append(_pack(0, TYPE_DATA, 0, stream_id, n))
+            out.append(data)
+            return n
+        immutable = isinstance(data, bytes)
+        view = memoryview(data).cast("B")
+        pos = 0
+        while pos < n:
+            chunk = n - pos
+            if chunk > max_frame:
+                chunk = max_frame
+            out.append(_pack(0, TYPE_DATA, 0, stream_id, chunk))
+            piece = view[pos : pos + chunk]
+            out.append(piece if immutable else piece.tobytes())
+            pos += chunk
+        return n
+
+    def send_window(self, stream_id: int) -> int:
+        """Bytes we may still send on ``stream_id`` (0 for unknown or write-closed streams)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.local_closed:
+            return 0
+        return stream.send_window
+
+    def close_stream(self, stream_id: int) -> None:
+        """Half-close our side of ``stream_id`` (FIN); idempotent, no-op for unknown streams."""
+        self._remote_resets.pop(stream_id, None)
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.local_closed:
+            return
+        stream.local_closed = True
+        if self._error is None:
+            self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_FIN, stream_id, 0))
+        if stream.remote_closed:
+            self._forget(stream)
+
+    def reset_stream(self, stream_id: int) -> None:
+        """Reset ``stream_id`` (RST) and forget it; no-op for unknown streams."""
+        self._remote_resets.pop(stream_id, None)
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        if self._error is None:
+            self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
+        self._forget(stream)
+
+    def consumed(self, stream_id: int, n: int) -> None:
+        """The application read ``n`` received bytes of ``stream_id``; grant them back in batches.
+
+        A window update goes out once half the window has been consumed. No-op for unknown streams
+        and after the remote's FIN (it sends no more data).
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None or n <= 0 or stream.remote_closed:
+            return
+        unacked = stream.unacked + n
+        limit = self._initial_window - stream.recv_window
+        if unacked > limit:  # never grant more than was received
+            unacked = limit
+        if unacked >= self._update_threshold and self._error is None:
+            stream.recv_window += unacked
+            stream.unacked = 0
+            self._out.append(_pack(0, TYPE_WINDOW_UPDATE, 0, stream_id, unacked))
+        else:
+            stream.unacked = unacked
+
+    def ping(self) -> int:
+        """Queue a ping and return its opaque value (the matching :class:`PongReceived` carries it)."""
+        if self._error is not None:
+            raise ConnectionClosedError(f"yamux session failed: {self._error}")
+        opaque = self._next_ping
+        self._next_ping = (opaque + 1) & _MAX_U32
+        self._pings.add(opaque)
+        self._out.append(_pack(0, TYPE_PING, FLAG_SYN, 0, opaque))
+        return opaque
+
+    def go_away(self, code: int = GO_AWAY_NORMAL) -> None:
+        """Queue a GoAway: we accept no new inbound streams, existing ones go on. Idempotent."""
+        if self._local_go_away is not None or self._error is not None:
+            return
+        if not 0 <= code <= _MAX_U32:
+            raise LocalError("GoAway code must fit in 32 bits")
+        self._local_go_away = code
+        self._out.append(_pack(0, TYPE_GO_AWAY, 0, 0, code))
+
+    # --- input ----------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[YamuxEvent]:
+        """Parse every complete frame in ``data`` (plus buffered bytes) and return the events.
+
+        Raises YamuxError on a protocol violation; a GoAway(protocol error) is then queued and the
+        session is dead (every later call raises YamuxError too).
+        """
+        if self._error is not None:
+            raise YamuxError(f"yamux session already failed: {self._error}")
+        if type(data) is not bytes:
+            data = bytes(data)
+        events: list[YamuxEvent] = []
+        end = len(data)
+        pos = 0
+        hdr = self._hdr
+        if hdr:
+            pos = HEADER_LEN - len(hdr)
+            hdr += data[:pos]
+            if len(hdr) < HEADER_LEN:
+                return events
+            version, ftype, flags, sid, length = _unpack_from(hdr, 0)
+            hdr.clear()
+            self._on_header(version, ftype, flags, sid, length, events)
+        streams = self._streams
+        while True:
+            remaining = self._rx_remaining
+            if remaining:
+                # rest of a data frame's payload
+                n = end - pos
+                if n <= 0:
+                    break
+                if n > remaining:
+                    n = remaining
+                stream = self._rx_stream
+                if stream is not None:
+                    if stream.dead:  # reset locally while its frame was arriving
+                        self._rx_stream = stream = None
+                    else:
+                        events.append(DataReceived(stream.sid, data[pos : pos + n]))
+                pos += n
+                remaining -= n
+                self._rx_remaining = remaining
+                if not remaining and stream is not None:
+                    self._rx_stream = None
+                    if self._rx_flags & (FLAG_FIN | FLAG_RST):
+                        self._end_flags(stream, self._rx_flags, events)
+                continue
+            if end - pos < HEADER_LEN:
+                if pos < end:
+                    hdr += data[pos:]
+                break
+            version, ftype, flags, sid, length = _unpack_from(data, pos)
+            pos += HEADER_LEN
+            if ftype == TYPE_DATA and not flags and not version:
+                # hot path: plain data on a known stream, payload complete in this chunk
+                stream = streams.get(sid)
+                if (
+                    stream is not None
+                    and length <= stream.recv_window
+                    and not stream.remote_closed
+                    and length <= self._max_receive_frame
+                    and end - pos >= length
+                ):
+                    stream.recv_window -= length
+                    if length:
+                        events.append(DataReceived(sid, data[pos : pos + length]))
+                        pos += length
+                    continue
+            self._on_header(version, ftype, flags, sid, length, events)
+        return events
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _fail(self, reason: str) -> YamuxError:
+        """Kill the session: queue GoAway(protocol error) and return the error to raise."""
+        self._error = reason
+        self._out.append(_pack(0, TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR))
+        self._local_go_away = GO_AWAY_PROTOCOL_ERROR
+        self._hdr.clear()
+        self._rx_remaining = 0
+        self._rx_stream = None
+        return YamuxError(reason)
+
+    def _forget(self, stream: _Stream) -> None:
+        stream.dead = True
+        del self._streams[stream.sid]
+        if stream.outbound:
+            self._outbound -= 1
+        else:
+            self._inbound -= 1
+
+    def _on_header(
+        self, version: int, ftype: int, flags: int, sid: int, length: int, events: list[YamuxEvent]
+    ) -> None:
+        """Handle one frame header (data payload, if any, is consumed by the caller)."""
+        if version != 0:
+            raise self._fail(f"unsupported yamux version {version}")
+        if ftype == TYPE_DATA:
+            if length > self._max_receive_frame:
+                raise self._fail(f"data frame of {length} bytes exceeds {self._max_receive_frame}")
+            stream = self._stream_for(flags, sid, events)
+            if stream is not None:
+                if length:
+                    if stream.remote_closed:
+                        raise self._fail(f"data on stream {sid} after its FIN")
+                    if length > stream.recv_window:
+                        raise self._fail(
+                            f"data frame of {length} bytes overruns stream {sid} window {stream.recv_window}"
+                        )
+                    stream.recv_window -= length
+                    self._rx_remaining = length
+                    self._rx_stream = stream
+                    self._rx_flags = flags
+                elif flags & (FLAG_FIN | FLAG_RST):
+                    self._end_flags(stream, flags, events)
+            else:
+                self._rx_remaining = length  # skip the payload of an ignored frame
+                self._rx_stream = None
+        elif ftype == TYPE_WINDOW_UPDATE:
+            stream = self._stream_for(flags, sid, events)
+            if stream is not None:
+                if length:
+                    stream.send_window += length
+                    if not flags & FLAG_SYN:
+                        events.append(SendWindowUpdated(sid))
+                if flags & (FLAG_FIN | FLAG_RST):
+                    self._end_flags(stream, flags, events)
+        elif ftype == TYPE_PING:
+            if sid != 0:
+                raise self._fail(f"ping on stream {sid}")
+            if flags & FLAG_SYN:
+                self._out.append(_pack(0, TYPE_PING, FLAG_ACK, 0, length))
+            elif flags & FLAG_ACK:
+                if length in self._pings:
+                    self._pings.discard(length)
+                    events.append(PongReceived(length))
+            else:
+                raise self._fail("ping without SYN or ACK")
+        elif ftype == TYPE_GO_AWAY:
+            if sid != 0:
+                raise self._fail(f"GoAway on stream {sid}")
+            if self._remote_go_away is None:
+                self._remote_go_away = length
+                events.append(GoAwayReceived(length))
+        else:
+            raise self._fail(f"unknown yamux frame type {ftype}")
+
+    def _stream_for(self, flags: int, sid: int, events: list[YamuxEvent]) -> _Stream | None:
+        """Apply SYN/ACK of a data or window-update frame; return the live stream or None (ignore)."""
+        if sid == 0:
+            raise self._fail("data or window update on stream 0")
+        stream = self._streams.get(sid)
+        if flags & FLAG_SYN:
+            if sid & 1 != self._remote_parity:
+                raise self._fail(f"SYN for stream {sid} with our parity")
+            if stream is not None:
+                raise self._fail(f"SYN for stream {sid} which is already open")
+            if self._local_go_away is not None or self._inbound >= self._max_streams:
+                logger.info(
+                    "refusing inbound yamux stream %d (%s)",
+                    sid,
+                    "GoAway sent" if self._local_go_away is not None else "max_streams reached",
+                )
+                self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0))
+                return None
+            stream = _Stream(sid, False, self._initial_window)
+            self._streams[sid] = stream
+            self._inbound += 1
+            self._remote_resets.pop(sid, None)
+            self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_ACK, sid, self._window_extra))
+            events.append(StreamOpened(sid))
+            return stream
+        if stream is None:
+            return None  # closed or reset here: frames racing with our RST/FIN are dropped
+        if flags & FLAG_ACK and not stream.acked:
+            stream.acked = True
+            events.append(StreamAcked(sid))
+        return stream
+
+    def _end_flags(self, stream: _Stream, flags: int, events: list[YamuxEvent]) -> None:
+        """Apply FIN/RST once a frame (and its payload) is complete."""
+        if stream.dead:
+            return
+        sid = stream.sid
+        if flags & FLAG_RST:
+            self._forget(stream)
+            resets = self._remote_resets
+            resets[sid] = None
+            if len(resets) > 2 * self._max_streams + 16:
+                del resets[next(iter(resets))]
+            events.append(StreamReset(sid))
+        elif not stream.remote_closed:  # a repeated FIN is harmless
+            stream.remote_closed = True
+            events.append(StreamEnded(sid))
+            if stream.local_closed:
+                self._forget(stream)
