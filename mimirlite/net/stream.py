@@ -37,6 +37,7 @@ class Stream:
         "_pos",
         "_read_waiter",
         "_reset_exc",
+        "_reset_waiter",
         "_write_closed",
         "_write_waiter",
         "protocol",
@@ -53,6 +54,7 @@ class Stream:
         self._eof = False
         self._write_closed = False
         self._reset_exc: BaseException | None = None
+        self._reset_waiter: asyncio.Future[None] | None = None
         self._read_waiter: asyncio.Future[None] | None = None
         self._write_waiter: asyncio.Future[None] | None = None
 
@@ -97,6 +99,8 @@ class Stream:
             self._reset_exc = exc
         self._wake_reader()
         self._wake_writer()
+        if self._reset_waiter is not None and not self._reset_waiter.done():
+            self._reset_waiter.set_result(None)
 
     def _wake_reader(self) -> None:
         waiter = self._read_waiter
@@ -277,10 +281,15 @@ class Stream:
     async def reset(self) -> None:
         """Abort both directions at once."""
         if self._reset_exc is None:
-            self._reset_exc = StreamResetError("reset locally")
             self._conn._reset_stream(self.stream_id)
-        self._wake_reader()
-        self._wake_writer()
+        self._on_reset(StreamResetError("reset locally"))
+
+    async def wait_reset(self) -> None:
+        """Return once the stream is reset, by either side or by the end of its connection."""
+        if self._reset_exc is None:
+            if self._reset_waiter is None:
+                self._reset_waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._reset_waiter)
 
     async def close(self) -> None:
         """Close our side and stop reading; what the remote still sends is discarded."""

@@ -1,0 +1,193 @@
+"""Where answers come from: any OpenAI-compatible server (through the ``openai`` SDK), or ``echo``.
+
+A backend lists the models it serves and streams chat completion chunks as plain dicts, shaped
+exactly as the OpenAI API streams them (``object: "chat.completion.chunk"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from mimirlite.errors import MimirliteError
+from mimirlite.mimir import packets
+
+log = logging.getLogger(__name__)
+
+FALLBACK_BASE_URL = "http://localhost:11434/v1"
+"""Ollama's OpenAI-compatible endpoint on this machine."""
+ECHO_MODEL = "echo"
+
+
+class BackendError(MimirliteError):
+    """The backend could not answer; ``type`` is the completionStop error type sent to the client."""
+
+    def __init__(self, type: str, message: str) -> None:
+        super().__init__(message)
+        self.type = type
+
+
+class Backend(Protocol):
+    """What a MimirNode needs from a backend."""
+
+    async def list_models(self) -> list[str]:
+        """Model names served; BackendError when the backend cannot be reached."""
+        ...
+
+    def stream_chat(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Chunks of the answer; BackendError on failure. Closing the generator cancels the request."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
+
+
+def default_base_url(env: Mapping[str, str] = os.environ) -> str:
+    """OLLAMA_ENDPOINT (as the original node reads it), else OPENAI_BASE_URL, else local Ollama."""
+    return env.get("OLLAMA_ENDPOINT") or env.get("OPENAI_BASE_URL") or FALLBACK_BASE_URL
+
+
+def make_chunk(
+    completion_id: str, model: str, delta: dict[str, Any], finish_reason: str | None = None
+) -> dict[str, Any]:
+    """One ``chat.completion.chunk`` object as the OpenAI API streams it."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+    }
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+class EchoBackend:
+    """Streams the last user message back word by word: no network, for demos and tests."""
+
+    def __init__(self, model: str = ECHO_MODEL) -> None:
+        self.model = model
+
+    async def list_models(self) -> list[str]:
+        return [self.model]
+
+    async def stream_chat(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        if model != self.model:
+            raise BackendError(packets.MODEL_NOT_FOUND, f"model {model!r} is not served here")
+        text = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        yield make_chunk(cid, model, {"role": "assistant", "content": ""})
+        for i, word in enumerate(text.split()):
+            yield make_chunk(cid, model, {"content": word if i == 0 else " " + word})
+        yield make_chunk(cid, model, {}, "stop")
+
+    async def aclose(self) -> None:
+        return None
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible server (Ollama, vLLM, llama.cpp, OpenAI) through ``openai.AsyncOpenAI``."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        models: Sequence[str] = (),
+        timeout: float = 60.0,
+    ) -> None:
+        """``models`` narrows what is served (all the backend lists when empty); ``timeout`` bounds
+        connecting and each wait for data."""
+        self.base_url = base_url or default_base_url()
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "unused"
+        self._wanted = list(models)
+        self._timeout = timeout
+        self._client: Any = None
+
+    def _sdk(self) -> Any:
+        if self._client is None:
+            import openai  # heavy: loaded only when a backend is used
+
+            self._client = openai.AsyncOpenAI(
+                base_url=self.base_url, api_key=self._api_key, max_retries=0, timeout=self._timeout
+            )
+        return self._client
+
+    async def list_models(self) -> list[str]:
+        try:
+            offered = [m.id async for m in self._sdk().models.list()]
+        except Exception as exc:
+            raise _backend_error(exc, self.base_url) from exc
+        if not self._wanted:
+            return offered
+        missing = [m for m in self._wanted if m not in offered]
+        if missing:
+            served = ", ".join(offered) or "nothing"
+            message = f"{self.base_url} does not serve {', '.join(missing)} (it serves {served})"
+            raise BackendError(packets.MODEL_NOT_FOUND, message)
+        return list(self._wanted)
+
+    async def stream_chat(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        try:
+            stream = await self._sdk().chat.completions.create(
+                model=model, messages=messages, stream=True, **params
+            )
+        except TypeError as exc:  # an unknown parameter name
+            raise BackendError(packets.BAD_REQUEST, f"bad request parameters: {exc}") from exc
+        except Exception as exc:
+            raise _backend_error(exc, self.base_url) from exc
+        try:
+            async for chunk in stream:
+                yield chunk.model_dump(mode="json", exclude_unset=True)
+        except Exception as exc:
+            raise _backend_error(exc, self.base_url) from exc
+        finally:
+            await stream.close()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _backend_error(exc: Exception, base_url: str) -> BackendError:
+    """Map an openai SDK (or transport) failure to a BackendError with a clear message."""
+    import openai
+
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, openai.APITimeoutError):
+        return BackendError(packets.BACKEND_TIMEOUT, f"backend at {base_url} timed out")
+    if isinstance(exc, openai.APIConnectionError):
+        return BackendError(packets.BACKEND_UNAVAILABLE, f"backend at {base_url} is unreachable: {exc}")
+    if isinstance(exc, openai.APIStatusError):
+        kind = packets.MODEL_NOT_FOUND if exc.status_code == 404 else packets.BACKEND_ERROR
+        return BackendError(kind, f"backend answered HTTP {exc.status_code}: {_status_message(exc)}")
+    return BackendError(packets.BACKEND_ERROR, f"backend stream failed: {exc!r}")
+
+
+def _status_message(exc: Any) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+    return str(exc.message)

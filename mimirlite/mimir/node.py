@@ -1,0 +1,159 @@
+"""The serving side: answers ``/mimirllm/1.0.0/identify`` queries and ``/mimirllm/1.0.0`` chats."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+from typing import Any
+
+from mimirlite.errors import MimirliteError
+from mimirlite.mimir import packets
+from mimirlite.mimir.backends import Backend, BackendError
+from mimirlite.mimir.models import DEFAULT_MODEL, model_name
+from mimirlite.mimir.packets import BadRequestError, ChatRequest, Packet, PacketError
+from mimirlite.net.host import Host
+from mimirlite.net.stream import Stream
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 10.0
+"""Seconds a client has to send its request packet once it opened a stream."""
+
+
+class MimirNode:
+    """Serves a backend's models on ``host``; ``async with`` (or :meth:`start`) registers the protocols."""
+
+    def __init__(
+        self,
+        host: Host,
+        backend: Backend,
+        *,
+        default_model: str | None = None,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.backend = backend
+        self.models: list[str] = []
+        self.default_model = default_model
+        self.request_timeout = request_timeout
+
+    async def start(self) -> list[str]:
+        """Ask the backend for its models and start answering; BackendError when it cannot be reached."""
+        self.models = await self.backend.list_models()
+        if not self.models:
+            raise BackendError(packets.MODEL_NOT_FOUND, "the backend serves no model")
+        if self.default_model is None:
+            self.default_model = DEFAULT_MODEL if DEFAULT_MODEL in self.models else self.models[0]
+        elif self.default_model not in self.models:
+            raise BackendError(packets.MODEL_NOT_FOUND, f"default model {self.default_model!r} is not served")
+        self.host.set_handler(packets.IDENTIFY_PROTOCOL, self._serve_identify)
+        self.host.set_handler(packets.CHAT_PROTOCOL, self._serve_chat)
+        log.info("serving %s (default %s)", ", ".join(self.models), self.default_model)
+        return self.models
+
+    async def serve(self) -> None:
+        """Start, then serve until cancelled."""
+        async with self:
+            await asyncio.get_running_loop().create_future()
+
+    async def stop(self) -> None:
+        """Stop answering and release the backend."""
+        self.host.remove_handler(packets.IDENTIFY_PROTOCOL)
+        self.host.remove_handler(packets.CHAT_PROTOCOL)
+        await self.backend.aclose()
+
+    async def __aenter__(self) -> MimirNode:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _read_request(self, stream: Stream, event: str) -> Packet:
+        try:
+            obj = await asyncio.wait_for(stream.read_json(), self.request_timeout)
+        except asyncio.TimeoutError:
+            raise BadRequestError(f"no request within {self.request_timeout:g} s") from None
+        except MimirliteError as exc:
+            raise BadRequestError(f"unreadable request: {exc}") from exc
+        if obj is None:
+            raise BadRequestError("stream ended before a request")
+        try:
+            return packets.parse_packet(obj, event)
+        except PacketError as exc:
+            raise BadRequestError(str(exc)) from None
+
+    async def _serve_identify(self, stream: Stream) -> None:
+        try:
+            query = await self._read_request(stream, packets.QUERY)
+        except BadRequestError as exc:
+            log.warning("%r: identify refused: %s", stream, exc)
+            return
+        log.debug("%r: identify query for %s", stream, query.data)
+        await stream.write_json(Packet(packets.RESPONSE, list(self.models), query.request_id).to_json())
+
+    async def _serve_chat(self, stream: Stream) -> None:
+        request_id: str | None = None
+        try:
+            packet = await self._read_request(stream, packets.MESSAGE)
+            request_id = packet.request_id
+            request = packets.parse_chat_request(packet.data)
+            model = model_name(request.model) if request.model else self.default_model
+            if model not in self.models:
+                raise BackendError(packets.MODEL_NOT_FOUND, f"model {model!r} is not served here")
+            answer = asyncio.ensure_future(self._answer(stream, model, request, request_id))
+            await _until_done_or_reset(stream, answer)
+            if answer.cancelled():
+                return
+            exc = answer.exception()
+            if isinstance(exc, BackendError):
+                raise exc
+            if isinstance(exc, MimirliteError):
+                log.info("%r: client went away mid-answer: %s", stream, exc)
+            elif exc is not None:
+                raise exc
+        except BadRequestError as exc:
+            log.warning("%r: bad request: %s", stream, exc)
+            await _send_error(stream, packets.BAD_REQUEST, str(exc), request_id)
+        except BackendError as exc:
+            log.warning("%r: %s", stream, exc)
+            await _send_error(stream, exc.type, str(exc), request_id)
+
+    async def _answer(self, stream: Stream, model: str, request: ChatRequest, request_id: str | None) -> None:
+        finished = False
+        chat = self.backend.stream_chat(model, request.messages, request.params)
+        async with contextlib.aclosing(chat) as chunks:
+            async for chunk in chunks:
+                out: dict[str, Any] = {"event": packets.COMPLETION_PACKET}
+                if request_id is not None:
+                    out["request_id"] = request_id
+                out["data"] = chunk
+                await stream.write_json(out)
+                choices = chunk.get("choices")
+                if choices and isinstance(choices[0], dict) and choices[0].get("finish_reason"):
+                    finished = True
+        if not finished:
+            raise BackendError(packets.BACKEND_ERROR, "backend answer ended before a finish_reason")
+
+
+async def _until_done_or_reset(stream: Stream, answer: asyncio.Future[None]) -> None:
+    """Wait for ``answer``; cancel it (and so the backend request) if the client resets the stream."""
+    left = asyncio.ensure_future(stream.wait_reset())
+    try:
+        await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not answer.done():
+            if left.done():
+                log.info("%r: client left mid-answer; cancelling the backend request", stream)
+            answer.cancel()
+        left.cancel()
+        await asyncio.wait((answer, left))
+
+
+async def _send_error(stream: Stream, type: str, message: str, request_id: str | None) -> None:
+    with contextlib.suppress(MimirliteError):
+        await stream.write_json(packets.error_packet(type, message, request_id))
