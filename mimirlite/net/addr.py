@@ -54,3 +54,28 @@ def _from_parts(text: str, parts: list[tuple[str, object]]) -> TcpAddr:
         except InvalidKeyError as exc:
             raise AddressError(f"invalid peer ID in {text!r}: {exc}") from None
     return TcpAddr(host, port, peer_id)
+
+
+def expand_unspecified(addr: TcpAddr) -> list[TcpAddr]:
+    """``addr`` itself, or for 0.0.0.0 / :: each address of this machine's interfaces (same port).
+
+    IPv6 link-local addresses are left out: they are not dialable without a zone.
+    """
+    ip = ipaddress.ip_address(addr.host)
+    if not ip.is_unspecified:
+        return [addr]
+    import ifaddr  # comes with zeroconf; loaded only here
+
+    out: list[TcpAddr] = []
+    for adapter in ifaddr.get_adapters():
+        for entry in adapter.ips:
+            if isinstance(entry.ip, str) != (ip.version == 4):
+                continue
+            host = entry.ip if isinstance(entry.ip, str) else entry.ip[0]
+            candidate = ipaddress.ip_address(host)
+            if candidate.is_link_local:
+                continue
+            found = TcpAddr(str(candidate), addr.port, addr.peer_id)
+            if found not in out:
+                out.append(found)
+    return out

@@ -17,7 +17,7 @@ from mimirlite.errors import (
     StreamResetError,
 )
 from mimirlite.identity import KeyPair, PeerId
-from mimirlite.net.addr import TcpAddr, parse_multiaddr
+from mimirlite.net.addr import TcpAddr, expand_unspecified, parse_multiaddr
 from mimirlite.net.config import HostConfig
 from mimirlite.net.connection import Connection
 from mimirlite.net.stream import Stream
@@ -112,6 +112,11 @@ class Host:
     def listen_addrs(self) -> list[str]:
         """Bound listen addresses, each ending in /p2p/<our peer ID>."""
         return [a.multiaddr(self.peer_id) for a in self._listen_addrs]
+
+    @property
+    def dialable_addrs(self) -> list[str]:
+        """Like :attr:`listen_addrs`, with 0.0.0.0 and :: expanded to this machine's addresses."""
+        return [e.multiaddr(self.peer_id) for a in self._listen_addrs for e in expand_unspecified(a)]
 
     @property
     def connections(self) -> dict[PeerId, Connection]:
