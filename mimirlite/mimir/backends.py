@@ -10,7 +10,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Protocol
 
 from mimirlite.errors import MimirliteError
@@ -87,7 +87,7 @@ class EchoBackend:
 
     async def stream_chat(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         if model != self.model:
             raise BackendError(packets.MODEL_NOT_FOUND, f"model {model!r} is not served here")
         text = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
@@ -145,7 +145,7 @@ class OpenAIBackend:
 
     async def stream_chat(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         try:
             stream = await self._sdk().chat.completions.create(
                 model=model, messages=messages, stream=True, **params
