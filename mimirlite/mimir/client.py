@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from types import TracebackType
@@ -174,10 +173,8 @@ class MimirClient:
     # ---- chat ----
 
     def _candidates(self, model: str | None) -> list[PeerId]:
-        peers = self.nodes_for(model)
-        random.shuffle(peers)
-        peers.sort(key=lambda p: self._inflight.get(p, 0))
-        return peers
+        """Nodes serving ``model``: the least busy first, then in the order they were learned."""
+        return sorted(self.nodes_for(model), key=lambda p: self._inflight.get(p, 0))
 
     async def chat(
         self, messages: list[dict[str, Any]], model: str | None = None, **params: Any
