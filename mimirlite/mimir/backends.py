@@ -158,7 +158,8 @@ class OpenAIBackend:
             async for chunk in stream:
                 yield chunk.model_dump(mode="json", exclude_unset=True)
         except Exception as exc:
-            raise _backend_error(exc, self.base_url) from exc
+            cause = exc.__cause__ or exc
+            raise BackendError(packets.BACKEND_ERROR, f"backend stream broke off: {cause!r}") from exc
         finally:
             await stream.close()
 
@@ -172,8 +173,6 @@ def _backend_error(exc: Exception, base_url: str) -> BackendError:
     """Map an openai SDK (or transport) failure to a BackendError with a clear message."""
     import openai
 
-    if isinstance(exc, BackendError):
-        return exc
     if isinstance(exc, openai.APITimeoutError):
         return BackendError(packets.BACKEND_TIMEOUT, f"backend at {base_url} timed out")
     if isinstance(exc, openai.APIConnectionError):
@@ -181,7 +180,7 @@ def _backend_error(exc: Exception, base_url: str) -> BackendError:
     if isinstance(exc, openai.APIStatusError):
         kind = packets.MODEL_NOT_FOUND if exc.status_code == 404 else packets.BACKEND_ERROR
         return BackendError(kind, f"backend answered HTTP {exc.status_code}: {_status_message(exc)}")
-    return BackendError(packets.BACKEND_ERROR, f"backend stream failed: {exc!r}")
+    return BackendError(packets.BACKEND_ERROR, f"backend failed: {exc!r}")
 
 
 def _status_message(exc: Any) -> str:
