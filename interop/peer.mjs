@@ -11,6 +11,8 @@
 //   --dht                        add the kad-dht service (/ipfs/kad/1.0.0) like the original
 //   --monitor-interval-ms <n>    connection monitor ping interval (libp2p default 10000)
 //   --no-monitor                 disable libp2p's connection monitor
+//   --peer-events                emit a "peer:identify" event whenever identify or an identify push
+//                                from a peer was consumed (what the peer store learned)
 import { createHash, randomBytes } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import { createInterface } from 'node:readline'
@@ -52,7 +54,7 @@ function errorMessage (err) {
 // ---------------------------------------------------------------- args
 
 function parseArgs (argv) {
-  const opts = { listen: [], identify: true, dht: false, monitor: true, monitorIntervalMs: undefined }
+  const opts = { listen: [], identify: true, dht: false, monitor: true, monitorIntervalMs: undefined, peerEvents: false }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     const next = () => {
@@ -65,6 +67,7 @@ function parseArgs (argv) {
     else if (a === '--identify') opts.identify = true
     else if (a === '--dht') opts.dht = true
     else if (a === '--no-monitor') opts.monitor = false
+    else if (a === '--peer-events') opts.peerEvents = true
     else if (a === '--monitor-interval-ms') opts.monitorIntervalMs = Number(next())
     else throw new Error(`unknown argument ${a}`)
   }
@@ -175,7 +178,9 @@ function describeConnection (c) {
     direction: c.direction,
     multiplexer: c.multiplexer ?? null,
     encryption: c.encryption ?? null,
-    streams: c.streams.map(s => s.protocol ?? null)
+    streams: c.streams.map(s => s.protocol ?? null),
+    // set by libp2p's connection monitor after each heartbeat; null before the first one
+    rtt: c.rtt ?? null
   }
 }
 
@@ -240,6 +245,21 @@ node.addEventListener('connection:open', (evt) => {
     ).catch(err => log('identify event', err))
   }
 })
+
+if (opts.peerEvents) {
+  node.addEventListener('peer:identify', (evt) => {
+    const r = evt.detail
+    void emit({
+      event: 'peer:identify',
+      peerId: r.peerId.toString(),
+      agentVersion: r.agentVersion ?? null,
+      protocolVersion: r.protocolVersion ?? null,
+      protocols: r.protocols ?? [],
+      listenAddrs: (r.listenAddrs ?? []).map(ma => ma.toString()),
+      observedAddr: r.observedAddr?.toString() ?? null
+    })
+  })
+}
 
 node.addEventListener('connection:close', (evt) => {
   const conn = evt.detail
@@ -328,6 +348,33 @@ const commands = {
     const muxerRtt = await withTimeout(muxer.ping(), timeoutOf(req), 'yamux ping')
     const rtt = performance.now() - t0
     return { rtt_ms: rtt, muxer_rtt_ms: muxerRtt, remotePeer: conn.remotePeer.toString() }
+  },
+
+  async peerinfo (req) {
+    // what the peer store knows about a peer (learned from identify and identify push)
+    if (typeof req.peerId !== 'string') throw new Error('missing "peerId"')
+    const peer = (await node.peerStore.all()).find(p => p.id.toString() === req.peerId)
+    if (peer == null) throw new Error(`peer ${req.peerId} is not in the peer store`)
+    const text = (key) => {
+      const v = peer.metadata.get(key)
+      return v == null ? null : new TextDecoder().decode(v)
+    }
+    return {
+      peerId: req.peerId,
+      addresses: peer.addresses.map(a => a.multiaddr.toString()),
+      protocols: peer.protocols,
+      agentVersion: text('AgentVersion'),
+      protocolVersion: text('ProtocolVersion')
+    }
+  },
+
+  async handle (req) {
+    // serve one more echo protocol; identify push then announces it to connected peers
+    if (typeof req.protocol !== 'string') throw new Error('missing "protocol"')
+    await node.handle(req.protocol, ({ stream }) => {
+      stream.sink(stream.source).catch(err => stream.abort(err))
+    }, STREAM_LIMITS)
+    return {}
   },
 
   async connections () {
