@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    # A chat prints its answer and, on failure, one line: library warnings show with -v.
+    quiet = logging.WARNING if args.command == "node" else logging.ERROR
+    level = (quiet, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     run = {"node": _node, "chat": _chat, "peers": _peers}[args.command]
     try:

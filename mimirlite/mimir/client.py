@@ -190,8 +190,7 @@ class MimirClient:
         data: dict[str, Any] = {"messages": messages, **params}
         if model is not None:
             data["model"] = model_name(model)
-        last: BaseException | None = None
-        for peer in candidates:
+        for i, peer in enumerate(candidates):
             answer = _Answer(self, peer, data)
             try:
                 async with contextlib.aclosing(answer.chunks()) as chunks:
@@ -199,13 +198,15 @@ class MimirClient:
                         yield chunk
                 return
             except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
-                if answer.started or (isinstance(exc, RemoteError) and exc.type == packets.BAD_REQUEST):
+                last_candidate = i == len(candidates) - 1
+                if (
+                    last_candidate
+                    or answer.started
+                    or (isinstance(exc, RemoteError) and exc.type == packets.BAD_REQUEST)
+                ):
                     raise
                 reason = str(exc) or type(exc).__name__
                 log.warning("node %s failed before answering: %s; trying another", peer, reason)
-                last = exc
-        assert last is not None
-        raise last
 
 
 class _Answer:
