@@ -123,10 +123,11 @@ class Host:
         """The open connection per connected peer."""
         return dict(self._conns)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # ---- handlers ----
 
@@ -341,7 +342,7 @@ class Host:
         try:
             await asyncio.wait_for(self._negotiate(stream, ms), self.config.negotiate_timeout)
         except (MimirliteError, asyncio.TimeoutError) as exc:
-            log.debug("%r: inbound negotiation failed: %s", stream, exc or "timeout")
+            log.info("%r: inbound negotiation failed: %s", stream, exc or "timeout")
             await stream.reset()
             return
         protocol = ms.selected

@@ -15,6 +15,7 @@ MAX_MESSAGE = 4 * 1024 * 1024
 """Default cap on one message body, as it-length-prefixed's reader."""
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps_ascii = json.JSONEncoder(separators=(",", ":")).encode
 _loads = json.loads
 
 
@@ -25,7 +26,10 @@ def encode_message(body: bytes) -> bytes:
 
 def encode_json(obj: Any) -> bytes:
     """One LP-JSON message (compact UTF-8 JSON)."""
-    body = _dumps(obj).encode()
+    try:
+        body = _dumps(obj).encode()
+    except UnicodeEncodeError:  # lone surrogates (valid in JSON text): send them \u-escaped
+        body = _dumps_ascii(obj).encode()
     return encode_uvarint(len(body)) + body
 
 
