@@ -11,6 +11,8 @@
 //   --dht                        add the kad-dht service (/ipfs/kad/1.0.0) like the original
 //   --monitor-interval-ms <n>    connection monitor ping interval (libp2p default 10000)
 //   --no-monitor                 disable libp2p's connection monitor
+//   --mdns                       add @libp2p/mdns discovery; emits {"event": "peer:discovery", peerId, addrs}
+//   --mdns-interval-ms <n>       mDNS query interval (@libp2p/mdns default 10000)
 //   --peer-events                emit a "peer:identify" event whenever identify or an identify push
 //                                from a peer was consumed (what the peer store learned)
 import { createHash, randomBytes } from 'node:crypto'
@@ -20,6 +22,7 @@ import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify, identifyPush } from '@libp2p/identify'
 import { kadDHT } from '@libp2p/kad-dht'
+import { mdns } from '@libp2p/mdns'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -69,6 +72,8 @@ function parseArgs (argv) {
     else if (a === '--no-monitor') opts.monitor = false
     else if (a === '--peer-events') opts.peerEvents = true
     else if (a === '--monitor-interval-ms') opts.monitorIntervalMs = Number(next())
+    else if (a === '--mdns') opts.mdns = true
+    else if (a === '--mdns-interval-ms') opts.mdnsIntervalMs = Number(next())
     else throw new Error(`unknown argument ${a}`)
   }
   if (opts.listen.length === 0) opts.listen.push('/ip4/127.0.0.1/tcp/0')
@@ -196,6 +201,7 @@ if (opts.identify) {
   services.identifyPush = identifyPush()
 }
 if (opts.dht) services.dht = kadDHT()
+if (opts.mdns) services.mdns = mdns(opts.mdnsIntervalMs != null ? { interval: opts.mdnsIntervalMs } : {})
 
 const node = await createLibp2p({
   start: false,
@@ -213,6 +219,13 @@ const node = await createLibp2p({
   },
   services
 })
+
+if (opts.mdns) {
+  // dispatched for peers new to the peer store (here: found by mDNS)
+  node.addEventListener('peer:discovery', (evt) => {
+    void emit({ event: 'peer:discovery', peerId: evt.detail.id.toString(), addrs: evt.detail.multiaddrs.map(ma => ma.toString()) })
+  })
+}
 
 node.addEventListener('connection:open', (evt) => {
   const conn = evt.detail

@@ -1,0 +1,627 @@
+"""libp2p identify (``/ipfs/id/1.0.0``) and identify push (``/ipfs/id/push/1.0.0``).
+
+The sans-IO part (binary multiaddrs, the ``Identify`` protobuf, turning a message into what we learn)
+takes bytes and returns data; :class:`Identify` is the asyncio service that answers and asks on a Host.
+As js-libp2p does it: the answering side writes one length-prefixed message and closes its write side;
+the asking side reads it, checks that the public key is the connection's peer, and records the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mimirlite.errors import (
+    AddressError,
+    ConnectionClosedError,
+    DecodeError,
+    InvalidKeyError,
+    LocalError,
+    MessageTooLargeError,
+    MimirliteError,
+    ProtocolError,
+    ProtocolNotSupportedError,
+    StreamResetError,
+)
+from mimirlite.identity import PeerId, PublicKey
+from mimirlite.wire.lp import encode_message
+from mimirlite.wire.protobuf import LENGTH_DELIMITED, decode_message, encode_bytes_field
+from mimirlite.wire.varint import decode_uvarint, encode_uvarint
+
+if TYPE_CHECKING:
+    from mimirlite.net.connection import Connection
+    from mimirlite.net.host import Host
+    from mimirlite.net.stream import Stream
+
+log = logging.getLogger(__name__)
+
+IDENTIFY_PROTOCOL = "/ipfs/id/1.0.0"
+IDENTIFY_PUSH_PROTOCOL = "/ipfs/id/push/1.0.0"
+PROTOCOL_VERSION = "ipfs/0.1.0"
+MAX_IDENTIFY_MESSAGE = 8 * 1024
+"""Cap on one Identify message body, as js-libp2p's identify."""
+IDENTIFY_TIMEOUT = 5.0
+"""Seconds for one identify exchange (open, negotiate, read), as js-libp2p's identify."""
+MAX_REMEMBERED_PEERS = 1024
+"""Identify results kept; the least recently updated peer is forgotten first."""
+
+
+class IdentifyError(ProtocolError):
+    """The remote's Identify message is unusable (no message, missing or foreign public key)."""
+
+
+class IdentifyTimeoutError(MimirliteError, TimeoutError):
+    """An identify exchange did not finish in time."""
+
+
+# --- binary multiaddrs (sans-IO) ---------------------------------------------------------------
+
+_IP4, _IP6, _PORT, _TEXT, _P2P, _MULTIBASE, _NONE = range(7)
+_FIXED_SIZE = {_IP4: 4, _IP6: 16, _PORT: 2}
+
+_MA_BY_CODE: dict[int, tuple[str, int]] = {
+    0x04: ("ip4", _IP4),
+    0x06: ("tcp", _PORT),
+    0x21: ("dccp", _PORT),
+    0x29: ("ip6", _IP6),
+    0x2A: ("ip6zone", _TEXT),
+    0x35: ("dns", _TEXT),
+    0x36: ("dns4", _TEXT),
+    0x37: ("dns6", _TEXT),
+    0x38: ("dnsaddr", _TEXT),
+    0x84: ("sctp", _PORT),
+    0x0111: ("udp", _PORT),
+    0x0118: ("webrtc-direct", _NONE),
+    0x0119: ("webrtc", _NONE),
+    0x0122: ("p2p-circuit", _NONE),
+    0x01A5: ("p2p", _P2P),
+    0x01BB: ("https", _NONE),
+    0x01C0: ("tls", _NONE),
+    0x01C1: ("sni", _TEXT),
+    0x01C6: ("noise", _NONE),
+    0x01CC: ("quic", _NONE),
+    0x01CD: ("quic-v1", _NONE),
+    0x01D1: ("webtransport", _NONE),
+    0x01D2: ("certhash", _MULTIBASE),
+    0x01DD: ("ws", _NONE),
+    0x01DE: ("wss", _NONE),
+    0x01E0: ("http", _NONE),
+}
+_MA_BY_NAME: dict[str, tuple[int, int]] = {name: (code, kind) for code, (name, kind) in _MA_BY_CODE.items()}
+_MA_BY_NAME["ipfs"] = _MA_BY_NAME["p2p"]  # the old name of /p2p
+
+
+def _value_to_text(name: str, kind: int, value: bytes) -> str:
+    if kind == _IP4:
+        return str(ipaddress.IPv4Address(value))
+    if kind == _IP6:
+        return str(ipaddress.IPv6Address(value))
+    if kind == _PORT:
+        return str(int.from_bytes(value, "big"))
+    if kind == _P2P:
+        try:
+            return PeerId.from_bytes(value).to_base58()
+        except InvalidKeyError as exc:
+            raise DecodeError(f"multiaddr: bad /p2p value: {exc}") from None
+    if kind == _MULTIBASE:
+        return "u" + base64.urlsafe_b64encode(value).decode("ascii").rstrip("=")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError(f"multiaddr: /{name} value is not UTF-8") from None
+    if not text or "/" in text:
+        raise DecodeError(f"multiaddr: /{name} value is empty or contains '/'")
+    return text
+
+
+def multiaddr_from_bytes(buf: bytes) -> str:
+    """The text form of a binary multiaddr; DecodeError for bytes we cannot read."""
+    buf = bytes(buf)
+    parts: list[str] = []
+    pos = 0
+    while pos < len(buf):
+        got = decode_uvarint(buf, pos)
+        if got is None:
+            raise DecodeError("multiaddr: truncated protocol code")
+        code, pos = got
+        entry = _MA_BY_CODE.get(code)
+        if entry is None:
+            raise DecodeError(f"multiaddr: unsupported protocol code {code:#x}")
+        name, kind = entry
+        parts.append(name)
+        if kind == _NONE:
+            continue
+        size = _FIXED_SIZE.get(kind)
+        if size is None:
+            got = decode_uvarint(buf, pos)
+            if got is None:
+                raise DecodeError(f"multiaddr: truncated /{name} length")
+            size, pos = got
+        if pos + size > len(buf):
+            raise DecodeError(f"multiaddr: truncated /{name} value")
+        parts.append(_value_to_text(name, kind, buf[pos : pos + size]))
+        pos += size
+    if not parts:
+        raise DecodeError("multiaddr: empty")
+    return "/" + "/".join(parts)
+
+
+def _value_to_bytes(text: str, name: str, kind: int, value: str) -> bytes:
+    try:
+        if kind == _IP4:
+            return ipaddress.IPv4Address(value).packed
+        if kind == _IP6:
+            return ipaddress.IPv6Address(value).packed
+        if kind == _PORT:
+            if not (value.isascii() and value.isdigit()) or int(value) > 0xFFFF:
+                raise ValueError(f"bad port {value!r}")
+            return int(value).to_bytes(2, "big")
+        if kind == _P2P:
+            return PeerId.from_string(value).to_bytes()
+        if kind == _MULTIBASE:
+            if not value.startswith("u"):
+                raise ValueError("only base64url multibase ('u') is supported")
+            return base64.urlsafe_b64decode(value[1:] + "=" * (-len(value[1:]) % 4))
+        return value.encode("utf-8")
+    except (ValueError, InvalidKeyError, binascii.Error) as exc:
+        raise AddressError(f"invalid /{name} value in {text!r}: {exc}") from None
+
+
+def multiaddr_to_bytes(text: str) -> bytes:
+    """The binary form of a text multiaddr; AddressError for one we cannot encode."""
+    parts = text.split("/")
+    if len(parts) < 2 or parts[0] != "" or "" in parts[1:]:
+        raise AddressError(f"invalid multiaddr {text!r}")
+    out = bytearray()
+    i = 1
+    while i < len(parts):
+        entry = _MA_BY_NAME.get(parts[i])
+        if entry is None:
+            raise AddressError(f"unsupported protocol /{parts[i]} in {text!r}")
+        code, kind = entry
+        out += encode_uvarint(code)
+        i += 1
+        if kind == _NONE:
+            continue
+        if i >= len(parts):
+            raise AddressError(f"missing /{parts[i - 1]} value in {text!r}")
+        value = _value_to_bytes(text, parts[i - 1], kind, parts[i])
+        if kind not in _FIXED_SIZE:
+            out += encode_uvarint(len(value))
+        out += value
+        i += 1
+    return bytes(out)
+
+
+def tcp_multiaddr_bytes(host: str, port: int) -> bytes:
+    """``/ip4|ip6/<host>/tcp/<port>`` in binary form (an IPv6 zone is dropped)."""
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    code = 0x04 if ip.version == 4 else 0x29
+    return encode_uvarint(code) + ip.packed + encode_uvarint(0x06) + port.to_bytes(2, "big")
+
+
+# --- the Identify message (sans-IO) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdentifyMessage:
+    """The ``Identify`` protobuf; every field optional, addresses in binary multiaddr form."""
+
+    protocol_version: str | None = None
+    agent_version: str | None = None
+    public_key: bytes | None = None
+    listen_addrs: tuple[bytes, ...] = ()
+    observed_addr: bytes | None = None
+    protocols: tuple[str, ...] = ()
+    signed_peer_record: bytes | None = None
+
+
+_F_PUBLIC_KEY = 1
+_F_LISTEN_ADDRS = 2
+_F_PROTOCOLS = 3
+_F_OBSERVED_ADDR = 4
+_F_PROTOCOL_VERSION = 5
+_F_AGENT_VERSION = 6
+_F_SIGNED_PEER_RECORD = 8
+_SCHEMA = {
+    f: LENGTH_DELIMITED
+    for f in (
+        _F_PUBLIC_KEY,
+        _F_LISTEN_ADDRS,
+        _F_PROTOCOLS,
+        _F_OBSERVED_ADDR,
+        _F_PROTOCOL_VERSION,
+        _F_AGENT_VERSION,
+        _F_SIGNED_PEER_RECORD,
+    )
+}
+
+
+def encode_identify(msg: IdentifyMessage) -> bytes:
+    """The protobuf body, fields in the order js-libp2p writes them.
+
+    Raises LocalError if it exceeds :data:`MAX_IDENTIFY_MESSAGE` (peers would refuse it).
+    """
+    parts: list[bytes] = []
+    if msg.protocol_version is not None:
+        parts.append(encode_bytes_field(_F_PROTOCOL_VERSION, msg.protocol_version.encode()))
+    if msg.agent_version is not None:
+        parts.append(encode_bytes_field(_F_AGENT_VERSION, msg.agent_version.encode()))
+    if msg.public_key is not None:
+        parts.append(encode_bytes_field(_F_PUBLIC_KEY, msg.public_key))
+    parts.extend(encode_bytes_field(_F_LISTEN_ADDRS, a) for a in msg.listen_addrs)
+    if msg.observed_addr is not None:
+        parts.append(encode_bytes_field(_F_OBSERVED_ADDR, msg.observed_addr))
+    parts.extend(encode_bytes_field(_F_PROTOCOLS, p.encode()) for p in msg.protocols)
+    if msg.signed_peer_record is not None:
+        parts.append(encode_bytes_field(_F_SIGNED_PEER_RECORD, msg.signed_peer_record))
+    body = b"".join(parts)
+    if len(body) > MAX_IDENTIFY_MESSAGE:
+        raise LocalError(f"identify message of {len(body)} bytes exceeds the {MAX_IDENTIFY_MESSAGE} byte cap")
+    return body
+
+
+def encode_identify_frame(msg: IdentifyMessage) -> bytes:
+    """The message as it goes on the stream: uvarint length, then the body."""
+    return encode_message(encode_identify(msg))
+
+
+def _text(value: bytes, what: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError(f"identify: {what} is not UTF-8") from None
+
+
+def decode_identify(buf: bytes, max_size: int = MAX_IDENTIFY_MESSAGE) -> IdentifyMessage:
+    """Decode an Identify body; unknown fields are skipped, a repeated singular field keeps its last value.
+
+    Raises MessageTooLargeError above ``max_size`` and DecodeError for malformed protobuf or text.
+    """
+    if len(buf) > max_size:
+        raise MessageTooLargeError(f"identify message of {len(buf)} bytes exceeds the {max_size} byte cap")
+    fields = decode_message(bytes(buf), _SCHEMA)
+
+    def all_of(f: int) -> list[bytes]:
+        return [v for v in fields.get(f, ()) if isinstance(v, bytes)]
+
+    def last(f: int) -> bytes | None:
+        values = all_of(f)
+        return values[-1] if values else None
+
+    pv, av = last(_F_PROTOCOL_VERSION), last(_F_AGENT_VERSION)
+    return IdentifyMessage(
+        protocol_version=None if pv is None else _text(pv, "protocolVersion"),
+        agent_version=None if av is None else _text(av, "agentVersion"),
+        public_key=last(_F_PUBLIC_KEY),
+        listen_addrs=tuple(all_of(_F_LISTEN_ADDRS)),
+        observed_addr=last(_F_OBSERVED_ADDR),
+        protocols=tuple(_text(p, "a protocol") for p in all_of(_F_PROTOCOLS)),
+        signed_peer_record=last(_F_SIGNED_PEER_RECORD),
+    )
+
+
+# --- what we learn from a message (sans-IO) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdentifyInfo:
+    """What a peer told us about itself (and about us: ``observed_addr``)."""
+
+    peer_id: PeerId
+    public_key: PublicKey | None
+    protocol_version: str | None = None
+    agent_version: str | None = None
+    listen_addrs: tuple[str, ...] = ()
+    """Text multiaddrs as sent (no /p2p/ suffix is added); ones we cannot read are left out."""
+    observed_addr: str | None = None
+    """Our own address as the peer sees it."""
+    protocols: tuple[str, ...] = ()
+
+
+def _addrs_text(bufs: Iterable[bytes], peer_id: PeerId) -> tuple[str, ...]:
+    out: list[str] = []
+    for b in bufs:
+        try:
+            out.append(multiaddr_from_bytes(b))
+        except DecodeError as exc:
+            log.debug("identify from %s: skipping listen address %s: %s", peer_id, b.hex(), exc)
+    return tuple(out)
+
+
+def _checked_key(peer_id: PeerId, raw: bytes) -> PublicKey:
+    try:
+        key = PublicKey.from_protobuf(raw)
+    except InvalidKeyError as exc:
+        raise IdentifyError(f"identify from {peer_id}: bad public key: {exc}") from None
+    if not peer_id.matches_public_key(key):
+        raise IdentifyError(f"identify from {peer_id}: public key belongs to {PeerId.from_public_key(key)}")
+    return key
+
+
+def _observed_text(raw: bytes | None, peer_id: PeerId) -> str | None:
+    if not raw:
+        return None
+    try:
+        return multiaddr_from_bytes(raw)
+    except DecodeError as exc:
+        log.debug("identify from %s: unreadable observed address: %s", peer_id, exc)
+        return None
+
+
+def info_from_message(peer_id: PeerId, msg: IdentifyMessage) -> IdentifyInfo:
+    """Check an identify answer from ``peer_id``: the public key must be there and be that peer's.
+
+    Raises IdentifyError.
+    """
+    if msg.public_key is None:
+        raise IdentifyError(f"identify from {peer_id}: no public key")
+    return IdentifyInfo(
+        peer_id=peer_id,
+        public_key=_checked_key(peer_id, msg.public_key),
+        protocol_version=msg.protocol_version,
+        agent_version=msg.agent_version,
+        listen_addrs=_addrs_text(msg.listen_addrs, peer_id),
+        observed_addr=_observed_text(msg.observed_addr, peer_id),
+        protocols=msg.protocols,
+    )
+
+
+def merge_push(old: IdentifyInfo | None, peer_id: PeerId, msg: IdentifyMessage) -> IdentifyInfo:
+    """Apply an identify push from ``peer_id`` to what we knew: fields it leaves out stay as they were.
+
+    A public key, if sent, must be the peer's (IdentifyError otherwise).
+    """
+    base = old if old is not None else IdentifyInfo(peer_id=peer_id, public_key=peer_id.public_key())
+    observed = _observed_text(msg.observed_addr, peer_id)
+    return IdentifyInfo(
+        peer_id=peer_id,
+        public_key=base.public_key if msg.public_key is None else _checked_key(peer_id, msg.public_key),
+        protocol_version=base.protocol_version if msg.protocol_version is None else msg.protocol_version,
+        agent_version=base.agent_version if msg.agent_version is None else msg.agent_version,
+        listen_addrs=_addrs_text(msg.listen_addrs, peer_id) if msg.listen_addrs else base.listen_addrs,
+        observed_addr=base.observed_addr if observed is None else observed,
+        protocols=msg.protocols or base.protocols,
+    )
+
+
+# --- the asyncio service -----------------------------------------------------------------------
+
+
+def _agent_version() -> str:
+    from mimirlite import __version__
+
+    return f"mimirlite/{__version__}"
+
+
+async def _read_one(stream: Stream, what: str) -> IdentifyMessage:
+    body = await stream.read_message(MAX_IDENTIFY_MESSAGE)
+    if body is None:
+        raise IdentifyError(f"{what}: stream ended before the message")
+    return decode_identify(body)
+
+
+class Identify:
+    """The identify service of a Host: answers ``/ipfs/id/1.0.0`` and takes pushes.
+
+    ``Identify(host, run_on_connect=True)`` also identifies every new connection's peer in the
+    background; results are kept (:meth:`info_of`) and the peer's TCP listen addresses are added to
+    the host. Failures of those background runs are logged, and the connection is left alone.
+    Callbacks in ``on_identified`` get every result and every push, once recorded.
+    """
+
+    def __init__(
+        self,
+        host: Host,
+        *,
+        run_on_connect: bool = False,
+        agent_version: str | None = None,
+        timeout: float = IDENTIFY_TIMEOUT,
+        accept_push: bool = True,
+    ) -> None:
+        self.host = host
+        self.agent_version = agent_version or _agent_version()
+        self.timeout = timeout
+        self._infos: collections.OrderedDict[PeerId, IdentifyInfo] = collections.OrderedDict()
+        self._inflight: dict[Connection, asyncio.Future[IdentifyInfo]] = {}
+        self.on_identified: list[Callable[[IdentifyInfo], None]] = []
+        self._protocols = [IDENTIFY_PROTOCOL]
+        host.set_handler(IDENTIFY_PROTOCOL, self._serve_identify)
+        if accept_push:
+            self._protocols.append(IDENTIFY_PUSH_PROTOCOL)
+            host.set_handler(IDENTIFY_PUSH_PROTOCOL, self._serve_push)
+        self._run_on_connect = run_on_connect
+        if run_on_connect:
+            host.on_connected.append(self._on_connected)
+
+    def close(self) -> None:
+        """Stop serving and stop identifying new connections (runs under way finish or end with the host)."""
+        for p in self._protocols:
+            self.host.remove_handler(p)
+        if self._run_on_connect and self._on_connected in self.host.on_connected:
+            self.host.on_connected.remove(self._on_connected)
+
+    # ---- what we know ----
+
+    def info_of(self, peer: PeerId) -> IdentifyInfo | None:
+        """The latest identify result (or push) from ``peer``, if any."""
+        return self._infos.get(peer)
+
+    def _remember(self, info: IdentifyInfo) -> None:
+        self._infos[info.peer_id] = info
+        self._infos.move_to_end(info.peer_id)
+        while len(self._infos) > MAX_REMEMBERED_PEERS:
+            self._infos.popitem(last=False)
+        dialable: list[str] = []
+        for a in info.listen_addrs:
+            try:
+                self.host.add_addrs(info.peer_id, [a])
+            except AddressError:
+                continue  # not TCP over IP: nothing we could dial
+            dialable.append(a)
+        log.debug(
+            "identified %s: %s, %d protocols, addrs %s",
+            info.peer_id,
+            info.agent_version,
+            len(info.protocols),
+            dialable,
+        )
+        for cb in list(self.on_identified):
+            cb(info)
+
+    # ---- what we say ----
+
+    def message_for(self, conn: Connection) -> IdentifyMessage:
+        """Our Identify message for the peer at the other end of ``conn``."""
+        listen: list[bytes] = []
+        for text in self.host.dialable_addrs:
+            try:
+                listen.append(multiaddr_to_bytes(text.rsplit("/p2p/", 1)[0]))
+            except AddressError as exc:
+                log.debug("not announcing %s: %s", text, exc)
+        observed = None
+        if conn.remote_address is not None:
+            try:
+                observed = tcp_multiaddr_bytes(*conn.remote_address)
+            except ValueError:
+                observed = None
+        return IdentifyMessage(
+            protocol_version=PROTOCOL_VERSION,
+            agent_version=self.agent_version,
+            public_key=self.host.keypair.public_key.to_protobuf(),
+            listen_addrs=tuple(listen),
+            observed_addr=observed,
+            protocols=tuple(self.host.protocols),
+        )
+
+    async def _serve_identify(self, stream: Stream) -> None:
+        await stream.write(encode_identify_frame(self.message_for(stream.connection)))
+        await stream.close_write()
+
+    async def _serve_push(self, stream: Stream) -> None:
+        peer = stream.remote_peer
+        try:
+            msg = await asyncio.wait_for(_read_one(stream, f"identify push from {peer}"), self.timeout)
+        except asyncio.TimeoutError:
+            reason = f"identify push from {peer} not received in {self.timeout:g} s"
+            raise IdentifyTimeoutError(reason) from None
+        self._remember(merge_push(self._infos.get(peer), peer, msg))
+
+    async def push(self) -> int:
+        """Send our current Identify message to every connected peer that accepts pushes.
+
+        Returns how many peers took it; failures are logged at debug level.
+        """
+        conns = [
+            c
+            for peer, c in self.host.connections.items()
+            if (info := self._infos.get(peer)) is not None and IDENTIFY_PUSH_PROTOCOL in info.protocols
+        ]
+        results = await asyncio.gather(*(self._push_one(c) for c in conns), return_exceptions=True)
+        for conn, res in zip(conns, results, strict=True):
+            if isinstance(res, BaseException):
+                if not isinstance(res, MimirliteError):
+                    raise res
+                log.debug("identify push to %s failed: %s", conn.remote_peer, res)
+        return sum(1 for r in results if not isinstance(r, BaseException))
+
+    async def _push_one(self, conn: Connection) -> None:
+        async def run() -> None:
+            stream = await self.host.open_on(conn, IDENTIFY_PUSH_PROTOCOL)
+            async with stream:
+                await stream.write(encode_identify_frame(self.message_for(conn)))
+                await stream.close_write()
+                # the peer ends its side once it has taken the message, and has nothing to say
+                await stream.read_all(limit=0)
+
+        try:
+            await asyncio.wait_for(run(), self.timeout)
+        except asyncio.TimeoutError:
+            raise IdentifyTimeoutError(f"identify push to {conn.remote_peer} timed out") from None
+
+    # ---- asking ----
+
+    async def identify(self, target: Connection | PeerId | str) -> IdentifyInfo:
+        """Ask a connection's peer (or a peer / multiaddr, dialing if needed) who it is.
+
+        Joins a run already under way on the same connection. Records the result and the peer's
+        TCP listen addresses. Raises ProtocolNotSupportedError (the peer has no identify),
+        IdentifyError, IdentifyTimeoutError, DecodeError, MessageTooLargeError, ConnectionClosedError.
+        """
+        conn = target if not isinstance(target, (PeerId, str)) else await self.host.dial(target)
+        return await asyncio.shield(self._start(conn))
+
+    def _start(self, conn: Connection) -> asyncio.Future[IdentifyInfo]:
+        fut = self._inflight.get(conn)
+        if fut is None:
+            self.host._check_running()
+            fut = asyncio.get_running_loop().create_future()
+            self._inflight[conn] = fut
+            task = self.host._spawn(self._run(conn, fut), "mimirlite-identify")
+            # a run cancelled before it started (the host stopping) never reaches its own handlers
+            task.add_done_callback(lambda _: self._settle(conn, fut))
+        return fut
+
+    def _settle(self, conn: Connection, fut: asyncio.Future[IdentifyInfo]) -> None:
+        self._fail(fut, ConnectionClosedError("identify cancelled: the host is stopping"))
+        if self._inflight.get(conn) is fut:
+            del self._inflight[conn]
+
+    def _on_connected(self, conn: Connection) -> None:
+        try:
+            fut = self._start(conn)
+        except LocalError:  # the host is stopping
+            return
+        fut.add_done_callback(lambda f: self._log_outcome(conn, f))
+
+    def _log_outcome(self, conn: Connection, fut: asyncio.Future[IdentifyInfo]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is None:
+            return
+        if isinstance(exc, ProtocolNotSupportedError):
+            log.debug("%s does not serve identify", conn.remote_peer)
+        elif isinstance(exc, (ConnectionClosedError, StreamResetError)) or not conn.is_open:
+            log.debug("identify of %s ended with its connection: %s", conn.remote_peer, exc)
+        else:
+            log.warning("identify of %s failed: %s", conn.remote_peer, exc)
+
+    async def _run(self, conn: Connection, fut: asyncio.Future[IdentifyInfo]) -> None:
+        try:
+            info = await asyncio.wait_for(self._query(conn), self.timeout)
+        except asyncio.TimeoutError:
+            reason = f"identify of {conn.remote_peer} timed out after {self.timeout:g} s"
+            self._fail(fut, IdentifyTimeoutError(reason))
+        except Exception as exc:
+            self._fail(fut, exc)
+        else:
+            self._remember(info)
+            if not fut.done():
+                fut.set_result(info)
+        finally:
+            if self._inflight.get(conn) is fut:
+                del self._inflight[conn]
+
+    @staticmethod
+    def _fail(fut: asyncio.Future[IdentifyInfo], exc: BaseException) -> None:
+        if not fut.done():
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: callers that await it still get it raised
+
+    async def _query(self, conn: Connection) -> IdentifyInfo:
+        peer = conn.remote_peer
+        assert peer is not None
+        stream = await self.host.open_on(conn, IDENTIFY_PROTOCOL)
+        try:
+            msg = await _read_one(stream, f"identify of {peer}")
+        except BaseException:
+            await stream.reset()
+            raise
+        await stream.close()
+        return info_from_message(peer, msg)
