@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from mimirlite.errors import MimirliteError
+from mimirlite.errors import MimirliteError, ProtocolNotSupportedError
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.mimir import packets
 from mimirlite.mimir.models import DEFAULT_MODEL, model_cid, model_name
@@ -18,6 +18,7 @@ from mimirlite.mimir.packets import Packet, PacketError, RemoteError
 from mimirlite.net.config import HostConfig
 from mimirlite.net.connection import Connection
 from mimirlite.net.host import Host
+from mimirlite.protocols import Ping, start_services
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionChunk
@@ -66,6 +67,9 @@ class MimirClient:
         self.read_timeout = read_timeout
         self._nodes: dict[PeerId, list[str]] = {}
         self._inflight: dict[PeerId, int] = {}
+        self._rtt: dict[PeerId, float] = {}
+        self._services = start_services(self.host)
+        self._ping = Ping(self.host, serve=False)
         self._changed = asyncio.Event()
 
     # ---- lifecycle ----
@@ -81,6 +85,8 @@ class MimirClient:
     async def stop(self) -> None:
         if self._on_disconnected in self.host.on_disconnected:
             self.host.on_disconnected.remove(self._on_disconnected)
+        for service in self._services:
+            service.close()
         if self._own_host:
             await self.host.stop()
 
@@ -136,13 +142,31 @@ class MimirClient:
             models = packet.data
             if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
                 raise PacketError("identify response data is not a list of model names")
+        await self._measure_rtt(peer)
         self._nodes[peer] = [model_name(m) for m in models]
         log.info("node %s serves %s", peer, ", ".join(models) or "nothing")
         self._notify()
         return list(models)
 
+    async def _measure_rtt(self, peer: PeerId) -> None:
+        """Ping ``peer`` (libp2p ping, else a yamux ping) to rank it among nodes serving a model."""
+        try:
+            try:
+                rtt = await self._ping.ping(peer, timeout=self.identify_timeout)
+            except ProtocolNotSupportedError:
+                rtt = await self.host.connections[peer].ping(self.identify_timeout)
+        except (MimirliteError, KeyError, asyncio.TimeoutError) as exc:
+            log.debug("could not ping %s: %s", peer, exc)
+            return
+        self._rtt[peer] = rtt
+
+    def rtt(self, peer: PeerId) -> float | None:
+        """The last measured round-trip time to ``peer``, in seconds."""
+        return self._rtt.get(peer)
+
     def forget(self, peer: PeerId) -> None:
         """Drop ``peer`` from the known nodes."""
+        self._rtt.pop(peer, None)
         if self._nodes.pop(peer, None) is not None:
             log.info("node %s dropped", peer)
             self._notify()
@@ -173,8 +197,9 @@ class MimirClient:
     # ---- chat ----
 
     def _candidates(self, model: str | None) -> list[PeerId]:
-        """Nodes serving ``model``: the least busy first, then in the order they were learned."""
-        return sorted(self.nodes_for(model), key=lambda p: self._inflight.get(p, 0))
+        """Nodes serving ``model``: the least busy first, then the nearest (ping round trip)."""
+        inf = float("inf")
+        return sorted(self.nodes_for(model), key=lambda p: (self._inflight.get(p, 0), self._rtt.get(p, inf)))
 
     async def chat(
         self, messages: list[dict[str, Any]], model: str | None = None, **params: Any

@@ -15,6 +15,7 @@ from mimirlite.mimir.models import DEFAULT_MODEL, model_name
 from mimirlite.mimir.packets import BadRequestError, ChatRequest, Packet, PacketError
 from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream
+from mimirlite.protocols import Identify, Ping, start_services
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class MimirNode:
         self.models: list[str] = []
         self.default_model = default_model
         self.request_timeout = request_timeout
+        self._services: list[Identify | Ping] = []
 
     async def start(self) -> list[str]:
         """Ask the backend for its models and start answering; BackendError when it cannot be reached."""
@@ -50,6 +52,7 @@ class MimirNode:
             raise BackendError(packets.MODEL_NOT_FOUND, f"default model {self.default_model!r} is not served")
         self.host.set_handler(packets.IDENTIFY_PROTOCOL, self._serve_identify)
         self.host.set_handler(packets.CHAT_PROTOCOL, self._serve_chat)
+        self._services = start_services(self.host)
         log.info("serving %s (default %s)", ", ".join(self.models), self.default_model)
         return self.models
 
@@ -62,6 +65,9 @@ class MimirNode:
         """Stop answering and release the backend."""
         self.host.remove_handler(packets.IDENTIFY_PROTOCOL)
         self.host.remove_handler(packets.CHAT_PROTOCOL)
+        for service in self._services:
+            service.close()
+        self._services = []
         await self.backend.aclose()
 
     async def __aenter__(self) -> MimirNode:
