@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from mimirlite import Host, Stream
+from tests.openai_server import OpenAIServer
 
 ECHO = "/echo/1.0.0"
 
@@ -28,3 +29,10 @@ async def listener() -> AsyncIterator[Host]:
 async def dialer() -> AsyncIterator[Host]:
     async with Host() as host:
         yield host
+
+
+@pytest.fixture
+async def openai_server() -> AsyncIterator[OpenAIServer]:
+    """A real OpenAI-compatible HTTP server on 127.0.0.1 serving llama3.2:latest."""
+    async with OpenAIServer(models=["llama3.2:latest"]) as srv:
+        yield srv

@@ -1,0 +1,132 @@
+// Shared pieces of the JS mimir node and client (mimir-node.mjs, mimir-client.mjs).
+// The libp2p stack and the framing are those of the original MimirLLM peers (see /work/shared/WIRE.md):
+// TCP, Noise, yamux, identify (+ identify push), optional kad-dht; packets are UTF-8 JSON
+// framed by it-length-prefixed's streaming encoder (varint and body go out as two chunks).
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { identify, identifyPush } from '@libp2p/identify'
+import { kadDHT } from '@libp2p/kad-dht'
+import { tcp } from '@libp2p/tcp'
+import * as lp from 'it-length-prefixed'
+import { createLibp2p } from 'libp2p'
+
+export const CHAT_PROTOCOL = '/mimirllm/1.0.0'
+export const IDENTIFY_PROTOCOL = '/mimirllm/1.0.0/identify'
+export const DEFAULT_MODEL = 'llama3.2:latest'
+// the models the original client knows, by CID
+export const MODEL_CIDS = {
+  QmNizEt5WLyEDUHMqsm89RHHNR63DYUSdtS38AeG4XUV6C: 'llama3.2:latest'
+}
+export const DEFAULT_CID = 'QmNizEt5WLyEDUHMqsm89RHHNR63DYUSdtS38AeG4XUV6C'
+
+const encoder = new TextEncoder()
+const decoder = new TextDecoder('utf-8', { fatal: true })
+
+// ---------------------------------------------------------------- output
+
+let tag = 'mimir'
+export function setLogTag (t) { tag = t }
+
+export function log (...args) {
+  process.stderr.write(`[${tag} ${process.pid}] ${args.map(a => (a instanceof Error ? (a.stack ?? String(a)) : typeof a === 'string' ? a : safeJson(a))).join(' ')}\n`)
+}
+
+function safeJson (v) {
+  try { return JSON.stringify(v) } catch { return String(v) }
+}
+
+/** One JSON line on stdout; resolves once written. */
+export function emit (obj) {
+  return new Promise(resolve => {
+    process.stdout.write(JSON.stringify(obj) + '\n', () => resolve())
+  })
+}
+
+export function errorMessage (err) {
+  if (err == null) return 'unknown error'
+  const name = err.name != null && err.name !== 'Error' ? `${err.name}: ` : ''
+  return `${name}${err.message ?? String(err)}`
+}
+
+export function withTimeout (promise, ms, what) {
+  let timer
+  const timeout = new Promise((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+// ---------------------------------------------------------------- packets
+
+/** The bytes of one packet body (the JSON text), without its length prefix. */
+export function packetBytes (packet) {
+  return encoder.encode(JSON.stringify(packet))
+}
+
+/** Frame packets for stream.sink with the streaming lp.encode, as the original peers do. */
+export function framed (packets) {
+  if (Symbol.asyncIterator in packets) {
+    return lp.encode((async function * () { for await (const p of packets) yield packetBytes(p) })())
+  }
+  return lp.encode(Array.from(packets, packetBytes))
+}
+
+/** Pass a stream's source through, pushing the byte length of each chunk (one per yamux data frame) to sizes. */
+export async function * tapSizes (source, sizes) {
+  for await (const chunk of source) {
+    sizes.push(chunk.byteLength)
+    yield chunk
+  }
+}
+
+/** Decoded packets (parsed JSON) of a stream's source. */
+export async function * packetsOf (source) {
+  for await (const msg of lp.decode(source)) {
+    const bytes = msg instanceof Uint8Array ? msg : msg.subarray()
+    yield JSON.parse(decoder.decode(bytes))
+  }
+}
+
+// ---------------------------------------------------------------- libp2p
+
+export function takeFlag (argv, i, name) {
+  if (i + 1 >= argv.length) throw new Error(`${name} needs a value`)
+  return argv[i + 1]
+}
+
+/** libp2p as the original peers build it (plus test-friendly connection limits, as in peer.mjs). */
+export async function buildNode ({ listen, dht = false, monitor = true, monitorIntervalMs }) {
+  const services = {
+    identify: identify(),
+    identifyPush: identifyPush()
+  }
+  if (dht) services.dht = kadDHT()
+  return await createLibp2p({
+    start: false,
+    addresses: { listen },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    connectionManager: {
+      inboundConnectionThreshold: 1_000_000,
+      maxIncomingPendingConnections: 1024
+    },
+    connectionMonitor: {
+      enabled: monitor,
+      ...(monitorIntervalMs != null ? { pingInterval: monitorIntervalMs } : {})
+    },
+    services
+  })
+}
+
+/** Report crashes instead of dying silently (a test can assert there were none). */
+export function reportUncaught () {
+  process.on('uncaughtException', (err) => {
+    log('uncaughtException', err)
+    void emit({ event: 'uncaught', kind: 'uncaughtException', error: errorMessage(err) })
+  })
+  process.on('unhandledRejection', (err) => {
+    log('unhandledRejection', err)
+    void emit({ event: 'uncaught', kind: 'unhandledRejection', error: errorMessage(err) })
+  })
+}
