@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--peer", action="append", default=[], metavar="ADDR", help="a node (repeatable)")
     common.add_argument("--key-file", metavar="PATH", help="keep this identity (created when missing)")
+    common.add_argument("--no-mdns", action="store_true", help="do not find or announce peers on the LAN")
     common.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
 
     node = sub.add_parser("node", parents=[common], help="serve the models of a backend")
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--wait", type=float, default=10.0, metavar="S", help="how long to look for a node")
 
     peers = sub.add_parser("peers", parents=[common], help="list the nodes found and their models")
-    peers.add_argument("--wait", type=float, default=10.0, metavar="S", help="how long to look for nodes")
+    peers.add_argument("--wait", type=float, default=3.0, metavar="S", help="how long to look for nodes")
     return parser
 
 
@@ -82,6 +83,7 @@ def _keypair(args: argparse.Namespace) -> KeyPair:
 
 
 async def _node(args: argparse.Namespace) -> int:
+    from mimirlite.discovery import MdnsDiscovery
     from mimirlite.mimir import BackendError, EchoBackend, MimirNode, OpenAIBackend
     from mimirlite.mimir.backends import Backend
 
@@ -104,20 +106,22 @@ async def _node(args: argparse.Namespace) -> int:
             backend = EchoBackend()
     try:
         host = Host(keypair, listen=args.listen or [DEFAULT_LISTEN])
-        async with host:
-            node = MimirNode(host, backend)
-            async with node:
-                print(f"Peer ID: {host.peer_id}")
-                print("Listening on:")
-                for addr in host.dialable_addrs:
-                    print(f"  {addr}")
-                print(f"Serving: {', '.join(node.models)}", flush=True)
-                for peer in args.peer:
-                    try:
-                        await host.dial(peer)
-                    except (MimirliteError, OSError) as exc:
-                        logging.getLogger("mimirlite").warning("could not reach peer %s: %s", peer, exc)
-                await asyncio.get_running_loop().create_future()
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(host)
+            node = await stack.enter_async_context(MimirNode(host, backend))
+            if not args.no_mdns:
+                await stack.enter_async_context(MdnsDiscovery(host))
+            print(f"Peer ID: {host.peer_id}")
+            print("Listening on:")
+            for addr in host.dialable_addrs:
+                print(f"  {addr}")
+            print(f"Serving: {', '.join(node.models)}", flush=True)
+            for peer in args.peer:
+                try:
+                    await host.dial(peer)
+                except (MimirliteError, OSError) as exc:
+                    logging.getLogger("mimirlite").warning("could not reach peer %s: %s", peer, exc)
+            await asyncio.get_running_loop().create_future()
     except (MimirliteError, OSError) as exc:
         return _fail(str(exc))
     return 0
@@ -127,7 +131,7 @@ async def _chat(args: argparse.Namespace) -> int:
     from mimirlite.mimir import MimirClient
 
     try:
-        client = MimirClient(args.peer, keypair=_keypair(args))
+        client = MimirClient(args.peer, keypair=_keypair(args), mdns=not args.no_mdns)
         async with client:
             if not await client.wait_for_nodes(args.model, args.wait):
                 what = f"serving {args.model}" if args.model else ""
@@ -180,11 +184,10 @@ async def _interactive(client: Any, messages: list[dict[str, Any]], model: str |
 async def _peers(args: argparse.Namespace) -> int:
     from mimirlite.mimir import MimirClient
 
-    client = MimirClient(args.peer, keypair=_keypair(args))
+    client = MimirClient(args.peer, keypair=_keypair(args), mdns=not args.no_mdns)
     async with client:
-        if not client.nodes:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await client.wait_for_nodes(None, args.wait)
+        if client.discovery is not None:
+            await asyncio.sleep(args.wait)  # listen for every node on the LAN, not just the first
         nodes = client.nodes
         if not nodes:
             return _fail(f"no node found within {args.wait:g} s")

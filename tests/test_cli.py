@@ -140,8 +140,9 @@ async def run(*args: str, env: Mapping[str, str], stdin: bytes | None = None) ->
         return Result(p.proc.returncode, out, err)
 
 
-async def cli(*args: str, env: Mapping[str, str], stdin: bytes | None = None) -> Result:
-    return await run("-m", "mimirlite", *args, env=env, stdin=stdin)
+async def cli(command: str, *args: str, env: Mapping[str, str], stdin: bytes | None = None) -> Result:
+    """``mimirlite COMMAND *args``, with mDNS off: tests stay off the machine's real interfaces."""
+    return await run("-m", "mimirlite", command, "--no-mdns", *args, env=env, stdin=stdin)
 
 
 @dataclass
@@ -177,7 +178,7 @@ async def node(
 ) -> AsyncIterator[tuple[Proc, NodeInfo]]:
     """``mimirlite node *args`` on 127.0.0.1 (unless ``args`` says where), once it serves."""
     listen = () if "--listen" in args else ("--listen", "/ip4/127.0.0.1/tcp/0")
-    cmd = ("-m", "mimirlite", "node", *listen, *args)
+    cmd = ("-m", "mimirlite", "node", "--no-mdns", *listen, *args)
     async with started(*cmd, env=env, default_sigint=default_sigint) as p:
         yield p, await node_ready(p)
 

@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from mimirlite.discovery import MdnsDiscovery
 from mimirlite.errors import MimirliteError, ProtocolNotSupportedError
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.mimir import packets
@@ -47,7 +48,10 @@ class MimirClient:
     """Knows the nodes of the network and their models; :meth:`chat` asks one of them.
 
     ``async with MimirClient(peers=[multiaddr, ...]) as client`` dials and identifies the given
-    nodes before the body runs. Give ``host`` to share a Host you run; otherwise the client runs its own.
+    nodes before the body runs. With ``mdns=True`` it also finds nodes on the local network (on the
+    interfaces with the IPv4 addresses ``mdns_interfaces``, default all) and asks each for its models
+    as it appears; nodes that go silent or disconnect are dropped. Give ``host`` to share a Host you
+    run; otherwise the client runs its own.
     """
 
     def __init__(
@@ -59,6 +63,8 @@ class MimirClient:
         config: HostConfig | None = None,
         identify_timeout: float = IDENTIFY_TIMEOUT,
         read_timeout: float = READ_TIMEOUT,
+        mdns: bool = False,
+        mdns_interfaces: Sequence[str] | None = None,
     ) -> None:
         self._own_host = host is None
         self.host = host or Host(keypair, config=config)
@@ -70,6 +76,11 @@ class MimirClient:
         self._rtt: dict[PeerId, float] = {}
         self._services = start_services(self.host)
         self._ping = Ping(self.host, serve=False)
+        self.discovery: MdnsDiscovery | None = None
+        if mdns:
+            self.discovery = MdnsDiscovery(
+                self.host, interfaces=mdns_interfaces, on_peer=self._discovered, on_lost=self.forget
+            )
         self._changed = asyncio.Event()
 
     # ---- lifecycle ----
@@ -79,10 +90,14 @@ class MimirClient:
         if self._own_host:
             await self.host.start()
         self.host.on_disconnected.append(self._on_disconnected)
+        if self.discovery is not None:
+            await self.discovery.start()
         if self._static:
             await asyncio.gather(*(self._try_add(a) for a in self._static))
 
     async def stop(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.stop()
         if self._on_disconnected in self.host.on_disconnected:
             self.host.on_disconnected.remove(self._on_disconnected)
         for service in self._services:
@@ -124,6 +139,14 @@ class MimirClient:
             await self.add_peer(addr)
         except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
             log.warning("could not use node %s: %s", addr, exc or type(exc).__name__)
+
+    async def _discovered(self, peer: PeerId, addrs: list[str]) -> None:
+        try:
+            await self.identify(peer)
+        except ProtocolNotSupportedError:
+            log.debug("discovered peer %s is not a mimir node", peer)
+        except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
+            log.info("discovered peer %s did not answer identify: %s", peer, exc or type(exc).__name__)
 
     async def identify(self, peer: PeerId) -> list[str]:
         """Query ``peer`` on the identify protocol and record the models it serves."""
