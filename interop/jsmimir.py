@@ -91,7 +91,12 @@ class _JsProcess:
 
     @classmethod
     async def _spawn(
-        cls: type[_P], args: Sequence[str], *, env: Mapping[str, str] | None, timeout: float
+        cls: type[_P],
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None,
+        timeout: float,
+        netns: str | None = None,
     ) -> _P:
         node = shutil.which("node")
         if node is None:
@@ -99,7 +104,10 @@ class _JsProcess:
         full_env = None
         if env is not None:
             full_env = {**os.environ, **env}
+        # ``ip netns exec`` execs node in that network namespace (same pid: signals reach node itself)
+        prefix = ["ip", "netns", "exec", netns] if netns is not None else []
         proc = await asyncio.create_subprocess_exec(
+            *prefix,
             node,
             str(cls.script),
             *args,
@@ -294,12 +302,14 @@ class JsMimirNode(_JsProcess):
         listen: str = "/ip4/127.0.0.1/tcp/0",
         env: Mapping[str, str] | None = None,
         timeout: float = 30,
+        netns: str | None = None,
     ) -> JsMimirNode:
         """Start a node whose backend is ``backend_url`` (e.g. ``OpenAIServer.base_url``).
 
         ``models``: names served (the first one is asked of the backend); default llama3.2:latest.
         ``max_retries``: the openai SDK's retries (0 here for fast tests; None keeps the SDK default 2).
-        ``args``: further flags of mimir-node.mjs (``--dht``, ``--on-backend-error close``, ...).
+        ``args``: further flags of mimir-node.mjs (``--dht``, ``--on-backend-error close``, ``--mdns``, ...).
+        ``netns``: run it in that network namespace (``ip netns exec``; needs root).
         """
         argv = ["--listen", listen, "--backend-url", backend_url]
         for m in models:
@@ -307,7 +317,7 @@ class JsMimirNode(_JsProcess):
         if max_retries is not None:
             argv += ["--max-retries", str(max_retries)]
         argv += list(args)
-        return await cls._spawn(argv, env=env, timeout=timeout)
+        return await cls._spawn(argv, env=env, timeout=timeout, netns=netns)
 
 
 @dataclass
@@ -363,13 +373,19 @@ class JsMimirClient(_JsProcess):
     @classmethod
     async def start(
         cls,
-        peer: str,
+        peer: str | None,
         *args: str,
         env: Mapping[str, str] | None = None,
         timeout: float = 30,
+        netns: str | None = None,
     ) -> JsMimirClient:
-        """Start a client dialing ``peer``; ``args`` are flags of mimir-client.mjs (``--prompt``, ...)."""
-        return await cls._spawn(["--peer", peer, *args], env=env, timeout=timeout)
+        """Start a client dialing ``peer``; ``args`` are flags of mimir-client.mjs (``--prompt``, ...).
+
+        ``peer`` None: no ``--peer`` (pass ``--mdns`` to find the node as the original client does).
+        ``netns``: run it in that network namespace (``ip netns exec``; needs root).
+        """
+        argv = ["--peer", peer, *args] if peer is not None else list(args)
+        return await cls._spawn(argv, env=env, timeout=timeout, netns=netns)
 
     async def wait(self, timeout: float = 60) -> JsClientResult:
         """Wait for the client to exit; on timeout stop it and raise TimeoutError."""
@@ -392,18 +408,22 @@ class JsMimirClient(_JsProcess):
 
 
 async def run_js_client(
-    peer: str,
+    peer: str | None,
     prompt: str | None = "Hello",
     *args: str,
     env: Mapping[str, str] | None = None,
     timeout: float = 60,
+    netns: str | None = None,
 ) -> JsClientResult:
-    """Run ``mimir-client.mjs --peer PEER --prompt PROMPT *args`` to completion (bounded by ``timeout``)."""
+    """Run ``mimir-client.mjs --peer PEER --prompt PROMPT *args`` to completion (bounded by ``timeout``).
+
+    ``peer`` None with ``--mdns`` in ``args``: find the node by mDNS; ``netns``: see JsMimirClient.start.
+    """
     argv = list(args)
     if prompt is not None:
         argv = ["--prompt", prompt, *argv]
     argv += ["--timeout-ms", str(int(timeout * 1000))]
-    client = await JsMimirClient.start(peer, *argv, env=env, timeout=30)
+    client = await JsMimirClient.start(peer, *argv, env=env, timeout=30, netns=netns)
     try:
         return await client.wait(timeout + 5)
     finally:

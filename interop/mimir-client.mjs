@@ -22,7 +22,13 @@
 //             3 identify failed or the node does not serve the model, 1 anything else.
 //
 // Flags:
-//   --peer <multiaddr>        the node to dial (with /p2p/<id>); required
+//   --peer <multiaddr>        the node to dial (with /p2p/<id>); required unless --mdns
+//   --mdns                    find the node as the original client does: @libp2p/mdns discovery, every peer
+//                             it reports dialed and queried on identify as soon as reported; the chat goes
+//                             to the first one that serves the model (exit 3 if none did before the timeout);
+//                             emits {"event":"peer:discovery","peerId":..,"addrs":[..]} per peer. Pass
+//                             --listen /ip4/0.0.0.0/tcp/0 to listen like the original.
+//   --mdns-interval-ms <n>    mDNS query interval (@libp2p/mdns default 10000)
 //   --prompt <text>           the user message (default "Hello")
 //   --system <text>           the system message (default "You are a helpful assistant", as the
 //                             original client sends); --no-system sends only the user message
@@ -31,6 +37,9 @@
 //   --any-model               go on with the chat whatever models identify lists
 //   --skip-identify           no identify query; --identify-only: no chat
 //   --abort-after <n>         reset the chat stream after n packets (a client leaving mid-answer)
+//   --write-chunk-bytes <n>   write the chat request in pieces of n bytes, one yamux frame each (1: every
+//                             byte of the varint and of the body in its own frame); default: as the
+//                             original, the varint and the body as two frames
 //   --timeout-ms <n>          bound on dial + chat (default 60000)
 //   --listen <multiaddr>      repeatable; default /ip4/127.0.0.1/tcp/0
 //   --dht, --no-monitor, --monitor-interval-ms <n>
@@ -56,11 +65,14 @@ function parseArgs (argv) {
     identify: true,
     chat: true,
     abortAfter: null,
+    writeChunkBytes: null,
     timeoutMs: 60_000,
     listen: [],
     dht: false,
     monitor: true,
-    monitorIntervalMs: undefined
+    monitorIntervalMs: undefined,
+    mdns: false,
+    mdnsIntervalMs: undefined
   }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
@@ -75,15 +87,21 @@ function parseArgs (argv) {
     else if (a === '--skip-identify') opts.identify = false
     else if (a === '--identify-only') opts.chat = false
     else if (a === '--abort-after') opts.abortAfter = Number(next())
+    else if (a === '--write-chunk-bytes') opts.writeChunkBytes = Number(next())
     else if (a === '--timeout-ms') opts.timeoutMs = Number(next())
     else if (a === '--listen') opts.listen.push(next())
     else if (a === '--dht') opts.dht = true
     else if (a === '--no-monitor') opts.monitor = false
     else if (a === '--monitor-interval-ms') opts.monitorIntervalMs = Number(next())
+    else if (a === '--mdns') opts.mdns = true
+    else if (a === '--mdns-interval-ms') opts.mdnsIntervalMs = Number(next())
     else throw new Error(`unknown argument ${a}`)
   }
-  if (opts.peer == null) throw new Error('--peer <multiaddr> is required')
+  if (opts.peer == null && !opts.mdns) throw new Error('--peer <multiaddr> (or --mdns) is required')
   if (opts.listen.length === 0) opts.listen.push('/ip4/127.0.0.1/tcp/0')
+  if (opts.writeChunkBytes != null && !(Number.isInteger(opts.writeChunkBytes) && opts.writeChunkBytes > 0)) {
+    throw new Error('--write-chunk-bytes needs a positive integer')
+  }
   if (opts.messages == null) {
     opts.messages = []
     if (opts.system != null) opts.messages.push({ role: 'system', content: opts.system })
@@ -127,10 +145,19 @@ async function identifyNode (conn, cid) {
   }
 }
 
+/** Re-cut a byte source into pieces of at most n bytes (each goes out as its own yamux frame). */
+async function * rechunked (source, n) {
+  for await (const chunk of source) {
+    const bytes = chunk instanceof Uint8Array ? chunk : chunk.subarray()
+    for (let i = 0; i < bytes.byteLength; i += n) yield bytes.subarray(i, i + n)
+  }
+}
+
 /** The chat; returns {text, packets, finish_reason}; throws ExitError(2) on a truncated answer. */
-async function chat (conn, messages, abortAfter, signal) {
+async function chat (conn, messages, abortAfter, signal, writeChunkBytes) {
   const stream = await conn.newStream(CHAT_PROTOCOL, { signal })
-  const writing = stream.sink(framed([{ event: 'message', data: { messages } }]))
+  const request = framed([{ event: 'message', data: { messages } }])
+  const writing = stream.sink(writeChunkBytes != null ? rechunked(request, writeChunkBytes) : request)
   const frameSizes = []
   let text = ''
   let packets = 0
@@ -169,9 +196,65 @@ async function chat (conn, messages, abortAfter, signal) {
   return { text, packets, finish_reason: finishReason, frame_sizes: frameSizes }
 }
 
+/**
+ * --mdns without --peer, as the original client: every peer mDNS reports is dialed and queried on identify
+ * as soon as it is reported. first(signal) resolves with the first one serving the model: {conn, models}.
+ */
+function discoverNodes (node) {
+  let found = null
+  let wake = null
+  const onPeer = (evt) => {
+    const peerId = evt.detail.id
+    void emit({ event: 'peer:discovery', peerId: peerId.toString(), addrs: evt.detail.multiaddrs.map(ma => ma.toString()) })
+    const use = async () => {
+      const conn = await node.dial(peerId, { signal: AbortSignal.timeout(opts.timeoutMs) })
+      if (!opts.identify) return { conn, models: null }
+      const { models, known } = await identifyNode(conn, opts.cid)
+      if (known.length === 0 && !opts.anyModel) throw new Error(`it does not serve ${opts.cid}; it lists ${JSON.stringify(models)}`)
+      return { conn, models }
+    }
+    use().then(
+      (candidate) => {
+        if (found != null) return
+        found = candidate
+        if (wake != null) wake()
+      },
+      (err) => log('discovered peer', peerId.toString(), 'not used:', errorMessage(err))
+    )
+  }
+  node.addEventListener('peer:discovery', onPeer)
+  return {
+    async first (signal) {
+      let onAbort = null
+      try {
+        if (found == null) {
+          await new Promise((resolve, reject) => {
+            wake = resolve
+            onAbort = () => reject(new ExitError(3, 'no node serving the model was found by mDNS in time'))
+            if (signal.aborted) onAbort()
+            else signal.addEventListener('abort', onAbort)
+          })
+        }
+        return found
+      } finally {
+        if (onAbort != null) signal.removeEventListener('abort', onAbort)
+        node.removeEventListener('peer:discovery', onPeer)
+      }
+    }
+  }
+}
+
 const opts = parseArgs(process.argv.slice(2))
 reportUncaught()
-const node = await buildNode({ listen: opts.listen, dht: opts.dht, monitor: opts.monitor, monitorIntervalMs: opts.monitorIntervalMs })
+const node = await buildNode({
+  listen: opts.listen,
+  dht: opts.dht,
+  monitor: opts.monitor,
+  monitorIntervalMs: opts.monitorIntervalMs,
+  mdns: opts.mdns,
+  mdnsIntervalMs: opts.mdnsIntervalMs
+})
+const discovery = opts.peer == null ? discoverNodes(node) : null // listening before mDNS starts
 await node.start()
 await emit({ event: 'ready', peerId: node.peerId.toString(), addrs: node.getMultiaddrs().map(ma => ma.toString()) })
 
@@ -179,9 +262,16 @@ let code = 0
 const result = { event: 'result', ok: false, text: '', models: null, packets: 0, finish_reason: null }
 const signal = AbortSignal.timeout(opts.timeoutMs)
 try {
-  const conn = await node.dial(multiaddr(opts.peer), { signal })
+  let conn
+  if (discovery != null) {
+    const found = await discovery.first(signal)
+    conn = found.conn
+    result.models = found.models
+  } else {
+    conn = await node.dial(multiaddr(opts.peer), { signal })
+  }
   result.peerId = conn.remotePeer.toString()
-  if (opts.identify) {
+  if (opts.identify && discovery == null) {
     let found
     try {
       found = await identifyNode(conn, opts.cid)
@@ -194,7 +284,7 @@ try {
     }
   }
   if (opts.chat) {
-    Object.assign(result, await chat(conn, opts.messages, opts.abortAfter, signal))
+    Object.assign(result, await chat(conn, opts.messages, opts.abortAfter, signal, opts.writeChunkBytes))
   }
   result.ok = true
 } catch (err) {

@@ -6,6 +6,7 @@ import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify, identifyPush } from '@libp2p/identify'
 import { kadDHT } from '@libp2p/kad-dht'
+import { mdns as mdnsDiscovery } from '@libp2p/mdns'
 import { tcp } from '@libp2p/tcp'
 import * as lp from 'it-length-prefixed'
 import { createLibp2p } from 'libp2p'
@@ -94,13 +95,18 @@ export function takeFlag (argv, i, name) {
   return argv[i + 1]
 }
 
-/** libp2p as the original peers build it (plus test-friendly connection limits, as in peer.mjs). */
-export async function buildNode ({ listen, dht = false, monitor = true, monitorIntervalMs }) {
+/**
+ * libp2p as the original peers build it (plus test-friendly connection limits, as in peer.mjs).
+ * mdns: add @libp2p/mdns discovery like the original's config (mdnsIntervalMs: its query interval,
+ * default 10000); discovered peers come as 'peer:discovery' events.
+ */
+export async function buildNode ({ listen, dht = false, monitor = true, monitorIntervalMs, mdns = false, mdnsIntervalMs }) {
   const services = {
     identify: identify(),
     identifyPush: identifyPush()
   }
   if (dht) services.dht = kadDHT()
+  if (mdns) services.mdns = mdnsDiscovery(mdnsIntervalMs != null ? { interval: mdnsIntervalMs } : {})
   return await createLibp2p({
     start: false,
     addresses: { listen },

@@ -35,6 +35,9 @@
 //   --dht                         add kad-dht like the original
 //   --max-streams <n>             inbound/outbound stream limits of the mimir handlers (libp2p defaults)
 //   --no-monitor, --monitor-interval-ms <n>
+//   --mdns                        add @libp2p/mdns discovery like the original (with --listen
+//                                 /ip4/0.0.0.0/tcp/0, as the original listens, it is announced on the LAN)
+//   --mdns-interval-ms <n>        mDNS query interval (@libp2p/mdns default 10000)
 import { createInterface } from 'node:readline'
 import OpenAI from 'openai'
 import {
@@ -56,7 +59,9 @@ function parseArgs (argv) {
     dht: false,
     maxStreams: undefined,
     monitor: true,
-    monitorIntervalMs: undefined
+    monitorIntervalMs: undefined,
+    mdns: false,
+    mdnsIntervalMs: undefined
   }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
@@ -72,6 +77,8 @@ function parseArgs (argv) {
     else if (a === '--max-streams') opts.maxStreams = Number(next())
     else if (a === '--no-monitor') opts.monitor = false
     else if (a === '--monitor-interval-ms') opts.monitorIntervalMs = Number(next())
+    else if (a === '--mdns') opts.mdns = true
+    else if (a === '--mdns-interval-ms') opts.mdnsIntervalMs = Number(next())
     else throw new Error(`unknown argument ${a}`)
   }
   if (opts.listen.length === 0) opts.listen.push('/ip4/127.0.0.1/tcp/0')
@@ -91,7 +98,14 @@ const openai = new OpenAI({
   ...(opts.backendTimeoutMs != null ? { timeout: opts.backendTimeoutMs } : {})
 })
 
-const node = await buildNode({ listen: opts.listen, dht: opts.dht, monitor: opts.monitor, monitorIntervalMs: opts.monitorIntervalMs })
+const node = await buildNode({
+  listen: opts.listen,
+  dht: opts.dht,
+  monitor: opts.monitor,
+  monitorIntervalMs: opts.monitorIntervalMs,
+  mdns: opts.mdns,
+  mdnsIntervalMs: opts.mdnsIntervalMs
+})
 const handlerOptions = opts.maxStreams != null ? { maxInboundStreams: opts.maxStreams, maxOutboundStreams: opts.maxStreams } : {}
 
 node.addEventListener('connection:open', (evt) => {

@@ -346,6 +346,32 @@ async def test_client_reports_a_truncated_answer(node_host: Host, echo_node: Mim
     assert seen == ["half"]
 
 
+async def test_client_reports_a_reset_mid_answer_as_truncated(node_host: Host, echo_node: MimirNode) -> None:
+    # A node that dies mid-answer: the stream is reset (or its connection drops) after some chunks.
+    async def reset_midway(stream: Stream) -> None:
+        await stream.read_json()
+        chunk = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "echo",
+            "choices": [{"index": 0, "delta": {"content": "half"}, "finish_reason": None}],
+        }
+        await stream.write_json({"event": "completionPacket", "data": chunk})
+        await asyncio.wait_for(got_chunk.wait(), 5)
+        await stream.reset()
+
+    got_chunk = asyncio.Event()
+    async with MimirClient(peers=node_host.listen_addrs) as client:
+        node_host.set_handler(packets.CHAT_PROTOCOL, reset_midway)
+        seen = []
+        with pytest.raises(TruncatedAnswerError):
+            async for c in client.chat(HELLO):
+                seen.append(c.choices[0].delta.content)
+                got_chunk.set()
+    assert seen == ["half"]
+
+
 async def test_client_fails_over_before_the_first_chunk(openai_server: OpenAIServer) -> None:
     async with (
         Host(listen=["/ip4/127.0.0.1/tcp/0"]) as bad_host,

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from mimirlite.discovery import MdnsDiscovery
-from mimirlite.errors import MimirliteError, ProtocolNotSupportedError
+from mimirlite.errors import MimirliteError, ProtocolNotSupportedError, StreamResetError
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.mimir import packets
 from mimirlite.mimir.models import DEFAULT_MODEL, model_cid, model_name
@@ -280,7 +280,12 @@ class _Answer:
             await stream.write_json(Packet(packets.MESSAGE, self.data, request_id).to_json())
             await stream.close_write()
             while True:
-                obj = await asyncio.wait_for(stream.read_json(), client.read_timeout)
+                try:
+                    obj = await asyncio.wait_for(stream.read_json(), client.read_timeout)
+                except StreamResetError as exc:  # reset, or the node's connection dropped
+                    if finished:
+                        return
+                    raise TruncatedAnswerError(f"answer from {self.peer} broke off: {exc}") from exc
                 if obj is None:
                     if finished:
                         return
