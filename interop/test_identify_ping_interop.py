@@ -9,10 +9,7 @@ asyncio task, socket or transport was left behind.
 from __future__ import annotations
 
 import asyncio
-import gc
-import logging
 import re
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
@@ -31,6 +28,7 @@ from mimirlite.protocols import (
 )
 
 pytestmark = [
+    pytest.mark.usefixtures("no_leaks"),
     pytest.mark.interop,
     pytest.mark.skipif(
         not node_available(),
@@ -116,40 +114,6 @@ def local_addr(conn: Connection) -> str:
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture(autouse=True)
-async def no_leaks() -> AsyncIterator[None]:
-    """Fail on asyncio or mimirlite errors logged, leftover tasks and unclosed sockets or transports."""
-    errors = _Collect()
-    loggers = [logging.getLogger("asyncio"), logging.getLogger("mimirlite")]
-    for lg in loggers:
-        lg.addHandler(errors)
-    try:
-        yield
-        for _ in range(5):  # closed transports release their sockets on the next loop turns
-            await asyncio.sleep(0)
-        current = asyncio.current_task()
-        left = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-        assert not left, f"tasks left running: {left}"
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ResourceWarning)
-            gc.collect()
-        leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
-        assert not leaks, f"unclosed resources: {leaks}"
-    finally:
-        for lg in loggers:
-            lg.removeHandler(errors)
-    assert not errors.records, [errors.format(r) for r in errors.records]
 
 
 @pytest.fixture
