@@ -340,6 +340,18 @@ def test_core_reports_new_changed_and_silent_peers(peer: PeerId) -> None:
     assert core.receive(a2, 80.0) == PeerDiscovered(peer, ("/ip4/10.0.0.2/tcp/1",))  # back again
 
 
+def test_core_reports_a_forgotten_peer_again(peer: PeerId) -> None:
+    core = MdnsCore(KeyPair.generate().peer_id, "me", silent_after=30.0)
+    other = KeyPair.generate().peer_id
+    a = announcement("a", f"/ip4/10.0.0.1/tcp/1/p2p/{peer}".encode())
+    b = announcement("b", f"/ip4/10.0.0.2/tcp/1/p2p/{other}".encode())
+    assert core.receive(a, 0.0) is not None and core.receive(b, 0.0) is not None
+    core.forget(peer)  # e.g. its connection dropped: the same answer is news again
+    assert core.peers == {other: ("/ip4/10.0.0.2/tcp/1",)}
+    assert core.receive(a, 1.0) == PeerDiscovered(peer, ("/ip4/10.0.0.1/tcp/1",))
+    assert core.receive(b, 1.0) is None
+
+
 def test_core_ignores_itself(peer: PeerId) -> None:
     core = MdnsCore(peer, "me", silent_after=30.0)
     own = core.response([f"/ip4/10.0.0.1/tcp/1/p2p/{peer}"])

@@ -173,6 +173,10 @@ class MdnsDiscovery:
 
     # ---- sending ----
 
+    def forget(self, peer: PeerId) -> None:
+        """Forget ``peer`` so that its next answer is reported again (e.g. once its connection dropped)."""
+        self._core.forget(peer)
+
     def query(self) -> None:
         """Send a query now (on every interface); answers arrive through the callbacks."""
         if self._stopped or not self._senders:

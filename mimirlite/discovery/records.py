@@ -355,6 +355,9 @@ class MdnsCore:
             del self._peers[pid]
         return [PeerLost(pid) for pid in lost]
 
-    def forget(self) -> None:
-        """Drop every known peer (without reporting them)."""
-        self._peers.clear()
+    def forget(self, peer: PeerId | None = None) -> None:
+        """Drop ``peer`` (every known peer when None) without reporting it: its next answer is news."""
+        if peer is None:
+            self._peers.clear()
+        else:
+            self._peers.pop(peer, None)

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from mimirlite.discovery import MdnsDiscovery
+from mimirlite.discovery.mdns import DEFAULT_INTERVAL as MDNS_INTERVAL
 from mimirlite.errors import MimirliteError, ProtocolNotSupportedError, StreamResetError
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.mimir import packets
@@ -49,9 +50,10 @@ class MimirClient:
 
     ``async with MimirClient(peers=[multiaddr, ...]) as client`` dials and identifies the given
     nodes before the body runs. With ``mdns=True`` it also finds nodes on the local network (on the
-    interfaces with the IPv4 addresses ``mdns_interfaces``, default all) and asks each for its models
-    as it appears; nodes that go silent or disconnect are dropped. Give ``host`` to share a Host you
-    run; otherwise the client runs its own.
+    interfaces with the IPv4 addresses ``mdns_interfaces``, default all; a query every
+    ``mdns_interval`` s) and asks each for its models as it appears; nodes that go silent or
+    disconnect are dropped, and learned again when they answer anew. Give ``host`` to share a Host
+    you run; otherwise the client runs its own.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class MimirClient:
         read_timeout: float = READ_TIMEOUT,
         mdns: bool = False,
         mdns_interfaces: Sequence[str] | None = None,
+        mdns_interval: float = MDNS_INTERVAL,
     ) -> None:
         self._own_host = host is None
         self.host = host or Host(keypair, config=config)
@@ -79,7 +82,11 @@ class MimirClient:
         self.discovery: MdnsDiscovery | None = None
         if mdns:
             self.discovery = MdnsDiscovery(
-                self.host, interfaces=mdns_interfaces, on_peer=self._discovered, on_lost=self.forget
+                self.host,
+                interval=mdns_interval,
+                interfaces=mdns_interfaces,
+                on_peer=self._discovered,
+                on_lost=self.forget,
             )
         self._changed = asyncio.Event()
 
@@ -147,6 +154,8 @@ class MimirClient:
             log.debug("discovered peer %s is not a mimir node", peer)
         except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
             log.info("discovered peer %s did not answer identify: %s", peer, exc or type(exc).__name__)
+            if self.discovery is not None:
+                self.discovery.forget(peer)  # ask again at its next answer
 
     async def identify(self, peer: PeerId) -> list[str]:
         """Query ``peer`` on the identify protocol and record the models it serves."""
@@ -198,6 +207,8 @@ class MimirClient:
         peer = conn.remote_peer
         if peer is not None and peer not in self.host.connections:
             self.forget(peer)
+            if self.discovery is not None:
+                self.discovery.forget(peer)  # identify it again if it keeps answering
 
     def _notify(self) -> None:
         self._changed.set()
