@@ -80,6 +80,19 @@ class DialError(MimirliteError):
     """A dial failed: no address reachable, timeout, or handshake failure."""
 
 
+class PeerNotAllowedError(MimirliteError):
+    """A peer that is not on our allowlist; its connection is closed right after the Noise handshake."""
+
+    def __init__(self, peer: object) -> None:
+        super().__init__(f"peer {peer} is not on the allowlist")
+        self.peer = peer
+
+
+class RefusedByPeerError(DialError):
+    """The remote closed the connection right after the Noise handshake, before any protocol ran:
+    that is how a node refuses a peer that is not on its allowlist."""
+
+
 class IncompleteReadError(MimirliteError):
     """The stream ended before the expected number of bytes arrived."""
 

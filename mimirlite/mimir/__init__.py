@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mimirlite.mimir.backends import Backend, BackendError, EchoBackend, OpenAIBackend
 from mimirlite.mimir.client import ChatError, MimirClient, NoNodeError, TruncatedAnswerError
+from mimirlite.mimir.limits import NodeLimits
 from mimirlite.mimir.models import DEFAULT_MODEL, MODEL_CIDS
 from mimirlite.mimir.node import MimirNode
 from mimirlite.mimir.packets import CHAT_PROTOCOL, IDENTIFY_PROTOCOL, RemoteError
@@ -24,6 +25,7 @@ __all__ = [
     "MimirClient",
     "MimirNode",
     "NoNodeError",
+    "NodeLimits",
     "OpenAIBackend",
     "RemoteError",
     "TruncatedAnswerError",

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from mimirlite.errors import MimirliteError
 from mimirlite.mimir import packets
 from mimirlite.mimir.backends import Backend, BackendError
+from mimirlite.mimir.limits import Admission, NodeLimits, Refusal, Ticket
 from mimirlite.mimir.models import DEFAULT_MODEL, model_name
 from mimirlite.mimir.packets import BadRequestError, ChatRequest, Packet, PacketError
 from mimirlite.net.host import Host
@@ -24,7 +28,12 @@ REQUEST_TIMEOUT = 10.0
 
 
 class MimirNode:
-    """Serves a backend's models on ``host``; ``async with`` (or :meth:`start`) registers the protocols."""
+    """Serves a backend's models on ``host``; ``async with`` (or :meth:`start`) registers the protocols.
+
+    ``limits`` bounds the chat requests answered at once, queued, and per peer (see
+    :class:`~mimirlite.mimir.limits.NodeLimits`); a request over a limit is answered with a completionStop
+    error of type ``rate_limited`` or ``overloaded``. ``clock`` (seconds) times the per-peer rate.
+    """
 
     def __init__(
         self,
@@ -33,13 +42,24 @@ class MimirNode:
         *,
         default_model: str | None = None,
         request_timeout: float = REQUEST_TIMEOUT,
+        limits: NodeLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
         self.backend = backend
         self.models: list[str] = []
         self.default_model = default_model
         self.request_timeout = request_timeout
+        self.admission = Admission(limits)
+        self.refused: collections.Counter[str] = collections.Counter()
+        """Chat requests refused so far, by error type."""
+        self._clock = clock
+        self._turns: dict[Ticket, asyncio.Future[None]] = {}
         self._services: list[Identify | Ping] = []
+
+    @property
+    def limits(self) -> NodeLimits:
+        return self.admission.limits
 
     async def start(self) -> list[str]:
         """Ask the backend for its models and start answering; BackendError when it cannot be reached."""
@@ -111,23 +131,59 @@ class MimirNode:
             model = model_name(request.model) if request.model else self.default_model
             if model not in self.models:
                 raise BackendError(packets.MODEL_NOT_FOUND, f"model {model!r} is not served here")
-            answer = asyncio.ensure_future(self._answer(stream, model, request, request_id))
-            await _until_done_or_reset(stream, answer)
-            if answer.cancelled():
+            ticket = self.admission.arrive(stream.remote_peer, self._clock())
+            if isinstance(ticket, Refusal):
+                self.refused[ticket.type] += 1
+                log.info("%r: refused (%s): %s", stream, ticket.type, ticket.message)
+                await _send_error(stream, ticket.type, ticket.message, request_id)
                 return
-            exc = answer.exception()
-            if isinstance(exc, BackendError):
-                raise exc
-            if isinstance(exc, MimirliteError):
-                log.info("%r: client went away mid-answer: %s", stream, exc)
-            elif exc is not None:
-                raise exc
+            try:
+                if ticket.admitted or await self._wait_turn(stream, ticket):
+                    await self._answer_until_done(stream, model, request, request_id)
+            finally:
+                self._let_in(self.admission.leave(ticket))
         except BadRequestError as exc:
             log.warning("%r: bad request: %s", stream, exc)
             await _send_error(stream, packets.BAD_REQUEST, str(exc), request_id)
         except BackendError as exc:
             log.warning("%r: %s", stream, exc)
             await _send_error(stream, exc.type, str(exc), request_id)
+
+    async def _wait_turn(self, stream: Stream, ticket: Ticket) -> bool:
+        """Wait in the queue until ``ticket`` is admitted (True) or the client leaves (False)."""
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._turns[ticket] = turn
+        left = asyncio.ensure_future(stream.wait_reset())
+        try:
+            await asyncio.wait((turn, left), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            del self._turns[ticket]
+            left.cancel()
+        if not ticket.admitted:
+            log.info("%r: client left while its request waited", stream)
+        return ticket.admitted
+
+    def _let_in(self, tickets: list[Ticket]) -> None:
+        for ticket in tickets:
+            turn = self._turns.get(ticket)
+            if turn is not None and not turn.done():
+                turn.set_result(None)
+
+    async def _answer_until_done(
+        self, stream: Stream, model: str, request: ChatRequest, request_id: str | None
+    ) -> None:
+        """Stream the backend's answer; BackendError to report, quiet when the client left."""
+        answer = asyncio.ensure_future(self._answer(stream, model, request, request_id))
+        await _until_done_or_reset(stream, answer)
+        if answer.cancelled():
+            return
+        exc = answer.exception()
+        if isinstance(exc, BackendError):
+            raise exc
+        if isinstance(exc, MimirliteError):
+            log.info("%r: client went away mid-answer: %s", stream, exc)
+        elif exc is not None:
+            raise exc
 
     async def _answer(self, stream: Stream, model: str, request: ChatRequest, request_id: str | None) -> None:
         finished = False

@@ -30,6 +30,10 @@ BACKEND_ERROR = "backend_error"
 BACKEND_UNAVAILABLE = "backend_unavailable"
 BACKEND_TIMEOUT = "backend_timeout"
 INTERNAL_ERROR = "internal_error"
+RATE_LIMITED = "rate_limited"
+"""This peer asks too much of the node (per-peer concurrency or rate): another node may serve it."""
+OVERLOADED = "overloaded"
+"""The node is busy with others (every slot and queue place taken): another node may serve it."""
 
 
 class PacketError(ProtocolError):

@@ -1,9 +1,13 @@
-"""Every limit and timeout of the network layer, in one place."""
+"""Every limit and timeout of the network layer, in one place; and the allowlist a host may enforce."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from mimirlite.errors import InvalidKeyError, LocalError
+from mimirlite.identity import PeerId
 from mimirlite.wire.yamux import YamuxConfig
 
 
@@ -26,3 +30,60 @@ class HostConfig:
     write_buffer_high: int = 256 * 1024
     """Socket send buffer above which writers wait."""
     yamux: YamuxConfig = field(default_factory=YamuxConfig)
+    allow_peers: frozenset[PeerId] | None = None
+    """When set, the only peers served: an inbound connection from any other peer is closed right after
+    the Noise handshake, and streams it opens on a connection we dialed are reset. None: open to all."""
+
+    def __post_init__(self) -> None:
+        if self.allow_peers is not None:
+            if not all(isinstance(p, PeerId) for p in self.allow_peers):
+                raise LocalError("allow_peers holds PeerId objects (see PeerId.from_string, load_allowlist)")
+            object.__setattr__(self, "allow_peers", frozenset(self.allow_peers))
+
+
+def parse_allowlist(text: str, source: str = "allowlist") -> frozenset[PeerId]:
+    """Peer IDs, one a line; ``#`` starts a comment, blank lines are skipped.
+
+    LocalError naming ``source`` and the line number on a line that is not one peer ID.
+    """
+    peers: set[PeerId] = set()
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) > 1:
+            raise LocalError(f"{source}, line {number}: one peer ID a line, not {len(words)} words")
+        try:
+            peers.add(_peer_id(words[0]))
+        except LocalError as exc:
+            raise LocalError(f"{source}, line {number}: {exc}") from None
+    return frozenset(peers)
+
+
+def _peer_id(text: str) -> PeerId:
+    try:
+        return PeerId.from_string(text)
+    except InvalidKeyError as exc:
+        why = "" if str(exc).startswith("not a peer ID") else f" ({exc})"
+        raise LocalError(f"not a peer ID: {text!r}{why}") from None
+
+
+def load_allowlist(path: str | os.PathLike[str]) -> frozenset[PeerId]:
+    """Read an allow file (see :func:`parse_allowlist`); OSError when it cannot be read."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LocalError(f"{os.fspath(path)}: not a text file of peer IDs") from None
+    return parse_allowlist(text, os.fspath(path))
+
+
+def allowlist(peers: Iterable[str] = (), files: Iterable[str | os.PathLike[str]] = ()) -> frozenset[PeerId]:
+    """The peer IDs ``peers`` (text) and those of the allow ``files``; LocalError on a malformed one."""
+    allowed: set[PeerId] = set()
+    for text in peers:
+        allowed.add(_peer_id(text.strip()))
+    for path in files:
+        allowed |= load_allowlist(path)
+    return frozenset(allowed)

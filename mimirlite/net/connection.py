@@ -17,6 +17,7 @@ from mimirlite.errors import (
     ConnectionClosedError,
     HandshakeError,
     MimirliteError,
+    PeerNotAllowedError,
     ProtocolError,
     StreamResetError,
 )
@@ -45,6 +46,7 @@ class Connection(asyncio.Protocol):
         on_stream: Callable[[Stream], None],
         on_close: Callable[[Connection], None],
         expected_peer: PeerId | None = None,
+        accept_peer: Callable[[PeerId], bool] | None = None,
     ) -> None:
         self._keypair = keypair
         self._config = config
@@ -52,6 +54,7 @@ class Connection(asyncio.Protocol):
         self._on_stream = on_stream
         self._on_close = on_close
         self._expected_peer = expected_peer
+        self._accept_peer = accept_peer
         self.remote_peer: PeerId | None = None
         self.remote_address: tuple[str, int] | None = None
         self._transport: asyncio.Transport | None = None
@@ -156,7 +159,8 @@ class Connection(asyncio.Protocol):
             self._transport.write(data)
 
     async def upgrade(self) -> None:
-        """Negotiate Noise and yamux; raises HandshakeError, MultistreamError, PeerIdMismatchError."""
+        """Negotiate Noise and yamux; raises HandshakeError, MultistreamError, PeerIdMismatchError, and
+        PeerNotAllowedError when ``accept_peer`` refuses the peer the handshake authenticated."""
         ms: MultistreamDialer | MultistreamListener
         if self.initiator:
             ms = MultistreamDialer([noise.PROTOCOL_ID])
@@ -175,7 +179,10 @@ class Connection(asyncio.Protocol):
             pending = b""
             if not hs.complete:
                 self._write(hs.data_to_send())
-        self.remote_peer = hs.remote_peer
+        self.remote_peer = peer = hs.remote_peer
+        assert peer is not None
+        if self._accept_peer is not None and not self._accept_peer(peer):
+            raise PeerNotAllowedError(peer)  # before any other protocol runs, the muxer's included
         transport = hs.transport()
         last_handshake_message = hs.data_to_send()
 

@@ -11,9 +11,12 @@ from typing import Any
 from mimirlite.errors import (
     ConnectionClosedError,
     DialError,
+    HandshakeError,
     LocalError,
     MimirliteError,
+    PeerNotAllowedError,
     ProtocolError,
+    RefusedByPeerError,
     StreamResetError,
 )
 from mimirlite.identity import KeyPair, PeerId
@@ -33,7 +36,7 @@ class Host:
     """A libp2p host speaking TCP + Noise + yamux.
 
     ``async with Host(keypair, listen=[...]) as host`` starts listening and, on exit, closes every
-    listener, connection and handler task.
+    listener, connection and handler task. With ``config.allow_peers`` set it serves those peers only.
     """
 
     def __init__(
@@ -142,6 +145,11 @@ class Host:
     def protocols(self) -> list[str]:
         return list(self._handlers)
 
+    def allows(self, peer: PeerId) -> bool:
+        """Whether ``peer`` may use this host: always, unless ``config.allow_peers`` leaves it out."""
+        allowed = self.config.allow_peers
+        return allowed is None or peer in allowed
+
     # ---- peers and dialing ----
 
     def add_addrs(self, peer_id: PeerId, addrs: Iterable[str | TcpAddr]) -> None:
@@ -223,6 +231,15 @@ class Host:
         )
         try:
             await conn.upgrade()
+        except HandshakeError as exc:
+            conn._teardown(exc)
+            if conn.remote_peer is not None and conn._eof:
+                # Authenticated, then closed before the muxer was agreed: an allowlist refused us.
+                raise RefusedByPeerError(
+                    f"{conn.remote_peer} closed the connection right after the handshake: "
+                    f"it does not accept our peer ID {self.peer_id} (not on its allowlist?)"
+                ) from exc
+            raise
         except BaseException as exc:
             conn._teardown(exc)
             raise
@@ -233,7 +250,12 @@ class Host:
 
     def _inbound_protocol(self) -> Connection:
         conn = Connection(
-            self.keypair, self.config, initiator=False, on_stream=self._on_stream, on_close=self._on_close
+            self.keypair,
+            self.config,
+            initiator=False,
+            on_stream=self._on_stream,
+            on_close=self._on_close,
+            accept_peer=None if self.config.allow_peers is None else self.allows,
         )
         self._spawn(self._accept(conn), "mimirlite-accept")
         return conn
@@ -250,6 +272,10 @@ class Host:
         except asyncio.TimeoutError:
             log.warning("inbound connection from %s: upgrade timed out", conn.remote_address)
             conn._teardown(ConnectionClosedError("handshake timeout"))
+            return
+        except PeerNotAllowedError as exc:
+            log.warning("refusing connection from %s at %s: not on the allowlist", exc.peer, _host_port(conn))
+            conn._teardown(exc)
             return
         except (MimirliteError, OSError) as exc:
             log.warning("inbound connection from %s failed to upgrade: %s", conn.remote_address, exc)
@@ -338,6 +364,10 @@ class Host:
         self._spawn(self._serve(stream), "mimirlite-stream")
 
     async def _serve(self, stream: Stream) -> None:
+        if not self.allows(stream.remote_peer):  # on a connection we dialed
+            log.info("%r: refusing a stream from a peer not on the allowlist", stream)
+            await stream.reset()
+            return
         ms = MultistreamListener(self._handlers.__contains__)
         try:
             await asyncio.wait_for(self._negotiate(stream, ms), self.config.negotiate_timeout)
@@ -365,3 +395,8 @@ class Host:
             await stream.reset()
         else:
             await stream.close()
+
+
+def _host_port(conn: Connection) -> str:
+    addr = conn.remote_address
+    return "an unknown address" if addr is None else f"{addr[0]}:{addr[1]}"
