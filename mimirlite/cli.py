@@ -1,4 +1,5 @@
-"""The command line: ``node`` shares a backend's models, ``chat`` talks to them, ``peers`` lists nodes.
+"""The command line: ``node`` shares a backend's models, ``chat`` talks to them, ``peers`` lists nodes,
+``gateway`` serves them as an OpenAI-compatible HTTP API, ``id`` prints the peer ID of a key file.
 
 Each subcommand is a thin layer over the library; only this module prints.
 """
@@ -9,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 from mimirlite import __version__
 from mimirlite.errors import MimirliteError
 from mimirlite.identity import KeyPair
+from mimirlite.mimir.limits import MAX_CONCURRENT, QUEUE
 from mimirlite.net.host import Host
 
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/0"
@@ -47,6 +50,47 @@ def _parser() -> argparse.ArgumentParser:
         help="OpenAI-compatible base URL (default: $OLLAMA_ENDPOINT, $OPENAI_BASE_URL, http://localhost:11434/v1)",
     )
     node.add_argument("--model", action="append", default=[], help="serve only this model (repeatable)")
+    access = node.add_argument_group("access control (who may use this node, and how much)")
+    access.add_argument(
+        "--allow-peer",
+        action="append",
+        default=[],
+        metavar="PEER_ID",
+        help="serve only this peer (repeatable); without --allow-peer/--allow-file every peer is served",
+    )
+    access.add_argument(
+        "--allow-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="serve only the peer IDs in FILE (one a line, # comments; repeatable)",
+    )
+    access.add_argument(
+        "--max-concurrent",
+        type=_positive_int,
+        default=MAX_CONCURRENT,
+        metavar="N",
+        help=f"chat requests answered at once (default {MAX_CONCURRENT}); more wait in the queue",
+    )
+    access.add_argument(
+        "--queue",
+        type=_non_negative_int,
+        default=QUEUE,
+        metavar="N",
+        help=f"chat requests that may wait, in arrival order (default {QUEUE}); more are refused",
+    )
+    access.add_argument(
+        "--max-per-peer",
+        type=_positive_int,
+        metavar="N",
+        help="chat requests one peer may have at once (default: no limit)",
+    )
+    access.add_argument(
+        "--rate",
+        type=_positive_float,
+        metavar="N",
+        help="chat requests one peer may start a minute (default: no limit)",
+    )
 
     chat = sub.add_parser("chat", parents=[common], help="chat with a model on the network")
     chat.add_argument("-p", "--prompt", help="answer this once and exit")
@@ -56,6 +100,20 @@ def _parser() -> argparse.ArgumentParser:
 
     peers = sub.add_parser("peers", parents=[common], help="list the nodes found and their models")
     peers.add_argument("--wait", type=float, default=3.0, metavar="S", help="how long to look for nodes")
+
+    ident = sub.add_parser("id", help="print the peer ID of a key file (created when missing)")
+    ident.add_argument("--key-file", metavar="PATH", help="the key file (as node, chat, peers take it)")
+    ident.set_defaults(verbose=0)
+
+    gateway = sub.add_parser("gateway", parents=[common], help="the network as an OpenAI-compatible API")
+    gateway.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    gateway.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0: any)")
+    gateway.add_argument(
+        "--api-key",
+        default=os.environ.get("MIMIRLITE_API_KEY"),
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' (default: $MIMIRLITE_API_KEY; none: open)",
+    )
     return parser
 
 
@@ -63,10 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     # A chat prints its answer and, on failure, one line: library warnings show with -v.
-    quiet = logging.WARNING if args.command == "node" else logging.ERROR
+    quiet = logging.WARNING if args.command in ("node", "gateway") else logging.ERROR
     level = (quiet, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    run = {"node": _node, "chat": _chat, "peers": _peers}[args.command]
+    run = {"node": _node, "chat": _chat, "peers": _peers, "id": _id, "gateway": _gateway}[args.command]
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:
@@ -82,15 +140,67 @@ def _keypair(args: argparse.Namespace) -> KeyPair:
     return KeyPair.load_or_create(args.key_file) if args.key_file else KeyPair.generate()
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+async def _id(args: argparse.Namespace) -> int:
+    if not args.key_file:
+        return _fail("id needs --key-file PATH (without a key file a node has a new peer ID at each start)")
+    try:
+        keypair = KeyPair.load_or_create(args.key_file)
+    except (MimirliteError, OSError) as exc:
+        return _fail(f"cannot use key file {args.key_file}: {exc}")
+    print(keypair.peer_id)
+    return 0
+
+
+async def _add_peers(client: Any, addrs: Sequence[str]) -> list[str]:
+    """Dial and identify the nodes given with --peer; for each that failed, why."""
+    results = await asyncio.gather(*(client.add_peer(a) for a in addrs), return_exceptions=True)
+    problems = []
+    for addr, result in zip(addrs, results, strict=True):
+        if isinstance(result, (MimirliteError, OSError, asyncio.TimeoutError)):
+            problems.append(f"cannot use {addr}: {result or type(result).__name__}")
+        elif isinstance(result, BaseException):
+            raise result
+    return problems
+
+
 async def _node(args: argparse.Namespace) -> int:
     from mimirlite.discovery import MdnsDiscovery
-    from mimirlite.mimir import BackendError, EchoBackend, MimirNode, OpenAIBackend
+    from mimirlite.mimir import BackendError, EchoBackend, MimirNode, NodeLimits, OpenAIBackend
     from mimirlite.mimir.backends import Backend
+    from mimirlite.net.config import HostConfig, allowlist
 
     try:
         keypair = _keypair(args)
     except MimirliteError as exc:
         return _fail(f"cannot use key file {args.key_file}: {exc}")
+    try:
+        allowed = allowlist(args.allow_peer, args.allow_file) if args.allow_peer or args.allow_file else None
+        limits = NodeLimits(args.max_concurrent, args.queue, args.max_per_peer, args.rate)
+    except MimirliteError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot read allow file {exc.filename}: {exc.strerror}")
     backend: Backend
     if args.backend == "echo":
         backend = EchoBackend()
@@ -105,10 +215,10 @@ async def _node(args: argparse.Namespace) -> int:
             print(f"No OpenAI-compatible backend answered ({exc}); serving the echo model.", flush=True)
             backend = EchoBackend()
     try:
-        host = Host(keypair, listen=args.listen or [DEFAULT_LISTEN])
+        host = Host(keypair, listen=args.listen or [DEFAULT_LISTEN], config=HostConfig(allow_peers=allowed))
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(host)
-            node = await stack.enter_async_context(MimirNode(host, backend))
+            node = await stack.enter_async_context(MimirNode(host, backend, limits=limits))
             if not args.no_mdns:
                 await stack.enter_async_context(MdnsDiscovery(host))
             print(f"Peer ID: {host.peer_id}")
@@ -116,6 +226,8 @@ async def _node(args: argparse.Namespace) -> int:
             for addr in host.dialable_addrs:
                 print(f"  {addr}")
             print(f"Serving: {', '.join(node.models)}", flush=True)
+            if allowed is not None:
+                print(f"Allowed peers: {len(allowed)}; any other peer is refused", flush=True)
             for peer in args.peer:
                 try:
                     await host.dial(peer)
@@ -131,11 +243,16 @@ async def _chat(args: argparse.Namespace) -> int:
     from mimirlite.mimir import MimirClient
 
     try:
-        client = MimirClient(args.peer, keypair=_keypair(args), mdns=not args.no_mdns)
+        client = MimirClient(keypair=_keypair(args), mdns=not args.no_mdns)
         async with client:
+            problems = await _add_peers(client, args.peer)
+            hopeless = client.discovery is None and args.peer and len(problems) == len(args.peer)
+            if hopeless:  # every node given refused or failed, and no other can turn up
+                return _fail("; ".join(problems))
             if not await client.wait_for_nodes(args.model, args.wait):
                 what = f"serving {args.model}" if args.model else ""
-                return _fail(f"no node {what} found within {args.wait:g} s".replace("  ", " "))
+                why = "".join(f"; {p}" for p in problems)
+                return _fail(f"no node {what} found within {args.wait:g} s{why}".replace("  ", " "))
             messages: list[dict[str, Any]] = []
             if args.system:
                 messages.append({"role": "system", "content": args.system})
@@ -184,14 +301,34 @@ async def _interactive(client: Any, messages: list[dict[str, Any]], model: str |
 async def _peers(args: argparse.Namespace) -> int:
     from mimirlite.mimir import MimirClient
 
-    client = MimirClient(args.peer, keypair=_keypair(args), mdns=not args.no_mdns)
-    async with client:
-        if client.discovery is not None:
-            await asyncio.sleep(args.wait)  # listen for every node on the LAN, not just the first
-        nodes = client.nodes
-        if not nodes:
-            return _fail(f"no node found within {args.wait:g} s")
-        for peer, models in nodes.items():
-            addrs = client.host.addrs_of(peer)
-            print(f"{peer}  {', '.join(models) or '-'}  {' '.join(addrs)}")
+    try:
+        client = MimirClient(keypair=_keypair(args), mdns=not args.no_mdns)
+        async with client:
+            problems = await _add_peers(client, args.peer)
+            if client.discovery is not None:
+                await asyncio.sleep(args.wait)  # listen for every node on the LAN, not just the first
+            nodes = client.nodes
+            if not nodes:
+                return _fail("; ".join(problems) or f"no node found within {args.wait:g} s")
+            for peer, models in nodes.items():
+                addrs = client.host.addrs_of(peer)
+                print(f"{peer}  {', '.join(models) or '-'}  {' '.join(addrs)}")
+            for problem in problems:
+                print(f"mimirlite: {problem}", file=sys.stderr)
+    except MimirliteError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+async def _gateway(args: argparse.Namespace) -> int:
+    from mimirlite.gateway import Gateway
+    from mimirlite.mimir import MimirClient
+
+    try:
+        client = MimirClient(args.peer, keypair=_keypair(args), mdns=not args.no_mdns)
+        async with client, Gateway(client, host=args.host, port=args.port, api_key=args.api_key) as gateway:
+            print(f"OpenAI-compatible API at {gateway.base_url}", flush=True)
+            await asyncio.get_running_loop().create_future()
+    except (MimirliteError, OSError) as exc:
+        return _fail(str(exc))
     return 0

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("openai", "httpx", "zeroconf", "pydantic")
+HEAVY = ("openai", "httpx", "zeroconf", "pydantic", "h11")
 
 
 def loaded_after(code: str) -> list[str]:
@@ -26,3 +26,4 @@ def test_heavy_dependencies_load_where_used() -> None:
     assert "openai" in loaded_after(
         "from mimirlite.mimir import OpenAIBackend\nOpenAIBackend('http://127.0.0.1:9/v1')._sdk()"
     )
+    assert "h11" in loaded_after("import mimirlite.gateway")

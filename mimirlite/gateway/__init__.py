@@ -1,0 +1,34 @@
+"""An OpenAI-compatible HTTP gateway to the mimir network: ``GET /v1/models``, ``POST /v1/chat/completions``.
+
+- :mod:`~mimirlite.gateway.http`: HTTP/1.1 server connections, sans-IO on ``h11``;
+- :mod:`~mimirlite.gateway.api`: the OpenAI API's requests, errors, SSE events and answers, as plain data;
+- :mod:`~mimirlite.gateway.gateway`: the asyncio server routing requests to nodes through a MimirClient.
+"""
+
+from __future__ import annotations
+
+from mimirlite.gateway.api import ApiError
+from mimirlite.gateway.gateway import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    REQUEST_TIMEOUT,
+    WRITE_TIMEOUT,
+    Gateway,
+)
+from mimirlite.gateway.http import MAX_BODY, MAX_HEAD, HttpError
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "IDLE_TIMEOUT",
+    "MAX_BODY",
+    "MAX_CONNECTIONS",
+    "MAX_HEAD",
+    "REQUEST_TIMEOUT",
+    "WRITE_TIMEOUT",
+    "ApiError",
+    "Gateway",
+    "HttpError",
+]
