@@ -1,0 +1,898 @@
+#!/usr/bin/env python3
+"""Benchmarks side by side: mimirlite, js-libp2p (interop/'s pinned stack), py-libp2p and the limits.
+
+    python interop/bench.py                      # full run: median of 3 runs, about 7 minutes
+    python interop/bench.py --quick              # seconds: tiny sizes, one run (CI's smoke run)
+    python interop/bench.py --markdown bench.md  # also write the table as markdown
+
+Workloads W1-W5 are those of the project's bench/WORKLOADS.md (TCP + Noise + yamux on 127.0.0.1,
+listener and dialer in separate processes), plus the end-to-end chat workload (a MimirNode with the
+echo model, and a MimirClient). Peers:
+
+- mimirlite -> mimirlite, js-libp2p -> js-libp2p, mimirlite -> js-libp2p, js-libp2p -> mimirlite
+  (``A -> B``: A dials, B listens); the JS side is ``bench-peer.mjs`` on interop/'s pinned stack;
+- py-libp2p -> py-libp2p: the ``libp2p`` package, installed by this runner (pip) into its own virtual
+  environment (``--venv``, default ``interop/.bench-venv``), never a dependency of mimirlite. A full
+  run builds it when missing (about a minute, once); ``--quick`` never builds it: it uses it when it
+  exists and otherwise says so in the table;
+- limits: plain asyncio TCP (W2, W3) and cryptography's ChaCha20-Poly1305 (encrypt+decrypt of
+  65,519-byte and 200-byte messages, one process).
+
+Every process is started in its own session with stdin held open by this runner: a worker exits when
+its stdin closes, and the runner closes, terminates, then kills each one (finally blocks, bounded
+waits), on errors and on Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORKER = HERE / "bench_worker.py"
+JS_PEER = HERE / "bench-peer.mjs"
+PYL_WORKER = HERE / "bench_pylibp2p.py"
+DEFAULT_VENV = HERE / ".bench-venv"
+PY_LIBP2P_VERSION = "0.8.1"
+
+FULL: dict[str, Any] = {
+    "runs": 3,
+    "settle": 0.5,  # seconds between a listener's ready line and its RSS reading
+    "dial_budget": 400.0,  # seconds a dialer process may take for all its workloads
+    "params": {
+        "connects": 100,
+        "connect_warmup": 5,
+        "bulk_bytes": 256 * 1024 * 1024,
+        "chunk": 64 * 1024,
+        "tokens": 100_000,
+        "tokens_cap_s": 30.0,
+        "rpc_seq": 2000,
+        "rpc_warmup": 50,
+        "rpc_workers": 100,
+        "rpc_per_worker": 20,
+        "timeout": 120.0,
+        "words": 20_000,
+        "ttfc_runs": 200,
+        "aead_seconds": 1.0,
+    },
+}
+QUICK: dict[str, Any] = {
+    "runs": 1,
+    "settle": 0.2,
+    "dial_budget": 60.0,
+    "params": {
+        "connects": 5,
+        "connect_warmup": 1,
+        "bulk_bytes": 4 * 1024 * 1024,
+        "chunk": 64 * 1024,
+        "tokens": 2_000,
+        "tokens_cap_s": 10.0,
+        "rpc_seq": 50,
+        "rpc_warmup": 5,
+        "rpc_workers": 10,
+        "rpc_per_worker": 5,
+        "timeout": 30.0,
+        "words": 500,
+        "ttfc_runs": 10,
+        "aead_seconds": 0.05,
+    },
+}
+
+# ---------------------------------------------------------------- what is measured
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    workload: str
+    label: str
+    unit: str
+    higher_is_better: bool
+
+
+FIGURES = [
+    Figure("w1_p50", "W1", "connect p50", "ms", False),
+    Figure("w1_p95", "W1", "connect p95", "ms", False),
+    Figure("w2", "W2", "bulk", "MiB/s", True),
+    Figure("w3", "W3", "tokens", "msg/s", True),
+    Figure("w4_p50", "W4", "rpc sequential p50", "ms", False),
+    Figure("w4_seq", "W4", "rpc sequential", "req/s", True),
+    Figure("w4_conc", "W4", "rpc concurrent workers", "req/s", True),
+    Figure("w5_start", "W5", "process start to listening", "s", False),
+    Figure("w5_rss", "W5", "idle listening host RSS", "MiB", False),
+    Figure("e2e_chunks", "E2E", "chat chunks through one stream", "chunks/s", True),
+    Figure("e2e_ttfc", "E2E", "added time to first chunk", "ms", False),
+]
+FIG = {f.key: f for f in FIGURES}
+
+# (workload event, value key) -> figure key
+FROM_WORKLOAD = {
+    ("W1", "p50_ms"): "w1_p50",
+    ("W1", "p95_ms"): "w1_p95",
+    ("W2", "mib_s"): "w2",
+    ("W3", "msg_s"): "w3",
+    ("W4", "seq_p50_ms"): "w4_p50",
+    ("W4", "seq_req_s"): "w4_seq",
+    ("W4", "conc_req_s"): "w4_conc",
+}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A dialer implementation against a listener implementation."""
+
+    key: str
+    name: str
+    dialer: str  # "mimirlite", "js", "pylibp2p" or "raw"
+    listener: str
+    workloads: tuple[str, ...] = ("W1", "W2", "W3", "W4")
+    limit: bool = False
+
+
+PAIRS = [
+    Pair("mm", "mimirlite → mimirlite", "mimirlite", "mimirlite"),
+    Pair("jj", "js-libp2p → js-libp2p", "js", "js"),
+    Pair("mj", "mimirlite → js-libp2p", "mimirlite", "js"),
+    Pair("jm", "js-libp2p → mimirlite", "js", "mimirlite"),
+    Pair("pp", "py-libp2p → py-libp2p", "pylibp2p", "pylibp2p"),
+    Pair("raw", "limit: plain asyncio TCP", "raw", "raw", ("W2", "W3"), limit=True),
+]
+AEAD_PEER = "limit: ChaCha20-Poly1305 enc+dec"
+IMPL_NAMES = {"mimirlite": "mimirlite", "js": "js-libp2p", "pylibp2p": "py-libp2p"}
+E2E_PEER = "mimirlite: MimirClient → MimirNode (echo)"
+E2E_LIMIT = "limit: EchoBackend in-process"
+SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e"]
+
+
+def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Every (figure key, peer name, is a limit) row of the table, in order."""
+    rows: list[tuple[str, str, bool]] = []
+    for f in FIGURES:
+        if f.workload in ("W1", "W2", "W3", "W4"):
+            for p in PAIRS:
+                if f.workload in p.workloads:
+                    rows.append((f.key, p.name, p.limit))
+            if f.key in ("w2", "w3"):
+                rows.append((f.key, AEAD_PEER, True))
+        elif f.workload == "W5":
+            for impl in ("mimirlite", "js", "pylibp2p"):
+                rows.append((f.key, IMPL_NAMES[impl], False))
+        else:
+            rows.append((f.key, E2E_PEER, False))
+            if f.key == "e2e_chunks":
+                rows.append((f.key, E2E_LIMIT, True))
+    return rows
+
+
+def figure_label(f: Figure, params: dict[str, Any]) -> str:
+    if f.key == "w4_conc":
+        return f"rpc {params['rpc_workers']} workers x {params['rpc_per_worker']}"
+    if f.key == "w2" and params["bulk_bytes"] != FULL["params"]["bulk_bytes"]:
+        return f"bulk ({params['bulk_bytes'] >> 20} MiB)"
+    if f.key == "w3" and params["tokens"] != FULL["params"]["tokens"]:
+        return f"tokens ({params['tokens']:,})"
+    return f.label
+
+
+# ---------------------------------------------------------------- processes
+
+
+class WorkerError(Exception):
+    pass
+
+
+class Proc:
+    """A worker process: JSON lines on stdout, stderr kept for error messages, stdin held open."""
+
+    live: set[Proc] = set()
+
+    def __init__(self, name: str, proc: asyncio.subprocess.Process, t_spawn: float) -> None:
+        self.name = name
+        self.proc = proc
+        self.t_spawn = t_spawn
+        self.events: asyncio.Queue[tuple[float, dict[str, Any] | None]] = asyncio.Queue()
+        self.stderr: collections.deque[str] = collections.deque(maxlen=30)
+        self._tasks = [asyncio.ensure_future(self._read_stdout()), asyncio.ensure_future(self._read_stderr())]
+        Proc.live.add(self)
+
+    @classmethod
+    async def start(
+        cls, name: str, cmd: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> Proc:
+        t0 = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=str(cwd) if cwd else None,
+            start_new_session=True,
+            limit=1 << 20,
+        )
+        return cls(name, proc, t0)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            while line := await self.proc.stdout.readline():
+                now = time.perf_counter()
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    self.stderr.append(line.decode(errors="replace").rstrip())
+                    continue
+                if isinstance(obj, dict):
+                    await self.events.put((now, obj))
+        finally:
+            await self.events.put((time.perf_counter(), None))
+
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            self.stderr.append(line.decode(errors="replace").rstrip())
+
+    def stderr_tail(self, n: int = 3) -> str:
+        lines = [s for s in self.stderr if s.strip()]
+        return " | ".join(lines[-n:])
+
+    async def next_event(self, deadline: float) -> tuple[float, dict[str, Any]]:
+        """The next JSON line; WorkerError when the process ends first or the deadline passes."""
+        left = deadline - time.perf_counter()
+        try:
+            t, obj = await asyncio.wait_for(self.events.get(), max(left, 0.001))
+        except asyncio.TimeoutError:
+            raise WorkerError(f"{self.name}: no answer in time") from None
+        if obj is None:
+            await self.events.put((t, None))  # stay at end
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 2)
+            tail = self.stderr_tail()
+            raise WorkerError(
+                f"{self.name} exited (code {self.proc.returncode})" + (f": {tail}" if tail else "")
+            )
+        return t, obj
+
+    async def stop(self) -> None:
+        """Close stdin (the worker's signal to go), then SIGTERM, then SIGKILL its process group."""
+        proc = self.proc
+        try:
+            if proc.returncode is None and proc.stdin is not None:
+                with contextlib.suppress(Exception):
+                    proc.stdin.close()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 5)
+            for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+                if proc.returncode is not None:
+                    break
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, sig)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(proc.wait(), wait)
+        finally:
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            Proc.live.discard(self)
+
+    @classmethod
+    async def stop_all(cls) -> None:
+        await asyncio.gather(*(p.stop() for p in list(cls.live)), return_exceptions=True)
+
+
+def kill_all_now() -> None:
+    """Last resort (no event loop): SIGKILL every worker still known."""
+    for p in list(Proc.live):
+        if p.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.proc.pid, signal.SIGKILL)
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+# ---------------------------------------------------------------- implementations
+
+
+@dataclass
+class Env:
+    node: str | None = None
+    node_reason: str = ""
+    venv_python: str | None = None
+    pyl_reason: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def available(self, impl: str) -> str | None:
+        """None when ``impl`` can run, else why not."""
+        if impl == "js" and self.node is None:
+            return self.node_reason
+        if impl == "pylibp2p" and self.venv_python is None:
+            return self.pyl_reason
+        return None
+
+    def cmd(self, impl: str, mode: str) -> tuple[list[str], dict[str, str] | None, Path | None]:
+        if impl == "js":
+            assert self.node is not None
+            return [self.node, str(JS_PEER), mode], None, HERE
+        if impl == "pylibp2p":
+            assert self.venv_python is not None
+            env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+            return [self.venv_python, str(PYL_WORKER), mode], env, HERE
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+        impl_arg = "raw" if impl == "raw" else "mimirlite"
+        return [sys.executable, str(WORKER), mode, "--impl", impl_arg], env, ROOT
+
+
+def find_node() -> tuple[str | None, str]:
+    node = shutil.which("node")
+    if node is None:
+        return None, "unavailable: node is not on PATH"
+    if not (HERE / "node_modules" / "libp2p").is_dir():
+        return None, "unavailable: interop/node_modules missing (run npm ci in interop/)"
+    return node, ""
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def venv_ready(venv: Path, version: str) -> bool:
+    marker = venv / ".bench-ready"
+    return venv_python(venv).exists() and marker.exists() and marker.read_text().strip() == version
+
+
+async def build_venv(venv: Path, version: str, timeout: float = 600) -> str | None:
+    """Create ``venv`` with py-libp2p ``version``; None on success, else why it failed."""
+    steps = [
+        [sys.executable, "-m", "venv", "--clear", str(venv)],
+        [str(venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check", "-q",
+         f"libp2p=={version}"],
+    ]
+    print(f"building the py-libp2p {version} environment in {venv} (once)...", file=sys.stderr, flush=True)
+    deadline = time.perf_counter() + timeout
+    for cmd in steps:
+        p = await Proc.start("venv build", cmd)
+        try:
+            left = deadline - time.perf_counter()
+            try:
+                await asyncio.wait_for(p.proc.wait(), max(left, 1))
+            except asyncio.TimeoutError:
+                return f"py-libp2p install timed out after {timeout:g} s"
+            await asyncio.sleep(0.05)  # let the stderr reader catch up
+            if p.proc.returncode != 0:
+                errors = [s for s in p.stderr if "error" in s.lower()] or list(p.stderr)
+                return f"{' '.join(cmd[2:4])} failed: {(errors[-1] if errors else 'no output')[:200]}"
+        finally:
+            await p.stop()
+    (venv / ".bench-ready").write_text(version)
+    return None
+
+
+def js_versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("libp2p", "@chainsafe/libp2p-noise", "@chainsafe/libp2p-yamux"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            out[pkg] = json.loads((HERE / "node_modules" / pkg / "package.json").read_text())["version"]
+    return out
+
+
+# ---------------------------------------------------------------- running
+
+
+Samples = dict[str, dict[str, list[float]]]  # peer name -> figure key -> one value per run
+Errors = dict[str, dict[str, str]]  # peer name -> figure key -> why there is no value
+
+
+class Bench:
+    def __init__(self, env: Env, cfg: dict[str, Any], sections: list[str]) -> None:
+        self.env = env
+        self.cfg = cfg
+        self.params: dict[str, Any] = cfg["params"]
+        self.sections = sections
+        self.samples: Samples = collections.defaultdict(lambda: collections.defaultdict(list))
+        self.errors: Errors = collections.defaultdict(dict)
+        self.extra: dict[str, list[float]] = collections.defaultdict(list)
+        self.capped: dict[str, list[int]] = collections.defaultdict(list)  # W3 runs stopped at the cap
+
+    def add(self, peer: str, key: str, value: float) -> None:
+        self.samples[peer][key].append(float(value))
+
+    def fail(self, peer: str, keys: Sequence[str], why: str) -> None:
+        for k in keys:
+            self.errors[peer].setdefault(k, why)
+
+    def log(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    async def start_listener(self, impl: str, mode: str = "listen") -> tuple[Proc, str, float, float | None]:
+        cmd, env, cwd = self.env.cmd(impl, mode)
+        p = await Proc.start(f"{impl} {mode}", cmd, env, cwd)
+        try:
+            deadline = time.perf_counter() + 60
+            while True:
+                t, ev = await p.next_event(deadline)
+                if ev.get("event") == "ready":
+                    break
+            start_s = t - p.t_spawn
+            await asyncio.sleep(self.cfg["settle"])
+            return p, str(ev["addr"]), start_s, rss_mib(p.pid)
+        except BaseException:
+            await p.stop()
+            raise
+
+    async def run_dialer(self, impl: str, mode: str, addr: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Results by workload (values dict, or an error string)."""
+        cmd, env, cwd = self.env.cmd(impl, mode)
+        cmd = [*cmd, "--addr", addr, "--params", json.dumps(params)]
+        p = await Proc.start(f"{impl} {mode}", cmd, env, cwd)
+        out: dict[str, Any] = {}
+        try:
+            deadline = time.perf_counter() + self.cfg["dial_budget"]
+            while True:
+                _, ev = await p.next_event(deadline)
+                kind = ev.get("event")
+                if kind == "result":
+                    out[ev["workload"]] = ev["values"]
+                elif kind == "error":
+                    out[ev["workload"]] = str(ev["error"])
+                elif kind == "done":
+                    return out
+        except WorkerError as exc:
+            out["_error"] = str(exc)
+            return out
+        finally:
+            await p.stop()
+
+    async def warm_up(self) -> None:
+        """Start each listener once, untimed: compiles .pyc files and fills the OS file cache."""
+        impls = {"mimirlite"}
+        for key in self.sections:
+            pair = next((p for p in PAIRS if p.key == key), None)
+            if pair is not None:
+                impls |= {pair.dialer, pair.listener}
+        for impl in sorted(impls):
+            if self.env.available(impl) is not None:
+                continue
+            with contextlib.suppress(WorkerError):
+                p, _, _, _ = await self.start_listener(impl)
+                await p.stop()
+
+    async def run_pair(self, pair: Pair) -> None:
+        keys = [k for (w, _), k in FROM_WORKLOAD.items() if w in pair.workloads]
+        for impl in (pair.listener, pair.dialer):
+            why = self.env.available(impl)
+            if why is not None:
+                self.fail(pair.name, keys, why)
+                return
+        self.log(f"  {pair.name}")
+        try:
+            listener, addr, start_s, rss = await self.start_listener(pair.listener)
+        except WorkerError as exc:
+            self.fail(pair.name, keys, f"listener failed: {exc}")
+            return
+        try:
+            if pair.listener in IMPL_NAMES:
+                self.add(IMPL_NAMES[pair.listener], "w5_start", start_s)
+                if rss is not None:
+                    self.add(IMPL_NAMES[pair.listener], "w5_rss", rss)
+            params = {**self.params, "workloads": list(pair.workloads)}
+            results = await self.run_dialer(pair.dialer, "dial", addr, params)
+        finally:
+            await listener.stop()
+        for (workload, value_key), key in FROM_WORKLOAD.items():
+            if workload not in pair.workloads:
+                continue
+            got = results.get(workload)
+            if isinstance(got, dict) and value_key in got:
+                self.add(pair.name, key, got[value_key])
+                if "capped" in got and key == "w3":
+                    self.capped[pair.name].append(int(got["capped"]))
+            else:
+                why = str(got) if got is not None else results.get("_error", "no result")
+                self.fail(pair.name, [key], why)
+
+    async def run_aead(self) -> None:
+        self.log(f"  {AEAD_PEER}")
+        cmd, env, cwd = self.env.cmd("mimirlite", "aead")
+        cmd = [*cmd, "--params", json.dumps(self.params)]
+        p = await Proc.start("aead", cmd, env, cwd)
+        try:
+            deadline = time.perf_counter() + 60
+            _, ev = await p.next_event(deadline)
+            if ev.get("event") == "result":
+                self.add(AEAD_PEER, "w2", ev["values"]["mib_s"])
+                self.add(AEAD_PEER, "w3", ev["values"]["msg_s"])
+        except WorkerError as exc:
+            self.fail(AEAD_PEER, ["w2", "w3"], str(exc))
+        finally:
+            await p.stop()
+
+    async def run_e2e(self) -> None:
+        self.log(f"  {E2E_PEER}")
+        keys = ["e2e_chunks", "e2e_ttfc"]
+        try:
+            node, addr, _, _ = await self.start_listener("mimirlite", "e2e-node")
+        except WorkerError as exc:
+            self.fail(E2E_PEER, keys, f"node failed: {exc}")
+            return
+        try:
+            results = await self.run_dialer("mimirlite", "e2e-client", addr, self.params)
+        finally:
+            await node.stop()
+        chunks, ttfc = results.get("CHUNKS"), results.get("TTFC")
+        if isinstance(chunks, dict):
+            self.add(E2E_PEER, "e2e_chunks", chunks["chunks_s"])
+            self.add(E2E_LIMIT, "e2e_chunks", chunks["inprocess_chunks_s"])
+        else:
+            self.fail(E2E_PEER, ["e2e_chunks"], str(chunks or results.get("_error", "no result")))
+            self.fail(E2E_LIMIT, ["e2e_chunks"], "no run")
+        if isinstance(ttfc, dict):
+            self.add(E2E_PEER, "e2e_ttfc", ttfc["added_ttfc_ms"])
+            self.extra["ttfc_ms"].append(ttfc["ttfc_ms"])
+            self.extra["inprocess_ms"].append(ttfc["inprocess_ms"])
+        else:
+            self.fail(E2E_PEER, ["e2e_ttfc"], str(ttfc or results.get("_error", "no result")))
+
+    async def run(self) -> None:
+        for pair in PAIRS:
+            if pair.key not in self.sections:
+                keys = [k for (w, _), k in FROM_WORKLOAD.items() if w in pair.workloads]
+                self.fail(pair.name, keys, "not selected")
+        if "aead" not in self.sections:
+            self.fail(AEAD_PEER, ["w2", "w3"], "not selected")
+        if "e2e" not in self.sections:
+            self.fail(E2E_PEER, ["e2e_chunks", "e2e_ttfc"], "not selected")
+            self.fail(E2E_LIMIT, ["e2e_chunks"], "not selected")
+        await self.warm_up()
+        for r in range(self.cfg["runs"]):
+            self.log(f"run {r + 1} of {self.cfg['runs']}")
+            for key in self.sections:
+                pair = next((p for p in PAIRS if p.key == key), None)
+                if pair is not None:
+                    await self.run_pair(pair)
+                elif key == "aead":
+                    await self.run_aead()
+                elif key == "e2e":
+                    await self.run_e2e()
+        for impl, name in IMPL_NAMES.items():
+            why = self.env.available(impl)
+            if why is not None:
+                self.fail(name, ["w5_start", "w5_rss"], why)
+
+
+# ---------------------------------------------------------------- the table
+
+
+def fmt(v: float) -> str:
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+@dataclass
+class Row:
+    workload: str
+    figure: str
+    peer: str
+    median: str
+    spread: str
+    ratio: str
+
+
+def medians(samples: Samples) -> dict[str, dict[str, float]]:
+    return {peer: {k: statistics.median(v) for k, v in figs.items() if v} for peer, figs in samples.items()}
+
+
+def build_rows(bench: Bench) -> tuple[list[Row], list[str]]:
+    """The table's rows, and the notes saying why some rows have no figure."""
+    med = medians(bench.samples)
+    rows = []
+    notes: list[str] = []
+    all_rows = table_rows(bench.params)
+    for f in FIGURES:
+        peers = [(peer, limit) for key, peer, limit in all_rows if key == f.key]
+        contenders = [med[p][f.key] for p, limit in peers if not limit and f.key in med.get(p, {})]
+        best = (max(contenders) if f.higher_is_better else min(contenders)) if contenders else None
+        arrow = "↑" if f.higher_is_better else "↓"
+        for peer, _limit in peers:
+            vals = bench.samples.get(peer, {}).get(f.key) or []
+            label = f"{figure_label(f, bench.params)} ({f.unit} {arrow})"
+            if not vals:
+                why = bench.errors.get(peer, {}).get(f.key, "not run")
+                if why not in notes:
+                    notes.append(why)
+                rows.append(Row(f.workload, label, peer, f"n/a [{notes.index(why) + 1}]", "", ""))
+                continue
+            m = statistics.median(vals)
+            shown = fmt(m)
+            if f.key == "w3" and bench.capped.get(peer):
+                counts = ", ".join(f"{c:,}" for c in bench.capped[peer])
+                notes.append(
+                    f"{peer}: W3 stopped at the {bench.params['tokens_cap_s']:g} s cap in "
+                    f"{len(bench.capped[peer])} of {len(vals)} runs, after {counts} of "
+                    f"{bench.params['tokens']:,} messages; the rate is over the messages received"
+                )
+                shown += f" [{len(notes)}]"
+            spread = f"{fmt(min(vals))}\u2013{fmt(max(vals))}" if len(vals) > 1 else "n=1"
+            if best is None or best == 0:
+                ratio = ""
+            elif m == best:
+                ratio = "1.00 best"
+            else:
+                ratio = f"{m / best:.2f}"
+            rows.append(Row(f.workload, label, peer, shown, spread, ratio))
+    return rows, notes
+
+
+@dataclass
+class Target:
+    text: str
+    figure: str
+    status: str
+
+
+def check_targets(bench: Bench) -> list[Target]:
+    med = medians(bench.samples)
+    by_key = {p.key: p.name for p in PAIRS}
+
+    def get(peer: str, key: str) -> float | None:
+        return med.get(peer, {}).get(key)
+
+    mm, jj, pp, raw = by_key["mm"], by_key["jj"], by_key["pp"], by_key["raw"]
+    out = []
+
+    def ratio_target(text: str, key: str, peer: str, other: str, factor: float, higher: bool) -> None:
+        a, b = get(peer, key), get(other, key)
+        if a is None or b is None:
+            out.append(Target(text, "no mimirlite figure" if a is None else f"no {other} figure", "n/a"))
+            return
+        unit = FIG[key].unit
+        ok = a >= factor * b if higher else a <= factor * b
+        out.append(Target(text, f"{fmt(a)} vs {fmt(b)} {unit} ({a / b:.2f}x)", "met" if ok else "MISSED"))
+
+    def abs_target(text: str, key: str, peer: str, limit: float, higher: bool) -> None:
+        a = get(peer, key)
+        if a is None:
+            out.append(Target(text, "no figure", "n/a"))
+            return
+        ok = a >= limit if higher else a <= limit
+        out.append(Target(text, f"{fmt(a)} {FIG[key].unit}", "met" if ok else "MISSED"))
+
+    ratio_target("W2 bulk >= js-libp2p", "w2", mm, jj, 1.0, True)
+    ratio_target("W2 bulk >= 3x py-libp2p", "w2", mm, pp, 3.0, True)
+    ratio_target("W2 bulk >= 30% of plain asyncio TCP", "w2", mm, raw, 0.3, True)
+    ratio_target("W3 tokens >= js-libp2p", "w3", mm, jj, 1.0, True)
+    abs_target("W3 tokens >= 100,000 msg/s", "w3", mm, 100_000, True)
+    ratio_target("W1 connect p50 <= half of js-libp2p's", "w1_p50", mm, jj, 0.5, False)
+    abs_target("W4 sequential p50 <= 1.0 ms", "w4_p50", mm, 1.0, False)
+    abs_target("W4 100 workers >= 5,000 req/s", "w4_conc", mm, 5000, True)
+    abs_target("W5 start to listening <= 0.3 s", "w5_start", "mimirlite", 0.3, False)
+    abs_target("W5 idle RSS <= 40 MiB", "w5_rss", "mimirlite", 40, False)
+    abs_target("E2E added time to first chunk <= 2 ms", "e2e_ttfc", E2E_PEER, 2.0, False)
+    abs_target("E2E >= 20,000 chunks/s through one node", "e2e_chunks", E2E_PEER, 20_000, True)
+    return out
+
+
+def machine_info(env: Env) -> dict[str, str]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": str(os.cpu_count()),
+        "cpu": cpu or platform.processor() or "unknown",
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+    if env.node:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            info["node"] = subprocess.run(
+                [env.node, "--version"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+    info.update(env.versions)
+    return info
+
+
+def render_text(rows: list[Row], notes: list[str], targets: list[Target], header: list[str]) -> str:
+    cols = ["workload", "figure", "peer", "median", "spread (min\u2013max)", "vs best"]
+    data = [[r.workload, r.figure, r.peer, r.median, r.spread, r.ratio] for r in rows]
+    widths = [max(len(c), *(len(d[i]) for d in data)) for i, c in enumerate(cols)]
+
+    def line(cells: Sequence[str]) -> str:
+        pairs = enumerate(zip(cells, widths, strict=True))
+        padded = (c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in pairs)
+        return "  ".join(padded).rstrip()
+
+    out = [*header, "", line(cols), line(["-" * w for w in widths])]
+    last = None
+    for d in data:
+        if last is not None and d[0] != last:
+            out.append("")
+        last = d[0]
+        out.append(line(d))
+    out += [""] + [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+    out += ["", "Targets (mimirlite → mimirlite unless said otherwise):"]
+    tw = max(len(t.text) for t in targets)
+    fw = max(len(t.figure) for t in targets)
+    out += [f"  {t.status:<7} {t.text:<{tw}}  {t.figure:<{fw}}".rstrip() for t in targets]
+    return "\n".join(out) + "\n"
+
+
+def md_escape(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def render_markdown(rows: list[Row], notes: list[str], targets: list[Target], header: list[str]) -> str:
+    out = [*(f"{h}  " for h in header[:-1]), header[-1], ""]
+    out.append("| workload | figure | peer | median | spread (min\u2013max) | vs best |")
+    out.append("|---|---|---|---:|---:|---:|")
+    for r in rows:
+        out.append(
+            "| "
+            + " | ".join(md_escape(c) for c in (r.workload, r.figure, r.peer, r.median, r.spread, r.ratio))
+            + " |"
+        )
+    if notes:
+        out.append("")
+        out += [f"[{i}] {md_escape(n)}  " for i, n in enumerate(notes, 1)]
+    out += ["", "| target (mimirlite → mimirlite unless said otherwise) | figure | status |", "|---|---|---|"]
+    for t in targets:
+        out.append(f"| {md_escape(t.text)} | {md_escape(t.figure)} | {t.status} |")
+    return "\n".join(out) + "\n"
+
+
+def header_lines(
+    bench: Bench, info: dict[str, str], quick: bool, load: tuple[str, str], secs: float
+) -> list[str]:
+    runs = bench.cfg["runs"]
+    p = bench.params
+    lines = [
+        f"mimirlite benchmarks ({'--quick: tiny sizes, not figures to quote' if quick else 'full run'}), "
+        f"{info['date']}, {secs:.0f} s",
+        f"machine: {info['cpus']} CPUs, {info['cpu']}, {info['os']}; Python {info['python']}"
+        + (f", Node {info['node']}" if "node" in info else "")
+        + "".join(f", {k} {v}" for k, v in info.items() if k.startswith(("libp2p", "@", "py-libp2p"))),
+        f"load average at start {load[0]}, at end {load[1]}; median of {runs} run{'s' * (runs != 1)}, "
+        f"each a fresh listener and dialer process pair on 127.0.0.1",
+        f"sizes: W1 {p['connects']} connects (+{p['connect_warmup']} warm-up); "
+        f"W2 {p['bulk_bytes'] >> 20} MiB in {p['chunk'] >> 10} KiB writes; "
+        f"W3 {p['tokens']:,} messages (at most {p['tokens_cap_s']:g} s); W4 {p['rpc_seq']:,} sequential "
+        f"(+{p['rpc_warmup']} warm-up), {p['rpc_workers']} workers x {p['rpc_per_worker']}; "
+        f"E2E {p['words']:,} words, {p['ttfc_runs']} chats timed to their first chunk",
+        "vs best = median / best peer's median for that figure (limits excluded from 'best'); "
+        "↑ higher is better, ↓ lower is better",
+    ]
+    if bench.extra.get("ttfc_ms"):
+        lines.append(
+            "E2E time to first chunk: "
+            f"{fmt(statistics.median(bench.extra['ttfc_ms']))} ms through the node vs "
+            f"{fmt(statistics.median(bench.extra['inprocess_ms']))} ms "
+            "calling EchoBackend.stream_chat in-process"
+        )
+    return lines
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+# ---------------------------------------------------------------- main
+
+
+async def amain(args: argparse.Namespace) -> int:
+    cfg = json.loads(json.dumps(QUICK if args.quick else FULL))
+    if args.runs:
+        cfg["runs"] = args.runs
+    sections = [s for s in SECTIONS if not args.only or s in args.only.split(",")]
+    env = Env()
+    env.node, env.node_reason = find_node()
+    if env.node:
+        env.versions.update({f"{k}": v for k, v in js_versions().items()})
+    venv = Path(args.venv).resolve()
+    if "pp" in sections:
+        if venv_ready(venv, PY_LIBP2P_VERSION):
+            env.venv_python = str(venv_python(venv))
+        elif args.quick:
+            env.pyl_reason = f"skipped in --quick: no py-libp2p environment at {venv} (a full run builds it)"
+        elif args.no_venv_build:
+            env.pyl_reason = "skipped: no py-libp2p environment and --no-venv-build"
+        else:
+            why = await build_venv(venv, PY_LIBP2P_VERSION)
+            if why is None:
+                env.venv_python = str(venv_python(venv))
+            else:
+                env.pyl_reason = f"unavailable: {why}"
+        if env.venv_python:
+            env.versions["py-libp2p"] = PY_LIBP2P_VERSION
+    bench = Bench(env, cfg, sections)
+    load_start = loadavg()
+    t0 = time.perf_counter()
+    try:
+        await bench.run()
+    finally:
+        await Proc.stop_all()
+    secs = time.perf_counter() - t0
+    info = machine_info(env)
+    header = header_lines(bench, info, args.quick, (load_start, loadavg()), secs)
+    rows, notes = build_rows(bench)
+    targets = check_targets(bench)
+    sys.stdout.write(render_text(rows, notes, targets, header))
+    sys.stdout.flush()
+    if args.markdown:
+        Path(args.markdown).write_text(render_markdown(rows, notes, targets, header))
+    if args.json:
+        dump = {
+            "info": info,
+            "config": cfg,
+            "samples": bench.samples,
+            "errors": bench.errors,
+            "extra": bench.extra,
+            "targets": [t.__dict__ for t in targets],
+        }
+        Path(args.json).write_text(json.dumps(dump, indent=1, default=dict))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one run: proves the runner works")
+    parser.add_argument("--runs", type=int, default=0, help="runs per peer (default 3, --quick 1)")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
+    parser.add_argument("--json", metavar="FILE", help="also write every run's figures as JSON")
+    parser.add_argument("--venv", default=str(DEFAULT_VENV), help="py-libp2p's own environment")
+    parser.add_argument("--no-venv-build", action="store_true", help="never build the py-libp2p environment")
+    parser.add_argument("--only", metavar="LIST", help=f"comma-separated subset of {','.join(SECTIONS)}")
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(amain(args))
+    except KeyboardInterrupt:
+        print("interrupted; every worker was stopped", file=sys.stderr)
+        return 130
+    finally:
+        kill_all_now()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
