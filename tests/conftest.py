@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import settings
 
 from mimirlite import Host, Stream
 from tests.openai_server import OpenAIServer
+
+# Property tests draw the same examples on every run: a failure is reproducible, never a coin toss.
+settings.register_profile("mimirlite", derandomize=True, database=None, deadline=None)
+settings.load_profile("mimirlite")
 
 ECHO = "/echo/1.0.0"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -28,8 +29,12 @@ class TcpAddr:
         return f"{text}/p2p/{pid}" if pid else text
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_multiaddr(text: str) -> TcpAddr:
-    """Parse ``/ip4/<a>/tcp/<port>[/p2p/<id>]`` (or /ip6); AddressError otherwise."""
+    """Parse ``/ip4/<a>/tcp/<port>[/p2p/<id>]`` (or /ip6); AddressError otherwise.
+
+    Cached: a client that opens every stream by multiaddr pays for the parse once.
+    """
     from multiaddr import Multiaddr
 
     try:

@@ -14,8 +14,9 @@ from mimirlite.wire.varint import decode_uvarint, encode_uvarint
 MAX_MESSAGE = 4 * 1024 * 1024
 """Default cap on one message body, as it-length-prefixed's reader."""
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_dumps_ascii = json.JSONEncoder(separators=(",", ":")).encode
+# ASCII output (other characters \u-escaped, lone surrogates included) is valid UTF-8 JSON and the
+# fastest path through the C encoder; parsing from str skips json's encoding detection.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 _loads = json.loads
 
 
@@ -25,18 +26,15 @@ def encode_message(body: bytes) -> bytes:
 
 
 def encode_json(obj: Any) -> bytes:
-    """One LP-JSON message (compact UTF-8 JSON)."""
-    try:
-        body = _dumps(obj).encode()
-    except UnicodeEncodeError:  # lone surrogates (valid in JSON text): send them \u-escaped
-        body = _dumps_ascii(obj).encode()
+    """One LP-JSON message (compact JSON, non-ASCII characters escaped)."""
+    body = _dumps(obj).encode()
     return encode_uvarint(len(body)) + body
 
 
 def decode_json(body: bytes | bytearray | memoryview) -> Any:
     """Parse one message body as UTF-8 JSON; DecodeError otherwise."""
     try:
-        return _loads(bytes(body))
+        return _loads(str(body, "utf-8"))
     except (ValueError, RecursionError) as exc:
         raise DecodeError(f"message is not JSON: {exc}") from None
 
