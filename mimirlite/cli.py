@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         help="OpenAI-compatible base URL (default: $OLLAMA_ENDPOINT, $OPENAI_BASE_URL, http://localhost:11434/v1)",
     )
     node.add_argument("--model", action="append", default=[], help="serve only this model (repeatable)")
+    node.add_argument(
+        "--stats-interval",
+        type=_positive_float,
+        metavar="S",
+        help="log the node's counters (connections, streams, bytes, requests, refusals, errors) "
+        "on one line every S seconds",
+    )
     access = node.add_argument_group("access control (who may use this node, and how much)")
     access.add_argument(
         "--allow-peer",
@@ -186,6 +193,7 @@ async def _add_peers(client: Any, addrs: Sequence[str]) -> list[str]:
 
 async def _node(args: argparse.Namespace) -> int:
     from mimirlite.discovery import MdnsDiscovery
+    from mimirlite.metrics import STATS_LOGGER, log_stats
     from mimirlite.mimir import BackendError, EchoBackend, MimirNode, NodeLimits, OpenAIBackend
     from mimirlite.mimir.backends import Backend
     from mimirlite.net.config import HostConfig, allowlist
@@ -219,6 +227,11 @@ async def _node(args: argparse.Namespace) -> int:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(host)
             node = await stack.enter_async_context(MimirNode(host, backend, limits=limits))
+            if args.stats_interval:
+                # Asked for explicitly, so shown without -v: INFO lines on their own logger.
+                logging.getLogger(STATS_LOGGER).setLevel(logging.INFO)
+                stats = asyncio.ensure_future(log_stats(args.stats_interval, host=host, node=node))
+                stack.callback(stats.cancel)
             if not args.no_mdns:
                 await stack.enter_async_context(MdnsDiscovery(host))
             print(f"Peer ID: {host.peer_id}")

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from mimirlite.errors import MimirliteError
+from mimirlite.metrics import NodeMetrics
 from mimirlite.mimir import packets
 from mimirlite.mimir.backends import Backend, BackendError
 from mimirlite.mimir.limits import Admission, NodeLimits, Refusal, Ticket
@@ -33,6 +34,7 @@ class MimirNode:
     ``limits`` bounds the chat requests answered at once, queued, and per peer (see
     :class:`~mimirlite.mimir.limits.NodeLimits`); a request over a limit is answered with a completionStop
     error of type ``rate_limited`` or ``overloaded``. ``clock`` (seconds) times the per-peer rate.
+    What it did is in :attr:`metrics`.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class MimirNode:
         self.admission = Admission(limits)
         self.refused: collections.Counter[str] = collections.Counter()
         """Chat requests refused so far, by error type."""
+        self._metrics = NodeMetrics(self.refused)
         self._clock = clock
         self._turns: dict[Ticket, asyncio.Future[None]] = {}
         self._services: list[Identify | Ping] = []
@@ -60,6 +63,14 @@ class MimirNode:
     @property
     def limits(self) -> NodeLimits:
         return self.admission.limits
+
+    @property
+    def metrics(self) -> NodeMetrics:
+        """This node's counters (requests, served, in flight, refused, backend errors, cancelled)."""
+        m = self._metrics
+        m.in_flight = self.admission.running
+        m.waiting = self.admission.waiting
+        return m
 
     async def start(self) -> list[str]:
         """Ask the backend for its models and start answering; BackendError when it cannot be reached."""
@@ -121,11 +132,14 @@ class MimirNode:
             return
         log.debug("%r: identify query for %s", stream, query.data)
         await stream.write_json(Packet(packets.RESPONSE, list(self.models), query.request_id).to_json())
+        self._metrics.identify_answered += 1
 
     async def _serve_chat(self, stream: Stream) -> None:
         request_id: str | None = None
+        metrics = self._metrics
         try:
             packet = await self._read_request(stream, packets.MESSAGE)
+            metrics.requests += 1
             request_id = packet.request_id
             request = packets.parse_chat_request(packet.data)
             model = model_name(request.model) if request.model else self.default_model
@@ -144,9 +158,11 @@ class MimirNode:
                 self._let_in(self.admission.leave(ticket))
         except BadRequestError as exc:
             log.warning("%r: bad request: %s", stream, exc)
+            metrics.bad_requests += 1
             await _send_error(stream, packets.BAD_REQUEST, str(exc), request_id)
         except BackendError as exc:
             log.warning("%r: %s", stream, exc)
+            metrics.backend_errors[exc.type] += 1
             await _send_error(stream, exc.type, str(exc), request_id)
 
     async def _wait_turn(self, stream: Stream, ticket: Ticket) -> bool:
@@ -161,6 +177,7 @@ class MimirNode:
             left.cancel()
         if not ticket.admitted:
             log.info("%r: client left while its request waited", stream)
+            self._metrics.cancelled += 1
         return ticket.admitted
 
     def _let_in(self, tickets: list[Ticket]) -> None:
@@ -175,14 +192,20 @@ class MimirNode:
         """Stream the backend's answer; BackendError to report, quiet when the client left."""
         answer = asyncio.ensure_future(self._answer(stream, model, request, request_id))
         await _until_done_or_reset(stream, answer)
+        metrics = self._metrics
         if answer.cancelled():
+            metrics.cancelled += 1
             return
         exc = answer.exception()
-        if isinstance(exc, BackendError):
+        if exc is None:
+            metrics.served += 1
+        elif isinstance(exc, BackendError):
             raise exc
-        if isinstance(exc, MimirliteError):
+        elif isinstance(exc, MimirliteError):
             log.info("%r: client went away mid-answer: %s", stream, exc)
-        elif exc is not None:
+            metrics.cancelled += 1
+        else:
+            metrics.backend_errors["unexpected"] += 1
             raise exc
 
     async def _answer(self, stream: Stream, model: str, request: ChatRequest, request_id: str | None) -> None:

@@ -27,14 +27,37 @@ class HostConfig:
     """Established connections in all; newer inbound ones are refused."""
     max_pending_handshakes: int = 64
     """Inbound connections still upgrading; newer ones are closed at once."""
+    max_connections_per_ip: int = 256
+    """Inbound connections (upgrading or established) from one IP address; newer ones are closed at once."""
+    max_streams_total: int = 4096
+    """Streams open on all connections together: a newer inbound stream is reset (RST), opening a newer
+    outbound one raises LimitExceededError. Per connection, ``yamux.max_streams`` applies too."""
+    idle_timeout: float | None = 300.0
+    """A connection that has no stream and received nothing (pings included) for this many seconds is
+    closed. None: never."""
+    keepalive_interval: float | None = 30.0
+    """On connections we dialed, a yamux ping after this many seconds with nothing received, so that a
+    connection we keep is not idle for the remote. None: no pings."""
+    write_timeout: float | None = 60.0
+    """A connection whose send buffer stays above ``write_buffer_high`` this long (the peer does not
+    read) is aborted; a closing connection gets as long to flush. None: no limit."""
     write_buffer_high: int = 256 * 1024
-    """Socket send buffer above which writers wait."""
+    """Socket send buffer above which writers wait (and frames wait in the session, see
+    ``yamux.max_queued_replies``)."""
     yamux: YamuxConfig = field(default_factory=YamuxConfig)
     allow_peers: frozenset[PeerId] | None = None
     """When set, the only peers served: an inbound connection from any other peer is closed right after
     the Noise handshake, and streams it opens on a connection we dialed are reset. None: open to all."""
 
     def __post_init__(self) -> None:
+        limits = ("max_connections", "max_pending_handshakes", "max_connections_per_ip", "max_streams_total")
+        for name in limits:
+            if getattr(self, name) < 0:
+                raise LocalError(f"{name} must be >= 0")
+        for name in ("idle_timeout", "keepalive_interval", "write_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise LocalError(f"{name} must be a positive number of seconds or None")
         if self.allow_peers is not None:
             if not all(isinstance(p, PeerId) for p in self.allow_peers):
                 raise LocalError("allow_peers holds PeerId objects (see PeerId.from_string, load_allowlist)")

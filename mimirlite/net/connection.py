@@ -1,13 +1,17 @@
 """One TCP connection: the upgrade (multistream, Noise, multistream, yamux) and the stream mux.
 
 Incoming bytes go socket -> Noise transport -> yamux session synchronously in ``data_received``;
-outgoing frames produced in one event-loop turn leave in one Noise message.
+outgoing frames produced in one event-loop turn leave in one Noise message. While the socket's send
+buffer is above ``write_buffer_high`` frames wait in the session (which bounds the replies it queues)
+and writers wait for it to drain. The connection also enforces the host-wide stream limit, the idle
+and write timeouts, keepalive pings on connections it dialed, and the drain after a remote GoAway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -16,11 +20,13 @@ from typing import TYPE_CHECKING
 from mimirlite.errors import (
     ConnectionClosedError,
     HandshakeError,
+    LimitExceededError,
     MimirliteError,
     PeerNotAllowedError,
     ProtocolError,
     StreamResetError,
 )
+from mimirlite.metrics import HostMetrics
 from mimirlite.net.stream import Stream
 from mimirlite.wire import noise, yamux
 from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
@@ -47,6 +53,7 @@ class Connection(asyncio.Protocol):
         on_close: Callable[[Connection], None],
         expected_peer: PeerId | None = None,
         accept_peer: Callable[[PeerId], bool] | None = None,
+        metrics: HostMetrics | None = None,
     ) -> None:
         self._keypair = keypair
         self._config = config
@@ -68,12 +75,27 @@ class Connection(asyncio.Protocol):
         self._streams: dict[int, Stream] = {}
         self._lingering: dict[int, asyncio.TimerHandle] = {}
         self._flush_scheduled = False
-        self._write_paused = False
+        self._write_paused = False  # the transport's buffer is above write_buffer_high
+        self._backlog = 0  # bytes writers queued in the session since the last flush
+        self._write_blocked = False  # writers wait: paused, or a backlog above write_buffer_high
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
+        self._metrics = metrics if metrics is not None else HostMetrics()
+        self._loop = asyncio.get_running_loop()
+        self._last_rx = 0.0  # loop time of the last bytes received once upgraded
+        self._last_keepalive = 0.0
+        self._timer: asyncio.TimerHandle | None = None  # idle and keepalive checks
+        self._stall: asyncio.TimerHandle | None = None  # write timeout
+        self._draining = False  # the remote sent GoAway: close once our streams end
+        self._synced_pings = 0
+        self._synced_refusals = 0
         self._closed = False
         self.close_reason: BaseException | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        self.close_kind: str | None = None
+        """How the connection ended (a ``HostMetrics.closed`` reason), once it has."""
+        self.counted_ip: str | None = None
+        """The address the host counts this inbound connection under (``max_connections_per_ip``)."""
+        self.closed = self._loop.create_future()
 
     def __repr__(self) -> str:
         side = "out" if self.initiator else "in"
@@ -81,7 +103,8 @@ class Connection(asyncio.Protocol):
 
     @property
     def is_open(self) -> bool:
-        return self._session is not None and not self._closed and not self._session.go_away_received
+        """Upgraded, not closed, and the remote still accepts new streams (no GoAway from it)."""
+        return self._session is not None and not self._closed and self._session.go_away_received is None
 
     @property
     def stream_count(self) -> int:
@@ -101,10 +124,12 @@ class Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self._config.write_buffer_high)
 
     def data_received(self, data: bytes) -> None:
+        self._metrics.bytes_in += len(data)
         if self._session is None:
             self._inbox += data
             self._wake_inbox()
             return
+        self._last_rx = self._loop.time()
         self._on_session_data(data)
 
     def eof_received(self) -> bool:
@@ -115,17 +140,37 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
         self._wake_inbox()
-        self._teardown(exc or ConnectionClosedError("connection closed by remote"))
+        self._teardown(exc or ConnectionClosedError("connection closed by remote"), "remote")
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._write_paused = self._write_blocked = True
+        timeout = self._config.write_timeout
+        if timeout is not None and self._stall is None and not self._closed:
+            self._stall = self._loop.call_later(timeout, self._write_stalled)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if not self._closed:
+            self._schedule_flush()  # writes what waited in the session, then lets writers go on
+
+    def _wake_drain_waiters(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
         for w in waiters:
             if not w.done():
                 w.set_result(None)
+
+    def _write_stalled(self) -> None:
+        self._stall = None
+        if self._closed:
+            return
+        reason = ConnectionClosedError(
+            f"peer is not reading: send buffer full for {self._config.write_timeout:g} s (write_timeout)"
+        )
+        log.warning("%r: closing connection: %s", self, reason)
+        self._teardown(reason, "write_timeout", hard=True)
 
     async def _drain(self) -> None:
         if self._closed:
@@ -156,6 +201,7 @@ class Connection(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         if data and self._transport is not None and not self._transport.is_closing():
+            self._metrics.bytes_out += len(data)
             self._transport.write(data)
 
     async def upgrade(self) -> None:
@@ -204,6 +250,8 @@ class Connection(asyncio.Protocol):
 
         self._noise = transport
         self._session = YamuxSession(is_client=self.initiator, config=self._config.yamux)
+        self._last_rx = self._last_keepalive = self._loop.time()
+        self._on_timer()
         leftover = ms2.leftover
         rest = bytes(self._inbox)
         self._inbox.clear()
@@ -212,7 +260,7 @@ class Connection(asyncio.Protocol):
         if rest:
             self._on_session_data(rest)
         elif self._eof:
-            self._teardown(ConnectionClosedError("connection closed by remote"))
+            self._teardown(ConnectionClosedError("connection closed by remote"), "remote")
 
     # ---- session ----
 
@@ -224,7 +272,7 @@ class Connection(asyncio.Protocol):
                 if self._closed:
                     return
         except ProtocolError as exc:
-            self.abort(exc)
+            self.abort(exc, error_kind="noise")
             return
         self._flush()
 
@@ -234,7 +282,7 @@ class Connection(asyncio.Protocol):
         try:
             events = session.receive_data(plaintext)
         except ProtocolError as exc:
-            self.abort(exc)
+            self.abort(exc, error_kind=session.error_kind or yamux.KIND_PROTOCOL)
             return
         streams = self._streams
         for ev in events:
@@ -250,8 +298,15 @@ class Connection(asyncio.Protocol):
                 if st is not None:
                     st._wake_writer()
             elif isinstance(ev, yamux.StreamOpened):
-                st = Stream(self, ev.stream_id)
-                streams[st.stream_id] = st
+                sid = ev.stream_id
+                total = self._metrics.streams_current
+                if total >= self._config.max_streams_total:
+                    log.info("%r: refusing stream %d: %d streams open (max_streams_total)", self, sid, total)
+                    self._metrics.refused["streams_total"] += 1
+                    session.reset_stream(sid)
+                    continue
+                st = Stream(self, sid)
+                self._add_stream(st)
                 self._on_stream(st)
             elif isinstance(ev, yamux.StreamEnded):
                 sid = ev.stream_id
@@ -262,29 +317,49 @@ class Connection(asyncio.Protocol):
                     st._on_eof()
                     self._maybe_forget(st)
             elif isinstance(ev, yamux.StreamReset):
-                st = streams.pop(ev.stream_id, None)
+                st = self._drop_stream(ev.stream_id)
                 self._unlinger(ev.stream_id)
                 if st is not None:
                     st._on_reset(StreamResetError("stream reset by remote"))
+            elif isinstance(ev, yamux.StreamDropped):
+                self._metrics.refused["buffer"] += 1
+                st = self._drop_stream(ev.stream_id)
+                self._unlinger(ev.stream_id)
+                if st is not None:
+                    st._on_reset(LimitExceededError(f"stream reset: {ev.reason}"))
             elif isinstance(ev, yamux.PongReceived):
                 entry = self._pings.pop(ev.opaque, None)
                 if entry is not None and not entry[1].done():
                     entry[1].set_result(time.perf_counter() - entry[0])
             elif isinstance(ev, yamux.GoAwayReceived):
-                log.debug("%r: remote sent GoAway (code %d)", self, ev.code)
+                log.info(
+                    "%r: remote sent GoAway (code %d); no new streams, closing once %d end",
+                    self,
+                    ev.code,
+                    len(streams),
+                )
+                self._draining = True
+                if not streams:
+                    self._loop.call_soon(self._close_if_drained)
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
         self._flush_scheduled = False
-        if self._session is None or self._noise is None:
-            return
-        out = self._session.data_to_send()
-        if out:
-            self._write(self._noise.encrypt(out))
+        if self._write_paused and not force:
+            return  # the peer is not keeping up: frames wait in the session until the buffer drains
+        session, transport = self._session, self._noise
+        if session is not None and transport is not None:
+            out = session.data_to_send()
+            self._backlog = 0
+            if out:
+                self._write(transport.encrypt(out))
+        if self._write_blocked and not self._write_paused:
+            self._write_blocked = False
+            self._wake_drain_waiters()
 
     # ---- used by Stream ----
 
@@ -294,6 +369,10 @@ class Connection(asyncio.Protocol):
         sent = self._session.send_data(stream_id, data)
         if sent:
             self._schedule_flush()
+            backlog = self._backlog + sent
+            self._backlog = backlog
+            if backlog > self._config.write_buffer_high:
+                self._write_blocked = True  # writers wait for the flush
         return sent
 
     def _consumed(self, stream_id: int, n: int) -> None:
@@ -311,7 +390,7 @@ class Connection(asyncio.Protocol):
             self._maybe_forget(st)
 
     def _reset_stream(self, stream_id: int) -> None:
-        self._streams.pop(stream_id, None)
+        self._drop_stream(stream_id)
         self._unlinger(stream_id)
         if self._session is None or self._closed:
             return
@@ -320,7 +399,26 @@ class Connection(asyncio.Protocol):
 
     def _maybe_forget(self, st: Stream) -> None:
         if st._eof and st._write_closed:
-            self._streams.pop(st.stream_id, None)
+            self._drop_stream(st.stream_id)
+
+    def _add_stream(self, st: Stream) -> None:
+        self._streams[st.stream_id] = st
+        m = self._metrics
+        m.streams_opened += 1
+        m.streams_current += 1
+
+    def _drop_stream(self, sid: int) -> Stream | None:
+        st = self._streams.pop(sid, None)
+        if st is not None:
+            self._metrics.streams_current -= 1
+            if self._draining and not self._streams:
+                self._loop.call_soon(self._close_if_drained)
+        return st
+
+    def _close_if_drained(self) -> None:
+        if not self._closed and not self._streams:
+            log.info("%r: the streams the remote's GoAway left open have ended; closing", self)
+            self._close("go_away")
 
     def _linger(self, st: Stream) -> None:
         """We are done with ``st``: drop unread data; reset it if the remote never ends it."""
@@ -329,7 +427,7 @@ class Connection(asyncio.Protocol):
         if unread:
             st._take(unread)
         if st._eof or st._reset_exc is not None or self._closed:
-            self._streams.pop(sid, None)
+            self._drop_stream(sid)
             return
         if sid not in self._lingering:
             loop = asyncio.get_running_loop()
@@ -350,18 +448,69 @@ class Connection(asyncio.Protocol):
 
     def _forget(self, sid: int) -> None:
         self._unlinger(sid)
-        self._streams.pop(sid, None)
+        self._drop_stream(sid)
+
+    # ---- timers ----
+
+    def _on_timer(self) -> None:
+        """Close the connection when idle; on one we dialed, ping a quiet remote (keepalive)."""
+        self._timer = None
+        if self._closed or self._session is None:
+            return
+        cfg = self._config
+        now = self._loop.time()
+        quiet = now - self._last_rx
+        due = math.inf
+        idle = cfg.idle_timeout
+        if idle is not None:
+            if quiet >= idle and not self._streams:
+                log.info("%r: idle for %.3g s (idle_timeout); closing", self, quiet)
+                self._close("idle")
+                return
+            due = self._last_rx + idle if quiet < idle else now + idle
+        keepalive = cfg.keepalive_interval
+        if keepalive is not None and self.initiator:
+            last = max(self._last_rx, self._last_keepalive)
+            if now - last >= keepalive:
+                self._last_keepalive = last = now
+                if self.is_open:
+                    self._session.ping()  # its pong is traffic; nobody waits for it
+                    self._schedule_flush()
+            due = min(due, last + keepalive)
+        if due < math.inf:
+            self._timer = self._loop.call_at(due, self._on_timer)
+
+    def _sync_metrics(self) -> None:
+        """Add what the session counted since the last call to the host's metrics."""
+        session = self._session
+        if session is None:
+            return
+        m = self._metrics
+        pings = session.pings_answered
+        if pings != self._synced_pings:
+            m.pings_answered += pings - self._synced_pings
+            self._synced_pings = pings
+        refusals = session.streams_refused
+        if refusals != self._synced_refusals:
+            m.refused["streams"] += refusals - self._synced_refusals
+            self._synced_refusals = refusals
 
     # ---- public ----
 
     def open_stream(self) -> Stream:
-        """A new outbound stream (no protocol negotiated yet)."""
+        """A new outbound stream (no protocol negotiated yet).
+
+        Raises ConnectionClosedError when closed or going away, LimitExceededError at a stream limit.
+        """
         if not self.is_open:
             raise ConnectionClosedError("connection is closed or going away")
         assert self._session is not None
+        total = self._metrics.streams_current
+        if total >= self._config.max_streams_total:
+            raise LimitExceededError(f"{total} streams open on all connections (max_streams_total)")
         sid = self._session.open_stream()
         st = Stream(self, sid)
-        self._streams[sid] = st
+        self._add_stream(st)
         self._schedule_flush()
         return st
 
@@ -381,31 +530,54 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Say GoAway and close the socket; streams end with ConnectionClosedError."""
+        self._close("local")
+
+    def _close(self, kind: str) -> None:
         if self._closed:
             return
         if self._session is not None and self._noise is not None:
             self._session.go_away(0)
-            self._flush()
-        self._teardown(ConnectionClosedError("connection closed locally"))
+            self._flush(force=True)
+        self._teardown(ConnectionClosedError("connection closed locally"), kind)
 
-    def abort(self, reason: BaseException) -> None:
-        """End the connection because of ``reason`` (logged once)."""
+    def abort(self, reason: BaseException, *, error_kind: str | None = None) -> None:
+        """End the connection because of ``reason`` (logged once); ``error_kind`` counts it as a protocol
+        error of that kind (see :class:`~mimirlite.metrics.HostMetrics`)."""
         if self._closed:
             return
-        log.warning("%r: closing connection: %s", self, reason)
+        if error_kind is None:
+            log.warning("%r: closing connection: %s", self, reason)
+        else:
+            log.warning("%r: closing connection: %s [%s]", self, reason, error_kind)
+            self._metrics.protocol_errors[error_kind] += 1
+        hard = self._write_paused  # the peer does not read: do not wait to flush the GoAway
         if self._session is not None:
-            self._flush()  # a session that raised has queued its GoAway
-        self._teardown(reason)
+            self._flush(force=True)  # a session that raised has queued its GoAway
+        self._teardown(reason, "local" if error_kind is None else "protocol_error", hard=hard)
 
-    def _teardown(self, reason: BaseException) -> None:
+    def _teardown(self, reason: BaseException, kind: str = "local", *, hard: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
         self.close_reason = reason
-        if self._transport is not None:
-            self._transport.close()
+        self.close_kind = kind
+        transport = self._transport
+        if transport is not None:
+            if hard:
+                transport.abort()
+            else:
+                transport.close()
+                timeout = self._config.write_timeout
+                if timeout is not None and transport.get_write_buffer_size():
+                    self._loop.call_later(timeout, transport.abort)  # a peer that never reads it
+        for handle in (self._timer, self._stall):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._stall = None
+        self._sync_metrics()
         exc = reason if isinstance(reason, MimirliteError) else ConnectionClosedError(str(reason))
         streams, self._streams = self._streams, {}
+        self._metrics.streams_current -= len(streams)
         for st in streams.values():
             st._on_reset(exc)
         for handle in self._lingering.values():
@@ -415,7 +587,8 @@ class Connection(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(ConnectionClosedError("connection closed"))
         self._pings.clear()
-        self.resume_writing()
+        self._write_paused = self._write_blocked = False
+        self._wake_drain_waiters()
         if not self.closed.done():
             self.closed.set_result(None)
         self._on_close(self)

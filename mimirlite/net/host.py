@@ -20,6 +20,7 @@ from mimirlite.errors import (
     StreamResetError,
 )
 from mimirlite.identity import KeyPair, PeerId
+from mimirlite.metrics import HostMetrics
 from mimirlite.net.addr import TcpAddr, expand_unspecified, parse_multiaddr
 from mimirlite.net.config import HostConfig
 from mimirlite.net.connection import Connection
@@ -37,6 +38,7 @@ class Host:
 
     ``async with Host(keypair, listen=[...]) as host`` starts listening and, on exit, closes every
     listener, connection and handler task. With ``config.allow_peers`` set it serves those peers only.
+    Its limits and timeouts are ``config`` (:class:`HostConfig`); what it did is in :attr:`metrics`.
     """
 
     def __init__(
@@ -56,6 +58,8 @@ class Host:
         self._conns: dict[PeerId, Connection] = {}
         self._all_conns: set[Connection] = set()
         self._pending_inbound = 0
+        self._per_ip: dict[str, int] = {}
+        self._metrics = HostMetrics()
         self._dialing: dict[PeerId, asyncio.Future[Connection]] = {}
         self._addrs: dict[PeerId, list[TcpAddr]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -120,6 +124,13 @@ class Host:
     def dialable_addrs(self) -> list[str]:
         """Like :attr:`listen_addrs`, with 0.0.0.0 and :: expanded to this machine's addresses."""
         return [e.multiaddr(self.peer_id) for a in self._listen_addrs for e in expand_unspecified(a)]
+
+    @property
+    def metrics(self) -> HostMetrics:
+        """This host's counters (connections, streams, bytes, refusals, protocol errors), up to date."""
+        for conn in self._all_conns:
+            conn._sync_metrics()
+        return self._metrics
 
     @property
     def connections(self) -> dict[PeerId, Connection]:
@@ -225,6 +236,7 @@ class Host:
                 on_stream=self._on_stream,
                 on_close=self._on_close,
                 expected_peer=peer_id,
+                metrics=self._metrics,
             ),
             addr.host,
             addr.port,
@@ -256,29 +268,57 @@ class Host:
             on_stream=self._on_stream,
             on_close=self._on_close,
             accept_peer=None if self.config.allow_peers is None else self.allows,
+            metrics=self._metrics,
         )
         self._spawn(self._accept(conn), "mimirlite-accept")
         return conn
 
+    def _refusal(self, conn: Connection) -> tuple[str, str] | None:
+        """Why a new inbound connection is refused at a limit (reason, detail), or None."""
+        cfg = self.config
+        if len(self._all_conns) >= cfg.max_connections:
+            return "connections", f"{len(self._all_conns)} connections (max_connections)"
+        if self._pending_inbound >= cfg.max_pending_handshakes:
+            pending = self._pending_inbound
+            return "pending_handshakes", f"{pending} handshakes in progress (max_pending_handshakes)"
+        ip = conn.remote_address[0] if conn.remote_address else None
+        if ip is not None and self._per_ip.get(ip, 0) >= cfg.max_connections_per_ip:
+            return "connections_per_ip", f"{self._per_ip[ip]} connections from {ip} (max_connections_per_ip)"
+        return None
+
     async def _accept(self, conn: Connection) -> None:
         cfg = self.config
-        if self._pending_inbound >= cfg.max_pending_handshakes or len(self._all_conns) >= cfg.max_connections:
-            log.warning("refusing inbound connection from %s: connection limits reached", conn.remote_address)
-            conn._teardown(ConnectionClosedError("connection limit"))
+        if conn._transport is None:
+            await asyncio.sleep(0)  # made in the protocol factory: connection_made runs right after us
+        if conn._closed:  # gone before this task ran
             return
+        refusal = self._refusal(conn)
+        if refusal is not None:
+            reason, detail = refusal
+            log.warning("refusing inbound connection from %s: %s", _host_port(conn), detail)
+            self._metrics.refused[reason] += 1
+            conn._teardown(ConnectionClosedError(f"connection limit: {detail}"))
+            return
+        if conn.remote_address is not None:
+            ip = conn.counted_ip = conn.remote_address[0]
+            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         self._pending_inbound += 1
         try:
             await asyncio.wait_for(conn.upgrade(), cfg.handshake_timeout)
         except asyncio.TimeoutError:
             log.warning("inbound connection from %s: upgrade timed out", conn.remote_address)
+            self._metrics.refused["handshake_timeout"] += 1
             conn._teardown(ConnectionClosedError("handshake timeout"))
             return
         except PeerNotAllowedError as exc:
             log.warning("refusing connection from %s at %s: not on the allowlist", exc.peer, _host_port(conn))
+            self._metrics.refused["allowlist"] += 1
             conn._teardown(exc)
             return
         except (MimirliteError, OSError) as exc:
             log.warning("inbound connection from %s failed to upgrade: %s", conn.remote_address, exc)
+            if isinstance(exc, ProtocolError):
+                self._metrics.protocol_errors["upgrade"] += 1
             conn._teardown(exc)
             return
         except BaseException as exc:
@@ -297,6 +337,9 @@ class Host:
         peer = conn.remote_peer
         assert peer is not None
         self._all_conns.add(conn)
+        m = self._metrics
+        m.connections_opened += 1
+        m.connections_current += 1
         current = self._conns.get(peer)
         if current is None or not current.is_open:
             self._conns[peer] = conn
@@ -305,9 +348,21 @@ class Host:
             cb(conn)
 
     def _on_close(self, conn: Connection) -> None:
+        ip = conn.counted_ip
+        if ip is not None:
+            conn.counted_ip = None
+            left = self._per_ip[ip] - 1
+            if left:
+                self._per_ip[ip] = left
+            else:
+                del self._per_ip[ip]
         if conn not in self._all_conns:
             return
         self._all_conns.discard(conn)
+        m = self._metrics
+        m.connections_closed += 1
+        m.connections_current -= 1
+        m.closed[conn.close_kind or "local"] += 1
         peer = conn.remote_peer
         if peer is not None and self._conns.get(peer) is conn:
             del self._conns[peer]
@@ -373,6 +428,8 @@ class Host:
             await asyncio.wait_for(self._negotiate(stream, ms), self.config.negotiate_timeout)
         except (MimirliteError, asyncio.TimeoutError) as exc:
             log.info("%r: inbound negotiation failed: %s", stream, exc or "timeout")
+            if isinstance(exc, ProtocolError):
+                self._metrics.protocol_errors["negotiation"] += 1
             await stream.reset()
             return
         protocol = ms.selected

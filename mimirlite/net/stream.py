@@ -250,6 +250,8 @@ class Stream:
         """Send ``data``; waits while the remote's window is spent or the socket is backed up."""
         conn = self._conn
         while True:
+            if conn._write_blocked:  # wait before adding to a backed-up connection, not only after
+                await conn._drain()
             if self._reset_exc is not None:
                 raise StreamResetError(str(self._reset_exc)) from self._reset_exc
             if self._write_closed:
@@ -264,7 +266,7 @@ class Stream:
                 await self._write_waiter
             finally:
                 self._write_waiter = None
-        if conn._write_paused:
+        if conn._write_blocked:
             await conn._drain()
 
     async def write_json(self, obj: Any) -> None:

@@ -11,6 +11,11 @@ The dialer (client) opens odd stream ids, the listener (server) even ones; ping 
 Payloads are delivered as they arrive: a data frame split across several ``receive_data`` calls
 yields one :class:`DataReceived` per piece, so nothing larger than a partial 12-byte header is ever
 buffered here. Flags carried on a data frame (FIN, RST) take effect after its last payload byte.
+
+Against hostile peers (limits in :class:`YamuxConfig`): data past ``max_buffered`` unread bytes resets
+its stream; a peer that makes us queue more than ``max_queued_replies`` answers it does not take (pongs,
+ACKs, refusals), resets more than ``max_early_resets`` streams before we answered them, or sends more than
+``max_empty_frames`` frames that carry nothing ends the session; :attr:`YamuxSession.error_kind` says which.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ __all__ = [
     "PongReceived",
     "SendWindowUpdated",
     "StreamAcked",
+    "StreamDropped",
     "StreamEnded",
     "StreamOpened",
     "StreamReset",
@@ -74,6 +80,13 @@ GO_AWAY_INTERNAL_ERROR = 2
 
 _MAX_U32 = 0xFFFFFFFF
 
+# error kinds (YamuxSession.error_kind): what a peer did to end its session
+KIND_PROTOCOL = "yamux"
+KIND_PING_FLOOD = "ping_flood"
+KIND_STREAM_FLOOD = "stream_flood"
+KIND_RESET_FLOOD = "reset_flood"
+KIND_WINDOW_UPDATE_FLOOD = "window_update_flood"
+
 
 @dataclass(frozen=True)
 class YamuxConfig:
@@ -87,6 +100,20 @@ class YamuxConfig:
     """Largest data payload we put in one frame."""
     max_receive_frame: int = 16 * 1024 * 1024
     """A received data frame announcing a longer payload is a protocol error."""
+    max_buffered: int = 64 * 1024 * 1024
+    """Received bytes held for the application on all streams of the session (read by nobody yet);
+    data that would go past it resets its stream (:class:`StreamDropped`). At least ``initial_window``."""
+    max_queued_replies: int = 4096
+    """Frames queued in answer to the remote (pongs, stream ACKs, refusal RSTs) that
+    :meth:`YamuxSession.data_to_send` has not taken yet: past this the remote sends faster than it
+    reads, and the session fails (``ping_flood`` or ``stream_flood``)."""
+    max_early_resets: int = 256
+    """Inbound streams the remote may reset before we sent anything on them, net of streams that
+    ended normally (each one takes one off); past this the session fails (``reset_flood``)."""
+    max_empty_frames: int = 1024
+    """Frames that carry nothing (window updates without credit or flags, or for streams not open;
+    empty data frames without flags) between two reads of real data; past this the session fails
+    (``window_update_flood``)."""
 
     def __post_init__(self) -> None:
         if not INITIAL_WINDOW <= self.initial_window <= _MAX_U32:
@@ -97,6 +124,11 @@ class YamuxConfig:
             raise LocalError(f"max_frame_data must be between 1 and {_MAX_U32}")
         if self.max_receive_frame < 0:
             raise LocalError("max_receive_frame must be >= 0")
+        if self.max_buffered < self.initial_window:
+            raise LocalError("max_buffered must be at least initial_window")
+        for name in ("max_queued_replies", "max_early_resets", "max_empty_frames"):
+            if getattr(self, name) < 1:
+                raise LocalError(f"{name} must be >= 1")
 
 
 _DEFAULT_CONFIG = YamuxConfig()
@@ -142,6 +174,14 @@ class StreamReset:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamDropped:
+    """We reset ``stream_id`` ourselves (RST queued, stream forgotten) because of a limit: ``reason``."""
+
+    stream_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class SendWindowUpdated:
     """Our send window for ``stream_id`` grew; writers blocked on it may proceed."""
 
@@ -168,6 +208,7 @@ YamuxEvent = (
     | DataReceived
     | StreamEnded
     | StreamReset
+    | StreamDropped
     | SendWindowUpdated
     | PongReceived
     | GoAwayReceived
@@ -190,6 +231,7 @@ class _Stream:
         "send_window",
         "sid",
         "unacked",
+        "wrote",
     )
 
     def __init__(self, sid: int, outbound: bool, recv_window: int) -> None:
@@ -202,6 +244,7 @@ class _Stream:
         self.remote_closed = False  # the remote sent FIN
         self.acked = not outbound  # for outbound streams: the remote's ACK arrived
         self.dead = False
+        self.wrote = False  # we sent data or FIN on it
 
 
 class YamuxSession:
@@ -216,6 +259,10 @@ class YamuxSession:
         self._max_frame_data = config.max_frame_data
         self._max_receive_frame = config.max_receive_frame
         self._max_streams = config.max_streams
+        self._max_buffered = config.max_buffered
+        self._max_replies = config.max_queued_replies
+        self._max_early_resets = config.max_early_resets
+        self._max_empty = config.max_empty_frames
         self._remote_parity = 0 if is_client else 1
         self._next_id = 1 if is_client else 2
         self._streams: dict[int, _Stream] = {}
@@ -229,6 +276,15 @@ class YamuxSession:
         self._local_go_away: int | None = None
         self._remote_go_away: int | None = None
         self._error: str | None = None
+        self._error_kind: str | None = None
+        self._buffered = 0  # received bytes not yet consumed, all streams
+        self._replies = 0  # frames queued in answer to the remote since the last data_to_send
+        self._early_resets = 0
+        self._empty_frames = 0
+        self.pings_answered = 0
+        """Pings of the remote answered so far."""
+        self.streams_refused = 0
+        """Inbound streams refused with RST (over ``max_streams``, or after our GoAway)."""
         # parser state: a partial header, or the rest of a data frame's payload
         self._hdr = bytearray()
         self._rx_remaining = 0
@@ -258,6 +314,17 @@ class YamuxSession:
         return self._error
 
     @property
+    def error_kind(self) -> str | None:
+        """What killed the session, as a short name: ``yamux`` (a protocol violation), ``ping_flood``,
+        ``stream_flood``, ``reset_flood`` or ``window_update_flood``; None while it is alive."""
+        return self._error_kind
+
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet consumed, on all streams (see ``YamuxConfig.max_buffered``)."""
+        return self._buffered
+
+    @property
     def go_away_received(self) -> int | None:
         """The remote's GoAway code, or None."""
         return self._remote_go_away
@@ -283,6 +350,7 @@ class YamuxSession:
         out = self._out
         if not out:
             return b""
+        self._replies = 0
         first = out[0]
         data = first if len(out) == 1 and isinstance(first, bytes) else b"".join(out)
         out.clear()
@@ -331,6 +399,7 @@ class YamuxSession:
         if n <= 0:
             return 0
         stream.send_window = window - n
+        stream.wrote = True
         max_frame = self._max_frame_data
         out = self._out
         if n == size and n <= max_frame and isinstance(data, bytes):
@@ -364,10 +433,11 @@ class YamuxSession:
         if stream is None or stream.local_closed:
             return
         stream.local_closed = True
+        stream.wrote = True
         if self._error is None:
             self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_FIN, stream_id, 0))
         if stream.remote_closed:
-            self._forget(stream)
+            self._ended(stream)
 
     def reset_stream(self, stream_id: int) -> None:
         """Reset ``stream_id`` (RST) and forget it; no-op for unknown streams."""
@@ -382,16 +452,21 @@ class YamuxSession:
     def consumed(self, stream_id: int, n: int) -> None:
         """The application read ``n`` received bytes of ``stream_id``; grant them back in batches.
 
-        A window update goes out once half the window has been consumed. No-op for unknown streams
-        and after the remote's FIN (it sends no more data).
+        A window update goes out once half the window has been consumed. No-op for unknown streams;
+        after the remote's FIN (it sends no more data) only the buffered count goes down.
         """
         stream = self._streams.get(stream_id)
-        if stream is None or n <= 0 or stream.remote_closed:
+        if stream is None or n <= 0:
             return
+        held = self._initial_window - stream.recv_window - stream.unacked
+        if n > held:  # never grant more than was received
+            n = held
+        self._buffered -= n
+        self._empty_frames = 0  # the remote sends real data
         unacked = stream.unacked + n
-        limit = self._initial_window - stream.recv_window
-        if unacked > limit:  # never grant more than was received
-            unacked = limit
+        if stream.remote_closed:
+            stream.unacked = unacked
+            return
         if unacked >= self._update_threshold and self._error is None:
             stream.recv_window += unacked
             stream.unacked = 0
@@ -443,6 +518,7 @@ class YamuxSession:
             hdr.clear()
             self._on_header(version, ftype, flags, sid, length, events)
         streams = self._streams
+        max_buffered = self._max_buffered
         while True:
             remaining = self._rx_remaining
             if remaining:
@@ -477,24 +553,32 @@ class YamuxSession:
                 stream = streams.get(sid)
                 if (
                     stream is not None
+                    and length
                     and length <= stream.recv_window
                     and not stream.remote_closed
                     and length <= self._max_receive_frame
                     and end - pos >= length
+                    and self._buffered + length <= max_buffered
                 ):
                     stream.recv_window -= length
-                    if length:
-                        events.append(DataReceived(sid, data[pos : pos + length]))
-                        pos += length
+                    self._buffered += length
+                    events.append(DataReceived(sid, data[pos : pos + length]))
+                    pos += length
                     continue
             self._on_header(version, ftype, flags, sid, length, events)
         return events
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _fail(self, reason: str) -> YamuxError:
-        """Kill the session: queue GoAway(protocol error) and return the error to raise."""
+    def _fail(self, reason: str, kind: str = KIND_PROTOCOL) -> YamuxError:
+        """Kill the session: queue GoAway(protocol error) and return the error to raise.
+
+        A flood (any ``kind`` but a plain violation) also drops the replies queued for it.
+        """
         self._error = reason
+        self._error_kind = kind
+        if kind != KIND_PROTOCOL:
+            self._out.clear()
         self._out.append(_pack(0, TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR))
         self._local_go_away = GO_AWAY_PROTOCOL_ERROR
         self._hdr.clear()
@@ -504,11 +588,25 @@ class YamuxSession:
 
     def _forget(self, stream: _Stream) -> None:
         stream.dead = True
+        self._buffered -= self._initial_window - stream.recv_window - stream.unacked
         del self._streams[stream.sid]
         if stream.outbound:
             self._outbound -= 1
         else:
             self._inbound -= 1
+
+    def _ended(self, stream: _Stream) -> None:
+        """Forget a stream both sides closed normally; it takes one off the early-reset count."""
+        if self._early_resets:
+            self._early_resets -= 1
+        self._forget(stream)
+
+    def _reply(self, frame: bytes, kind: str) -> None:
+        """Queue a frame answering the remote; fail with ``kind`` when the remote does not read them."""
+        self._out.append(frame)
+        self._replies += 1
+        if self._replies > self._max_replies:
+            raise self._fail(f"{self._replies} replies queued for a peer that does not read them", kind)
 
     def _on_header(
         self, version: int, ftype: int, flags: int, sid: int, length: int, events: list[YamuxEvent]
@@ -528,12 +626,20 @@ class YamuxSession:
                         raise self._fail(
                             f"data frame of {length} bytes overruns stream {sid} window {stream.recv_window}"
                         )
+                    if self._buffered + length > self._max_buffered:
+                        self._drop(stream, f"{self._max_buffered} bytes buffered on the connection", events)
+                        self._rx_remaining = length
+                        self._rx_stream = None
+                        return
                     stream.recv_window -= length
+                    self._buffered += length
                     self._rx_remaining = length
                     self._rx_stream = stream
                     self._rx_flags = flags
                 elif flags & (FLAG_FIN | FLAG_RST):
                     self._end_flags(stream, flags, events)
+                elif not flags:
+                    self._empty("empty data frame on stream", sid)
             else:
                 self._rx_remaining = length  # skip the payload of an ignored frame
                 self._rx_stream = None
@@ -541,16 +647,27 @@ class YamuxSession:
             stream = self._stream_for(flags, sid, events)
             if stream is not None:
                 if length:
-                    stream.send_window += length
+                    window = stream.send_window + length
+                    if window > _MAX_U32:
+                        raise self._fail(
+                            f"window updates grew stream {sid}'s send window past {_MAX_U32}",
+                            KIND_WINDOW_UPDATE_FLOOD,
+                        )
+                    stream.send_window = window
                     if not flags & FLAG_SYN:
                         events.append(SendWindowUpdated(sid))
+                elif not flags:
+                    self._empty("window update without credit on stream", sid)
                 if flags & (FLAG_FIN | FLAG_RST):
                     self._end_flags(stream, flags, events)
+            elif not flags:
+                self._empty("window update for a stream not open,", sid)
         elif ftype == TYPE_PING:
             if sid != 0:
                 raise self._fail(f"ping on stream {sid}")
             if flags & FLAG_SYN:
-                self._out.append(_pack(0, TYPE_PING, FLAG_ACK, 0, length))
+                self.pings_answered += 1
+                self._reply(_pack(0, TYPE_PING, FLAG_ACK, 0, length), KIND_PING_FLOOD)
             elif flags & FLAG_ACK:
                 if length in self._pings:
                     self._pings.discard(length)
@@ -582,13 +699,14 @@ class YamuxSession:
                     sid,
                     "GoAway sent" if self._local_go_away is not None else "max_streams reached",
                 )
-                self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0))
+                self.streams_refused += 1
+                self._reply(_pack(0, TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0), KIND_STREAM_FLOOD)
                 return None
             stream = _Stream(sid, False, self._initial_window)
             self._streams[sid] = stream
             self._inbound += 1
             self._remote_resets.pop(sid, None)
-            self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_ACK, sid, self._window_extra))
+            self._reply(_pack(0, TYPE_WINDOW_UPDATE, FLAG_ACK, sid, self._window_extra), KIND_STREAM_FLOOD)
             events.append(StreamOpened(sid))
             return stream
         if stream is None:
@@ -604,6 +722,13 @@ class YamuxSession:
             return
         sid = stream.sid
         if flags & FLAG_RST:
+            if not stream.outbound and not stream.wrote:
+                self._early_resets += 1
+                if self._early_resets > self._max_early_resets:
+                    raise self._fail(
+                        f"{self._early_resets} streams reset by the remote before we answered them",
+                        KIND_RESET_FLOOD,
+                    )
             self._forget(stream)
             resets = self._remote_resets
             resets[sid] = None
@@ -614,4 +739,18 @@ class YamuxSession:
             stream.remote_closed = True
             events.append(StreamEnded(sid))
             if stream.local_closed:
-                self._forget(stream)
+                self._ended(stream)
+
+    def _empty(self, what: str, sid: int) -> None:
+        """Count a frame that carries nothing; too many between two reads of real data are a flood."""
+        self._empty_frames += 1
+        if self._empty_frames > self._max_empty:
+            reason = f"{self._empty_frames} frames that carry nothing (last: {what} {sid})"
+            raise self._fail(reason, KIND_WINDOW_UPDATE_FLOOD)
+
+    def _drop(self, stream: _Stream, reason: str, events: list[YamuxEvent]) -> None:
+        """Reset ``stream`` ourselves because of a limit, and tell the glue why."""
+        logger.info("resetting yamux stream %d: %s", stream.sid, reason)
+        self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_RST, stream.sid, 0))
+        self._forget(stream)
+        events.append(StreamDropped(stream.sid, reason))
