@@ -6,6 +6,8 @@ The mimir protocols carry one UTF-8 JSON document per message.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from json.scanner import make_scanner
 from typing import Any
 
 from mimirlite.errors import DecodeError, MessageTooLargeError
@@ -14,10 +16,31 @@ from mimirlite.wire.varint import decode_uvarint, encode_uvarint
 MAX_MESSAGE = 4 * 1024 * 1024
 """Default cap on one message body, as it-length-prefixed's reader."""
 
-# ASCII output (other characters \u-escaped, lone surrogates included) is valid UTF-8 JSON and the
-# fastest path through the C encoder; parsing from str skips json's encoding detection.
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
+# Tokens stream as thousands of small messages, so both directions call json's C code directly: the
+# encoder built once (JSONEncoder.encode builds one per call) with ASCII output (other characters
+# \u-escaped, lone surrogates included: valid UTF-8 JSON), and the scanner on a str (json.loads on
+# bytes first detects the encoding). json.loads stays the judge of anything the scanner stops at.
 _loads = json.loads
+_scan: Callable[[str, int], tuple[Any, int]] = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
+def _unserializable(obj: Any) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+_dumps: Callable[[Any], str]
+try:
+    from _json import make_encoder
+
+    _encode = make_encoder(
+        None, _unserializable, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+
+    def _dumps(obj: Any) -> str:
+        return "".join(_encode(obj, 0))
+
+except ImportError:  # an interpreter without json's C speedups
+    _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def encode_message(body: bytes) -> bytes:
@@ -34,7 +57,12 @@ def encode_json(obj: Any) -> bytes:
 def decode_json(body: bytes | bytearray | memoryview) -> Any:
     """Parse one message body as UTF-8 JSON; DecodeError otherwise."""
     try:
-        return _loads(str(body, "utf-8"))
+        text = str(body, "utf-8")
+        try:
+            obj, end = _scan(text, 0)
+        except StopIteration:  # leading white space, or not JSON: json.loads says which
+            return _loads(text)
+        return obj if end == len(text) else _loads(text)
     except (ValueError, RecursionError) as exc:
         raise DecodeError(f"message is not JSON: {exc}") from None
 
