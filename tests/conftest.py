@@ -8,7 +8,10 @@ import pytest
 from hypothesis import settings
 
 from mimirlite import Host, Stream
+from tests.leakcheck import no_leaks
 from tests.openai_server import OpenAIServer
+
+__all__ = ["no_leaks"]
 
 # Property tests draw the same examples on every run: a failure is reproducible, never a coin toss.
 settings.register_profile("mimirlite", derandomize=True, database=None, deadline=None)

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
-import logging
 import os
 import re
 import signal
 import sys
-import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -325,41 +322,6 @@ def test_sse_event() -> None:
 
 
 # ====================================================================== helpers on real parts
-
-
-class _Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-async def no_leaks() -> AsyncIterator[None]:
-    """Fails a test that leaves a task running, a socket or transport unclosed, or logs an error
-    (asyncio's "exception never retrieved", a gateway connection that crashed)."""
-    errors = _Errors()
-    loggers = [logging.getLogger("asyncio"), logging.getLogger("mimirlite")]
-    for lg in loggers:
-        lg.addHandler(errors)
-    try:
-        yield
-        for _ in range(5):  # closed transports release their sockets on the next loop turns
-            await asyncio.sleep(0)
-        current = asyncio.current_task()
-        left = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-        assert not left, f"tasks left running: {left}"
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ResourceWarning)
-            gc.collect()
-        leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
-        assert not leaks, f"unclosed resources: {leaks}"
-    finally:
-        for lg in loggers:
-            lg.removeHandler(errors)
-    assert not errors.records, [errors.format(r) for r in errors.records]
 
 
 @contextlib.asynccontextmanager
