@@ -237,6 +237,8 @@ async def _until_done_or_reset(stream: Stream, answer: asyncio.Future[None]) -> 
             answer.cancel()
         left.cancel()
         await asyncio.wait((answer, left))
+        if not answer.cancelled():
+            answer.exception()  # retrieved here even when we are being cancelled ourselves
 
 
 async def _send_error(stream: Stream, type: str, message: str, request_id: str | None) -> None:

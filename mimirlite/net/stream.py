@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from mimirlite.net.connection import Connection
 
 DEFAULT_READ = 65536
+_EARLY_CREDIT = 65536
+"""A message longer than this is credited to the window while it arrives (any window fits this much)."""
 
 
 class Stream:
@@ -211,6 +213,13 @@ class Stream:
             raise MessageTooLargeError(f"message of {length} bytes exceeds the {max_size} byte cap")
         end = start + length
         while len(self._buf) < end:
+            if length > _EARLY_CREDIT:
+                # A message longer than the window cannot arrive while we hold the part already here
+                # uncredited: give the window back now (the size cap bounds what we hold).
+                held = len(self._buf) - self._pos - self._credit_skip
+                if held > 0:
+                    self._conn._consumed(self.stream_id, held)
+                    self._credit_skip += held
             if not await self._fill_more():
                 raise IncompleteReadError(end - self._pos, bytes(self._buf[self._pos :]))
         body = bytes(self._buf[start:end])
