@@ -7,7 +7,13 @@ first needs them.
 from __future__ import annotations
 
 from mimirlite.mimir.backends import Backend, BackendError, EchoBackend, OpenAIBackend
-from mimirlite.mimir.client import ChatError, MimirClient, NoNodeError, TruncatedAnswerError
+from mimirlite.mimir.client import (
+    AnswerTimeoutError,
+    ChatError,
+    MimirClient,
+    NoNodeError,
+    TruncatedAnswerError,
+)
 from mimirlite.mimir.limits import NodeLimits
 from mimirlite.mimir.models import DEFAULT_MODEL, MODEL_CIDS
 from mimirlite.mimir.node import MimirNode
@@ -18,6 +24,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "IDENTIFY_PROTOCOL",
     "MODEL_CIDS",
+    "AnswerTimeoutError",
     "Backend",
     "BackendError",
     "ChatError",

@@ -6,14 +6,16 @@ exactly as the OpenAI API streams them (``object: "chat.completion.chunk"``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any, Protocol
 
-from mimirlite.errors import MimirliteError
+from mimirlite.errors import LocalError, MimirliteError
 from mimirlite.mimir import packets
 
 log = logging.getLogger(__name__)
@@ -77,10 +79,17 @@ def _text_of(content: Any) -> str:
 
 
 class EchoBackend:
-    """Streams the last user message back word by word: no network, for demos and tests."""
+    """Streams the last user message back word by word: no network, for demos and tests.
 
-    def __init__(self, model: str = ECHO_MODEL) -> None:
+    ``delay`` seconds pass before each word, as with a model that produces 1/delay tokens a second
+    (0, the default: no wait).
+    """
+
+    def __init__(self, model: str = ECHO_MODEL, *, delay: float = 0.0) -> None:
+        if not (math.isfinite(delay) and delay >= 0):
+            raise LocalError(f"delay must be a finite number of seconds >= 0, not {delay!r}")
         self.model = model
+        self.delay = delay
 
     async def list_models(self) -> list[str]:
         return [self.model]
@@ -94,6 +103,8 @@ class EchoBackend:
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         yield make_chunk(cid, model, {"role": "assistant", "content": ""})
         for i, word in enumerate(text.split()):
+            if self.delay:
+                await asyncio.sleep(self.delay)
             yield make_chunk(cid, model, {"content": word if i == 0 else " " + word})
         yield make_chunk(cid, model, {}, "stop")
 

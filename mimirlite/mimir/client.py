@@ -45,6 +45,10 @@ class TruncatedAnswerError(ChatError):
     """The answer ended before a chunk with a ``finish_reason``."""
 
 
+class AnswerTimeoutError(ChatError, asyncio.TimeoutError):
+    """The node sent nothing for ``read_timeout`` seconds while an answer was awaited."""
+
+
 class MimirClient:
     """Knows the nodes of the network and their models; :meth:`chat` asks one of them.
 
@@ -240,7 +244,8 @@ class MimirClient:
     ) -> AsyncIterator[ChatCompletionChunk]:
         """Stream the answer as openai ``ChatCompletionChunk`` objects.
 
-        Raises NoNodeError, RemoteError (the node's completionStop error), TruncatedAnswerError.
+        Raises NoNodeError, RemoteError (the node's completionStop error), TruncatedAnswerError,
+        AnswerTimeoutError (nothing came for ``read_timeout`` s; also an ``asyncio.TimeoutError``).
         A node that fails before its first chunk is replaced by another serving the model.
         """
         candidates = self._candidates(model)
@@ -297,6 +302,12 @@ class _Answer:
                     if finished:
                         return
                     raise TruncatedAnswerError(f"answer from {self.peer} broke off: {exc}") from exc
+                except asyncio.TimeoutError:
+                    if finished:
+                        return
+                    raise AnswerTimeoutError(
+                        f"{self.peer} sent nothing for {client.read_timeout:g} s"
+                    ) from None
                 if obj is None:
                     if finished:
                         return
