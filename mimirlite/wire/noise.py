@@ -269,14 +269,14 @@ class NoiseTransport:
             view = view.cast("B")
         out: list[bytes] = []
         pos = 0
-        if self._buffer:
-            pos = self._complete_pending(view, out)
-            if self._buffer:
-                return out
         end = len(view)
         decrypt = self._decrypt
-        nonce = self._receive_nonce
         try:
+            if self._buffer:
+                pos = self._complete_pending(view, out)
+                if self._buffer:
+                    return out
+            nonce = self._receive_nonce
             while end - pos >= 2:
                 stop = pos + 2 + (view[pos] << 8 | view[pos + 1])
                 if stop > end:
@@ -302,7 +302,8 @@ class NoiseTransport:
     def _complete_pending(self, view: memoryview, out: list[bytes]) -> int:
         """Move bytes from ``view`` into the held partial frame; decrypt it if complete.
 
-        Returns how many bytes of ``view`` were used. Copies at most one frame.
+        Returns how many bytes of ``view`` were used. Copies at most one frame. Raises InvalidTag
+        or DecodeError for :meth:`receive_data` to turn into a failed transport.
         """
         buf = self._buffer
         pos = 0
@@ -318,17 +319,10 @@ class NoiseTransport:
         if len(buf) < total:
             return pos
         nonce = self._receive_nonce
-        try:
-            if nonce >= _MAX_NONCE:
-                raise DecodeError("noise receive nonces exhausted")
-            with memoryview(buf) as frame:
-                plaintext = self._decrypt(_pack_nonce(nonce), frame[2:], None)
-        except InvalidTag:
-            self._failed = True
-            raise DecodeError("noise transport message failed authentication") from None
-        except DecodeError:
-            self._failed = True
-            raise
+        if nonce >= _MAX_NONCE:
+            raise DecodeError("noise receive nonces exhausted")
+        with memoryview(buf) as frame:
+            plaintext = self._decrypt(_pack_nonce(nonce), frame[2:], None)  # InvalidTag: caller fails
         self._receive_nonce = nonce + 1
         buf.clear()
         if plaintext:
