@@ -32,6 +32,7 @@ What the server saw:
 
 - ``requests``: every request as a :class:`RecordedRequest` (method, path, lowercase headers, raw body,
   parsed ``json``); ``chat_requests`` is the JSON bodies of the chat completion requests;
+  ``models_requests`` counts the model list requests (``GET /v1/models``);
 - ``sent_chunks``: for each streamed answer, the chunk objects actually written, in order;
 - ``streams_started`` / ``streams_completed`` / ``streams_cancelled`` (the client went away
   mid-answer) / ``streams_killed`` (``die_after_chunks``) and ``open_streams``; the
@@ -282,6 +283,12 @@ class OpenAIServer:
     def chat_requests(self) -> list[Any]:
         """JSON bodies of the chat completion requests received, in order."""
         return [r.json for r in self.requests if r.method == "POST" and r.path.endswith("/chat/completions")]
+
+    @property
+    def models_requests(self) -> int:
+        """How many model list requests (``GET /v1/models``, as a backend checks what it serves) came."""
+        paths = ("/v1/models", "/models")
+        return sum(1 for r in self.requests if r.method == "GET" and r.path.rstrip("/") in paths)
 
     @property
     def open_streams(self) -> int:

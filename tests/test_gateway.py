@@ -24,8 +24,9 @@ import openai
 import pytest
 
 from mimirlite import Host
+from mimirlite.errors import LocalError
 from mimirlite.gateway import Gateway, HttpError, api
-from mimirlite.gateway.http import Pending, Request, ServerConnection
+from mimirlite.gateway.http import CorsPolicy, Pending, Request, ServerConnection, cors_origin
 from mimirlite.mimir import EchoBackend, MimirClient, MimirNode, OpenAIBackend
 from tests.openai_server import OpenAIServer
 
@@ -1063,3 +1064,267 @@ async def test_gateway_command_reports_a_port_in_use() -> None:
                 await proc.wait()
     assert proc.returncode == 1
     assert err.decode().startswith("mimirlite: ") and out == b""
+
+
+# ====================================================================== CORS (--cors-origin)
+
+APP = "http://app.example:3000"
+"""The origin of a browser page allowed to call the gateway in these tests."""
+
+
+def cors_of(headers: dict[str, str]) -> dict[str, str]:
+    """The CORS headers (and Vary) of a response, as h11 parsed them."""
+    return {k: v for k, v in headers.items() if k.startswith("access-control-") or k == "vary"}
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("*", "*"),
+        ("http://localhost:3000/", "http://localhost:3000"),
+        (" HTTPS://App.Example.com ", "https://app.example.com"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+        ("chrome-extension://abcdefgh", "chrome-extension://abcdefgh"),
+    ],
+)
+def test_cors_origins_are_kept_normalized(given: str, kept: str) -> None:
+    assert cors_origin(given) == kept
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "null", "localhost:3000", "http://a/path", "http://a?q", "http://u@a", "http://a:x", "http://*.a"],
+)
+def test_cors_origin_refuses_what_is_not_an_origin(bad: str) -> None:
+    with pytest.raises(LocalError):
+        cors_origin(bad)
+    with pytest.raises(LocalError):
+        CorsPolicy.of([APP, bad])
+
+
+def test_core_cors_headers_follow_each_request_origin() -> None:
+    conn = ServerConnection(cors=CorsPolicy.of([APP, "https://other.example"]))
+    for origin, expected in [
+        (APP, [b"access-control-allow-origin: " + APP.encode(), b"vary: origin"]),
+        ("http://evil.example", []),
+        (None, []),
+    ]:
+        head = b"GET /v1/models HTTP/1.1\r\nHost: a\r\n"
+        head += b"" if origin is None else b"Origin: " + origin.encode() + b"\r\n"
+        assert isinstance(feed(conn, head + b"\r\n"), Request)
+        conn.respond(200, [("content-type", "application/json")], b"{}")
+        lines = conn.data_to_send().partition(b"\r\n\r\n")[0].split(b"\r\n")
+        assert [h for h in lines if h.startswith((b"access-control-", b"vary"))] == expected, origin
+        assert conn.start_next_cycle()
+    # an error answered before the body was read (413 on its content-length) carries them too
+    conn = ServerConnection(max_body=10, cors=CorsPolicy.of([APP]))
+    with pytest.raises(HttpError):
+        feed(
+            conn, b"POST / HTTP/1.1\r\nHost: a\r\nOrigin: " + APP.encode() + b"\r\nContent-Length: 11\r\n\r\n"
+        )
+    conn.respond(413, [], b"too large", close=True)
+    assert b"access-control-allow-origin: " + APP.encode() + b"\r\n" in conn.data_to_send()
+    # '*': every response, whatever the origin, also an error before any request head
+    conn = ServerConnection(cors=CorsPolicy.of(["*", APP]))
+    with pytest.raises(HttpError):
+        feed(conn, b"GARBAGE\r\n\r\n")
+    conn.respond(400, [], b"bad")
+    out = conn.data_to_send()
+    assert b"access-control-allow-origin: *\r\n" in out and b"vary" not in out
+
+
+def test_core_preflight_headers_and_204_without_body() -> None:
+    policy = CorsPolicy.of([APP], max_age=60)
+
+    def preflight(*headers: tuple[str, str]) -> Request:
+        return Request("OPTIONS", "/v1/chat/completions", (("host", "a"), *headers), b"")
+
+    asked = preflight(("origin", APP), ("access-control-request-headers", "authorization,x-custom"))
+    assert policy.preflight_headers(asked) == [
+        ("access-control-allow-methods", "GET, POST, OPTIONS"),
+        ("access-control-allow-headers", "authorization,x-custom"),
+        ("access-control-max-age", "60"),
+    ]
+    assert dict(policy.preflight_headers(preflight(("origin", APP))))["access-control-allow-headers"] == (
+        "Authorization, Content-Type"
+    )
+    assert policy.preflight_headers(preflight(("origin", "http://evil.example"))) == []
+    assert policy.preflight_headers(preflight()) == []
+    conn = ServerConnection(cors=policy)
+    assert isinstance(
+        feed(conn, b"OPTIONS / HTTP/1.1\r\nHost: a\r\nOrigin: " + APP.encode() + b"\r\n\r\n"), Request
+    )
+    conn.respond(204, [], b"")
+    out = conn.data_to_send()
+    assert out.startswith(b"HTTP/1.1 204 No Content\r\n") and out.endswith(b"\r\n\r\n")
+    assert b"content-length" not in out.lower() and b"transfer-encoding" not in out.lower()
+    assert conn.start_next_cycle()
+
+
+@live
+async def test_cors_preflight_for_allowed_and_other_origins() -> None:
+    async with echo_gateway(api_key="s3cret", cors_origins=[APP]) as gw:
+        with pytest.raises(LocalError, match="not a CORS origin"):
+            Gateway(gw.client, cors_origins=[APP, "app.example"])
+        conn = await RawHttp.open(gw)
+        try:
+            # what a browser sends before a POST with a key and JSON: no key on the preflight itself
+            asked = [("origin", APP), ("access-control-request-method", "POST")]
+            asked.append(("access-control-request-headers", "authorization, content-type"))
+            status, headers, body = await conn.request("OPTIONS", "/v1/chat/completions", headers=asked)
+            assert (status, body) == (204, b"")
+            assert cors_of(headers) == {
+                "access-control-allow-origin": APP,
+                "vary": "origin",
+                "access-control-allow-methods": "GET, POST, OPTIONS",
+                "access-control-allow-headers": "authorization, content-type",
+                "access-control-max-age": "600",
+            }
+            status, headers, _ = await conn.request("OPTIONS", "/v1/models", headers=[("origin", APP)])
+            assert status == 204
+            assert headers["access-control-allow-headers"] == "Authorization, Content-Type"
+            # another origin: answered, but without a CORS header the browser stops there
+            other = [("origin", "http://evil.example"), ("access-control-request-method", "POST")]
+            status, headers, _ = await conn.request("OPTIONS", "/v1/chat/completions", headers=other)
+            assert status == 204 and cors_of(headers) == {}
+            # the request after a preflight still needs the key, and its answer names the origin
+            status, headers, _ = await conn.request(
+                "GET", "/v1/models", headers=[("origin", APP), ("authorization", "Bearer s3cret")]
+            )
+            assert status == 200 and cors_of(headers) == {
+                "access-control-allow-origin": APP,
+                "vary": "origin",
+            }
+            status, headers, _ = await conn.request(
+                "GET",
+                "/v1/models",
+                headers=[("origin", "http://evil.example"), ("authorization", "Bearer s3cret")],
+            )
+            assert status == 200 and cors_of(headers) == {}
+            assert gw.open_connections == 1  # all on one kept-alive connection
+        finally:
+            await conn.close()
+
+
+@live
+async def test_cors_headers_on_a_streamed_answer_and_on_errors() -> None:
+    async with echo_gateway(api_key="s3cret", cors_origins=["http://a.example", APP]) as gw:
+        conn = await RawHttp.open(gw)
+        try:
+            key = ("authorization", "Bearer s3cret")
+            body = json.dumps({"model": "echo", "messages": user("streamed to a page"), "stream": True})
+            status, headers, out = await conn.request(
+                "POST", "/v1/chat/completions", body.encode(), [("origin", APP), key]
+            )
+            assert status == 200 and headers["content-type"].startswith("text/event-stream")
+            assert cors_of(headers) == {"access-control-allow-origin": APP, "vary": "origin"}
+            data = sse_data(out)
+            assert data[-1] == "[DONE]"
+            text = "".join(json.loads(d)["choices"][0]["delta"].get("content") or "" for d in data[:-1])
+            assert text == "streamed to a page"
+            # 401 without the key: the page can read why
+            status, headers, out = await conn.request("GET", "/v1/models", headers=[("origin", APP)])
+            assert status == 401 and json.loads(out)["error"]["code"] == "invalid_api_key"
+            assert cors_of(headers) == {"access-control-allow-origin": APP, "vary": "origin"}
+            # 404 and 405 too
+            status, headers, _ = await conn.request("GET", "/v1/nothing", headers=[("origin", APP), key])
+            assert status == 404 and headers["access-control-allow-origin"] == APP
+            status, headers, _ = await conn.request("DELETE", "/v1/models", headers=[("origin", APP), key])
+            assert status == 405 and headers["access-control-allow-origin"] == APP
+        finally:
+            await conn.close()
+    # '*': any page, no Vary
+    async with echo_gateway(cors_origins=["*"]) as gw:
+        conn = await RawHttp.open(gw)
+        try:
+            status, headers, _ = await conn.request(
+                "GET", "/v1/models", headers=[("origin", "http://any.example")]
+            )
+            assert status == 200 and cors_of(headers) == {"access-control-allow-origin": "*"}
+            status, headers, _ = await conn.request(
+                "OPTIONS", "/v1/chat/completions", headers=[("origin", "http://x.example")]
+            )
+            assert status == 204 and headers["access-control-allow-origin"] == "*"
+            assert headers["access-control-allow-methods"] == "GET, POST, OPTIONS"
+        finally:
+            await conn.close()
+
+
+@live
+@pytest.mark.parametrize("api_key", [None, "s3cret"])
+async def test_no_cors_unless_configured(api_key: str | None) -> None:
+    async with echo_gateway(api_key=api_key) as gw:
+        assert gw.cors is None
+        conn = await RawHttp.open(gw)
+        try:
+            preflight = [("origin", APP), ("access-control-request-method", "POST")]
+            status, headers, out = await conn.request("OPTIONS", "/v1/chat/completions", headers=preflight)
+            # as before CORS existed: the key is checked first, then the method
+            assert status == (405 if api_key is None else 401), out
+            assert cors_of(headers) == {}
+            auth = [] if api_key is None else [("authorization", f"Bearer {api_key}")]
+            status, headers, _ = await conn.request("GET", "/v1/models", headers=[("origin", APP), *auth])
+            assert status == 200 and cors_of(headers) == {}
+        finally:
+            await conn.close()
+
+
+@live
+async def test_gateway_command_cors_origin() -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("MIMIRLITE_API_KEY", None)
+    command = (sys.executable, "-m", "mimirlite", "gateway", "--no-mdns", "--port", "0")
+    # not an origin: refused by the argument parser, one usage error
+    bad = await asyncio.create_subprocess_exec(
+        *command,
+        "--cors-origin",
+        "app.example",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+        env=env,
+    )
+    _, err = await bounded(bad.communicate(), 30)
+    assert bad.returncode == 2 and "--cors-origin" in err.decode() and "not a CORS origin" in err.decode()
+    async with mimir_node(EchoBackend()) as (_, addr):
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            "--peer",
+            addr,
+            "--api-key",
+            "k",
+            "--cors-origin",
+            APP,
+            "--cors-origin",
+            "https://b.example",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=REPO,
+            env=env,
+        )
+        try:
+            assert proc.stdout is not None
+            line = (await bounded(proc.stdout.readline(), 30)).decode()
+            found = re.fullmatch(r"OpenAI-compatible API at http://127\.0\.0\.1:(\d+)/v1\n", line)
+            assert found, line
+            conn = RawHttp(*await asyncio.open_connection("127.0.0.1", int(found.group(1))))
+            try:
+                preflight = [("origin", "https://b.example"), ("access-control-request-method", "POST")]
+                status, headers, _ = await conn.request("OPTIONS", "/v1/chat/completions", headers=preflight)
+                assert status == 204 and headers["access-control-allow-origin"] == "https://b.example"
+                status, headers, _ = await conn.request("GET", "/v1/models", headers=[("origin", APP)])
+                assert status == 401 and headers["access-control-allow-origin"] == APP
+            finally:
+                await conn.close()
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await bounded(proc.wait(), 5)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+            assert proc.stderr is not None
+            await proc.stderr.read()

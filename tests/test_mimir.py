@@ -14,6 +14,7 @@ import pytest
 from mimirlite import Host, Stream
 from mimirlite.mimir import (
     MODEL_CIDS,
+    BackendError,
     EchoBackend,
     MimirClient,
     MimirNode,
@@ -434,3 +435,19 @@ async def test_client_prefers_the_least_busy_then_the_nearest_node() -> None:
         assert client._candidates("echo") == [a.peer_id, b.peer_id]
         await answer.aclose()
         assert client._candidates("echo") == [b.peer_id, a.peer_id]
+
+
+async def test_node_given_models_does_not_ask_the_backend_again(user: Host, node_host: Host) -> None:
+    async with OpenAIServer(models=["qwen2.5:0.5b", LLAMA]) as srv:
+        backend = OpenAIBackend(srv.base_url, timeout=2.0)
+        models = await backend.list_models()  # as the CLI checks the backend first
+        async with MimirNode(node_host, backend, models=models) as node:
+            assert srv.models_requests == 1
+            assert node.models == ["qwen2.5:0.5b", LLAMA] and node.default_model == LLAMA
+            query = {"event": "query", "request_id": "r", "data": None}
+            out = await request(user, node, packets.IDENTIFY_PROTOCOL, query)
+            assert out == [{"event": "response", "request_id": "r", "data": ["qwen2.5:0.5b", LLAMA]}]
+            await still_serves(user, node)
+        assert srv.models_requests == 1
+    with pytest.raises(BackendError, match="serves no model"):  # given models are checked as asked ones
+        await MimirNode(node_host, EchoBackend(), models=[]).start()

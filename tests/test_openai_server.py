@@ -68,6 +68,7 @@ async def test_models_list(srv: OpenAIServer, client: openai.AsyncOpenAI) -> Non
         await client.models.retrieve("nope")
     assert srv.base_url == f"http://127.0.0.1:{srv.port}/v1"
     assert srv.requests[0].method == "GET" and srv.requests[0].path == "/v1/models"
+    assert srv.models_requests == 1  # the list only, not retrieving one model
 
 
 async def test_stream_chunks(srv: OpenAIServer, client: openai.AsyncOpenAI) -> None:

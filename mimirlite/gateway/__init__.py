@@ -17,7 +17,7 @@ from mimirlite.gateway.gateway import (
     WRITE_TIMEOUT,
     Gateway,
 )
-from mimirlite.gateway.http import MAX_BODY, MAX_HEAD, HttpError
+from mimirlite.gateway.http import MAX_BODY, MAX_HEAD, CorsPolicy, HttpError
 
 __all__ = [
     "DEFAULT_HOST",
@@ -29,6 +29,7 @@ __all__ = [
     "REQUEST_TIMEOUT",
     "WRITE_TIMEOUT",
     "ApiError",
+    "CorsPolicy",
     "Gateway",
     "HttpError",
 ]

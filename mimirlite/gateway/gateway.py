@@ -13,14 +13,14 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from mimirlite.errors import MimirliteError
 from mimirlite.gateway import api
 from mimirlite.gateway.api import ApiError
-from mimirlite.gateway.http import MAX_BODY, HttpError, Pending, Request, ServerConnection
+from mimirlite.gateway.http import MAX_BODY, CorsPolicy, HttpError, Pending, Request, ServerConnection
 from mimirlite.mimir.client import MimirClient, NoNodeError, TruncatedAnswerError
 from mimirlite.mimir.packets import RemoteError
 
@@ -71,7 +71,9 @@ class Gateway:
     ``async with Gateway(client, port=0) as gateway`` listens (``gateway.port``, ``gateway.base_url``)
     until the block ends; :meth:`serve` listens until cancelled. The client (found nodes by ``peers``
     and mDNS) is the caller's to start and stop. With ``api_key`` every request needs
-    ``Authorization: Bearer <api_key>``.
+    ``Authorization: Bearer <api_key>``. ``cors_origins`` (``scheme://host[:port]``, or ``*`` for any)
+    lets browser pages from those origins call the API: preflights (``OPTIONS``, answered without the
+    key) and CORS headers on every response; LocalError for a value that is not an origin.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Gateway:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         api_key: str | None = None,
+        cors_origins: Iterable[str] = (),
         max_body: int = MAX_BODY,
         idle_timeout: float = IDLE_TIMEOUT,
         request_timeout: float = REQUEST_TIMEOUT,
@@ -91,6 +94,9 @@ class Gateway:
         self.host = host
         self.port = port
         self.api_key = api_key or None
+        origins = list(cors_origins)
+        self.cors = CorsPolicy.of(origins) if origins else None
+        """Which browser origins may call the API (None: no CORS, as for any plain HTTP server)."""
         self.max_body = max_body
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
@@ -162,7 +168,7 @@ class Gateway:
 
     def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._server is None or len(self._conns) >= self.max_connections:
-            http = ServerConnection()
+            http = ServerConnection(cors=self.cors)
             err = ApiError(503, "Too many connections to the gateway; try again later.", api.SERVER_ERROR)
             http.respond(err.status, JSON_HEADERS, err.body(), close=True)
             writer.write(http.data_to_send())
@@ -186,6 +192,9 @@ class Gateway:
         """Answer one request (on ``out``)."""
         self.active_requests += 1
         try:
+            if self.cors is not None and req.method == "OPTIONS":  # a preflight: browsers send no key
+                await out.send_empty(204, self.cors.preflight_headers(req))
+                return
             self._check_auth(req)
             path = req.path.rstrip("/")
             if path == "/v1/chat/completions":
@@ -308,7 +317,7 @@ class _Connection:
         self.gateway = gateway
         self.reader = reader
         self.writer = writer
-        self.http = ServerConnection(max_body=gateway.max_body)
+        self.http = ServerConnection(max_body=gateway.max_body, cors=gateway.cors)
         peer = writer.get_extra_info("peername")
         self.name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "client"
 
@@ -434,6 +443,10 @@ class _Connection:
         self.writer.write(data)
         if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
             await asyncio.wait_for(self.writer.drain(), self.gateway.write_timeout)
+
+    async def send_empty(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.http.respond(status, headers, b"")
+        await self.flush()
 
     async def send_json(self, status: int, obj: Any) -> None:
         self.http.respond(status, JSON_HEADERS, api.dumps(obj))

@@ -2,7 +2,8 @@
 
 ``h11`` parses and frames every byte (no HTTP is parsed here); this module adds what the gateway
 needs on top: a whole request (head and body) as one event, the body size limit, ``100 Continue``
-when a client waits for it, and keep-alive between requests. It never touches a socket or a clock:
+when a client waits for it, keep-alive between requests, and CORS (:class:`CorsPolicy`: the
+``Access-Control-*`` headers of preflights and of every response). It never touches a socket or a clock:
 the asyncio shell (:mod:`mimirlite.gateway.gateway`) feeds it what the client sent, sends what
 :meth:`ServerConnection.data_to_send` returns, and owns every timeout.
 """
@@ -13,16 +14,24 @@ import enum
 import http
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import h11
 
-from mimirlite.errors import ProtocolError
+from mimirlite.errors import LocalError, ProtocolError
 
 MAX_HEAD = 64 * 1024
 """Bytes of a request line and its headers; more is refused with 431."""
 MAX_BODY = 4 * 1024 * 1024
 """Bytes of a request body; more is refused with 413. A chat request travels to the node in one mimir
 packet, which is capped at the same size (``mimirlite.wire.lp.MAX_MESSAGE``)."""
+
+CORS_METHODS = "GET, POST, OPTIONS"
+"""``Access-Control-Allow-Methods`` of a preflight answer."""
+CORS_HEADERS = "Authorization, Content-Type"
+"""``Access-Control-Allow-Headers`` of a preflight answer that did not name the headers it wants."""
+CORS_MAX_AGE = 600
+"""Seconds a browser may keep a preflight answer (``Access-Control-Max-Age``)."""
 
 Headers = Iterable[tuple[str, str]]
 
@@ -69,6 +78,77 @@ class Request:
         return None
 
 
+def cors_origin(origin: str) -> str:
+    """``origin`` as a CORS policy keeps it (``*``, or ``scheme://host[:port]`` in lowercase); LocalError
+    when it is neither."""
+    text = origin.strip().lower().removesuffix("/")
+    if text == "*":
+        return text
+    problem = LocalError(f"not a CORS origin: {origin!r} (expected '*' or scheme://host[:port])")
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # ValueError when not a number from 0 to 65535
+    except ValueError:
+        raise problem from None
+    if (
+        not parts.scheme
+        or not parts.hostname
+        or port == 0
+        or parts.username is not None
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or "*" in text
+        or any(c.isspace() for c in text)
+    ):
+        raise problem
+    return text
+
+
+@dataclass(frozen=True)
+class CorsPolicy:
+    """Which browser origins may call the server: ``*`` (any) or a set of ``scheme://host[:port]``.
+
+    An allowed origin gets ``Access-Control-Allow-Origin`` on every response (and ``Vary: Origin`` when
+    the answer names it); any other origin gets no CORS header, so its browser keeps the answer from it.
+    """
+
+    origins: frozenset[str]
+    max_age: int = CORS_MAX_AGE
+
+    @classmethod
+    def of(cls, origins: Iterable[str], *, max_age: int = CORS_MAX_AGE) -> CorsPolicy:
+        """The policy for ``origins``, each checked and kept as :func:`cors_origin` does (LocalError)."""
+        kept = frozenset(cors_origin(o) for o in origins)
+        if not kept:
+            raise LocalError("a CORS policy needs at least one origin ('*' for any)")
+        return cls(kept, max_age)
+
+    @property
+    def any_origin(self) -> bool:
+        return "*" in self.origins
+
+    def response_headers(self, origin: str | None) -> list[tuple[str, str]]:
+        """The CORS headers of any response to a request from ``origin`` (its ``Origin`` header)."""
+        if self.any_origin:
+            return [("access-control-allow-origin", "*")]
+        if origin is not None and origin.lower() in self.origins:
+            return [("access-control-allow-origin", origin), ("vary", "origin")]
+        return []
+
+    def preflight_headers(self, req: Request) -> list[tuple[str, str]]:
+        """What a preflight (``OPTIONS``) answer adds to :meth:`response_headers`: nothing for an origin
+        not allowed; else the methods, the headers asked for (or the usual ones) and the max age."""
+        if not self.response_headers(req.header("origin")):
+            return []
+        asked = (req.header("access-control-request-headers") or "").strip()
+        return [
+            ("access-control-allow-methods", CORS_METHODS),
+            ("access-control-allow-headers", asked or CORS_HEADERS),
+            ("access-control-max-age", str(self.max_age)),
+        ]
+
+
 def _reason(status: int) -> bytes:
     try:
         return http.HTTPStatus(status).phrase.encode()
@@ -77,15 +157,22 @@ def _reason(status: int) -> bytes:
 
 
 class ServerConnection:
-    """The server side of one HTTP/1.1 connection, one request at a time (keep-alive, pipelining)."""
+    """The server side of one HTTP/1.1 connection, one request at a time (keep-alive, pipelining).
 
-    def __init__(self, *, max_body: int = MAX_BODY, max_head: int = MAX_HEAD) -> None:
+    With ``cors``, every response carries the CORS headers for the ``Origin`` of its request.
+    """
+
+    def __init__(
+        self, *, max_body: int = MAX_BODY, max_head: int = MAX_HEAD, cors: CorsPolicy | None = None
+    ) -> None:
         self.max_body = max_body
+        self.cors = cors
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
         self._out: list[bytes] = []
         self._head: h11.Request | None = None
         self._body = bytearray()
         self._close_after = False
+        self._cors_headers = self._cors_for(None)
 
     # ---- receiving ----
 
@@ -118,9 +205,16 @@ class ServerConnection:
         except h11.RemoteProtocolError as exc:
             raise HttpError(exc.error_status_hint, f"bad HTTP request: {exc}") from None
 
+    def _cors_for(self, origin: bytes | None) -> list[tuple[bytes, bytes]]:
+        if self.cors is None:
+            return []
+        headers = self.cors.response_headers(None if origin is None else origin.decode("latin-1"))
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
     def _start(self, head: h11.Request) -> None:
         self._head = head
         self._body = bytearray()
+        self._cors_headers = self._cors_for(next((v for k, v in head.headers if k == b"origin"), None))
         length = next((v for k, v in head.headers if k == b"content-length"), None)
         if length is not None and int(length) > self.max_body:  # h11 checked it is a number
             raise HttpError(413, f"request body of {int(length)} bytes; the limit is {self.max_body}")
@@ -165,6 +259,7 @@ class ServerConnection:
         """The status line and headers; without a ``content-length`` the body is chunked.
         ``close``: the connection ends after this response."""
         fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        fields += self._cors_headers
         if close:
             self._close_after = True
         if self._close_after:
@@ -180,8 +275,9 @@ class ServerConnection:
         self._send(h11.EndOfMessage())
 
     def respond(self, status: int, headers: Headers, body: bytes, *, close: bool = False) -> None:
-        """A whole response with a ``content-length``."""
-        self.start_response(status, [*headers, ("content-length", str(len(body)))], close=close)
+        """A whole response with a ``content-length`` (none for 204 and 304, which have no body)."""
+        length = [] if status in (204, 304) else [("content-length", str(len(body)))]
+        self.start_response(status, [*headers, *length], close=close)
         self.send_data(body)
         self.end_response()
 
@@ -196,4 +292,5 @@ class ServerConnection:
         if self._close_after or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
         conn.start_next_cycle()
+        self._cors_headers = self._cors_for(None)
         return True

@@ -7,7 +7,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -34,6 +34,7 @@ class MimirNode:
     ``limits`` bounds the chat requests answered at once, queued, and per peer (see
     :class:`~mimirlite.mimir.limits.NodeLimits`); a request over a limit is answered with a completionStop
     error of type ``rate_limited`` or ``overloaded``. ``clock`` (seconds) times the per-peer rate.
+    ``models``: what the backend serves when the caller already asked it (start then asks no more).
     What it did is in :attr:`metrics`.
     """
 
@@ -42,6 +43,7 @@ class MimirNode:
         host: Host,
         backend: Backend,
         *,
+        models: Sequence[str] | None = None,
         default_model: str | None = None,
         request_timeout: float = REQUEST_TIMEOUT,
         limits: NodeLimits | None = None,
@@ -50,6 +52,7 @@ class MimirNode:
         self.host = host
         self.backend = backend
         self.models: list[str] = []
+        self._known_models = None if models is None else list(models)
         self.default_model = default_model
         self.request_timeout = request_timeout
         self.admission = Admission(limits)
@@ -73,8 +76,10 @@ class MimirNode:
         return m
 
     async def start(self) -> list[str]:
-        """Ask the backend for its models and start answering; BackendError when it cannot be reached."""
-        self.models = await self.backend.list_models()
+        """Ask the backend for its models (unless given) and start answering; BackendError when it
+        cannot be reached or serves no model."""
+        known = self._known_models
+        self.models = list(known) if known is not None else await self.backend.list_models()
         if not self.models:
             raise BackendError(packets.MODEL_NOT_FOUND, "the backend serves no model")
         if self.default_model is None:
