@@ -19,30 +19,23 @@ Client, driven (e.g. killed mid-answer)::
     await client.next_event("delta", timeout=10)
     await client.kill()
 
-Every process started here is stopped by ``stop()`` / ``kill()`` / ``wait()`` (or leaving ``async with``):
-stdin EOF first (the node exits on it), then SIGTERM, then SIGKILL, always with bounded waits.
+Both run as ``jspeer.JsProcess`` does: every process started here is stopped by ``stop()`` / ``kill()`` /
+``wait()`` (or leaving ``async with``): stdin EOF first (the node exits on it), then SIGTERM, then SIGKILL,
+always with bounded waits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import json
-import os
-import shutil
-import signal
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
-HERE = Path(__file__).resolve().parent
+import jspeer
+from jspeer import HERE, NODE_MODULES, JsProcess
+
 NODE_SCRIPT = HERE / "mimir-node.mjs"
 CLIENT_SCRIPT = HERE / "mimir-client.mjs"
-NODE_MODULES = HERE / "node_modules"
 
 DEFAULT_MODEL = "llama3.2:latest"
 LLAMA_CID = "QmNizEt5WLyEDUHMqsm89RHHNR63DYUSdtS38AeG4XUV6C"
@@ -53,236 +46,13 @@ EXIT_ERROR = 1
 EXIT_TRUNCATED = 2
 EXIT_IDENTIFY = 3
 
-_STDERR_LINES = 300
-_LINE_LIMIT = 64 * 1024 * 1024
-
-_P = TypeVar("_P", bound="_JsProcess")
-
 
 def node_available() -> bool:
     """True when ``node`` is on PATH and ``npm ci`` has been run in interop/ (with the openai package)."""
-    return (
-        shutil.which("node") is not None
-        and (NODE_MODULES / "libp2p").is_dir()
-        and (NODE_MODULES / "openai").is_dir()
-    )
+    return jspeer.node_available() and (NODE_MODULES / "openai").is_dir()
 
 
-class _JsProcess:
-    """A node.js script speaking JSON lines on stdout."""
-
-    script: Path = NODE_SCRIPT
-    what = "js process"
-    stops_on_stdin_eof = True
-
-    def __init__(self, proc: asyncio.subprocess.Process, args: tuple[str, ...]) -> None:
-        self._proc = proc
-        self.args = args
-        self.peer_id = ""
-        self.addrs: list[str] = []
-        self.ready: dict[str, Any] = {}
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.all_events: list[dict[str, Any]] = []
-        self._stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
-        self._ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._stop_lock = asyncio.Lock()
-        self._stdout_task = asyncio.create_task(self._read_stdout(), name=f"jsmimir-stdout-{proc.pid}")
-        self._stderr_task = asyncio.create_task(self._read_stderr(), name=f"jsmimir-stderr-{proc.pid}")
-
-    @classmethod
-    async def _spawn(
-        cls: type[_P],
-        args: Sequence[str],
-        *,
-        env: Mapping[str, str] | None,
-        timeout: float,
-        netns: str | None = None,
-    ) -> _P:
-        node = shutil.which("node")
-        if node is None:
-            raise RuntimeError("node is not on PATH")
-        full_env = None
-        if env is not None:
-            full_env = {**os.environ, **env}
-        # ``ip netns exec`` execs node in that network namespace (same pid: signals reach node itself)
-        prefix = ["ip", "netns", "exec", netns] if netns is not None else []
-        proc = await asyncio.create_subprocess_exec(
-            *prefix,
-            node,
-            str(cls.script),
-            *args,
-            cwd=str(HERE),
-            env=full_env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            limit=_LINE_LIMIT,
-            start_new_session=sys.platform != "win32",
-        )
-        self = cls(proc, tuple(args))
-        try:
-            ready = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
-        except BaseException as exc:
-            await self.stop()
-            if isinstance(exc, asyncio.TimeoutError):
-                raise RuntimeError(
-                    f"{cls.what} {tuple(args)!r} not ready after {timeout} s; stderr:\n{self.stderr_tail()}"
-                ) from None
-            if isinstance(exc, RuntimeError):
-                raise RuntimeError(f"{exc}; stderr:\n{self.stderr_tail()}") from None
-            raise
-        self.ready = ready
-        self.peer_id = str(ready["peerId"])
-        self.addrs = [str(a) for a in ready.get("addrs", [])]
-        return self
-
-    # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def addr(self) -> str:
-        """The first listen address (with /p2p/)."""
-        return self.addrs[0]
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode
-
-    async def stop(self, timeout: float = 10) -> None:
-        """Close stdin and wait (the node exits at EOF); then SIGTERM, then SIGKILL. Reaps; idempotent."""
-        async with self._stop_lock:
-            proc = self._proc
-            if proc.returncode is None and proc.stdin is not None and not proc.stdin.is_closing():
-                with contextlib.suppress(ConnectionError, RuntimeError, OSError):
-                    proc.stdin.close()
-                if self.stops_on_stdin_eof:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(proc.wait(), timeout)
-            if proc.returncode is None:
-                self._signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 3)
-                except asyncio.TimeoutError:
-                    self._signal(signal.SIGKILL)
-                    await proc.wait()
-            await self._join_readers()
-
-    async def kill(self) -> None:
-        """SIGKILL (no libp2p shutdown: the remote sees the TCP connection drop); reaps it."""
-        self._signal(signal.SIGKILL)
-        await self._proc.wait()
-        await self.stop()
-
-    async def _join_readers(self) -> None:
-        for task in (self._stdout_task, self._stderr_task):
-            if not task.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(task), 2)
-                except asyncio.TimeoutError:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-        stdin = self._proc.stdin
-        if stdin is not None and not stdin.is_closing():
-            stdin.close()
-
-    def _signal(self, sig: signal.Signals) -> None:
-        # only the process we started, never its group or anything by name
-        if self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(sig)
-
-    async def __aenter__(self: _P) -> _P:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    # ------------------------------------------------------------------ events
-
-    def stderr_tail(self, lines: int = 60) -> str:
-        return "\n".join(list(self._stderr)[-lines:])
-
-    async def next_event(self, name: str | None = None, timeout: float = 10) -> dict[str, Any]:
-        """Wait for the next event (optionally of the given name), dropping others from the queue."""
-
-        async def wait() -> dict[str, Any]:
-            while True:
-                ev = await self.events.get()
-                if name is None or ev.get("event") == name:
-                    return ev
-
-        try:
-            return await asyncio.wait_for(wait(), timeout)
-        except asyncio.TimeoutError:
-            raise TimeoutError(
-                f"{self.what}: no {name or 'event'} in {timeout} s; stderr:\n{self.stderr_tail(30)}"
-            ) from None
-
-    def events_named(self, name: str) -> list[dict[str, Any]]:
-        """All events of that name seen so far (the queue is left alone)."""
-        return [e for e in self.all_events if e.get("event") == name]
-
-    def uncaught(self) -> list[dict[str, Any]]:
-        """Crashes the script reported (uncaught exceptions, unhandled rejections)."""
-        return self.events_named("uncaught")
-
-    async def _read_stdout(self) -> None:
-        stdout = self._proc.stdout
-        assert stdout is not None
-        try:
-            while True:
-                raw = await stdout.readline()
-                if not raw:
-                    break
-                self._route(raw)
-        except (asyncio.LimitOverrunError, ValueError) as exc:
-            self._stderr.append(f"[jsmimir] stdout reader stopped: {exc!r}")
-        finally:
-            if not self._ready.done():
-                self._ready.set_exception(RuntimeError(f"{self.what} exited before it was ready"))
-                self._ready.exception()  # mark retrieved
-
-    def _route(self, raw: bytes) -> None:
-        text = raw.decode("utf-8", "replace").strip()
-        if not text:
-            return
-        try:
-            msg = json.loads(text)
-        except json.JSONDecodeError:
-            self._stderr.append(f"[stdout, not JSON] {text}")
-            return
-        if not isinstance(msg, dict):
-            self._stderr.append(f"[stdout, not an object] {text}")
-            return
-        if msg.get("event") == "ready" and not self._ready.done():
-            self._ready.set_result(msg)
-            return
-        self.all_events.append(msg)
-        self.events.put_nowait(msg)
-
-    async def _read_stderr(self) -> None:
-        stderr = self._proc.stderr
-        assert stderr is not None
-        while True:
-            try:
-                raw = await stderr.readline()
-            except (asyncio.LimitOverrunError, ValueError):
-                raw = await stderr.read(65536)
-            if not raw:
-                break
-            self._stderr.append(raw.decode("utf-8", "replace").rstrip("\n"))
-
-
-class JsMimirNode(_JsProcess):
+class JsMimirNode(JsProcess):
     """``mimir-node.mjs``: events are connection:open/close, identify_query, message, completion, uncaught."""
 
     script = NODE_SCRIPT
@@ -363,7 +133,7 @@ class JsClientResult:
         return [int(n) for n in self.result.get("frame_sizes", [])]
 
 
-class JsMimirClient(_JsProcess):
+class JsMimirClient(JsProcess):
     """``mimir-client.mjs``: events are identify, delta (one per packet), result; it exits by itself."""
 
     script = CLIENT_SCRIPT
@@ -402,7 +172,7 @@ class JsMimirClient(_JsProcess):
             returncode=self._proc.returncode if self._proc.returncode is not None else -1,
             ready=self.ready,
             events=list(self.all_events),
-            stderr=self.stderr_tail(_STDERR_LINES),
+            stderr=self.stderr_tail(),
             result=results[-1] if results else {},
         )
 

@@ -2,6 +2,7 @@
 
 The peer speaks JSON lines: one ``ready`` event on stdout, then answers to commands
 (``{"id": .., "ok": ..}``) and events (``{"event": ..}``). See ``peer.mjs`` for commands.
+:class:`JsProcess`, the running of such a script, is shared with ``jsmimir.py``.
 """
 
 from __future__ import annotations
@@ -11,19 +12,23 @@ import collections
 import contextlib
 import itertools
 import json
+import os
 import shutil
 import signal
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 HERE = Path(__file__).resolve().parent
 PEER_SCRIPT = HERE / "peer.mjs"
 NODE_MODULES = HERE / "node_modules"
 
-_STDERR_LINES = 200
+_STDERR_LINES = 300
 _LINE_LIMIT = 64 * 1024 * 1024  # answers such as "connections" can get long
+
+_P = TypeVar("_P", bound="JsProcess")
 
 
 def node_available() -> bool:
@@ -31,84 +36,101 @@ def node_available() -> bool:
     return shutil.which("node") is not None and (NODE_MODULES / "libp2p").is_dir()
 
 
-class JsPeerError(Exception):
-    """A command answered ``ok: false`` (the message is the peer's error string)."""
+class JsProcess:
+    """A node.js script of interop/ printing JSON lines on stdout, a ``ready`` event first; its stderr is
+    kept for messages. Stopped by ``stop()`` / ``kill()`` (or leaving ``async with``): stdin EOF first,
+    then SIGTERM, then SIGKILL, always with bounded waits."""
 
-    def __init__(self, message: str, reply: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.reply: dict[str, Any] = reply or {}
-
-
-class JsPeer:
-    peer_id: str
-    addrs: list[str]
-    events: asyncio.Queue[dict[str, Any]]
+    script: Path
+    what = "js process"
+    stops_on_stdin_eof = True
 
     def __init__(self, proc: asyncio.subprocess.Process, args: tuple[str, ...]) -> None:
         self._proc = proc
-        self._args = args
+        self.args = args
         self.peer_id = ""
-        self.addrs = []
-        self.events = asyncio.Queue()
+        self.addrs: list[str] = []
+        self.ready: dict[str, Any] = {}
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.all_events: list[dict[str, Any]] = []
         self._stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._ids = itertools.count(1)
         self._ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._closed = False
         self._stop_lock = asyncio.Lock()
-        self._stdout_task = asyncio.create_task(self._read_stdout(), name=f"jspeer-stdout-{proc.pid}")
-        self._stderr_task = asyncio.create_task(self._read_stderr(), name=f"jspeer-stderr-{proc.pid}")
-
-    # ------------------------------------------------------------------ lifecycle
+        self._stdout_task = asyncio.create_task(self._read_stdout(), name=f"{self.what}-stdout-{proc.pid}")
+        self._stderr_task = asyncio.create_task(self._read_stderr(), name=f"{self.what}-stderr-{proc.pid}")
 
     @classmethod
-    async def start(cls, *args: str, timeout: float = 30) -> JsPeer:
-        """Spawn ``node interop/peer.mjs *args`` and wait for its ready line."""
+    async def _spawn(
+        cls: type[_P],
+        args: Sequence[str],
+        *,
+        timeout: float,
+        env: Mapping[str, str] | None = None,
+        netns: str | None = None,
+    ) -> _P:
+        """Start ``node SCRIPT *args`` (``env`` added to ours; in network namespace ``netns`` when given) and
+        wait for its ready line."""
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("node is not on PATH")
+        full_env = None if env is None else {**os.environ, **env}
+        # ``ip netns exec`` execs node in that network namespace (same pid: signals reach node itself)
+        prefix = ["ip", "netns", "exec", netns] if netns is not None else []
         proc = await asyncio.create_subprocess_exec(
+            *prefix,
             node,
-            str(PEER_SCRIPT),
+            str(cls.script),
             *args,
             cwd=str(HERE),
+            env=full_env,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             limit=_LINE_LIMIT,
             start_new_session=sys.platform != "win32",
         )
-        peer = cls(proc, args)
+        self = cls(proc, tuple(args))
         try:
-            ready = await asyncio.wait_for(asyncio.shield(peer._ready), timeout)
+            ready = await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except BaseException as exc:
-            await peer.stop()
+            await self.stop()
             if isinstance(exc, asyncio.TimeoutError):
                 raise RuntimeError(
-                    f"js peer {args!r} not ready after {timeout} s; stderr:\n{peer.stderr_tail()}"
+                    f"{cls.what} {tuple(args)!r} not ready after {timeout} s; stderr:\n{self.stderr_tail()}"
                 ) from None
             if isinstance(exc, RuntimeError):
-                raise RuntimeError(f"{exc}; stderr:\n{peer.stderr_tail()}") from None
+                raise RuntimeError(f"{exc}; stderr:\n{self.stderr_tail()}") from None
             raise
-        peer.peer_id = str(ready["peerId"])
-        peer.addrs = [str(a) for a in ready["addrs"]]
-        return peer
+        self.ready = ready
+        self.peer_id = str(ready["peerId"])
+        self.addrs = [str(a) for a in ready.get("addrs", [])]
+        return self
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def addr(self) -> str:
+        """The first listen address (with /p2p/)."""
+        return self.addrs[0]
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
 
     async def stop(self, timeout: float = 10) -> None:
-        """Ask the peer to exit, then terminate / kill it. Always reaps; idempotent."""
+        """Close stdin and wait (when it exits at EOF); then SIGTERM, then SIGKILL. Reaps; idempotent."""
         async with self._stop_lock:
             proc = self._proc
-            if proc.returncode is None and not self._closed:
-                self._closed = True
-                try:
-                    await self._send({"id": 0, "cmd": "exit"})
-                    if proc.stdin is not None:
-                        proc.stdin.close()
-                except (ConnectionError, RuntimeError, OSError):
-                    pass
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(proc.wait(), timeout)
-            self._closed = True
+            if proc.returncode is None and proc.stdin is not None and not proc.stdin.is_closing():
+                with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+                    proc.stdin.close()
+                if self.stops_on_stdin_eof:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(proc.wait(), timeout)
             if proc.returncode is None:
                 self._signal(signal.SIGTERM)
                 try:
@@ -116,21 +138,26 @@ class JsPeer:
                 except asyncio.TimeoutError:
                     self._signal(signal.SIGKILL)
                     await proc.wait()
-            for task in (self._stdout_task, self._stderr_task):
-                if not task.done():
-                    try:
-                        await asyncio.wait_for(asyncio.shield(task), 2)
-                    except asyncio.TimeoutError:
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
-            self._fail_pending(RuntimeError(f"js peer exited (code {proc.returncode})"))
+            await self._join_readers()
 
     async def kill(self) -> None:
-        """Kill the peer abruptly (SIGKILL, no libp2p shutdown), e.g. to test a remote crash; reaps it."""
+        """SIGKILL (no libp2p shutdown: the remote sees the TCP connection drop); reaps it."""
         self._signal(signal.SIGKILL)
         await self._proc.wait()
         await self.stop()
+
+    async def _join_readers(self) -> None:
+        for task in (self._stdout_task, self._stderr_task):
+            if not task.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), 2)
+                except asyncio.TimeoutError:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        stdin = self._proc.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.close()
 
     def _signal(self, sig: signal.Signals) -> None:
         # only the process we started, never its group or anything by name
@@ -138,7 +165,7 @@ class JsPeer:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(sig)
 
-    async def __aenter__(self) -> JsPeer:
+    async def __aenter__(self: _P) -> _P:
         return self
 
     async def __aexit__(
@@ -149,19 +176,127 @@ class JsPeer:
     ) -> None:
         await self.stop()
 
-    # ------------------------------------------------------------------ commands
-
-    @property
-    def addr(self) -> str:
-        """The first listen address (with /p2p/)."""
-        return self.addrs[0]
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode
+    # ------------------------------------------------------------------ events
 
     def stderr_tail(self, lines: int = _STDERR_LINES) -> str:
         return "\n".join(list(self._stderr)[-lines:])
+
+    async def next_event(self, name: str | None = None, timeout: float = 10) -> dict[str, Any]:
+        """Wait for the next event (optionally of the given name), dropping others from the queue."""
+
+        async def wait() -> dict[str, Any]:
+            while True:
+                ev = await self.events.get()
+                if name is None or ev.get("event") == name:
+                    return ev
+
+        try:
+            return await asyncio.wait_for(wait(), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"{self.what}: no {name or 'event'} in {timeout} s; stderr:\n{self.stderr_tail(30)}"
+            ) from None
+
+    def events_named(self, name: str) -> list[dict[str, Any]]:
+        """All events of that name seen so far (the queue is left alone)."""
+        return [e for e in self.all_events if e.get("event") == name]
+
+    def uncaught(self) -> list[dict[str, Any]]:
+        """Crashes the script reported (uncaught exceptions, unhandled rejections)."""
+        return self.events_named("uncaught")
+
+    # ------------------------------------------------------------------ readers
+
+    async def _read_stdout(self) -> None:
+        stdout = self._proc.stdout
+        assert stdout is not None
+        try:
+            while True:
+                raw = await stdout.readline()
+                if not raw:
+                    break
+                self._route(raw)
+        except (asyncio.LimitOverrunError, ValueError) as exc:
+            self._stderr.append(f"[{self.what}] stdout reader stopped: {exc!r}")
+        finally:
+            if not self._ready.done():
+                err = RuntimeError(
+                    f"{self.what} stdout closed before it was ready (exit code {self.returncode})"
+                )
+                self._ready.set_exception(err)
+                self._ready.exception()  # mark retrieved
+
+    def _route(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").strip()
+        if not text:
+            return
+        try:
+            msg = json.loads(text)
+        except json.JSONDecodeError:
+            self._stderr.append(f"[stdout, not JSON] {text}")
+            return
+        if not isinstance(msg, dict):
+            self._stderr.append(f"[stdout, not an object] {text}")
+            return
+        self._handle(msg, text)
+
+    def _handle(self, msg: dict[str, Any], text: str) -> None:
+        """One JSON object from stdout: the ready event, else an event for ``events``."""
+        if msg.get("event") == "ready" and not self._ready.done():
+            self._ready.set_result(msg)
+        else:
+            self.all_events.append(msg)
+            self.events.put_nowait(msg)
+
+    async def _read_stderr(self) -> None:
+        stderr = self._proc.stderr
+        assert stderr is not None
+        while True:
+            try:
+                raw = await stderr.readline()
+            except (asyncio.LimitOverrunError, ValueError):
+                raw = await stderr.read(65536)
+            if not raw:
+                break
+            self._stderr.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+
+class JsPeerError(Exception):
+    """A command answered ``ok: false`` (the message is the peer's error string)."""
+
+    def __init__(self, message: str, reply: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.reply: dict[str, Any] = reply or {}
+
+
+class JsPeer(JsProcess):
+    """``peer.mjs``: commands answered by id (:meth:`call`), events in ``events``."""
+
+    script = PEER_SCRIPT
+    what = "js peer"
+
+    def __init__(self, proc: asyncio.subprocess.Process, args: tuple[str, ...]) -> None:
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._closed = False
+        super().__init__(proc, args)
+
+    @classmethod
+    async def start(cls, *args: str, timeout: float = 30) -> JsPeer:
+        """Spawn ``node interop/peer.mjs *args`` and wait for its ready line."""
+        return await cls._spawn(args, timeout=timeout)
+
+    async def stop(self, timeout: float = 10) -> None:
+        """Send the exit command, then stop as :meth:`JsProcess.stop`; commands still waiting fail."""
+        if not self._closed and self.returncode is None:
+            self._closed = True
+            with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+                await self._send({"id": 0, "cmd": "exit"})
+        self._closed = True
+        await super().stop(timeout)
+        self._fail_pending(RuntimeError(f"js peer exited (code {self.returncode})"))
+
+    # ------------------------------------------------------------------ commands
 
     async def call(self, cmd: str, timeout: float = 60, **fields: Any) -> dict[str, Any]:
         """Run one command; return its answer (without id/ok); raise JsPeerError if ok is false."""
@@ -182,17 +317,6 @@ class JsPeer:
             raise JsPeerError(str(reply.get("error", "unknown error")), reply)
         return {k: v for k, v in reply.items() if k not in ("id", "ok")}
 
-    async def next_event(self, name: str | None = None, timeout: float = 10) -> dict[str, Any]:
-        """Wait for the next event (optionally of the given name), dropping others."""
-
-        async def wait() -> dict[str, Any]:
-            while True:
-                ev = await self.events.get()
-                if name is None or ev.get("event") == name:
-                    return ev
-
-        return await asyncio.wait_for(wait(), timeout)
-
     async def _send(self, obj: dict[str, Any]) -> None:
         stdin = self._proc.stdin
         if stdin is None or stdin.is_closing():
@@ -203,41 +327,14 @@ class JsPeer:
     # ------------------------------------------------------------------ readers
 
     async def _read_stdout(self) -> None:
-        stdout = self._proc.stdout
-        assert stdout is not None
         try:
-            while True:
-                raw = await stdout.readline()
-                if not raw:
-                    break
-                self._route(raw)
-        except (asyncio.LimitOverrunError, ValueError) as exc:
-            self._stderr.append(f"[jspeer] stdout reader stopped: {exc!r}")
+            await super()._read_stdout()
         finally:
-            err = RuntimeError(f"js peer stdout closed (exit code {self._proc.returncode})")
-            if not self._ready.done():
-                self._ready.set_exception(err)
-                self._ready.exception()  # mark retrieved
-            self._fail_pending(err)
+            self._fail_pending(RuntimeError(f"js peer stdout closed (exit code {self._proc.returncode})"))
 
-    def _route(self, raw: bytes) -> None:
-        text = raw.decode("utf-8", "replace").strip()
-        if not text:
-            return
-        try:
-            msg = json.loads(text)
-        except json.JSONDecodeError:
-            self._stderr.append(f"[stdout, not JSON] {text}")
-            return
-        if not isinstance(msg, dict):
-            self._stderr.append(f"[stdout, not an object] {text}")
-            return
+    def _handle(self, msg: dict[str, Any], text: str) -> None:
         if "event" in msg and "id" not in msg:
-            if msg["event"] == "ready":
-                if not self._ready.done():
-                    self._ready.set_result(msg)
-            else:
-                self.events.put_nowait(msg)
+            super()._handle(msg, text)
             return
         mid = msg.get("id")
         fut = self._pending.get(mid) if isinstance(mid, int) else None
@@ -245,18 +342,6 @@ class JsPeer:
             fut.set_result(msg)
         elif mid != 0:  # 0 is the exit command sent by stop()
             self._stderr.append(f"[stdout, unrouted] {text}")
-
-    async def _read_stderr(self) -> None:
-        stderr = self._proc.stderr
-        assert stderr is not None
-        while True:
-            try:
-                raw = await stderr.readline()
-            except (asyncio.LimitOverrunError, ValueError):
-                raw = await stderr.read(65536)
-            if not raw:
-                break
-            self._stderr.append(raw.decode("utf-8", "replace").rstrip("\n"))
 
     def _fail_pending(self, err: Exception) -> None:
         for fut in self._pending.values():

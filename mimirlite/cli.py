@@ -19,6 +19,7 @@ from mimirlite import __version__
 from mimirlite.errors import MimirliteError
 from mimirlite.identity import KeyPair
 from mimirlite.mimir.limits import MAX_CONCURRENT, QUEUE
+from mimirlite.net.config import HostConfig
 from mimirlite.net.host import Host
 
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/0"
@@ -56,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="log the node's counters (connections, streams, bytes, requests, refusals, errors) "
         "on one line every S seconds",
+    )
+    node.add_argument(
+        "--dead-link-timeout",
+        type=_dead_link_timeout,
+        default=HostConfig.dead_link_timeout,
+        metavar="SECONDS",
+        help="close a connection whose peer stops acknowledging for this long (TCP keepalive and "
+        "user timeout; default %(default)g; 0: the OS defaults)",
     )
     access = node.add_argument_group("access control (who may use this node, and how much)")
     access.add_argument(
@@ -121,6 +130,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="require 'Authorization: Bearer KEY' (default: $MIMIRLITE_API_KEY; none: open)",
     )
+    gateway.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        type=_cors_origin,
+        metavar="ORIGIN",
+        help="let browser pages from ORIGIN (scheme://host[:port]; '*': any) call the API (repeatable)",
+    )
     return parser
 
 
@@ -161,6 +178,22 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _dead_link_timeout(text: str) -> float | None:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds (0: the OS defaults), not {text}")
+    return value or None
+
+
+def _cors_origin(text: str) -> str:
+    from mimirlite.gateway.http import cors_origin  # h11 loads only for a gateway
+
+    try:
+        return cors_origin(text)
+    except MimirliteError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not 0 < value < float("inf"):
@@ -196,7 +229,7 @@ async def _node(args: argparse.Namespace) -> int:
     from mimirlite.metrics import STATS_LOGGER, log_stats
     from mimirlite.mimir import BackendError, EchoBackend, MimirNode, NodeLimits, OpenAIBackend
     from mimirlite.mimir.backends import Backend
-    from mimirlite.net.config import HostConfig, allowlist
+    from mimirlite.net.config import allowlist
 
     try:
         keypair = _keypair(args)
@@ -210,12 +243,13 @@ async def _node(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot read allow file {exc.filename}: {exc.strerror}")
     backend: Backend
+    models: list[str] | None = None  # asked once here; the node takes them instead of asking again
     if args.backend == "echo":
         backend = EchoBackend()
     else:
         backend = OpenAIBackend(args.backend_url, models=args.model)
         try:
-            await backend.list_models()
+            models = await backend.list_models()
         except BackendError as exc:
             await backend.aclose()
             if args.backend == "openai":
@@ -223,10 +257,11 @@ async def _node(args: argparse.Namespace) -> int:
             print(f"No OpenAI-compatible backend answered ({exc}); serving the echo model.", flush=True)
             backend = EchoBackend()
     try:
-        host = Host(keypair, listen=args.listen or [DEFAULT_LISTEN], config=HostConfig(allow_peers=allowed))
+        config = HostConfig(allow_peers=allowed, dead_link_timeout=args.dead_link_timeout)
+        host = Host(keypair, listen=args.listen or [DEFAULT_LISTEN], config=config)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(host)
-            node = await stack.enter_async_context(MimirNode(host, backend, limits=limits))
+            node = await stack.enter_async_context(MimirNode(host, backend, models=models, limits=limits))
             if args.stats_interval:
                 # Asked for explicitly, so shown without -v: INFO lines on their own logger.
                 logging.getLogger(STATS_LOGGER).setLevel(logging.INFO)
@@ -339,7 +374,10 @@ async def _gateway(args: argparse.Namespace) -> int:
 
     try:
         client = MimirClient(args.peer, keypair=_keypair(args), mdns=not args.no_mdns)
-        async with client, Gateway(client, host=args.host, port=args.port, api_key=args.api_key) as gateway:
+        gateway = Gateway(
+            client, host=args.host, port=args.port, api_key=args.api_key, cors_origins=args.cors_origin
+        )
+        async with client, gateway:
             print(f"OpenAI-compatible API at {gateway.base_url}", flush=True)
             await asyncio.get_running_loop().create_future()
     except (MimirliteError, OSError) as exc:

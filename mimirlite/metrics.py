@@ -30,7 +30,8 @@ class HostMetrics:
     ``max_streams_total``), ``buffer`` (a stream reset because its connection held ``max_buffered``).
     ``closed`` counts ended connections by how they ended: ``local`` (closed here), ``go_away`` (the
     remote said GoAway, as a remote closing politely does, and its streams ended), ``remote`` (the socket
-    ended without a GoAway), ``idle``, ``write_timeout``, ``protocol_error``.
+    ended without a GoAway), ``idle``, ``write_timeout``, ``protocol_error``, ``dead_link`` (the kernel
+    gave up on a peer that stopped acknowledging, see ``HostConfig.dead_link_timeout``: ETIMEDOUT).
     ``protocol_errors`` counts peer misbehaviour by kind: ``yamux``, ``ping_flood``, ``stream_flood``,
     ``reset_flood``, ``window_update_flood``, ``noise`` (a transport message that does not decrypt),
     ``upgrade`` (a failed inbound handshake or muxer negotiation), ``negotiation`` (a stream's

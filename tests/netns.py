@@ -39,6 +39,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.cliproc import stop_process
+
 T = TypeVar("T")
 
 NAME_PREFIX = "mlt"
@@ -46,7 +48,7 @@ NAME_PREFIX = "mlt"
 CMD_TIMEOUT = 10.0
 """Bound on each ``ip`` command."""
 STOP_TIMEOUT = 5.0
-"""Bound on stopping one process or loop before it is killed or abandoned."""
+"""Bound on stopping one event loop before it is abandoned."""
 MAX_HOSTS = 250
 NETNS_DIR = Path("/run/netns")
 _CLONE_NEWNET = 0x40000000
@@ -389,21 +391,3 @@ class TestNet:
                 errors.append(str(exc))
         if errors:
             raise NetnsError("; ".join(errors))
-
-
-async def stop_process(proc: asyncio.subprocess.Process, timeout: float = STOP_TIMEOUT) -> None:
-    """Close stdin, then SIGTERM, then SIGKILL ``proc`` (that one process only); always reaps it."""
-    if proc.stdin is not None and not proc.stdin.is_closing():
-        proc.stdin.close()  # our test programs exit when their stdin closes
-        if proc.returncode is None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(proc.wait(), 2.0)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if proc.returncode is not None:
-            break
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(proc.wait(), timeout)
-    if proc.returncode is None:
-        await proc.wait()

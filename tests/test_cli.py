@@ -8,7 +8,6 @@ a test starts is stopped and reaped by the test; every wait is bounded.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -17,20 +16,17 @@ import socket
 import stat
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.cliproc import Banner, Proc
 from tests.openai_server import OpenAIServer
 
 REPO = Path(__file__).resolve().parent.parent
-STARTUP_TIMEOUT = 20.0
-"""Seconds a process has to print what a test waits for (imports are slow on a loaded machine)."""
 RUN_TIMEOUT = 30.0
 """Seconds a command has to run to its end."""
-STOP_TIMEOUT = 5.0
-"""Seconds a process has to exit after SIGTERM before it is killed."""
 
 PEER_ID = re.compile(r"^12D3KooW[1-9A-HJ-NP-Za-km-z]+$")
 BACKEND_VARS = ("OLLAMA_ENDPOINT", "OPENAI_BASE_URL", "OPENAI_API_KEY")
@@ -47,54 +43,6 @@ def make_env(**extra: str) -> dict[str, str]:
     return env
 
 
-@dataclass
-class Proc:
-    """A running subprocess whose stdout is read line by line with bounded waits."""
-
-    proc: asyncio.subprocess.Process
-    lines: list[str] = field(default_factory=list)
-
-    async def readline(self, timeout: float = STARTUP_TIMEOUT) -> str:
-        raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout)  # type: ignore[union-attr]
-        if not raw:
-            rc = await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT)
-            err = await asyncio.wait_for(self.proc.stderr.read(), STOP_TIMEOUT)  # type: ignore[union-attr]
-            raise AssertionError(
-                f"process exited ({rc}) after printing {self.lines!r}; stderr: {err.decode()!r}"
-            )
-        line = raw.decode().rstrip("\n")
-        self.lines.append(line)
-        return line
-
-    async def read_until(self, prefix: str, timeout: float = STARTUP_TIMEOUT) -> str:
-        """Read lines until one starts with ``prefix``; return it."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            line = await self.readline(max(0.0, deadline - loop.time()))
-            if line.startswith(prefix):
-                return line
-
-    async def finish(self, stdin: bytes | None = None, timeout: float = RUN_TIMEOUT) -> tuple[str, str]:
-        """Feed ``stdin`` (if piped), wait for the end; the rest of stdout and all of stderr."""
-        out, err = await asyncio.wait_for(self.proc.communicate(stdin), timeout)
-        return out.decode(), err.decode()
-
-    async def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
-        """Signal the process, kill it if it lingers, reap it; its exit status and stderr."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-        try:
-            _, err = await asyncio.wait_for(self.proc.communicate(), STOP_TIMEOUT)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            _, err = await asyncio.wait_for(self.proc.communicate(), STOP_TIMEOUT)
-        assert self.proc.returncode is not None
-        return self.proc.returncode, err.decode()
-
-
 @contextlib.asynccontextmanager
 async def started(
     *args: str, env: Mapping[str, str], stdin: bool = False, default_sigint: bool = False
@@ -104,21 +52,10 @@ async def started(
     ``default_sigint`` undoes an inherited "ignore SIGINT" (background jobs of a non-interactive
     shell start that way), so that SIGINT acts as a Ctrl-C in the terminal does.
     """
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *args,
-        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-        env=dict(env),
-        preexec_fn=_default_sigint if default_sigint else None,
-    )
-    p = Proc(proc)
-    try:
+    preexec_fn = _default_sigint if default_sigint else None
+    cmd = (sys.executable, *args)
+    async with await Proc.start(*cmd, stdin=stdin, cwd=REPO, env=dict(env), preexec_fn=preexec_fn) as p:
         yield p
-    finally:
-        await p.stop()
 
 
 def _default_sigint() -> None:
@@ -135,9 +72,7 @@ class Result:
 async def run(*args: str, env: Mapping[str, str], stdin: bytes | None = None) -> Result:
     """Run ``python *args`` to its end (bounded) and collect what it printed."""
     async with started(*args, env=env, stdin=stdin is not None) as p:
-        out, err = await p.finish(stdin)
-        assert p.proc.returncode is not None
-        return Result(p.proc.returncode, out, err)
+        return Result(*await p.finish(stdin, timeout=RUN_TIMEOUT))
 
 
 async def cli(command: str, *args: str, env: Mapping[str, str], stdin: bytes | None = None) -> Result:
@@ -145,42 +80,15 @@ async def cli(command: str, *args: str, env: Mapping[str, str], stdin: bytes | N
     return await run("-m", "mimirlite", command, "--no-mdns", *args, env=env, stdin=stdin)
 
 
-@dataclass
-class NodeInfo:
-    peer_id: str
-    addrs: list[str]
-    models: list[str]
-    lines: list[str]
-
-    @property
-    def local_addr(self) -> str:
-        """The printed multiaddr on 127.0.0.1."""
-        local = [a for a in self.addrs if a.startswith("/ip4/127.0.0.1/tcp/")]
-        assert local, f"no 127.0.0.1 address printed: {self.lines!r}"
-        return local[0]
-
-
-async def node_ready(p: Proc) -> NodeInfo:
-    """Read a node's banner up to ``Serving:`` and parse it."""
-    await p.read_until("Serving: ")
-    lines = p.lines
-    peer_line = next(line for line in lines if line.startswith("Peer ID: "))
-    peer_id = peer_line.removeprefix("Peer ID: ").strip()
-    start = lines.index("Listening on:") + 1
-    addrs = [line.strip() for line in lines[start:-1]]
-    models = lines[-1].removeprefix("Serving: ").split(", ")
-    return NodeInfo(peer_id, addrs, models, list(lines))
-
-
 @contextlib.asynccontextmanager
 async def node(
     *args: str, env: Mapping[str, str], default_sigint: bool = False
-) -> AsyncIterator[tuple[Proc, NodeInfo]]:
+) -> AsyncIterator[tuple[Proc, Banner]]:
     """``mimirlite node *args`` on 127.0.0.1 (unless ``args`` says where), once it serves."""
     listen = () if "--listen" in args else ("--listen", "/ip4/127.0.0.1/tcp/0")
     cmd = ("-m", "mimirlite", "node", "--no-mdns", *listen, *args)
     async with started(*cmd, env=env, default_sigint=default_sigint) as p:
-        yield p, await node_ready(p)
+        yield p, await p.read_banner()
 
 
 def one_line(text: str) -> str:
@@ -208,7 +116,7 @@ def env(closed_port: int) -> dict[str, str]:
 
 
 @pytest.fixture
-async def echo_node(env: dict[str, str]) -> AsyncIterator[NodeInfo]:
+async def echo_node(env: dict[str, str]) -> AsyncIterator[Banner]:
     async with node("--backend", "echo", env=env) as (_, info):
         yield info
 
@@ -243,7 +151,7 @@ async def test_node_on_unspecified_address_prints_expanded_addresses(env: dict[s
 # ---------------------------------------------------------------- chat and peers
 
 
-async def test_chat_prompt_prints_streamed_answer(env: dict[str, str], echo_node: NodeInfo) -> None:
+async def test_chat_prompt_prints_streamed_answer(env: dict[str, str], echo_node: Banner) -> None:
     res = await cli("chat", "--peer", echo_node.local_addr, "-p", "some words to echo", env=env)
     assert res.rc == 0, res
     assert res.out == "some words to echo\n"
@@ -251,7 +159,7 @@ async def test_chat_prompt_prints_streamed_answer(env: dict[str, str], echo_node
 
 
 @pytest.mark.parametrize("stdin", [b"hello there\nexit\nafter exit\n", b"hello there\n"], ids=["exit", "eof"])
-async def test_chat_interactive_reads_stdin(env: dict[str, str], echo_node: NodeInfo, stdin: bytes) -> None:
+async def test_chat_interactive_reads_stdin(env: dict[str, str], echo_node: Banner, stdin: bytes) -> None:
     res = await cli("chat", "--peer", echo_node.local_addr, env=env, stdin=stdin)
     assert res.rc == 0, res
     assert "hello there\n" in res.out
@@ -260,7 +168,7 @@ async def test_chat_interactive_reads_stdin(env: dict[str, str], echo_node: Node
     assert res.err == ""
 
 
-async def test_chat_unknown_model_fails_with_one_line(env: dict[str, str], echo_node: NodeInfo) -> None:
+async def test_chat_unknown_model_fails_with_one_line(env: dict[str, str], echo_node: Banner) -> None:
     args = ("chat", "--peer", echo_node.local_addr, "--model", "no-such-model", "--wait", "1")
     res = await cli(*args, "-p", "hi", env=env)
     assert res.rc != 0
@@ -277,7 +185,7 @@ async def test_chat_without_node_fails_with_one_line(env: dict[str, str]) -> Non
     assert res.out == ""
 
 
-async def test_peers_lists_node_and_models(env: dict[str, str], echo_node: NodeInfo) -> None:
+async def test_peers_lists_node_and_models(env: dict[str, str], echo_node: Banner) -> None:
     res = await cli("peers", "--peer", echo_node.local_addr, env=env)
     assert res.rc == 0, res
     line = one_line(res.out)
@@ -287,7 +195,7 @@ async def test_peers_lists_node_and_models(env: dict[str, str], echo_node: NodeI
     assert echo_node.local_addr in fields[2:]
 
 
-async def test_verbose_logs_to_stderr(env: dict[str, str], echo_node: NodeInfo) -> None:
+async def test_verbose_logs_to_stderr(env: dict[str, str], echo_node: Banner) -> None:
     res = await cli("chat", "-v", "--peer", echo_node.local_addr, "-p", "loud words", env=env)
     assert res.rc == 0, res
     assert res.out == "loud words\n"  # logging stays off stdout
@@ -412,3 +320,19 @@ async def test_key_file_keeps_peer_id(env: dict[str, str], tmp_path: Path) -> No
             peer_ids.append(info.peer_id)
     assert peer_ids[0] == peer_ids[1]
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+# ---------------------------------------------------------------- one look at the backend
+
+
+@pytest.mark.parametrize("backend", ["auto", "openai"])
+async def test_node_asks_the_backend_for_its_models_once(env: dict[str, str], backend: str) -> None:
+    async with OpenAIServer(models=["once:1", "once:2"]) as srv:
+        args = ("--backend", backend, "--backend-url", srv.base_url)
+        async with node(*args, env=env) as (_, info):
+            assert info.models == ["once:1", "once:2"]
+            res = await cli("chat", "--peer", info.local_addr, "-p", "still answers", env=env)
+            assert res.rc == 0 and res.out == "still answers\n", res
+        # the check at start and the node's start share one GET /v1/models
+        assert srv.models_requests == 1, [(r.method, r.path) for r in srv.requests]
+        assert len(srv.chat_requests) == 1

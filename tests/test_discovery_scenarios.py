@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ import pytest
 
 from mimirlite.identity import PeerId
 from mimirlite.mimir import MimirClient
-from tests.netns import Inbox, NetnsHost, NetnsLoop, TestNet, require_netns, stop_process
+from tests.cliproc import Proc
+from tests.netns import Inbox, NetnsHost, NetnsLoop, TestNet, require_netns
 from tests.openai_server import OpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,119 +63,39 @@ needs_js = pytest.mark.skipif(
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-class CliNode:
-    """A ``python -m mimirlite node`` process in a test namespace; its output lines are collected."""
+class CliNode(Proc):
+    """A ``python -m mimirlite node`` serving in a test namespace; its output lines are collected."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, host: NetnsHost) -> None:
-        self.proc = proc
-        self.host = host
-        self.lines: list[str] = []
-        self.peer_id = ""
-        self.addrs: list[str] = []
-        self.models: list[str] = []
-        self._changed = asyncio.Event()
-        self._eof = False
-        self._reader = asyncio.create_task(self._read(), name=f"cli-node-{proc.pid}")
+    what = "node"
+    host: NetnsHost
+    peer_id = ""
+    models: list[str]
 
     @classmethod
-    async def start(
+    async def serve(
         cls, stack: contextlib.AsyncExitStack, net: TestNet, host: NetnsHost, *args: str
     ) -> CliNode:
         """Start it (stopped when ``stack`` closes) and wait for its banner."""
-        proc = await net.spawn(
-            host,
-            *MIMIRLITE,
-            "node",
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=str(ROOT),
-            env=ENV,
+        spawn = functools.partial(net.spawn, host)
+        node = await cls.start(
+            *MIMIRLITE, "node", *args, spawn=spawn, merge_stderr=True, cwd=str(ROOT), env=ENV
         )
-        node = cls(proc, host)
         stack.push_async_callback(node.stop)
-        await node._banner(BANNER_TIMEOUT)
+        banner = await node.read_banner(BANNER_TIMEOUT)
+        PeerId.from_string(banner.peer_id)  # a valid peer ID was printed
+        assert any(a.startswith(f"/ip4/{host.ip}/tcp/") for a in banner.addrs), node.output
+        node.host, node.peer_id, node.models = host, banner.peer_id, banner.models
         return node
-
-    async def _read(self) -> None:
-        stdout = self.proc.stdout
-        assert stdout is not None
-        try:
-            while line := await stdout.readline():
-                self.lines.append(line.decode("utf-8", "replace").rstrip())
-                self._changed.set()
-        finally:
-            self._eof = True
-            self._changed.set()
-
-    async def _banner(self, timeout: float) -> None:
-        async def wait() -> None:
-            while not any(line.startswith("Serving: ") for line in self.lines):
-                if self._eof:
-                    raise AssertionError(f"node in {self.host.netns} exited before its banner: {self.output}")
-                self._changed.clear()
-                await self._changed.wait()
-
-        try:
-            await asyncio.wait_for(wait(), timeout)
-        except asyncio.TimeoutError:
-            raise AssertionError(
-                f"node in {self.host.netns}: no banner in {timeout} s: {self.output}"
-            ) from None
-        for i, line in enumerate(self.lines):
-            if line.startswith("Peer ID: "):
-                self.peer_id = line.removeprefix("Peer ID: ").strip()
-            elif line == "Listening on:":
-                for addr_line in self.lines[i + 1 :]:
-                    if not addr_line.startswith("  "):
-                        break
-                    self.addrs.append(addr_line.strip())
-            elif line.startswith("Serving: "):
-                self.models = line.removeprefix("Serving: ").split(", ")
-        PeerId.from_string(self.peer_id)  # a valid peer ID was printed
-        assert any(a.startswith(f"/ip4/{self.host.ip}/tcp/") for a in self.addrs), self.output
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    async def stop(self) -> None:
-        """SIGTERM, then SIGKILL; reaps it and ends the reader (idempotent, bounded)."""
-        await stop_process(self.proc)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._reader), 5)
-        if not self._reader.done():
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-
-    async def kill(self) -> None:
-        """SIGKILL: the node dies without a word; the kernel closes its connections."""
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGKILL)
-        await asyncio.wait_for(self.proc.wait(), 5)
 
 
 async def run_cli(net: TestNet, host: NetnsHost, *args: str, timeout: float) -> tuple[int, str, str]:
     """Run ``python -m mimirlite ARGS`` in ``host``'s namespace to the end: (returncode, stdout, stderr)."""
-    proc = await net.spawn(
-        host,
-        *MIMIRLITE,
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=str(ROOT),
-        env=ENV,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
-        await stop_process(proc)
-        raise AssertionError(f"mimirlite {' '.join(args)} did not finish in {timeout} s") from None
-    assert proc.returncode is not None
-    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    spawn = functools.partial(net.spawn, host)
+    async with await Proc.start(*MIMIRLITE, *args, spawn=spawn, cwd=str(ROOT), env=ENV) as proc:
+        try:
+            return await proc.finish(timeout=timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"mimirlite {' '.join(args)} did not finish in {timeout} s") from None
 
 
 async def openai_server_in(stack: contextlib.AsyncExitStack, nl: NetnsLoop, **kwargs: Any) -> OpenAIServer:
@@ -230,7 +151,7 @@ async def test_cli_chat_finds_cli_node_by_mdns() -> None:
     """``mimirlite chat -p`` with no --peer finds the node on the other host by mDNS and gets its answer."""
     require_netns()
     async with TestNet(2) as net, contextlib.AsyncExitStack() as stack:
-        node = await CliNode.start(stack, net, net.hosts[0], "--backend", "echo")
+        node = await CliNode.serve(stack, net, net.hosts[0], "--backend", "echo")
         assert node.models == ["echo"]
         code, out, err = await run_cli(
             net,
@@ -262,7 +183,7 @@ async def test_js_client_finds_mimirlite_node_by_mdns() -> None:
         node_host, client_host = net.hosts
         nl = net.loop(node_host)
         srv = await openai_server_in(stack, nl, models=[LLAMA])
-        node = await CliNode.start(
+        node = await CliNode.serve(
             stack, net, node_host, "--backend", "openai", "--backend-url", srv.base_url
         )
         assert node.models == [LLAMA]
@@ -357,8 +278,8 @@ async def test_client_drops_a_stopped_node_and_uses_another() -> None:
         srv_loop = net.loop(openai_host)
         srv = await openai_server_in(stack, srv_loop, models=["echo"], reply="answered by the openai backend")
         nodes = await asyncio.gather(
-            CliNode.start(stack, net, echo_host, "--backend", "echo"),
-            CliNode.start(stack, net, openai_host, "--backend", "openai", "--backend-url", srv.base_url),
+            CliNode.serve(stack, net, echo_host, "--backend", "echo"),
+            CliNode.serve(stack, net, openai_host, "--backend", "openai", "--backend-url", srv.base_url),
         )
         echo_node, openai_node = nodes
         assert echo_node.models == openai_node.models == ["echo"]
@@ -416,7 +337,7 @@ async def test_client_learns_a_restarted_node_again(tmp_path: Path) -> None:
     node_args = ("--backend", "echo", "--key-file", key_file, "--listen", "/ip4/0.0.0.0/tcp/4555")
     async with TestNet(2) as net, contextlib.AsyncExitStack() as stack:
         client_host, node_host = net.hosts
-        first = await CliNode.start(stack, net, node_host, *node_args)
+        first = await CliNode.serve(stack, net, node_host, *node_args)
         inbox = Inbox()
         nl = net.loop(client_host)
 
@@ -432,7 +353,7 @@ async def test_client_learns_a_restarted_node_again(tmp_path: Path) -> None:
 
         await first.kill()
         await inbox.wait_for(lambda items: latest_nodes(items) == {}, EVENT_TIMEOUT)
-        again = await CliNode.start(stack, net, node_host, *node_args)
+        again = await CliNode.serve(stack, net, node_host, *node_args)
         assert again.peer_id == first.peer_id
         await inbox.wait_for(lambda items: latest_nodes(items) == known, FIND_TIMEOUT)
 
@@ -456,7 +377,7 @@ async def test_peers_finds_20_nodes_within_15_s() -> None:
     require_netns()
     async with TestNet(MANY + 1) as net, contextlib.AsyncExitStack() as stack:
         *node_hosts, observer = net.hosts
-        nodes = await asyncio.gather(*(CliNode.start(stack, net, h, "--backend", "echo") for h in node_hosts))
+        nodes = await asyncio.gather(*(CliNode.serve(stack, net, h, "--backend", "echo") for h in node_hosts))
         assert len({n.peer_id for n in nodes}) == MANY
 
         # `peers` lists the nodes it found (and identified) within --wait, counted from its own start

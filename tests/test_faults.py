@@ -6,7 +6,9 @@ model slowed down: ``NODE`` runs the CLI with ``EchoBackend`` replaced by a subc
 ``delay`` s before each word (and ``first`` s before its first chunk) and prints on stdout when a chat
 starts and how it ended (``finished=False``: the answer was cut, i.e. the backend request cancelled).
 The link-down tests run the node and the client on namespace test hosts (tests/netns.py) and take the
-link down with ``ip link set eth0 down`` inside one of them mid-answer.
+link down with ``ip link set eth0 down`` inside one of them, mid-answer or on an idle connection; both
+sides run with a short ``dead_link_timeout`` (the node: ``--dead-link-timeout``), so that the kernel
+gives up on the dead link within seconds.
 
 Every wait is bounded; every process and namespace is stopped or removed on the way out.
 """
@@ -15,17 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mimirlite import Host
+from mimirlite import Host, HostConfig
 from mimirlite.mimir import (
     AnswerTimeoutError,
     ChatError,
@@ -38,7 +40,8 @@ from mimirlite.mimir import (
     TruncatedAnswerError,
     packets,
 )
-from tests.netns import Inbox, NetnsHost, NetnsLoop, TestNet, require_netns, stop_process
+from tests.cliproc import Proc, Spawn
+from tests.netns import Inbox, NetnsHost, NetnsLoop, TestNet, require_netns
 from tests.openai_server import OpenAIServer
 
 live = pytest.mark.usefixtures("no_leaks")
@@ -53,11 +56,17 @@ EVENT_TIMEOUT = 10.0
 """Bound on one expected event (a chunk, a line of the node)."""
 KILL_NOTICED = 5.0
 """Bound on the client noticing a killed node: the kernel closes the node's sockets at once."""
-TCP_RETRIES = "3"
-"""net.ipv4.tcp_retries2 in the link-down namespaces: TCP gives up on unacknowledged data after
-about 3 s instead of about 15 minutes, so that a dead link ends a connection within the test."""
-LINK_DOWN_RELEASE = 20.0
-"""Bound on a side releasing a connection over a dead link (TCP's retransmission timeout, 3 s here)."""
+DEAD_LINK_TIMEOUT = 3.0
+"""dead_link_timeout of both sides in the link-down tests: the kernel fails a connection whose peer
+stopped acknowledging after about 3 s (by default 60 s; without it, about 15 minutes with data to send,
+and never without)."""
+DEAD_LINK_NOTICED = DEAD_LINK_TIMEOUT + 2.0
+"""Bound on the node logging a dead link, counted from the link going down."""
+LINK_DOWN_RELEASE = DEAD_LINK_TIMEOUT + EVENT_TIMEOUT
+"""Bound on a side releasing a connection over a dead link."""
+DEAD_LINK_ARGS = ("--dead-link-timeout", f"{DEAD_LINK_TIMEOUT:g}")
+DEAD_LINK = "closing connection: dead link"
+"""What the node logs when the kernel gives up on a connection."""
 LLAMA = "llama3.2:latest"
 WORDS = " ".join(f"w{i}" for i in range(200))
 
@@ -92,19 +101,16 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-class NodeProc:
-    """A CLI node with the marked echo model; stdout and stderr (its log) collected line by line."""
+class NodeProc(Proc):
+    """A CLI node with the marked echo model; its stdout and stderr (its log) collected line by line."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self.addrs: list[str] = []
-        self._changed = asyncio.Event()
-        self._eof = False
-        self._reader = asyncio.create_task(self._read(), name=f"node-{proc.pid}")
+    what = "node"
+    line_timeout = EVENT_TIMEOUT
+    addr = ""
+    """Its first listen address."""
 
     @classmethod
-    async def start(
+    async def serve(
         cls,
         stack: contextlib.AsyncExitStack,
         *,
@@ -112,94 +118,24 @@ class NodeProc:
         first: float = 0.0,
         net: TestNet | None = None,
         host: NetnsHost | None = None,
+        args: Sequence[str] = (),
     ) -> NodeProc:
-        """Start a node (in ``host``'s namespace when given), stopped when ``stack`` closes."""
+        """Start a node (in ``host``'s namespace when given; ``args``: more node options), stopped when
+        ``stack`` closes."""
         ip = host.ip if host is not None else "127.0.0.1"
-        argv = [
-            sys.executable, "-c", NODE, str(delay), str(first),
-            "node", "--backend", "echo", "--no-mdns", "-v", "--listen", f"/ip4/{ip}/tcp/0",
-        ]  # fmt: skip
-        kwargs: dict[str, Any] = {
-            "stdin": asyncio.subprocess.DEVNULL,
-            "stdout": asyncio.subprocess.PIPE,
-            "stderr": asyncio.subprocess.STDOUT,
-            "cwd": str(ROOT),
-            "env": ENV,
-        }
+        spawn: Spawn = asyncio.create_subprocess_exec
         if net is not None and host is not None:
-            proc = await net.spawn(host, *argv, **kwargs)
-        else:
-            proc = await asyncio.create_subprocess_exec(*argv, **kwargs)
-        node = cls(proc)
+            spawn = functools.partial(net.spawn, host)
+        node = await cls.start(
+            sys.executable, "-c", NODE, str(delay), str(first),
+            "node", "--backend", "echo", "--no-mdns", "-v", "--listen", f"/ip4/{ip}/tcp/0", *args,
+            spawn=spawn, merge_stderr=True, cwd=str(ROOT), env=ENV,
+        )  # fmt: skip
         stack.push_async_callback(node.stop)
-        await node.wait_line(lambda line: line.startswith("Serving: "), BANNER_TIMEOUT)
-        listening = node.lines.index("Listening on:")
-        node.addrs = [line.strip() for line in node.lines[listening + 1 :] if line.startswith("  /")]
-        assert node.addrs, node.output
+        addrs = (await node.read_banner(BANNER_TIMEOUT)).addrs
+        assert addrs, node.output
+        node.addr = addrs[0]
         return node
-
-    @property
-    def addr(self) -> str:
-        return self.addrs[0]
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    async def _read(self) -> None:
-        stdout = self.proc.stdout
-        assert stdout is not None
-        try:
-            while line := await stdout.readline():
-                self.lines.append(line.decode("utf-8", "replace").rstrip())
-                self._changed.set()
-        finally:
-            self._eof = True
-            self._changed.set()
-
-    async def wait_line(
-        self, check: Callable[[str], bool], timeout: float = EVENT_TIMEOUT, start: int = 0
-    ) -> int:
-        """Index of the first line from ``start`` on passing ``check``; AssertionError after ``timeout``."""
-
-        async def wait() -> int:
-            while True:
-                for i in range(start, len(self.lines)):
-                    if check(self.lines[i]):
-                        return i
-                if self._eof:
-                    raise AssertionError(f"node exited; it printed:\n{self.output}")
-                self._changed.clear()
-                await self._changed.wait()
-
-        try:
-            return await asyncio.wait_for(wait(), timeout)
-        except asyncio.TimeoutError:
-            raise AssertionError(
-                f"line not seen within {timeout} s; the node printed:\n{self.output}"
-            ) from None
-
-    def count(self, text: str) -> int:
-        return sum(text in line for line in self.lines)
-
-    async def kill(self) -> None:
-        """SIGKILL: the node dies without a word; the kernel closes its sockets."""
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGKILL)
-        await asyncio.wait_for(self.proc.wait(), EVENT_TIMEOUT)
-
-    async def stop(self) -> None:
-        await stop_process(self.proc)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._reader), 5)
-        if not self._reader.done():
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
 
 
 STARTED = "fault-test: chat started"
@@ -231,7 +167,7 @@ def text_of(chunks: list[Any]) -> str:
 @live
 async def test_node_killed_mid_answer_raises_truncated_answer_at_once() -> None:
     async with contextlib.AsyncExitStack() as stack:
-        node = await NodeProc.start(stack, delay=0.05)
+        node = await NodeProc.serve(stack, delay=0.05)
         client = await stack.enter_async_context(MimirClient(peers=[node.addr], read_timeout=60))
         assert client.nodes
         loop = asyncio.get_running_loop()
@@ -269,7 +205,7 @@ async def test_node_killed_before_its_first_chunk_the_client_answers_from_anothe
     async with contextlib.AsyncExitStack() as stack:
         # Both nodes hold their first chunk 4 s: the node asked first is killed well before it.
         a, b = await asyncio.gather(
-            NodeProc.start(stack, delay=0.0, first=4.0), NodeProc.start(stack, delay=0.0, first=4.0)
+            NodeProc.serve(stack, delay=0.0, first=4.0), NodeProc.serve(stack, delay=0.0, first=4.0)
         )
         client = await stack.enter_async_context(MimirClient(peers=[a.addr, b.addr], read_timeout=60))
         assert len(client.nodes) == 2
@@ -308,10 +244,6 @@ def _peer_of(node: NodeProc) -> Any:
 # ---- link down between namespaces mid-stream ------------------------------------------------------
 
 
-def _sysctl(host: NetnsHost, setting: str) -> None:
-    subprocess.run(host.argv("sysctl", "-q", "-w", setting), check=True, timeout=10, capture_output=True)
-
-
 def _link_down(host: NetnsHost) -> None:
     subprocess.run(["ip", "-n", host.netns, "link", "set", "eth0", "down"], check=True, timeout=10)
 
@@ -324,16 +256,15 @@ async def test_link_down_mid_stream_both_sides_time_out_and_clean_up(side: str) 
     async with contextlib.AsyncExitStack() as stack:
         net = await stack.enter_async_context(TestNet(2))
         node_host, client_host = net.hosts
-        for h in net.hosts:
-            _sysctl(h, f"net.ipv4.tcp_retries2={TCP_RETRIES}")
-        node = await NodeProc.start(stack, delay=0.1, net=net, host=node_host)
+        node = await NodeProc.serve(stack, delay=0.1, net=net, host=node_host, args=DEAD_LINK_ARGS)
         assert "python" in Path(f"/proc/{node.pid}/cmdline").read_text()  # ip netns exec execs in place
         idle_fds = open_fds(node.pid)
         nl: NetnsLoop = net.loop(client_host)
         inbox = Inbox()
 
         async def connect() -> MimirClient:
-            client = MimirClient(peers=[node.addr], read_timeout=read_timeout)
+            config = HostConfig(dead_link_timeout=DEAD_LINK_TIMEOUT)
+            client = MimirClient(peers=[node.addr], read_timeout=read_timeout, config=config)
             await client.start()
             return client
 
@@ -365,9 +296,12 @@ async def test_link_down_mid_stream_both_sides_time_out_and_clean_up(side: str) 
         assert raised_at - down_at < read_timeout + 1.0
         assert not any(k == "finished" for k, _, _ in inbox.items)
 
-        # The node: TCP gives up on the dead link, the connection ends, the chat is cancelled (its echo
-        # model stops mid-answer) and every descriptor of the connection is released.
-        await node.wait_line(lambda line: line == CUT, LINK_DOWN_RELEASE)
+        # The node: the kernel gives up on the dead link (ETIMEDOUT), the connection ends with that
+        # reason logged, the chat is cancelled (its echo model stops mid-answer) and every descriptor of
+        # the connection is released.
+        dead = await node.wait_line(lambda line: DEAD_LINK in line, LINK_DOWN_RELEASE)
+        assert "Connection timed out" in node.lines[dead], node.lines[dead]
+        await node.wait_line(lambda line: line == CUT, EVENT_TIMEOUT)
         assert node.count(FINISHED) == 0
         await wait_until(
             lambda: open_fds(node.pid) == idle_fds, EVENT_TIMEOUT, "the node's descriptors released"
@@ -375,6 +309,53 @@ async def test_link_down_mid_stream_both_sides_time_out_and_clean_up(side: str) 
 
         # The client: its stream is gone at once, its connection (and so the node) once TCP gives up.
         assert await nl.run(_forgotten(client, LINK_DOWN_RELEASE), timeout=LINK_DOWN_RELEASE + EVENT_TIMEOUT)
+
+
+@live
+async def test_link_down_under_an_idle_inbound_connection_the_node_notices_and_serves_on() -> None:
+    """The node has nothing to send on a client's connection (no chat, no pings: it is the client's to
+    ping) when that client's link goes down. Only TCP keepalive can tell: the node closes it within about
+    ``DEAD_LINK_TIMEOUT`` (not at its idle timeout, 300 s), logs why, counts it, and serves another peer."""
+    require_netns()
+    async with contextlib.AsyncExitStack() as stack:
+        net = await stack.enter_async_context(TestNet(3))
+        node_host, gone_host, other_host = net.hosts
+        args = (*DEAD_LINK_ARGS, "--stats-interval", "0.5")
+        node = await NodeProc.serve(stack, delay=0.0, net=net, host=node_host, args=args)
+        idle_fds = open_fds(node.pid)
+        gone_loop, other_loop = net.loop(gone_host), net.loop(other_host)
+
+        async def connect() -> MimirClient:
+            # No keepalive pings from the client either: nothing at all travels once it knows the node.
+            client = MimirClient(peers=[node.addr], config=HostConfig(keepalive_interval=None))
+            await client.start()
+            return client
+
+        gone = await gone_loop.run(connect(), timeout=EVENT_TIMEOUT)
+        stack.push_async_callback(gone_loop.run, gone.stop(), EVENT_TIMEOUT)
+        assert await gone_loop.run(_known(gone), timeout=EVENT_TIMEOUT)
+        assert open_fds(node.pid) == idle_fds + 1  # the client's connection, now idle
+        loop = asyncio.get_running_loop()
+        down_at = loop.time()
+        _link_down(gone_host)
+
+        dead = await node.wait_line(lambda line: DEAD_LINK in line, DEAD_LINK_NOTICED)
+        noticed = loop.time() - down_at
+        assert noticed < DEAD_LINK_NOTICED, noticed
+        assert "<Connection in " in node.lines[dead], node.lines[dead]  # the inbound one
+        assert "Connection timed out" in node.lines[dead], node.lines[dead]  # ETIMEDOUT
+        await wait_until(
+            lambda: open_fds(node.pid) == idle_fds, EVENT_TIMEOUT, "the node's descriptors released"
+        )
+        await node.wait_line(lambda line: "host.closed.dead_link=1" in line, EVENT_TIMEOUT, start=dead)
+
+        # Another peer is served as before.
+        other = await other_loop.run(connect(), timeout=EVENT_TIMEOUT)
+        stack.push_async_callback(other_loop.run, other.stop(), EVENT_TIMEOUT)
+        question = [{"role": "user", "content": "still serving"}]
+        chunks = await other_loop.run(_collect(other.chat(question)), timeout=EVENT_TIMEOUT)
+        assert text_of(chunks) == "still serving"
+        assert node.count(DEAD_LINK) == 1
 
 
 def _raised(items: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:

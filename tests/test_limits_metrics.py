@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
@@ -21,6 +23,7 @@ from mimirlite import Host, HostConfig, Stream
 from mimirlite.errors import LimitExceededError, LocalError, MimirliteError, StreamResetError
 from mimirlite.metrics import STATS_LOGGER, HostMetrics, NodeMetrics, log_stats, stats_line
 from mimirlite.mimir import EchoBackend, MimirNode, NodeLimits, packets
+from mimirlite.net.connection import Connection
 from mimirlite.protocols import start_services
 from mimirlite.wire.yamux import INITIAL_WINDOW, YamuxConfig
 
@@ -89,6 +92,8 @@ def test_limits_are_named_config_fields() -> None:
     assert (cfg.max_connections, cfg.max_connections_per_ip, cfg.max_pending_handshakes) == (1024, 256, 64)
     assert (cfg.max_streams_total, cfg.yamux.max_streams) == (4096, 1024)
     assert (cfg.idle_timeout, cfg.keepalive_interval, cfg.write_timeout) == (300.0, 30.0, 60.0)
+    assert cfg.dead_link_timeout == 60.0
+    assert HostConfig(dead_link_timeout=None).dead_link_timeout is None
     assert cfg.yamux.max_buffered == 64 * 1024 * 1024
     assert (cfg.yamux.max_queued_replies, cfg.yamux.max_early_resets, cfg.yamux.max_empty_frames) == (
         4096,
@@ -102,6 +107,8 @@ def test_limits_are_named_config_fields() -> None:
         {"idle_timeout": 0},
         {"keepalive_interval": -1.0},
         {"write_timeout": float("nan")},
+        {"dead_link_timeout": 0},
+        {"dead_link_timeout": float("inf")},
     ):
         with pytest.raises(LocalError):
             HostConfig(**bad)
@@ -312,6 +319,84 @@ async def test_idle_timeout_off() -> None:
         assert not conn.closed.done()
 
 
+# --- dead links: TCP keepalive and user timeout ------------------------------------------------
+
+LINUX_TCP = ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_USER_TIMEOUT")
+
+
+def tcp_options(conn: Connection) -> dict[str, int]:
+    """The TCP options of ``conn``'s socket, read back from the kernel."""
+    assert conn._transport is not None
+    sock = conn._transport.get_extra_info("socket")
+    tcp = socket.IPPROTO_TCP
+    return {
+        "nodelay": sock.getsockopt(tcp, socket.TCP_NODELAY),
+        "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        "idle": sock.getsockopt(tcp, socket.TCP_KEEPIDLE),
+        "interval": sock.getsockopt(tcp, socket.TCP_KEEPINTVL),
+        "probes": sock.getsockopt(tcp, socket.TCP_KEEPCNT),
+        "user_timeout_ms": sock.getsockopt(tcp, socket.TCP_USER_TIMEOUT),
+    }
+
+
+def dead_link_options(idle: int, interval: int, probes: int, user_timeout_ms: int) -> dict[str, int]:
+    timing = {"idle": idle, "interval": interval, "probes": probes, "user_timeout_ms": user_timeout_ms}
+    return {"nodelay": 1, "keepalive": 1, **timing}
+
+
+OS_DEFAULTS = {"nodelay": 1, "keepalive": 0, "user_timeout_ms": 0}
+"""dead_link_timeout=None: no keepalive, no user timeout (TCP_KEEPIDLE and the like are the OS's)."""
+DEFAULT, OFF = HostConfig(), HostConfig(dead_link_timeout=None)
+DEAD_LINK_CASES = {
+    # id: (server config, client config, the accepted socket's options, the dialed socket's options)
+    "default": (DEFAULT, DEFAULT, dead_link_options(30, 6, 5, 60000), dead_link_options(30, 6, 5, 60000)),
+    "custom": (
+        HostConfig(dead_link_timeout=7.5),
+        HostConfig(dead_link_timeout=2.0),
+        dead_link_options(3, 1, 4, 7500),
+        dead_link_options(1, 1, 1, 2000),
+    ),
+    "none": (OFF, OFF, OS_DEFAULTS, OS_DEFAULTS),
+    "dialer": (OFF, HostConfig(dead_link_timeout=300), OS_DEFAULTS, dead_link_options(150, 30, 5, 300000)),
+}
+
+
+@pytest.mark.skipif(not all(hasattr(socket, n) for n in LINUX_TCP), reason="Linux TCP options")
+@pytest.mark.parametrize("case", DEAD_LINK_CASES)
+async def test_dead_link_socket_options_on_both_sides(case: str) -> None:
+    server_cfg, client_cfg, accepted, dialed = DEAD_LINK_CASES[case]
+    async with server(server_cfg) as host, clients(1, client_cfg) as (a,):
+        stream = await a.new_stream(host.listen_addrs[0], ECHO)
+        await echo_on(stream)
+        out, inbound = a.connections[host.peer_id], host.connections[a.peer_id]
+        assert out.initiator and not inbound.initiator
+        for conn, expected in ((inbound, accepted), (out, dialed)):
+            got = tcp_options(conn)
+            assert {k: got[k] for k in expected} == expected, conn
+        await finish(stream)
+
+
+async def test_dead_link_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "mimirlite")
+    async with server() as host, clients(1) as (a,):
+        stream = await a.new_stream(host.listen_addrs[0], ECHO)
+        await echo_on(stream)
+        conn = host.connections[a.peer_id]
+        # What asyncio hands the protocol once TCP_USER_TIMEOUT or the keepalive probes gave up (the
+        # kernel doing it for real is in tests/test_faults.py, between network namespaces).
+        conn.connection_lost(TimeoutError(errno.ETIMEDOUT, "Connection timed out"))
+        assert conn.close_kind == "dead_link" and conn.closed.done()
+        assert host.metrics.closed == {"dead_link": 1}
+        assert host.metrics.connections_current == 0
+        logged(caplog, "dead link", "Connection timed out")
+        # The other side sees the socket close without a GoAway; the host goes on serving.
+        await until(lambda: host.peer_id not in a.connections)
+        assert a.metrics.closed == {"remote": 1}
+        stream = await a.new_stream(host.listen_addrs[0], ECHO)
+        await echo_on(stream)
+        await finish(stream)
+
+
 def _jspeer() -> Any:
     if str(INTEROP) not in sys.path:
         sys.path.insert(0, str(INTEROP))
@@ -501,8 +586,7 @@ async def test_cli_stats_interval_logs_without_verbose() -> None:
     args = ("-m", "mimirlite", "node", "--backend", "echo", "--no-mdns", "--listen", LOCAL)
     async with started(*args, "--stats-interval", "0.2", env=make_env()) as proc:
         await proc.read_until("Serving:")
-        assert proc.proc.stderr is not None
-        line = (await asyncio.wait_for(proc.proc.stderr.readline(), 20)).decode()
+        line = proc.err[await proc.wait_line(lambda _: True, 20, err=True)]
         assert line.startswith("INFO mimirlite.stats: stats host.connections_current=0 "), line
         assert " node.requests=0 " in line
         await proc.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,6 +42,12 @@ class HostConfig:
     write_timeout: float | None = 60.0
     """A connection whose send buffer stays above ``write_buffer_high`` this long (the peer does not
     read) is aborted; a closing connection gets as long to flush. None: no limit."""
+    dead_link_timeout: float | None = 60.0
+    """A connection whose peer stops acknowledging for this long is closed by the kernel: TCP keepalive
+    probes after half of it without traffic, TCP_USER_TIMEOUT bounds unacknowledged (or, to a peer
+    whose receive window stays shut, unsent) data, and the socket fails with ETIMEDOUT (``closed``
+    reason ``dead_link``). Linux; other platforms set what they have. None: the OS defaults (the
+    retransmission timeout, about 15 minutes, and no keepalive)."""
     write_buffer_high: int = 256 * 1024
     """Socket send buffer above which writers wait (and frames wait in the session, see
     ``yamux.max_queued_replies``)."""
@@ -58,6 +65,9 @@ class HostConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise LocalError(f"{name} must be a positive number of seconds or None")
+        dead = self.dead_link_timeout
+        if dead is not None and not 0 < dead < math.inf:
+            raise LocalError("dead_link_timeout must be a positive, finite number of seconds or None")
         if self.allow_peers is not None:
             if not all(isinstance(p, PeerId) for p in self.allow_peers):
                 raise LocalError("allow_peers holds PeerId objects (see PeerId.from_string, load_allowlist)")

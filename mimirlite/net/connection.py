@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -27,6 +26,7 @@ from mimirlite.errors import (
     StreamResetError,
 )
 from mimirlite.metrics import HostMetrics
+from mimirlite.net.sockopts import DEAD_LINK_ERRNOS, tune_tcp_socket
 from mimirlite.net.stream import Stream
 from mimirlite.wire import noise, yamux
 from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
@@ -116,8 +116,8 @@ class Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if sock is not None:
+            tune_tcp_socket(sock, self._config.dead_link_timeout)  # TCP_NODELAY, dead-link detection
         peer = transport.get_extra_info("peername")
         if peer:
             self.remote_address = (peer[0], peer[1])
@@ -140,6 +140,10 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
         self._wake_inbox()
+        if isinstance(exc, OSError) and exc.errno in DEAD_LINK_ERRNOS and not self._closed:
+            log.warning("%r: closing connection: dead link, the peer stopped acknowledging (%s)", self, exc)
+            self._teardown(exc, "dead_link")
+            return
         self._teardown(exc or ConnectionClosedError("connection closed by remote"), "remote")
 
     def pause_writing(self) -> None:
