@@ -164,6 +164,44 @@ async def test_read_exactly_reports_truncation(dialer: Host) -> None:
         assert info.value.partial == b"abc"
 
 
+async def test_reads_across_frame_boundaries(dialer: Host) -> None:
+    """Each write arrives as its own yamux frame: reads must join and split them exactly."""
+    body = bytes(range(256)) + b"tail" * 11  # 300 bytes: a two-byte length prefix
+    big = os.urandom(1 << 20)  # longer than any window: credited while it arrives
+    pieces = [
+        b"\xac",  # the prefix split between frames
+        b"\x02" + body[:100],
+        body[100:299],
+        body[299:] + b"\x02hi\x03you",  # the end of one message, two more in the same frame
+        b"\x80\x80\x40",  # 1 MiB prefix on its own
+        *(big[i : i + 50_000] for i in range(0, len(big), 50_000)),
+        b"abc",
+        b"defg",
+        b"h" * 70_000,
+    ]
+
+    async def pieces_handler(stream: Stream) -> None:
+        for piece in pieces:
+            await stream.write(piece)
+            await asyncio.sleep(0)  # the next write is a separate frame (and likely a separate read)
+        await stream.close_write()
+
+    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as server:
+        server.set_handler("/pieces/1", pieces_handler)
+        stream = await dialer.new_stream(server.listen_addrs[0], "/pieces/1")
+        assert await stream.read_message() == body
+        assert await stream.read_message() == b"hi"
+        assert await stream.read_message() == b"you"
+        assert await stream.read_message(max_size=2 << 20) == big
+        assert await stream.read_exactly(2) == b"ab"  # splits a frame
+        assert await stream.read_exactly(3) == b"cde"  # joins two
+        rest = await stream.read_all()
+        assert rest == b"fg" + b"h" * 70_000
+        assert stream.at_eof
+        assert await stream.read() == b""
+        assert await stream.read_message() is None
+
+
 async def test_backpressure_bounds_what_a_slow_reader_buffers(dialer: Host) -> None:
     window = HostConfig().yamux.initial_window
     started = asyncio.Event()

@@ -432,6 +432,111 @@ def test_writer_never_more_than_window_ahead(steps: list[tuple[int, int]]) -> No
     assert sent_total >= 0
 
 
+# --- window auto-tuning ----------------------------------------------------------------------
+
+
+def fill_and_read(
+    client: YamuxSession, server: YamuxSession, sid: int, now: float, first_at: float | None = None
+) -> int:
+    """Client sends all its window allows; the server reads it all at ``now`` (one byte first at
+    ``first_at``, when given); returns the credit of the server's window update (0: none)."""
+    n = client.send_data(sid, b"\0" * client.send_window(sid))
+    pump(client, server)
+    if first_at is not None:
+        server.consumed(sid, 1, first_at)
+        n -= 1
+    server.consumed(sid, n, now)
+    out = server.data_to_send()
+    client.receive_data(out)
+    if not out:
+        return 0
+    ftype, flags, got_sid, credit = struct.unpack(">xBHII", out[:12])
+    assert (ftype, flags, got_sid, len(out)) == (WINDOW_UPDATE, 0, sid, 12)
+    return int(credit)
+
+
+def test_window_doubles_while_the_reader_keeps_up_with_a_fast_sender() -> None:
+    client, server, sid = open_pair()
+    credits = [fill_and_read(client, server, sid, now=0.0005 * i) for i in range(1, 9)]
+    # each window was read at once (well within 2 ms), so each update doubles it, up to 16 MiB
+    assert credits == [INITIAL_WINDOW << k for k in range(1, 7)] + [16 << 20] * 2
+    assert client.send_window(sid) == 16 << 20
+
+
+def test_window_stays_when_the_stream_is_slow() -> None:
+    client, server, sid = open_pair()
+    credits = [fill_and_read(client, server, sid, 0.010, first_at=0.0)]  # 10 ms to read a window
+    credits += [fill_and_read(client, server, sid, now=0.010 * i) for i in range(2, 6)]
+    assert credits == [INITIAL_WINDOW] * 5
+    assert client.send_window(sid) == INITIAL_WINDOW
+
+
+def test_window_stays_without_a_clock() -> None:
+    client, server, sid = open_pair()
+    for _ in range(5):
+        n = client.send_data(sid, b"\0" * INITIAL_WINDOW)
+        pump(client, server)
+        server.consumed(sid, n)
+        pump(client, server)
+    assert client.send_window(sid) == INITIAL_WINDOW
+
+
+def test_known_round_trip_time_lengthens_the_growth_period() -> None:
+    client, server, sid = open_pair()
+    server.rtt = 0.050  # a WAN link: a window read within 4 round trips is what limits the sender
+    credits = [fill_and_read(client, server, sid, 0.060, first_at=0.0)]
+    credits += [fill_and_read(client, server, sid, now=0.060 * i) for i in range(2, 4)]
+    assert credits == [2 * INITIAL_WINDOW, 4 * INITIAL_WINDOW, 8 * INITIAL_WINDOW]
+
+
+def test_max_window_and_growth_time_are_configurable() -> None:
+    config = YamuxConfig(max_window=INITIAL_WINDOW * 3, window_growth_time=0.1)
+    client, server = pair(server_config=config)
+    sid = client.open_stream()
+    pump(client, server)
+    credits = [fill_and_read(client, server, sid, 0.05, first_at=0.0)]
+    credits += [fill_and_read(client, server, sid, now=0.05 * i) for i in range(2, 5)]
+    assert credits == [2 * INITIAL_WINDOW] + [3 * INITIAL_WINDOW] * 3
+    with pytest.raises(LocalError):
+        YamuxConfig(max_window=INITIAL_WINDOW - 1)
+    with pytest.raises(LocalError):
+        YamuxConfig(window_growth_time=-1)
+
+
+def test_growth_keeps_all_windows_within_max_buffered() -> None:
+    config = YamuxConfig(max_buffered=4 * INITIAL_WINDOW)
+    client, server = pair(server_config=config)
+    a, b = client.open_stream(), client.open_stream()
+    pump(client, server)
+    # a may grow by what b's window leaves of max_buffered: 4 - 1 (b) - 1 (a) = 2 windows
+    assert fill_and_read(client, server, a, 0.001) == 2 * INITIAL_WINDOW
+    assert fill_and_read(client, server, a, 0.002) == 3 * INITIAL_WINDOW
+    assert fill_and_read(client, server, a, 0.003) == 3 * INITIAL_WINDOW  # no room left
+    # the grown window is what the remote may send: all of it is accepted
+    n = client.send_data(a, b"\0" * (4 * INITIAL_WINDOW))
+    assert n == 3 * INITIAL_WINDOW
+    _, events = pump(client, server)
+    assert len(received(events, a)) == n
+    # and the buffer limit never fires for a peer keeping to its windows
+    m = client.send_data(b, b"\0" * INITIAL_WINDOW)
+    _, events = pump(client, server)
+    assert len(received(events, b)) == m == INITIAL_WINDOW
+    assert server.buffered == 4 * INITIAL_WINDOW
+    assert not server.is_closed
+    # once a ends, its window is free for b to grow
+    server.reset_stream(a)
+    pump(client, server)
+    server.consumed(b, INITIAL_WINDOW, 0.010)
+    assert server.data_to_send() == frame(WINDOW_UPDATE, 0, b, 2 * INITIAL_WINDOW)
+
+
+def test_grown_window_still_refuses_an_overrun() -> None:
+    client, server, sid = open_pair()
+    assert fill_and_read(client, server, sid, 0.001) == 2 * INITIAL_WINDOW
+    with pytest.raises(YamuxError, match="overruns"):
+        server.receive_data(data_frame(sid, b"\0" * (2 * INITIAL_WINDOW + 1)))
+
+
 def test_max_streams_inbound_rst_and_outbound_limit() -> None:
     client, server = pair(server_config=YamuxConfig(max_streams=2))
     ids = [client.open_stream() for _ in range(3)]

@@ -79,7 +79,7 @@ class Connection(asyncio.Protocol):
         self._backlog = 0  # bytes writers queued in the session since the last flush
         self._write_blocked = False  # writers wait: paused, or a backlog above write_buffer_high
         self._drain_waiters: list[asyncio.Future[None]] = []
-        self._pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
+        self._pings: dict[int, tuple[float, asyncio.Future[float] | None]] = {}  # sent at, waiter
         self._metrics = metrics if metrics is not None else HostMetrics()
         self._loop = asyncio.get_running_loop()
         self._last_rx = 0.0  # loop time of the last bytes received once upgraded
@@ -333,8 +333,11 @@ class Connection(asyncio.Protocol):
                     st._on_reset(LimitExceededError(f"stream reset: {ev.reason}"))
             elif isinstance(ev, yamux.PongReceived):
                 entry = self._pings.pop(ev.opaque, None)
-                if entry is not None and not entry[1].done():
-                    entry[1].set_result(time.perf_counter() - entry[0])
+                if entry is not None:
+                    rtt = time.perf_counter() - entry[0]
+                    session.rtt = rtt
+                    if entry[1] is not None and not entry[1].done():
+                        entry[1].set_result(rtt)
             elif isinstance(ev, yamux.GoAwayReceived):
                 log.info(
                     "%r: remote sent GoAway (code %d); no new streams, closing once %d end",
@@ -381,7 +384,7 @@ class Connection(asyncio.Protocol):
 
     def _consumed(self, stream_id: int, n: int) -> None:
         if self._session is not None and not self._closed:
-            self._session.consumed(stream_id, n)
+            self._session.consumed(stream_id, n, self._loop.time())
             self._schedule_flush()
 
     def _close_stream(self, stream_id: int) -> None:
@@ -427,9 +430,7 @@ class Connection(asyncio.Protocol):
     def _linger(self, st: Stream) -> None:
         """We are done with ``st``: drop unread data; reset it if the remote never ends it."""
         sid = st.stream_id
-        unread = len(st._buf) - st._pos
-        if unread:
-            st._take(unread)
+        st._discard()
         if st._eof or st._reset_exc is not None or self._closed:
             self._drop_stream(sid)
             return
@@ -478,7 +479,8 @@ class Connection(asyncio.Protocol):
             if now - last >= keepalive:
                 self._last_keepalive = last = now
                 if self.is_open:
-                    self._session.ping()  # its pong is traffic; nobody waits for it
+                    # its pong is traffic; nobody waits for it, but it measures the round trip
+                    self._pings[self._session.ping()] = (time.perf_counter(), None)
                     self._schedule_flush()
             due = min(due, last + keepalive)
         if due < math.inf:
@@ -588,7 +590,7 @@ class Connection(asyncio.Protocol):
             handle.cancel()
         self._lingering.clear()
         for _, fut in self._pings.values():
-            if not fut.done():
+            if fut is not None and not fut.done():
                 fut.set_exception(ConnectionClosedError("connection closed"))
         self._pings.clear()
         self._write_paused = self._write_blocked = False

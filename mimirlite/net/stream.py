@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,7 @@ class Stream:
     """
 
     __slots__ = (
-        "_buf",
+        "_chunks",
         "_conn",
         "_credit_skip",
         "_eof",
@@ -40,6 +41,7 @@ class Stream:
         "_read_waiter",
         "_reset_exc",
         "_reset_waiter",
+        "_size",
         "_write_closed",
         "_write_waiter",
         "protocol",
@@ -50,8 +52,10 @@ class Stream:
         self._conn = conn
         self.stream_id = stream_id
         self.protocol: str | None = None
-        self._buf = bytearray()
+        # unread data: the chunks as they arrived (never copied to gather them), _pos into the first
+        self._chunks: deque[bytes] = deque()
         self._pos = 0
+        self._size = 0  # unread bytes in all
         self._credit_skip = 0
         self._eof = False
         self._write_closed = False
@@ -81,15 +85,15 @@ class Stream:
     @property
     def at_eof(self) -> bool:
         """True when the remote closed its write side and everything was read."""
-        return self._eof and self._pos == len(self._buf)
+        return self._eof and not self._size
 
     # ---- called by the connection ----
 
     def _on_data(self, data: bytes) -> None:
-        if self._pos == len(self._buf):
-            self._buf.clear()
-            self._pos = 0
-        self._buf += data
+        if not data:
+            return
+        self._chunks.append(data)
+        self._size += len(data)
         self._wake_reader()
 
     def _on_eof(self) -> None:
@@ -117,7 +121,12 @@ class Stream:
     def _unread(self, data: bytes) -> None:
         """Put back bytes a negotiation read past (already credited to the window)."""
         if data:
-            self._buf[self._pos : self._pos] = data
+            chunks = self._chunks
+            if self._pos:
+                chunks[0] = chunks[0][self._pos :]
+                self._pos = 0
+            chunks.appendleft(data)
+            self._size += len(data)
             self._credit_skip += len(data)
             self._wake_reader()
 
@@ -128,7 +137,7 @@ class Stream:
         while True:
             if self._reset_exc is not None:
                 raise StreamResetError(str(self._reset_exc)) from self._reset_exc
-            if self._pos < len(self._buf):
+            if self._size:
                 return True
             if self._eof:
                 return False
@@ -139,20 +148,47 @@ class Stream:
                 self._read_waiter = None
 
     def _take(self, n: int) -> bytes:
+        """Up to ``n`` buffered bytes (at least one must be buffered), credited to the window.
+
+        A whole chunk is handed out as it is; only a read that splits or joins chunks copies.
+        """
+        chunks = self._chunks
+        head = chunks[0]
         pos = self._pos
-        if pos == 0 and n >= len(self._buf):
-            out = bytes(self._buf)
-            self._buf.clear()
+        avail = len(head) - pos
+        if avail > n:
+            out = head[pos : pos + n]
+            self._pos = pos + n
+        elif avail == n or len(chunks) == 1:
+            out = head[pos:] if pos else head
+            chunks.popleft()
+            self._pos = 0
         else:
-            end = min(pos + n, len(self._buf))
-            out = bytes(self._buf[pos:end])
-            if end == len(self._buf):
-                self._buf.clear()
-                self._pos = 0
+            parts = [head[pos:] if pos else head]
+            chunks.popleft()
+            need = n - avail
+            while chunks and need:
+                chunk = chunks[0]
+                if len(chunk) > need:
+                    parts.append(chunk[:need])
+                    self._pos = need
+                    break
+                parts.append(chunk)
+                chunks.popleft()
+                need -= len(chunk)
             else:
-                self._pos = end
+                self._pos = 0
+            out = b"".join(parts)
+        self._size -= len(out)
         self._credit(len(out))
         return out
+
+    def _discard(self) -> None:
+        """Drop everything unread (credited to the window)."""
+        if self._size:
+            self._credit(self._size)
+            self._chunks.clear()
+            self._pos = self._size = 0
 
     def _credit(self, n: int) -> None:
         if self._credit_skip:
@@ -201,40 +237,70 @@ class Stream:
         and IncompleteReadError when the stream ends inside a message.
         """
         while True:
-            got = decode_uvarint(self._buf, self._pos)
+            got = self._varint()
             if got is not None:
                 break
             if not await self._fill_more():
-                if self._pos == len(self._buf):
+                if not self._size:
                     return None
-                raise IncompleteReadError(1, bytes(self._buf[self._pos :]))
-        length, start = got
+                raise IncompleteReadError(1, self._peek())
+        length, prefix = got
         if length > max_size:
             raise MessageTooLargeError(f"message of {length} bytes exceeds the {max_size} byte cap")
+        head = self._chunks[0]
+        start = self._pos + prefix
         end = start + length
-        while len(self._buf) < end:
+        if end <= len(head):  # the whole message in the first chunk: one copy
+            body = head[start:end]
+            if end == len(head):
+                self._chunks.popleft()
+                self._pos = 0
+            else:
+                self._pos = end
+            self._size -= prefix + length
+            self._credit(prefix + length)
+            return body
+        while self._size < prefix + length:
             if length > _EARLY_CREDIT:
                 # A message longer than the window cannot arrive while we hold the part already here
                 # uncredited: give the window back now (the size cap bounds what we hold).
-                held = len(self._buf) - self._pos - self._credit_skip
+                held = self._size - self._credit_skip
                 if held > 0:
                     self._conn._consumed(self.stream_id, held)
                     self._credit_skip += held
             if not await self._fill_more():
-                raise IncompleteReadError(end - self._pos, bytes(self._buf[self._pos :]))
-        body = bytes(self._buf[start:end])
-        self._credit(end - self._pos)
-        if end == len(self._buf):
-            self._buf.clear()
+                raise IncompleteReadError(prefix + length, self._peek())
+        self._take(prefix)
+        return self._take(length)
+
+    def _varint(self) -> tuple[int, int] | None:
+        """Decode the length prefix at the read position: ``(value, its length)``, None if incomplete."""
+        chunks = self._chunks
+        while chunks:
+            head = chunks[0]
+            pos = self._pos
+            got = decode_uvarint(head, pos)
+            if got is not None:
+                return got[0], got[1] - pos
+            if len(chunks) == 1:
+                return None
+            # the prefix spans chunks: join the (short) rest of the first with the second
+            chunks.popleft()
+            chunks[0] = head[pos:] + chunks[0]
             self._pos = 0
-        else:
-            self._pos = end
-        return body
+        return None
+
+    def _peek(self) -> bytes:
+        """Everything unread, without taking it (for error messages)."""
+        chunks = list(self._chunks)
+        if chunks and self._pos:
+            chunks[0] = chunks[0][self._pos :]
+        return b"".join(chunks)
 
     async def _fill_more(self) -> bool:
         """Wait until more bytes than are buffered now arrive; False at end of stream."""
-        have = len(self._buf)
-        while len(self._buf) == have:
+        have = self._size
+        while self._size == have:
             if self._reset_exc is not None:
                 raise StreamResetError(str(self._reset_exc)) from self._reset_exc
             if self._eof:

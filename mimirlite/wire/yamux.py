@@ -2,7 +2,15 @@
 
 Bytes in via :meth:`YamuxSession.receive_data` (returns events), bytes out via
 :meth:`YamuxSession.data_to_send`. No sockets, no clock, no event loop: the asyncio glue owns the
-stream buffers and feeds :meth:`YamuxSession.consumed` as the application reads.
+stream buffers and feeds :meth:`YamuxSession.consumed` as the application reads (with the time, which
+window auto-tuning needs).
+
+Window auto-tuning (as go-yamux and js-libp2p's yamux do): a stream's receive window starts at
+``initial_window`` and doubles, up to ``max_window``, whenever its reader consumed half of it within
+one growth period (``window_growth_time``, or four round trips when :attr:`YamuxSession.rtt` is known
+and longer): the window, not the reader, is then what limits the sender. Growth stops while the windows
+of all streams together would pass ``max_buffered``, so a peer that keeps to its windows is never
+dropped for what growth let it send.
 
 Wire format (hashicorp/yamux ``spec.md``): a 12-byte header ``version(u8) type(u8) flags(u16)
 stream_id(u32) length(u32)``, big endian, followed by ``length`` payload bytes for data frames only.
@@ -96,6 +104,11 @@ class YamuxConfig:
     """Per-stream receive window we grant; at least the spec's 256 KiB (the excess is sent with SYN/ACK)."""
     max_streams: int = 1024
     """Open streams per direction: extra inbound SYNs are answered with RST, extra opens raise."""
+    max_window: int = 16 * 1024 * 1024
+    """A stream's receive window grows up to this while its reader keeps up with a fast sender
+    (``initial_window``: no growth)."""
+    window_growth_time: float = 0.002
+    """A window doubles when half of it was read within this many seconds (or four round trips)."""
     max_frame_data: int = 256 * 1024
     """Largest data payload we put in one frame."""
     max_receive_frame: int = 16 * 1024 * 1024
@@ -118,6 +131,10 @@ class YamuxConfig:
     def __post_init__(self) -> None:
         if not INITIAL_WINDOW <= self.initial_window <= _MAX_U32:
             raise LocalError(f"initial_window must be between {INITIAL_WINDOW} and {_MAX_U32}")
+        if not self.initial_window <= self.max_window <= _MAX_U32:
+            raise LocalError(f"max_window must be between initial_window and {_MAX_U32}")
+        if self.window_growth_time < 0:
+            raise LocalError("window_growth_time must be >= 0")
         if self.max_streams < 0:
             raise LocalError("max_streams must be >= 0")
         if not 1 <= self.max_frame_data <= _MAX_U32:
@@ -224,6 +241,7 @@ class _Stream:
     __slots__ = (
         "acked",
         "dead",
+        "epoch",
         "local_closed",
         "outbound",
         "recv_window",
@@ -231,6 +249,7 @@ class _Stream:
         "send_window",
         "sid",
         "unacked",
+        "window",
         "wrote",
     )
 
@@ -238,7 +257,9 @@ class _Stream:
         self.sid = sid
         self.outbound = outbound
         self.send_window = INITIAL_WINDOW  # what the remote lets us send
+        self.window = recv_window  # our grant: received + unread + remote's credit stay within it
         self.recv_window = recv_window  # what the remote may still send us
+        self.epoch: float | None = None  # when the current window period began (first read, last update)
         self.unacked = 0  # consumed bytes not yet returned to the remote in a window update
         self.local_closed = False  # we sent FIN
         self.remote_closed = False  # the remote sent FIN
@@ -255,7 +276,10 @@ class YamuxSession:
         self._config = config
         self._initial_window = config.initial_window
         self._window_extra = config.initial_window - INITIAL_WINDOW
-        self._update_threshold = config.initial_window // 2
+        self._max_window = config.max_window
+        self._growth_time = config.window_growth_time
+        self.rtt = 0.0
+        """Round-trip time of the connection in seconds, 0 while unknown; the glue sets it from pings."""
         self._max_frame_data = config.max_frame_data
         self._max_receive_frame = config.max_receive_frame
         self._max_streams = config.max_streams
@@ -278,6 +302,7 @@ class YamuxSession:
         self._error: str | None = None
         self._error_kind: str | None = None
         self._buffered = 0  # received bytes not yet consumed, all streams
+        self._granted = 0  # sum of the windows of open streams
         self._replies = 0  # frames queued in answer to the remote since the last data_to_send
         self._early_resets = 0
         self._empty_frames = 0
@@ -373,6 +398,7 @@ class YamuxSession:
             raise LimitExceededError("yamux stream ids exhausted")
         self._next_id = sid + 2
         self._streams[sid] = _Stream(sid, True, self._initial_window)
+        self._granted += self._initial_window
         self._outbound += 1
         self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_SYN, sid, self._window_extra))
         return sid
@@ -449,16 +475,18 @@ class YamuxSession:
             self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
         self._forget(stream)
 
-    def consumed(self, stream_id: int, n: int) -> None:
+    def consumed(self, stream_id: int, n: int, now: float | None = None) -> None:
         """The application read ``n`` received bytes of ``stream_id``; grant them back in batches.
 
-        A window update goes out once half the window has been consumed. No-op for unknown streams;
-        after the remote's FIN (it sends no more data) only the buffered count goes down.
+        A window update goes out once half the window has been consumed; ``now`` (seconds, any
+        monotonic clock) lets the window grow (module docstring), None keeps it fixed. No-op for
+        unknown streams; after the remote's FIN (it sends no more data) only the buffered count goes down.
         """
         stream = self._streams.get(stream_id)
         if stream is None or n <= 0:
             return
-        held = self._initial_window - stream.recv_window - stream.unacked
+        window = stream.window
+        held = window - stream.recv_window - stream.unacked
         if n > held:  # never grant more than was received
             n = held
         self._buffered -= n
@@ -467,12 +495,24 @@ class YamuxSession:
         if stream.remote_closed:
             stream.unacked = unacked
             return
-        if unacked >= self._update_threshold and self._error is None:
-            stream.recv_window += unacked
-            stream.unacked = 0
-            self._out.append(_pack(0, TYPE_WINDOW_UPDATE, 0, stream_id, unacked))
-        else:
+        epoch = stream.epoch
+        if epoch is None and now is not None:
+            stream.epoch = epoch = now
+        if unacked < window >> 1 or self._error is not None:
             stream.unacked = unacked
+            return
+        grant = unacked
+        if epoch is not None and now is not None:
+            if window < self._max_window and now - epoch < max(self._growth_time, 4 * self.rtt):
+                grow = min(window, self._max_window - window, self._max_buffered - self._granted)
+                if grow > 0:
+                    stream.window = window + grow
+                    self._granted += grow
+                    grant += grow
+            stream.epoch = now
+        stream.recv_window += grant
+        stream.unacked = 0
+        self._out.append(_pack(0, TYPE_WINDOW_UPDATE, 0, stream_id, grant))
 
     def ping(self) -> int:
         """Queue a ping and return its opaque value (the matching :class:`PongReceived` carries it)."""
@@ -588,7 +628,8 @@ class YamuxSession:
 
     def _forget(self, stream: _Stream) -> None:
         stream.dead = True
-        self._buffered -= self._initial_window - stream.recv_window - stream.unacked
+        self._buffered -= stream.window - stream.recv_window - stream.unacked
+        self._granted -= stream.window
         del self._streams[stream.sid]
         if stream.outbound:
             self._outbound -= 1
@@ -704,6 +745,7 @@ class YamuxSession:
                 return None
             stream = _Stream(sid, False, self._initial_window)
             self._streams[sid] = stream
+            self._granted += self._initial_window
             self._inbound += 1
             self._remote_resets.pop(sid, None)
             self._reply(_pack(0, TYPE_WINDOW_UPDATE, FLAG_ACK, sid, self._window_extra), KIND_STREAM_FLOOD)
