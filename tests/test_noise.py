@@ -87,7 +87,9 @@ class EcdsaSigner:
         self._private = ec.generate_private_key(curve)
         public = self._private.public_key()
         if isinstance(curve, ec.SECP256K1):
-            data = public.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+            data = public.public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+            )
             self.public_key = PublicKey(KeyType.SECP256K1, data)
         else:
             data = public.public_bytes(
@@ -509,6 +511,30 @@ def test_large_plaintext_is_split(size: int, frames: int) -> None:
     assert all(len(m) <= MAX_MESSAGE for m in messages)
     assert sum(len(m) - 16 for m in messages) == size
     assert b"".join(b.receive_data(wire)) == data
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [[], [0], [5, 0, 7], [12, 65536, 12, 65536], [65519], [65519, 1], [1, 65519], [100_000, 3, 200_000]],
+)
+@pytest.mark.parametrize("encrypt_into", [True, False])
+def test_encrypt_messages_gathers_parts_into_whole_messages(sizes: list[int], encrypt_into: bool) -> None:
+    key_a, key_b = os.urandom(32), os.urandom(32)
+    sender, reference, receiver = (
+        NoiseTransport(key_a, key_b),
+        NoiseTransport(key_a, key_b),
+        NoiseTransport(key_b, key_a),
+    )
+    if not encrypt_into:
+        sender._encrypt_into = None  # as with cryptography < 47
+    parts = [os.urandom(n) for n in sizes]
+    messages = sender.encrypt_messages([parts[0], *map(memoryview, parts[1:])] if parts else [])
+    data = b"".join(parts)
+    # the same messages as encrypting the joined data: full messages, then the rest
+    assert b"".join(messages) == reference.encrypt(data)
+    assert len(messages) == -(-len(data) // MAX_PLAINTEXT)
+    assert all(len(m) <= MAX_MESSAGE + 2 for m in messages)
+    assert b"".join(receiver.receive_data(b"".join(messages))) == data
 
 
 def test_memoryview_of_wider_items() -> None:

@@ -1,7 +1,8 @@
 """One TCP connection: the upgrade (multistream, Noise, multistream, yamux) and the stream mux.
 
-Incoming bytes go socket -> Noise transport -> yamux session synchronously in ``data_received``;
-outgoing frames produced in one event-loop turn leave in one Noise message. While the socket's send
+Incoming bytes go socket -> Noise transport -> yamux session synchronously in ``buffer_updated``, read
+into one buffer per thread; outgoing frames produced in one event-loop turn leave together, one write
+per Noise message. While the socket's send
 buffer is above ``write_buffer_high`` frames wait in the session (which bounds the replies it queues)
 and writers wait for it to drain. The connection also enforces the host-wide stream limit, the idle
 and write timeouts, keepalive pings on connections it dialed, and the drain after a remote GoAway.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -39,8 +41,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+RECEIVE_BUFFER = 256 * 1024
+"""Bytes one socket read may take (asyncio's own read size)."""
+_thread = threading.local()
 
-class Connection(asyncio.Protocol):
+
+def _receive_buffer() -> memoryview:
+    """The receive buffer of this thread's connections: each read lands in it and is consumed (decrypted,
+    or copied while upgrading) before the next, so one buffer serves them all and no read allocates."""
+    view: memoryview | None = getattr(_thread, "receive_buffer", None)
+    if view is None:
+        view = _thread.receive_buffer = memoryview(bytearray(RECEIVE_BUFFER))
+    return view
+
+
+class Connection(asyncio.BufferedProtocol):
     """An upgraded libp2p connection carrying yamux streams."""
 
     def __init__(
@@ -123,8 +138,12 @@ class Connection(asyncio.Protocol):
             self.remote_address = (peer[0], peer[1])
         transport.set_write_buffer_limits(high=self._config.write_buffer_high)
 
-    def data_received(self, data: bytes) -> None:
-        self._metrics.bytes_in += len(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _receive_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = _receive_buffer()[:nbytes]  # only valid during this call: nothing may keep it
+        self._metrics.bytes_in += nbytes
         if self._session is None:
             self._inbox += data
             self._wake_inbox()
@@ -203,7 +222,7 @@ class Connection(asyncio.Protocol):
         self._inbox.clear()
         return data
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | bytearray) -> None:
         if data and self._transport is not None and not self._transport.is_closing():
             self._metrics.bytes_out += len(data)
             self._transport.write(data)
@@ -268,7 +287,7 @@ class Connection(asyncio.Protocol):
 
     # ---- session ----
 
-    def _on_session_data(self, data: bytes) -> None:
+    def _on_session_data(self, data: bytes | memoryview) -> None:
         assert self._noise is not None
         try:
             for plaintext in self._noise.receive_data(data):
@@ -360,10 +379,10 @@ class Connection(asyncio.Protocol):
             return  # the peer is not keeping up: frames wait in the session until the buffer drains
         session, transport = self._session, self._noise
         if session is not None and transport is not None:
-            out = session.data_to_send()
+            frames = session.frames_to_send()
             self._backlog = 0
-            if out:
-                self._write(transport.encrypt(out))
+            for message in transport.encrypt_messages(frames):
+                self._write(message)
         if self._write_blocked and not self._write_paused:
             self._write_blocked = False
             self._wake_drain_waiters()

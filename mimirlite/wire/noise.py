@@ -10,6 +10,8 @@ identity by signing ``"noise-libp2p-static-key:" + static X25519 public key`` in
 from __future__ import annotations
 
 import struct
+import threading
+from collections.abc import Iterable
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -59,7 +61,17 @@ _NOISE_FAILURES = (
 _MAX_NONCE = 2**64 - 1  # reserved by Noise; the last usable nonce is one below
 _pack_nonce = struct.Struct("<4xQ").pack
 _pack_length = struct.Struct(">H").pack
-_FULL_FRAME_HEADER = _pack_length(MAX_MESSAGE)
+
+
+_thread = threading.local()
+
+
+def _stage() -> memoryview:
+    """This thread's buffer for gathering one message's plaintext."""
+    stage: memoryview | None = getattr(_thread, "stage", None)
+    if stage is None:
+        stage = _thread.stage = memoryview(bytearray(MAX_PLAINTEXT))
+    return stage
 
 
 def _frame(message: bytes | bytearray) -> bytes:
@@ -205,13 +217,24 @@ class NoiseHandshake:
 class NoiseTransport:
     """Encrypts and decrypts framed Noise transport messages once the handshake is done."""
 
-    __slots__ = ("_buffer", "_decrypt", "_early", "_encrypt", "_failed", "_receive_nonce", "_send_nonce")
+    __slots__ = (
+        "_buffer",
+        "_decrypt",
+        "_early",
+        "_encrypt",
+        "_encrypt_into",
+        "_failed",
+        "_receive_nonce",
+        "_send_nonce",
+    )
 
     def __init__(
         self, send_key: bytes, receive_key: bytes, received: bytes | bytearray | memoryview = b""
     ) -> None:
         """Use ``send_key`` / ``receive_key``; ``received`` holds bytes not yet decrypted."""
-        self._encrypt = ChaCha20Poly1305(send_key).encrypt
+        cipher = ChaCha20Poly1305(send_key)
+        self._encrypt = cipher.encrypt
+        self._encrypt_into = getattr(cipher, "encrypt_into", None)  # cryptography >= 47
         self._decrypt = ChaCha20Poly1305(receive_key).decrypt
         self._send_nonce = 0
         self._receive_nonce = 0
@@ -226,32 +249,58 @@ class NoiseTransport:
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> bytes:
         """Framed ciphertext of ``data``, split into messages of at most MAX_PLAINTEXT bytes."""
-        size = data.nbytes if isinstance(data, memoryview) else len(data)
-        if size == 0:
-            return b""
+        messages = self.encrypt_messages([data])
+        if len(messages) == 1:
+            return bytes(messages[0])
+        return b"".join(messages)
+
+    def encrypt_messages(self, parts: Iterable[bytes | bytearray | memoryview]) -> list[bytes | bytearray]:
+        """Framed ciphertext of the concatenated ``parts``, one object per message (none if empty).
+
+        The parts are never joined: each message's plaintext is gathered in a buffer kept per thread,
+        and sealed into a buffer of its own, so a large write allocates nothing larger than one message
+        (fresh memory past the allocator's thresholds would page-fault on every byte).
+        """
+        messages: list[bytes | bytearray] = []
+        stage = _stage()
+        size = 0  # plaintext gathered in stage
+        for part in parts:
+            view = memoryview(part)
+            if view.format != "B":
+                view = view.cast("B")
+            n = view.nbytes
+            pos = 0
+            while pos < n:
+                take = min(n - pos, MAX_PLAINTEXT - size)
+                if not size and take == MAX_PLAINTEXT:
+                    messages.append(self._seal(view[pos : pos + take]))  # a whole message in one part
+                else:
+                    stage[size : size + take] = view[pos : pos + take]
+                    size += take
+                    if size == MAX_PLAINTEXT:
+                        messages.append(self._seal(stage))
+                        size = 0
+                pos += take
+        if size:
+            messages.append(self._seal(stage[:size]))
+        return messages
+
+    def _seal(self, plaintext: memoryview) -> bytes | bytearray:
+        """One framed message: 2-byte length, ciphertext, tag."""
         nonce = self._send_nonce
-        if size <= MAX_PLAINTEXT:
-            if nonce >= _MAX_NONCE:
-                raise LocalError("noise send nonces exhausted")
-            ciphertext = self._encrypt(_pack_nonce(nonce), data, None)
-            self._send_nonce = nonce + 1
-            return _pack_length(size + TAG_SIZE) + ciphertext
-        count = -(-size // MAX_PLAINTEXT)
-        if nonce + count > _MAX_NONCE:
+        if nonce >= _MAX_NONCE:
             raise LocalError("noise send nonces exhausted")
-        view = memoryview(data).cast("B")
-        encrypt = self._encrypt
-        parts: list[bytes] = []
-        append = parts.append
-        for start in range(0, size - MAX_PLAINTEXT, MAX_PLAINTEXT):
-            append(_FULL_FRAME_HEADER)
-            append(encrypt(_pack_nonce(nonce), view[start : start + MAX_PLAINTEXT], None))
-            nonce += 1
-        start = (count - 1) * MAX_PLAINTEXT
-        append(_pack_length(size - start + TAG_SIZE))
-        append(encrypt(_pack_nonce(nonce), view[start:], None))
         self._send_nonce = nonce + 1
-        return b"".join(parts)
+        size = plaintext.nbytes + TAG_SIZE
+        encrypt_into = self._encrypt_into
+        if encrypt_into is None:
+            return _pack_length(size) + self._encrypt(_pack_nonce(nonce), plaintext, None)
+        message = bytearray(2 + size)
+        message[0] = size >> 8
+        message[1] = size & 0xFF
+        with memoryview(message) as out:
+            encrypt_into(_pack_nonce(nonce), plaintext, None, out[2:])
+        return message
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Plaintexts of every message completed by ``data`` (empty ones are dropped).

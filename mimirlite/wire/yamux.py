@@ -372,14 +372,18 @@ class YamuxSession:
 
     def data_to_send(self) -> bytes:
         """Everything queued since the last call, as one bytes object (``b""`` if nothing)."""
+        out = self.frames_to_send()
+        if len(out) == 1 and isinstance(out[0], bytes):
+            return out[0]
+        return b"".join(out)
+
+    def frames_to_send(self) -> list[bytes | memoryview]:
+        """Like :meth:`data_to_send`, as the queued pieces (headers and payloads) in order, not joined."""
         out = self._out
-        if not out:
-            return b""
-        self._replies = 0
-        first = out[0]
-        data = first if len(out) == 1 and isinstance(first, bytes) else b"".join(out)
-        out.clear()
-        return data
+        if out:
+            self._out = []
+            self._replies = 0
+        return out
 
     # --- local API ------------------------------------------------------------------------------
 
