@@ -267,15 +267,20 @@ async function dial (addr, params) {
     let count = 0
     let t1 = 0
     let last = null
+    let capped = false
     const cap = t0 + params.tokens_cap_s * 1000
     for await (const msg of lp.decode(stream.source)) {
       last = JSON.parse(decoder.decode(msg.subarray()))
       count++
       if (count === n) t1 = performance.now()
-      if ((count & 1023) === 0 && count < n && performance.now() > cap) break
+      if ((count & 1023) === 0 && count < n && performance.now() > cap) {
+        capped = true
+        break
+      }
     }
+    if (!capped && count < n) throw new Error(`token stream ended after ${count} of ${n} messages`)
     if (!last.data.choices[0].delta.content) throw new Error('empty token')
-    if (count < n && t1 === 0) {
+    if (capped) {
       t1 = performance.now()
       if (stream.status === 'open') stream.abort(new Error('token run capped'))
       await conn.close()

@@ -112,6 +112,23 @@ def test_core_frames_that_carry_nothing() -> None:
     assert server.error_kind == "window_update_flood"
 
 
+def test_core_late_credit_for_a_closed_stream() -> None:
+    # js-libp2p's yamux returns credit as its application reads each data frame, also after both sides
+    # closed the stream (W3 js -> mimirlite): one window update per frame we sent is not a flood.
+    server = YamuxSession(is_client=False, config=YamuxConfig(max_empty_frames=3))
+    server.receive_data(frame(WINDOW_UPDATE, SYN | FIN, 1, 0))
+    for _ in range(10):
+        server.send_data(1, b"token")
+    server.close_stream(1)
+    assert not server.has_stream(1)  # both sides closed: forgotten
+    server.receive_data(frame(WINDOW_UPDATE, 0, 1, 5) * 10)  # one per frame sent: late, not empty
+    assert not server.is_closed
+    server.receive_data(frame(WINDOW_UPDATE, 0, 1, 5) * 3)  # past that they count again
+    with pytest.raises(YamuxError, match=r"4 frames that carry nothing \(last: window update for a stream"):
+        server.receive_data(frame(WINDOW_UPDATE, 0, 1, 5))
+    assert server.error_kind == "window_update_flood"
+
+
 def test_core_send_window_past_32_bits() -> None:
     server = YamuxSession(is_client=False)
     server.receive_data(frame(WINDOW_UPDATE, SYN, 1, 0xFFFFFFFF - INITIAL_WINDOW))

@@ -19,6 +19,7 @@ from mimirlite.errors import (
 )
 from mimirlite.wire.yamux import (
     INITIAL_WINDOW,
+    MIN_SPLIT,
     PROTOCOL_ID,
     DataReceived,
     GoAwayReceived,
@@ -373,6 +374,29 @@ def test_flow_control_partial_write_and_window_update() -> None:
     assert rest == len(blob) - sent
     _, s_events = pump(client, server)
     assert received(s_events, sid) == blob[sent:]
+
+
+def test_no_slivers_of_window() -> None:
+    # A receiver that returns credit per frame read (js-libp2p) hands back a few bytes at a time: a write
+    # that does not fit waits for the window instead of going out in slivers (silly-window syndrome).
+    client, _server, sid = open_pair()
+    assert client.send_data(sid, b"x" * (INITIAL_WINDOW - 100)) == INITIAL_WINDOW - 100
+    assert client.send_data(sid, b"m" * 212) == 0  # 100 bytes of window left: nothing
+    assert client.send_data(sid, b"b" * 65536) == 0
+    assert client.send_data(sid, b"s" * 100) == 100  # what fits goes
+    client.receive_data(frame(WINDOW_UPDATE, 0, sid, 211))
+    assert client.send_data(sid, b"m" * 212) == 0
+    client.receive_data(frame(WINDOW_UPDATE, 0, sid, 1))
+    assert client.send_data(sid, b"m" * 212) == 212  # whole, in one frame
+    client.receive_data(frame(WINDOW_UPDATE, 0, sid, MIN_SPLIT))
+    assert client.send_data(sid, b"b" * 65536) == MIN_SPLIT  # a large write is still split at the edge
+    out, sizes = client.data_to_send(), []
+    while out:
+        ftype, length = out[1], int.from_bytes(out[8:12], "big")
+        if ftype == DATA:
+            sizes.append(length)
+        out = out[12 + (length if ftype == DATA else 0) :]
+    assert sizes[-3:] == [100, 212, MIN_SPLIT]
 
 
 def test_consumed_never_grants_more_than_received() -> None:

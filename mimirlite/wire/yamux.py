@@ -24,6 +24,9 @@ Against hostile peers (limits in :class:`YamuxConfig`): data past ``max_buffered
 its stream; a peer that makes us queue more than ``max_queued_replies`` answers it does not take (pongs,
 ACKs, refusals), resets more than ``max_early_resets`` streams before we answered them, or sends more than
 ``max_empty_frames`` frames that carry nothing ends the session; :attr:`YamuxSession.error_kind` says which.
+Window updates that return credit for a stream already forgotten are not counted as empty, up to one per
+data frame we sent on it: js-libp2p's yamux returns credit as its application reads each frame, so a
+reader behind the writer sends them for a while after both sides closed the stream.
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ logger = logging.getLogger(__name__)
 PROTOCOL_ID = "/yamux/1.0.0"
 INITIAL_WINDOW = 256 * 1024
 """Per-stream window both sides assume at stream open (fixed by the spec)."""
+MIN_SPLIT = 16 * 1024
+"""A write is split at the edge of the send window only when at least this much window is left: a smaller
+rest waits for the next window update (no silly-window slivers). Safe with any receiver that grants credit
+once half its window was read, as the window is at least 256 KiB."""
 
 HEADER_LEN = 12
 _HEADER = struct.Struct(">BBHII")
@@ -242,6 +249,7 @@ class _Stream:
         "acked",
         "dead",
         "epoch",
+        "frames_sent",
         "local_closed",
         "outbound",
         "recv_window",
@@ -266,6 +274,7 @@ class _Stream:
         self.acked = not outbound  # for outbound streams: the remote's ACK arrived
         self.dead = False
         self.wrote = False  # we sent data or FIN on it
+        self.frames_sent = 0  # data frames we sent on it
 
 
 class YamuxSession:
@@ -294,6 +303,9 @@ class YamuxSession:
         self._outbound = 0
         # ids the remote reset, so send_data can say StreamResetError; cleared by close/reset, capped.
         self._remote_resets: dict[int, None] = {}
+        # streams forgotten after we sent data frames on them, by id: window updates with credit the remote
+        # may still send for them (one per frame at most), not counted as empty frames; capped like the above.
+        self._late_credit: dict[int, int] = {}
         self._out: list[bytes | memoryview] = []
         self._pings: set[int] = set()
         self._next_ping = 0
@@ -410,6 +422,9 @@ class YamuxSession:
     def send_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         """Queue as much of ``data`` as the send window allows; return the number of bytes taken.
 
+        When ``data`` does not fit, a rest of window below :data:`MIN_SPLIT` takes nothing (0): the caller
+        waits for a window update instead of sending a sliver (a receiver that returns credit as it reads
+        each frame, like js-libp2p's yamux, would otherwise get every message in ever smaller pieces).
         ``bytes`` are queued without copying; other buffers are copied, so the caller may reuse them.
         """
         stream = self._streams.get(stream_id)
@@ -425,7 +440,7 @@ class YamuxSession:
             raise StreamClosedError(f"yamux session failed: {self._error}")
         size = len(data) if type(data) is not memoryview else data.nbytes
         window = stream.send_window
-        n = size if size <= window else window
+        n = size if size <= window else window if window >= MIN_SPLIT else 0
         if n <= 0:
             return 0
         stream.send_window = window - n
@@ -435,6 +450,7 @@ class YamuxSession:
         if n == size and n <= max_frame and isinstance(data, bytes):
             out.append(_pack(0, TYPE_DATA, 0, stream_id, n))
             out.append(data)
+            stream.frames_sent += 1
             return n
         immutable = isinstance(data, bytes)
         view = memoryview(data).cast("B")
@@ -447,6 +463,7 @@ class YamuxSession:
             piece = view[pos : pos + chunk]
             out.append(piece if immutable else piece.tobytes())
             pos += chunk
+            stream.frames_sent += 1
         return n
 
     def send_window(self, stream_id: int) -> int:
@@ -635,6 +652,11 @@ class YamuxSession:
         self._buffered -= stream.window - stream.recv_window - stream.unacked
         self._granted -= stream.window
         del self._streams[stream.sid]
+        if stream.frames_sent:
+            late = self._late_credit
+            late[stream.sid] = stream.frames_sent
+            if len(late) > 2 * self._max_streams + 16:
+                del late[next(iter(late))]
         if stream.outbound:
             self._outbound -= 1
         else:
@@ -706,7 +728,14 @@ class YamuxSession:
                 if flags & (FLAG_FIN | FLAG_RST):
                     self._end_flags(stream, flags, events)
             elif not flags:
-                self._empty("window update for a stream not open,", sid)
+                late = self._late_credit.get(sid) if length else None
+                if late:  # credit for frames we sent before the stream ended: late, not empty
+                    if late > 1:
+                        self._late_credit[sid] = late - 1
+                    else:
+                        del self._late_credit[sid]
+                else:
+                    self._empty("window update for a stream not open,", sid)
         elif ftype == TYPE_PING:
             if sid != 0:
                 raise self._fail(f"ping on stream {sid}")
@@ -752,6 +781,7 @@ class YamuxSession:
             self._granted += self._initial_window
             self._inbound += 1
             self._remote_resets.pop(sid, None)
+            self._late_credit.pop(sid, None)
             self._reply(_pack(0, TYPE_WINDOW_UPDATE, FLAG_ACK, sid, self._window_extra), KIND_STREAM_FLOOD)
             events.append(StreamOpened(sid))
             return stream
