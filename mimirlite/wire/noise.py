@@ -64,6 +64,8 @@ _pack_length = struct.Struct(">H").pack
 
 
 _thread = threading.local()
+_GATHER_PARTS = 4
+"""A message of more parts is joined (small ones), of fewer gathered in the thread's buffer."""
 
 
 def _stage() -> memoryview:
@@ -257,41 +259,57 @@ class NoiseTransport:
     def encrypt_messages(self, parts: Iterable[bytes | bytearray | memoryview]) -> list[bytes | bytearray]:
         """Framed ciphertext of the concatenated ``parts``, one object per message (none if empty).
 
-        The parts are never joined: each message's plaintext is gathered in a buffer kept per thread,
-        and sealed into a buffer of its own, so a large write allocates nothing larger than one message
+        The parts are never joined as a whole: a message made of a few parts (a frame header and a large
+        payload) is gathered in a buffer kept per thread, one of many small parts is joined, and each is
+        sealed into a buffer of its own; so a large write allocates nothing larger than one message
         (fresh memory past the allocator's thresholds would page-fault on every byte).
         """
         messages: list[bytes | bytearray] = []
-        stage = _stage()
-        size = 0  # plaintext gathered in stage
+        batch: list[bytes | bytearray | memoryview] = []  # the parts of the next message
+        size = 0
         for part in parts:
+            if type(part) is memoryview and part.format != "B":
+                part = part.cast("B")
+            n = len(part)
+            if size + n <= MAX_PLAINTEXT:
+                batch.append(part)
+                size += n
+                continue
             view = memoryview(part)
-            if view.format != "B":
-                view = view.cast("B")
-            n = view.nbytes
             pos = 0
-            while pos < n:
-                take = min(n - pos, MAX_PLAINTEXT - size)
-                if not size and take == MAX_PLAINTEXT:
-                    messages.append(self._seal(view[pos : pos + take]))  # a whole message in one part
-                else:
-                    stage[size : size + take] = view[pos : pos + take]
-                    size += take
-                    if size == MAX_PLAINTEXT:
-                        messages.append(self._seal(stage))
-                        size = 0
+            while n - pos > MAX_PLAINTEXT - size:
+                take = MAX_PLAINTEXT - size
+                batch.append(view[pos : pos + take])
+                messages.append(self._seal(batch, MAX_PLAINTEXT))
+                batch = []
+                size = 0
                 pos += take
+            if pos < n:
+                batch.append(view[pos:])
+                size += n - pos
         if size:
-            messages.append(self._seal(stage[:size]))
+            messages.append(self._seal(batch, size))
         return messages
 
-    def _seal(self, plaintext: memoryview) -> bytes | bytearray:
-        """One framed message: 2-byte length, ciphertext, tag."""
+    def _seal(self, parts: list[bytes | bytearray | memoryview], size: int) -> bytes | bytearray:
+        """One framed message of the ``size`` bytes of ``parts``: 2-byte length, ciphertext, tag."""
+        plaintext: bytes | bytearray | memoryview
+        if len(parts) == 1:
+            plaintext = parts[0]
+        elif len(parts) > _GATHER_PARTS:
+            plaintext = b"".join(parts)
+        else:
+            plaintext = stage = _stage()[:size]
+            pos = 0
+            for part in parts:
+                end = pos + len(part)
+                stage[pos:end] = part
+                pos = end
         nonce = self._send_nonce
         if nonce >= _MAX_NONCE:
             raise LocalError("noise send nonces exhausted")
         self._send_nonce = nonce + 1
-        size = plaintext.nbytes + TAG_SIZE
+        size += TAG_SIZE
         encrypt_into = self._encrypt_into
         if encrypt_into is None:
             return _pack_length(size) + self._encrypt(_pack_nonce(nonce), plaintext, None)
