@@ -482,15 +482,15 @@ def fill_and_read(
 def test_window_doubles_while_the_reader_keeps_up_with_a_fast_sender() -> None:
     client, server, sid = open_pair()
     credits = [fill_and_read(client, server, sid, now=0.0005 * i) for i in range(1, 9)]
-    # each window was read at once (well within 2 ms), so each update doubles it, up to 16 MiB
+    # each window was read at once (well within 10 ms), so each update doubles it, up to 16 MiB
     assert credits == [INITIAL_WINDOW << k for k in range(1, 7)] + [16 << 20] * 2
     assert client.send_window(sid) == 16 << 20
 
 
 def test_window_stays_when_the_stream_is_slow() -> None:
     client, server, sid = open_pair()
-    credits = [fill_and_read(client, server, sid, 0.010, first_at=0.0)]  # 10 ms to read a window
-    credits += [fill_and_read(client, server, sid, now=0.010 * i) for i in range(2, 6)]
+    credits = [fill_and_read(client, server, sid, 0.020, first_at=0.0)]  # 20 ms to read a window
+    credits += [fill_and_read(client, server, sid, now=0.020 * i) for i in range(2, 6)]
     assert credits == [INITIAL_WINDOW] * 5
     assert client.send_window(sid) == INITIAL_WINDOW
 
