@@ -984,58 +984,66 @@ async def test_250_requests_at_once_all_answered() -> None:
 # ====================================================================== the command
 
 
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "MIMIRLITE_API_KEY")
+    }
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return {**env, **extra}
+
+
+async def start_cli(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``python -m mimirlite gateway --no-mdns --port 0 *args`` with piped output."""
+    return await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "mimirlite", "gateway", "--no-mdns", "--port", "0", *args),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+        env=env,
+    )
+
+
+@contextlib.asynccontextmanager
+async def cli_gateway(*args: str, env: dict[str, str]) -> AsyncIterator[str]:
+    """The gateway command running with ``args``; yields its base URL, stops it at the end."""
+    proc = await start_cli(*args, env=env)
+    try:
+        assert proc.stdout is not None
+        line = (await bounded(proc.stdout.readline(), 30)).decode()
+        found = re.fullmatch(r"OpenAI-compatible API at (http://127\.0\.0\.1:\d+/v1)\n", line)
+        assert found, line
+        yield found.group(1)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await bounded(proc.wait(), 5)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+        assert proc.stderr is not None
+        await proc.stderr.read()
+
+
 @live
 async def test_gateway_command_answers_the_sdk() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env["MIMIRLITE_API_KEY"] = "cli-key"
-    async with mimir_node(EchoBackend()) as (_, addr):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "mimirlite",
-            "gateway",
-            "--no-mdns",
-            "--port",
-            "0",
-            "--peer",
-            addr,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=REPO,
-            env=env,
-        )
-        try:
-            assert proc.stdout is not None
-            line = (await bounded(proc.stdout.readline(), 30)).decode()
-            found = re.fullmatch(r"OpenAI-compatible API at (http://127\.0\.0\.1:\d+/v1)\n", line)
-            assert found, line
-            base_url = found.group(1)
+    env = cli_env(MIMIRLITE_API_KEY="cli-key")
+    async with mimir_node(EchoBackend()) as (_, addr), cli_gateway("--peer", addr, env=env) as base_url:
 
-            def use_sdk() -> tuple[str, int]:
-                with openai.OpenAI(
-                    base_url=base_url, api_key="cli-key", max_retries=0, timeout=WAIT
-                ) as client:
-                    answer = client.chat.completions.create(model="echo", messages=user("from the command"))
-                with openai.OpenAI(base_url=base_url, api_key="other", max_retries=0, timeout=WAIT) as client:
-                    try:
-                        client.models.list()
-                    except openai.AuthenticationError as exc:
-                        refused = exc.status_code
-                return answer.choices[0].message.content or "", refused
+        def use_sdk() -> tuple[str, int]:
+            with openai.OpenAI(base_url=base_url, api_key="cli-key", max_retries=0, timeout=WAIT) as client:
+                answer = client.chat.completions.create(model="echo", messages=user("from the command"))
+            with openai.OpenAI(base_url=base_url, api_key="other", max_retries=0, timeout=WAIT) as client:
+                try:
+                    client.models.list()
+                except openai.AuthenticationError as exc:
+                    refused = exc.status_code
+            return answer.choices[0].message.content or "", refused
 
-            assert await bounded(asyncio.to_thread(use_sdk)) == ("from the command", 401)
-        finally:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await bounded(proc.wait(), 5)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
-            assert proc.stderr is not None
-            await proc.stderr.read()
+        assert await bounded(asyncio.to_thread(use_sdk)) == ("from the command", 401)
 
 
 @live
@@ -1271,60 +1279,23 @@ async def test_no_cors_unless_configured(api_key: str | None) -> None:
 
 @live
 async def test_gateway_command_cors_origin() -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("MIMIRLITE_API_KEY", None)
-    command = (sys.executable, "-m", "mimirlite", "gateway", "--no-mdns", "--port", "0")
+    env = cli_env()
     # not an origin: refused by the argument parser, one usage error
-    bad = await asyncio.create_subprocess_exec(
-        *command,
-        "--cors-origin",
-        "app.example",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-        env=env,
-    )
+    bad = await start_cli("--cors-origin", "app.example", env=env)
     _, err = await bounded(bad.communicate(), 30)
     assert bad.returncode == 2 and "--cors-origin" in err.decode() and "not a CORS origin" in err.decode()
-    async with mimir_node(EchoBackend()) as (_, addr):
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            "--peer",
-            addr,
-            "--api-key",
-            "k",
-            "--cors-origin",
-            APP,
-            "--cors-origin",
-            "https://b.example",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=REPO,
-            env=env,
-        )
+    origins = ("--cors-origin", APP, "--cors-origin", "https://b.example")
+    async with (
+        mimir_node(EchoBackend()) as (_, addr),
+        cli_gateway("--peer", addr, "--api-key", "k", *origins, env=env) as base_url,
+    ):
+        port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+        conn = RawHttp(*await asyncio.open_connection("127.0.0.1", port))
         try:
-            assert proc.stdout is not None
-            line = (await bounded(proc.stdout.readline(), 30)).decode()
-            found = re.fullmatch(r"OpenAI-compatible API at http://127\.0\.0\.1:(\d+)/v1\n", line)
-            assert found, line
-            conn = RawHttp(*await asyncio.open_connection("127.0.0.1", int(found.group(1))))
-            try:
-                preflight = [("origin", "https://b.example"), ("access-control-request-method", "POST")]
-                status, headers, _ = await conn.request("OPTIONS", "/v1/chat/completions", headers=preflight)
-                assert status == 204 and headers["access-control-allow-origin"] == "https://b.example"
-                status, headers, _ = await conn.request("GET", "/v1/models", headers=[("origin", APP)])
-                assert status == 401 and headers["access-control-allow-origin"] == APP
-            finally:
-                await conn.close()
+            preflight = [("origin", "https://b.example"), ("access-control-request-method", "POST")]
+            status, headers, _ = await conn.request("OPTIONS", "/v1/chat/completions", headers=preflight)
+            assert status == 204 and headers["access-control-allow-origin"] == "https://b.example"
+            status, headers, _ = await conn.request("GET", "/v1/models", headers=[("origin", APP)])
+            assert status == 401 and headers["access-control-allow-origin"] == APP
         finally:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await bounded(proc.wait(), 5)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
-            assert proc.stderr is not None
-            await proc.stderr.read()
+            await conn.close()
