@@ -2,10 +2,10 @@
 
 Incoming bytes go socket -> Noise transport -> yamux session synchronously in ``buffer_updated``, read
 into one buffer per thread; outgoing frames produced in one event-loop turn leave together, one write
-per Noise message. While the socket's send
-buffer is above ``write_buffer_high`` frames wait in the session (which bounds the replies it queues)
-and writers wait for it to drain. The connection also enforces the host-wide stream limit, the idle
-and write timeouts, keepalive pings on connections it dialed, and the drain after a remote GoAway.
+per Noise message. While the socket's send buffer is above ``write_buffer_high`` frames wait in the
+session (which bounds the replies it queues) and writers wait for it to drain. The connection also
+enforces the host-wide stream limit, the idle and write timeouts, keepalive pings on connections it
+dialed, and the drain after a remote GoAway.
 """
 
 from __future__ import annotations
