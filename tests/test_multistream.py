@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -80,7 +82,5 @@ def test_listener_bounds_refused_proposals() -> None:
 @given(st.binary(max_size=2048))
 def test_arbitrary_bytes_raise_only_multistream_errors(data: bytes) -> None:
     for machine in (MultistreamListener(lambda p: True), MultistreamDialer(["/x"])):
-        try:
+        with contextlib.suppress(MultistreamError, ProtocolNotSupportedError):
             machine.receive_data(data)
-        except (MultistreamError, ProtocolNotSupportedError):
-            pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import struct
 from collections.abc import Callable
@@ -720,7 +721,7 @@ def test_transport_round_trip_any_split(plaintexts: list[bytes], cuts: list[int]
     wire = b"".join(sender.encrypt(p) for p in plaintexts)
     points = sorted({min(c, len(wire)) for c in cuts} | {0, len(wire)})
     got: list[bytes] = []
-    for start, stop in zip(points, points[1:]):
+    for start, stop in itertools.pairwise(points):
         got += receiver.receive_data(wire[start:stop])
     assert got == plaintexts
     assert receiver.buffered == 0

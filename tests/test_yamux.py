@@ -314,8 +314,9 @@ def test_half_close_other_side_still_sends() -> None:
 
 
 def test_data_frame_with_fin() -> None:
-    client, server, sid = open_pair()
-    assert server.receive_data(data_frame(sid, b"last", FIN)) == [DataReceived(sid, b"last"), StreamEnded(sid)]
+    _client, server, sid = open_pair()
+    events = server.receive_data(data_frame(sid, b"last", FIN))
+    assert events == [DataReceived(sid, b"last"), StreamEnded(sid)]
     assert server.receive_data(frame(WINDOW_UPDATE, FIN, sid, 0)) == []  # repeated FIN is harmless
     assert server.receive_data(data_frame(sid, b"", FIN)) == []
 
@@ -340,12 +341,12 @@ def test_reset_by_client() -> None:
 
 
 def test_rst_on_data_frame_after_payload() -> None:
-    client, server, sid = open_pair()
+    client, _server, sid = open_pair()
     assert client.receive_data(data_frame(sid, b"bye", RST)) == [DataReceived(sid, b"bye"), StreamReset(sid)]
 
 
 def test_local_reset_while_frame_arrives() -> None:
-    client, server, sid = open_pair()
+    client, _server, sid = open_pair()
     msg = data_frame(sid, b"0123456789") + data_frame(sid, b"z")
     assert client.receive_data(msg[:15]) == [DataReceived(sid, b"012")]
     client.reset_stream(sid)
@@ -744,7 +745,7 @@ def test_arbitrary_valid_headers_raise_only_yamux_error(
 ) -> None:
     session = YamuxSession(is_client=False)
     wire = b"".join(
-        frame(t, flags, sid, len(p) if t == DATA else int.from_bytes(p[:4] or b"\0", "big"), p if t == DATA else b"")
+        data_frame(sid, p, flags) if t == DATA else frame(t, flags, sid, int.from_bytes(p[:4] or b"\0", "big"))  # noqa: E501
         for t, flags, sid, p in frames
     )
     try:
