@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bench_worker  # this directory: the workers' default sizes are the full run's
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORKER = HERE / "bench_worker.py"
@@ -56,22 +58,7 @@ FULL: dict[str, Any] = {
     "runs": 3,
     "settle": 0.5,  # seconds between a listener's ready line and its RSS reading
     "dial_budget": 400.0,  # seconds a dialer process may take for all its workloads
-    "params": {
-        "connects": 100,
-        "connect_warmup": 5,
-        "bulk_bytes": 256 * 1024 * 1024,
-        "chunk": 64 * 1024,
-        "tokens": 100_000,
-        "tokens_cap_s": 30.0,
-        "rpc_seq": 2000,
-        "rpc_warmup": 50,
-        "rpc_workers": 100,
-        "rpc_per_worker": 20,
-        "timeout": 120.0,
-        "words": 20_000,
-        "ttfc_runs": 200,
-        "aead_seconds": 1.0,
-    },
+    "params": {k: v for k, v in bench_worker.DEFAULTS.items() if k != "workloads"},  # the workloads' sizes
 }
 QUICK: dict[str, Any] = {
     "runs": 1,

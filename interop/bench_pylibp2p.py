@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import threading
 import time
 from typing import Any
 
+import bench_worker  # stdlib only at import: its workload sizes, messages and output lines are shared
 import multiaddr
 import trio
+from bench_worker import DEFAULTS, WORDS, emit, median, percentile, rpc_request, token_message
+from bench_worker import _uvarint as uvarint
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
@@ -31,73 +33,10 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-ECHO = TProtocol("/bench/echo/1.0.0")
-BULK = TProtocol("/bench/bulk/1.0.0")
-TOKENS = TProtocol("/bench/tokens/1.0.0")
-RPC = TProtocol("/bench/rpc/1.0.0")
-
-WORDS = [
-    "the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "a", "large",
-    "language", "model", "streams", "its", "answer", "one", "token", "at", "a", "time", "to", "every",
-    "peer", "that", "asked",
-]
-
-DEFAULTS: dict[str, Any] = {
-    "workloads": ["W1", "W2", "W3", "W4"],
-    "connects": 100,
-    "connect_warmup": 5,
-    "bulk_bytes": 256 * 1024 * 1024,
-    "chunk": 64 * 1024,
-    "tokens": 100_000,
-    "tokens_cap_s": 30.0,
-    "rpc_seq": 2000,
-    "rpc_warmup": 50,
-    "rpc_workers": 100,
-    "rpc_per_worker": 20,
-    "timeout": 120.0,
-}
-
-
-def token_message() -> dict[str, Any]:
-    return {
-        "event": "completionPacket",
-        "data": {
-            "id": "chatcmpl-492",
-            "object": "chat.completion.chunk",
-            "created": 1764000000,
-            "model": "llama3.2:latest",
-            "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": None}],
-        },
-    }
-
-
-def rpc_request(i: int) -> dict[str, Any]:
-    return {"method": "bench.echo", "id": i, "params": {"text": "the quick brown fox jumps over the dog"}}
-
-
-def emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
-
-
-def median(samples: list[float]) -> float:
-    import statistics
-
-    return statistics.median(samples)
-
-
-def uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+ECHO = TProtocol(bench_worker.ECHO)
+BULK = TProtocol(bench_worker.BULK)
+TOKENS = TProtocol(bench_worker.TOKENS)
+RPC = TProtocol(bench_worker.RPC)
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode

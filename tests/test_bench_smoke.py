@@ -30,6 +30,8 @@ pytestmark = [
 
 
 def load_bench() -> ModuleType:
+    if str(BENCH.parent) not in sys.path:
+        sys.path.append(str(BENCH.parent))  # bench.py imports its worker module, as when run as a script
     spec = importlib.util.spec_from_file_location("mimirlite_bench", BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
