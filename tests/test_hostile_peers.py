@@ -36,6 +36,7 @@ from mimirlite.wire.yamux import (
 )
 
 from .conftest import ECHO, echo_handler
+from .helpers import logged, until
 from .test_bad_input import TIMEOUT, RawPeer, disconnected, forgotten, settled, well_behaved_peer
 
 DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
@@ -169,22 +170,6 @@ async def firehose(stream: Stream) -> None:
     chunk = bytes(CHUNK)
     while True:
         await stream.write(chunk)
-
-
-async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
-
-
-def logged(caplog: pytest.LogCaptureFixture, *fragments: str) -> list[str]:
-    found = [r.getMessage() for r in caplog.records if all(f in r.getMessage() for f in fragments)]
-    assert found, f"nothing logged with {fragments}"
-    return found
-
-
 @contextlib.asynccontextmanager
 async def hosted(caplog: pytest.LogCaptureFixture, config: HostConfig | None = None) -> AsyncIterator[Host]:
     """The host under attack; at the end none of its tasks, connections or streams may be left."""

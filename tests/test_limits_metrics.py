@@ -13,7 +13,7 @@ import errno
 import logging
 import socket
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from mimirlite.protocols import start_services
 from mimirlite.wire.yamux import INITIAL_WINDOW, YamuxConfig
 
 from .conftest import ECHO, echo_handler
+from .helpers import logged, until
 
 TIMEOUT = 5.0
 """Upper bound on every wait; a healthy run never gets near it."""
@@ -38,16 +39,6 @@ INTEROP = Path(__file__).resolve().parent.parent / "interop"
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Poll ``condition`` until it holds (bounded wait)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
-
 
 async def sink_handler(stream: Stream) -> None:
     """Never read; return when the connection ends."""
@@ -62,12 +53,6 @@ async def echo_on(stream: Stream, payload: bytes = b"ping") -> None:
 async def finish(stream: Stream) -> None:
     await stream.close_write()
     assert await asyncio.wait_for(stream.read(), TIMEOUT) == b""
-
-
-def logged(caplog: pytest.LogCaptureFixture, *fragments: str) -> list[str]:
-    found = [r.getMessage() for r in caplog.records if all(f in r.getMessage() for f in fragments)]
-    assert found, f"nothing logged with {fragments}"
-    return found
 
 
 @contextlib.asynccontextmanager
