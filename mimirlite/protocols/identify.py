@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import dataclasses
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from mimirlite.errors import (
     AddressError,
     ConnectionClosedError,
     DecodeError,
+    IncompleteReadError,
     InvalidKeyError,
     LocalError,
     MessageTooLargeError,
@@ -32,7 +34,7 @@ from mimirlite.errors import (
 )
 from mimirlite.identity import PeerId, PublicKey
 from mimirlite.wire.lp import encode_message
-from mimirlite.wire.protobuf import LENGTH_DELIMITED, decode_message, encode_bytes_field
+from mimirlite.wire.protobuf import LENGTH_DELIMITED, encode_bytes_field, iter_fields
 from mimirlite.wire.varint import decode_uvarint, encode_uvarint
 
 if TYPE_CHECKING:
@@ -46,11 +48,51 @@ IDENTIFY_PROTOCOL = "/ipfs/id/1.0.0"
 IDENTIFY_PUSH_PROTOCOL = "/ipfs/id/push/1.0.0"
 PROTOCOL_VERSION = "ipfs/0.1.0"
 MAX_IDENTIFY_MESSAGE = 8 * 1024
-"""Cap on one Identify message body, as js-libp2p's identify."""
+"""Cap on one Identify message body, as js-libp2p's and go-libp2p's identify."""
 IDENTIFY_TIMEOUT = 5.0
 """Seconds for one identify exchange (open, negotiate, read), as js-libp2p's identify."""
 MAX_REMEMBERED_PEERS = 1024
 """Identify results kept; the least recently updated peer is forgotten first."""
+
+
+@dataclass(frozen=True)
+class IdentifyConfig:
+    """Limits and timeouts of the identify service: every Identify message is a peer's, hence hostile.
+
+    A message over ``max_message_size`` is refused before its body is read; entries over the other caps
+    are left out unread (logged, counted in ``host.metrics.refused["identify_over_cap"]``); a push over
+    the per-peer rate is reset before it is read (``refused["identify_push"]``).
+    """
+
+    timeout: float = IDENTIFY_TIMEOUT
+    """Seconds for one identify exchange (open, negotiate, read), as js-libp2p's identify."""
+    max_message_size: int = MAX_IDENTIFY_MESSAGE
+    """Bytes of one Identify message body (8 KiB, as js-libp2p, go-libp2p); a longer one is refused unread."""
+    max_listen_addrs: int = 64
+    """Listen addresses taken from one message, and TCP addresses kept for one peer; the rest are left out."""
+    max_protocols: int = 256
+    """Protocols taken from one message; the rest are left out."""
+    max_addr_size: int = 256
+    """Bytes of one listen or observed address; a longer one is left out."""
+    pushes_per_minute: int = 20
+    """Identify pushes taken from one peer: a bucket of this many, refilled at this rate; a push over it,
+    or one while the same peer's previous push is still being read, is reset unread."""
+    max_remembered_peers: int = MAX_REMEMBERED_PEERS
+    """Identify results (and push buckets) kept; the least recently updated peer is forgotten first."""
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise LocalError("timeout must be a positive number of seconds")
+        for name in (
+            "max_message_size",
+            "max_listen_addrs",
+            "max_protocols",
+            "max_addr_size",
+            "pushes_per_minute",
+            "max_remembered_peers",
+        ):
+            if getattr(self, name) < 0:
+                raise LocalError(f"{name} must be >= 0")
 
 
 class IdentifyError(ProtocolError):
@@ -285,27 +327,73 @@ def decode_identify(buf: bytes, max_size: int = MAX_IDENTIFY_MESSAGE) -> Identif
 
     Raises MessageTooLargeError above ``max_size`` and DecodeError for malformed protobuf or text.
     """
-    if len(buf) > max_size:
-        raise MessageTooLargeError(f"identify message of {len(buf)} bytes exceeds the {max_size} byte cap")
-    fields = decode_message(bytes(buf), _SCHEMA)
+    return decode_identify_capped(buf, IdentifyConfig(max_message_size=max_size), capped=False)[0]
 
-    def all_of(f: int) -> list[bytes]:
-        return [v for v in fields.get(f, ()) if isinstance(v, bytes)]
 
-    def last(f: int) -> bytes | None:
-        values = all_of(f)
-        return values[-1] if values else None
+def decode_identify_capped(
+    buf: bytes, config: IdentifyConfig, *, capped: bool = True
+) -> tuple[IdentifyMessage, dict[str, int]]:
+    """Decode an Identify body within ``config``'s caps: the message and what was left out, by kind.
 
-    pv, av = last(_F_PROTOCOL_VERSION), last(_F_AGENT_VERSION)
-    return IdentifyMessage(
+    Listen addresses and protocols past ``max_listen_addrs`` / ``max_protocols`` and addresses longer
+    than ``max_addr_size`` are skipped without being copied or decoded (``capped=False``: kept), so
+    the cost of a message is bounded by the caps, not by how many entries it packs. Raises
+    MessageTooLargeError above ``max_message_size`` and DecodeError for malformed protobuf or text.
+    """
+    if len(buf) > config.max_message_size:
+        size, cap = len(buf), config.max_message_size
+        raise MessageTooLargeError(f"identify message of {size} bytes exceeds the {cap} byte cap")
+    last: dict[int, bytes] = {}
+    addrs: list[bytes] = []
+    protocols: list[str] = []
+    dropped: collections.Counter[str] = collections.Counter()
+    max_addrs = config.max_listen_addrs if capped else len(buf) + 1
+    max_protocols = config.max_protocols if capped else len(buf) + 1
+    max_addr = config.max_addr_size if capped else len(buf) + 1
+    for field, wire_type, value in iter_fields(bytes(buf)):
+        if field not in _SCHEMA:
+            continue
+        if wire_type != LENGTH_DELIMITED or not isinstance(value, bytes):
+            raise DecodeError(f"protobuf: field {field} has wire type {wire_type}, expected 2")
+        if field == _F_LISTEN_ADDRS:
+            if len(value) > max_addr:
+                dropped["oversized listen addresses"] += 1
+            elif len(addrs) >= max_addrs:
+                dropped["listen addresses"] += 1
+            else:
+                addrs.append(value)
+        elif field == _F_PROTOCOLS:
+            if len(protocols) >= max_protocols:
+                dropped["protocols"] += 1
+            else:
+                protocols.append(_text(value, "a protocol"))
+        elif field == _F_OBSERVED_ADDR and len(value) > max_addr:
+            dropped["oversized observed address"] += 1
+            last.pop(field, None)
+        else:
+            last[field] = value
+    pv, av = last.get(_F_PROTOCOL_VERSION), last.get(_F_AGENT_VERSION)
+    msg = IdentifyMessage(
         protocol_version=None if pv is None else _text(pv, "protocolVersion"),
         agent_version=None if av is None else _text(av, "agentVersion"),
-        public_key=last(_F_PUBLIC_KEY),
-        listen_addrs=tuple(all_of(_F_LISTEN_ADDRS)),
-        observed_addr=last(_F_OBSERVED_ADDR),
-        protocols=tuple(_text(p, "a protocol") for p in all_of(_F_PROTOCOLS)),
-        signed_peer_record=last(_F_SIGNED_PEER_RECORD),
+        public_key=last.get(_F_PUBLIC_KEY),
+        listen_addrs=tuple(addrs),
+        observed_addr=last.get(_F_OBSERVED_ADDR),
+        protocols=tuple(protocols),
+        signed_peer_record=last.get(_F_SIGNED_PEER_RECORD),
     )
+    return msg, dict(dropped)
+
+
+def describe_dropped(dropped: dict[str, int], config: IdentifyConfig) -> str:
+    """``dropped`` of :func:`decode_identify_capped` in words, for a log line."""
+    caps = {
+        "listen addresses": f"over the cap of {config.max_listen_addrs}",
+        "protocols": f"over the cap of {config.max_protocols}",
+        "oversized listen addresses": f"longer than {config.max_addr_size} bytes",
+        "oversized observed address": f"longer than {config.max_addr_size} bytes",
+    }
+    return ", ".join(f"{n} {kind} {caps.get(kind, '')}".rstrip() for kind, n in sorted(dropped.items()))
 
 
 # --- what we learn from a message (sans-IO) ----------------------------------------------------
@@ -392,6 +480,32 @@ def merge_push(old: IdentifyInfo | None, peer_id: PeerId, msg: IdentifyMessage) 
     )
 
 
+# --- how often a peer may push (sans-IO) -------------------------------------------------------
+
+
+class PushBudget:
+    """Per-peer token buckets for identify pushes: ``per_minute`` in a burst, refilled at that rate.
+
+    Time is passed in (seconds, any monotonic origin). At most ``max_peers`` buckets are kept; the
+    least recently used is forgotten first (a forgotten peer starts again with a full bucket).
+    """
+
+    def __init__(self, per_minute: int, max_peers: int = MAX_REMEMBERED_PEERS) -> None:
+        self.per_minute = per_minute
+        self.max_peers = max_peers
+        self._buckets: collections.OrderedDict[PeerId, tuple[float, float]] = collections.OrderedDict()
+
+    def take(self, peer: PeerId, now: float) -> bool:
+        """Spend one push of ``peer``'s budget at time ``now``; False when it has none left."""
+        tokens, since = self._buckets.pop(peer, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + max(0.0, now - since) * self.per_minute / 60.0)
+        allowed = tokens >= 1.0
+        self._buckets[peer] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > self.max_peers:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
 # --- the asyncio service -----------------------------------------------------------------------
 
 
@@ -401,11 +515,13 @@ def _agent_version() -> str:
     return f"mimirlite/{__version__}"
 
 
-async def _read_one(stream: Stream, what: str) -> IdentifyMessage:
-    body = await stream.read_message(MAX_IDENTIFY_MESSAGE)
+async def _read_one(
+    stream: Stream, what: str, config: IdentifyConfig
+) -> tuple[IdentifyMessage, dict[str, int]]:
+    body = await stream.read_message(config.max_message_size)
     if body is None:
         raise IdentifyError(f"{what}: stream ended before the message")
-    return decode_identify(body)
+    return decode_identify_capped(body, config)
 
 
 class Identify:
@@ -415,6 +531,7 @@ class Identify:
     background; results are kept (:meth:`info_of`) and the peer's TCP listen addresses are added to
     the host. Failures of those background runs are logged, and the connection is left alone.
     Callbacks in ``on_identified`` get every result and every push, once recorded.
+    Limits are ``config``'s (:class:`IdentifyConfig`); ``timeout``, when given, replaces its timeout.
     """
 
     def __init__(
@@ -423,12 +540,20 @@ class Identify:
         *,
         run_on_connect: bool = False,
         agent_version: str | None = None,
-        timeout: float = IDENTIFY_TIMEOUT,
+        timeout: float | None = None,
         accept_push: bool = True,
+        config: IdentifyConfig | None = None,
     ) -> None:
         self.host = host
         self.agent_version = agent_version or _agent_version()
-        self.timeout = timeout
+        config = config or IdentifyConfig()
+        if timeout is not None:
+            config = dataclasses.replace(config, timeout=timeout)
+        self.config = config
+        self.timeout = config.timeout
+        self._push_budget = PushBudget(config.pushes_per_minute, config.max_remembered_peers)
+        self._pushing: set[PeerId] = set()
+        self._over_budget: set[PeerId] = set()
         self._infos: collections.OrderedDict[PeerId, IdentifyInfo] = collections.OrderedDict()
         self._inflight: dict[Connection, asyncio.Future[IdentifyInfo]] = {}
         self.on_identified: list[Callable[[IdentifyInfo], None]] = []
@@ -457,15 +582,19 @@ class Identify:
     def _remember(self, info: IdentifyInfo) -> None:
         self._infos[info.peer_id] = info
         self._infos.move_to_end(info.peer_id)
-        while len(self._infos) > MAX_REMEMBERED_PEERS:
+        while len(self._infos) > self.config.max_remembered_peers:
             self._infos.popitem(last=False)
         dialable: list[str] = []
+        room = self.config.max_listen_addrs - len(self.host.addrs_of(info.peer_id))
         for a in info.listen_addrs:
+            if room <= 0:
+                break  # as many addresses as we keep for one peer: the ones known first stay
             try:
                 self.host.add_addrs(info.peer_id, [a])
             except AddressError:
                 continue  # not TCP over IP: nothing we could dial
             dialable.append(a)
+            room = self.config.max_listen_addrs - len(self.host.addrs_of(info.peer_id))
         log.debug(
             "identified %s: %s, %d protocols, addrs %s",
             info.peer_id,
@@ -505,14 +634,46 @@ class Identify:
         await stream.write(encode_identify_frame(self.message_for(stream.connection)))
         await stream.close_write()
 
+    def _push_refusal(self, peer: PeerId, now: float) -> str | None:
+        """Why a push from ``peer`` is refused unread at ``now``, or None when it is taken."""
+        if peer in self._pushing:
+            return "its previous push is still being read"
+        if not self._push_budget.take(peer, now):
+            return f"over {self.config.pushes_per_minute} pushes a minute"
+        return None
+
+    def _count_dropped(self, what: str, dropped: dict[str, int]) -> None:
+        if dropped:
+            self.host.metrics.refused["identify_over_cap"] += 1
+            log.info("%s: left out %s", what, describe_dropped(dropped, self.config))
+
     async def _serve_push(self, stream: Stream) -> None:
         peer = stream.remote_peer
+        what = f"identify push from {peer}"
+        refusal = self._push_refusal(peer, asyncio.get_running_loop().time())
+        if refusal is not None:
+            self.host.metrics.refused["identify_push"] += 1
+            if peer in self._over_budget:  # one line when a peer goes over, not one per push
+                log.debug("%s refused: %s", what, refusal)
+            else:
+                log.info("%s refused: %s; resetting its push streams", what, refusal)
+                self._over_budget.add(peer)
+            await stream.reset()
+            return
+        self._over_budget.discard(peer)
+        self._pushing.add(peer)
         try:
-            msg = await asyncio.wait_for(_read_one(stream, f"identify push from {peer}"), self.timeout)
+            msg, dropped = await asyncio.wait_for(_read_one(stream, what, self.config), self.timeout)
+            info = merge_push(self._infos.get(peer), peer, msg)
         except asyncio.TimeoutError:
-            reason = f"identify push from {peer} not received in {self.timeout:g} s"
-            raise IdentifyTimeoutError(reason) from None
-        self._remember(merge_push(self._infos.get(peer), peer, msg))
+            raise IdentifyTimeoutError(f"{what} not received in {self.timeout:g} s") from None
+        except (ProtocolError, IncompleteReadError):  # too large, malformed, foreign key, cut short
+            self.host.metrics.protocol_errors["identify"] += 1
+            raise  # the host logs it and resets the stream
+        finally:
+            self._pushing.discard(peer)
+        self._count_dropped(what, dropped)
+        self._remember(info)
 
     async def push(self) -> int:
         """Send our current Identify message to every connected peer that accepts pushes.
@@ -618,10 +779,14 @@ class Identify:
         peer = conn.remote_peer
         assert peer is not None
         stream = await self.host.open_on(conn, IDENTIFY_PROTOCOL)
+        what = f"identify of {peer}"
         try:
-            msg = await _read_one(stream, f"identify of {peer}")
-        except BaseException:
+            msg, dropped = await _read_one(stream, what, self.config)
+        except BaseException as exc:
+            if isinstance(exc, (ProtocolError, IncompleteReadError)):
+                self.host.metrics.protocol_errors["identify"] += 1
             await stream.reset()
             raise
         await stream.close()
+        self._count_dropped(what, dropped)
         return info_from_message(peer, msg)
