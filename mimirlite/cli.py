@@ -150,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     run = {"node": _node, "chat": _chat, "peers": _peers, "id": _id, "gateway": _gateway}[args.command]
     try:
+        args.keypair = _load_keypair(args)
+    except MimirliteError as exc:  # KeyFileError, InvalidKeyError: one line naming the file
+        return _fail(str(exc))
+    try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:
         return 130
@@ -160,8 +164,17 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _load_keypair(args: argparse.Namespace) -> KeyPair | None:
+    """The identity of ``--key-file`` (created when missing), else a new one (None for ``id``)."""
+    if args.key_file:
+        return KeyPair.load_or_create(args.key_file)
+    return None if args.command == "id" else KeyPair.generate()
+
+
 def _keypair(args: argparse.Namespace) -> KeyPair:
-    return KeyPair.load_or_create(args.key_file) if args.key_file else KeyPair.generate()
+    """The identity loaded by :func:`main` before the command runs."""
+    keypair: KeyPair = args.keypair
+    return keypair
 
 
 def _positive_int(text: str) -> int:
@@ -204,11 +217,7 @@ def _positive_float(text: str) -> float:
 async def _id(args: argparse.Namespace) -> int:
     if not args.key_file:
         return _fail("id needs --key-file PATH (without a key file a node has a new peer ID at each start)")
-    try:
-        keypair = KeyPair.load_or_create(args.key_file)
-    except (MimirliteError, OSError) as exc:
-        return _fail(f"cannot use key file {args.key_file}: {exc}")
-    print(keypair.peer_id)
+    print(_keypair(args).peer_id)
     return 0
 
 

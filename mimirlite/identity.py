@@ -11,16 +11,18 @@ import base64
 import binascii
 import contextlib
 import enum
+import errno
 import hashlib
 import os
 import secrets
+import stat
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from mimirlite.errors import DecodeError, InvalidKeyError
+from mimirlite.errors import DecodeError, InvalidKeyError, LocalError
 from mimirlite.wire.protobuf import (
     LENGTH_DELIMITED,
     VARINT,
@@ -364,20 +366,30 @@ class KeyPair:
         return self._private.sign(data)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> KeyPair:
-        """Load a key file (raw ``PrivateKey`` protobuf); InvalidKeyError naming the path if bad."""
-        with open(path, "rb") as f:
-            buf = f.read()
+    def load(cls, path: str | os.PathLike[str], *, check_permissions: bool = True) -> KeyPair:
+        """Load a key file (raw ``PrivateKey`` protobuf).
+
+        Raises KeyFileError when the path cannot be used (missing, a directory, not a regular file,
+        unreadable, or, with ``check_permissions`` on POSIX, open to group or others, as ssh refuses
+        a private key) and InvalidKeyError when it holds no key; both name the path on one line.
+        """
+        buf = _read_key_file(os.fspath(path), check_permissions)
+        if buf is None:
+            raise KeyFileError(f"cannot use key file {os.fspath(path)}: No such file or directory")
+        return cls._from_file(os.fspath(path), buf)
+
+    @classmethod
+    def _from_file(cls, path: str, buf: bytes) -> KeyPair:
         try:
             return cls.from_private_protobuf(buf)
         except InvalidKeyError as e:
-            raise InvalidKeyError(f"{os.fspath(path)}: {e}") from e
+            raise InvalidKeyError(f"cannot use key file {path}: not a key file ({e})") from e
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the key file atomically (temporary file, then rename), readable by the owner only."""
         target = os.fspath(path)
         tmp = f"{target}.{secrets.token_hex(6)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(self.to_private_protobuf())
@@ -390,14 +402,132 @@ class KeyPair:
             raise
 
     @classmethod
-    def load_or_create(cls, path: str | os.PathLike[str]) -> KeyPair:
-        """Load the key file, or generate and save a new key if it does not exist."""
+    def load_or_create(cls, path: str | os.PathLike[str], *, check_permissions: bool = True) -> KeyPair:
+        """Load the key file, or generate a new key and create the file (mode 0600) if there is none.
+
+        Creation is atomic: the key is written to a temporary file in the same directory and linked
+        into place only if no file is there yet, so processes started together on a new path agree on
+        one identity (the ones that lose the race load the winner's key). Raises KeyFileError and
+        InvalidKeyError as :meth:`load` does, and KeyFileError when the file cannot be created.
+        """
+        target = os.fspath(path)
+        buf = _read_key_file(target, check_permissions)
+        if buf is not None:
+            return cls._from_file(target, buf)
+        pair = cls.generate()
         try:
-            return cls.load(path)
-        except FileNotFoundError:
-            pair = cls.generate()
-            pair.save(path)
+            created = _create_key_file(target, pair.to_private_protobuf())
+        except OSError as exc:
+            raise KeyFileError(f"cannot use key file {target}: cannot create it: {_reason(exc)}") from None
+        if created:
             return pair
+        return cls.load(target, check_permissions=check_permissions)  # another process made it first
 
     def __repr__(self) -> str:
         return f"KeyPair({self.peer_id})"
+
+
+# --- key files ---------------------------------------------------------------------------------
+
+MAX_KEY_FILE_SIZE = 4096
+"""Bytes read from a key file at most; a larger file is not a key file."""
+_O_BINARY: int = getattr(os, "O_BINARY", 0)
+_O_NONBLOCK: int = getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block the open
+
+
+class KeyFileError(LocalError):
+    """A key file path cannot be used: missing, not a regular file, unreadable, or open to others."""
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _read_key_file(path: str, check_permissions: bool) -> bytes | None:
+    """The bytes of the key file at ``path``; None when there is no file there (ENOENT)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NONBLOCK)
+    except FileNotFoundError:
+        if os.path.lexists(path):  # a dangling symlink is a bad path, not a missing key
+            raise KeyFileError(f"cannot use key file {path}: it is a link to nothing") from None
+        return None
+    except IsADirectoryError:  # where a directory cannot be opened
+        raise KeyFileError(f"cannot use key file {path}: it is a directory") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot use key file {path}: {_reason(exc)}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise KeyFileError(f"cannot use key file {path}: it is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"cannot use key file {path}: it is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if check_permissions and os.name == "posix" and mode & 0o077:
+            raise KeyFileError(
+                f"cannot use key file {path}: permissions {mode:04o} are too open (group or others may "
+                f"read or write it); run: chmod 600 {path}"
+            )
+        try:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                buf = f.read(MAX_KEY_FILE_SIZE + 1)
+        except OSError as exc:
+            raise KeyFileError(f"cannot use key file {path}: {_reason(exc)}") from None
+    finally:
+        os.close(fd)
+    if len(buf) > MAX_KEY_FILE_SIZE:
+        raise InvalidKeyError(
+            f"cannot use key file {path}: larger than {MAX_KEY_FILE_SIZE} bytes, not a key file"
+        )
+    return buf
+
+
+def _create_key_file(path: str, data: bytes) -> bool:
+    """Put ``data`` at ``path`` (mode 0600) unless a file is there; False when one was.
+
+    Written to a temporary file in the same directory first and linked into place, so that the file
+    at ``path`` is always whole; where hard links are not supported, created with O_EXCL instead.
+    """
+    tmp = f"{path}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            return _create_exclusive(path, data)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _sync_directory(path)
+    return True
+
+
+def _create_exclusive(path: str, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def _sync_directory(path: str) -> None:
+    """Make the new directory entry durable (POSIX; a no-op where directories cannot be opened)."""
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        dfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

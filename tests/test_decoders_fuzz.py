@@ -570,6 +570,7 @@ def test_key_file_loading_raises_only_invalid_key(content: bytes) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "node.key"
         path.write_bytes(content)
+        path.chmod(0o600)  # a key file open to others is refused before it is read
         got = outcome(lambda: KeyPair.load(path))
         again = outcome(lambda: KeyPair.load_or_create(path))
         assert path.read_bytes() == content  # a bad key file is never replaced

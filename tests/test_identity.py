@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mimirlite.errors import InvalidKeyError
-from mimirlite.identity import KeyPair, KeyType, PeerId, PublicKey
+from mimirlite.identity import KeyFileError, KeyPair, KeyType, PeerId, PublicKey
 from mimirlite.wire.protobuf import encode_bytes_field, encode_varint_field, iter_fields
 from mimirlite.wire.varint import encode_uvarint
 
@@ -516,6 +516,7 @@ def test_load_or_create(tmp_path: Path) -> None:
 def test_corrupt_key_file(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.key"
     path.write_bytes(content)
+    path.chmod(0o600)
     with pytest.raises(InvalidKeyError, match=r"bad\.key"):
         KeyPair.load(path)
     with pytest.raises(InvalidKeyError) as info:
@@ -524,8 +525,8 @@ def test_corrupt_key_file(tmp_path: Path, content: bytes) -> None:
     assert path.read_bytes() == content
 
 
-def test_load_missing_file_raises_os_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+def test_load_missing_file_raises_key_file_error(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match=r"missing\.key: No such file or directory"):
         KeyPair.load(tmp_path / "missing.key")
 
 
