@@ -1,9 +1,11 @@
 """Smoke run of every atheris fuzz harness in fuzz/ (through fuzz/run.py): a few thousand executions
-each, starting from the seed corpus, with no crash. The long runs are described in fuzz/README.md."""
+each, starting from the seed corpus, with no crash, and the coverage and corpus each reached reported;
+``--results`` writes them with the command that produced them. Longer runs: fuzz/README.md."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,4 +78,33 @@ def test_harness_smoke(harness: str, tmp_path: Path) -> None:
     tail = "\n".join(log.splitlines()[-40:])
     assert result["crashes"] == 0 and result["status"] == "ok", f"{result}\n{tail}"
     assert result["runs"] == RUNS, f"{result}\n{tail}"
+    # what it reached, read from libFuzzer's status lines and the working corpus
+    assert 0 < result["cov_seeds"] <= result["cov"], result
+    assert result["corpus_inputs"] > 0 and result["corpus_bytes"] > 0, result
+    assert result["new_inputs"] >= 0 and result["new_bytes"] >= 0, result
     assert proc.returncode == 0
+
+
+@needs_atheris
+def test_results_file_names_the_command_that_wrote_it(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    args = [f"--runs={RUNS}", "--wall-limit=150", f"--artifacts={tmp_path}", f"--results={results}", "varint"]
+    proc = subprocess.run(
+        [sys.executable, str(FUZZ / "run.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = results.read_text()
+    assert f"python fuzz/run.py {' '.join(args)}" in text
+    assert "Python 3." in text and "atheris " in text and "CPUs" in text
+    [row] = [line for line in text.splitlines() if line.startswith("| varint |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:3] == ["ok", f"{RUNS:,}"] and cells[5] == "0", row
+    seeds, end = (int(x) for x in cells[6].split(" → "))
+    assert 0 < seeds <= end and cells[8].endswith(("B", "KiB")), row
+    # the printed table carries the same figures
+    assert re.search(rf"^varint\s+ok\s+{RUNS:,}\s", proc.stdout, re.M), proc.stdout
