@@ -4,7 +4,8 @@
 Input: the Identify protobuf body. The peer it is checked against is the one its public key names
 (when that key decodes), else IDENTITY_A.
 Invariants: every binary multiaddr that decodes re-encodes from its text to the same bytes; a
-push without a public key keeps the key already known.
+push without a public key keeps the key already known; the capped decoder (what a node runs) keeps
+the first entries within the caps of what the full decoder reads, and counts the rest.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ with atheris.instrument_imports(include=["mimirlite"]):
     from mimirlite.errors import DecodeError, MimirliteError
     from mimirlite.identity import PeerId, PublicKey
     from mimirlite.protocols.identify import (
+        IdentifyConfig,
         decode_identify,
+        decode_identify_capped,
         info_from_message,
         merge_push,
         multiaddr_from_bytes,
@@ -35,8 +38,24 @@ def _check_addr(raw: bytes) -> None:
     fuzzlib.check(multiaddr_to_bytes(text) == raw, "multiaddr does not round-trip", raw, text)
 
 
+CAPS = IdentifyConfig(max_listen_addrs=3, max_protocols=2, max_addr_size=12)
+
+
+def _check_caps(data: bytes, msg: object) -> None:
+    """Run after the full decode succeeded: the capped one must agree on what it keeps."""
+    capped, dropped = decode_identify_capped(data, CAPS)
+    assert isinstance(msg, type(capped))
+    fitting = [a for a in msg.listen_addrs if len(a) <= CAPS.max_addr_size]
+    fuzzlib.check(capped.listen_addrs == tuple(fitting[: CAPS.max_listen_addrs]), "capped addrs", data)
+    fuzzlib.check(capped.protocols == msg.protocols[: CAPS.max_protocols], "capped protocols", data)
+    left_out = len(msg.listen_addrs) - len(capped.listen_addrs) + len(msg.protocols) - len(capped.protocols)
+    counted = sum(n for kind, n in dropped.items() if kind != "oversized observed address")
+    fuzzlib.check(left_out == counted, "entries left out but not counted", data, dropped)
+
+
 def test_one_input(data: bytes) -> None:
     msg = decode_identify(data)
+    _check_caps(data, msg)
     peer = fuzzlib.IDENTITY_A.peer_id
     if msg.public_key is not None:
         with contextlib.suppress(MimirliteError):

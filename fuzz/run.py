@@ -100,6 +100,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def _harness_env() -> dict[str, str]:
+    """Our environment, with this repository first on the import path: a harness fuzzes the
+    mimirlite next to it, not another copy that happens to be installed."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE.parent), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def run_one(harness: str, args: argparse.Namespace, work_root: Path) -> Result:
     script = HERE / f"{PREFIX}{harness}.py"
     result = Result(harness)
@@ -129,7 +137,9 @@ def run_one(harness: str, args: argparse.Namespace, work_root: Path) -> Result:
     result.log = str(log_path)
     start = time.monotonic()
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=_harness_env()
+        )
         try:
             proc.wait(args.wall_limit)
         except subprocess.TimeoutExpired:
