@@ -451,10 +451,9 @@ def _read_key_file(path: str, check_permissions: bool) -> bytes | None:
         if os.path.lexists(path):  # a dangling symlink is a bad path, not a missing key
             raise KeyFileError(f"cannot use key file {path}: it is a link to nothing") from None
         return None
-    except IsADirectoryError:  # where a directory cannot be opened
-        raise KeyFileError(f"cannot use key file {path}: it is a directory") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot use key file {path}: {_reason(exc)}") from None
+    except OSError as exc:  # a directory cannot be opened on some systems (EISDIR, or EACCES on Windows)
+        reason = "it is a directory" if os.path.isdir(path) else _reason(exc)
+        raise KeyFileError(f"cannot use key file {path}: {reason}") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):

@@ -657,6 +657,8 @@ class Identify:
                 log.debug("%s refused: %s", what, refusal)
             else:
                 log.info("%s refused: %s; resetting its push streams", what, refusal)
+                if len(self._over_budget) >= self.config.max_remembered_peers:
+                    self._over_budget.clear()  # bounded: at worst a peer's going over is logged again
                 self._over_budget.add(peer)
             await stream.reset()
             return
