@@ -95,12 +95,16 @@ class NodeMetrics:
     ``refused`` is the node's ``refused`` Counter (``rate_limited``, ``overloaded``); ``backend_errors``
     counts answers that failed, by completionStop error type (``model_not_found``, ``backend_error``,
     ``unreachable``, ...). ``in_flight`` and ``waiting`` are the chats answered now and queued.
+    ``ended`` counts running chats ended with ``overloaded`` so that waiting ones get their places, by
+    reason: ``fair_share`` (a reader that stalled while its peer or address held more than its share),
+    ``stall_timeout`` (a reader that took nothing for ``NodeLimits.stall_timeout``).
     """
 
     __slots__ = (
         "backend_errors",
         "bad_requests",
         "cancelled",
+        "ended",
         "identify_answered",
         "in_flight",
         "refused",
@@ -121,6 +125,7 @@ class NodeMetrics:
         self.backend_errors: collections.Counter[str] = collections.Counter()
         self.cancelled = 0
         """Chats whose client left while they waited or mid-answer (the backend request is cancelled)."""
+        self.ended: collections.Counter[str] = collections.Counter()
         self.identify_answered = 0
 
     def as_dict(self) -> dict[str, int | dict[str, int]]:
@@ -137,6 +142,7 @@ _NODE_ORDER = (
     "bad_requests",
     "backend_errors",
     "cancelled",
+    "ended",
     "identify_answered",
 )
 
