@@ -9,10 +9,27 @@ leaves room for everyone else.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
 import pytest
 
-from mimirlite.mimir import NodeLimits, packets
+from mimirlite import Host, KeyPair, Stream
+from mimirlite.mimir import EchoBackend, MimirNode, NodeLimits, packets
+from mimirlite.mimir.backends import make_chunk
 from mimirlite.mimir.limits import FAIR_SHARE, STALLED, Admission, Refusal, Ticket
+from mimirlite.wire.yamux import INITIAL_WINDOW
+
+from .helpers import logged, until
+
+LOCAL = "/ip4/127.0.0.1/tcp/0"
+WAIT = 30.0
+"""Upper bound on a wait for many streams and chats on a loaded machine; a healthy run is far below."""
+live = pytest.mark.usefixtures("no_leaks")
 
 
 def tickets(adm: Admission, *arrivals: tuple[str, str]) -> list[Ticket]:
@@ -128,3 +145,153 @@ def test_the_existing_limits_still_refuse_first() -> None:
     adm = Admission(NodeLimits(max_concurrent=1, queue=1))
     tickets(adm, ("a", "X"), ("b", "Y"))
     assert isinstance(adm.arrive("c", 0.0, "Z"), Refusal)
+
+
+# ---------------------------------------------------------------- on real sockets
+
+
+class LongEcho(EchoBackend):
+    """Answers with the question ``repeat`` times over, one chunk each: a long answer from a short question.
+
+    An 8 KiB question gives a 512 KiB answer, twice a yamux window: a reader that takes nothing stalls it.
+    """
+
+    repeat = 64
+
+    async def stream_chat(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        text = str(messages[-1]["content"])
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        yield make_chunk(cid, model, {"role": "assistant", "content": ""})
+        for _ in range(self.repeat):
+            yield make_chunk(cid, model, {"content": text})
+        yield make_chunk(cid, model, {}, "stop")
+
+
+BIG = "x" * 8192
+"""A question whose answer (``LongEcho``) is twice a yamux window."""
+assert LongEcho.repeat * len(BIG) >= 2 * INITIAL_WINDOW
+
+
+@contextlib.asynccontextmanager
+async def long_echo_node(limits: NodeLimits) -> AsyncIterator[MimirNode]:
+    async with Host(listen=[LOCAL]) as host, MimirNode(host, LongEcho(), limits=limits) as node:
+        yield node
+
+
+async def send_request(user: Host, node: MimirNode, text: str, request_id: str) -> Stream:
+    """Open a chat and send its request; the answer is left for the caller to read (or not)."""
+    stream = await user.new_stream(node.host.listen_addrs[0], packets.CHAT_PROTOCOL)
+    request = {"event": packets.MESSAGE, "request_id": request_id, "data": {"messages": hello(text)}}
+    await stream.write_json(request)
+    await stream.close_write()
+    return stream
+
+
+def hello(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+async def read_answer(stream: Stream, timeout: float = WAIT) -> list[dict[str, Any]]:
+    """Every packet until the end of the stream."""
+    out = []
+    while (obj := await asyncio.wait_for(stream.read_json(), timeout)) is not None:
+        out.append(obj)
+    return out
+
+
+def completed(out: list[dict[str, Any]], text: str) -> bool:
+    words = "".join(p["data"]["choices"][0]["delta"].get("content") or "" for p in out[:-1])
+    return out[-1]["event"] == packets.COMPLETION_PACKET and words == text * LongEcho.repeat
+
+
+def stop_error(out: list[dict[str, Any]]) -> dict[str, Any]:
+    """The error of an answer that ends with a completionStop packet."""
+    assert out and out[-1]["event"] == packets.COMPLETION_STOP, out[-1:]
+    return out[-1]["data"]["error"]  # type: ignore[no-any-return]
+
+
+def ended_request_ids(caplog: pytest.LogCaptureFixture, reason: str) -> list[str]:
+    """The request ids the node logged as ended for ``reason`` (``ending chat 'id' (reason)``)."""
+    found = logged(caplog, "ending chat", f"({reason})")
+    return [line.split("ending chat '", 1)[1].split("'", 1)[0] for line in found]
+
+
+@live
+async def test_a_peer_holding_every_place_unread_on_4_connections_does_not_keep_another_peer_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The issue's target: with the default limits, one peer opens 256 chats (``max_concurrent``) on 4
+    connections and never reads their answers; another peer's chat is answered within 5 s."""
+    caplog.set_level(logging.INFO, "mimirlite.mimir")
+    limits = NodeLimits()
+    assert limits.max_concurrent == 256
+    hostile_key = KeyPair.generate()
+    async with (
+        long_echo_node(limits) as node,
+        contextlib.AsyncExitStack() as stack,
+        Host() as honest,
+    ):
+        hostile = [await stack.enter_async_context(Host(hostile_key)) for _ in range(4)]
+        held: dict[str, Stream] = {}
+        for i in range(limits.max_concurrent):
+            held[f"h{i}"] = await send_request(hostile[i % 4], node, BIG, f"h{i}")
+        assert len({h.connections[node.host.peer_id] for h in hostile}) == 4
+        await until(lambda: node.metrics.in_flight == 256, WAIT)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        stream = await send_request(honest, node, "hello", "honest")
+        out = await read_answer(stream)
+        took = loop.time() - start
+        assert completed(out, "hello")
+        assert took < 5.0, f"answered in {took:.2f} s"
+        # one hostile chat (as many as waited) was ended, counted and logged; its reader, when it reads
+        # at last, finds the rest of what was sent, then the overloaded error
+        assert node.metrics.ended == {FAIR_SHARE: 1}
+        [ended] = ended_request_ids(caplog, FAIR_SHARE)
+        error = stop_error(await read_answer(held.pop(ended)))
+        assert error["type"] == packets.OVERLOADED
+        assert error["message"].startswith("ended to serve others: your reader took nothing for ")
+        assert "this peer held more than its share of 256 places while others waited" in error["message"]
+        assert node.metrics.in_flight == 255  # the others keep their places while nobody else waits
+        for s in held.values():
+            await s.reset()
+        await until(lambda: node.metrics.in_flight == 0, WAIT)
+
+
+@live
+async def test_the_stall_timeout_ends_a_chat_only_while_others_wait(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "mimirlite.mimir")
+    stall = 0.2
+    limits = NodeLimits(max_concurrent=1, stall_timeout=stall)
+    async with long_echo_node(limits) as node, Host() as slow, Host() as other:
+        stream = await send_request(slow, node, BIG, "slow")
+        await until(lambda: node.metrics.in_flight == 1)
+        # alone, a reader that takes nothing keeps its place however long
+        await asyncio.sleep(10 * stall)
+        assert node.metrics.in_flight == 1 and node.metrics.ended == {}
+        # with another waiting, it is ended; the other is answered
+        waiting = await send_request(other, node, "hi", "other")
+        assert completed(await read_answer(waiting), "hi")
+        assert node.metrics.ended == {STALLED: 1}
+        assert ended_request_ids(caplog, STALLED) == ["slow"]
+        error = stop_error(await read_answer(stream))
+        assert error["type"] == packets.OVERLOADED
+        assert error["message"].startswith("ended to serve others: your reader took nothing for ")
+        assert error["message"].endswith(f"(stall_timeout {stall:g} s)")
+        assert node.metrics.as_dict()["ended"] == {STALLED: 1}
+
+
+@live
+async def test_a_busy_peer_that_reads_is_not_cut_when_nobody_else_waits() -> None:
+    """One peer (a gateway fronting many users) fills every place and queues as many again; it reads
+    every answer, if not at once: none is cut, even with a stall grace far below the answers' pauses."""
+    limits = NodeLimits(max_concurrent=16, stall_grace=0.01, stall_timeout=5.0)
+    async with long_echo_node(limits) as node, Host() as gateway:
+        streams = [await send_request(gateway, node, BIG, f"g{i}") for i in range(32)]
+        await until(lambda: (node.metrics.in_flight, node.metrics.waiting) == (16, 16), WAIT)
+        await asyncio.sleep(0.2)  # every running answer stalls on its window for 20 graces
+        answers = await asyncio.gather(*(read_answer(s) for s in streams))
+        assert all(completed(out, BIG) for out in answers)
+        assert node.metrics.ended == {} and node.metrics.served == 32
