@@ -25,6 +25,7 @@ from mimirlite.mimir.limits import FAIR_SHARE, STALLED, Admission, Refusal, Tick
 from mimirlite.wire.yamux import INITIAL_WINDOW
 
 from .helpers import logged, until
+from .test_cli import cli, make_env, node, one_line
 
 LOCAL = "/ip4/127.0.0.1/tcp/0"
 WAIT = 30.0
@@ -295,3 +296,21 @@ async def test_a_busy_peer_that_reads_is_not_cut_when_nobody_else_waits() -> Non
         answers = await asyncio.gather(*(read_answer(s) for s in streams))
         assert all(completed(out, BIG) for out in answers)
         assert node.metrics.ended == {} and node.metrics.served == 32
+
+
+async def test_stall_timeout_from_the_command_line() -> None:
+    """``node --stall-timeout``: a chat whose reader takes nothing is ended when another waits."""
+    env = make_env()
+    res = await cli("node", "--backend", "echo", "--stall-timeout", "-1", env=env)
+    assert res.rc == 2 and "--stall-timeout: must be a number of seconds (0: never), not -1" in res.err
+    async with (
+        node("--backend", "echo", "--max-concurrent", "1", "--stall-timeout", "0.5", env=env) as (_, info),
+        Host() as slow,
+    ):
+        # the echo model answers word by word: 60,000 words are far more than a window
+        stream = await slow.new_stream(info.local_addr, packets.CHAT_PROTOCOL)
+        await stream.write_json({"event": packets.MESSAGE, "data": {"messages": hello("word " * 60_000)}})
+        res = await cli("chat", "--peer", info.local_addr, "-p", "hello there", env=env)
+        assert res.rc == 0 and one_line(res.out) == "hello there", res
+        error = stop_error(await read_answer(stream))
+        assert error["type"] == packets.OVERLOADED and error["message"].endswith("(stall_timeout 0.5 s)")
