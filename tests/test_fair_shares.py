@@ -18,10 +18,13 @@ from typing import Any
 
 import pytest
 
-from mimirlite import Host, KeyPair, Stream
+from mimirlite import Connection, Host, HostConfig, KeyPair, Stream
+from mimirlite.errors import StreamResetError
 from mimirlite.mimir import EchoBackend, MimirNode, NodeLimits, packets
 from mimirlite.mimir.backends import make_chunk
 from mimirlite.mimir.limits import FAIR_SHARE, STALLED, Admission, Refusal, Ticket
+from mimirlite.net.addr import parse_multiaddr
+from mimirlite.net.shares import StreamShares
 from mimirlite.wire.yamux import INITIAL_WINDOW
 
 from .helpers import logged, until
@@ -314,3 +317,134 @@ async def test_stall_timeout_from_the_command_line() -> None:
         assert res.rc == 0 and one_line(res.out) == "hello there", res
         error = stop_error(await read_answer(stream))
         assert error["type"] == packets.OVERLOADED and error["message"].endswith("(stall_timeout 0.5 s)")
+
+
+# ---------------------------------------------------------------- streams
+
+
+def test_stream_shares_per_connection_peer_and_address() -> None:
+    cfg = HostConfig(max_inbound_streams_per_connection=2, max_streams_per_peer=3, max_streams_per_ip=4)
+    shares = StreamShares(cfg)
+    assert shares.refusal(0, "p", "X") is None
+    assert shares.refusal(2, "p", "X") == (
+        "streams_per_connection",
+        "2 inbound streams on this connection (max_inbound_streams_per_connection)",
+    )
+    for _ in range(3):
+        shares.add("p", "X")
+    assert shares.refusal(0, "p", "X") == (
+        "streams_per_peer",
+        "3 inbound streams from this peer (max_streams_per_peer)",
+    )
+    assert shares.refusal(0, "q", "X") is None  # another peer at the same address
+    shares.add("q", "X")
+    assert shares.refusal(0, "q", "X") == ("streams_per_ip", "4 inbound streams from X (max_streams_per_ip)")
+    assert shares.refusal(0, "r", "Y") is None and shares.refusal(0, "r", None) is None  # other addresses
+    shares.remove("p", "X", 3)
+    assert (shares.of_peer("p"), shares.of_ip("X")) == (0, 1)
+    assert shares.refusal(0, "q", "X") is None
+
+
+def test_stream_share_defaults_sit_well_below_the_host_wide_limit() -> None:
+    cfg = HostConfig()
+    assert cfg.max_streams_total == 4096
+    assert (cfg.max_inbound_streams_per_connection, cfg.max_streams_per_peer, cfg.max_streams_per_ip) == (
+        512,
+        1024,
+        2048,
+    )
+    for name in ("max_inbound_streams_per_connection", "max_streams_per_peer", "max_streams_per_ip"):
+        with pytest.raises(Exception, match=f"{name} must be >= 0"):
+            HostConfig(**{name: -1})  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def dial_from(source: str, user: Host, target: str) -> AsyncIterator[Connection]:
+    """A connection of ``user``'s identity to ``target`` from the source address ``source``
+    (a Host dials from the address the kernel picks: 127.0.0.1 on loopback)."""
+    addr = parse_multiaddr(target)
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(
+        lambda: Connection(
+            user.keypair, user.config, initiator=True, on_stream=lambda s: None, on_close=lambda c: None
+        ),
+        addr.host,
+        addr.port,
+        local_addr=(source, 0),
+    )
+    try:
+        await asyncio.wait_for(conn.upgrade(), WAIT)
+        yield conn
+    finally:
+        conn.close()
+
+
+async def refused_stream(user: Host, node: MimirNode) -> None:
+    with pytest.raises(StreamResetError):
+        await user.new_stream(node.host.listen_addrs[0], packets.CHAT_PROTOCOL)
+
+
+@live
+async def test_streams_held_by_one_connection_peer_or_address_leave_room_for_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Lowered limits in the default proportions: a connection, then a peer (two connections), then an
+    address (two peers) open streams up to their share; each next one is reset, counted and logged,
+    and a peer from another address still opens streams and chats."""
+    caplog.set_level(logging.INFO, "mimirlite")
+    cfg = HostConfig(
+        max_streams_total=32,
+        max_inbound_streams_per_connection=4,
+        max_streams_per_peer=6,
+        max_streams_per_ip=8,
+    )
+    key = KeyPair.generate()
+    async with (
+        Host(listen=[LOCAL], config=cfg) as host,
+        MimirNode(host, LongEcho(), request_timeout=60.0) as node,
+        Host(key) as first,
+        Host(key) as second,
+        Host() as neighbour,
+        Host() as honest,
+    ):
+        addr = host.listen_addrs[0]
+        held = [await first.new_stream(addr, packets.CHAT_PROTOCOL) for _ in range(4)]
+        await refused_stream(first, node)
+        assert host.metrics.refused == {"streams_per_connection": 1}
+        logged(
+            caplog,
+            "refusing stream",
+            "4 inbound streams on this connection (max_inbound_streams_per_connection)",
+        )
+        held += [await second.new_stream(addr, packets.CHAT_PROTOCOL) for _ in range(2)]
+        await refused_stream(second, node)
+        assert host.metrics.refused["streams_per_peer"] == 1
+        logged(caplog, "refusing stream", "6 inbound streams from this peer (max_streams_per_peer)")
+        held += [await neighbour.new_stream(addr, packets.CHAT_PROTOCOL) for _ in range(2)]
+        await refused_stream(neighbour, node)
+        assert host.metrics.refused["streams_per_ip"] == 1
+        logged(caplog, "refusing stream", "8 inbound streams from 127.0.0.1 (max_streams_per_ip)")
+        # a peer at another address opens streams and chats
+        async with dial_from("127.0.0.2", honest, addr) as conn:
+            assert host.metrics.streams_current == 8
+            for i in range(3):
+                stream = await honest.open_on(conn, packets.CHAT_PROTOCOL)
+                request = {"event": packets.MESSAGE, "data": {"messages": hello(f"hi{i}")}}
+                await stream.write_json(request)
+                await stream.close_write()
+                assert completed(await read_answer(stream), f"hi{i}")
+        # the held streams carry on, and once they end their places are free again
+        stream = held[0]
+        await stream.write_json({"event": packets.MESSAGE, "data": {"messages": hello("still here")}})
+        await stream.close_write()
+        assert completed(await read_answer(stream), "still here")
+        for s in held[1:]:
+            await s.reset()
+        await until(lambda: host.metrics.streams_current == 0)
+        stream = await send_request(first, node, "again", "again")
+        assert completed(await read_answer(stream), "again")
+        assert host.metrics.refused == {
+            "streams_per_connection": 1,
+            "streams_per_peer": 1,
+            "streams_per_ip": 1,
+        }
