@@ -265,6 +265,38 @@ async def test_a_peer_holding_every_place_unread_on_4_connections_does_not_keep_
 
 
 @live
+async def test_one_address_with_many_peer_ids_does_not_keep_another_address_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """4 peers at 127.0.0.1 hold every place (2 each, their share as peers) unread and queue more; a peer
+    at 127.0.0.2 is let in first: its address holds nothing, theirs more than its share."""
+    caplog.set_level(logging.INFO, "mimirlite.mimir")
+    async with (
+        long_echo_node(NodeLimits(max_concurrent=8)) as node,
+        contextlib.AsyncExitStack() as stack,
+        Host() as honest,
+    ):
+        hostile = [await stack.enter_async_context(Host()) for _ in range(4)]
+        held = [await send_request(hostile[i % 4], node, BIG, f"h{i}") for i in range(8)]
+        await until(lambda: node.metrics.in_flight == 8, WAIT)
+        held += [await send_request(hostile[i], node, BIG, f"q{i}") for i in range(4)]
+        await until(lambda: node.metrics.waiting == 4, WAIT)
+        async with dial_from("127.0.0.2", honest, node.host.listen_addrs[0]) as conn:
+            stream = await honest.open_on(conn, packets.CHAT_PROTOCOL)
+            request = {"event": packets.MESSAGE, "data": {"messages": hello("from elsewhere")}}
+            await stream.write_json(request)
+            await stream.close_write()
+            assert completed(await read_answer(stream), "from elsewhere")
+        assert node.metrics.ended == {FAIR_SHARE: 1}
+        [line] = logged(caplog, "ending chat", "(fair_share)")
+        assert "this address held more than its share of 8 places while others waited" in line
+        assert (node.metrics.in_flight, node.metrics.waiting) == (8, 3)  # a queued one of theirs got it
+        for s in held:
+            await s.reset()
+        await until(lambda: node.metrics.in_flight == 0, WAIT)
+
+
+@live
 async def test_the_stall_timeout_ends_a_chat_only_while_others_wait(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "mimirlite.mimir")
     stall = 0.2

@@ -108,6 +108,9 @@ class MimirNode:
         if self._review_handle is not None:
             self._review_handle.cancel()
             self._review_handle = None
+        for handle in self._ending.values():
+            handle.cancel()
+        self._ending.clear()
         for service in self._services:
             service.close()
         self._services = []
