@@ -33,7 +33,10 @@ class MimirNode:
 
     ``limits`` bounds the chat requests answered at once, queued, and per peer (see
     :class:`~mimirlite.mimir.limits.NodeLimits`); a request over a limit is answered with a completionStop
-    error of type ``rate_limited`` or ``overloaded``. ``clock`` (seconds) times the per-peer rate.
+    error of type ``rate_limited`` or ``overloaded``. While requests wait, a running chat whose reader
+    stopped taking its answer is ended with ``overloaded`` when its peer or address holds more than its
+    share of the places, or after ``stall_timeout`` (:meth:`~mimirlite.mimir.limits.Admission.review`).
+    ``clock`` (seconds) times the per-peer rate.
     ``models``: what the backend serves when the caller already asked it (start then asks no more).
     What it did is in :attr:`metrics`.
     """
@@ -161,7 +164,8 @@ class MimirNode:
             if model not in self.models:
                 raise BackendError(packets.MODEL_NOT_FOUND, f"model {model!r} is not served here")
             address = stream.connection.remote_address
-            ticket = self.admission.arrive(stream.remote_peer, self._clock(), address and address[0])
+            ip = None if address is None else address[0]
+            ticket = self.admission.arrive(stream.remote_peer, self._clock(), ip)
             if isinstance(ticket, Refusal):
                 self.refused[ticket.type] += 1
                 log.info("%r: refused (%s): %s", stream, ticket.type, ticket.message)
