@@ -18,7 +18,7 @@ from typing import Any
 from mimirlite import __version__
 from mimirlite.errors import MimirliteError
 from mimirlite.identity import KeyPair
-from mimirlite.mimir.limits import MAX_CONCURRENT, QUEUE
+from mimirlite.mimir.limits import MAX_CONCURRENT, QUEUE, STALL_TIMEOUT
 from mimirlite.net.config import HostConfig
 from mimirlite.net.host import Host
 
@@ -106,6 +106,14 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_float,
         metavar="N",
         help="chat requests one peer may start a minute (default: no limit)",
+    )
+    access.add_argument(
+        "--stall-timeout",
+        type=_stall_timeout,
+        default=STALL_TIMEOUT,
+        metavar="SECONDS",
+        help="while other chats wait, end (as overloaded) a chat whose reader took nothing for this long "
+        f"(default {STALL_TIMEOUT:g}; 0: never)",
     )
 
     chat = sub.add_parser("chat", parents=[common], help="chat with a model on the network")
@@ -198,6 +206,13 @@ def _dead_link_timeout(text: str) -> float | None:
     return value or None
 
 
+def _stall_timeout(text: str) -> float | None:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds (0: never), not {text}")
+    return value or None
+
+
 def _cors_origin(text: str) -> str:
     from mimirlite.gateway.http import cors_origin  # h11 loads only for a gateway
 
@@ -246,7 +261,9 @@ async def _node(args: argparse.Namespace) -> int:
         return _fail(f"cannot use key file {args.key_file}: {exc}")
     try:
         allowed = allowlist(args.allow_peer, args.allow_file) if args.allow_peer or args.allow_file else None
-        limits = NodeLimits(args.max_concurrent, args.queue, args.max_per_peer, args.rate)
+        limits = NodeLimits(
+            args.max_concurrent, args.queue, args.max_per_peer, args.rate, stall_timeout=args.stall_timeout
+        )
     except MimirliteError as exc:
         return _fail(str(exc))
     except OSError as exc:

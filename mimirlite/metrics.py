@@ -27,7 +27,9 @@ class HostMetrics:
     ``refused`` counts work turned away at a limit, by reason: ``connections``, ``connections_per_ip``,
     ``pending_handshakes``, ``handshake_timeout``, ``allowlist`` (inbound connections), ``streams``
     (over the per-connection yamux limit, or after our GoAway), ``streams_total`` (over
-    ``max_streams_total``), ``buffer`` (a stream reset because its connection held ``max_buffered``).
+    ``max_streams_total``), ``streams_per_connection``, ``streams_per_peer``, ``streams_per_ip`` (inbound
+    streams over ``max_inbound_streams_per_connection``, ``max_streams_per_peer``, ``max_streams_per_ip``),
+    ``buffer`` (a stream reset because its connection held ``max_buffered``).
     ``closed`` counts ended connections by how they ended: ``local`` (closed here), ``go_away`` (the
     remote said GoAway, as a remote closing politely does, and its streams ended), ``remote`` (the socket
     ended without a GoAway), ``idle``, ``write_timeout``, ``protocol_error``, ``dead_link`` (the kernel
@@ -95,12 +97,16 @@ class NodeMetrics:
     ``refused`` is the node's ``refused`` Counter (``rate_limited``, ``overloaded``); ``backend_errors``
     counts answers that failed, by completionStop error type (``model_not_found``, ``backend_error``,
     ``unreachable``, ...). ``in_flight`` and ``waiting`` are the chats answered now and queued.
+    ``ended`` counts running chats ended with ``overloaded`` so that waiting ones get their places, by
+    reason: ``fair_share`` (a reader that stalled while its peer or address held more than its share),
+    ``stall_timeout`` (a reader that took nothing for ``NodeLimits.stall_timeout``).
     """
 
     __slots__ = (
         "backend_errors",
         "bad_requests",
         "cancelled",
+        "ended",
         "identify_answered",
         "in_flight",
         "refused",
@@ -121,6 +127,7 @@ class NodeMetrics:
         self.backend_errors: collections.Counter[str] = collections.Counter()
         self.cancelled = 0
         """Chats whose client left while they waited or mid-answer (the backend request is cancelled)."""
+        self.ended: collections.Counter[str] = collections.Counter()
         self.identify_answered = 0
 
     def as_dict(self) -> dict[str, int | dict[str, int]]:
@@ -137,6 +144,7 @@ _NODE_ORDER = (
     "bad_requests",
     "backend_errors",
     "cancelled",
+    "ended",
     "identify_answered",
 )
 

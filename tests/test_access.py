@@ -305,7 +305,7 @@ async def test_without_an_allowlist_everyone_is_served(stack: contextlib.AsyncEx
 # ---------------------------------------------------------------- limits: the bookkeeping
 
 
-def test_admission_runs_max_concurrent_queues_in_arrival_order_then_refuses() -> None:
+def test_admission_runs_max_concurrent_queues_least_served_first_then_refuses() -> None:
     adm = Admission(NodeLimits(max_concurrent=2, queue=2))
     a, b, c, d = (adm.arrive(p, 0.0) for p in ("p1", "p2", "p1", "p3"))
     assert isinstance(a, Ticket) and isinstance(b, Ticket) and isinstance(c, Ticket) and isinstance(d, Ticket)
@@ -313,10 +313,10 @@ def test_admission_runs_max_concurrent_queues_in_arrival_order_then_refuses() ->
     assert (adm.running, adm.waiting) == (2, 2)
     full = adm.arrive("p4", 0.0)
     assert full == Refusal(packets.OVERLOADED, "the node is busy: 2 answering, 2 waiting")
-    assert adm.leave(b) == [c]  # the first to arrive goes first
-    assert c.admitted and (adm.running, adm.waiting) == (2, 1)
+    assert adm.leave(b) == [d]  # p3 holds no place, p1 holds one: the least served goes first
+    assert d.admitted and (adm.running, adm.waiting) == (2, 1)
     assert adm.leave(b) == []  # leaving twice changes nothing
-    assert adm.leave(a) == [d]
+    assert adm.leave(a) == [c]
     assert adm.leave(c) == [] and adm.leave(d) == []
     assert (adm.running, adm.waiting, adm.in_progress("p1")) == (0, 0, 0)
 

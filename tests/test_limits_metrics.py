@@ -538,6 +538,7 @@ async def test_node_metrics() -> None:
             "bad_requests": 1,
             "backend_errors": {"model_not_found": 1},
             "cancelled": 1,
+            "ended": {},
             "identify_answered": 1,
         }
 

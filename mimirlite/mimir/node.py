@@ -33,7 +33,10 @@ class MimirNode:
 
     ``limits`` bounds the chat requests answered at once, queued, and per peer (see
     :class:`~mimirlite.mimir.limits.NodeLimits`); a request over a limit is answered with a completionStop
-    error of type ``rate_limited`` or ``overloaded``. ``clock`` (seconds) times the per-peer rate.
+    error of type ``rate_limited`` or ``overloaded``. While requests wait, a running chat whose reader
+    stopped taking its answer is ended with ``overloaded`` when its peer or address holds more than its
+    share of the places, or after ``stall_timeout`` (:meth:`~mimirlite.mimir.limits.Admission.review`).
+    ``clock`` (seconds) times the per-peer rate.
     ``models``: what the backend serves when the caller already asked it (start then asks no more).
     What it did is in :attr:`metrics`.
     """
@@ -61,6 +64,10 @@ class MimirNode:
         self._metrics = NodeMetrics(self.refused)
         self._clock = clock
         self._turns: dict[Ticket, asyncio.Future[None]] = {}
+        self._running: dict[Ticket, tuple[Stream, str | None]] = {}  # chats answered now, request ids
+        self._review_handle: asyncio.TimerHandle | None = None
+        self._ending: dict[Ticket, asyncio.TimerHandle] = {}  # ended chats: reset unless done by then
+        self._resets: set[asyncio.Future[None]] = set()
         self._services: list[Identify | Ping] = []
 
     @property
@@ -101,6 +108,12 @@ class MimirNode:
         """Stop answering and release the backend."""
         self.host.remove_handler(packets.IDENTIFY_PROTOCOL)
         self.host.remove_handler(packets.CHAT_PROTOCOL)
+        if self._review_handle is not None:
+            self._review_handle.cancel()
+            self._review_handle = None
+        for handle in self._ending.values():
+            handle.cancel()
+        self._ending.clear()
         for service in self._services:
             service.close()
         self._services = []
@@ -150,7 +163,9 @@ class MimirNode:
             model = model_name(request.model) if request.model else self.default_model
             if model not in self.models:
                 raise BackendError(packets.MODEL_NOT_FOUND, f"model {model!r} is not served here")
-            ticket = self.admission.arrive(stream.remote_peer, self._clock())
+            address = stream.connection.remote_address
+            ip = None if address is None else address[0]
+            ticket = self.admission.arrive(stream.remote_peer, self._clock(), ip)
             if isinstance(ticket, Refusal):
                 self.refused[ticket.type] += 1
                 log.info("%r: refused (%s): %s", stream, ticket.type, ticket.message)
@@ -158,8 +173,13 @@ class MimirNode:
                 return
             try:
                 if ticket.admitted or await self._wait_turn(stream, ticket):
-                    await self._answer_until_done(stream, model, request, request_id)
+                    self._running[ticket] = (stream, request_id)
+                    await self._answer_until_done(stream, model, request, request_id, ticket)
             finally:
+                self._running.pop(ticket, None)
+                ending = self._ending.pop(ticket, None)
+                if ending is not None:
+                    ending.cancel()
                 self._let_in(self.admission.leave(ticket))
         except BadRequestError as exc:
             log.warning("%r: bad request: %s", stream, exc)
@@ -174,6 +194,7 @@ class MimirNode:
         """Wait in the queue until ``ticket`` is admitted (True) or the client leaves (False)."""
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._turns[ticket] = turn
+        self._review_soon()
         left = asyncio.ensure_future(stream.wait_reset())
         try:
             await asyncio.wait((turn, left), return_when=asyncio.FIRST_COMPLETED)
@@ -191,13 +212,56 @@ class MimirNode:
             if turn is not None and not turn.done():
                 turn.set_result(None)
 
+    def _review_soon(self) -> None:
+        """Review the running chats in this turn of the event loop (a request started waiting)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        handle = self._review_handle
+        if handle is None or handle.when() > now:
+            if handle is not None:
+                handle.cancel()
+            self._review_handle = loop.call_at(now, self._review)
+
+    def _review(self) -> None:
+        """While requests wait, end the running chats whose readers stall (see ``Admission.review``)."""
+        self._review_handle = None
+        loop = asyncio.get_running_loop()
+        stalled: dict[Ticket, float] = {}
+        for ticket, (stream, _) in self._running.items():
+            since = stream.stalled_since
+            if since is not None:
+                stalled[ticket] = since
+        review = self.admission.review(loop.time(), stalled)
+        for end in review.ended:
+            stream, request_id = self._running.pop(end.ticket)
+            self._metrics.ended[end.reason] += 1
+            log.info("%r: ending chat %r (%s): %s", stream, request_id, end.reason, end.message)
+            # Its answer stops after the message being written; a reader that takes nothing more has
+            # its stream reset.
+            self._ending[end.ticket] = loop.call_later(self.limits.ended_linger, self._reset_ended, stream)
+        self._let_in(review.admitted)
+        if review.next_review is not None:
+            self._review_handle = loop.call_at(review.next_review, self._review)
+
+    def _reset_ended(self, stream: Stream) -> None:
+        """Reset an ended chat's stream whose reader took nothing more (it ends the chat's handler)."""
+        if not stream.is_reset:
+            log.info("%r: resetting the ended chat: its reader took nothing more", stream)
+            task = asyncio.ensure_future(stream.reset())
+            self._resets.add(task)
+            task.add_done_callback(self._resets.discard)
+
     async def _answer_until_done(
-        self, stream: Stream, model: str, request: ChatRequest, request_id: str | None
+        self, stream: Stream, model: str, request: ChatRequest, request_id: str | None, ticket: Ticket
     ) -> None:
         """Stream the backend's answer; BackendError to report, quiet when the client left."""
-        answer = asyncio.ensure_future(self._answer(stream, model, request, request_id))
+        answer = asyncio.ensure_future(self._answer(stream, model, request, request_id, ticket))
         await _until_done_or_reset(stream, answer)
         metrics = self._metrics
+        end = ticket.ended
+        if end is not None and (answer.cancelled() or answer.exception() is not None or not answer.result()):
+            await _send_error(stream, end.type, end.message, request_id)  # counted when it was ended
+            return
         if answer.cancelled():
             metrics.cancelled += 1
             return
@@ -213,7 +277,10 @@ class MimirNode:
             metrics.backend_errors["unexpected"] += 1
             raise exc
 
-    async def _answer(self, stream: Stream, model: str, request: ChatRequest, request_id: str | None) -> None:
+    async def _answer(
+        self, stream: Stream, model: str, request: ChatRequest, request_id: str | None, ticket: Ticket
+    ) -> bool:
+        """Write the answer's chunks; False when the chat was ended (see ``_review``) before its end."""
         finished = False
         chat = self.backend.stream_chat(model, request.messages, request.params)
         async with contextlib.aclosing(chat) as chunks:
@@ -226,11 +293,14 @@ class MimirNode:
                 choices = chunk.get("choices")
                 if choices and isinstance(choices[0], dict) and choices[0].get("finish_reason"):
                     finished = True
+                elif ticket.ended is not None:
+                    return False
         if not finished:
             raise BackendError(packets.BACKEND_ERROR, "backend answer ended before a finish_reason")
+        return True
 
 
-async def _until_done_or_reset(stream: Stream, answer: asyncio.Future[None]) -> None:
+async def _until_done_or_reset(stream: Stream, answer: asyncio.Future[Any]) -> None:
     """Wait for ``answer``; cancel it (and so the backend request) if the client resets the stream."""
     left = asyncio.ensure_future(stream.wait_reset())
     try:

@@ -33,6 +33,15 @@ class HostConfig:
     max_streams_total: int = 4096
     """Streams open on all connections together: a newer inbound stream is reset (RST), opening a newer
     outbound one raises LimitExceededError. Per connection, ``yamux.max_streams`` applies too."""
+    max_inbound_streams_per_connection: int = 512
+    """Streams the remote may have open on one connection (the protocol is not known yet when a stream
+    opens, so this covers them all; a gateway runs all its users' chats on one connection); a newer one is
+    reset (RST)."""
+    max_streams_per_peer: int = 1024
+    """Inbound streams one peer may have open on all its connections together; a newer one is reset."""
+    max_streams_per_ip: int = 2048
+    """Inbound streams from one IP address (all its peers) together; a newer one is reset. Half of
+    ``max_streams_total``: one address, however many peer IDs it uses, leaves the other half to others."""
     idle_timeout: float | None = 300.0
     """A connection that has no stream and received nothing (pings included) for this many seconds is
     closed. None: never."""
@@ -57,7 +66,15 @@ class HostConfig:
     the Noise handshake, and streams it opens on a connection we dialed are reset. None: open to all."""
 
     def __post_init__(self) -> None:
-        limits = ("max_connections", "max_pending_handshakes", "max_connections_per_ip", "max_streams_total")
+        limits = (
+            "max_connections",
+            "max_pending_handshakes",
+            "max_connections_per_ip",
+            "max_streams_total",
+            "max_inbound_streams_per_connection",
+            "max_streams_per_peer",
+            "max_streams_per_ip",
+        )
         for name in limits:
             if getattr(self, name) < 0:
                 raise LocalError(f"{name} must be >= 0")

@@ -28,6 +28,7 @@ from mimirlite.errors import (
     StreamResetError,
 )
 from mimirlite.metrics import HostMetrics
+from mimirlite.net.shares import StreamShares
 from mimirlite.net.sockopts import DEAD_LINK_ERRNOS, tune_tcp_socket
 from mimirlite.net.stream import Stream
 from mimirlite.wire import noise, yamux
@@ -69,6 +70,7 @@ class Connection(asyncio.BufferedProtocol):
         expected_peer: PeerId | None = None,
         accept_peer: Callable[[PeerId], bool] | None = None,
         metrics: HostMetrics | None = None,
+        shares: StreamShares | None = None,
     ) -> None:
         self._keypair = keypair
         self._config = config
@@ -96,6 +98,8 @@ class Connection(asyncio.BufferedProtocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[int, tuple[float, asyncio.Future[float] | None]] = {}  # sent at, waiter
         self._metrics = metrics if metrics is not None else HostMetrics()
+        self._shares = shares if shares is not None else StreamShares(config)
+        self._inbound = 0  # streams the remote opened that are open (counted in _shares)
         self._loop = asyncio.get_running_loop()
         self._last_rx = 0.0  # loop time of the last bytes received once upgraded
         self._last_keepalive = 0.0
@@ -328,6 +332,14 @@ class Connection(asyncio.BufferedProtocol):
                     self._metrics.refused["streams_total"] += 1
                     session.reset_stream(sid)
                     continue
+                refusal = self._shares.refusal(self._inbound, self.remote_peer, self._ip)
+                if refusal is not None:
+                    log.info("%r: refusing stream %d: %s", self, sid, refusal[1])
+                    self._metrics.refused[refusal[0]] += 1
+                    session.reset_stream(sid)
+                    continue
+                self._inbound += 1
+                self._shares.add(self.remote_peer, self._ip)
                 st = Stream(self, sid)
                 self._add_stream(st)
                 self._on_stream(st)
@@ -437,9 +449,21 @@ class Connection(asyncio.BufferedProtocol):
         st = self._streams.pop(sid, None)
         if st is not None:
             self._metrics.streams_current -= 1
+            if self._is_inbound(sid):
+                self._inbound -= 1
+                self._shares.remove(self.remote_peer, self._ip)
             if self._draining and not self._streams:
                 self._loop.call_soon(self._close_if_drained)
         return st
+
+    @property
+    def _ip(self) -> str | None:
+        address = self.remote_address
+        return None if address is None else address[0]
+
+    def _is_inbound(self, sid: int) -> bool:
+        """Whether the remote opened stream ``sid`` (yamux: the dialer's streams are odd)."""
+        return (sid % 2 == 1) != self.initiator
 
     def _close_if_drained(self) -> None:
         if not self._closed and not self._streams:
@@ -603,6 +627,9 @@ class Connection(asyncio.BufferedProtocol):
         exc = reason if isinstance(reason, MimirliteError) else ConnectionClosedError(str(reason))
         streams, self._streams = self._streams, {}
         self._metrics.streams_current -= len(streams)
+        if self._inbound:
+            self._shares.remove(self.remote_peer, self._ip, self._inbound)
+            self._inbound = 0
         for st in streams.values():
             st._on_reset(exc)
         for handle in self._lingering.values():

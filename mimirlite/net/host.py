@@ -24,6 +24,7 @@ from mimirlite.metrics import HostMetrics
 from mimirlite.net.addr import TcpAddr, expand_unspecified, parse_multiaddr
 from mimirlite.net.config import HostConfig
 from mimirlite.net.connection import Connection
+from mimirlite.net.shares import StreamShares
 from mimirlite.net.stream import Stream
 from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
 
@@ -60,6 +61,7 @@ class Host:
         self._pending_inbound = 0
         self._per_ip: dict[str, int] = {}
         self._metrics = HostMetrics()
+        self._stream_shares = StreamShares(self.config)
         self._dialing: dict[PeerId, asyncio.Future[Connection]] = {}
         self._addrs: dict[PeerId, list[TcpAddr]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -237,6 +239,7 @@ class Host:
                 on_close=self._on_close,
                 expected_peer=peer_id,
                 metrics=self._metrics,
+                shares=self._stream_shares,
             ),
             addr.host,
             addr.port,
@@ -269,6 +272,7 @@ class Host:
             on_close=self._on_close,
             accept_peer=None if self.config.allow_peers is None else self.allows,
             metrics=self._metrics,
+            shares=self._stream_shares,
         )
         self._spawn(self._accept(conn), "mimirlite-accept")
         return conn

@@ -42,6 +42,7 @@ class Stream:
         "_reset_exc",
         "_reset_waiter",
         "_size",
+        "_stalled_since",
         "_write_closed",
         "_write_waiter",
         "protocol",
@@ -63,6 +64,7 @@ class Stream:
         self._reset_waiter: asyncio.Future[None] | None = None
         self._read_waiter: asyncio.Future[None] | None = None
         self._write_waiter: asyncio.Future[None] | None = None
+        self._stalled_since: float | None = None
 
     def __repr__(self) -> str:
         return f"<Stream {self.stream_id} {self.protocol} with {self._conn.remote_peer}>"
@@ -81,6 +83,12 @@ class Stream:
     @property
     def is_reset(self) -> bool:
         return self._reset_exc is not None
+
+    @property
+    def stalled_since(self) -> float | None:
+        """The event-loop time since when a write has waited on the remote's reader (its window spent
+        or the connection's send buffer full) without handing on a byte; None while no write waits."""
+        return self._stalled_since
 
     @property
     def at_eof(self) -> bool:
@@ -324,25 +332,36 @@ class Stream:
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data``; waits while the remote's window is spent or the socket is backed up."""
         conn = self._conn
+        self._stalled_since = None
         while True:
             if conn._write_blocked:  # wait before adding to a backed-up connection, not only after
+                self._stalling()
                 await conn._drain()
             if self._reset_exc is not None:
                 raise StreamResetError(str(self._reset_exc)) from self._reset_exc
             if self._write_closed:
                 raise StreamClosedError("write after close_write")
             sent = conn._send(self.stream_id, data)
+            if sent:
+                self._stalled_since = None  # progress: a stall, if any, starts again from now
             if sent == len(data):
                 break
             if sent:
                 data = memoryview(data)[sent:]
+            self._stalling()
             self._write_waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._write_waiter
             finally:
                 self._write_waiter = None
         if conn._write_blocked:
+            self._stalling()
             await conn._drain()
+        self._stalled_since = None
+
+    def _stalling(self) -> None:
+        if self._stalled_since is None:
+            self._stalled_since = self._conn._loop.time()
 
     async def write_json(self, obj: Any) -> None:
         """Send one LP-JSON message."""
