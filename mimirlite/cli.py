@@ -107,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="chat requests one peer may start a minute (default: no limit)",
     )
+    access.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        metavar="N",
+        help="cap on the tokens of one answer: a peer's max_tokens is clamped to N, and N is sent "
+        "when a peer asks none (default: no cap)",
+    )
 
     chat = sub.add_parser("chat", parents=[common], help="chat with a model on the network")
     chat.add_argument("-p", "--prompt", help="answer this once and exit")
@@ -237,7 +244,9 @@ async def _node(args: argparse.Namespace) -> int:
         return _fail(f"cannot use key file {args.key_file}: {exc}")
     try:
         allowed = allowlist(args.allow_peer, args.allow_file) if args.allow_peer or args.allow_file else None
-        limits = NodeLimits(args.max_concurrent, args.queue, args.max_per_peer, args.rate)
+        limits = NodeLimits(
+            args.max_concurrent, args.queue, args.max_per_peer, args.rate, max_tokens=args.max_tokens
+        )
     except MimirliteError as exc:
         return _fail(str(exc))
     except OSError as exc:

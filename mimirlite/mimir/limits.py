@@ -35,6 +35,9 @@ class NodeLimits:
     """Requests one peer may have in progress (answered or waiting); more are refused as ``rate_limited``."""
     rate: float | None = None
     """Requests one peer may start per minute, in bursts of up to ``rate``; more are ``rate_limited``."""
+    max_tokens: int | None = None
+    """Cap on the tokens of one answer: a larger max_tokens/max_completion_tokens is clamped to it, and
+    max_tokens=cap is sent when a request asks none (None: no cap)."""
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:
@@ -45,6 +48,8 @@ class NodeLimits:
             raise LocalError(f"max_per_peer must be at least 1, not {self.max_per_peer}")
         if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
             raise LocalError(f"rate must be a positive number of requests per minute, not {self.rate}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise LocalError(f"max_tokens must be at least 1, not {self.max_tokens}")
 
 
 class TokenBucket:
