@@ -407,7 +407,7 @@ def _message(param: str, value: Any) -> dict[str, Any]:
     content = value.get("content")
     cp = f"{param}.content"
     if content is None:
-        if role != "assistant" or ("content" not in value and not value.get("tool_calls")):
+        if role != "assistant" or not (value.get("tool_calls") or value.get("refusal")):
             raise ParamError(cp, f"Missing required parameter: '{cp}'.")
         out["content"] = None
     elif isinstance(content, str):
