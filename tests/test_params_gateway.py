@@ -6,10 +6,12 @@ honest request's parameters then reach it exactly."""
 from __future__ import annotations
 
 import json
+import logging
 
 import openai
 import pytest
 
+from tests.helpers import logged
 from tests.openai_server import OpenAIServer
 from tests.test_gateway import RawHttp, llama_gateway, sdk
 from tests.test_params_node import HELLO, HONEST, HOSTILE, LLAMA
@@ -18,7 +20,10 @@ live = pytest.mark.usefixtures("no_leaks")
 
 
 @live
-async def test_gateway_refuses_hostile_fields_with_400_naming_them(openai_server: OpenAIServer) -> None:
+async def test_gateway_refuses_hostile_fields_with_400_naming_them(
+    openai_server: OpenAIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "mimirlite.gateway")
     async with llama_gateway(openai_server) as gw, sdk(gw) as client:
         for field, extra in HOSTILE:
             body = {k: v for k, v in extra.items() if k != "messages"}
@@ -28,6 +33,7 @@ async def test_gateway_refuses_hostile_fields_with_400_naming_them(openai_server
             assert err.value.status_code == 400
             assert err.value.param == field, (field, err.value.body)
             assert err.value.type == "invalid_request_error"
+            logged(caplog, "refused", field)
         for kwargs in ({"n": 9}, {"temperature": 3.0}, {"stream_options": {"include_usage": "yes"}}):
             with pytest.raises(openai.BadRequestError) as err:
                 await client.chat.completions.create(model=LLAMA, messages=HELLO, stream=True, **kwargs)

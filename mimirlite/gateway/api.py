@@ -7,12 +7,15 @@ are unit-tested with literal values.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from mimirlite.mimir import packets
 from mimirlite.mimir.params import ParamError, check_messages, check_model, check_params
+
+log = logging.getLogger(__name__)
 
 SSE_DONE = b"data: [DONE]\n\n"
 """The last event of a streamed answer."""
@@ -93,6 +96,7 @@ def parse_chat_body(body: bytes) -> ChatCall:
         # Only the allowlisted parameters, checked, go to the network (each node checks them again).
         params = check_params(fields)
     except ParamError as exc:
+        log.info("chat request refused (400, param %s): %s", exc.param, exc.message)
         raise ApiError(400, exc.message, param=exc.param) from None
     if not stream:
         # The node always streams; ask for the usage chunk so the assembled answer can carry usage.
