@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from mimirlite import Host
-from mimirlite.mimir import BackendError, MimirNode, NodeLimits, OpenAIBackend, packets
+from mimirlite.mimir import BackendError, EchoBackend, MimirNode, NodeLimits, OpenAIBackend, packets
 from tests.openai_server import OpenAIServer
 from tests.test_cli import cli, node
 from tests.test_mimir import request
@@ -165,3 +165,20 @@ async def test_cli_node_refuses_a_bad_max_tokens() -> None:
 
     res = await cli("node", "--backend", "echo", "--max-tokens", "0", env=make_env())
     assert res.rc == 2 and "--max-tokens: must be at least 1" in res.err
+
+
+@pytest.mark.usefixtures("no_leaks")
+async def test_malformed_content_part_is_a_bad_request_on_an_echo_node(node_host: Host, peer: Host) -> None:
+    """The echo backend joined the text parts: ``"text": 5`` was a TypeError and a traceback."""
+    async with MimirNode(node_host, EchoBackend()) as node:
+        for part in ({"type": "text", "text": 5}, {"type": "text"}, {"type": "text", "text": ["a"]}, "hi"):
+            data = {"messages": [{"role": "user", "content": [part]}]}
+            out = await request(peer, node, packets.CHAT_PROTOCOL, {"event": "message", "data": data})
+            assert [p["event"] for p in out] == ["completionStop"], out
+            error = out[0]["data"]["error"]
+            assert error["type"] == "bad_request" and "messages[0].content[0]" in error["message"], error
+        data = {"messages": [{"role": "user", "content": [{"type": "text", "text": "still here"}]}]}
+        out = await request(peer, node, packets.CHAT_PROTOCOL, {"event": "message", "data": data})
+        assert "".join(p["data"]["choices"][0]["delta"].get("content") or "" for p in out) == "still here"
+        assert node.metrics.bad_requests == 4 and node.metrics.served == 1
+        assert not node.metrics.backend_errors

@@ -75,7 +75,8 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI content parts
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        texts = (p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return " ".join(t for t in texts if isinstance(t, str))
     return ""
 
 
