@@ -61,6 +61,9 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"temperature": True}, "temperature"),
     ({"temperature": 2.5}, "temperature"),
     ({"temperature": math.nan}, "temperature"),
+    ({"temperature": 10**400}, "temperature"),
+    ({"frequency_penalty": -(10**400)}, "frequency_penalty"),
+    ({"max_tokens": 10**400}, "max_tokens"),
     ({"top_p": math.inf}, "top_p"),
     ({"presence_penalty": -3}, "presence_penalty"),
     ({"max_tokens": 0}, "max_tokens"),
@@ -78,12 +81,14 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"logit_bias": {"-1": 1}}, "logit_bias"),
     ({"logit_bias": {"7": 101}}, "logit_bias.7"),
     ({"logit_bias": {"7": False}}, "logit_bias.7"),
+    ({"logit_bias": {"7": 10**400}}, "logit_bias.7"),
     ({"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
     ({"logprobs": 1}, "logprobs"),
     ({"top_logprobs": 21}, "top_logprobs"),
     ({"response_format": {"type": "xml"}}, "response_format.type"),
     ({"response_format": {"type": "text", "x": 1}}, "response_format.x"),
     ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+    ({"response_format": {"type": "text", "x" * 10_000: 1}}, "response_format." + "x" * params.MAX_NAME),
     (
         {"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": [1]}}},
         "response_format.json_schema.schema",
@@ -249,7 +254,14 @@ def test_clamp_max_tokens() -> None:
 
 # ---- property: arbitrary JSON ----
 
-_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([10**400, -(10**400), 2**63, 2**31])
+    | st.floats()
+    | st.text(max_size=8)
+)
 _json = st.recursive(
     _scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),

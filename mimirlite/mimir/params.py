@@ -83,8 +83,9 @@ def _is_int(value: Any) -> bool:
 def _number(param: str, value: Any, low: float, high: float) -> int | float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise _bad(param, f"expected a number between {low:g} and {high:g}")
-    if not (math.isfinite(value) and low <= value <= high):
-        raise _bad(param, f"expected a number between {low:g} and {high:g}, got {value!r}")
+    # compared before any float conversion: an integer of 400 digits does not fit in a float
+    if not low <= value <= high or (isinstance(value, float) and not math.isfinite(value)):
+        raise _bad(param, f"expected a number between {low:g} and {high:g}")
     return value
 
 
@@ -131,7 +132,8 @@ def _object(
         raise _bad(param, "expected an object")
     for key in value:
         if key not in required and key not in optional:
-            raise ParamError(f"{param}.{key}", f"Unrecognized argument supplied: '{param}.{key}'.")
+            name = f"{param}.{str(key)[:MAX_NAME]}"
+            raise ParamError(name, f"Unrecognized argument supplied: '{name}'.")
     for key in required:
         if key not in value:
             raise ParamError(f"{param}.{key}", f"Missing required parameter: '{param}.{key}'.")
