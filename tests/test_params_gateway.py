@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import openai
 import pytest
@@ -54,3 +55,20 @@ async def test_gateway_refuses_hostile_fields_with_400_naming_them(
         [sent] = openai_server.chat_requests
         assert {k: sent[k] for k in honest} == honest
         assert set(sent) == {"model", "messages", "stream", "stream_options", *honest}
+
+        # The SDK's answer message sent back as history, as OpenAI's examples do, passes the allowlist
+        # (with null fields too: tests/test_params.py); a tool call round trip too.
+        history: list[Any] = [*HELLO, answer.choices[0].message, {"role": "user", "content": "and more"}]
+        second = await client.chat.completions.create(model=LLAMA, messages=history)
+        assert second.choices[0].message.content == "and more"
+        call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        tools: list[Any] = [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+            {"role": "user", "content": "so"},
+        ]
+        third = await client.chat.completions.create(model=LLAMA, messages=[*HELLO, *tools])
+        assert third.choices[0].message.content == "so"
+        _, second_sent, third_sent = openai_server.chat_requests
+        assert second_sent["messages"][1] == {"role": "assistant", "content": "hello big"}
+        assert third_sent["messages"][1:] == tools
