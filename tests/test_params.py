@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mimirlite.errors import MimirliteError
+from mimirlite.errors import LocalError, MimirliteError
 from mimirlite.gateway import api
-from mimirlite.mimir import packets, params
+from mimirlite.mimir import NodeLimits, packets, params
 from mimirlite.mimir.params import ALLOWED, ParamError, check_messages, check_params, clamp_max_tokens
 
 USER = [{"role": "user", "content": "hi"}]
@@ -250,6 +250,9 @@ def test_clamp_max_tokens() -> None:
     assert clamp_max_tokens({"max_completion_tokens": 500}, 50) == {"max_completion_tokens": 50}
     both = clamp_max_tokens({"max_completion_tokens": 500, "max_tokens": 7}, 50)
     assert both == {"max_completion_tokens": 50, "max_tokens": 7}
+    assert NodeLimits(max_tokens=50).max_tokens == 50 and NodeLimits().max_tokens is None
+    with pytest.raises(LocalError):
+        NodeLimits(max_tokens=0)
 
 
 # ---- property: arbitrary JSON ----
