@@ -2,7 +2,8 @@
 
 Input: a mode byte (``parse_packet``'s ``expected``: ``fuzzlib.EXPECTED_EVENTS[mode % 8]``), then
 one LP-JSON message body, decoded with ``lp.decode_json`` as a node and a client do.
-Invariants: a packet survives ``to_json``; a chat request keeps the request's messages and model.
+Invariants: a packet survives ``to_json``; a chat request keeps the request's messages and model, and
+its parameters are allowlisted ones.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ with atheris.instrument_imports(include=["mimirlite"]):
         parse_packet,
         stop_error,
     )
+    from mimirlite.mimir.params import ALLOWED
     from mimirlite.wire.lp import decode_json
 
 
@@ -35,7 +37,8 @@ def test_one_input(data: bytes) -> None:
         fuzzlib.check(isinstance(err.type, str) and isinstance(err.message, str), "error is not text")
     if packet.event == MESSAGE:
         request = parse_chat_request(packet.data)
-        fuzzlib.check(request.messages is packet.data["messages"], "messages were replaced")
+        fuzzlib.check(len(request.messages) == len(packet.data["messages"]), "messages were lost")
+        fuzzlib.check(set(request.params) <= ALLOWED, "a parameter outside the allowlist passed")
         fuzzlib.check(request.model == packet.data.get("model"), "model was replaced")
 
 

@@ -115,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
         help="while other chats wait, end (as overloaded) a chat whose reader took nothing for this long "
         f"(default {STALL_TIMEOUT:g}; 0: never)",
     )
+    access.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        metavar="N",
+        help="cap on the tokens of one answer: a peer's max_tokens is clamped to N, and N is sent "
+        "when a peer asks none (default: no cap)",
+    )
 
     chat = sub.add_parser("chat", parents=[common], help="chat with a model on the network")
     chat.add_argument("-p", "--prompt", help="answer this once and exit")
@@ -262,7 +269,12 @@ async def _node(args: argparse.Namespace) -> int:
     try:
         allowed = allowlist(args.allow_peer, args.allow_file) if args.allow_peer or args.allow_file else None
         limits = NodeLimits(
-            args.max_concurrent, args.queue, args.max_per_peer, args.rate, stall_timeout=args.stall_timeout
+            args.max_concurrent,
+            args.queue,
+            args.max_per_peer,
+            args.rate,
+            stall_timeout=args.stall_timeout,
+            max_tokens=args.max_tokens,
         )
     except MimirliteError as exc:
         return _fail(str(exc))

@@ -182,8 +182,8 @@ def test_core_eof_inside_a_request_is_an_error() -> None:
         (b'{"model": "m"}', "messages"),
         (b'{"model": "m", "messages": []}', "messages"),
         (b'{"model": "m", "messages": ["hi"]}', "messages[0]"),
-        (b'{"model": "m", "messages": [{"content": "x"}]}', "messages[0]"),
-        (b'{"model": "m", "messages": [{"role": "user"}], "stream": "yes"}', "stream"),
+        (b'{"model": "m", "messages": [{"content": "x"}]}', "messages[0].role"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream"),
     ],
 )
 def test_bad_chat_bodies_are_400(body: bytes, param: str | None) -> None:

@@ -175,8 +175,8 @@ async def still_serves(user: Host, node: MimirNode) -> None:
         ({"event": "telepathy", "data": {}}, "unknown packet event"),
         ({"event": "query", "data": None}, "expected a 'message' packet"),
         ({"event": "message", "data": {}}, "no 'messages'"),
-        ({"event": "message", "data": {"messages": "hi"}}, "no 'messages'"),
-        ({"event": "message", "data": {"messages": [{"content": "no role"}]}}, "'role'"),
+        ({"event": "message", "data": {"messages": "hi"}}, "'messages'"),
+        ({"event": "message", "data": {"messages": [{"content": "no role"}]}}, "'messages[0].role'"),
         ({"event": "message", "data": {"messages": HELLO, "model": 3}}, "'model'"),
     ],
 )

@@ -7,11 +7,15 @@ are unit-tested with literal values.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from mimirlite.mimir import packets
+from mimirlite.mimir.params import ParamError, check_messages, check_model, check_params
+
+log = logging.getLogger(__name__)
 
 SSE_DONE = b"data: [DONE]\n\n"
 """The last event of a streamed answer."""
@@ -65,7 +69,7 @@ class ChatCall:
     messages: list[dict[str, Any]]
     stream: bool
     params: dict[str, Any]
-    """Every other field, for the node (``stream`` is the gateway's business, not the node's)."""
+    """The other fields, allowlisted and checked, for the node (``stream`` is the gateway's business)."""
 
 
 def parse_chat_body(body: bytes) -> ChatCall:
@@ -76,21 +80,24 @@ def parse_chat_body(body: bytes) -> ChatCall:
         raise ApiError(400, f"We could not parse the JSON body of your request: {exc}") from None
     if not isinstance(obj, dict):
         raise ApiError(400, "The request body must be a JSON object.")
-    model = obj.get("model")
-    if not isinstance(model, str) or not model:
-        raise ApiError(400, "You must provide a model parameter.", param="model")
-    messages = obj.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty array.", param="messages")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise ApiError(400, f"messages[{i}] must be an object with a 'role'.", param=f"messages[{i}]")
-    stream = obj.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise ApiError(400, "'stream' must be a boolean.", param="stream")
-    params = {k: v for k, v in obj.items() if k not in ("model", "messages", "stream")}
+    fields = dict(obj)
+    try:
+        if not fields.get("model"):
+            raise ParamError("model", "You must provide a model parameter.")
+        model = check_model(fields.pop("model"))
+        if "messages" not in fields:
+            raise ParamError("messages", "'messages' must be a non-empty array.")
+        messages = check_messages(fields.pop("messages"))
+        stream = fields.pop("stream", None)
+        if stream is None:
+            stream = False
+        if not isinstance(stream, bool):
+            raise ParamError("stream", "'stream' must be a boolean.")
+        # Only the allowlisted parameters, checked, go to the network (each node checks them again).
+        params = check_params(fields)
+    except ParamError as exc:
+        log.info("chat request refused (400, param %s): %s", exc.param, exc.message)
+        raise ApiError(400, exc.message, param=exc.param) from None
     if not stream:
         # The node always streams; ask for the usage chunk so the assembled answer can carry usage.
         params["stream_options"] = {"include_usage": True}

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from mimirlite.errors import LocalError, MimirliteError
 from mimirlite.mimir import packets
+from mimirlite.mimir.params import ALLOWED, MAX_NAME
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI content parts
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        texts = (p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return " ".join(t for t in texts if isinstance(t, str))
     return ""
 
 
@@ -157,11 +159,17 @@ class OpenAIBackend:
     async def stream_chat(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> AsyncGenerator[dict[str, Any], None]:
+        # Only allowlisted names reach the SDK, whatever the caller checked: never extra_body,
+        # extra_headers, extra_query or timeout (they would pick the model, headers, URL, timeout).
+        refused = sorted(str(name) for name in params if name not in ALLOWED)
+        if refused:
+            raise BackendError(packets.BAD_REQUEST, f"parameter {refused[0][:MAX_NAME]!r} is not allowed")
+        kwargs = {name: value for name, value in params.items() if name in ALLOWED}
         try:
             stream = await self._sdk().chat.completions.create(
-                model=model, messages=messages, stream=True, **params
+                model=model, messages=messages, stream=True, **kwargs
             )
-        except TypeError as exc:  # an unknown parameter name
+        except TypeError as exc:  # a parameter this SDK version does not know
             raise BackendError(packets.BAD_REQUEST, f"bad request parameters: {exc}") from exc
         except Exception as exc:
             raise _backend_error(exc, self.base_url) from exc

@@ -49,6 +49,9 @@ class NodeLimits:
     (divided by the peers, or addresses, with requests) is ended once its reader took no byte this long."""
     ended_linger: float = ENDED_LINGER
     """An ended chat's stream is reset when its reader has not taken the error within this many seconds."""
+    max_tokens: int | None = None
+    """Cap on the tokens of one answer: a larger max_tokens/max_completion_tokens is clamped to it, and
+    max_tokens=cap is sent when a request asks none (None: no cap)."""
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:
@@ -65,6 +68,8 @@ class NodeLimits:
             value = getattr(self, name)
             if not 0 < value < math.inf:
                 raise LocalError(f"{name} must be a positive number of seconds, not {value}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise LocalError(f"max_tokens must be at least 1, not {self.max_tokens}")
 
 
 class TokenBucket:

@@ -18,6 +18,7 @@ from mimirlite.mimir.backends import Backend, BackendError
 from mimirlite.mimir.limits import Admission, NodeLimits, Refusal, Ticket
 from mimirlite.mimir.models import DEFAULT_MODEL, model_name
 from mimirlite.mimir.packets import BadRequestError, ChatRequest, Packet, PacketError
+from mimirlite.mimir.params import clamp_max_tokens
 from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream
 from mimirlite.protocols import Identify, Ping, start_services
@@ -282,7 +283,8 @@ class MimirNode:
     ) -> bool:
         """Write the answer's chunks; False when the chat was ended (see ``_review``) before its end."""
         finished = False
-        chat = self.backend.stream_chat(model, request.messages, request.params)
+        params = clamp_max_tokens(request.params, self.limits.max_tokens)
+        chat = self.backend.stream_chat(model, request.messages, params)
         async with contextlib.aclosing(chat) as chunks:
             async for chunk in chunks:
                 out: dict[str, Any] = {"event": packets.COMPLETION_PACKET}

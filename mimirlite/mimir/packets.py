@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mimirlite.errors import MimirliteError, ProtocolError
+from mimirlite.mimir.params import ParamError, check_messages, check_model, check_params
 
 IDENTIFY_PROTOCOL = "/mimirllm/1.0.0/identify"
 CHAT_PROTOCOL = "/mimirllm/1.0.0"
@@ -103,7 +104,10 @@ def stop_error(packet: Packet) -> RemoteError | None:
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """What a ``message`` packet asks for: messages, an optional model, other OpenAI parameters."""
+    """What a ``message`` packet asks for: messages, an optional model, other OpenAI parameters.
+
+    All three are checked copies (see :mod:`mimirlite.mimir.params`): ``params`` holds only allowed names.
+    """
 
     messages: list[dict[str, Any]]
     model: str | None
@@ -111,17 +115,24 @@ class ChatRequest:
 
 
 def parse_chat_request(data: Any) -> ChatRequest:
-    """Validate a ``message`` packet's data; BadRequestError with the reason otherwise."""
+    """Validate a ``message`` packet's data; BadRequestError naming the field otherwise.
+
+    ``stream`` is accepted (a boolean or null) and dropped: a node always streams.
+    """
     if not isinstance(data, dict):
         raise BadRequestError("message data must be an object with 'messages'")
-    messages = data.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequestError("message data has no 'messages' list")
-    for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise BadRequestError("each message must be an object with a 'role'")
-    model = data.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequestError("'model' must be a string")
-    params = {k: v for k, v in data.items() if k not in ("messages", "model", "stream")}
+    fields = dict(data)
+    try:
+        if "messages" not in fields:
+            raise ParamError("messages", "message data has no 'messages' list")
+        messages = check_messages(fields.pop("messages"))
+        model = fields.pop("model", None)
+        if model is not None:
+            model = check_model(model)
+        stream = fields.pop("stream", None)
+        if stream is not None and not isinstance(stream, bool):
+            raise ParamError("stream", "Invalid 'stream': expected a boolean.")
+        params = check_params(fields)
+    except ParamError as exc:
+        raise BadRequestError(exc.message) from None
     return ChatRequest(messages, model, params)
