@@ -27,7 +27,8 @@ class HostMetrics:
     ``refused`` counts work turned away at a limit, by reason: ``connections``, ``connections_per_ip``,
     ``pending_handshakes``, ``handshake_timeout``, ``allowlist`` (inbound connections), ``streams``
     (over the per-connection yamux limit, or after our GoAway), ``streams_total`` (over
-    ``max_streams_total``), ``buffer`` (a stream reset because its connection held ``max_buffered``).
+    ``max_streams_total``), ``buffer`` (a stream reset because its connection held ``max_buffered``),
+    ``memory`` (a stream reset because the host held ``max_buffered_total`` for its peers).
     ``closed`` counts ended connections by how they ended: ``local`` (closed here), ``go_away`` (the
     remote said GoAway, as a remote closing politely does, and its streams ended), ``remote`` (the socket
     ended without a GoAway), ``idle``, ``write_timeout``, ``protocol_error``, ``dead_link`` (the kernel

@@ -28,6 +28,7 @@ from mimirlite.errors import (
     StreamResetError,
 )
 from mimirlite.metrics import HostMetrics
+from mimirlite.net.budget import CHUNK_OVERHEAD, BufferBudget
 from mimirlite.net.sockopts import DEAD_LINK_ERRNOS, tune_tcp_socket
 from mimirlite.net.stream import Stream
 from mimirlite.wire import noise, yamux
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 RECEIVE_BUFFER = 256 * 1024
 """Bytes one socket read may take (asyncio's own read size)."""
 _thread = threading.local()
+_BUDGET_FULL = "stream reset: the host's buffer budget (max_buffered_total) is full"
 
 
 def _receive_buffer() -> memoryview:
@@ -69,6 +71,7 @@ class Connection(asyncio.BufferedProtocol):
         expected_peer: PeerId | None = None,
         accept_peer: Callable[[PeerId], bool] | None = None,
         metrics: HostMetrics | None = None,
+        budget: BufferBudget | None = None,
     ) -> None:
         self._keypair = keypair
         self._config = config
@@ -96,6 +99,11 @@ class Connection(asyncio.BufferedProtocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[int, tuple[float, asyncio.Future[float] | None]] = {}  # sent at, waiter
         self._metrics = metrics if metrics is not None else HostMetrics()
+        # what this connection holds for its peer, in the host's budget (max_buffered_total): its streams'
+        # unread data, and what writers queued in the session since the last flush (_tx_held)
+        self._budget = budget if budget is not None else BufferBudget(config.max_buffered_total)
+        self._account = self._budget.account(self._shed)
+        self._tx_held = 0
         self._loop = asyncio.get_running_loop()
         self._last_rx = 0.0  # loop time of the last bytes received once upgraded
         self._last_keepalive = 0.0
@@ -314,8 +322,8 @@ class Connection(asyncio.BufferedProtocol):
                 st = streams.get(sid)
                 if st is None or sid in self._lingering:
                     session.consumed(sid, len(ev.data))
-                else:
-                    st._on_data(ev.data)
+                elif not st._on_data(ev.data):
+                    self._over_budget(st, ev.data)
             elif isinstance(ev, yamux.SendWindowUpdated):
                 st = streams.get(ev.stream_id)
                 if st is not None:
@@ -381,6 +389,9 @@ class Connection(asyncio.BufferedProtocol):
         if session is not None and transport is not None:
             frames = session.frames_to_send()
             self._backlog = 0
+            if self._tx_held:  # the transport holds them now (bounded by write_buffer_high)
+                self._account.release(self._tx_held)
+                self._tx_held = 0
             for message in transport.encrypt_messages(frames):
                 self._write(message)
         if self._write_blocked and not self._write_paused:
@@ -392,14 +403,68 @@ class Connection(asyncio.BufferedProtocol):
     def _send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         if self._closed or self._session is None:
             raise ConnectionClosedError("connection closed")
+        budget = self._budget
+        if budget.total + len(data) > budget.limit:
+            self._make_send_room(stream_id, data)
         sent = self._session.send_data(stream_id, data)
         if sent:
+            # queued in the session until the flush: payload (referenced, or copied from a non-bytes
+            # buffer) and a header per frame
+            cost = sent + CHUNK_OVERHEAD * (1 + sent // self._config.yamux.max_frame_data)
+            self._tx_held += cost
+            self._account.add(cost)
             self._schedule_flush()
             backlog = self._backlog + sent
             self._backlog = backlog
             if backlog > self._config.write_buffer_high:
                 self._write_blocked = True  # writers wait for the flush
         return sent
+
+    # ---- the host's buffer budget ----
+
+    def _over_budget(self, st: Stream, data: bytes) -> None:
+        """``data`` for ``st`` does not fit in the host's buffer budget: make room, or reset ``st``."""
+        if self._budget.make_room(self._account, len(data) + CHUNK_OVERHEAD) and st._on_data(data):
+            return
+        self._refuse_memory(st, "its data would pass")
+
+    def _make_send_room(self, stream_id: int, data: bytes | bytearray | memoryview) -> None:
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        cost = size + CHUNK_OVERHEAD * (1 + size // self._config.yamux.max_frame_data)
+        if self._budget.make_room(self._account, cost):
+            return
+        st = self._streams.get(stream_id)
+        if st is not None:
+            self._refuse_memory(st, "a write to a peer that does not read would pass")
+        raise LimitExceededError(_BUDGET_FULL)
+
+    def _refuse_memory(self, st: Stream, why: str) -> None:
+        budget = self._budget
+        log.warning(
+            "%r: resetting stream %d: %s the host's buffer budget (%d of max_buffered_total %d bytes held, "
+            "%d for this connection)",
+            self,
+            st.stream_id,
+            why,
+            budget.total,
+            budget.limit,
+            self._account.held,
+        )
+        self._metrics.refused["memory"] += 1
+        self._reset_stream(st.stream_id)
+        st._on_reset(LimitExceededError(_BUDGET_FULL))
+
+    def _shed(self, n: int) -> int:
+        """Reset our newest streams holding received data until ``n`` bytes are released (the budget
+        asks: this connection holds more than its share); how many were."""
+        freed = 0
+        for st in reversed(list(self._streams.values())):
+            if st._held:
+                freed += st._held
+                self._refuse_memory(st, "another peer needs room in")
+                if freed >= n:
+                    break
+        return freed
 
     def _consumed(self, stream_id: int, n: int) -> None:
         if self._session is not None and not self._closed:
@@ -612,6 +677,8 @@ class Connection(asyncio.BufferedProtocol):
             if fut is not None and not fut.done():
                 fut.set_exception(ConnectionClosedError("connection closed"))
         self._pings.clear()
+        self._account.close()  # the streams gave back their data above; what waits to be sent goes too
+        self._tx_held = 0
         self._write_paused = self._write_blocked = False
         self._wake_drain_waiters()
         if not self.closed.done():

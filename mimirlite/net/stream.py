@@ -13,11 +13,13 @@ from mimirlite.errors import (
     StreamClosedError,
     StreamResetError,
 )
+from mimirlite.net.budget import CHUNK_OVERHEAD
 from mimirlite.wire import lp
 from mimirlite.wire.varint import decode_uvarint
 
 if TYPE_CHECKING:
     from mimirlite.identity import PeerId
+    from mimirlite.net.budget import BufferAccount
     from mimirlite.net.connection import Connection
 
 DEFAULT_READ = 65536
@@ -33,10 +35,12 @@ class Stream:
     """
 
     __slots__ = (
+        "_account",
         "_chunks",
         "_conn",
         "_credit_skip",
         "_eof",
+        "_held",
         "_pos",
         "_read_waiter",
         "_reset_exc",
@@ -56,6 +60,10 @@ class Stream:
         self._chunks: deque[bytes] = deque()
         self._pos = 0
         self._size = 0  # unread bytes in all
+        # what the chunks occupy (each: its length + CHUNK_OVERHEAD, the part already read included), as
+        # charged to the connection's account in the host's buffer budget
+        self._held = 0
+        self._account: BufferAccount = conn._account
         self._credit_skip = 0
         self._eof = False
         self._write_closed = False
@@ -89,12 +97,21 @@ class Stream:
 
     # ---- called by the connection ----
 
-    def _on_data(self, data: bytes) -> None:
-        if not data:
-            return
+    def _on_data(self, data: bytes) -> bool:
+        """Buffer ``data`` if the host's buffer budget has room for it; False (not taken) if not."""
+        n = len(data)
+        if not n:
+            return True
+        cost = n + CHUNK_OVERHEAD
+        if not self._account.charge(cost):
+            return False
+        self._held += cost
         self._chunks.append(data)
-        self._size += len(data)
-        self._wake_reader()
+        self._size += n
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
 
     def _on_eof(self) -> None:
         self._eof = True
@@ -103,6 +120,10 @@ class Stream:
     def _on_reset(self, exc: BaseException) -> None:
         if self._reset_exc is None:
             self._reset_exc = exc
+        if self._held:  # nobody reads a reset stream: its data goes now, not when the stream is freed
+            self._chunks.clear()
+            self._pos = self._size = 0
+            self._release(self._held)
         self._wake_reader()
         self._wake_writer()
         if self._reset_waiter is not None and not self._reset_waiter.done():
@@ -118,14 +139,22 @@ class Stream:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _release(self, n: int) -> None:
+        self._held -= n
+        self._account.release(n)
+
     def _unread(self, data: bytes) -> None:
         """Put back bytes a negotiation read past (already credited to the window)."""
-        if data:
+        if data and self._reset_exc is None:
             chunks = self._chunks
+            cost = len(data) + CHUNK_OVERHEAD
             if self._pos:
                 chunks[0] = chunks[0][self._pos :]
+                cost -= self._pos
                 self._pos = 0
             chunks.appendleft(data)
+            self._held += cost
+            self._account.add(cost)  # held a moment ago: no refusal
             self._size += len(data)
             self._credit_skip += len(data)
             self._wake_reader()
@@ -159,13 +188,16 @@ class Stream:
         if avail > n:
             out = head[pos : pos + n]
             self._pos = pos + n
+            freed = 0
         elif avail == n or len(chunks) == 1:
             out = head[pos:] if pos else head
             chunks.popleft()
             self._pos = 0
+            freed = len(head) + CHUNK_OVERHEAD
         else:
             parts = [head[pos:] if pos else head]
             chunks.popleft()
+            freed = len(head) + CHUNK_OVERHEAD
             need = n - avail
             while chunks and need:
                 chunk = chunks[0]
@@ -175,10 +207,14 @@ class Stream:
                     break
                 parts.append(chunk)
                 chunks.popleft()
+                freed += len(chunk) + CHUNK_OVERHEAD
                 need -= len(chunk)
             else:
                 self._pos = 0
             out = b"".join(parts)
+        if freed:
+            self._held -= freed
+            self._account.release(freed)
         self._size -= len(out)
         self._credit(len(out))
         return out
@@ -189,6 +225,8 @@ class Stream:
             self._credit(self._size)
             self._chunks.clear()
             self._pos = self._size = 0
+        if self._held:
+            self._release(self._held)
 
     def _credit(self, n: int) -> None:
         if self._credit_skip:
@@ -255,6 +293,7 @@ class Stream:
             if end == len(head):
                 self._chunks.popleft()
                 self._pos = 0
+                self._release(len(head) + CHUNK_OVERHEAD)
             else:
                 self._pos = end
             self._size -= prefix + length
@@ -286,8 +325,10 @@ class Stream:
                 return None
             # the prefix spans chunks: join the (short) rest of the first with the second
             chunks.popleft()
-            chunks[0] = head[pos:] + chunks[0]
+            second = chunks[0]
+            chunks[0] = head[pos:] + second
             self._pos = 0
+            self._release(pos + CHUNK_OVERHEAD)  # two chunks become one, without the part already read
         return None
 
     def _peek(self) -> bytes:
