@@ -240,7 +240,7 @@ async def _give_back_memory(host: Host, trim: Callable[[], object]) -> None:
     while True:
         await asyncio.sleep(TRIM_INTERVAL)
         if budget.peak - budget.total >= TRIM_RELEASED:
-            budget.peak = budget.total
+            budget.reset_peak()
             trim()
 
 

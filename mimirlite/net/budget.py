@@ -56,7 +56,7 @@ class BufferAccount:
             return False
         budget.total = total
         if total > budget.peak:
-            budget.peak = total
+            budget.peak = budget.mark = total
         self.held += n
         return True
 
@@ -66,6 +66,7 @@ class BufferAccount:
         total = budget.total = budget.total + n
         if total > budget.peak:
             budget.peak = total
+            budget.mark = min(total, budget.limit)
         self.held += n
 
     def release(self, n: int) -> None:
@@ -83,7 +84,7 @@ class BufferAccount:
 class BufferBudget:
     """A limit on the bytes all accounts hold together; ``total`` held now, ``peak`` its high mark."""
 
-    __slots__ = ("_accounts", "limit", "peak", "total")
+    __slots__ = ("_accounts", "limit", "mark", "peak", "total")
 
     def __init__(self, limit: int) -> None:
         if limit < 0:
@@ -91,11 +92,19 @@ class BufferBudget:
         self.limit = limit
         self.total = 0
         self.peak = 0
-        """The highest ``total`` since this was made or last set (e.g. to ``total``) by its user."""
+        """The highest ``total`` since this was made or :meth:`reset_peak`."""
+        self.mark = 0
+        """``min(peak, limit)``: a charge that keeps ``total`` at or below it needs no other check (the
+        receive path, which inlines :meth:`BufferAccount.charge`, adds to ``total`` and ``held`` then)."""
         self._accounts: dict[BufferAccount, None] = {}  # in creation order
 
     def __repr__(self) -> str:
         return f"<BufferBudget {self.total}/{self.limit} bytes, {len(self._accounts)} accounts>"
+
+    def reset_peak(self) -> None:
+        """Start a new ``peak`` from ``total``."""
+        self.peak = self.total
+        self.mark = min(self.total, self.limit)
 
     def account(self, shed: Shed | None = None) -> BufferAccount:
         """A new account (one per connection); ``shed`` lets :meth:`make_room` take room from it."""

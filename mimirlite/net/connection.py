@@ -100,7 +100,7 @@ class Connection(asyncio.BufferedProtocol):
         self._pings: dict[int, tuple[float, asyncio.Future[float] | None]] = {}  # sent at, waiter
         self._metrics = metrics if metrics is not None else HostMetrics()
         # what this connection holds for its peer, in the host's budget (max_buffered_total): its streams'
-        # unread data, and what writers queued in the session since the last flush (_tx_held)
+        # unread data and, while the peer does not read (writing paused), what waits to be sent (_tx_held)
         self._budget = budget if budget is not None else BufferBudget(config.max_buffered_total)
         self._account = self._budget.account(self._shed)
         self._tx_held = 0
@@ -175,12 +175,16 @@ class Connection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._write_paused = self._write_blocked = True
+        self._hold_tx()
         timeout = self._config.write_timeout
         if timeout is not None and self._stall is None and not self._closed:
             self._stall = self._loop.call_later(timeout, self._write_stalled)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._tx_held:
+            self._account.release(self._tx_held)
+            self._tx_held = 0
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
@@ -384,14 +388,12 @@ class Connection(asyncio.BufferedProtocol):
     def _flush(self, force: bool = False) -> None:
         self._flush_scheduled = False
         if self._write_paused and not force:
+            self._hold_tx()
             return  # the peer is not keeping up: frames wait in the session until the buffer drains
         session, transport = self._session, self._noise
         if session is not None and transport is not None:
             frames = session.frames_to_send()
             self._backlog = 0
-            if self._tx_held:  # the transport holds them now (bounded by write_buffer_high)
-                self._account.release(self._tx_held)
-                self._tx_held = 0
             for message in transport.encrypt_messages(frames):
                 self._write(message)
         if self._write_blocked and not self._write_paused:
@@ -403,16 +405,8 @@ class Connection(asyncio.BufferedProtocol):
     def _send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         if self._closed or self._session is None:
             raise ConnectionClosedError("connection closed")
-        budget = self._budget
-        if budget.total + len(data) > budget.limit:
-            self._make_send_room(stream_id, data)
         sent = self._session.send_data(stream_id, data)
         if sent:
-            # queued in the session until the flush: payload (referenced, or copied from a non-bytes
-            # buffer) and a header per frame
-            cost = sent + CHUNK_OVERHEAD * (1 + sent // self._config.yamux.max_frame_data)
-            self._tx_held += cost
-            self._account.add(cost)
             self._schedule_flush()
             backlog = self._backlog + sent
             self._backlog = backlog
@@ -428,15 +422,18 @@ class Connection(asyncio.BufferedProtocol):
             return
         self._refuse_memory(st, "its data would pass")
 
-    def _make_send_room(self, stream_id: int, data: bytes | bytearray | memoryview) -> None:
-        size = data.nbytes if isinstance(data, memoryview) else len(data)
-        cost = size + CHUNK_OVERHEAD * (1 + size // self._config.yamux.max_frame_data)
-        if self._budget.make_room(self._account, cost):
-            return
-        st = self._streams.get(stream_id)
-        if st is not None:
-            self._refuse_memory(st, "a write to a peer that does not read would pass")
-        raise LimitExceededError(_BUDGET_FULL)
+    def _hold_tx(self) -> None:
+        """Charge what waits for a peer that does not read: the transport's buffer and the frames queued
+        in the session (a header per frame besides the payload). Charged when writing pauses, released
+        when it resumes; in between the buffer only drains."""
+        transport = self._transport
+        backlog = self._backlog
+        held = transport.get_write_buffer_size() if transport is not None else 0
+        if backlog:
+            held += backlog + CHUNK_OVERHEAD * (2 + 2 * backlog // self._config.yamux.max_frame_data)
+        if held > self._tx_held:
+            self._account.add(held - self._tx_held)
+            self._tx_held = held
 
     def _refuse_memory(self, st: Stream, why: str) -> None:
         budget = self._budget
@@ -459,11 +456,21 @@ class Connection(asyncio.BufferedProtocol):
         asks: this connection holds more than its share); how many were."""
         freed = 0
         for st in reversed(list(self._streams.values())):
-            if st._held:
-                freed += st._held
+            held = st.held
+            if held:
+                freed += held
                 self._refuse_memory(st, "another peer needs room in")
                 if freed >= n:
-                    break
+                    return freed
+        if self._tx_held and self._write_paused and not self._closed:
+            freed += self._tx_held
+            reason = ConnectionClosedError(
+                f"peer is not reading: {self._tx_held} bytes wait to be sent while other peers need room in "
+                "the host's buffer budget (max_buffered_total)"
+            )
+            log.warning("%r: closing connection: %s", self, reason)
+            self._metrics.refused["memory"] += 1
+            self._teardown(reason, "write_timeout", hard=True)
         return freed
 
     def _consumed(self, stream_id: int, n: int) -> None:

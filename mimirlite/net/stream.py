@@ -40,7 +40,6 @@ class Stream:
         "_conn",
         "_credit_skip",
         "_eof",
-        "_held",
         "_pos",
         "_read_waiter",
         "_reset_exc",
@@ -60,9 +59,8 @@ class Stream:
         self._chunks: deque[bytes] = deque()
         self._pos = 0
         self._size = 0  # unread bytes in all
-        # what the chunks occupy (each: its length + CHUNK_OVERHEAD, the part already read included), as
-        # charged to the connection's account in the host's buffer budget
-        self._held = 0
+        # the chunks are charged to the connection's account in the host's buffer budget as they occupy
+        # memory: each its length + CHUNK_OVERHEAD (the part already read included), until it is dropped
         self._account: BufferAccount = conn._account
         self._credit_skip = 0
         self._eof = False
@@ -103,9 +101,14 @@ class Stream:
         if not n:
             return True
         cost = n + CHUNK_OVERHEAD
-        if not self._account.charge(cost):
+        account = self._account
+        budget = account._budget
+        total = budget.total + cost
+        if total <= budget.mark:  # BufferAccount.charge without its checks, inlined: every chunk comes here
+            budget.total = total
+            account.held += cost
+        elif not account.charge(cost):
             return False
-        self._held += cost
         self._chunks.append(data)
         self._size += n
         waiter = self._read_waiter
@@ -120,10 +123,11 @@ class Stream:
     def _on_reset(self, exc: BaseException) -> None:
         if self._reset_exc is None:
             self._reset_exc = exc
-        if self._held:  # nobody reads a reset stream: its data goes now, not when the stream is freed
+        if self._chunks:  # nobody reads a reset stream: its data goes now, not when the stream is freed
+            held = self.held
             self._chunks.clear()
             self._pos = self._size = 0
-            self._release(self._held)
+            self._account.release(held)
         self._wake_reader()
         self._wake_writer()
         if self._reset_waiter is not None and not self._reset_waiter.done():
@@ -139,9 +143,11 @@ class Stream:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _release(self, n: int) -> None:
-        self._held -= n
-        self._account.release(n)
+    @property
+    def held(self) -> int:
+        """Bytes the unread data occupies, as charged to the host's buffer budget."""
+        chunks = self._chunks
+        return sum(map(len, chunks)) + CHUNK_OVERHEAD * len(chunks)
 
     def _unread(self, data: bytes) -> None:
         """Put back bytes a negotiation read past (already credited to the window)."""
@@ -153,7 +159,6 @@ class Stream:
                 cost -= self._pos
                 self._pos = 0
             chunks.appendleft(data)
-            self._held += cost
             self._account.add(cost)  # held a moment ago: no refusal
             self._size += len(data)
             self._credit_skip += len(data)
@@ -213,8 +218,9 @@ class Stream:
                 self._pos = 0
             out = b"".join(parts)
         if freed:
-            self._held -= freed
-            self._account.release(freed)
+            account = self._account  # BufferAccount.release, inlined
+            account.held -= freed
+            account._budget.total -= freed
         self._size -= len(out)
         self._credit(len(out))
         return out
@@ -223,10 +229,10 @@ class Stream:
         """Drop everything unread (credited to the window)."""
         if self._size:
             self._credit(self._size)
+            held = self.held
             self._chunks.clear()
             self._pos = self._size = 0
-        if self._held:
-            self._release(self._held)
+            self._account.release(held)
 
     def _credit(self, n: int) -> None:
         if self._credit_skip:
@@ -293,7 +299,10 @@ class Stream:
             if end == len(head):
                 self._chunks.popleft()
                 self._pos = 0
-                self._release(len(head) + CHUNK_OVERHEAD)
+                freed = len(head) + CHUNK_OVERHEAD
+                account = self._account  # BufferAccount.release, inlined
+                account.held -= freed
+                account._budget.total -= freed
             else:
                 self._pos = end
             self._size -= prefix + length
@@ -328,7 +337,7 @@ class Stream:
             second = chunks[0]
             chunks[0] = head[pos:] + second
             self._pos = 0
-            self._release(pos + CHUNK_OVERHEAD)  # two chunks become one, without the part already read
+            self._account.release(pos + CHUNK_OVERHEAD)  # two chunks become one, less the part already read
         return None
 
     def _peek(self) -> bytes:
