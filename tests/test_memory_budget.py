@@ -24,12 +24,15 @@ from mimirlite.mimir import MimirClient
 from mimirlite.mimir.packets import CHAT_PROTOCOL
 from mimirlite.net.budget import CHUNK_OVERHEAD, BufferAccount, BufferBudget
 from mimirlite.wire import lp
+from mimirlite.wire.multistream import MultistreamDialer
 from mimirlite.wire.varint import encode_uvarint
+from mimirlite.wire.yamux import YamuxConfig, YamuxSession
 
 from .conftest import ECHO, echo_handler
 from .helpers import logged, until
 from .test_bad_input import TIMEOUT, echo_round_trip, settled
 from .test_cli import make_env, node
+from .test_hostile_peers import FIREHOSE, attacker, firehose
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -115,6 +118,7 @@ class LPServer:
         self.bodies: list[int] = []
         host.set_handler(LP, self.handle)
         host.set_handler(ECHO, echo_handler)
+        host.set_handler(FIREHOSE, firehose)
 
     async def handle(self, stream: Stream) -> None:
         try:
@@ -128,8 +132,10 @@ class LPServer:
 
 
 @contextlib.asynccontextmanager
-async def lp_server(budget: int) -> AsyncIterator[LPServer]:
-    config = HostConfig(max_buffered_total=budget)
+async def lp_server(
+    budget: int, write_buffer_high: int = HostConfig.write_buffer_high
+) -> AsyncIterator[LPServer]:
+    config = HostConfig(max_buffered_total=budget, write_buffer_high=write_buffer_high)
     async with Host(listen=["/ip4/127.0.0.1/tcp/0"], config=config) as host:
         yield LPServer(host)
 
@@ -197,6 +203,37 @@ async def test_tiny_frames_are_charged_what_they_occupy(caplog: pytest.LogCaptur
         assert 1 * MIB - host.budget.peak < CHUNK_OVERHEAD + 1  # it filled up to the byte
         logged(caplog, "its data would pass the host's buffer budget")
         await echo_round_trip(host)
+    await settled(host)
+
+
+@pytest.mark.usefixtures("no_leaks")
+async def test_peer_that_does_not_read_is_charged_and_closed_when_another_needs_room(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What waits for a peer that reads nothing from its socket is charged from the moment writing
+    pauses; holding the most, and nothing it sent, that peer's connection is closed to make room."""
+    caplog.set_level(logging.INFO, "mimirlite")
+    async with lp_server(768 * KIB, write_buffer_high=512 * KIB) as server, Host() as other:
+        host = server.host
+        windows = YamuxConfig(initial_window=16 * MIB)
+        raw, conn = await attacker(host, YamuxSession(is_client=True, config=windows))
+        proposal = MultistreamDialer([FIREHOSE]).data_to_send()
+        for _ in range(8):
+            raw.session.send_data(raw.session.open_stream(), proposal)
+        raw.flush()
+        await until(lambda: conn._write_paused, TIMEOUT)
+        assert conn._account.held >= 512 * KIB  # the socket's buffer at least (write_buffer_high)
+        # another peer's request of 300 KiB, within its share, does not fit beside it: the reader-of-nothing
+        # goes (it holds no data of its own to give up)
+        held = await partial_request(other, host, 400 * KIB, 300 * KIB)
+        await asyncio.wait_for(conn.closed, TIMEOUT)
+        assert conn.close_kind == "write_timeout"
+        logged(caplog, "peer is not reading", "max_buffered_total")
+        assert host.metrics.refused["memory"] == 1
+        await asyncio.wait_for(held.write(b"x" * (100 * KIB)), TIMEOUT)
+        assert await asyncio.wait_for(held.read(), TIMEOUT) == b"ok"
+        await held.close()
+        await raw.aclose()
     await settled(host)
 
 
