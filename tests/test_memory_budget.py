@@ -31,7 +31,7 @@ from mimirlite.wire.yamux import YamuxConfig, YamuxSession
 from .conftest import ECHO, echo_handler
 from .helpers import logged, until
 from .test_bad_input import TIMEOUT, echo_round_trip, settled
-from .test_cli import make_env, node
+from .test_cli import cli, make_env, node
 from .test_hostile_peers import FIREHOSE, attacker, firehose
 
 KIB = 1024
@@ -309,3 +309,18 @@ async def test_node_memory_stays_bounded_under_unfinished_4mib_requests() -> Non
         await until(lambda: memory(proc.pid)["VmRSS"] <= baseline + SETTLED_ABOVE_BASELINE, SETTLE_TIMEOUT)
         assert memory(proc.pid)["VmHWM"] <= baseline + PEAK_ABOVE_BASELINE
         assert await chat_once(addr)
+
+
+async def test_node_max_buffered_flag_sets_the_budget() -> None:
+    env = make_env()
+    async with node("--backend", "echo", "--max-buffered", "1M", env=env) as (proc, info), Host() as peer:
+        stream = await asyncio.wait_for(peer.new_stream(info.local_addr, CHAT_PROTOCOL), TIMEOUT)
+        with contextlib.suppress(StreamResetError):
+            await asyncio.wait_for(stream.write(encode_uvarint(4 * MIB) + b"x" * (2 * MIB)), TIMEOUT)
+        with pytest.raises(StreamResetError):
+            await asyncio.wait_for(stream.read(), TIMEOUT)
+        refusal = f"of max_buffered_total {MIB} bytes held"
+        await proc.wait_line(lambda line: refusal in line, TIMEOUT, err=True)
+        assert await chat_once(info.local_addr)
+    bad = await cli("node", "--max-buffered", "10K", env=env)
+    assert bad.rc == 2 and "--max-buffered: must be at least 256K, not 10K" in bad.err

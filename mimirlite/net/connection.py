@@ -5,7 +5,10 @@ into one buffer per thread; outgoing frames produced in one event-loop turn leav
 per Noise message. While the socket's send buffer is above ``write_buffer_high`` frames wait in the
 session (which bounds the replies it queues) and writers wait for it to drain. The connection also
 enforces the host-wide stream limit, the idle and write timeouts, keepalive pings on connections it
-dialed, and the drain after a remote GoAway.
+dialed, and the drain after a remote GoAway. What it holds for its peer is charged to the host's buffer
+budget (:mod:`mimirlite.net.budget`): each chunk a stream buffers, and from a pause of writing to its
+resume what waits to be sent; data that does not fit resets its stream, unless a connection holding
+more than its share gives up its newest streams (or, holding only what its peer does not read, closes).
 """
 
 from __future__ import annotations
