@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mimirlite import __version__
@@ -23,6 +24,11 @@ from mimirlite.net.config import HostConfig
 from mimirlite.net.host import Host
 
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/0"
+MIB = 1024 * 1024
+TRIM_INTERVAL = 1.0
+"""Seconds between two looks at how much peer data the node released (see :func:`_give_back_memory`)."""
+TRIM_RELEASED = 16 * MIB
+"""Bytes of peer data released since the budget's peak after which the node returns free heap pages."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="close a connection whose peer stops acknowledging for this long (TCP keepalive and "
         "user timeout; default %(default)g; 0: the OS defaults)",
+    )
+    node.add_argument(
+        "--max-buffered",
+        type=_size,
+        default=HostConfig.max_buffered_total,
+        metavar="SIZE",
+        help="memory held for peers on all connections (unread requests and answers): MiB, or with a "
+        "K, M or G suffix; past it the newest streams of the peer holding the most are reset "
+        f"(default {HostConfig.max_buffered_total // MIB})",
     )
     access = node.add_argument_group("access control (who may use this node, and how much)")
     access.add_argument(
@@ -220,6 +235,50 @@ def _stall_timeout(text: str) -> float | None:
     return value or None
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
+_UNITS = {"": MIB, "k": 1024, "m": MIB, "g": 1024 * MIB}
+
+
+def _size(text: str) -> int:
+    """A size in bytes: a number of MiB, or a number with a K, M or G suffix (binary units: 1K is 1024)."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None or (not match.group(2) and text.strip()[-1:].isalpha()):
+        raise argparse.ArgumentTypeError(f"not a size (e.g. 128, 512K, 1G): {text!r}")
+    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value < 256 * 1024:
+        raise argparse.ArgumentTypeError(f"must be at least 256K, not {text}")
+    return value
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``, which returns the free pages of the heap to the OS; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+async def _give_back_memory(host: Host, trim: Callable[[], object]) -> None:
+    """Return free heap pages to the OS once the node released a lot of peer data.
+
+    glibc keeps freed memory in the heap for reuse: without this, the resident size stays at its peak
+    after hostile peers that filled the buffer budget leave.
+    """
+    budget = host.budget
+    while True:
+        await asyncio.sleep(TRIM_INTERVAL)
+        if budget.peak - budget.total >= TRIM_RELEASED:
+            budget.reset_peak()
+            trim()
+
+
 def _cors_origin(text: str) -> str:
     from mimirlite.gateway.http import cors_origin  # h11 loads only for a gateway
 
@@ -295,10 +354,18 @@ async def _node(args: argparse.Namespace) -> int:
             print(f"No OpenAI-compatible backend answered ({exc}); serving the echo model.", flush=True)
             backend = EchoBackend()
     try:
-        config = HostConfig(allow_peers=allowed, dead_link_timeout=args.dead_link_timeout)
+        config = HostConfig(
+            allow_peers=allowed,
+            dead_link_timeout=args.dead_link_timeout,
+            max_buffered_total=args.max_buffered,
+        )
         host = Host(keypair, listen=args.listen or [DEFAULT_LISTEN], config=config)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(host)
+            trim = _malloc_trim()
+            if trim is not None:
+                trimmer = asyncio.ensure_future(_give_back_memory(host, trim))
+                stack.callback(trimmer.cancel)
             node = await stack.enter_async_context(MimirNode(host, backend, models=models, limits=limits))
             if args.stats_interval:
                 # Asked for explicitly, so shown without -v: INFO lines on their own logger.

@@ -29,7 +29,8 @@ class HostMetrics:
     (over the per-connection yamux limit, or after our GoAway), ``streams_total`` (over
     ``max_streams_total``), ``streams_per_connection``, ``streams_per_peer``, ``streams_per_ip`` (inbound
     streams over ``max_inbound_streams_per_connection``, ``max_streams_per_peer``, ``max_streams_per_ip``),
-    ``buffer`` (a stream reset because its connection held ``max_buffered``).
+    ``buffer`` (a stream reset because its connection held ``max_buffered``), ``memory`` (a stream reset
+    because the host held ``max_buffered_total`` for its peers).
     ``closed`` counts ended connections by how they ended: ``local`` (closed here), ``go_away`` (the
     remote said GoAway, as a remote closing politely does, and its streams ended), ``remote`` (the socket
     ended without a GoAway), ``idle``, ``write_timeout``, ``protocol_error``, ``dead_link`` (the kernel

@@ -35,6 +35,7 @@ from mimirlite.errors import (
 )
 from mimirlite.identity import KeyPair, KeyType
 from mimirlite.net.addr import parse_multiaddr
+from mimirlite.net.budget import BufferBudget
 from mimirlite.net.stream import Stream
 from mimirlite.wire.lp import LPDecoder, decode_json, encode_json, encode_message
 from mimirlite.wire.multistream import PROTOCOL_ID as MULTISTREAM
@@ -209,6 +210,8 @@ class _FakeConnection:
 
     def __init__(self) -> None:
         self.credited = 0
+        self.budget = BufferBudget(1 << 30)
+        self._account = self.budget.account()
 
     def _consumed(self, stream_id: int, n: int) -> None:
         self.credited += n
@@ -234,6 +237,8 @@ async def _stream_read_messages(chunks: list[bytes], cap: int) -> tuple[list[byt
         stream._on_data(chunk)
     stream._on_eof()
     result = await asyncio.wait_for(task, 5)
+    if result[0] == "ok":
+        assert conn.budget.total == 0  # every chunk taken was given back to the buffer budget
     return bodies, result, conn.credited
 
 

@@ -60,6 +60,12 @@ class HostConfig:
     write_buffer_high: int = 256 * 1024
     """Socket send buffer above which writers wait (and frames wait in the session, see
     ``yamux.max_queued_replies``)."""
+    max_buffered_total: int = 128 * 1024 * 1024
+    """Bytes held on behalf of peers on all connections together (unread received data, partial requests
+    included, and writes waiting for a peer's socket), as the buffers occupy them: data that would pass
+    it resets its stream, the newest streams of the connection holding the most first (see
+    :mod:`mimirlite.net.budget`). At least ``yamux.initial_window``. Per connection, ``yamux.max_buffered``
+    applies too."""
     yamux: YamuxConfig = field(default_factory=YamuxConfig)
     allow_peers: frozenset[PeerId] | None = None
     """When set, the only peers served: an inbound connection from any other peer is closed right after
@@ -82,6 +88,9 @@ class HostConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise LocalError(f"{name} must be a positive number of seconds or None")
+        if self.max_buffered_total < self.yamux.initial_window:
+            window = self.yamux.initial_window
+            raise LocalError(f"max_buffered_total must be at least yamux.initial_window ({window})")
         dead = self.dead_link_timeout
         if dead is not None and not 0 < dead < math.inf:
             raise LocalError("dead_link_timeout must be a positive, finite number of seconds or None")

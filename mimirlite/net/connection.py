@@ -5,7 +5,10 @@ into one buffer per thread; outgoing frames produced in one event-loop turn leav
 per Noise message. While the socket's send buffer is above ``write_buffer_high`` frames wait in the
 session (which bounds the replies it queues) and writers wait for it to drain. The connection also
 enforces the host-wide stream limit, the idle and write timeouts, keepalive pings on connections it
-dialed, and the drain after a remote GoAway.
+dialed, and the drain after a remote GoAway. What it holds for its peer is charged to the host's buffer
+budget (:mod:`mimirlite.net.budget`): each chunk a stream buffers, and from a pause of writing to its
+resume what waits to be sent; data that does not fit resets its stream, unless a connection holding
+more than its share gives up its newest streams (or, holding only what its peer does not read, closes).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from mimirlite.errors import (
     StreamResetError,
 )
 from mimirlite.metrics import HostMetrics
+from mimirlite.net.budget import CHUNK_OVERHEAD, BufferBudget
 from mimirlite.net.shares import StreamShares
 from mimirlite.net.sockopts import DEAD_LINK_ERRNOS, tune_tcp_socket
 from mimirlite.net.stream import Stream
@@ -45,6 +49,7 @@ log = logging.getLogger(__name__)
 RECEIVE_BUFFER = 256 * 1024
 """Bytes one socket read may take (asyncio's own read size)."""
 _thread = threading.local()
+_BUDGET_FULL = "stream reset: the host's buffer budget (max_buffered_total) is full"
 
 
 def _receive_buffer() -> memoryview:
@@ -71,6 +76,7 @@ class Connection(asyncio.BufferedProtocol):
         accept_peer: Callable[[PeerId], bool] | None = None,
         metrics: HostMetrics | None = None,
         shares: StreamShares | None = None,
+        budget: BufferBudget | None = None,
     ) -> None:
         self._keypair = keypair
         self._config = config
@@ -100,6 +106,11 @@ class Connection(asyncio.BufferedProtocol):
         self._metrics = metrics if metrics is not None else HostMetrics()
         self._shares = shares if shares is not None else StreamShares(config)
         self._inbound = 0  # streams the remote opened that are open (counted in _shares)
+        # what this connection holds for its peer, in the host's budget (max_buffered_total): its streams'
+        # unread data and, while the peer does not read (writing paused), what waits to be sent (_tx_held)
+        self._budget = budget if budget is not None else BufferBudget(config.max_buffered_total)
+        self._account = self._budget.account(self._shed)
+        self._tx_held = 0
         self._loop = asyncio.get_running_loop()
         self._last_rx = 0.0  # loop time of the last bytes received once upgraded
         self._last_keepalive = 0.0
@@ -171,12 +182,16 @@ class Connection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._write_paused = self._write_blocked = True
+        self._hold_tx()
         timeout = self._config.write_timeout
         if timeout is not None and self._stall is None and not self._closed:
             self._stall = self._loop.call_later(timeout, self._write_stalled)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._tx_held:
+            self._account.release(self._tx_held)
+            self._tx_held = 0
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
@@ -318,8 +333,8 @@ class Connection(asyncio.BufferedProtocol):
                 st = streams.get(sid)
                 if st is None or sid in self._lingering:
                     session.consumed(sid, len(ev.data))
-                else:
-                    st._on_data(ev.data)
+                elif not st._on_data(ev.data):
+                    self._over_budget(st, ev.data)
             elif isinstance(ev, yamux.SendWindowUpdated):
                 st = streams.get(ev.stream_id)
                 if st is not None:
@@ -388,6 +403,7 @@ class Connection(asyncio.BufferedProtocol):
     def _flush(self, force: bool = False) -> None:
         self._flush_scheduled = False
         if self._write_paused and not force:
+            self._hold_tx()
             return  # the peer is not keeping up: frames wait in the session until the buffer drains
         session, transport = self._session, self._noise
         if session is not None and transport is not None:
@@ -412,6 +428,65 @@ class Connection(asyncio.BufferedProtocol):
             if backlog > self._config.write_buffer_high:
                 self._write_blocked = True  # writers wait for the flush
         return sent
+
+    # ---- the host's buffer budget ----
+
+    def _over_budget(self, st: Stream, data: bytes) -> None:
+        """``data`` for ``st`` does not fit in the host's buffer budget: make room, or reset ``st``."""
+        if self._budget.make_room(self._account, len(data) + CHUNK_OVERHEAD) and st._on_data(data):
+            return
+        self._refuse_memory(st, "its data would pass")
+
+    def _hold_tx(self) -> None:
+        """Charge what waits for a peer that does not read: the transport's buffer and the frames queued
+        in the session (a header per frame besides the payload). Charged when writing pauses, released
+        when it resumes; in between the buffer only drains."""
+        transport = self._transport
+        backlog = self._backlog
+        held = transport.get_write_buffer_size() if transport is not None else 0
+        if backlog:
+            held += backlog + CHUNK_OVERHEAD * (2 + 2 * backlog // self._config.yamux.max_frame_data)
+        if held > self._tx_held:
+            self._account.add(held - self._tx_held)
+            self._tx_held = held
+
+    def _refuse_memory(self, st: Stream, why: str) -> None:
+        budget = self._budget
+        log.warning(
+            "%r: resetting stream %d: %s the host's buffer budget (%d of max_buffered_total %d bytes held, "
+            "%d for this connection)",
+            self,
+            st.stream_id,
+            why,
+            budget.total,
+            budget.limit,
+            self._account.held,
+        )
+        self._metrics.refused["memory"] += 1
+        self._reset_stream(st.stream_id)
+        st._on_reset(LimitExceededError(_BUDGET_FULL))
+
+    def _shed(self, n: int) -> int:
+        """Reset our newest streams holding received data until ``n`` bytes are released (the budget
+        asks: this connection holds more than its share); how many were."""
+        freed = 0
+        for st in reversed(list(self._streams.values())):
+            held = st.held
+            if held:
+                freed += held
+                self._refuse_memory(st, "another peer needs room in")
+                if freed >= n:
+                    return freed
+        if self._tx_held and self._write_paused and not self._closed:
+            freed += self._tx_held
+            reason = ConnectionClosedError(
+                f"peer is not reading: {self._tx_held} bytes wait to be sent while other peers need room in "
+                "the host's buffer budget (max_buffered_total)"
+            )
+            log.warning("%r: closing connection: %s", self, reason)
+            self._metrics.refused["memory"] += 1
+            self._teardown(reason, "write_timeout", hard=True)
+        return freed
 
     def _consumed(self, stream_id: int, n: int) -> None:
         if self._session is not None and not self._closed:
@@ -639,6 +714,8 @@ class Connection(asyncio.BufferedProtocol):
             if fut is not None and not fut.done():
                 fut.set_exception(ConnectionClosedError("connection closed"))
         self._pings.clear()
+        self._account.close()  # the streams gave back their data above; what waits to be sent goes too
+        self._tx_held = 0
         self._write_paused = self._write_blocked = False
         self._wake_drain_waiters()
         if not self.closed.done():

@@ -22,6 +22,7 @@ from mimirlite.errors import (
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.metrics import HostMetrics
 from mimirlite.net.addr import TcpAddr, expand_unspecified, parse_multiaddr
+from mimirlite.net.budget import BufferBudget
 from mimirlite.net.config import HostConfig
 from mimirlite.net.connection import Connection
 from mimirlite.net.shares import StreamShares
@@ -62,6 +63,7 @@ class Host:
         self._per_ip: dict[str, int] = {}
         self._metrics = HostMetrics()
         self._stream_shares = StreamShares(self.config)
+        self._budget = BufferBudget(self.config.max_buffered_total)
         self._dialing: dict[PeerId, asyncio.Future[Connection]] = {}
         self._addrs: dict[PeerId, list[TcpAddr]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -133,6 +135,11 @@ class Host:
         for conn in self._all_conns:
             conn._sync_metrics()
         return self._metrics
+
+    @property
+    def budget(self) -> BufferBudget:
+        """The bytes this host's connections hold for their peers (``config.max_buffered_total``)."""
+        return self._budget
 
     @property
     def connections(self) -> dict[PeerId, Connection]:
@@ -240,6 +247,7 @@ class Host:
                 expected_peer=peer_id,
                 metrics=self._metrics,
                 shares=self._stream_shares,
+                budget=self._budget,
             ),
             addr.host,
             addr.port,
@@ -273,6 +281,7 @@ class Host:
             accept_peer=None if self.config.allow_peers is None else self.allows,
             metrics=self._metrics,
             shares=self._stream_shares,
+            budget=self._budget,
         )
         self._spawn(self._accept(conn), "mimirlite-accept")
         return conn

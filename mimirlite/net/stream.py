@@ -13,11 +13,13 @@ from mimirlite.errors import (
     StreamClosedError,
     StreamResetError,
 )
+from mimirlite.net.budget import CHUNK_OVERHEAD
 from mimirlite.wire import lp
 from mimirlite.wire.varint import decode_uvarint
 
 if TYPE_CHECKING:
     from mimirlite.identity import PeerId
+    from mimirlite.net.budget import BufferAccount
     from mimirlite.net.connection import Connection
 
 DEFAULT_READ = 65536
@@ -33,6 +35,7 @@ class Stream:
     """
 
     __slots__ = (
+        "_account",
         "_chunks",
         "_conn",
         "_credit_skip",
@@ -57,6 +60,9 @@ class Stream:
         self._chunks: deque[bytes] = deque()
         self._pos = 0
         self._size = 0  # unread bytes in all
+        # the chunks are charged to the connection's account in the host's buffer budget as they occupy
+        # memory: each its length + CHUNK_OVERHEAD (the part already read included), until it is dropped
+        self._account: BufferAccount = conn._account
         self._credit_skip = 0
         self._eof = False
         self._write_closed = False
@@ -97,12 +103,26 @@ class Stream:
 
     # ---- called by the connection ----
 
-    def _on_data(self, data: bytes) -> None:
-        if not data:
-            return
+    def _on_data(self, data: bytes) -> bool:
+        """Buffer ``data`` if the host's buffer budget has room for it; False (not taken) if not."""
+        n = len(data)
+        if not n:
+            return True
+        cost = n + CHUNK_OVERHEAD
+        account = self._account
+        budget = account._budget
+        total = budget.total + cost
+        if total <= budget.mark:  # BufferAccount.charge without its checks, inlined: every chunk comes here
+            budget.total = total
+            account.held += cost
+        elif not account.charge(cost):
+            return False
         self._chunks.append(data)
-        self._size += len(data)
-        self._wake_reader()
+        self._size += n
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
 
     def _on_eof(self) -> None:
         self._eof = True
@@ -111,6 +131,11 @@ class Stream:
     def _on_reset(self, exc: BaseException) -> None:
         if self._reset_exc is None:
             self._reset_exc = exc
+        if self._chunks:  # nobody reads a reset stream: its data goes now, not when the stream is freed
+            held = self.held
+            self._chunks.clear()
+            self._pos = self._size = 0
+            self._account.release(held)
         self._wake_reader()
         self._wake_writer()
         if self._reset_waiter is not None and not self._reset_waiter.done():
@@ -126,14 +151,23 @@ class Stream:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    @property
+    def held(self) -> int:
+        """Bytes the unread data occupies, as charged to the host's buffer budget."""
+        chunks = self._chunks
+        return sum(map(len, chunks)) + CHUNK_OVERHEAD * len(chunks)
+
     def _unread(self, data: bytes) -> None:
         """Put back bytes a negotiation read past (already credited to the window)."""
-        if data:
+        if data and self._reset_exc is None:
             chunks = self._chunks
+            cost = len(data) + CHUNK_OVERHEAD
             if self._pos:
                 chunks[0] = chunks[0][self._pos :]
+                cost -= self._pos
                 self._pos = 0
             chunks.appendleft(data)
+            self._account.add(cost)  # held a moment ago: no refusal
             self._size += len(data)
             self._credit_skip += len(data)
             self._wake_reader()
@@ -167,13 +201,16 @@ class Stream:
         if avail > n:
             out = head[pos : pos + n]
             self._pos = pos + n
+            freed = 0
         elif avail == n or len(chunks) == 1:
             out = head[pos:] if pos else head
             chunks.popleft()
             self._pos = 0
+            freed = len(head) + CHUNK_OVERHEAD
         else:
             parts = [head[pos:] if pos else head]
             chunks.popleft()
+            freed = len(head) + CHUNK_OVERHEAD
             need = n - avail
             while chunks and need:
                 chunk = chunks[0]
@@ -183,10 +220,15 @@ class Stream:
                     break
                 parts.append(chunk)
                 chunks.popleft()
+                freed += len(chunk) + CHUNK_OVERHEAD
                 need -= len(chunk)
             else:
                 self._pos = 0
             out = b"".join(parts)
+        if freed:
+            account = self._account  # BufferAccount.release, inlined
+            account.held -= freed
+            account._budget.total -= freed
         self._size -= len(out)
         self._credit(len(out))
         return out
@@ -195,8 +237,10 @@ class Stream:
         """Drop everything unread (credited to the window)."""
         if self._size:
             self._credit(self._size)
+            held = self.held
             self._chunks.clear()
             self._pos = self._size = 0
+            self._account.release(held)
 
     def _credit(self, n: int) -> None:
         if self._credit_skip:
@@ -263,6 +307,10 @@ class Stream:
             if end == len(head):
                 self._chunks.popleft()
                 self._pos = 0
+                freed = len(head) + CHUNK_OVERHEAD
+                account = self._account  # BufferAccount.release, inlined
+                account.held -= freed
+                account._budget.total -= freed
             else:
                 self._pos = end
             self._size -= prefix + length
@@ -294,8 +342,10 @@ class Stream:
                 return None
             # the prefix spans chunks: join the (short) rest of the first with the second
             chunks.popleft()
-            chunks[0] = head[pos:] + chunks[0]
+            second = chunks[0]
+            chunks[0] = head[pos:] + second
             self._pos = 0
+            self._account.release(pos + CHUNK_OVERHEAD)  # two chunks become one, less the part already read
         return None
 
     def _peek(self) -> bytes:
