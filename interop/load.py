@@ -1,13 +1,14 @@
-"""Load, slow readers and a soak against one mimirlite node: a benchmark script, not a test.
+"""Load, slow readers, a soak and hostile peers against one mimirlite node: a benchmark script, not a test.
 
-Every peer is its own process on 127.0.0.1; the runner (this script without a mode) starts them, drives
-them through stdin (one command a line; end of input stops a worker) and reads one JSON object a line
-from their stdout. The node's memory and descriptors are read by the runner from /proc/<pid>/status
-(VmRSS, VmHWM) and /proc/<pid>/fd; the node reports its own asyncio task count, connections, streams
-and what its echo model produced when asked (``stats``).
+Every peer is its own process on 127.0.0.1 (hostile peers dial from other loopback addresses); the
+runner (this script without a mode) starts them, drives them through stdin (one command a line; end of
+input stops a worker) and reads one JSON object a line from their stdout. The node's memory and
+descriptors are read by the runner from /proc/<pid>/status (VmRSS, VmHWM) and /proc/<pid>/fd; the node
+reports its own asyncio task count, connections, streams, what its echo model produced and its
+HostMetrics and NodeMetrics when asked (``stats``).
 
-Scenarios (``--only load,slow,soak``; default load and slow; ``--soak [MINUTES]`` adds the soak, 10
-minutes when no value is given):
+Scenarios (``--only load,slow,soak,hostile``; default load and slow; ``--soak [MINUTES]`` adds the
+soak, 10 minutes when no value is given; ``--hostile`` adds the hostile scenario):
 
 - ``load``: ``--clients`` client processes (one Host each) x ``--streams`` concurrent chats to one node
   whose echo model waits ``--delay`` s before each word, so that every chat overlaps the others. Every
@@ -24,6 +25,39 @@ minutes when no value is given):
   mid-way, slow reads, connections dropped mid-answer), ping and disconnect, at random (seeded), for
   the given minutes. After a warm-up round the node's tasks, descriptors and RSS are the baseline; at
   the end, with every client gone, they must be back to it (RSS within ``--rss-slack`` MiB).
+
+- ``hostile`` (``--hostile`` adds it, ``--only hostile`` runs it alone): the attacks of issue 11 items
+  2-4, each by its own worker processes from its own source address, beside the ``load``'s chatters
+  (``--clients`` x ``--streams`` chats a round, round after round) and its pinger. The node gets
+  ``--slot-chats`` chat slots on top of the load's (``max_concurrent`` = load chats + 256: the slot holder
+  takes every slot the load leaves); every other limit is the library's default (``HostConfig()``, the
+  rest of ``NodeLimits()``), so the run measures whatever defences the node has. A first round of the
+  load alone gives the baseline RSS (the node's peak over it); then, one after the other (so that each
+  figure is that attack's: memory figures are not mixed with the held chats' windows, and on two cores
+  the timed targets are not measured against the other attackers' CPU), each followed by a wait until
+  the attackers' connections are gone:
+
+  - ``memory`` (item 4): 4 peers (127.0.0.4-7, one connection each) each keep ``--memory-streams``
+    streams sending a 4 MiB chat request but its last 16 bytes, for ``--memory-hold`` s (a stream the
+    node ends is opened again after a second). Checks: the node's peak RSS (VmHWM) <= baseline + 300
+    MiB; once they left, VmRSS back within 50 MiB of the baseline within 60 s (watched 90 s).
+  - ``lockout`` (item 2): ``--lockout-idle`` connections that send nothing and ``--lockout-dribble`` that
+    send a byte of a valid multistream header, /noise proposal and first Noise message every 0.5 s, all
+    from 127.0.0.2, each re-opened as soon as the node closes it. Meanwhile two honest workers make
+    ``--honest-dials`` chats each, every one from a new key over a new connection: one from 127.0.0.1
+    (a fresh Host's dial), one from 127.0.0.2, the flood's own address (the project's Connection on a
+    socket bound to it: the Host API has no source address; real Noise and yamux). Check: each chat
+    done within 2 s of its dial's start (p50 and max shown).
+  - ``slots`` (item 3): one peer (one key, 4 connections from 127.0.0.3) opens ``--slot-chats`` chats
+    asking for answers far longer than a yamux window, produced at once, and never reads them; once
+    their windows are full (the node's echo model stalls on them), 3 times, while a round of the load is
+    in progress, another peer's chat (127.0.0.1) is timed. Check: answered within 5 s.
+
+  Also checked: the load's answers beside the attacks complete and byte for byte, 0 lost or duplicated,
+  and the pinger's p99 per phase <= 100 ms. Printed under the checks (``info``): the attackers' own
+  counts (connections re-opened and closed by the node, streams reset, answers with their error type,
+  e.g. ``overloaded``) and what the node counted in each phase (its HostMetrics refusals, closes and
+  protocol errors, its NodeMetrics refusals).
 
 ``--json FILE`` keeps every figure. Exit status 0 when every check passed, 1 otherwise.
 """
