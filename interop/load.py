@@ -616,7 +616,7 @@ async def worker_soak(args: argparse.Namespace) -> None:
 
 # ---- hostile peers and honest dialers (the hostile scenario) ----
 
-REOPEN_PAUSE = 0.1
+REOPEN_PAUSE = 0.25
 """Seconds at least between two opens of one lock-out connection (the node may close it at once)."""
 HELD_TAIL = 16
 """Bytes a memory attacker leaves off the end of its request: the node waits for them forever."""
@@ -837,12 +837,12 @@ async def worker_lockout(args: argparse.Namespace) -> None:
                         all_open.set()
                 try:
                     for byte in dribble if drip else b"":
+                        transport.write(bytes([byte]))
+                        counts["bytes_dribbled"] += 1
                         with contextlib.suppress(asyncio.TimeoutError):
                             await asyncio.wait_for(asyncio.shield(conn.lost), args.interval)
                         if conn.lost.done():
                             break
-                        transport.write(bytes([byte]))
-                        counts["bytes_dribbled"] += 1
                     await conn.lost
                     counts["closed_by_node"] += 1
                     held.append(loop.time() - started)
@@ -860,7 +860,9 @@ async def worker_lockout(args: argparse.Namespace) -> None:
             "errors": dict(errors.most_common(5)),
         }
 
-    tasks = [asyncio.create_task(keep(i, i >= args.conns)) for i in range(len(opened_once))]
+    n = len(opened_once)  # the dribbling connections spread among the idle ones
+    drips = [i * args.dribble // n != (i + 1) * args.dribble // n for i in range(n)]
+    tasks = [asyncio.create_task(keep(i, drip)) for i, drip in enumerate(drips)]
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(all_open.wait(), args.timeout)
     emit({"event": "ready", **stats()})
