@@ -718,10 +718,20 @@ async def command_loop(control: Control, stats: Callable[[], dict[str, Any]]) ->
             emit({"event": "stats", **stats()})
 
 
-async def cancel_all(tasks: Sequence[asyncio.Task[Any]]) -> None:
+async def cancel_all(tasks: Sequence[asyncio.Task[Any]], timeout: float = 30.0) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again every 0.5 s those still running (asyncio's
+    wait_for returns a result that is there when the cancellation comes, and the task goes on), for up
+    to ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = set(tasks)
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
     for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a task that failed is counted by its worker, not re-raised
 
 
 async def worker_honest(args: argparse.Namespace) -> None:
@@ -818,7 +828,7 @@ async def worker_lockout(args: argparse.Namespace) -> None:
 
     async def keep(i: int, drip: bool) -> None:
         nonlocal open_now
-        while True:
+        while not control.stop.is_set():
             started = loop.time()
             try:
                 transport, conn = await asyncio.wait_for(
@@ -988,7 +998,7 @@ async def worker_memory(args: argparse.Namespace) -> None:
             return
 
         async def hold(i: int) -> None:
-            while True:
+            while not control.stop.is_set():
                 stream = None
                 sent = False
                 try:
@@ -1901,7 +1911,9 @@ async def _attack_memory(
     verdicts.add(
         f"hostile/memory: node peak RSS <= baseline + {cfg.memory_budget:g} MiB under {streams} unfinished "
         f"{cfg.memory_request / MIB:g} MiB requests from {cfg.memory_peers} peers",
-        f"VmHWM {peak:.1f} MiB, baseline {baseline:.1f} MiB (+{peak - baseline:.1f})",
+        f"VmHWM {peak:.1f} MiB, baseline {baseline:.1f} MiB (+{peak - baseline:.1f}); the attackers sent "
+        f"{hogs_total['bytes_sent'] / MIB:.0f} MiB in {cfg.memory_hold:g} s, "
+        f"{hogs_total['requests_sent']} requests whole but their last bytes",
         peak <= baseline + cfg.memory_budget,
     )
     last = recovery[-1][1] if recovery else math.nan
@@ -2078,12 +2090,20 @@ async def run_hostile(cfg: HostileConfig, verdicts: Verdicts) -> dict[str, Any]:
         for name in cfg.attacks:
             before = await node.stats()
             log(f"hostile: {name}: starting beside the load (round {load.rounds})")
-            if name == "memory":
-                out[name] = await _attack_memory(cfg, node, baseline, verdicts)
-            elif name == "lockout":
-                out[name] = await _attack_lockout(cfg, node, verdicts)
-            else:
-                out[name] = await _attack_slots(cfg, node, load, verdicts)
+            others = set(Worker.running)
+            try:
+                if name == "memory":
+                    out[name] = await _attack_memory(cfg, node, baseline, verdicts)
+                elif name == "lockout":
+                    out[name] = await _attack_lockout(cfg, node, verdicts)
+                else:
+                    out[name] = await _attack_slots(cfg, node, load, verdicts)
+            except WorkerError as exc:  # this attack's workers stop; the load and the next attacks go on
+                log(f"hostile: {name}: failed: {exc}")
+                verdicts.add(f"hostile/{name} ran to its end", str(exc)[:300], False)
+                out[name] = {"error": str(exc)}
+                await node.stop_sampling()
+                await asyncio.gather(*(w.stop() for w in Worker.running - others))
             after = await _settle(node, cfg.clients + 1)
             pinger.send("lap")
             pings[name] = await pinger.expect("lap", 30)
