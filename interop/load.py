@@ -2199,11 +2199,16 @@ async def runner(args: argparse.Namespace) -> int:
                 slot_chats=args.slot_chats,
                 memory_streams=args.memory_streams,
                 memory_hold=args.memory_hold,
+                attacks=tuple(a for a in args.attacks.split(",") if a),
             ),
             verdicts,
         ),
     }
     unknown = scenarios - set(runs)
+    attacks = {a for a in args.attacks.split(",") if a} - {"memory", "lockout", "slots"}
+    if attacks:
+        print(f"unknown attack: {', '.join(sorted(attacks))} (memory, lockout, slots)", file=sys.stderr)
+        return 2
     if unknown:
         print(f"unknown scenario: {', '.join(sorted(unknown))} (load, slow, soak, hostile)", file=sys.stderr)
         return 2
@@ -2247,6 +2252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rss-slack", type=float, default=4.0, help="MiB the soak's end RSS may exceed its baseline"
     )
     p.add_argument("--hostile", action="store_true", help="add the hostile scenario (issue 11, items 2-4)")
+    p.add_argument(
+        "--attacks", default="memory,lockout,slots", help="hostile: which attacks, in order (default all)"
+    )
     p.add_argument("--lockout-idle", type=int, default=200, help="hostile: idle connections (default 200)")
     p.add_argument(
         "--lockout-dribble", type=int, default=50, help="hostile: dribbling connections (default 50)"
