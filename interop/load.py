@@ -672,14 +672,14 @@ async def dial_from(host: Any, addr: str, source: str, timeout: float) -> Any:
         raise
 
 
-async def raw_chat(stream: Any, words: list[str], directives: str = "") -> tuple[str, str]:
+async def raw_chat(stream: Any, words: list[str]) -> tuple[str, str]:
     """One chat on ``stream`` (negotiated): ("ok", "") when the answer is ``words`` byte for byte and
     finishes; otherwise the completionStop error type, or "lost"/"wrong", and a detail."""
     from mimirlite.mimir import packets
     from mimirlite.mimir.packets import Packet
 
     prompt = " ".join(words)
-    request = {"messages": [{"role": "user", "content": directives + prompt}]}
+    request = {"messages": [{"role": "user", "content": prompt}]}
     await stream.write_json(Packet(packets.MESSAGE, request, str(uuid.uuid4())).to_json())
     await stream.close_write()
     parts: list[str] = []
@@ -2026,10 +2026,13 @@ async def _attack_slots(
     stalled = await _wait_stalled(node, cfg.slot_chats)
     log(f"hostile: slots: holder ready {ready}; {stalled['stalled']} chats stalled on the node")
     attempts = []
+    loop = asyncio.get_running_loop()
     for _ in range(cfg.slot_attempts):
         await load.next_round()
-        await asyncio.sleep(1.0)  # the round's chats are in progress
-        at = await node.stats()
+        deadline = loop.time() + 10.0
+        full = cfg.clients * cfg.streams + stalled["stalled"]  # the round's chats and the held ones
+        while (at := await node.stats())["active"] < full and loop.time() < deadline:
+            await asyncio.sleep(0.2)  # until the round's chats are all in the echo model
         honest.send("go")
         (attempt,) = (await honest.expect("result", cfg.attempt_timeout + 60))["attempts"]
         attempt["node_active_at_ask"] = at["active"]
