@@ -1912,8 +1912,9 @@ async def _attack_memory(
         f"hostile/memory: node peak RSS <= baseline + {cfg.memory_budget:g} MiB under {streams} unfinished "
         f"{cfg.memory_request / MIB:g} MiB requests from {cfg.memory_peers} peers",
         f"VmHWM {peak:.1f} MiB, baseline {baseline:.1f} MiB (+{peak - baseline:.1f}); the attackers sent "
-        f"{hogs_total['bytes_sent'] / MIB:.0f} MiB in {cfg.memory_hold:g} s, "
-        f"{hogs_total['requests_sent']} requests whole but their last bytes",
+        f"{hogs_total['bytes_sent'] / MIB:.0f} MiB in {cfg.memory_hold:g} s (the attack's full size: "
+        f"{streams * cfg.memory_request / MIB:.0f} MiB), {hogs_total['requests_sent']} requests whole but "
+        "their last bytes",
         peak <= baseline + cfg.memory_budget,
     )
     last = recovery[-1][1] if recovery else math.nan
