@@ -1927,6 +1927,10 @@ async def _attack_memory(
         back_after is not None and back_after <= cfg.memory_settle,
     )
     verdicts.note(f"hostile/memory attackers (all {cfg.memory_peers}): {dict(hogs_total)}")
+    every_10s = [f"{t:g} s {rss:.0f}" for t, rss in recovery[::10]]
+    if recovery and len(recovery) % 10 != 1:
+        every_10s.append(f"{recovery[-1][0]:g} s {recovery[-1][1]:.0f}")
+    verdicts.note(f"hostile/memory: node RSS (MiB) after the attackers left: {', '.join(every_10s)}")
     return {
         "baseline_mib": baseline,
         "peak_rss_mib": peak,
