@@ -35,7 +35,7 @@ soak, 10 minutes when no value is given; ``--hostile`` adds the hostile scenario
   load alone gives the baseline RSS (the node's peak over it); then, one after the other (so that each
   figure is that attack's: memory figures are not mixed with the held chats' windows, and on two cores
   the timed targets are not measured against the other attackers' CPU), each followed by a wait until
-  the attackers' connections are gone:
+  the attackers' connections are gone (``--attacks`` picks which, in order; default all three):
 
   - ``memory`` (item 4): 4 peers (127.0.0.4-7, one connection each) each keep ``--memory-streams``
     streams sending a 4 MiB chat request but its last 16 bytes, for ``--memory-hold`` s (a stream the
@@ -50,8 +50,10 @@ soak, 10 minutes when no value is given; ``--hostile`` adds the hostile scenario
     done within 2 s of its dial's start (p50 and max shown).
   - ``slots`` (item 3): one peer (one key, 4 connections from 127.0.0.3) opens ``--slot-chats`` chats
     asking for answers far longer than a yamux window, produced at once, and never reads them; once
-    their windows are full (the node's echo model stalls on them), 3 times, while a round of the load is
-    in progress, another peer's chat (127.0.0.1) is timed. Check: answered within 5 s.
+    their windows are full (the node's echo model stalls on them), 3 times, once a round of the load is
+    all in the echo model (every slot is then taken), another peer's chat (127.0.0.1) is timed. Check:
+    answered within 5 s. (Without defences it waits for the load's round to end; without the load, for
+    ever.)
 
   Also checked: the load's answers beside the attacks complete and byte for byte, 0 lost or duplicated,
   and the pinger's p99 per phase <= 100 ms. Printed under the checks (``info``): the attackers' own
