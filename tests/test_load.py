@@ -90,6 +90,39 @@ async def test_10_slow_readers_hold_one_window_each_and_the_fast_client_is_serve
     assert after["closed_early"] - before["closed_early"] == 10  # each slow answer cancelled at the reset
 
 
+@live
+async def test_hostile_mode_runs_each_attack_beside_the_load_with_its_verdicts(workers: None) -> None:
+    # A smoke test of ``load.py --hostile`` with tiny numbers: it runs end to end and reports a verdict
+    # line per target of issue 11 (items 2-4). The targets themselves are checked by the full run only.
+    cfg = load.HostileConfig(
+        clients=1, streams=5, words=10, delay=0.02, ping_interval=0.05,
+        lockout_idle=8, lockout_dribble=2, honest_dials=2,
+        slot_chats=8, slot_repeat=100, slot_attempts=1,
+        memory_peers=2, memory_streams=2, memory_request=MIB, memory_hold=1.0, memory_wait=2.0,
+        attempt_timeout=10.0, timeout=60.0,
+    )  # fmt: skip
+    verdicts = load.Verdicts()
+    out = await load.run_hostile(cfg, verdicts)
+    phases = [what.split(":")[0] for what, _, _ in verdicts.items]
+    assert phases == ["hostile/memory"] * 2 + ["hostile/lockout"] * 2 + ["hostile/slots"] + ["hostile"] * 2
+    whats = [what for what, _, _ in verdicts.items]
+    for target in ("peak RSS <= baseline + 300 MiB", "RSS within 50 MiB of baseline within 60 s",
+                   "chats from 127.0.0.1 done within 2 s", "chats from 127.0.0.2 (the flood's address)",
+                   "another peer's chat answered within 5 s", "the chat load beside the attacks",
+                   "ping p99 <= 100 ms"):  # fmt: skip
+        assert sum(target in w for w in whats) == 1, (target, whats)
+    # Each attack happened: the attackers' own counts.
+    assert sum(a["streams_opened"] for a in out["memory"]["attackers"]) >= 4
+    assert out["lockout"]["flood"]["opened"] >= 10
+    assert out["slots"]["holder"]["streams_opened"] == 8
+    assert len(out["lockout"]["honest_other_address"]["attempts"]) == 2
+    assert len(out["lockout"]["honest_same_address"]["attempts"]) == 2
+    assert len(out["slots"]["honest"]) == 1
+    # The load ran beside them all, in rounds, every answer checked.
+    assert out["load"]["rounds"] >= 4 and out["load"]["chats"] == 5 * out["load"]["rounds"]
+    assert any("the node counted" in n for n in verdicts.notes)
+
+
 # ---- the echo model's delay --------------------------------------------------------------------------
 
 
