@@ -26,6 +26,7 @@ from mimirlite.mimir import (
 )
 from mimirlite.wire import lp
 from mimirlite.wire.varint import encode_uvarint
+from tests.helpers import until
 from tests.openai_server import OpenAIServer
 
 LLAMA = "llama3.2:latest"
@@ -216,6 +217,22 @@ async def test_client_that_never_finishes_its_request(user: Host, echo_node: Mim
     assert out[-1]["data"]["error"]["type"] == "bad_request"
     assert "no request within 1 s" in out[-1]["data"]["error"]["message"]
     await still_serves(user, echo_node)
+
+
+async def test_request_reset_mid_way_is_not_a_bad_request(
+    user: Host, echo_node: MimirNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request whose stream is reset before it is whole (by its peer, or by the node at a limit) is
+    nobody's bad request: nothing is answered on the dead stream and nothing is logged above INFO."""
+    caplog.set_level(logging.INFO, logger="mimirlite")
+    stream = await user.new_stream(echo_node.host.listen_addrs[0], packets.CHAT_PROTOCOL)
+    await stream.write(b"\x20{")
+    await until(lambda: echo_node.host.metrics.streams_current == 1)
+    await stream.reset()
+    await until(lambda: echo_node.host.metrics.streams_current == 0)
+    await still_serves(user, echo_node)
+    assert echo_node.metrics.bad_requests == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 async def test_unknown_model(user: Host, llama_node: MimirNode, openai_server: OpenAIServer) -> None:

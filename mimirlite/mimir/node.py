@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from mimirlite.errors import MimirliteError
+from mimirlite.errors import ConnectionClosedError, MimirliteError, StreamResetError
 from mimirlite.metrics import NodeMetrics
 from mimirlite.mimir import packets
 from mimirlite.mimir.backends import Backend, BackendError
@@ -134,6 +134,8 @@ class MimirNode:
             obj = await asyncio.wait_for(stream.read_json(), self.request_timeout)
         except asyncio.TimeoutError:
             raise BadRequestError(f"no request within {self.request_timeout:g} s") from None
+        except (StreamResetError, ConnectionClosedError):
+            raise  # gone (reset by its peer or at a limit, logged there): nobody to answer
         except MimirliteError as exc:
             raise BadRequestError(f"unreadable request: {exc}") from exc
         if obj is None:
