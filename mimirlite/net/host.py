@@ -418,7 +418,8 @@ class Host:
             return
         except (MimirliteError, OSError) as exc:
             if conn.close_kind != "evicted":
-                log.warning("inbound connection from %s failed to upgrade: %s", conn.remote_address, exc)
+                where = _host_port(conn)
+                self._log_inbound("upgrade_failed", "inbound connection from %s failed to upgrade: %s", where, exc)
                 if isinstance(exc, ProtocolError):
                     self._metrics.protocol_errors["upgrade"] += 1
                 conn._teardown(exc)
@@ -646,6 +647,7 @@ _REASON_TEXT = {
     "(handshake_step_timeout)",
     "handshake_timeout": "{n} more inbound connections closed: upgrade timed out (handshake_timeout)",
     "accept_paused": "accepting paused {n} more times: out of file descriptors",
+    "upgrade_failed": "{n} more inbound connections failed to upgrade",
     "accept_error": "{n} more failed accepts",
 }
 
