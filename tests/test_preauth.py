@@ -67,8 +67,8 @@ async def test_honest_peer_served_within_2s_during_a_flood(
         node.set_handler(ECHO, echo_handler)
         port = parse_multiaddr(node.listen_addrs[0]).port
         refused = node.metrics.refused
-        async with flood(port, flood_from):
-            await until(lambda: refused["evicted_pending"] >= 500, timeout=60)
+        async with flood(port, flood_from) as proc:
+            await proc.wait_line(lambda line: line.startswith("opened") and int(line.split()[1]) >= 1000, 60)
             times = []
             for _ in range(ROUNDS):
                 before = refused["evicted_pending"]
