@@ -77,7 +77,7 @@ async def clients(n: int, config: HostConfig | None = None) -> AsyncIterator[lis
 def test_limits_are_named_config_fields() -> None:
     cfg = HostConfig()
     assert (cfg.max_connections, cfg.max_connections_per_ip, cfg.max_pending_handshakes) == (1024, 256, 64)
-    assert (cfg.max_pending_per_ip, cfg.first_byte_timeout, cfg.handshake_step_timeout) == (8, 3.0, 5.0)
+    assert (cfg.max_pending_per_ip, cfg.first_byte_timeout, cfg.handshake_step_timeout) == (16, 3.0, 5.0)
     assert (cfg.max_streams_total, cfg.yamux.max_streams) == (4096, 1024)
     assert (cfg.idle_timeout, cfg.keepalive_interval, cfg.write_timeout) == (300.0, 30.0, 60.0)
     assert cfg.dead_link_timeout == 60.0

@@ -96,3 +96,12 @@ def test_log_throttle() -> None:
     assert th.next_due() is None
     assert th.allow("evicted", 10.5)  # a new interval
     assert th.due(20.5) == []  # nothing held back: no summary
+
+
+def test_a_connection_with_unread_bytes_is_not_evicted() -> None:
+    t = table(per_source=2)
+    t.admit("a1", "A", 0.0)
+    t.admit("a2", "A", 0.0)
+    # a1's first message has arrived but is not processed yet: a2 goes instead
+    assert t.admit("a3", "A", 0.1, busy=lambda k: k == "a1") == Admission(None, "a2")
+    assert t.admit("a4", "A", 0.2, busy=lambda k: True).refused == "pending_handshakes_per_ip"

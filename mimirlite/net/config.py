@@ -35,7 +35,7 @@ class HostConfig:
     max_pending_handshakes: int = 64
     """Inbound connections still upgrading, in all. A newer one evicts the oldest stalled one (no
     handshake step completed yet, or none for ``first_byte_timeout``); when none is stalled, it is closed."""
-    max_pending_per_ip: int = 8
+    max_pending_per_ip: int = 16
     """Inbound connections still upgrading from one IPv4 address or IPv6 /64; at the limit a newer one
     from there evicts the oldest stalled one from there, or is closed when none is stalled."""
     max_connections_per_ip: int = 256

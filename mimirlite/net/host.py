@@ -83,6 +83,7 @@ class Host:
         self._pending: PendingHandshakes[Connection] = PendingHandshakes(
             cfg.max_pending_handshakes, cfg.max_pending_per_ip, cfg.first_byte_timeout
         )
+        self._pending_socks: dict[Connection, socket.socket] = {}
         self._per_ip: dict[str, int] = {}
         self._throttle = LogThrottle(LOG_INTERVAL)
         self._log_timer: asyncio.TimerHandle | None = None
@@ -341,7 +342,7 @@ class Host:
                 metrics=self._metrics,
             )
             loop = asyncio.get_running_loop()
-            admission = self._pending.admit(conn, source_of(ip), loop.time())
+            admission = self._pending.admit(conn, source_of(ip), loop.time(), self._has_unread)
             if admission.refused is not None:
                 cfg = self.config
                 if admission.refused == "pending_handshakes":
@@ -360,8 +361,25 @@ class Host:
             self._evict(admission.evicted, where)
         conn.counted_ip = ip
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        self._pending_socks[conn] = sock
         conn.on_progress = lambda: self._pending.progress(conn, loop.time())
         self._spawn(self._accept(conn, sock), "mimirlite-accept")
+
+    def _has_unread(self, conn: Connection) -> bool:
+        """Whether pending ``conn`` holds bytes its upgrade has not processed yet (not stalled, then)."""
+        if conn._inbox:
+            return True
+        sock = self._pending_socks.get(conn)
+        if sock is None or sock.fileno() < 0:
+            return False
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK))
+        except OSError:  # nothing to read (BlockingIOError), or the socket failed
+            return False
+
+    def _forget_pending(self, conn: Connection) -> None:
+        self._pending.remove(conn)
+        self._pending_socks.pop(conn, None)
 
     def _refusal(self, ip: str) -> tuple[str, str] | None:
         """Why a new inbound connection from ``ip`` is refused at a connection limit (reason, detail)."""
@@ -418,8 +436,8 @@ class Host:
             return
         except (MimirliteError, OSError) as exc:
             if conn.close_kind != "evicted":
-                where = _host_port(conn)
-                self._log_inbound("upgrade_failed", "inbound connection from %s failed to upgrade: %s", where, exc)
+                msg = "inbound connection from %s failed to upgrade: %s"
+                self._log_inbound("upgrade_failed", msg, _host_port(conn), exc)
                 if isinstance(exc, ProtocolError):
                     self._metrics.protocol_errors["upgrade"] += 1
                 conn._teardown(exc)
@@ -430,7 +448,7 @@ class Host:
             conn._teardown(exc)
             raise
         finally:
-            self._pending.remove(conn)
+            self._forget_pending(conn)
         if self._stopped:
             conn.close()
             return
@@ -529,7 +547,7 @@ class Host:
             cb(conn)
 
     def _on_close(self, conn: Connection) -> None:
-        self._pending.remove(conn)
+        self._forget_pending(conn)
         ip = conn.counted_ip
         if ip is not None:
             conn.counted_ip = None

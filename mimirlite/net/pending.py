@@ -8,8 +8,9 @@ peers that connect and say nothing (or dribble bytes) cannot lock others out:
   multistream message it answers, a Noise handshake message, the muxer agreed). Bytes that do not
   complete a message are no progress: a peer sending one byte a second makes none.
 - a pending connection is *stalled* when it has made no progress since it arrived, or none in the last
-  ``stall_after`` seconds. Only when no pending connection of the full table is stalled is the newcomer
-  refused.
+  ``stall_after`` seconds, unless it has bytes that were not processed yet (``busy``: the node has not
+  read them, e.g. the first message of a peer accepted a moment ago). Only when no pending connection
+  of the full table is stalled is the newcomer refused.
 
 A source is an IPv4 address, or the /64 prefix of an IPv6 one (one host usually holds a whole /64).
 
@@ -20,7 +21,7 @@ interval, then one summary line with the count of the lines it held back.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
@@ -84,18 +85,23 @@ class PendingHandshakes(Generic[K]):
         e = self._all[key]
         return e.steps == 0 or now - e.last_progress >= self.stall_after
 
-    def admit(self, key: K, source: str, now: float) -> Admission:
+    def admit(
+        self, key: K, source: str, now: float, busy: Callable[[K], bool] = lambda key: False
+    ) -> Admission:
         """Admit ``key`` from ``source`` at ``now``, evicting the oldest stalled connection of a full
-        table (the source's first, else all); or refuse it when every pending one there progresses."""
+        table (the source's first, else all); or refuse it when every pending one there progresses.
+
+        ``busy(k)``: whether pending connection ``k`` holds bytes not processed yet (it is not evicted).
+        """
         if key in self._all:
             raise ValueError("already pending")
         evicted: K | None = None
         if self.count(source) >= self.max_per_source:
-            evicted = self._oldest_stalled(self._by_source.get(source, {}), now)
+            evicted = self._oldest_stalled(self._by_source.get(source, {}), now, busy)
             if evicted is None:
                 return Admission("pending_handshakes_per_ip", None)
         elif len(self._all) >= self.max_total:
-            evicted = self._oldest_stalled(self._all, now)
+            evicted = self._oldest_stalled(self._all, now, busy)
             if evicted is None:
                 return Admission("pending_handshakes", None)
         if evicted is not None:
@@ -121,9 +127,9 @@ class PendingHandshakes(Generic[K]):
         if not keys:
             del self._by_source[e.source]
 
-    def _oldest_stalled(self, keys: Iterable[K], now: float) -> K | None:
+    def _oldest_stalled(self, keys: Iterable[K], now: float, busy: Callable[[K], bool]) -> K | None:
         for key in keys:
-            if self.stalled(key, now):
+            if self.stalled(key, now) and not busy(key):
                 return key
         return None
 
