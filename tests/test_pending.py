@@ -29,18 +29,35 @@ def test_a_full_source_evicts_its_oldest_stalled_connection() -> None:
 
 
 def test_a_progressing_connection_is_not_evicted() -> None:
-    t = table(per_source=2)
+    t = table(total=3, per_source=2)
     t.admit("a1", "A", 0.0)
     t.admit("a2", "A", 0.0)
     t.progress("a1", 0.1)  # a1 completed a step; a2 only dribbles (no step)
     assert t.admit("a3", "A", 1.0) == Admission(None, "a2")
     t.progress("a3", 1.1)
-    assert t.admit("a4", "A", 2.0) == Admission("pending_handshakes_per_ip", None)
-    assert set(t._all) == {"a1", "a3"}
+    # A's pending ones all progress: A may go over its share while the table has room ...
+    assert t.admit("a4", "A", 2.0) == Admission(None, None)
+    t.progress("a4", 2.0)
+    # ... not past the total
+    assert t.admit("a5", "A", 2.1) == Admission("pending_handshakes_per_ip", None)
+    assert set(t._all) == {"a1", "a3", "a4"}
+
+
+def test_over_share_is_given_back_to_another_source() -> None:
+    t = table(total=3, per_source=1)
+    for key in ("a1", "a2", "a3"):  # a burst from A, every one progressing
+        assert t.admit(key, "A", 0.0) == Admission(None, None)
+        t.progress(key, 0.0)
+    assert t.admit("b1", "B", 0.1) == Admission(None, "a3")  # A's newest, over its share, goes
+    t.progress("b1", 0.1)
+    assert t.admit("c1", "C", 0.2) == Admission(None, "a2")
+    t.progress("c1", 0.2)
+    # every source within its share and progressing: now a newcomer is refused
+    assert t.admit("d1", "D", 0.3) == Admission("pending_handshakes", None)
 
 
 def test_progress_goes_stale() -> None:
-    t = table(per_source=1)
+    t = table(total=1, per_source=1)
     t.admit("a1", "A", 0.0)
     t.progress("a1", 1.0)
     assert not t.stalled("a1", 1.0 + STALL - 0.01)
@@ -99,7 +116,7 @@ def test_log_throttle() -> None:
 
 
 def test_a_connection_with_unread_bytes_is_not_evicted() -> None:
-    t = table(per_source=2)
+    t = table(total=2, per_source=2)
     t.admit("a1", "A", 0.0)
     t.admit("a2", "A", 0.0)
     # a1's first message has arrived but is not processed yet: a2 goes instead

@@ -36,8 +36,9 @@ class HostConfig:
     """Inbound connections still upgrading, in all. A newer one evicts the oldest stalled one (no
     handshake step completed yet, or none for ``first_byte_timeout``); when none is stalled, it is closed."""
     max_pending_per_ip: int = 16
-    """Inbound connections still upgrading from one IPv4 address or IPv6 /64; at the limit a newer one
-    from there evicts the oldest stalled one from there, or is closed when none is stalled."""
+    """Inbound connections still upgrading from one IPv4 address or IPv6 /64: at the limit a newer one
+    from there evicts the oldest stalled one from there; when none is stalled it is admitted only while
+    ``max_pending_handshakes`` has room (and is the first evicted for another address's newcomer)."""
     max_connections_per_ip: int = 256
     """Inbound connections (upgrading or established) from one IP address; newer ones are closed at once."""
     max_streams_total: int = 4096

@@ -2,7 +2,10 @@
 
 :class:`PendingHandshakes` limits pending handshakes per source and in all. When a limit is reached, a
 newcomer evicts the oldest pending connection that is *stalled* rather than being refused, so that
-peers that connect and say nothing (or dribble bytes) cannot lock others out:
+peers that connect and say nothing (or dribble bytes) cannot lock others out. A source at its share
+(``max_per_source``) whose pending connections all progress (an honest burst of dials from one address)
+may go over it while the whole table has room; at the total limit, a newcomer from a source within its
+share evicts a connection of the source furthest over its share (its newest) when none is stalled.
 
 - *progress* is a handshake step completed: a message of the peer that the upgrade could act on (a
   multistream message it answers, a Noise handshake message, the muxer agreed). Bytes that do not
@@ -96,12 +99,15 @@ class PendingHandshakes(Generic[K]):
         if key in self._all:
             raise ValueError("already pending")
         evicted: K | None = None
+        full = len(self._all) >= self.max_total
         if self.count(source) >= self.max_per_source:
             evicted = self._oldest_stalled(self._by_source.get(source, {}), now, busy)
-            if evicted is None:
+            if evicted is None and (full or self.max_per_source == 0):
                 return Admission("pending_handshakes_per_ip", None)
-        elif len(self._all) >= self.max_total:
+        elif full:
             evicted = self._oldest_stalled(self._all, now, busy)
+            if evicted is None:
+                evicted = self._newest_over_share()
             if evicted is None:
                 return Admission("pending_handshakes", None)
         if evicted is not None:
@@ -126,6 +132,14 @@ class PendingHandshakes(Generic[K]):
         del keys[key]
         if not keys:
             del self._by_source[e.source]
+
+    def _newest_over_share(self) -> K | None:
+        """The newest pending connection of the source furthest over ``max_per_source``, if any is."""
+        empty: dict[K, None] = {}
+        keys = max(self._by_source.values(), key=len, default=empty)
+        if len(keys) <= self.max_per_source:
+            return None
+        return next(reversed(keys))
 
     def _oldest_stalled(self, keys: Iterable[K], now: float, busy: Callable[[K], bool]) -> K | None:
         for key in keys:
