@@ -90,3 +90,4 @@ async def test_node_out_of_descriptors_pauses_accepting_and_keeps_serving() -> N
     # bounded log: a line per interval and reason, not one per failed accept; no tracebacks
     assert not any("Traceback" in line for line in proc.err), "".join(proc.err[:40])
     assert len(proc.err) < 40, "".join(proc.err[:60])
+    assert any("not accepting connections for" in line for line in proc.err), "".join(proc.err)

@@ -117,7 +117,8 @@ class Host:
         except OSError:
             await self.stop()
             raise
-        self._take_reserve()
+        if self._listeners:
+            self._take_reserve()
         for sock in self._listeners:
             loop.add_reader(sock.fileno(), self._on_acceptable, sock)
         for a in self._listen_addrs:
