@@ -38,12 +38,14 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Stream], Awaitable[None]]
 ConnectionListener = Callable[[Connection], None]
 
-LISTEN_BACKLOG = 128
-"""Connections the kernel queues for a listener before we accept them."""
-ACCEPT_BATCH = 2
-"""Connections one listener accepts per event-loop turn, so that a newcomer's first bytes are read
-before many more arrive (the oldest stalled pending handshake is the one evicted) and established
-connections are served between accepts."""
+LISTEN_BACKLOG = 1024
+"""Connections the kernel queues for a listener before we accept them (capped by the system's
+somaxconn): a flood that fills a short queue makes the kernel drop an honest peer's SYN, which it
+then retransmits only a second or more later."""
+ACCEPT_BATCH = 4
+"""Connections one listener accepts per event-loop turn: a newcomer's first bytes are read before many
+more arrive (a stalled pending handshake is evicted oldest first), and established connections are
+served between batches."""
 FD_RESERVE = 2
 """File descriptors held from the start and given back when accepting runs out of them (EMFILE,
 ENFILE), so that established connections and the backend can still open what they need."""
@@ -359,7 +361,7 @@ class Host:
             sock.close()
             return
         if isinstance(admission.evicted, Connection):
-            self._evict(admission.evicted, where)
+            self._evict(admission.evicted, where, admission.quiet)
         conn.counted_ip = ip
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         self._pending_socks[conn] = sock
@@ -391,14 +393,14 @@ class Host:
             return "connections_per_ip", f"{self._per_ip[ip]} connections from {ip} (max_connections_per_ip)"
         return None
 
-    def _evict(self, victim: Connection, newcomer: str) -> None:
+    def _evict(self, victim: Connection, newcomer: str, quiet: float) -> None:
         self._metrics.refused["evicted_pending"] += 1
         self._log_inbound(
             "evicted_pending",
-            "closing pending inbound connection from %s: stalled (no handshake step for %g s), its place "
-            "taken by %s (max_pending_handshakes/max_pending_per_ip)",
+            "closing pending inbound connection from %s: stalled (no handshake step completed in %.3g s), "
+            "its place taken by %s (max_pending_handshakes/max_pending_per_ip)",
             _host_port(victim),
-            self.config.first_byte_timeout,
+            quiet,
             newcomer,
         )
         victim._teardown(ConnectionClosedError("pending handshake evicted by a newer connection"), "evicted")

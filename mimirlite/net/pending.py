@@ -57,10 +57,12 @@ class _Entry:
 class Admission(NamedTuple):
     """What :meth:`PendingHandshakes.admit` decided: the newcomer is admitted unless ``refused`` names
     the full table (``pending_handshakes_per_ip`` or ``pending_handshakes``); ``evicted`` is the pending
-    connection it replaced, if any (the caller closes it)."""
+    connection it replaced, if any (the caller closes it), ``quiet`` the seconds that one had gone without
+    progress."""
 
     refused: str | None
     evicted: Hashable | None
+    quiet: float = 0.0
 
 
 class PendingHandshakes(Generic[K]):
@@ -110,11 +112,13 @@ class PendingHandshakes(Generic[K]):
                 evicted = self._newest_over_share()
             if evicted is None:
                 return Admission("pending_handshakes", None)
+        quiet = 0.0
         if evicted is not None:
+            quiet = now - self._all[evicted].last_progress
             self.remove(evicted)
         self._all[key] = _Entry(source, now, now)
         self._by_source.setdefault(source, {})[key] = None
-        return Admission(None, evicted)
+        return Admission(None, evicted, quiet)
 
     def progress(self, key: K, now: float) -> None:
         """``key`` completed a handshake step at ``now`` (no-op once it left the table)."""
