@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from mimirlite import Host, HostConfig
+from mimirlite.errors import DialError
 from mimirlite.net.addr import parse_multiaddr
 from mimirlite.wire import yamux
 from mimirlite.wire.multistream import MultistreamDialer
@@ -162,3 +163,29 @@ async def test_steps_on_time_are_not_cut_short() -> None:
         await until(lambda: node.metrics.connections_opened == 1)
         assert not node.metrics.refused
         await raw.aclose()
+
+
+async def test_our_dial_to_a_silent_listener_ends_at_the_step_deadline() -> None:
+    """The dialer side has step deadlines too: a listener that accepts and never answers fails the dial
+    after ``handshake_step_timeout``, well before ``dial_timeout``."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        config = HostConfig(handshake_step_timeout=0.3, dial_timeout=20.0)
+        async with Host(config=config) as dialer:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(DialError, match="handshake_step_timeout"):
+                await dialer.dial(f"/ip4/127.0.0.1/tcp/{port}")
+            assert 0.25 <= loop.time() - started < 5.0
+    finally:
+        for w in accepted:
+            w.close()
+        server.close()
+        await server.wait_closed()
