@@ -87,6 +87,7 @@ async def test_node_out_of_descriptors_pauses_accepting_and_keeps_serving() -> N
         async with MimirClient(peers=[addr]) as honest:
             assert "back" in await asyncio.wait_for(chat(honest, "back"), 30)
         assert proc.returncode is None
+    print(f"node stderr: {len(proc.err)} lines, {sum('Traceback' in x for x in proc.err)} tracebacks")
     # bounded log: a line per interval and reason, not one per failed accept; no tracebacks
     assert not any("Traceback" in line for line in proc.err), "".join(proc.err[:40])
     assert len(proc.err) < 40, "".join(proc.err[:60])

@@ -312,6 +312,8 @@ class Host:
         return len(self._pending)
 
     def _on_acceptable(self, listener: socket.socket) -> None:
+        if self._accept_paused:  # another listener paused accepting earlier in this loop turn
+            return
         for _ in range(ACCEPT_BATCH):
             try:
                 sock, addr = listener.accept()
