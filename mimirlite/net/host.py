@@ -364,6 +364,7 @@ class Host:
             return
         if isinstance(admission.evicted, Connection):
             self._evict(admission.evicted, where, admission.quiet)
+        conn.remote_address = (ip, int(addr[1]))  # known before its transport is made
         conn.counted_ip = ip
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         self._pending_socks[conn] = sock
