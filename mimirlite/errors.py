@@ -56,6 +56,15 @@ class PeerIdMismatchError(HandshakeError):
         self.actual = actual
 
 
+class HandshakeTimeoutError(HandshakeError):
+    """The peer did not complete an upgrade step in time; ``kind`` names the deadline it missed
+    (``first_byte_timeout`` or ``handshake_step_timeout``)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class YamuxError(ProtocolError):
     """A yamux protocol violation; the session sends GoAway and closes."""
 

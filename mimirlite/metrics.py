@@ -25,7 +25,10 @@ class HostMetrics:
     """What a :class:`~mimirlite.net.host.Host` did since it was made.
 
     ``refused`` counts work turned away at a limit, by reason: ``connections``, ``connections_per_ip``,
-    ``pending_handshakes``, ``handshake_timeout``, ``allowlist`` (inbound connections), ``streams``
+    ``pending_handshakes``, ``pending_handshakes_per_ip``, ``evicted_pending`` (a stalled pending
+    handshake closed to make room for a newer one), ``first_byte_timeout``, ``handshake_step_timeout``,
+    ``handshake_timeout``, ``allowlist`` (inbound connections), ``accept_paused`` (accepting paused,
+    out of file descriptors), ``streams``
     (over the per-connection yamux limit, or after our GoAway), ``streams_total`` (over
     ``max_streams_total``), ``streams_per_connection``, ``streams_per_peer``, ``streams_per_ip`` (inbound
     streams over ``max_inbound_streams_per_connection``, ``max_streams_per_peer``, ``max_streams_per_ip``),

@@ -25,6 +25,8 @@ from mimirlite.metrics import STATS_LOGGER, HostMetrics, NodeMetrics, log_stats,
 from mimirlite.mimir import EchoBackend, MimirNode, NodeLimits, packets
 from mimirlite.net.connection import Connection
 from mimirlite.protocols import start_services
+from mimirlite.wire.multistream import PROTOCOL_ID as MULTISTREAM
+from mimirlite.wire.multistream import encode_line
 from mimirlite.wire.yamux import INITIAL_WINDOW, YamuxConfig
 
 from .conftest import ECHO, echo_handler
@@ -75,6 +77,7 @@ async def clients(n: int, config: HostConfig | None = None) -> AsyncIterator[lis
 def test_limits_are_named_config_fields() -> None:
     cfg = HostConfig()
     assert (cfg.max_connections, cfg.max_connections_per_ip, cfg.max_pending_handshakes) == (1024, 256, 64)
+    assert (cfg.max_pending_per_ip, cfg.first_byte_timeout, cfg.handshake_step_timeout) == (16, 3.0, 5.0)
     assert (cfg.max_streams_total, cfg.yamux.max_streams) == (4096, 1024)
     assert (cfg.idle_timeout, cfg.keepalive_interval, cfg.write_timeout) == (300.0, 30.0, 60.0)
     assert cfg.dead_link_timeout == 60.0
@@ -88,6 +91,10 @@ def test_limits_are_named_config_fields() -> None:
     assert HostConfig(idle_timeout=None, keepalive_interval=None, write_timeout=None).idle_timeout is None
     for bad in (
         {"max_connections_per_ip": -1},
+        {"max_pending_per_ip": -1},
+        {"first_byte_timeout": 0},
+        {"handshake_step_timeout": float("inf")},
+        {"handshake_timeout": float("nan")},
         {"max_streams_total": -1},
         {"idle_timeout": 0},
         {"keepalive_interval": -1.0},
@@ -153,13 +160,26 @@ async def test_max_connections_and_pending_handshakes(caplog: pytest.LogCaptureF
 
     async with server(HostConfig(max_pending_handshakes=1, handshake_timeout=TIMEOUT)) as host:
         port = int(host.listen_addrs[0].split("/")[4])
-        _, stalled = await asyncio.open_connection("127.0.0.1", port)  # says nothing: stays pending
-        await until(lambda: host._pending_inbound == 1)
+        # a pending handshake that progresses (its multistream header answered) keeps its place ...
+        header = encode_line(MULTISTREAM)
+        talking_reader, talking = await asyncio.open_connection("127.0.0.1", port)
+        talking.write(header)
+        assert await asyncio.wait_for(talking_reader.readexactly(len(header)), TIMEOUT) == header
         reader, second = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""  # closed at once
         assert host.metrics.refused == {"pending_handshakes": 1}
         logged(caplog, "1 handshakes in progress (max_pending_handshakes)")
-        for w in (stalled, second):
+        for w in (talking, second):
+            w.close()
+        await until(lambda: host._pending_inbound == 0)
+        # ... one that says nothing is evicted by a newer connection
+        silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
+        await until(lambda: host._pending_inbound == 1)
+        _, third = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(silent_reader.read(), TIMEOUT) == b""
+        assert host.metrics.refused == {"pending_handshakes": 1, "evicted_pending": 1}
+        logged(caplog, "closing pending inbound connection from 127.0.0.1:", "stalled")
+        for w in (silent, third):
             w.close()
         await until(lambda: host._pending_inbound == 0)
         async with clients(1) as (c,):  # the slot is free again

@@ -20,6 +20,12 @@ class HostConfig:
     """TCP connect plus the whole upgrade (multistream, Noise, yamux)."""
     handshake_timeout: float = 10.0
     """Inbound connections that are not upgraded within this many seconds are closed."""
+    handshake_step_timeout: float = 5.0
+    """Each step of an upgrade, either role (a multistream message, a Noise handshake message, the muxer
+    negotiation), must be completed by the peer within this many seconds of the previous one."""
+    first_byte_timeout: float = 3.0
+    """An inbound connection that sends nothing for this many seconds is closed; a pending one that has
+    completed no handshake step yet, or none for this long, is stalled (see ``max_pending_per_ip``)."""
     negotiate_timeout: float = 10.0
     """multistream-select on a new stream, either role."""
     linger_timeout: float = 10.0
@@ -27,7 +33,12 @@ class HostConfig:
     max_connections: int = 1024
     """Established connections in all; newer inbound ones are refused."""
     max_pending_handshakes: int = 64
-    """Inbound connections still upgrading; newer ones are closed at once."""
+    """Inbound connections still upgrading, in all. A newer one evicts the oldest stalled one (no
+    handshake step completed yet, or none for ``first_byte_timeout``); when none is stalled, it is closed."""
+    max_pending_per_ip: int = 16
+    """Inbound connections still upgrading from one IPv4 address or IPv6 /64: at the limit a newer one
+    from there evicts the oldest stalled one from there; when none is stalled it is admitted only while
+    ``max_pending_handshakes`` has room (and is the first evicted for another address's newcomer)."""
     max_connections_per_ip: int = 256
     """Inbound connections (upgrading or established) from one IP address; newer ones are closed at once."""
     max_streams_total: int = 4096
@@ -75,6 +86,7 @@ class HostConfig:
         limits = (
             "max_connections",
             "max_pending_handshakes",
+            "max_pending_per_ip",
             "max_connections_per_ip",
             "max_streams_total",
             "max_inbound_streams_per_connection",
@@ -84,6 +96,9 @@ class HostConfig:
         for name in limits:
             if getattr(self, name) < 0:
                 raise LocalError(f"{name} must be >= 0")
+        for name in ("handshake_timeout", "handshake_step_timeout", "first_byte_timeout"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise LocalError(f"{name} must be a positive, finite number of seconds")
         for name in ("idle_timeout", "keepalive_interval", "write_timeout"):
             value = getattr(self, name)
             if value is not None and not value > 0:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from mimirlite.errors import (
     ConnectionClosedError,
     HandshakeError,
+    HandshakeTimeoutError,
     LimitExceededError,
     MimirliteError,
     PeerNotAllowedError,
@@ -92,6 +93,11 @@ class Connection(asyncio.BufferedProtocol):
         self._inbox = bytearray()
         self._eof = False
         self._inbox_waiter: asyncio.Future[None] | None = None
+        self._heard = False  # the peer has sent something
+        self._step_start = 0.0  # loop time the current upgrade step began (the peer's last progress)
+        self._step_missed = False  # the current step's deadline passed
+        self.on_progress: Callable[[], None] | None = None
+        """Called at each upgrade step the peer completes (see :mod:`mimirlite.net.pending`)."""
         # session phase
         self._noise: NoiseTransport | None = None
         self._session: YamuxSession | None = None
@@ -229,17 +235,58 @@ class Connection(asyncio.BufferedProtocol):
             w.set_result(None)
 
     async def _read_some(self) -> bytes:
+        """The bytes received so far (at least one); HandshakeTimeoutError when the current step's
+        deadline passes first."""
         while not self._inbox:
             if self._eof:
                 raise HandshakeError("connection closed during the upgrade")
-            self._inbox_waiter = asyncio.get_running_loop().create_future()
+            if self._step_missed:
+                raise self._missed_deadline()
+            self._inbox_waiter = waiter = self._loop.create_future()
+            timer = self._loop.call_at(self._step_deadline(), self._deadline_passed, waiter)
             try:
-                await self._inbox_waiter
+                await waiter
             finally:
+                timer.cancel()
                 self._inbox_waiter = None
+        self._heard = True
         data = bytes(self._inbox)
         self._inbox.clear()
         return data
+
+    def _first_byte_pending(self) -> bool:
+        cfg = self._config
+        return not self.initiator and not self._heard and cfg.first_byte_timeout < cfg.handshake_step_timeout
+
+    def _step_deadline(self) -> float:
+        cfg = self._config
+        if self._first_byte_pending():
+            return self._step_start + cfg.first_byte_timeout
+        return self._step_start + cfg.handshake_step_timeout
+
+    def _deadline_passed(self, waiter: asyncio.Future[None]) -> None:
+        self._step_missed = True
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def _missed_deadline(self) -> HandshakeTimeoutError:
+        cfg = self._config
+        if self._first_byte_pending():
+            timeout = cfg.first_byte_timeout
+            return HandshakeTimeoutError(
+                "first_byte_timeout", f"nothing received for {timeout:g} s (first_byte_timeout)"
+            )
+        return HandshakeTimeoutError(
+            "handshake_step_timeout",
+            f"upgrade step not completed in {cfg.handshake_step_timeout:g} s (handshake_step_timeout)",
+        )
+
+    def _progress(self) -> None:
+        """The peer completed an upgrade step: the next one's deadline starts now."""
+        self._step_start = self._loop.time()
+        self._step_missed = False
+        if self.on_progress is not None:
+            self.on_progress()
 
     def _write(self, data: bytes | bytearray) -> None:
         if data and self._transport is not None and not self._transport.is_closing():
@@ -248,7 +295,13 @@ class Connection(asyncio.BufferedProtocol):
 
     async def upgrade(self) -> None:
         """Negotiate Noise and yamux; raises HandshakeError, MultistreamError, PeerIdMismatchError, and
-        PeerNotAllowedError when ``accept_peer`` refuses the peer the handshake authenticated."""
+        PeerNotAllowedError when ``accept_peer`` refuses the peer the handshake authenticated.
+
+        Each step the peer owes (a message we answer or act on) must come within
+        ``handshake_step_timeout``, and an inbound peer's first byte within ``first_byte_timeout``
+        (HandshakeTimeoutError); a step done calls :attr:`on_progress`.
+        """
+        self._step_start = self._loop.time()
         ms: MultistreamDialer | MultistreamListener
         if self.initiator:
             ms = MultistreamDialer([noise.PROTOCOL_ID])
@@ -257,7 +310,10 @@ class Connection(asyncio.BufferedProtocol):
         self._write(ms.data_to_send())
         while ms.selected is None:
             ms.receive_data(await self._read_some())
-            self._write(ms.data_to_send())
+            out = ms.data_to_send()
+            if out or ms.selected is not None:  # a message answered, or the protocol agreed
+                self._progress()
+            self._write(out)
 
         hs = NoiseHandshake(self._keypair, initiator=self.initiator, expected_peer=self._expected_peer)
         self._write(hs.data_to_send())
@@ -265,8 +321,11 @@ class Connection(asyncio.BufferedProtocol):
         while not hs.complete:
             hs.receive_data(pending or await self._read_some())
             pending = b""
-            if not hs.complete:
-                self._write(hs.data_to_send())
+            if hs.complete:
+                self._progress()
+            elif out := hs.data_to_send():  # the message we waited for came: our next one answers it
+                self._progress()
+                self._write(out)
         self.remote_peer = peer = hs.remote_peer
         assert peer is not None
         if self._accept_peer is not None and not self._accept_peer(peer):
@@ -285,7 +344,10 @@ class Connection(asyncio.BufferedProtocol):
         while True:
             for p in plaintexts:
                 ms2.receive_data(p)
-            self._write(transport.encrypt(ms2.data_to_send()))
+            out = ms2.data_to_send()
+            if out or (plaintexts and ms2.selected is not None):
+                self._progress()
+            self._write(transport.encrypt(out))
             if ms2.selected is not None:
                 break
             plaintexts = transport.receive_data(await self._read_some())

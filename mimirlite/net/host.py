@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import math
+import os
+import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -12,6 +16,7 @@ from mimirlite.errors import (
     ConnectionClosedError,
     DialError,
     HandshakeError,
+    HandshakeTimeoutError,
     LocalError,
     MimirliteError,
     PeerNotAllowedError,
@@ -25,6 +30,7 @@ from mimirlite.net.addr import TcpAddr, expand_unspecified, parse_multiaddr
 from mimirlite.net.budget import BufferBudget
 from mimirlite.net.config import HostConfig
 from mimirlite.net.connection import Connection
+from mimirlite.net.pending import LogThrottle, PendingHandshakes, source_of
 from mimirlite.net.shares import StreamShares
 from mimirlite.net.stream import Stream
 from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
@@ -33,6 +39,24 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Stream], Awaitable[None]]
 ConnectionListener = Callable[[Connection], None]
+
+LISTEN_BACKLOG = 1024
+"""Connections the kernel queues for a listener before we accept them (capped by the system's
+somaxconn): a flood that fills a short queue makes the kernel drop an honest peer's SYN, which it
+then retransmits only a second or more later."""
+ACCEPT_BATCH = 4
+"""Connections one listener accepts per event-loop turn: a newcomer's first bytes are read before many
+more arrive (a stalled pending handshake is evicted oldest first), and established connections are
+served between batches."""
+FD_RESERVE = 2
+"""File descriptors held from the start and given back when accepting runs out of them (EMFILE,
+ENFILE), so that established connections and the backend can still open what they need."""
+ACCEPT_RETRY = (0.05, 2.0)
+"""First and longest pause, in seconds, of accepting after it ran out of resources; it doubles between."""
+LOG_INTERVAL = 10.0
+"""Refusals and early closes of inbound connections are logged once per reason per this many seconds,
+then as one line with the count of the others."""
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Host:
@@ -54,13 +78,23 @@ class Host:
         self.peer_id: PeerId = self.keypair.peer_id
         self.config = config or HostConfig()
         self._listen = [parse_multiaddr(a) for a in listen]
-        self._servers: list[asyncio.Server] = []
+        self._listeners: list[socket.socket] = []
         self._listen_addrs: list[TcpAddr] = []
         self._handlers: dict[str, Handler] = {}
         self._conns: dict[PeerId, Connection] = {}
         self._all_conns: set[Connection] = set()
-        self._pending_inbound = 0
+        cfg = self.config
+        self._pending: PendingHandshakes[Connection] = PendingHandshakes(
+            cfg.max_pending_handshakes, cfg.max_pending_per_ip, cfg.first_byte_timeout
+        )
+        self._pending_socks: dict[Connection, socket.socket] = {}
         self._per_ip: dict[str, int] = {}
+        self._throttle = LogThrottle(LOG_INTERVAL)
+        self._log_timer: asyncio.TimerHandle | None = None
+        self._reserve: list[int] = []  # FD_RESERVE descriptors, while accepting is not paused
+        self._accept_paused = False
+        self._accept_retry: asyncio.TimerHandle | None = None
+        self._accept_backoff = ACCEPT_RETRY[0]
         self._metrics = HostMetrics()
         self._stream_shares = StreamShares(self.config)
         self._budget = BufferBudget(self.config.max_buffered_total)
@@ -82,14 +116,17 @@ class Host:
         loop = asyncio.get_running_loop()
         try:
             for addr in self._listen:
-                server = await loop.create_server(self._inbound_protocol, addr.host, addr.port)
-                self._servers.append(server)
-                for sock in server.sockets:
-                    name = sock.getsockname()
-                    self._listen_addrs.append(TcpAddr(name[0], name[1]))
+                sock = _listen_socket(addr)
+                self._listeners.append(sock)
+                name = sock.getsockname()
+                self._listen_addrs.append(TcpAddr(name[0], name[1]))
         except OSError:
             await self.stop()
             raise
+        if self._listeners:
+            self._take_reserve()
+        for sock in self._listeners:
+            loop.add_reader(sock.fileno(), self._on_acceptable, sock)
         for a in self._listen_addrs:
             log.info("listening on %s", a.multiaddr(self.peer_id))
 
@@ -98,17 +135,24 @@ class Host:
         if self._stopped:
             return
         self._stopped = True
-        for server in self._servers:
-            server.close()
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            if not self._accept_paused:
+                loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listeners.clear()
+        for handle in (self._accept_retry, self._log_timer):
+            if handle is not None:
+                handle.cancel()
+        self._accept_retry = self._log_timer = None
+        self._release_reserve()
         for conn in list(self._all_conns):
             conn.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for server in self._servers:
-            await server.wait_closed()
-        self._servers.clear()
+        self._flush_log(math.inf)
 
     async def __aenter__(self) -> Host:
         await self.start()
@@ -271,57 +315,138 @@ class Host:
         self._register(conn)
         return conn
 
-    def _inbound_protocol(self) -> Connection:
-        conn = Connection(
-            self.keypair,
-            self.config,
-            initiator=False,
-            on_stream=self._on_stream,
-            on_close=self._on_close,
-            accept_peer=None if self.config.allow_peers is None else self.allows,
-            metrics=self._metrics,
-            shares=self._stream_shares,
-            budget=self._budget,
-        )
-        self._spawn(self._accept(conn), "mimirlite-accept")
-        return conn
+    # ---- inbound connections ----
 
-    def _refusal(self, conn: Connection) -> tuple[str, str] | None:
-        """Why a new inbound connection is refused at a limit (reason, detail), or None."""
+    @property
+    def _pending_inbound(self) -> int:
+        """Inbound connections still upgrading."""
+        return len(self._pending)
+
+    def _on_acceptable(self, listener: socket.socket) -> None:
+        if self._accept_paused:  # another listener paused accepting earlier in this loop turn
+            return
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                self._accept_backoff = ACCEPT_RETRY[0]  # caught up: a later shortage starts afresh
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._pause_accepting(exc)
+                else:
+                    self._log_inbound("accept_error", "accepting a connection failed: %s", exc)
+                return
+            self._accepted(sock, addr)
+
+    def _accepted(self, sock: socket.socket, addr: Any) -> None:
+        """Admit the connection just accepted (its handshake runs in a task), or close it at a limit."""
+        sock.setblocking(False)
+        ip = str(addr[0])
+        where = f"{ip}:{addr[1]}"
+        refusal = self._refusal(ip)
+        if refusal is None:
+            conn = Connection(
+                self.keypair,
+                self.config,
+                initiator=False,
+                on_stream=self._on_stream,
+                on_close=self._on_close,
+                accept_peer=None if self.config.allow_peers is None else self.allows,
+                metrics=self._metrics,
+                shares=self._stream_shares,
+                budget=self._budget,
+            )
+            loop = asyncio.get_running_loop()
+            admission = self._pending.admit(conn, source_of(ip), loop.time(), self._has_unread)
+            if admission.refused is not None:
+                cfg = self.config
+                if admission.refused == "pending_handshakes":
+                    limit = f"{len(self._pending)} handshakes in progress (max_pending_handshakes)"
+                else:
+                    limit = f"{self._pending.count(source_of(ip))} handshakes in progress from {ip} "
+                    limit += "(max_pending_per_ip)"
+                refusal = admission.refused, f"{limit}, none stalled for {cfg.first_byte_timeout:g} s"
+        if refusal is not None:
+            reason, detail = refusal
+            self._metrics.refused[reason] += 1
+            self._log_inbound(reason, "refusing inbound connection from %s: %s", where, detail)
+            sock.close()
+            return
+        if isinstance(admission.evicted, Connection):
+            self._evict(admission.evicted, where, admission.quiet)
+        conn.remote_address = (ip, int(addr[1]))  # known before its transport is made
+        conn.counted_ip = ip
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        self._pending_socks[conn] = sock
+        conn.on_progress = lambda: self._pending.progress(conn, loop.time())
+        self._spawn(self._accept(conn, sock), "mimirlite-accept")
+
+    def _has_unread(self, conn: Connection) -> bool:
+        """Whether pending ``conn`` holds bytes its upgrade has not processed yet (not stalled, then)."""
+        if conn._inbox:
+            return True
+        sock = self._pending_socks.get(conn)
+        if sock is None or sock.fileno() < 0:
+            return False
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK))
+        except OSError:  # nothing to read (BlockingIOError), or the socket failed
+            return False
+
+    def _forget_pending(self, conn: Connection) -> None:
+        self._pending.remove(conn)
+        self._pending_socks.pop(conn, None)
+
+    def _refusal(self, ip: str) -> tuple[str, str] | None:
+        """Why a new inbound connection from ``ip`` is refused at a connection limit (reason, detail)."""
         cfg = self.config
         if len(self._all_conns) >= cfg.max_connections:
             return "connections", f"{len(self._all_conns)} connections (max_connections)"
-        if self._pending_inbound >= cfg.max_pending_handshakes:
-            pending = self._pending_inbound
-            return "pending_handshakes", f"{pending} handshakes in progress (max_pending_handshakes)"
-        ip = conn.remote_address[0] if conn.remote_address else None
-        if ip is not None and self._per_ip.get(ip, 0) >= cfg.max_connections_per_ip:
+        if self._per_ip.get(ip, 0) >= cfg.max_connections_per_ip:
             return "connections_per_ip", f"{self._per_ip[ip]} connections from {ip} (max_connections_per_ip)"
         return None
 
-    async def _accept(self, conn: Connection) -> None:
+    def _evict(self, victim: Connection, newcomer: str, quiet: float) -> None:
+        self._metrics.refused["evicted_pending"] += 1
+        self._log_inbound(
+            "evicted_pending",
+            "closing pending inbound connection from %s: stalled (no handshake step completed in %.3g s), "
+            "its place taken by %s (max_pending_handshakes/max_pending_per_ip)",
+            _host_port(victim),
+            quiet,
+            newcomer,
+        )
+        victim._teardown(ConnectionClosedError("pending handshake evicted by a newer connection"), "evicted")
+
+    async def _accept(self, conn: Connection, sock: socket.socket) -> None:
         cfg = self.config
-        if conn._transport is None:
-            await asyncio.sleep(0)  # made in the protocol factory: connection_made runs right after us
-        if conn._closed:  # gone before this task ran
-            return
-        refusal = self._refusal(conn)
-        if refusal is not None:
-            reason, detail = refusal
-            log.warning("refusing inbound connection from %s: %s", _host_port(conn), detail)
-            self._metrics.refused[reason] += 1
-            conn._teardown(ConnectionClosedError(f"connection limit: {detail}"))
-            return
-        if conn.remote_address is not None:
-            ip = conn.counted_ip = conn.remote_address[0]
-            self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-        self._pending_inbound += 1
+        loop = asyncio.get_running_loop()
         try:
+            if not conn._closed:
+                await loop.connect_accepted_socket(lambda: conn, sock)
+            if conn._closed:  # evicted (or the host stopped) before its transport was made
+                if conn._transport is not None:
+                    conn._transport.close()
+                else:
+                    sock.close()
+                conn._teardown(ConnectionClosedError("closed during the upgrade"))
+                return
             await asyncio.wait_for(conn.upgrade(), cfg.handshake_timeout)
         except asyncio.TimeoutError:
-            log.warning("inbound connection from %s: upgrade timed out", conn.remote_address)
             self._metrics.refused["handshake_timeout"] += 1
+            self._log_inbound(
+                "handshake_timeout", "inbound connection from %s: upgrade timed out", _host_port(conn)
+            )
             conn._teardown(ConnectionClosedError("handshake timeout"))
+            return
+        except HandshakeTimeoutError as exc:
+            if conn.close_kind != "evicted":
+                self._metrics.refused[exc.kind] += 1
+                self._log_inbound(exc.kind, "closing inbound connection from %s: %s", _host_port(conn), exc)
+                conn._teardown(exc)
             return
         except PeerNotAllowedError as exc:
             log.warning("refusing connection from %s at %s: not on the allowlist", exc.peer, _host_port(conn))
@@ -329,20 +454,100 @@ class Host:
             conn._teardown(exc)
             return
         except (MimirliteError, OSError) as exc:
-            log.warning("inbound connection from %s failed to upgrade: %s", conn.remote_address, exc)
-            if isinstance(exc, ProtocolError):
-                self._metrics.protocol_errors["upgrade"] += 1
-            conn._teardown(exc)
+            if conn.close_kind != "evicted":
+                msg = "inbound connection from %s failed to upgrade: %s"
+                self._log_inbound("upgrade_failed", msg, _host_port(conn), exc)
+                if isinstance(exc, ProtocolError):
+                    self._metrics.protocol_errors["upgrade"] += 1
+                conn._teardown(exc)
             return
         except BaseException as exc:
+            if conn._transport is None:
+                sock.close()
             conn._teardown(exc)
             raise
         finally:
-            self._pending_inbound -= 1
+            self._forget_pending(conn)
         if self._stopped:
             conn.close()
             return
         self._register(conn)
+
+    # ---- running out of file descriptors ----
+
+    def _take_reserve(self) -> bool:
+        """Hold FD_RESERVE descriptors; False (holding none) when the process is out of them."""
+        while len(self._reserve) < FD_RESERVE:
+            try:
+                self._reserve.append(os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
+            except OSError:
+                self._release_reserve()
+                return False
+        return True
+
+    def _release_reserve(self) -> None:
+        reserve, self._reserve = self._reserve, []
+        for fd in reserve:
+            os.close(fd)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors (or memory): stop accepting for a while and give back the reserve."""
+        loop = asyncio.get_running_loop()
+        self._accept_paused = True
+        for sock in self._listeners:
+            loop.remove_reader(sock.fileno())
+        self._release_reserve()
+        delay = self._accept_backoff
+        self._accept_backoff = min(2 * delay, ACCEPT_RETRY[1])
+        self._metrics.refused["accept_paused"] += 1
+        self._log_inbound(
+            "accept_paused",
+            "not accepting connections for %g s: %s (established connections carry on)",
+            delay,
+            exc.strerror or exc,
+        )
+        self._accept_retry = loop.call_later(delay, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._accept_retry = None
+        if self._stopped:
+            return
+        loop = asyncio.get_running_loop()
+        if not self._take_reserve():  # still out: wait longer
+            delay = self._accept_backoff
+            self._accept_backoff = min(2 * delay, ACCEPT_RETRY[1])
+            self._accept_retry = loop.call_later(delay, self._resume_accepting)
+            return
+        self._accept_paused = False
+        for sock in self._listeners:
+            loop.add_reader(sock.fileno(), self._on_acceptable, sock)
+
+    # ---- logging a flood in few lines ----
+
+    def _log_inbound(self, reason: str, msg: str, *args: object) -> None:
+        """Log a refused or early-closed inbound connection: the first of ``reason`` per LOG_INTERVAL,
+        then one line with the count of the others."""
+        now = asyncio.get_running_loop().time()
+        self._flush_log(now)
+        if self._throttle.allow(reason, now):
+            log.warning(msg, *args)
+        elif self._log_timer is None:
+            self._schedule_log_flush()
+
+    def _schedule_log_flush(self) -> None:
+        due = self._throttle.next_due()
+        if due is not None and not self._stopped:
+            self._log_timer = asyncio.get_running_loop().call_at(due, self._on_log_timer)
+
+    def _on_log_timer(self) -> None:
+        self._log_timer = None
+        self._flush_log(asyncio.get_running_loop().time())
+        self._schedule_log_flush()
+
+    def _flush_log(self, now: float) -> None:
+        for reason, count in self._throttle.due(now):
+            text = _REASON_TEXT.get(reason, "{n} more inbound connections refused: " + reason)
+            log.warning("%s in the last %g s", text.format(n=count), self._throttle.interval)
 
     def _register(self, conn: Connection) -> None:
         if conn._closed:
@@ -361,6 +566,7 @@ class Host:
             cb(conn)
 
     def _on_close(self, conn: Connection) -> None:
+        self._forget_pending(conn)
         ip = conn.counted_ip
         if ip is not None:
             conn.counted_ip = None
@@ -465,6 +671,31 @@ class Host:
             await stream.reset()
         else:
             await stream.close()
+
+
+_REASON_TEXT = {
+    "connections": "{n} more inbound connections refused (max_connections)",
+    "connections_per_ip": "{n} more inbound connections refused (max_connections_per_ip)",
+    "pending_handshakes": "{n} more inbound connections refused (max_pending_handshakes)",
+    "pending_handshakes_per_ip": "{n} more inbound connections refused (max_pending_per_ip)",
+    "evicted_pending": "{n} more pending inbound connections evicted while stalled",
+    "first_byte_timeout": "{n} more inbound connections closed: nothing received (first_byte_timeout)",
+    "handshake_step_timeout": "{n} more inbound connections closed: an upgrade step took too long "
+    "(handshake_step_timeout)",
+    "handshake_timeout": "{n} more inbound connections closed: upgrade timed out (handshake_timeout)",
+    "accept_paused": "accepting paused {n} more times: out of file descriptors",
+    "upgrade_failed": "{n} more inbound connections failed to upgrade",
+    "accept_error": "{n} more failed accepts",
+}
+
+
+def _listen_socket(addr: TcpAddr) -> socket.socket:
+    """A non-blocking listening TCP socket bound to ``addr`` (IPv6 sockets are IPv6 only)."""
+    family = socket.AF_INET6 if addr.is_ip6 else socket.AF_INET
+    info = socket.getaddrinfo(addr.host, addr.port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    sock = socket.create_server(info[0][4], family=family, backlog=LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
 
 
 def _host_port(conn: Connection) -> str:
