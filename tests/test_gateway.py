@@ -430,8 +430,11 @@ class RawHttp:
     ) -> tuple[int, dict[str, str], bytes]:
         if self.h11.our_state is h11.DONE:
             self.h11.start_next_cycle()
-        hdrs = [("host", "127.0.0.1"), ("content-length", str(len(body))), *headers]
-        if method == "POST" and not any(k.lower() == "content-type" for k, _ in headers):
+        given = {k.lower() for k, _ in headers}
+        hdrs = [*headers, ("content-length", str(len(body)))]
+        if "host" not in given:
+            hdrs.append(("host", "127.0.0.1"))
+        if method == "POST" and "content-type" not in given:  # JSON, as the gateway wants
             hdrs.append(("content-type", "application/json"))
         self.writer.write(self.h11.send(h11.Request(method=method, target=target, headers=hdrs)) or b"")
         self.writer.write(self.h11.send(h11.Data(data=body)) or b"")

@@ -75,6 +75,11 @@ spent reading and dropping what it sends, so that closing does not reset the con
 client has read the answer."""
 LINGER_BYTES = 1024 * 1024
 """Bytes dropped at most while lingering."""
+AT_ONCE = frozenset({"auth", "host", "content_type"})
+"""Refusals at the door (:class:`~mimirlite.gateway.http.HttpError` reasons) that close without lingering:
+a client that has not shown the key, named the gateway or sent JSON gets no byte of its body read (each
+lingering connection holds read buffers, about 400 KiB; a client that sent its whole request at once,
+as the SDKs do for a chat, still reads the answer)."""
 
 _UPSTREAM_ERRORS = (MimirliteError, OSError, asyncio.TimeoutError)
 """What a chat on the network raises when it fails (MimirClient.chat's contract)."""
@@ -476,7 +481,8 @@ class _Connection:
                 err = ApiError(exc.status, exc.message, code=exc.code)
                 with contextlib.suppress(ConnectionError, OSError, asyncio.TimeoutError):
                     await self.send_error(err, close=True)
-                    await self._linger()
+                    if exc.reason not in AT_ONCE:
+                        await self._linger()
         except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
             log.debug("%s: connection ended: %s", self.name, exc or type(exc).__name__)
         finally:
