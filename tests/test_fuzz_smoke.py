@@ -47,6 +47,7 @@ def test_every_decoder_has_a_harness_and_seeds() -> None:
         "yamux",
         "mimir_packets",
         "mdns",
+        "gateway_http",
     }
     assert expected <= set(HARNESSES)
     total = 0

@@ -389,6 +389,7 @@ async def test_json_and_encoding_failures_are_400_without_a_traceback(
         "a lone low surrogate": chat(b'"\\udc00"'),
         "a surrogate key": b'{"model":"echo","messages":[{"role":"user","content":"x"}],"\\ud800":1}',
         "NaN": b'{"model":"echo","messages":[{"role":"user","content":"x"}],"temperature":NaN}',
+        "beyond a float": b'{"model":"echo","messages":[{"role":"user","content":"x"}],"seed":1e400}',
     }
     async with (
         echo_gateway() as gw,
@@ -402,6 +403,17 @@ async def test_json_and_encoding_failures_are_400_without_a_traceback(
         status, _, out = await conn.request("POST", "/v1/chat/completions", chat(b'"\\ud83d\\ude00 ok"'))
         assert status == 200 and json.loads(out)["choices"][0]["message"]["content"] == "\U0001f600 ok"
         assert gw.open_connections == 1
+    no_tracebacks(caplog)
+
+
+@live
+async def test_a_head_request_is_answered_without_a_body(caplog: pytest.LogCaptureFixture) -> None:
+    async with echo_gateway() as gw, raw(gw.port) as conn:
+        for target, status in (("/v1/models", 405), ("/v1/nothing", 404)):
+            conn.writer.write(head(target, method="HEAD", extra=()))
+            answer = await bounded(conn.reader.readuntil(b"\r\n\r\n"))  # headers only, then the next
+            assert answer.startswith(b"HTTP/1.1 %d " % status) and b"content-length: " in answer, answer
+        assert (await conn.request("GET", "/v1/models"))[0] == 200
     no_tracebacks(caplog)
 
 

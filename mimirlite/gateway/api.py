@@ -7,6 +7,7 @@ are unit-tested with literal values.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -46,11 +47,19 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
 def loads_body(body: bytes) -> Any:
-    """A request body's JSON document; ApiError 400 when it is not UTF-8 JSON (``NaN`` and ``Infinity``
-    are not), nests deeper than :data:`MAX_JSON_DEPTH`, or holds a lone surrogate (``"\\ud800"``)."""
+    """A request body's JSON document; ApiError 400 when it is not UTF-8 JSON (``NaN``, ``Infinity`` and
+    numbers beyond a float, like ``1e400``, are not), nests deeper than :data:`MAX_JSON_DEPTH`, or holds a
+    lone surrogate (``"\\ud800"``)."""
     try:
-        obj = json.loads(body, parse_constant=_no_constant)
+        obj = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, f"We could not parse the JSON body of your request: {exc}") from None
     except RecursionError:

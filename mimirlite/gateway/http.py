@@ -330,6 +330,8 @@ class ServerConnection:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
         self._out: list[bytes] = []
         self._head: h11.Request | None = None
+        self._head_only = False
+        """The current request is ``HEAD``: its answer has headers only (h11 refuses a body byte)."""
         self._body = bytearray()
         self._close_after = False
         self._cors_headers = self._cors_for(None)
@@ -377,6 +379,7 @@ class ServerConnection:
 
     def _start(self, head: h11.Request) -> None:
         self._head = head
+        self._head_only = head.method == b"HEAD"
         self._body = bytearray()
         self._cors_headers = self._cors_for(_first(head, b"origin"))
         # The whole head: h11 bounds only what it holds unparsed (a head arriving in one read can be larger).
@@ -445,8 +448,8 @@ class ServerConnection:
         self._send(h11.Response(status_code=status, headers=fields, reason=_reason(status)))
 
     def send_data(self, data: bytes) -> None:
-        """Part of the body."""
-        if data:
+        """Part of the body (nothing in answer to ``HEAD``)."""
+        if data and not self._head_only:
             self._send(h11.Data(data=data))
 
     def end_response(self) -> None:
@@ -470,5 +473,6 @@ class ServerConnection:
         if self._close_after or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
         conn.start_next_cycle()
+        self._head_only = False
         self._cors_headers = self._cors_for(None)
         return True
