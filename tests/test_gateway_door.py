@@ -481,9 +481,11 @@ async def test_idle_connections_make_room_oldest_first(caplog: pytest.LogCapture
             assert logged(caplog, "idle connection closed to make room")
             # connections that never sent a byte are idle too (the 4,096-socket lock-out)
             await until(lambda: gw.open_connections == 7)
-            for _ in range(8):
+            opened = gw.metrics.connections_opened
+            for i in range(1, 9):
                 silent.append(await asyncio.open_connection("127.0.0.1", gw.port))
-                await until(lambda: gw.open_connections == 8)
+                await until(lambda n=opened + i: gw.metrics.connections_opened == n)  # accepted
+                assert gw.open_connections == 8
             assert gw.metrics.refused["idle_evicted"] == 1 + 7
             await bounded(served(gw.port), 5)
             assert gw.metrics.refused["idle_evicted"] == 1 + 7 + 1
@@ -590,3 +592,17 @@ async def test_gateway_command_warns_once_without_a_key_off_loopback() -> None:
     ) as proc:
         code, _, err = await proc.finish(timeout=30)
     assert code == 2 and "--allow-host" in err and "not a host name" in err
+
+
+def test_gateway_command_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from mimirlite import cli
+
+    args = cli._parser().parse_args(
+        ["gateway", "--allow-host", "my.box", "--allow-host", "[fd00::1]:80", "--max-connections-per-ip", "8"]
+    )
+    assert (args.allow_host, args.max_connections_per_ip) == (["my.box", "[fd00::1]:80"], 8)
+    assert cli._parser().parse_args(["gateway"]).max_connections_per_ip == MAX_CONNECTIONS_PER_IP
+    for bad in (["--max-connections-per-ip", "0"], ["--allow-host", "http://my.box/"]):
+        with pytest.raises(SystemExit):
+            cli._parser().parse_args(["gateway", *bad])
+    assert "--max-connections-per-ip" in capsys.readouterr().err
