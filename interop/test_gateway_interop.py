@@ -88,7 +88,8 @@ async def test_curl_through_the_gateway_to_a_js_node() -> None:
             {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": PROMPT}], "stream": True}
         )
         proc = await asyncio.create_subprocess_exec(
-            "curl", "-sN", "--max-time", str(int(TIMEOUT)), f"{gw.base_url}/chat/completions", "-d", body,
+            "curl", "-sN", "--max-time", str(int(TIMEOUT)), f"{gw.base_url}/chat/completions",
+            "-H", "Content-Type: application/json", "-d", body,
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:

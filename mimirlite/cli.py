@@ -29,6 +29,9 @@ TRIM_INTERVAL = 1.0
 """Seconds between two looks at how much peer data the node released (see :func:`_give_back_memory`)."""
 TRIM_RELEASED = 16 * MIB
 """Bytes of peer data released since the budget's peak after which the node returns free heap pages."""
+_GATEWAY_PER_IP = 1024
+"""The default of ``gateway --max-connections-per-ip`` (``mimirlite.gateway.MAX_CONNECTIONS_PER_IP``,
+not imported: h11 loads only for a gateway)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,14 +154,43 @@ def _parser() -> argparse.ArgumentParser:
     ident.add_argument("--key-file", metavar="PATH", help="the key file (as node, chat, peers take it)")
     ident.set_defaults(verbose=0)
 
-    gateway = sub.add_parser("gateway", parents=[common], help="the network as an OpenAI-compatible API")
-    gateway.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    gateway = sub.add_parser(
+        "gateway",
+        parents=[common],
+        help="the network as an OpenAI-compatible API",
+        description="Serve the models of the nodes found as an OpenAI-compatible HTTP API. To require an "
+        "API key, set it in the MIMIRLITE_API_KEY environment variable rather than with --api-key: "
+        "a command line shows in `ps` to every user of the machine.",
+    )
+    gateway.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; another one without an API key warns)",
+    )
     gateway.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0: any)")
     gateway.add_argument(
         "--api-key",
         default=os.environ.get("MIMIRLITE_API_KEY"),
         metavar="KEY",
-        help="require 'Authorization: Bearer KEY' (default: $MIMIRLITE_API_KEY; none: open)",
+        help="require 'Authorization: Bearer KEY' (default: $MIMIRLITE_API_KEY, which is better: a key "
+        "given here shows in `ps`; none: open)",
+    )
+    gateway.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        type=_allow_host,
+        metavar="NAME",
+        help="also serve requests whose Host header is NAME (repeatable; '*': any); by default only "
+        "localhost, 127.0.0.1, [::1] and the address a client connected to are served, against DNS rebinding",
+    )
+    gateway.add_argument(
+        "--max-connections-per-ip",
+        type=_positive_int,
+        default=_GATEWAY_PER_IP,
+        metavar="N",
+        help=f"connections one client address may hold at once (default {_GATEWAY_PER_IP}); at the "
+        "limit its connection idle the longest is closed, or the new one is refused (429)",
     )
     gateway.add_argument(
         "--cors-origin",
@@ -286,6 +318,14 @@ def _cors_origin(text: str) -> str:
         return cors_origin(text)
     except MimirliteError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _allow_host(text: str) -> str:
+    from mimirlite.gateway.http import host_name  # h11 loads only for a gateway
+
+    if text.strip() != "*" and host_name(text) is None:
+        raise argparse.ArgumentTypeError(f"not a host name or address: {text!r}")
+    return text
 
 
 def _positive_float(text: str) -> float:
@@ -480,7 +520,13 @@ async def _gateway(args: argparse.Namespace) -> int:
     try:
         client = MimirClient(args.peer, keypair=_keypair(args), mdns=not args.no_mdns)
         gateway = Gateway(
-            client, host=args.host, port=args.port, api_key=args.api_key, cors_origins=args.cors_origin
+            client,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            cors_origins=args.cors_origin,
+            allow_hosts=args.allow_host,
+            max_connections_per_ip=args.max_connections_per_ip,
         )
         async with client, gateway:
             print(f"OpenAI-compatible API at {gateway.base_url}", flush=True)

@@ -50,6 +50,7 @@ def test_every_decoder_has_a_harness_and_seeds() -> None:
         "mimir_packets",
         "mdns",
         "params",
+        "gateway_http",
     }
     assert expected <= set(HARNESSES)
     total = 0

@@ -430,7 +430,12 @@ class RawHttp:
     ) -> tuple[int, dict[str, str], bytes]:
         if self.h11.our_state is h11.DONE:
             self.h11.start_next_cycle()
-        hdrs = [("host", "127.0.0.1"), ("content-length", str(len(body))), *headers]
+        given = {k.lower() for k, _ in headers}
+        hdrs = [*headers, ("content-length", str(len(body)))]
+        if "host" not in given:
+            hdrs.append(("host", "127.0.0.1"))
+        if method == "POST" and "content-type" not in given:  # JSON, as the gateway wants
+            hdrs.append(("content-type", "application/json"))
         self.writer.write(self.h11.send(h11.Request(method=method, target=target, headers=hdrs)) or b"")
         self.writer.write(self.h11.send(h11.Data(data=body)) or b"")
         self.writer.write(self.h11.send(h11.EndOfMessage()) or b"")
@@ -541,7 +546,9 @@ async def test_curl_sees_openai_sse_framing(openai_server: OpenAIServer) -> None
         assert data[-1] == "[DONE]"
         assert [json.loads(d) for d in data[:-1]] == openai_server.sent_chunks[0]
         # with the headers: a streamed body
-        head = await curl("-i", f"{gw.base_url}/chat/completions", "-d", body)
+        head = await curl(
+            "-i", f"{gw.base_url}/chat/completions", "-H", "Content-Type: application/json", "-d", body
+        )
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"content-type: text/event-stream; charset=utf-8\r\n" in head.lower()
     assert b"transfer-encoding: chunked\r\n" in head.lower()
@@ -551,7 +558,9 @@ async def test_curl_sees_openai_sse_framing(openai_server: OpenAIServer) -> None
 async def test_curl_without_stream_and_models() -> None:
     async with echo_gateway() as gw:
         body = json.dumps({"model": "echo", "messages": user("plain answer")})
-        answer = json.loads(await curl(f"{gw.base_url}/chat/completions", "-d", body))
+        answer = json.loads(
+            await curl(f"{gw.base_url}/chat/completions", "-H", "Content-Type: application/json", "-d", body)
+        )
         models = json.loads(await curl(f"{gw.base_url}/models"))
     assert answer["object"] == "chat.completion"
     assert answer["choices"][0]["message"] == {"role": "assistant", "content": "plain answer"}
@@ -572,7 +581,7 @@ async def test_keep_alive_and_pipelining_on_one_connection() -> None:
             # two requests written at once: answered in order on the same connection
             conn.h11.start_next_cycle()
             second = h11.Connection(h11.CLIENT)
-            get = h11.Request(method="GET", target="/v1/models", headers=[("host", "x")])
+            get = h11.Request(method="GET", target="/v1/models", headers=[("host", "127.0.0.1")])
             conn.writer.write(conn.h11.send(get) + conn.h11.send(h11.EndOfMessage()))
             conn.writer.write(second.send(get) + second.send(h11.EndOfMessage()))
             assert (await bounded(conn.response()))[0] == 200
@@ -706,7 +715,9 @@ async def test_a_stream_cut_mid_answer_ends_with_an_error_event(openai_server: O
     openai_server.die_after_chunks = 3  # role chunk and two tokens, then the backend connection drops
     async with llama_gateway(openai_server) as gw, sdk(gw) as client:
         body = json.dumps({"model": LLAMA, "messages": user("one two three four"), "stream": True})
-        data = sse_data(await curl(f"{gw.base_url}/chat/completions", "-d", body))
+        data = sse_data(
+            await curl(f"{gw.base_url}/chat/completions", "-H", "Content-Type: application/json", "-d", body)
+        )
         assert [json.loads(d) for d in data[:3]] == openai_server.sent_chunks[0]
         assert len(data) == 4 and "[DONE]" not in data
         error = json.loads(data[3])["error"]
@@ -741,7 +752,8 @@ async def test_a_node_killed_mid_answer_ends_the_stream_with_an_error_event(
                 try:
                     body = json.dumps({"model": LLAMA, "messages": user("a b c d e f g h"), "stream": True})
                     conn.writer.write(
-                        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                         % (len(body), body.encode())
                     )
                     got = b""
@@ -767,7 +779,8 @@ async def test_a_body_over_the_limit_is_413() -> None:
         conn = await RawHttp.open(gw)
         try:
             conn.writer.write(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1001\r\n\r\n"
             )
             out = await conn.read_to_eof()
         finally:
@@ -780,7 +793,8 @@ async def test_a_body_over_the_limit_is_413() -> None:
         conn = await RawHttp.open(gw)
         try:
             conn.writer.write(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
             )
             conn.writer.write(b"400\r\n" + b"x" * 0x400 + b"\r\n" + b"400\r\n" + b"x" * 0x400)
             out = await conn.read_to_eof()
@@ -806,14 +820,12 @@ async def test_api_key() -> None:
                 assert err.value.status_code == 401 and err.value.code == "invalid_api_key"
                 with pytest.raises(openai.AuthenticationError):
                     await client.models.list()
-        conn = await RawHttp.open(gw)
-        try:
-            assert (await conn.request("GET", "/v1/models"))[0] == 401  # no Authorization at all
-            assert (await conn.request("GET", "/v1/models", headers=[("authorization", "Basic s3cret")]))[
-                0
-            ] == 401
-        finally:
-            await conn.close()
+        for auth in ([], [("authorization", "Basic s3cret")]):  # none at all; not Bearer
+            conn = await RawHttp.open(gw)  # a 401 closes its connection
+            try:
+                assert (await conn.request("GET", "/v1/models", headers=auth))[0] == 401
+            finally:
+                await conn.close()
         async with sdk(gw, api_key="s3cret") as client:
             answer = await client.chat.completions.create(model="echo", messages=user("let me in"))
             assert answer.choices[0].message.content == "let me in"
@@ -826,7 +838,8 @@ async def test_slow_and_idle_clients_time_out() -> None:
         conn = await RawHttp.open(gw)
         try:
             conn.writer.write(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{"
             )
             out = await conn.read_to_eof()
             assert out.startswith(b"HTTP/1.1 408 ") and b'"error"' in out
@@ -867,13 +880,23 @@ async def test_connections_over_the_limit_get_503() -> None:
         first = await RawHttp.open(gw)
         try:
             assert (await first.request("GET", "/v1/models"))[0] == 200
+            # the first is busy (half its next request sent), so not closed to make room (as an idle one is)
+            first.h11.start_next_cycle()
+            head = first.h11.send(
+                h11.Request(method="GET", target="/v1/models", headers=[("host", "127.0.0.1")])
+            )
+            assert head and first.h11.send(h11.EndOfMessage()) == b""
+            read = gw.metrics.bytes_in
+            first.writer.write(head[:10])
+            await eventually(lambda: asyncio.sleep(0, gw.metrics.bytes_in > read))
             second = await RawHttp.open(gw)
             try:
                 out = await second.read_to_eof()
             finally:
                 await second.close()
             assert out.startswith(b"HTTP/1.1 503 ") and b"Too many connections" in out
-            assert (await first.request("GET", "/v1/models"))[0] == 200  # the first is still served
+            first.writer.write(head[10:])
+            assert (await bounded(first.response()))[0] == 200  # the first is still served
         finally:
             await first.close()
 
@@ -891,8 +914,8 @@ async def test_a_client_that_disconnects_cancels_its_upstream_request(
         conn = await RawHttp.open(gw)
         body = json.dumps({"model": LLAMA, "messages": user("a b c d e f g h i j k l"), "stream": stream})
         conn.writer.write(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
-            % (len(body), body.encode())
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode())
         )
         if stream:
             got = b""
@@ -1230,15 +1253,15 @@ async def test_cors_headers_on_a_streamed_answer_and_on_errors() -> None:
             assert data[-1] == "[DONE]"
             text = "".join(json.loads(d)["choices"][0]["delta"].get("content") or "" for d in data[:-1])
             assert text == "streamed to a page"
-            # 401 without the key: the page can read why
-            status, headers, out = await conn.request("GET", "/v1/models", headers=[("origin", APP)])
-            assert status == 401 and json.loads(out)["error"]["code"] == "invalid_api_key"
-            assert cors_of(headers) == {"access-control-allow-origin": APP, "vary": "origin"}
             # 404 and 405 too
             status, headers, _ = await conn.request("GET", "/v1/nothing", headers=[("origin", APP), key])
             assert status == 404 and headers["access-control-allow-origin"] == APP
             status, headers, _ = await conn.request("DELETE", "/v1/models", headers=[("origin", APP), key])
             assert status == 405 and headers["access-control-allow-origin"] == APP
+            # 401 without the key (which closes the connection): the page can read why
+            status, headers, out = await conn.request("GET", "/v1/models", headers=[("origin", APP)])
+            assert status == 401 and json.loads(out)["error"]["code"] == "invalid_api_key"
+            assert cors_of(headers) == {"access-control-allow-origin": APP, "vary": "origin"}
         finally:
             await conn.close()
     # '*': any page, no Vary
@@ -1270,6 +1293,10 @@ async def test_no_cors_unless_configured(api_key: str | None) -> None:
             # as before CORS existed: the key is checked first, then the method
             assert status == (405 if api_key is None else 401), out
             assert cors_of(headers) == {}
+        finally:
+            await conn.close()
+        conn = await RawHttp.open(gw)  # a 401 closed the first
+        try:
             auth = [] if api_key is None else [("authorization", f"Bearer {api_key}")]
             status, headers, _ = await conn.request("GET", "/v1/models", headers=[("origin", APP), *auth])
             assert status == 200 and cors_of(headers) == {}

@@ -13,11 +13,13 @@ from mimirlite.gateway.gateway import (
     DEFAULT_PORT,
     IDLE_TIMEOUT,
     MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_IP,
     REQUEST_TIMEOUT,
     WRITE_TIMEOUT,
     Gateway,
+    GatewayMetrics,
 )
-from mimirlite.gateway.http import MAX_BODY, MAX_HEAD, CorsPolicy, HttpError
+from mimirlite.gateway.http import MAX_BODY, MAX_HEAD, CorsPolicy, Door, HttpError
 
 __all__ = [
     "DEFAULT_HOST",
@@ -25,11 +27,14 @@ __all__ = [
     "IDLE_TIMEOUT",
     "MAX_BODY",
     "MAX_CONNECTIONS",
+    "MAX_CONNECTIONS_PER_IP",
     "MAX_HEAD",
     "REQUEST_TIMEOUT",
     "WRITE_TIMEOUT",
     "ApiError",
     "CorsPolicy",
+    "Door",
     "Gateway",
+    "GatewayMetrics",
     "HttpError",
 ]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +30,76 @@ OWNED_BY = "mimir"
 """``owned_by`` of every model listed: they belong to the nodes of the network."""
 
 
+MAX_JSON_DEPTH = 64
+"""Nesting of arrays and objects in a request body; deeper is refused with 400 (OpenAI requests, tool
+schemas included, need far less, and a deep document would exhaust the stack of whoever encodes it next)."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    """``obj`` as compact UTF-8 JSON. A lone surrogate (a node may send ``"\\ud800"`` in a string) has no
+    UTF-8 form: it becomes U+FFFD, the replacement character, so the answer stays valid UTF-8 JSON."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode()
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def loads_body(body: bytes) -> Any:
+    """A request body's JSON document; ApiError 400 when it is not UTF-8 JSON (``NaN``, ``Infinity`` and
+    numbers beyond a float, like ``1e400``, are not), nests deeper than :data:`MAX_JSON_DEPTH`, or holds a
+    lone surrogate (``"\\ud800"``)."""
+    try:
+        obj = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, f"We could not parse the JSON body of your request: {exc}") from None
+    except RecursionError:
+        raise ApiError(
+            400, f"The JSON body of your request nests deeper than {MAX_JSON_DEPTH} levels."
+        ) from None
+    _check_tree(obj)
+    return obj
+
+
+def _check_tree(obj: Any) -> None:
+    """ApiError 400 for nesting over :data:`MAX_JSON_DEPTH` or a string with a lone surrogate."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            items: Iterable[Any] = node.values()
+            for key in node:
+                _check_text(key)
+        elif isinstance(node, list):
+            items = node
+        else:
+            _check_text(node)
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise ApiError(400, f"The JSON body of your request nests deeper than {MAX_JSON_DEPTH} levels.")
+        for item in items:
+            if isinstance(item, (dict, list)):
+                stack.append((item, depth + 1))
+            elif isinstance(item, str):
+                _check_text(item)
+
+
+def _check_text(value: Any) -> None:
+    if isinstance(value, str) and not value.isascii() and _SURROGATE.search(value):
+        raise ApiError(400, "The JSON body of your request holds a lone surrogate (an invalid \\u escape).")
 
 
 class ApiError(Exception):
@@ -74,10 +144,7 @@ class ChatCall:
 
 def parse_chat_body(body: bytes) -> ChatCall:
     """Check a chat completion request; ApiError 400 naming what is wrong."""
-    try:
-        obj = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(400, f"We could not parse the JSON body of your request: {exc}") from None
+    obj = loads_body(body)
     if not isinstance(obj, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     fields = dict(obj)

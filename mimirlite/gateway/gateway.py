@@ -4,13 +4,19 @@ Each client connection is one task driving a :class:`~mimirlite.gateway.http.Ser
 with the idle and request timeouts, routes each whole request, writes what the core produces. While a
 request is answered, the connection is also watched: a client that goes away cancels the answer, and
 with it the mimir stream (reset, so the node cancels its backend request).
+
+The door: the core checks each request head (``Host``, API key, content type, framing, size) before its
+body is read; a refused request is answered and its connection closed. Connections are bounded in all
+and per client address; at a bound, the connection idle the longest (between requests) makes room.
+Every refusal is logged on one line with its reason and counted in :attr:`Gateway.metrics`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
@@ -20,7 +26,16 @@ from typing import TYPE_CHECKING, Any, cast
 from mimirlite.errors import MimirliteError
 from mimirlite.gateway import api
 from mimirlite.gateway.api import ApiError
-from mimirlite.gateway.http import MAX_BODY, CorsPolicy, HttpError, Pending, Request, ServerConnection
+from mimirlite.gateway.http import (
+    LOOPBACK_HOSTS,
+    MAX_BODY,
+    CorsPolicy,
+    Door,
+    HttpError,
+    Pending,
+    Request,
+    ServerConnection,
+)
 from mimirlite.mimir.client import MimirClient, NoNodeError, TruncatedAnswerError
 from mimirlite.mimir.packets import RemoteError
 
@@ -38,7 +53,14 @@ REQUEST_TIMEOUT = 30.0
 WRITE_TIMEOUT = 60.0
 """Seconds a client that stopped reading has to take what is buffered for it before it is dropped."""
 MAX_CONNECTIONS = 4096
-"""HTTP connections at once; a newer one is answered 503 and closed."""
+"""HTTP connections at once; at the limit a new one closes the connection idle the longest (between
+requests), or is answered 503 and closed when none is idle."""
+MAX_CONNECTIONS_PER_IP = 1024
+"""HTTP connections at once from one client address (a quarter of :data:`MAX_CONNECTIONS`: one address
+cannot hold the gateway); at the limit a new one closes that address's connection idle the longest, or
+is answered 429 and closed."""
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+"""``host`` values that listen on every address of the machine."""
 BACKLOG = 1024
 """Connections the kernel queues before they are accepted (a burst of clients is not refused)."""
 
@@ -53,6 +75,11 @@ spent reading and dropping what it sends, so that closing does not reset the con
 client has read the answer."""
 LINGER_BYTES = 1024 * 1024
 """Bytes dropped at most while lingering."""
+AT_ONCE = frozenset({"auth", "host", "content_type"})
+"""Refusals at the door (:class:`~mimirlite.gateway.http.HttpError` reasons) that close without lingering:
+a client that has not shown the key, named the gateway or sent JSON gets no byte of its body read (each
+lingering connection holds read buffers, about 400 KiB; a client that sent its whole request at once,
+as the SDKs do for a chat, still reads the answer)."""
 
 _UPSTREAM_ERRORS = (MimirliteError, OSError, asyncio.TimeoutError)
 """What a chat on the network raises when it fails (MimirClient.chat's contract)."""
@@ -65,15 +92,55 @@ SSE_HEADERS = (
 JSON_HEADERS = (("content-type", "application/json"),)
 
 
+class GatewayMetrics:
+    """What a :class:`Gateway` did since it was made (plain ints and a Counter, as
+    :mod:`mimirlite.metrics` keeps for hosts and nodes).
+
+    ``refused`` counts requests and connections turned away, by reason: ``auth`` (401), ``host`` (a
+    ``Host`` not served here, 403), ``content_type`` (a ``POST`` not sent as JSON, 415), ``smuggling``
+    (``Content-Length`` with ``Transfer-Encoding``, 400), ``head_too_large`` (431), ``body_too_large``
+    (413), ``bad_http`` (400/501), ``request_timeout`` (408), ``connections`` (at ``max_connections``
+    with none idle, 503), ``connections_per_ip`` (at ``max_connections_per_ip`` with none idle, 429) and
+    ``idle_evicted`` (an idle keep-alive connection closed to make room for a new one).
+    """
+
+    __slots__ = ("bytes_in", "connections_opened", "refused", "requests")
+
+    def __init__(self) -> None:
+        self.connections_opened = 0
+        """Connections accepted (refused ones not counted)."""
+        self.requests = 0
+        """Whole requests routed (refused ones not counted)."""
+        self.bytes_in = 0
+        """Bytes read from clients, including what was read and dropped after a refusal."""
+        self.refused: collections.Counter[str] = collections.Counter()
+
+    def as_dict(self) -> dict[str, int | dict[str, int]]:
+        """A snapshot: every counter, the Counter as a plain dict."""
+        return {
+            "connections_opened": self.connections_opened,
+            "requests": self.requests,
+            "bytes_in": self.bytes_in,
+            "refused": dict(self.refused),
+        }
+
+
 class Gateway:
     """Serves the mimir network known to ``client`` as an OpenAI-compatible HTTP API.
 
     ``async with Gateway(client, port=0) as gateway`` listens (``gateway.port``, ``gateway.base_url``)
     until the block ends; :meth:`serve` listens until cancelled. The client (found nodes by ``peers``
     and mDNS) is the caller's to start and stop. With ``api_key`` every request needs
-    ``Authorization: Bearer <api_key>``. ``cors_origins`` (``scheme://host[:port]``, or ``*`` for any)
-    lets browser pages from those origins call the API: preflights (``OPTIONS``, answered without the
-    key) and CORS headers on every response; LocalError for a value that is not an origin.
+    ``Authorization: Bearer <api_key>`` (checked on the head: 401 and closed before a body is read).
+    ``cors_origins`` (``scheme://host[:port]``, or ``*`` for any) lets browser pages from those origins
+    call the API: preflights (``OPTIONS``, answered without the key) and CORS headers on every response;
+    LocalError for a value that is not an origin.
+
+    ``Host`` (against DNS rebinding): a request must name the gateway by a loopback name (``localhost``,
+    ``127.0.0.1``, ``[::1]``), by the address its connection came to (any address of the machine when
+    ``host`` is a wildcard, ``0.0.0.0`` or ``::``), by ``host`` itself, or by one of ``allow_hosts``
+    (``*``: any); with or without a port. Else 403 and closed. A ``POST`` must be
+    ``Content-Type: application/json`` unless its ``Origin`` is one CORS allows (415 and closed).
     """
 
     def __init__(
@@ -89,6 +156,8 @@ class Gateway:
         request_timeout: float = REQUEST_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP,
+        allow_hosts: Iterable[str] = (),
     ) -> None:
         self.client = client
         self.host = host
@@ -97,17 +166,27 @@ class Gateway:
         origins = list(cors_origins)
         self.cors = CorsPolicy.of(origins) if origins else None
         """Which browser origins may call the API (None: no CORS, as for any plain HTTP server)."""
+        own = [] if host.strip() in WILDCARD_HOSTS else [host]
+        self.door = Door.of([*LOOPBACK_HOSTS, *own, *allow_hosts], self.api_key)
+        """What each request head must show (the address a connection came to is added per connection)."""
         self.max_body = max_body
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
         self.write_timeout = write_timeout
         self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
+        self.metrics = GatewayMetrics()
         self.created = int(time.time())
         """The ``created`` time of every model listed."""
         self.active_requests = 0
         """Requests being answered right now."""
         self._server: asyncio.AbstractServer | None = None
-        self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._conns: dict[asyncio.Task[None], _Connection] = {}
+        self._evicted: set[asyncio.Task[None]] = set()
+        """Connections closed to make room, whose tasks are still ending (not counted as open)."""
+        self._per_ip: collections.Counter[str] = collections.Counter()
+        self._idle: dict[_Connection, None] = {}
+        """Connections waiting for their next request, the one idle the longest first."""
 
     # ---- lifecycle ----
 
@@ -124,15 +203,22 @@ class Gateway:
 
     @property
     def open_connections(self) -> int:
-        return len(self._conns)
+        return len(self._conns) - len(self._evicted)
 
     async def start(self) -> None:
         """Listen on ``host``:``port`` (``port`` 0: a free one, then set here)."""
         if self._server is not None:
             raise RuntimeError("gateway already started")
         self._server = await asyncio.start_server(self._on_connect, self.host, self.port, backlog=BACKLOG)
-        self.port = self._server.sockets[0].getsockname()[1]
+        addrs = [s.getsockname() for s in self._server.sockets]
+        self.port = addrs[0][1]
         log.info("OpenAI-compatible gateway at %s", self.base_url)
+        if self.api_key is None and not all(_is_loopback(a[0]) for a in addrs):
+            log.warning(
+                "the gateway listens on %s without an API key: anyone who can reach it can use the "
+                "network's models (set MIMIRLITE_API_KEY)",
+                self.host or "every address",
+            )
 
     async def stop(self) -> None:
         """Stop listening and end every connection (cancelling the answers in progress). Idempotent."""
@@ -144,8 +230,8 @@ class Gateway:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
-        for writer in list(self._conns.values()):
-            writer.transport.abort()
+        for conn in list(self._conns.values()):
+            conn.writer.transport.abort()
         if server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 5)
@@ -167,22 +253,72 @@ class Gateway:
     # ---- connections ----
 
     def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._server is None or len(self._conns) >= self.max_connections:
-            http = ServerConnection(cors=self.cors)
-            err = ApiError(503, "Too many connections to the gateway; try again later.", api.SERVER_ERROR)
-            http.respond(err.status, JSON_HEADERS, err.body(), close=True)
-            writer.write(http.data_to_send())
-            writer.close()
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) else ""
+        name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "client"
+        if self._server is None:
+            self._refuse(writer, ApiError(503, "The gateway is stopping.", api.SERVER_ERROR))
             return
-        conn = _Connection(self, reader, writer)
+        if self._per_ip[ip] >= self.max_connections_per_ip and not self._evict_idle(ip):
+            self.metrics.refused["connections_per_ip"] += 1
+            log.info("%s: refused: %d connections from its address already", name, self._per_ip[ip])
+            err = ApiError(
+                429, "Too many connections from your address.", api.RATE_LIMIT, code="too_many_connections"
+            )
+            self._refuse(writer, err)
+            return
+        if self.open_connections >= self.max_connections and not self._evict_idle(None):
+            self.metrics.refused["connections"] += 1
+            log.info("%s: refused: %d connections open, none idle", name, self.open_connections)
+            self._refuse(
+                writer,
+                ApiError(503, "Too many connections to the gateway; try again later.", api.SERVER_ERROR),
+            )
+            return
+        conn = _Connection(self, reader, writer, ip, name)
         task = asyncio.get_running_loop().create_task(conn.run())
-        self._conns[task] = writer
+        conn.task = task
+        self._conns[task] = conn
+        self._per_ip[ip] += 1
+        self.metrics.connections_opened += 1
         task.add_done_callback(self._conn_done)
 
+    def _refuse(self, writer: asyncio.StreamWriter, err: ApiError) -> None:
+        http = ServerConnection(cors=self.cors)
+        http.respond(err.status, JSON_HEADERS, err.body(), close=True)
+        writer.write(http.data_to_send())
+        writer.close()
+
+    def _evict_idle(self, ip: str | None) -> bool:
+        """Close the connection idle the longest (from ``ip``, or any); False when there is none."""
+        victim = next((c for c in self._idle if ip is None or c.ip == ip), None)
+        if victim is None or victim.task is None:
+            return False
+        self._idle.pop(victim)
+        self._forget(victim.task)
+        self._evicted.add(victim.task)
+        self.metrics.refused["idle_evicted"] += 1
+        log.info("%s: idle connection closed to make room for a new one", victim.name)
+        victim.writer.transport.abort()
+        victim.task.cancel()
+        return True
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        """Stop counting the connection of ``task`` against its address (once)."""
+        conn = self._conns.get(task)
+        if conn is not None and task not in self._evicted:
+            self._per_ip[conn.ip] -= 1
+            if self._per_ip[conn.ip] <= 0:
+                del self._per_ip[conn.ip]
+
     def _conn_done(self, task: asyncio.Task[None]) -> None:
-        writer = self._conns.pop(task, None)
-        if writer is not None and not writer.transport.is_closing():
-            writer.transport.abort()
+        self._forget(task)
+        self._evicted.discard(task)
+        conn = self._conns.pop(task, None)
+        if conn is not None:
+            self._idle.pop(conn, None)
+            if not conn.writer.transport.is_closing():
+                conn.writer.transport.abort()
         if not task.cancelled() and task.exception() is not None:
             log.error("gateway connection failed", exc_info=task.exception())
 
@@ -192,10 +328,10 @@ class Gateway:
         """Answer one request (on ``out``)."""
         self.active_requests += 1
         try:
+            # The core checked the head (Host, API key, content type) before the body was read.
             if self.cors is not None and req.method == "OPTIONS":  # a preflight: browsers send no key
                 await out.send_empty(204, self.cors.preflight_headers(req))
                 return
-            self._check_auth(req)
             path = req.path.rstrip("/")
             if path == "/v1/chat/completions":
                 _allow(req, "POST")
@@ -216,15 +352,6 @@ class Gateway:
             await out.send_error(err)
         finally:
             self.active_requests -= 1
-
-    def _check_auth(self, req: Request) -> None:
-        if self.api_key is None:
-            return
-        given = req.header("authorization") or ""
-        scheme, _, key = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
-            message = "Incorrect API key provided." if given else "You didn't provide an API key."
-            raise ApiError(401, message, code="invalid_api_key")
 
     # ---- chat ----
 
@@ -259,7 +386,7 @@ class Gateway:
         except _UPSTREAM_ERRORS as exc:
             raise _upstream_error(exc) from None
         http.start_response(200, SSE_HEADERS)
-        http.send_data(api.sse_event(first.model_dump_json(exclude_unset=True).encode()))
+        http.send_data(api.sse_event(_chunk_json(first)))
         await out.flush()
         while True:
             try:
@@ -274,7 +401,7 @@ class Gateway:
                 http.close_after_response()
                 await out.flush()
                 return
-            http.send_data(api.sse_event(chunk.model_dump_json(exclude_unset=True).encode()))
+            http.send_data(api.sse_event(_chunk_json(chunk)))
             await out.flush()
         http.send_data(api.SSE_DONE)
         http.end_response()
@@ -289,6 +416,21 @@ class Gateway:
         except _UPSTREAM_ERRORS as exc:
             raise _upstream_error(exc) from None
         await out.send_json(200, builder.result())
+
+
+def _chunk_json(chunk: ChatCompletionChunk) -> bytes:
+    """``chunk`` as JSON; a lone surrogate a node sent becomes U+FFFD (as :func:`api.dumps` does)."""
+    try:
+        return chunk.model_dump_json(exclude_unset=True).encode()
+    except ValueError:  # pydantic's serializer refuses lone surrogates
+        return api.dumps(chunk.model_dump(mode="json", exclude_unset=True))
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.partition("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _allow(req: Request, *methods: str) -> None:
@@ -313,13 +455,18 @@ def _upstream_error(exc: BaseException) -> ApiError:
 class _Connection:
     """One HTTP client: its socket, its sans-IO core, its timeouts."""
 
-    def __init__(self, gateway: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, gateway: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str, name: str
+    ) -> None:
         self.gateway = gateway
         self.reader = reader
         self.writer = writer
-        self.http = ServerConnection(max_body=gateway.max_body, cors=gateway.cors)
-        peer = writer.get_extra_info("peername")
-        self.name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "client"
+        self.ip = ip
+        self.name = name
+        self.task: asyncio.Task[None] | None = None
+        local = writer.get_extra_info("sockname")
+        door = gateway.door.with_hosts(str(local[0])) if isinstance(local, tuple) else gateway.door
+        self.http = ServerConnection(max_body=gateway.max_body, cors=gateway.cors, door=door)
 
     async def run(self) -> None:
         try:
@@ -328,12 +475,14 @@ class _Connection:
                 if req is None or not await self._exchange(req) or not self.http.start_next_cycle():
                     return
         except HttpError as exc:
-            log.info("%s: %s", self.name, exc)
+            self.gateway.metrics.refused[exc.reason] += 1
+            log.info("%s: refused (%s): %s %s", self.name, exc.reason, exc.status, exc)
             if self.http.can_respond:
-                err = ApiError(exc.status, exc.message)
+                err = ApiError(exc.status, exc.message, code=exc.code)
                 with contextlib.suppress(ConnectionError, OSError, asyncio.TimeoutError):
                     await self.send_error(err, close=True)
-                    await self._linger()
+                    if exc.reason not in AT_ONCE:
+                        await self._linger()
         except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
             log.debug("%s: connection ended: %s", self.name, exc or type(exc).__name__)
         finally:
@@ -351,6 +500,7 @@ class _Connection:
             data = await asyncio.wait_for(self.reader.read(READ_SIZE), max(0.0, deadline - loop.time()))
             if not data:
                 return
+            self.gateway.metrics.bytes_in += len(data)
             dropped += len(data)
 
     async def _close(self) -> None:
@@ -368,12 +518,14 @@ class _Connection:
         while True:
             req = self.http.next_request()
             if isinstance(req, Request):
+                self.gateway.metrics.requests += 1
                 return req
             if req is Pending.CLOSED:
                 return None
             await self.flush()  # a 100 Continue
             if self.http.idle:
                 timeout = self.gateway.idle_timeout
+                self.gateway._idle.setdefault(self)  # evictable until a byte comes
             else:
                 if deadline is None:
                     deadline = loop.time() + self.gateway.request_timeout
@@ -385,7 +537,12 @@ class _Connection:
                     log.debug("%s: idle for %g s; closing", self.name, self.gateway.idle_timeout)
                     return None
                 limit = self.gateway.request_timeout
-                raise HttpError(408, f"request not received within {limit:g} s") from None
+                raise HttpError(
+                    408, f"request not received within {limit:g} s", reason="request_timeout"
+                ) from None
+            finally:
+                self.gateway._idle.pop(self, None)
+            self.gateway.metrics.bytes_in += len(data)
             self.http.receive_data(data)
 
     async def _exchange(self, req: Request) -> bool:
@@ -424,6 +581,7 @@ class _Connection:
                 data = await self.reader.read(READ_SIZE)
                 if not data:
                     return
+                self.gateway.metrics.bytes_in += len(data)
                 self.http.receive_data(data)
                 buffered += len(data)
         except (ConnectionError, OSError):

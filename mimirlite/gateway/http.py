@@ -1,9 +1,11 @@
 """HTTP/1.1 for the gateway, sans-IO: bytes in, whole requests out; responses in, bytes out.
 
 ``h11`` parses and frames every byte (no HTTP is parsed here); this module adds what the gateway
-needs on top: a whole request (head and body) as one event, the body size limit, ``100 Continue``
-when a client waits for it, keep-alive between requests, and CORS (:class:`CorsPolicy`: the
-``Access-Control-*`` headers of preflights and of every response). It never touches a socket or a clock:
+needs on top: a whole request (head and body) as one event, the head and body size limits, ``100
+Continue`` when a client waits for it, keep-alive between requests, CORS (:class:`CorsPolicy`: the
+``Access-Control-*`` headers of preflights and of every response), and the door (:class:`Door`): a
+request head is checked (framing, ``Host``, API key, content type) before a byte of its body is taken,
+so a request refused there costs no memory. It never touches a socket or a clock:
 the asyncio shell (:mod:`mimirlite.gateway.gateway`) feeds it what the client sent, sends what
 :meth:`ServerConnection.data_to_send` returns, and owns every timeout.
 """
@@ -11,7 +13,10 @@ the asyncio shell (:mod:`mimirlite.gateway.gateway`) feeds it what the client se
 from __future__ import annotations
 
 import enum
+import hmac
 import http
+import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -21,7 +26,8 @@ import h11
 from mimirlite.errors import LocalError, ProtocolError
 
 MAX_HEAD = 64 * 1024
-"""Bytes of a request line and its headers; more is refused with 431."""
+"""Bytes of a request line and its headers (the whole head, as received or as parsed); more is refused
+with 431."""
 MAX_BODY = 4 * 1024 * 1024
 """Bytes of a request body; more is refused with 413. A chat request travels to the node in one mimir
 packet, which is capped at the same size (``mimirlite.wire.lp.MAX_MESSAGE``)."""
@@ -33,16 +39,29 @@ CORS_HEADERS = "Authorization, Content-Type"
 CORS_MAX_AGE = 600
 """Seconds a browser may keep a preflight answer (``Access-Control-Max-Age``)."""
 
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+"""``Host`` names the gateway always accepts: they name this machine, and no web page can make a browser
+send them for its own site (no attacker's DNS answers for them: the DNS rebinding attack needs a name)."""
+
 Headers = Iterable[tuple[str, str]]
 
 
 class HttpError(ProtocolError):
-    """The client broke HTTP/1.1 or a limit; answered with ``status`` (when still possible), then closed."""
+    """The client broke HTTP/1.1 or a limit; answered with ``status`` (when still possible), then closed.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``reason`` names the refusal in the gateway's counters (``bad_http``, ``head_too_large``,
+    ``body_too_large``, ``smuggling``, ``host``, ``auth``, ``content_type``, ``request_timeout``);
+    ``code`` is the ``code`` of the OpenAI-style error answered, if any.
+    """
+
+    def __init__(
+        self, status: int, message: str, *, reason: str = "bad_http", code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.reason = reason
+        self.code = code
 
 
 class Pending(enum.Enum):
@@ -149,6 +168,136 @@ class CorsPolicy:
         ]
 
 
+_PORT = re.compile(r":[0-9]{0,5}")
+
+
+def host_name(value: str) -> str | None:
+    """The host a ``Host`` header names, as :class:`Door` compares it: lowercase, without the port, the
+    brackets of an IPv6 address or a final dot, an IP address in its canonical form (an IPv4-mapped IPv6
+    address as IPv4); None when ``value`` is not a host with an optional port."""
+    text = value.strip().lower()
+    if text.startswith("["):
+        name, bracket, port = text[1:].partition("]")
+        if not bracket or ":" not in name:  # brackets hold an IPv6 address
+            return None
+    else:
+        name, colon, port = text.partition(":")
+        port = colon + port
+    if port and not _PORT.fullmatch(port):
+        return None
+    name = name.removesuffix(".")
+    if not name:
+        return None
+    address = _address(name)
+    if address is not None:
+        return address
+    if text.startswith("[") or not re.fullmatch(r"[a-z0-9_.-]+", name):
+        return None
+    return name
+
+
+def _address(text: str) -> str | None:
+    """``text`` as an IP address in canonical form (IPv4-mapped IPv6 as IPv4), or None."""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _allowed_name(given: str) -> str | None:
+    """A name or address as configured (an IPv6 address with or without brackets) in the form
+    :func:`host_name` gives."""
+    return _address(given.strip().lower()) or host_name(given)
+
+
+def is_json_type(value: str | None) -> bool:
+    """True for a ``Content-Type`` of ``application/json``, with or without parameters (charset)."""
+    return value is not None and value.partition(";")[0].strip().lower() == "application/json"
+
+
+@dataclass(frozen=True)
+class Door:
+    """What a request head must show before its body is read; a head that fails is refused at once
+    (:class:`HttpError`; the connection then closes) without a byte of its body taken.
+
+    ``hosts``: the names a ``Host`` header may give (:func:`host_name` forms; None or ``*`` in it: any;
+    a request without ``Host``, which HTTP/1.0 allows, passes). ``api_key``: every request needs
+    ``Authorization: Bearer <api_key>``, but a CORS preflight (``OPTIONS`` when the connection has a
+    :class:`CorsPolicy`). ``json_only``: a ``POST`` must say ``Content-Type: application/json``, unless it
+    comes from an ``Origin`` the CORS policy allows (a browser page may then send what it likes; any other
+    page can send a "simple" cross-site ``POST`` only as ``text/plain`` or a form, which is refused).
+    """
+
+    hosts: frozenset[str] | None = None
+    api_key: str | None = None
+    json_only: bool = True
+
+    @classmethod
+    def of(cls, hosts: Iterable[str] | None, api_key: str | None = None, *, json_only: bool = True) -> Door:
+        """A door allowing ``hosts`` (as given in ``Host`` headers or ``--allow-host``: any form
+        :func:`host_name` takes; LocalError for one it does not)."""
+        if hosts is None:
+            return cls(None, api_key or None, json_only)
+        kept = set()
+        for given in hosts:
+            if given.strip() == "*":
+                return cls(None, api_key or None, json_only)
+            name = _allowed_name(given)
+            if name is None:
+                raise LocalError(f"not a host name or address: {given!r}")
+            kept.add(name)
+        return cls(frozenset(kept), api_key or None, json_only)
+
+    def with_hosts(self, *names: str) -> Door:
+        """This door, also allowing ``names`` (e.g. the address a connection came to)."""
+        if self.hosts is None:
+            return self
+        extra = {n for n in map(_allowed_name, names) if n is not None}
+        return Door(self.hosts | extra, self.api_key, self.json_only)
+
+    def check(self, head: h11.Request, cors: CorsPolicy | None) -> None:
+        """HttpError when the request with ``head`` may not come in (see the class)."""
+        host = _first(head, b"host")
+        if self.hosts is not None and host is not None:
+            name = host_name(host.decode("latin-1"))
+            if name is None or name not in self.hosts:
+                shown = host.decode("latin-1")[:100]
+                raise HttpError(
+                    403, f"Host {shown!r} is not served here.", reason="host", code="host_not_allowed"
+                )
+        preflight = cors is not None and head.method == b"OPTIONS"
+        if self.api_key is not None and not preflight:
+            given = _first(head, b"authorization") or b""
+            scheme, _, key = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.api_key.encode()):
+                message = "Incorrect API key provided." if given else "You didn't provide an API key."
+                raise HttpError(401, message, reason="auth", code="invalid_api_key")
+        if self.json_only and head.method == b"POST":
+            origin = _first(head, b"origin")
+            allowed = (
+                cors is not None and origin is not None and cors.response_headers(origin.decode("latin-1"))
+            )
+            kind = _first(head, b"content-type")
+            if not allowed and not is_json_type(None if kind is None else kind.decode("latin-1")):
+                shown = "none" if kind is None else repr(kind.decode("latin-1")[:100])
+                raise HttpError(
+                    415,
+                    f"Content-Type must be application/json (got {shown}).",
+                    reason="content_type",
+                    code="unsupported_media_type",
+                )
+
+
+def _first(head: h11.Request, name: bytes) -> bytes | None:
+    for key, value in head.headers:
+        if key == name:
+            return bytes(value)
+    return None
+
+
 def _reason(status: int) -> bytes:
     try:
         return http.HTTPStatus(status).phrase.encode()
@@ -159,17 +308,30 @@ def _reason(status: int) -> bytes:
 class ServerConnection:
     """The server side of one HTTP/1.1 connection, one request at a time (keep-alive, pipelining).
 
-    With ``cors``, every response carries the CORS headers for the ``Origin`` of its request.
+    With ``cors``, every response carries the CORS headers for the ``Origin`` of its request. With
+    ``door``, each request head is checked (:meth:`Door.check`) before its body is read. Always: a head
+    over ``max_head`` bytes is refused 431, and one with both ``Content-Length`` and
+    ``Transfer-Encoding`` 400 (h11 would take it, preferring chunked: the way to smuggle a request past a
+    proxy that prefers the length).
     """
 
     def __init__(
-        self, *, max_body: int = MAX_BODY, max_head: int = MAX_HEAD, cors: CorsPolicy | None = None
+        self,
+        *,
+        max_body: int = MAX_BODY,
+        max_head: int = MAX_HEAD,
+        cors: CorsPolicy | None = None,
+        door: Door | None = None,
     ) -> None:
         self.max_body = max_body
+        self.max_head = max_head
         self.cors = cors
+        self.door = door
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
         self._out: list[bytes] = []
         self._head: h11.Request | None = None
+        self._head_only = False
+        """The current request is ``HEAD``: its answer has headers only (h11 refuses a body byte)."""
         self._body = bytearray()
         self._close_after = False
         self._cors_headers = self._cors_for(None)
@@ -196,14 +358,18 @@ class ServerConnection:
                     self._start(event)
                 elif isinstance(event, h11.Data):
                     if len(self._body) + len(event.data) > self.max_body:
-                        raise HttpError(413, f"request body over {self.max_body} bytes")
+                        raise HttpError(
+                            413, f"request body over {self.max_body} bytes", reason="body_too_large"
+                        )
                     self._body += event.data
                 elif isinstance(event, h11.EndOfMessage):
                     return self._finish()
                 elif isinstance(event, h11.ConnectionClosed):
                     return Pending.CLOSED
         except h11.RemoteProtocolError as exc:
-            raise HttpError(exc.error_status_hint, f"bad HTTP request: {exc}") from None
+            status = exc.error_status_hint
+            reason = "head_too_large" if status == 431 else "bad_http"
+            raise HttpError(status, f"bad HTTP request: {exc}", reason=reason) from None
 
     def _cors_for(self, origin: bytes | None) -> list[tuple[bytes, bytes]]:
         if self.cors is None:
@@ -213,11 +379,26 @@ class ServerConnection:
 
     def _start(self, head: h11.Request) -> None:
         self._head = head
+        self._head_only = head.method == b"HEAD"
         self._body = bytearray()
-        self._cors_headers = self._cors_for(next((v for k, v in head.headers if k == b"origin"), None))
-        length = next((v for k, v in head.headers if k == b"content-length"), None)
+        self._cors_headers = self._cors_for(_first(head, b"origin"))
+        # The whole head: h11 bounds only what it holds unparsed (a head arriving in one read can be larger).
+        size = len(head.method) + len(head.target) + 12 + sum(len(k) + len(v) + 4 for k, v in head.headers)
+        if size > self.max_head:
+            raise HttpError(
+                431, f"request head of {size} bytes; the limit is {self.max_head}", reason="head_too_large"
+            )
+        length = _first(head, b"content-length")
+        if length is not None and _first(head, b"transfer-encoding") is not None:
+            raise HttpError(400, "both Content-Length and Transfer-Encoding", reason="smuggling")
+        if self.door is not None:
+            self.door.check(head, self.cors)
         if length is not None and int(length) > self.max_body:  # h11 checked it is a number
-            raise HttpError(413, f"request body of {int(length)} bytes; the limit is {self.max_body}")
+            raise HttpError(
+                413,
+                f"request body of {int(length)} bytes; the limit is {self.max_body}",
+                reason="body_too_large",
+            )
         if self._h11.they_are_waiting_for_100_continue:
             self._send(h11.InformationalResponse(status_code=100, headers=[], reason=_reason(100)))
 
@@ -267,8 +448,8 @@ class ServerConnection:
         self._send(h11.Response(status_code=status, headers=fields, reason=_reason(status)))
 
     def send_data(self, data: bytes) -> None:
-        """Part of the body."""
-        if data:
+        """Part of the body (nothing in answer to ``HEAD``)."""
+        if data and not self._head_only:
             self._send(h11.Data(data=data))
 
     def end_response(self) -> None:
@@ -292,5 +473,6 @@ class ServerConnection:
         if self._close_after or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
         conn.start_next_cycle()
+        self._head_only = False
         self._cors_headers = self._cors_for(None)
         return True
