@@ -138,11 +138,11 @@ class FrameLog:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sizes: dict[Stream, list[int]] = {}
-        original: Callable[[Stream, bytes], None] = Stream._on_data
+        original: Callable[[Stream, bytes], bool] = Stream._on_data
 
-        def on_data(stream: Stream, data: bytes) -> None:
+        def on_data(stream: Stream, data: bytes) -> bool:
             self.sizes.setdefault(stream, []).append(len(data))
-            original(stream, data)
+            return original(stream, data)
 
         monkeypatch.setattr(Stream, "_on_data", on_data)
 
