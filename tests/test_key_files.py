@@ -80,11 +80,34 @@ def test_a_key_file_open_to_others_gets_the_chmod_hint_and_works_after_it(tmp_pa
     assert KeyPair.load(path).peer_id == KEY.peer_id
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root reads a file whatever its mode; see the FIFO and ENOTDIR cases")
-def test_an_unreadable_key_file(tmp_path: Path) -> None:
-    path = key_file(tmp_path / "node.key", 0o000)
-    with pytest.raises(KeyFileError, match="Permission denied"):
-        KeyPair.load_or_create(path)
+NOBODY = 65534
+
+
+def test_an_unreadable_key_file(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Mode 000: refused with the OS's reason. Root reads any file, so as root the load runs in a child
+    that has dropped to an unprivileged user first."""
+    folder = tmp_path_factory.mktemp("unreadable")
+    path = key_file(folder / "node.key", 0o000)
+    if not IS_ROOT:
+        with pytest.raises(KeyFileError, match="Permission denied"):
+            KeyPair.load_or_create(path)
+        return
+    for parent in (folder, *folder.parents):  # the child must reach the file, not read it
+        parent.chmod(parent.stat().st_mode | 0o011)
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest machinery, only an exit code
+        code = 3
+        try:
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            KeyPair.load_or_create(path)
+            code = 1
+        except KeyFileError as exc:
+            code = 0 if "Permission denied" in str(exc) and "Traceback" not in str(exc) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 CREATE = textwrap.dedent(
