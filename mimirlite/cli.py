@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from mimirlite import __version__
@@ -25,9 +25,6 @@ from mimirlite.net.host import Host
 
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/0"
 MIB = 1024 * 1024
-TRIM_INTERVAL = 1.0
-"""Seconds between two looks at how much peer data the node released (see :func:`_give_back_memory`)."""
-TRIM_RELEASED = 16 * MIB
 """Bytes of peer data released since the budget's peak after which the node returns free heap pages."""
 _GATEWAY_PER_IP = 1024
 """The default of ``gateway --max-connections-per-ip`` (``mimirlite.gateway.MAX_CONNECTIONS_PER_IP``,
@@ -282,35 +279,6 @@ def _size(text: str) -> int:
     return value
 
 
-def _malloc_trim() -> Callable[[], object] | None:
-    """glibc's ``malloc_trim(0)``, which returns the free pages of the heap to the OS; None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return lambda: trim(0)
-
-
-async def _give_back_memory(host: Host, trim: Callable[[], object]) -> None:
-    """Return free heap pages to the OS once the node released a lot of peer data.
-
-    glibc keeps freed memory in the heap for reuse: without this, the resident size stays at its peak
-    after hostile peers that filled the buffer budget leave.
-    """
-    budget = host.budget
-    while True:
-        await asyncio.sleep(TRIM_INTERVAL)
-        if budget.peak - budget.total >= TRIM_RELEASED:
-            budget.reset_peak()
-            trim()
-
-
 def _cors_origin(text: str) -> str:
     from mimirlite.gateway.http import cors_origin  # h11 loads only for a gateway
 
@@ -402,10 +370,6 @@ async def _node(args: argparse.Namespace) -> int:
         host = Host(keypair, listen=args.listen or [DEFAULT_LISTEN], config=config)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(host)
-            trim = _malloc_trim()
-            if trim is not None:
-                trimmer = asyncio.ensure_future(_give_back_memory(host, trim))
-                stack.callback(trimmer.cancel)
             node = await stack.enter_async_context(MimirNode(host, backend, models=models, limits=limits))
             if args.stats_interval:
                 # Asked for explicitly, so shown without -v: INFO lines on their own logger.

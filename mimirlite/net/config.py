@@ -77,6 +77,10 @@ class HostConfig:
     it resets its stream, the newest streams of the connection holding the most first (see
     :mod:`mimirlite.net.budget`). At least ``yamux.initial_window``. Per connection, ``yamux.max_buffered``
     applies too."""
+    return_memory: bool = True
+    """A listening host returns free heap pages to the OS (glibc's ``malloc_trim``, where there is one)
+    once it released 16 MiB of peer data since its buffer budget's peak, so that its resident size
+    falls back after peers that filled the budget leave. False: the process's allocator is left alone."""
     yamux: YamuxConfig = field(default_factory=YamuxConfig)
     allow_peers: frozenset[PeerId] | None = None
     """When set, the only peers served: an inbound connection from any other peer is closed right after

@@ -30,6 +30,7 @@ from mimirlite.net.addr import TcpAddr, expand_unspecified, parse_multiaddr
 from mimirlite.net.budget import BufferBudget
 from mimirlite.net.config import HostConfig
 from mimirlite.net.connection import Connection
+from mimirlite.net.heap import TRIM_INTERVAL, TRIM_RELEASED, malloc_trim
 from mimirlite.net.pending import LogThrottle, PendingHandshakes, source_of
 from mimirlite.net.shares import StreamShares
 from mimirlite.net.stream import Stream
@@ -91,6 +92,7 @@ class Host:
         self._per_ip: dict[str, int] = {}
         self._throttle = LogThrottle(LOG_INTERVAL)
         self._log_timer: asyncio.TimerHandle | None = None
+        self._trim_timer: asyncio.TimerHandle | None = None
         self._reserve: list[int] = []  # FD_RESERVE descriptors, while accepting is not paused
         self._accept_paused = False
         self._accept_retry: asyncio.TimerHandle | None = None
@@ -125,6 +127,8 @@ class Host:
             raise
         if self._listeners:
             self._take_reserve()
+            if self.config.return_memory and malloc_trim() is not None:
+                self._trim_timer = loop.call_later(TRIM_INTERVAL, self._on_trim_timer)
         for sock in self._listeners:
             loop.add_reader(sock.fileno(), self._on_acceptable, sock)
         for a in self._listen_addrs:
@@ -141,10 +145,10 @@ class Host:
                 loop.remove_reader(sock.fileno())
             sock.close()
         self._listeners.clear()
-        for handle in (self._accept_retry, self._log_timer):
+        for handle in (self._accept_retry, self._log_timer, self._trim_timer):
             if handle is not None:
                 handle.cancel()
-        self._accept_retry = self._log_timer = None
+        self._accept_retry = self._log_timer = self._trim_timer = None
         self._release_reserve()
         for conn in list(self._all_conns):
             conn.close()
@@ -195,6 +199,16 @@ class Host:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def _on_trim_timer(self) -> None:
+        """Give free heap pages back to the OS once much peer data was released (see ``return_memory``)."""
+        budget = self._budget
+        if budget.peak - budget.total >= TRIM_RELEASED:
+            budget.reset_peak()
+            trim = malloc_trim()
+            if trim is not None:
+                trim()
+        self._trim_timer = asyncio.get_running_loop().call_later(TRIM_INTERVAL, self._on_trim_timer)
 
     # ---- handlers ----
 
