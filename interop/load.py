@@ -1327,12 +1327,8 @@ class LoadConfig:
     """Seconds for the whole load (every chat) to finish."""
 
 
-async def run_load(cfg: LoadConfig, verdicts: Verdicts) -> dict[str, Any]:
-    """``clients x streams`` chats at once to one node, with a pinger beside them."""
-    chats = cfg.clients * cfg.streams
-    node = await Node.start(cfg.delay, max_concurrent=max(chats, 1), queue=1024)
-    before = await node.stats(collect=True)
-    log(f"load: node {node.pid} at {node.addr}: {before}; starting {cfg.clients} clients and a pinger")
+async def start_chatters(node: Node, cfg: LoadConfig | HostileConfig) -> tuple[list[Worker], Worker]:
+    """The load's ``cfg.clients`` chatter processes and its pinger, all ready."""
     specs = [
         (
             f"client{i}",
@@ -1346,7 +1342,16 @@ async def run_load(cfg: LoadConfig, verdicts: Verdicts) -> dict[str, Any]:
     ]  # fmt: skip
     specs.append(("pinger", "pinger", ["--addr", node.addr, "--interval", str(cfg.ping_interval)]))
     workers = await start_all(specs, START_TIMEOUT)
-    clients, pinger = workers[:-1], workers[-1]
+    return workers[:-1], workers[-1]
+
+
+async def run_load(cfg: LoadConfig, verdicts: Verdicts) -> dict[str, Any]:
+    """``clients x streams`` chats at once to one node, with a pinger beside them."""
+    chats = cfg.clients * cfg.streams
+    node = await Node.start(cfg.delay, max_concurrent=max(chats, 1), queue=1024)
+    before = await node.stats(collect=True)
+    log(f"load: node {node.pid} at {node.addr}: {before}; starting {cfg.clients} clients and a pinger")
+    clients, pinger = await start_chatters(node, cfg)
     connected = await node.stats()
     log(f"load: every client connected: {connected}")
     node.start_sampling()
@@ -1375,7 +1380,7 @@ async def run_load(cfg: LoadConfig, verdicts: Verdicts) -> dict[str, Any]:
     pinger.send("stop")
     pings = await pinger.expect("result", 30)
     await node.stop_sampling()
-    for w in workers:
+    for w in [*clients, pinger]:
         await w.stop()
     after = await node.wait_idle()
     hwm = after["hwm_mib"]
@@ -2067,20 +2072,7 @@ async def run_hostile(cfg: HostileConfig, verdicts: Verdicts) -> dict[str, Any]:
     node = await Node.start(cfg.delay, max_concurrent=chats + cfg.slot_chats, queue=1024)
     idle = await node.stats(collect=True)
     log(f"hostile: node {node.pid} at {node.addr}: {idle}; starting {cfg.clients} clients and a pinger")
-    specs = [
-        (
-            f"client{i}",
-            "chatter",
-            [
-                "--addr", node.addr, "--index", str(i), "--streams", str(cfg.streams),
-                "--words", str(cfg.words), "--timeout", str(cfg.timeout),
-            ],
-        )
-        for i in range(cfg.clients)
-    ]  # fmt: skip
-    specs.append(("pinger", "pinger", ["--addr", node.addr, "--interval", str(cfg.ping_interval)]))
-    workers = await start_all(specs, START_TIMEOUT)
-    clients, pinger = workers[:-1], workers[-1]
+    clients, pinger = await start_chatters(node, cfg)
     load = LoadRounds(clients, cfg.timeout)
     out: dict[str, Any] = {"config": {**vars(cfg), "attacks": list(cfg.attacks)}, "node_idle": idle}
     pings: dict[str, Any] = {}
@@ -2126,7 +2118,7 @@ async def run_hostile(cfg: HostileConfig, verdicts: Verdicts) -> dict[str, Any]:
         load.cancel()
     pinger.send("stop")
     pings["end"] = await pinger.expect("result", 30)
-    for w in workers:
+    for w in [*clients, pinger]:
         await w.stop()
     try:
         after = await node.wait_idle()

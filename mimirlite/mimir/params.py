@@ -205,16 +205,22 @@ def _response_format(param: str, value: Any) -> dict[str, Any]:
         _object(param, value, ("type",))
         return {"type": kind}
     _object(param, value, ("type", "json_schema"))
-    p = f"{param}.json_schema"
-    spec = _object(p, value["json_schema"], ("name",), ("description", "schema", "strict"))
-    out: dict[str, Any] = {"name": _function_name(f"{p}.name", spec["name"])}
+    schema = _named_schema(f"{param}.json_schema", value["json_schema"], "schema")
+    return {"type": kind, "json_schema": schema}
+
+
+def _named_schema(param: str, value: Any, schema_key: str) -> dict[str, Any]:
+    """A name, optional description, JSON schema under ``schema_key`` and ``strict`` flag (a response
+    format's json_schema, a tool's function)."""
+    spec = _object(param, value, ("name",), ("description", schema_key, "strict"))
+    out: dict[str, Any] = {"name": _function_name(f"{param}.name", spec["name"])}
     if spec.get("description") is not None:
-        out["description"] = _string(f"{p}.description", spec["description"], MAX_TEXT_FIELD)
-    if spec.get("schema") is not None:
-        out["schema"] = _json_object(f"{p}.schema", spec["schema"])
+        out["description"] = _string(f"{param}.description", spec["description"], MAX_TEXT_FIELD)
+    if spec.get(schema_key) is not None:
+        out[schema_key] = _json_object(f"{param}.{schema_key}", spec[schema_key])
     if spec.get("strict") is not None:
-        out["strict"] = _boolean(f"{p}.strict", spec["strict"])
-    return {"type": kind, "json_schema": out}
+        out["strict"] = _boolean(f"{param}.strict", spec["strict"])
+    return out
 
 
 def _function_name(param: str, value: Any) -> str:
@@ -229,15 +235,7 @@ def _tools(param: str, value: Any) -> list[dict[str, Any]]:
         p = f"{param}[{i}]"
         _object(p, tool, ("type", "function"))
         _choice(f"{p}.type", tool["type"], ("function",))
-        fp = f"{p}.function"
-        spec = _object(fp, tool["function"], ("name",), ("description", "parameters", "strict"))
-        function: dict[str, Any] = {"name": _function_name(f"{fp}.name", spec["name"])}
-        if spec.get("description") is not None:
-            function["description"] = _string(f"{fp}.description", spec["description"], MAX_TEXT_FIELD)
-        if spec.get("parameters") is not None:
-            function["parameters"] = _json_object(f"{fp}.parameters", spec["parameters"])
-        if spec.get("strict") is not None:
-            function["strict"] = _boolean(f"{fp}.strict", spec["strict"])
+        function = _named_schema(f"{p}.function", tool["function"], "parameters")
         out.append({"type": "function", "function": function})
     return out
 
