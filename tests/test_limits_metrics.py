@@ -175,7 +175,9 @@ async def test_max_connections_and_pending_handshakes(caplog: pytest.LogCaptureF
         # ... one that says nothing is evicted by a newer connection
         silent_reader, silent = await asyncio.open_connection("127.0.0.1", port)
         await until(lambda: host._pending_inbound == 1)
-        _, third = await asyncio.open_connection("127.0.0.1", port)
+        # (connected and speaking before the host, on this event loop, accepts it)
+        third = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        third.sendall(header)
         assert await asyncio.wait_for(silent_reader.read(), TIMEOUT) == b""
         assert host.metrics.refused == {"pending_handshakes": 1, "evicted_pending": 1}
         logged(caplog, "closing pending inbound connection from 127.0.0.1:", "stalled")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mimirlite.net.pending import Admission, LogThrottle, PendingHandshakes, source_of
+from mimirlite.net.pending import YOUNG, Admission, LogThrottle, PendingHandshakes, source_of
 
 STALL = 3.0
 
@@ -120,5 +120,23 @@ def test_a_connection_with_unread_bytes_is_not_evicted() -> None:
     t.admit("a1", "A", 0.0)
     t.admit("a2", "A", 0.0)
     # a1's first message has arrived but is not processed yet: a2 goes instead
-    assert t.admit("a3", "A", 0.1, busy=lambda k: k == "a1")[:2] == (None, "a2")
-    assert t.admit("a4", "A", 0.2, busy=lambda k: True).refused == "pending_handshakes_per_ip"
+    assert t.admit("a3", "A", YOUNG, busy=lambda k: k == "a1")[:2] == (None, "a2")
+    assert t.admit("a4", "A", 2 * YOUNG, busy=lambda k: True).refused == "pending_handshakes_per_ip"
+
+
+def test_a_silent_newcomer_takes_only_a_place_silent_for_young_seconds() -> None:
+    t = table(total=8, per_source=2)
+    t.admit("a1", "A", 0.0)
+    t.admit("a2", "A", 0.0)
+    # an honest burst: a moment old, nothing sent yet; the next dial of the burst goes over the share
+    assert t.admit("a3", "A", 0.01)[:2] == (None, None)
+    # once the first ones were silent for YOUNG seconds, a silent newcomer takes the oldest place
+    assert t.admit("a4", "A", YOUNG)[:2] == (None, "a1")
+
+
+def test_an_eager_newcomer_takes_a_silent_place_at_once() -> None:
+    t = table(total=2, per_source=2)
+    t.admit("a1", "A", 0.0)
+    t.admit("a2", "A", 0.0)
+    assert t.admit("a3", "A", 0.01).refused == "pending_handshakes_per_ip"  # silent: refused
+    assert t.admit("a3", "A", 0.01, eager=True)[:2] == (None, "a1")  # it spoke already: a1 goes

@@ -88,6 +88,24 @@ async def test_honest_peer_served_within_2s_during_a_flood(
     logged(caplog, "closing pending inbound connection from", "stalled")
 
 
+async def test_a_burst_of_honest_dials_from_one_address_is_all_served() -> None:
+    """Many more dials at once from one address than its share of pending handshakes (clients behind one
+    NAT starting together): each is a moment old and silent when the next arrives, and none may be
+    taken for a stalled peer and evicted by the next one of the same burst."""
+    config = HostConfig(max_pending_handshakes=32, max_pending_per_ip=2)
+    async with Host(listen=["/ip4/127.0.0.1/tcp/0"], config=config) as node:
+        node.set_handler(ECHO, echo_handler)
+        addr = node.listen_addrs[0]
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(Host()) for _ in range(24)]
+            results = await asyncio.gather(
+                *(asyncio.wait_for(c.dial(addr), 10 * TARGET) for c in clients), return_exceptions=True
+            )
+            assert [r for r in results if isinstance(r, BaseException)] == []
+        assert node.metrics.connections_opened == 24
+        assert node.metrics.refused["evicted_pending"] == 0
+
+
 async def test_silent_peer_is_closed_after_first_byte_timeout(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "mimirlite")
     config = HostConfig(first_byte_timeout=0.3, handshake_step_timeout=5.0, handshake_timeout=10.0)

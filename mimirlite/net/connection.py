@@ -146,6 +146,11 @@ class Connection(asyncio.BufferedProtocol):
     def stream_count(self) -> int:
         return len(self._streams)
 
+    def discard(self) -> None:
+        """Forget a connection that never ran (refused before its transport was made): it leaves the
+        host's buffer budget."""
+        self._account.close()
+
     # ---- asyncio.Protocol ----
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

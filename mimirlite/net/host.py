@@ -31,7 +31,7 @@ from mimirlite.net.budget import BufferBudget
 from mimirlite.net.config import HostConfig
 from mimirlite.net.connection import Connection
 from mimirlite.net.heap import TRIM_INTERVAL, TRIM_RELEASED, malloc_trim
-from mimirlite.net.pending import LogThrottle, PendingHandshakes, source_of
+from mimirlite.net.pending import YOUNG, LogThrottle, PendingHandshakes, source_of
 from mimirlite.net.shares import StreamShares
 from mimirlite.net.stream import Stream
 from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
@@ -89,6 +89,7 @@ class Host:
             cfg.max_pending_handshakes, cfg.max_pending_per_ip, cfg.first_byte_timeout
         )
         self._pending_socks: dict[Connection, socket.socket] = {}
+        self._lobby: dict[socket.socket, tuple[asyncio.TimerHandle, Any]] = {}  # silent newcomers
         self._per_ip: dict[str, int] = {}
         self._throttle = LogThrottle(LOG_INTERVAL)
         self._log_timer: asyncio.TimerHandle | None = None
@@ -145,6 +146,9 @@ class Host:
                 loop.remove_reader(sock.fileno())
             sock.close()
         self._listeners.clear()
+        for sock in list(self._lobby):
+            self._leave_lobby(sock)
+            sock.close()
         for handle in (self._accept_retry, self._log_timer, self._trim_timer):
             if handle is not None:
                 handle.cancel()
@@ -356,8 +360,14 @@ class Host:
             self._accepted(sock, addr)
 
     def _accepted(self, sock: socket.socket, addr: Any) -> None:
-        """Admit the connection just accepted (its handshake runs in a task), or close it at a limit."""
         sock.setblocking(False)
+        self._admit(sock, addr, waited=False)
+
+    def _admit(self, sock: socket.socket, addr: Any, *, waited: bool) -> None:
+        """Admit an accepted connection (its handshake runs in a task), or close it at a limit. At a full
+        pending table with no stalled connection to replace, a newcomer that has not spoken yet waits in
+        the lobby until it does (an honest dialer speaks at once) or for YOUNG seconds, then is tried
+        again: a silent flood cannot make an honest peer's first bytes arrive too late."""
         ip = str(addr[0])
         where = f"{ip}:{addr[1]}"
         refusal = self._refusal(ip)
@@ -374,8 +384,13 @@ class Host:
                 budget=self._budget,
             )
             loop = asyncio.get_running_loop()
-            admission = self._pending.admit(conn, source_of(ip), loop.time(), self._has_unread)
+            eager = _has_bytes(sock)
+            admission = self._pending.admit(conn, source_of(ip), loop.time(), self._has_unread, eager=eager)
             if admission.refused is not None:
+                conn.discard()
+                if not waited and not eager and not self._stopped:
+                    self._wait_in_lobby(sock, addr)
+                    return
                 cfg = self.config
                 if admission.refused == "pending_handshakes":
                     limit = f"{len(self._pending)} handshakes in progress (max_pending_handshakes)"
@@ -384,10 +399,7 @@ class Host:
                     limit += "(max_pending_per_ip)"
                 refusal = admission.refused, f"{limit}, none stalled for {cfg.first_byte_timeout:g} s"
         if refusal is not None:
-            reason, detail = refusal
-            self._metrics.refused[reason] += 1
-            self._log_inbound(reason, "refusing inbound connection from %s: %s", where, detail)
-            sock.close()
+            self._refuse(sock, where, *refusal)
             return
         if isinstance(admission.evicted, Connection):
             self._evict(admission.evicted, where, admission.quiet)
@@ -398,17 +410,44 @@ class Host:
         conn.on_progress = lambda: self._pending.progress(conn, loop.time())
         self._spawn(self._accept(conn, sock), "mimirlite-accept")
 
+    def _refuse(self, sock: socket.socket, where: str, reason: str, detail: str) -> None:
+        self._metrics.refused[reason] += 1
+        self._log_inbound(reason, "refusing inbound connection from %s: %s", where, detail)
+        sock.close()
+
+    def _wait_in_lobby(self, sock: socket.socket, addr: Any) -> None:
+        """Hold a silent newcomer (see :meth:`_admit`); the lobby keeps the newest
+        ``max_pending_handshakes``, each with its timer and address."""
+        loop = asyncio.get_running_loop()
+        if len(self._lobby) >= max(1, self.config.max_pending_handshakes):
+            oldest, (_, oldest_addr) = next(iter(self._lobby.items()))
+            self._leave_lobby(oldest)
+            where = f"{oldest_addr[0]}:{oldest_addr[1]}"
+            self._refuse(oldest, where, "pending_handshakes", "silent while the pending table was full")
+        loop.add_reader(sock.fileno(), self._lobby_ready, sock)
+        self._lobby[sock] = (loop.call_later(YOUNG, self._lobby_ready, sock), addr)
+
+    def _leave_lobby(self, sock: socket.socket) -> Any:
+        """Take ``sock`` out of the lobby; its address (None if it was not there)."""
+        entry = self._lobby.pop(sock, None)
+        if entry is None:
+            return None
+        entry[0].cancel()
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        return entry[1]
+
+    def _lobby_ready(self, sock: socket.socket) -> None:
+        """A newcomer in the lobby spoke (or waited YOUNG s): try it again."""
+        addr = self._leave_lobby(sock)
+        if addr is not None:
+            self._admit(sock, addr, waited=True)
+
     def _has_unread(self, conn: Connection) -> bool:
         """Whether pending ``conn`` holds bytes its upgrade has not processed yet (not stalled, then)."""
         if conn._inbox:
             return True
         sock = self._pending_socks.get(conn)
-        if sock is None or sock.fileno() < 0:
-            return False
-        try:
-            return bool(sock.recv(1, socket.MSG_PEEK))
-        except OSError:  # nothing to read (BlockingIOError), or the socket failed
-            return False
+        return sock is not None and _has_bytes(sock)
 
     def _forget_pending(self, conn: Connection) -> None:
         self._pending.remove(conn)
@@ -701,6 +740,16 @@ _REASON_TEXT = {
     "upgrade_failed": "{n} more inbound connections failed to upgrade",
     "accept_error": "{n} more failed accepts",
 }
+
+
+def _has_bytes(sock: socket.socket) -> bool:
+    """Whether the peer of non-blocking ``sock`` has sent bytes not read yet."""
+    if sock.fileno() < 0:
+        return False
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except OSError:  # nothing to read (BlockingIOError), or the socket failed
+        return False
 
 
 def _listen_socket(addr: TcpAddr) -> socket.socket:

@@ -10,10 +10,13 @@ share evicts a connection of the source furthest over its share (its newest) whe
 - *progress* is a handshake step completed: a message of the peer that the upgrade could act on (a
   multistream message it answers, a Noise handshake message, the muxer agreed). Bytes that do not
   complete a message are no progress: a peer sending one byte a second makes none.
-- a pending connection is *stalled* when it has made no progress since it arrived, or none in the last
+- a pending connection is *stalled* when it has made no progress since it arrived (and arrived at least
+  ``young`` seconds ago, unless the newcomer has already sent bytes: ``eager``), or none in the last
   ``stall_after`` seconds, unless it has bytes that were not processed yet (``busy``: the node has not
-  read them, e.g. the first message of a peer accepted a moment ago). Only when no pending connection
-  of the full table is stalled is the newcomer refused.
+  read them, e.g. the first message of a peer accepted a moment ago). An honest dialer speaks at once,
+  so a silent connection a moment old is not yet a sign of anything: an honest burst of dials from one
+  address is not evicted by its own newer dials. Only when no pending connection of the full table is
+  stalled is the newcomer refused.
 
 A source is an IPv4 address, or the /64 prefix of an IPv6 one (one host usually holds a whole /64).
 
@@ -28,7 +31,11 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
-__all__ = ["Admission", "LogThrottle", "PendingHandshakes", "source_of"]
+__all__ = ["YOUNG", "Admission", "LogThrottle", "PendingHandshakes", "source_of"]
+
+YOUNG = 0.5
+"""Seconds a pending connection that has completed no step may stay silent before a silent newcomer can
+take its place (a newcomer that already sent bytes can take it at once)."""
 
 K = TypeVar("K", bound=Hashable)
 
@@ -68,10 +75,11 @@ class Admission(NamedTuple):
 class PendingHandshakes(Generic[K]):
     """Inbound connections still upgrading, per source and in all, in arrival order."""
 
-    def __init__(self, max_total: int, max_per_source: int, stall_after: float) -> None:
+    def __init__(self, max_total: int, max_per_source: int, stall_after: float, young: float = YOUNG) -> None:
         self.max_total = max_total
         self.max_per_source = max_per_source
         self.stall_after = stall_after
+        self.young = young
         self._all: dict[K, _Entry] = {}  # insertion order is arrival order
         self._by_source: dict[str, dict[K, None]] = {}
 
@@ -85,29 +93,38 @@ class PendingHandshakes(Generic[K]):
         """Pending handshakes from ``source``."""
         return len(self._by_source.get(source, ()))
 
-    def stalled(self, key: K, now: float) -> bool:
-        """Whether ``key`` has made no progress since it arrived, or none in the last ``stall_after`` s."""
+    def stalled(self, key: K, now: float, eager: bool = False) -> bool:
+        """Whether ``key`` has made no progress since it arrived (``young`` s ago at least, unless the
+        newcomer is ``eager``), or none in the last ``stall_after`` s."""
         e = self._all[key]
-        return e.steps == 0 or now - e.last_progress >= self.stall_after
+        if e.steps == 0 and (eager or now - e.arrived >= self.young):
+            return True
+        return now - e.last_progress >= self.stall_after
 
     def admit(
-        self, key: K, source: str, now: float, busy: Callable[[K], bool] = lambda key: False
+        self,
+        key: K,
+        source: str,
+        now: float,
+        busy: Callable[[K], bool] = lambda key: False,
+        eager: bool = False,
     ) -> Admission:
         """Admit ``key`` from ``source`` at ``now``, evicting the oldest stalled connection of a full
         table (the source's first, else all); or refuse it when every pending one there progresses.
 
-        ``busy(k)``: whether pending connection ``k`` holds bytes not processed yet (it is not evicted).
+        ``busy(k)``: whether pending connection ``k`` holds bytes not processed yet (it is not evicted);
+        ``eager``: whether the newcomer has already sent bytes (it may take a silent one's place at once).
         """
         if key in self._all:
             raise ValueError("already pending")
         evicted: K | None = None
         full = len(self._all) >= self.max_total
         if self.count(source) >= self.max_per_source:
-            evicted = self._oldest_stalled(self._by_source.get(source, {}), now, busy)
+            evicted = self._oldest_stalled(self._by_source.get(source, {}), now, busy, eager)
             if evicted is None and (full or self.max_per_source == 0):
                 return Admission("pending_handshakes_per_ip", None)
         elif full:
-            evicted = self._oldest_stalled(self._all, now, busy)
+            evicted = self._oldest_stalled(self._all, now, busy, eager)
             if evicted is None:
                 evicted = self._newest_over_share()
             if evicted is None:
@@ -145,9 +162,11 @@ class PendingHandshakes(Generic[K]):
             return None
         return next(reversed(keys))
 
-    def _oldest_stalled(self, keys: Iterable[K], now: float, busy: Callable[[K], bool]) -> K | None:
+    def _oldest_stalled(
+        self, keys: Iterable[K], now: float, busy: Callable[[K], bool], eager: bool
+    ) -> K | None:
         for key in keys:
-            if self.stalled(key, now) and not busy(key):
+            if self.stalled(key, now, eager) and not busy(key):
                 return key
         return None
 
