@@ -54,6 +54,10 @@ FD_RESERVE = 2
 ENFILE), so that established connections and the backend can still open what they need."""
 ACCEPT_RETRY = (0.05, 2.0)
 """First and longest pause, in seconds, of accepting after it ran out of resources; it doubles between."""
+LOBBY_SIZE = 256
+"""Silent newcomers held at most while the pending table is full (see ``Host._admit``); the oldest goes
+first. At a flood of about 1,000 silent connections a second, an honest dialer has about a quarter of a
+second to speak."""
 LOG_INTERVAL = 10.0
 """Refusals and early closes of inbound connections are logged once per reason per this many seconds,
 then as one line with the count of the others."""
@@ -416,10 +420,10 @@ class Host:
         sock.close()
 
     def _wait_in_lobby(self, sock: socket.socket, addr: Any) -> None:
-        """Hold a silent newcomer (see :meth:`_admit`); the lobby keeps the newest
-        ``max_pending_handshakes``, each with its timer and address."""
+        """Hold a silent newcomer (see :meth:`_admit`); the lobby keeps the newest LOBBY_SIZE, each with
+        its timer and address."""
         loop = asyncio.get_running_loop()
-        if len(self._lobby) >= max(1, self.config.max_pending_handshakes):
+        if len(self._lobby) >= LOBBY_SIZE:
             oldest, (_, oldest_addr) = next(iter(self._lobby.items()))
             self._leave_lobby(oldest)
             where = f"{oldest_addr[0]}:{oldest_addr[1]}"
