@@ -3,6 +3,9 @@
 It serves what a MimirLLM node asks of its backend, in the exact shapes the OpenAI API uses:
 
 - ``GET /v1/models`` and ``GET /v1/models/{id}``;
+- Ollama's ``GET /api/tags`` (``{"models": [{"name", "model", "modified_at", "size", "digest", "details"}]}``)
+  and ``DELETE /api/delete`` (``{"model": name}``: removes it from ``models``, 200 with an empty body;
+  recorded in ``deleted_models``), so a latest-generation MimirLLM node can stand in front of it;
 - ``POST /v1/chat/completions``: with ``"stream": true`` a ``text/event-stream`` of
   ``data: {chat.completion.chunk}\\n\\n`` events (chunked transfer encoding), the first chunk with
   ``delta: {"role": "assistant", "content": ""}``, one chunk per token, a last chunk with an empty
@@ -65,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import http
 import itertools
 import json
@@ -215,6 +219,7 @@ class OpenAIServer:
         self.port = port
 
         self.requests: list[RecordedRequest] = []
+        self.deleted_models: list[str] = []
         self.sent_chunks: list[list[dict[str, Any]]] = []
         self.streams_started = 0
         self.streams_completed = 0
@@ -469,6 +474,16 @@ class OpenAIServer:
             if req.method != "POST":
                 return await self._method_not_allowed(conn, req, keep_alive)
             return await self._chat(conn, req, keep_alive)
+        if path == "/api/tags":
+            if req.method != "GET":
+                return await self._method_not_allowed(conn, req, keep_alive)
+            tags = {"models": [self._tag_object(m) for m in self.models]}
+            await self._send_json(conn, 200, tags, keep_alive=keep_alive)
+            return keep_alive
+        if path == "/api/delete":
+            if req.method != "DELETE":
+                return await self._method_not_allowed(conn, req, keep_alive)
+            return await self._delete_model(conn, req, keep_alive)
         await self._send_error(
             conn,
             404,
@@ -495,6 +510,41 @@ class OpenAIServer:
 
     def _model_object(self, model: str) -> dict[str, Any]:
         return {"id": model, "object": "model", "created": self.created, "owned_by": self.owned_by}
+
+    def _tag_object(self, model: str) -> dict[str, Any]:
+        """One entry of Ollama's ``GET /api/tags`` list."""
+        digest = hashlib.sha256(model.encode()).hexdigest()
+        family = model.split(":", 1)[0]
+        return {
+            "name": model,
+            "model": model,
+            "modified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created)),
+            "size": 1_000_000,
+            "digest": digest,
+            "details": {
+                "parent_model": "",
+                "format": "gguf",
+                "family": family,
+                "families": [family],
+                "parameter_size": "1B",
+                "quantization_level": "Q4_K_M",
+            },
+        }
+
+    async def _delete_model(self, conn: _Conn, req: RecordedRequest, keep_alive: bool) -> bool:
+        """Ollama's ``DELETE /api/delete {"model": name}``: the model is gone (200, empty body); else 404."""
+        body = req.json if isinstance(req.json, dict) else {}
+        model = body.get("model", body.get("name"))
+        if not isinstance(model, str) or model not in self.models:
+            await self._send_json(conn, 404, {"error": f"model '{model}' not found"}, keep_alive=keep_alive)
+            return keep_alive
+        self.models.remove(model)
+        self.deleted_models.append(model)
+        self._notify()
+        head = self._head(200, [("Content-Length", "0")], keep_alive)
+        conn.writer.write(head)
+        await conn.writer.drain()
+        return keep_alive
 
     async def _hang(self, conn: _Conn) -> None:
         """Hold the request unanswered until the client leaves or the server closes."""

@@ -1,0 +1,179 @@
+"""Drive the latest-generation JS MimirLLM peers (``latest-node.mjs``, ``latest-client.mjs``) from asyncio.
+
+They behave on the wire like sahilpohare/mimir-llm 464ffe1 (WIRE.md, second half): one protocol per
+model, ``/mimir/<sanitized model>/1.0.0``, carrying one raw HTTP/1.1 exchange. Both scripts print JSON lines
+on stdout (a ``ready`` event first) and diagnostics on stderr.
+
+Node (its backend is an Ollama-like root URL; the models come from its ``GET /api/tags``)::
+
+    async with await JsLatestNode.start(srv.url) as node:
+        node.protocols       # ["/mimir/llama3.2-latest/1.0.0"]
+        await node.next_event("response", timeout=10)
+
+Client, run to completion::
+
+    res = await run_latest_client(node.addr, "--prompt", "hello", timeout=30)
+    res.ok, res.text, res.chunks, res.http, res.probes, res.result
+
+Both run as ``jspeer.JsProcess`` does: every process started here is stopped by ``stop()`` / ``kill()`` /
+``wait()`` (or leaving ``async with``) with bounded waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jspeer
+from jspeer import HERE, NODE_MODULES, JsProcess
+
+NODE_SCRIPT = HERE / "latest-node.mjs"
+CLIENT_SCRIPT = HERE / "latest-client.mjs"
+
+DEFAULT_MODEL = "llama3.2:latest"
+
+# client exit codes
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_NOT_SERVED = 3
+
+
+def sanitize_model(name: str) -> str:
+    """The latest generation's rule: every character outside ``[A-Za-z0-9._-]`` becomes ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", name)
+
+
+def tunnel_protocol(model: str) -> str:
+    """``/mimir/<sanitized model>/1.0.0``."""
+    return f"/mimir/{sanitize_model(model)}/1.0.0"
+
+
+def node_available() -> bool:
+    """True when ``node`` is on PATH and ``npm ci`` has been run in interop/ (with the openai package)."""
+    return jspeer.node_available() and (NODE_MODULES / "openai").is_dir()
+
+
+class JsLatestNode(JsProcess):
+    """``latest-node.mjs``: events are connection:open/close, probe, request, response, uncaught."""
+
+    script = NODE_SCRIPT
+    what = "js latest node"
+
+    @property
+    def models(self) -> list[str]:
+        return [str(m) for m in self.ready.get("models", [])]
+
+    @property
+    def protocols(self) -> list[str]:
+        return [str(p) for p in self.ready.get("protocols", [])]
+
+    @classmethod
+    async def start(
+        cls,
+        backend_url: str,
+        *args: str,
+        models: Sequence[str] = (),
+        listen: str = "/ip4/127.0.0.1/tcp/0",
+        env: Mapping[str, str] | None = None,
+        timeout: float = 30,
+        netns: str | None = None,
+    ) -> JsLatestNode:
+        """Start a node in front of ``backend_url`` (an Ollama-like root such as ``OpenAIServer.url``; a
+        trailing ``/v1`` is dropped). ``models``: serve these instead of the backend's ``/api/tags``.
+        ``args``: further flags of latest-node.mjs (``--dht``, ``--max-streams N``, ...)."""
+        argv = ["--listen", listen, "--backend-url", backend_url]
+        for m in models:
+            argv += ["--model", m]
+        argv += list(args)
+        return await cls._spawn(argv, env=env, timeout=timeout, netns=netns)
+
+
+@dataclass
+class LatestClientResult:
+    """What a finished ``latest-client.mjs`` run printed."""
+
+    returncode: int
+    ready: dict[str, Any]
+    events: list[dict[str, Any]]
+    stderr: str
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and bool(self.result.get("ok"))
+
+    @property
+    def text(self) -> str:
+        return str(self.result.get("text", ""))
+
+    @property
+    def chunks(self) -> list[dict[str, Any]]:
+        """The chunk objects the openai SDK decoded, in order."""
+        return [e["chunk"] for e in self.events if e.get("event") == "chunk"]
+
+    @property
+    def http(self) -> list[dict[str, Any]]:
+        """One event per tunnel exchange: status, reason, headers, body_bytes, frame_sizes."""
+        return [e for e in self.events if e.get("event") == "http"]
+
+    @property
+    def probes(self) -> dict[str, bool]:
+        return {str(e["model"]): bool(e["served"]) for e in self.events if e.get("event") == "probe"}
+
+
+class JsLatestClient(JsProcess):
+    """``latest-client.mjs``: events are probe, http, chunk, result; it exits by itself."""
+
+    script = CLIENT_SCRIPT
+    what = "js latest client"
+    stops_on_stdin_eof = False
+
+    @classmethod
+    async def start(
+        cls,
+        peer: str,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 30,
+        netns: str | None = None,
+    ) -> JsLatestClient:
+        """Start a client dialing ``peer``; ``args`` are flags of latest-client.mjs."""
+        return await cls._spawn(["--peer", peer, *args], env=env, timeout=timeout, netns=netns)
+
+    async def wait(self, timeout: float = 60) -> LatestClientResult:
+        """Wait for the client to exit; on timeout stop it and raise TimeoutError."""
+        try:
+            await asyncio.wait_for(self._proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            await self.stop(timeout=1)
+            raise TimeoutError(
+                f"js latest client did not exit in {timeout} s; stderr:\n{self.stderr_tail()}"
+            ) from None
+        await self.stop()
+        results = self.events_named("result")
+        return LatestClientResult(
+            returncode=self._proc.returncode if self._proc.returncode is not None else -1,
+            ready=self.ready,
+            events=list(self.all_events),
+            stderr=self.stderr_tail(),
+            result=results[-1] if results else {},
+        )
+
+
+async def run_latest_client(
+    peer: str,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+    netns: str | None = None,
+) -> LatestClientResult:
+    """Run ``latest-client.mjs --peer PEER *args`` to completion (bounded by ``timeout``)."""
+    argv = [*args, "--timeout-ms", str(int(timeout * 1000))]
+    client = await JsLatestClient.start(peer, *argv, env=env, timeout=30, netns=netns)
+    try:
+        return await client.wait(timeout + 5)
+    finally:
+        await client.stop()
