@@ -22,16 +22,22 @@ Both run as ``jspeer.JsProcess`` does: every process started here is stopped by 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jspeer
 from jspeer import HERE, NODE_MODULES, JsProcess
 
-NODE_SCRIPT = HERE / "latest-node.mjs"
-CLIENT_SCRIPT = HERE / "latest-client.mjs"
+# The directory the scripts run from; node resolves their modules from there (ESM ignores NODE_PATH).
+# Default interop/; point MIMIRLITE_LATEST_JS_DIR at a copy of interop/'s .mjs files beside another
+# ``npm ci`` tree to try a lockfile without installing into interop/node_modules.
+JS_DIR = Path(os.environ.get("MIMIRLITE_LATEST_JS_DIR") or HERE)
+NODE_SCRIPT = JS_DIR / "latest-node.mjs"
+CLIENT_SCRIPT = JS_DIR / "latest-client.mjs"
 
 DEFAULT_MODEL = "llama3.2:latest"
 
@@ -53,7 +59,16 @@ def tunnel_protocol(model: str) -> str:
 
 def node_available() -> bool:
     """True when ``node`` is on PATH and ``npm ci`` has been run in interop/ (with the openai package)."""
-    return jspeer.node_available() and (NODE_MODULES / "openai").is_dir()
+    return jspeer.node_available() and (_node_modules() / "openai").is_dir()
+
+
+def bootstrap_available() -> bool:
+    """True when @libp2p/bootstrap is installed (``npm ci`` from the lockfile that pins it)."""
+    return node_available() and (_node_modules() / "@libp2p" / "bootstrap").is_dir()
+
+
+def _node_modules() -> Path:
+    return JS_DIR / "node_modules" if JS_DIR != HERE else NODE_MODULES
 
 
 class JsLatestNode(JsProcess):

@@ -32,13 +32,15 @@
 //   --raw <METHOD> <PATH>     send a raw request instead of the chat; --body <text> its body
 //   --timeout-ms <n>          bound on dial + everything (default 60000)
 //   --listen <multiaddr>      repeatable; default /ip4/127.0.0.1/tcp/0
-//   --dht, --no-monitor, --monitor-interval-ms <n>
+//   --dht                     add the latest generation's two kad-dht instances (amino + LAN)
+//   --bootstrap <multiaddr>   repeatable: @libp2p/bootstrap discovery of that peer (loaded only when given)
+//   --no-monitor, --monitor-interval-ms <n>
 import { multiaddr } from '@multiformats/multiaddr'
 import OpenAI from 'openai'
 import {
-  DEFAULT_MODEL, buildNode, emit, errorMessage, log, reportUncaught, setLogTag, takeFlag, tapSizes, withTimeout
+  DEFAULT_MODEL, emit, errorMessage, log, reportUncaught, setLogTag, takeFlag, tapSizes, withTimeout
 } from './mimir-common.mjs'
-import { readAll, splitHttp, tunnelProtocol } from './latest-common.mjs'
+import { buildLatestNode, readAll, splitHttp, tunnelProtocol } from './latest-common.mjs'
 
 setLogTag('latest-client')
 
@@ -56,6 +58,7 @@ function parseArgs (argv) {
     timeoutMs: 60_000,
     listen: [],
     dht: false,
+    bootstrap: [],
     monitor: true,
     monitorIntervalMs: undefined
   }
@@ -74,6 +77,7 @@ function parseArgs (argv) {
     else if (a === '--timeout-ms') opts.timeoutMs = Number(next())
     else if (a === '--listen') opts.listen.push(next())
     else if (a === '--dht') opts.dht = true
+    else if (a === '--bootstrap') opts.bootstrap.push(next())
     else if (a === '--no-monitor') opts.monitor = false
     else if (a === '--monitor-interval-ms') opts.monitorIntervalMs = Number(next())
     else throw new Error(`unknown argument ${a}`)
@@ -205,7 +209,7 @@ function notServed (err) {
 
 const opts = parseArgs(process.argv.slice(2))
 reportUncaught()
-const node = await buildNode({ listen: opts.listen, dht: opts.dht, monitor: opts.monitor, monitorIntervalMs: opts.monitorIntervalMs })
+const node = await buildLatestNode({ listen: opts.listen, dht: opts.dht, bootstrap: opts.bootstrap, monitor: opts.monitor, monitorIntervalMs: opts.monitorIntervalMs })
 await node.start()
 await emit({ event: 'ready', peerId: node.peerId.toString(), addrs: node.getMultiaddrs().map(ma => ma.toString()) })
 

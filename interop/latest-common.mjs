@@ -1,7 +1,15 @@
 // Shared pieces of the latest-generation JS peers (latest-node.mjs, latest-client.mjs), which behave on
 // the wire like sahilpohare/mimir-llm 464ffe1 (see /work/shared/WIRE.md, second half): one protocol per
 // model, `/mimir/<sanitized model>/1.0.0`, carrying one raw HTTP/1.1 exchange (no length prefix, no JSON
-// envelope). The libp2p stack is the one of mimir-common.mjs (TCP, Noise, yamux, identify).
+// envelope). The libp2p stack is the one of mimir-common.mjs (TCP, Noise, yamux, identify), plus what the
+// latest generation adds, on request only: its two kad-dht instances and @libp2p/bootstrap.
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { identify, identifyPush } from '@libp2p/identify'
+import { kadDHT, removePrivateAddressesMapper } from '@libp2p/kad-dht'
+import { mdns as mdnsDiscovery } from '@libp2p/mdns'
+import { tcp } from '@libp2p/tcp'
+import { createLibp2p } from 'libp2p'
 
 export const TUNNEL_PREFIX = '/mimir/'
 export const TUNNEL_VERSION = '/1.0.0'
@@ -44,4 +52,46 @@ export function splitHttp (bytes) {
     headers.push([line.slice(0, colon).trim(), line.slice(colon + 1).trim()])
   }
   return { startLine, headers, body: bytes.subarray(end + HEAD_END.length) }
+}
+
+/**
+ * libp2p as the latest generation builds it (plus test-friendly connection limits, as mimir-common.mjs).
+ * dht: its two kad-dht 14.2 instances: `/ipfs/kad/1.0.0` (removePrivateAddressesMapper, client mode until
+ * it has a public address) and `/ipfs/lan/kad/1.0.0` (server mode, kad-dht's default peer mapper, as the
+ * original keeps it). bootstrap: multiaddrs (with /p2p/) dialed at start by @libp2p/bootstrap (the original
+ * lists the public IPFS bootstrap peers; tests give local ones); the module is only loaded when asked.
+ * mdns: @libp2p/mdns discovery (mdnsIntervalMs: its query interval, default 10000).
+ */
+export async function buildLatestNode ({ listen, dht = false, bootstrap = [], monitor = true, monitorIntervalMs, mdns = false, mdnsIntervalMs }) {
+  const services = {
+    identify: identify(),
+    identifyPush: identifyPush()
+  }
+  if (dht) {
+    services.aminoDHT = kadDHT({ protocol: '/ipfs/kad/1.0.0', peerInfoMapper: removePrivateAddressesMapper })
+    services.lanDHT = kadDHT({ protocol: '/ipfs/lan/kad/1.0.0', clientMode: false, logPrefix: 'libp2p:dht-lan', datastorePrefix: '/dht-lan', metricsPrefix: 'libp2p_dht_lan' })
+  }
+  if (mdns) services.mdns = mdnsDiscovery(mdnsIntervalMs != null ? { interval: mdnsIntervalMs } : {})
+  const peerDiscovery = []
+  if (bootstrap.length > 0) {
+    const { bootstrap: bootstrapDiscovery } = await import('@libp2p/bootstrap')
+    peerDiscovery.push(bootstrapDiscovery({ list: bootstrap }))
+  }
+  return await createLibp2p({
+    start: false,
+    addresses: { listen },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    peerDiscovery,
+    connectionManager: {
+      inboundConnectionThreshold: 1_000_000,
+      maxIncomingPendingConnections: 1024
+    },
+    connectionMonitor: {
+      enabled: monitor,
+      ...(monitorIntervalMs != null ? { pingInterval: monitorIntervalMs } : {})
+    },
+    services
+  })
 }

@@ -28,15 +28,18 @@
 //                               default $OLLAMA_ENDPOINT; required
 //   --model <name>              repeatable: serve these instead of asking /api/tags
 //   --tags-timeout-ms <n>       bound on the /api/tags request at start (default 10000)
-//   --dht                       add kad-dht (LAN) like the original
+//   --dht                       add the latest generation's two kad-dht instances (amino + LAN); no
+//                               provide() of model CIDs yet
+//   --bootstrap <multiaddr>     repeatable: @libp2p/bootstrap discovery of that peer (the original lists the
+//                               public IPFS bootstrap peers; the module is loaded only when given)
 //   --max-streams <n>           inbound/outbound stream limits of the tunnel handlers (libp2p defaults)
 //   --no-monitor, --monitor-interval-ms <n>
 //   --mdns, --mdns-interval-ms <n>   @libp2p/mdns discovery (only inside network namespaces in tests)
 import { createInterface } from 'node:readline'
 import {
-  buildNode, emit, errorMessage, log, reportUncaught, setLogTag, takeFlag, tapSizes, withTimeout
+  emit, errorMessage, log, reportUncaught, setLogTag, takeFlag, tapSizes, withTimeout
 } from './mimir-common.mjs'
-import { readAll, splitHttp, tunnelProtocol } from './latest-common.mjs'
+import { buildLatestNode, readAll, splitHttp, tunnelProtocol } from './latest-common.mjs'
 
 setLogTag('latest-node')
 
@@ -47,6 +50,7 @@ function parseArgs (argv) {
     models: [],
     tagsTimeoutMs: 10_000,
     dht: false,
+    bootstrap: [],
     maxStreams: undefined,
     monitor: true,
     monitorIntervalMs: undefined,
@@ -61,6 +65,7 @@ function parseArgs (argv) {
     else if (a === '--model') opts.models.push(next())
     else if (a === '--tags-timeout-ms') opts.tagsTimeoutMs = Number(next())
     else if (a === '--dht') opts.dht = true
+    else if (a === '--bootstrap') opts.bootstrap.push(next())
     else if (a === '--max-streams') opts.maxStreams = Number(next())
     else if (a === '--no-monitor') opts.monitor = false
     else if (a === '--monitor-interval-ms') opts.monitorIntervalMs = Number(next())
@@ -88,9 +93,10 @@ async function backendModels () {
 
 const models = opts.models.length > 0 ? opts.models : await backendModels()
 
-const node = await buildNode({
+const node = await buildLatestNode({
   listen: opts.listen,
   dht: opts.dht,
+  bootstrap: opts.bootstrap,
   monitor: opts.monitor,
   monitorIntervalMs: opts.monitorIntervalMs,
   mdns: opts.mdns,

@@ -18,6 +18,7 @@ from jslatest import (
     EXIT_ERROR,
     EXIT_NOT_SERVED,
     JsLatestNode,
+    bootstrap_available,
     node_available,
     run_latest_client,
     tunnel_protocol,
@@ -165,3 +166,14 @@ async def test_defect_any_method_and_path_reaches_backend(srv: OpenAIServer, nod
     )
     assert res.ok and res.result["status"] == 404, res.stderr
     assert srv.requests[-1].path == "/api/pull"
+
+
+@pytest.mark.skipif(not bootstrap_available(), reason="@libp2p/bootstrap not installed (npm ci in interop/)")
+async def test_bootstrap_flag_dials_listed_peer(srv: OpenAIServer, node: JsLatestNode) -> None:
+    """A latest node given --bootstrap (as the original lists bootstrap peers) dials that peer by itself."""
+    async with await JsLatestNode.start(srv.url, "--bootstrap", node.addr, "--dht") as other:
+        opened = await node.next_event("connection:open", timeout=20)
+        assert opened["peerId"] == other.peer_id and opened["direction"] == "inbound"
+        res = await run_latest_client(other.addr, "--prompt", PROMPT, "--bootstrap", node.addr, timeout=30)
+        assert res.ok and res.text == PROMPT, res.stderr
+        assert not other.uncaught(), other.stderr_tail()
