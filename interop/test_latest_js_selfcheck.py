@@ -177,3 +177,27 @@ async def test_bootstrap_flag_dials_listed_peer(srv: OpenAIServer, node: JsLates
         res = await run_latest_client(other.addr, "--prompt", PROMPT, "--bootstrap", node.addr, timeout=30)
         assert res.ok and res.text == PROMPT, res.stderr
         assert not other.uncaught(), other.stderr_tail()
+
+
+async def test_same_sanitized_name_first_wins() -> None:
+    async with OpenAIServer(models=["a:1b", "a/1b", "b"]) as server:
+        async with await JsLatestNode.start(server.url) as n:
+            assert n.models == ["a:1b", "a/1b", "b"]
+            assert n.protocols == ["/mimir/a-1b/1.0.0", "/mimir/b/1.0.0"]
+            assert "model a/1b not served: /mimir/a-1b/1.0.0 is already a:1b's" in n.stderr_tail()
+            res = await run_latest_client(n.addr, "--model", "a:1b", "--prompt", PROMPT, timeout=30)
+            assert res.ok and res.text == PROMPT, res.stderr
+        assert n.returncode == 0 and not n.uncaught()
+
+
+async def test_backend_dies_mid_answer_resets_stream(srv: OpenAIServer, node: JsLatestNode) -> None:
+    srv.delay = 0.02
+    srv.die_after_chunks = 3
+    res = await run_latest_client(node.addr, "--prompt", PROMPT, timeout=30)
+    assert res.returncode == EXIT_ERROR and not res.ok, res.stderr
+    assert res.chunks == [] and res.http == []  # the buffered answer never reached the SDK
+    response = await node.next_event("response", timeout=10)
+    assert response["ok"] is False and response["status"] == 200 and response["error"]
+    srv.die_after_chunks = None
+    res = await run_latest_client(node.addr, "--prompt", PROMPT, timeout=30)
+    assert res.ok and res.text == PROMPT
