@@ -18,8 +18,10 @@ from mimirlite import Host
 from mimirlite.errors import StreamResetError
 from mimirlite.mimir import EchoBackend, MimirNode, NodeLimits, OpenAIBackend, packets
 from mimirlite.mimir.tunnel import protocol_id
+from mimirlite.protocols import Identify
 from tests.helpers import logged, until
 from tests.openai_server import OpenAIServer
+from tests.test_mimir import request
 
 LLAMA = "llama3.2:latest"
 TUNNEL = "/mimir/llama3.2-latest/1.0.0"
@@ -86,16 +88,27 @@ def error_of(body: bytes) -> str:
 
 
 async def test_tunnel_registered_per_model_beside_the_first_generation(
-    node_host: Host, caplog: pytest.LogCaptureFixture
+    node_host: Host, peer: Host, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, "mimirlite")
     models = [LLAMA, "llama3.2/latest", "echo"]
     async with MimirNode(node_host, EchoBackend(LLAMA), models=models) as node:
         assert node.tunnels == {TUNNEL: LLAMA, "/mimir/echo/1.0.0": "echo"}
-        protocols = node_host.protocols if hasattr(node_host, "protocols") else None
-        for p in (packets.CHAT_PROTOCOL, packets.IDENTIFY_PROTOCOL, TUNNEL, "/mimir/echo/1.0.0"):
-            assert protocols is None or p in protocols
+        # the loser of the two names with one protocol ID is named in a WARNING
         logged(caplog, "'llama3.2/latest'", TUNNEL, "'llama3.2:latest'")
+        wanted = {packets.CHAT_PROTOCOL, packets.IDENTIFY_PROTOCOL, TUNNEL, "/mimir/echo/1.0.0"}
+        assert wanted <= set(node_host.protocols)
+        # what a latest client learns from identify
+        ident = Identify(peer)
+        try:
+            info = await ident.identify(node_host.listen_addrs[0])
+        finally:
+            ident.close()
+        assert wanted <= set(info.protocols)
+        # both names stay served on the first generation
+        out = await request(peer, node, packets.IDENTIFY_PROTOCOL, {"event": "query", "data": None})
+        assert out[0]["data"] == models
+    assert TUNNEL not in node_host.protocols  # stop removes them
 
 
 # ---- echo backend ----
@@ -235,10 +248,13 @@ BAD = [
     ("deep nesting", http_request("POST", "/api/chat", DEEP), 400),
     (
         "body over 4 MiB",
-        http_request("POST", "/api/chat", b"", b"X: y")[:-4].replace(
-            b"Content-Length: 0", b"Content-Length: 5000000"
-        )
-        + b"\r\n\r\n",
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n",
+        413,
+    ),
+    (
+        "chunked body over 4 MiB",
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + (b"100000\r\n" + b" " * 0x100000 + b"\r\n") * 5,
         413,
     ),
 ]
@@ -276,10 +292,7 @@ async def test_body_that_never_ends_is_408_at_the_request_timeout(
     async with MimirNode(node_host, EchoBackend(LLAMA), request_timeout=0.5) as node:
         stream = await peer.new_stream(node_host.listen_addrs[0], TUNNEL)
         async with stream:
-            await stream.write(
-                http_request("POST", "/api/chat", b"")[:-4].replace(b"Length: 0", b"Length: 100")
-                + b"\r\n\r\n{"
-            )
+            await stream.write(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
             status, _, body = parse(await asyncio.wait_for(stream.read_all(), 20))
         assert status == 408 and "0.5 s" in error_of(body)
         logged(caplog, "tunnel request refused (408")
