@@ -233,3 +233,6 @@ def test_answer_head_and_passed_headers() -> None:
     ]
     assert passed_headers(given) == [("content-type", "text/event-stream"), ("date", "x")]
     assert passed_headers([("Content-Length", "5")]) == [("content-length", "5")]
+    assert passed_headers([("Connection", "close, X-Hop"), ("X-Hop", "1"), ("X-End", "2")]) == [
+        ("x-end", "2")
+    ]

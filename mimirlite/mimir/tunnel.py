@@ -264,7 +264,13 @@ def answer_head(status: int, headers: Iterable[tuple[str, str]], reason: str | N
 
 def passed_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """A backend's response headers that still describe the body as passed on (its transfer coding
-    undone): no hop-by-hop header, no ``Content-Length`` when it came with ``Transfer-Encoding``."""
+    undone): no hop-by-hop header (nor one its ``Connection`` names), no ``Content-Length`` when it came
+    with ``Transfer-Encoding``."""
     given = [(k.lower(), v) for k, v in headers]
     chunked = any(k == "transfer-encoding" for k, _ in given)
-    return [(k, v) for k, v in given if k not in HOP_BY_HOP and not (chunked and k == "content-length")]
+    named = {t.strip().lower() for k, v in given if k == "connection" for t in v.split(",")}  # hop-by-hop too
+    return [
+        (k, v)
+        for k, v in given
+        if k not in HOP_BY_HOP and k not in named and not (chunked and k == "content-length")
+    ]
