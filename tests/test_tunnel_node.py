@@ -369,3 +369,25 @@ async def test_other_tunnel_protocols_are_not_served(node_host: Host, peer: Host
         assert protocol_id(LLAMA) == TUNNEL
         with pytest.raises(Exception):  # noqa: B017 - multistream-select refuses it
             await exchange(peer, node, b"", "/mimir/other/1.0.0")
+
+
+# ---- the real command ----
+
+
+async def test_cli_node_serves_the_tunnel_with_no_flag_and_applies_its_rate(peer: Host) -> None:
+    from tests.test_cli import make_env, node
+
+    async with node("--backend", "echo", "--rate", "1", env=make_env()) as (_, info):
+        stream = await peer.new_stream(info.local_addr, "/mimir/echo/1.0.0")
+        async with stream:
+            body = json.dumps({"messages": HELLO, "stream": True}).encode()
+            await stream.write(http_request("POST", "/v1/chat/completions", body))
+            await stream.close_write()
+            status, _, out = parse(await asyncio.wait_for(stream.read_all(), 20))
+        assert status == 200 and sse_texts(out) == ["", "hello", " big", " world", ""]
+        stream = await peer.new_stream(info.local_addr, "/mimir/echo/1.0.0")
+        async with stream:
+            await stream.write(http_request("GET", "/v1/models"))
+            await stream.close_write()
+            status, _, out = parse(await asyncio.wait_for(stream.read_all(), 20))
+        assert status == 429 and json.loads(out)["error"]["code"] == "rate_limited"
