@@ -19,6 +19,7 @@ from mimirlite.errors import StreamResetError
 from mimirlite.mimir import EchoBackend, MimirNode, NodeLimits, OpenAIBackend, packets
 from mimirlite.mimir.tunnel import protocol_id
 from mimirlite.protocols import Identify
+from mimirlite.wire import lp
 from tests.helpers import logged, until
 from tests.openai_server import OpenAIServer
 from tests.test_mimir import request
@@ -391,3 +392,32 @@ async def test_cli_node_serves_the_tunnel_with_no_flag_and_applies_its_rate(peer
             await stream.close_write()
             status, _, out = parse(await asyncio.wait_for(stream.read_all(), 20))
         assert status == 429 and json.loads(out)["error"]["code"] == "rate_limited"
+
+
+async def test_both_generations_share_the_node_places(
+    node_host: Host, peer: Host, openai_server: OpenAIServer
+) -> None:
+    """A first-generation chat holds the only place: a tunnel request is 503, and the other way round."""
+    limits = NodeLimits(max_concurrent=1, queue=0)
+    async with MimirNode(
+        node_host, OpenAIBackend(openai_server.base_url, timeout=30.0), limits=limits
+    ) as node:
+        openai_server.hang = True
+        held = await peer.new_stream(node_host.listen_addrs[0], packets.CHAT_PROTOCOL)
+        await held.write(lp.encode_json({"event": "message", "data": {"model": LLAMA, "messages": HELLO}}))
+        await until(lambda: node.admission.running == 1 and openai_server.hanging == 1, 10)
+        status, _, _ = parse(await exchange(peer, node, http_request("GET", "/v1/models")))
+        assert status == 503
+        await held.reset()
+        await until(lambda: node.admission.running == 0 and openai_server.hanging == 0, 10)
+
+        tunnel = await peer.new_stream(node_host.listen_addrs[0], TUNNEL)
+        await tunnel.write(http_request("POST", "/v1/chat/completions", chat(stream=True)))
+        await tunnel.close_write()
+        await until(lambda: node.admission.running == 1 and openai_server.hanging == 1, 10)
+        out = await request(
+            peer, node, packets.CHAT_PROTOCOL, {"event": "message", "data": {"messages": HELLO}}
+        )
+        assert out[0]["data"]["error"]["type"] == "overloaded"
+        await tunnel.reset()
+        await until(lambda: node.admission.running == 0, 10)
