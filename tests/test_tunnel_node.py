@@ -421,3 +421,23 @@ async def test_both_generations_share_the_node_places(
         assert out[0]["data"]["error"]["type"] == "overloaded"
         await tunnel.reset()
         await until(lambda: node.admission.running == 0, 10)
+
+
+async def test_answer_streams_as_it_arrives_and_a_client_leaving_cancels_the_backend(
+    node_host: Host, peer: Host, openai_server: OpenAIServer
+) -> None:
+    async with MimirNode(node_host, OpenAIBackend(openai_server.base_url, timeout=30.0)) as node:
+        openai_server.delay = 1.0  # before each event: five events take five seconds
+        stream = await peer.new_stream(node_host.listen_addrs[0], TUNNEL)
+        await stream.write(http_request("POST", "/v1/chat/completions", chat(stream=True)))
+        await stream.close_write()
+        got = b""
+        while b'"hello"' not in got:
+            data = await asyncio.wait_for(stream.read(), 20)
+            assert data, got
+            got += data
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert openai_server.streams_completed == 0  # the answer's head and first words came first
+        await stream.reset()
+        await openai_server.wait_until(lambda: openai_server.streams_cancelled == 1, 20)
+        await until(lambda: node.metrics.cancelled == 1 and node.admission.running == 0, 10)
