@@ -7,12 +7,14 @@ exactly as the OpenAI API streams them (``object: "chat.completion.chunk"``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mimirlite.errors import LocalError, MimirliteError
@@ -34,6 +36,17 @@ class BackendError(MimirliteError):
         self.type = type
 
 
+@dataclass(frozen=True)
+class HttpHead:
+    """The status and headers of a backend's HTTP answer (what :meth:`Backend.forward` yields first)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    """As the backend sent them (names in lowercase), its transfer coding undone: the bytes that follow
+    are the body itself."""
+    reason: str = ""
+
+
 class Backend(Protocol):
     """What a MimirNode needs from a backend."""
 
@@ -45,6 +58,13 @@ class Backend(Protocol):
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Chunks of the answer; BackendError on failure. Closing the generator cancels the request."""
+        ...
+
+    def forward(
+        self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> AsyncGenerator[HttpHead | bytes, None]:
+        """One raw HTTP request to the backend's root (``target``: path and query): its HttpHead, then
+        the body's bytes as they come. BackendError when it fails (before the head, or mid-body)."""
         ...
 
     async def aclose(self) -> None:
@@ -110,8 +130,88 @@ class EchoBackend:
             yield make_chunk(cid, model, {"content": word if i == 0 else " " + word})
         yield make_chunk(cid, model, {}, "stop")
 
+    async def forward(
+        self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> AsyncGenerator[HttpHead | bytes, None]:
+        """Answers ``/v1/chat/completions`` (SSE when ``stream``), ``/api/chat`` (NDJSON unless
+        ``stream: false``), ``GET /v1/models``, ``/api/tags`` and ``/api/version`` itself; 404 else."""
+        path = target.partition("?")[0]
+        obj: Any = None
+        if body:
+            try:
+                obj = json.loads(body)
+            except ValueError:
+                obj = None
+        req: dict[str, Any] = obj if isinstance(obj, dict) else {}
+        model = req.get("model", self.model)
+        if (method, path) == ("POST", "/v1/chat/completions"):
+            answer = self._openai_chat(model, req)
+        elif (method, path) == ("POST", "/api/chat"):
+            answer = self._ollama_chat(model, req)
+        elif (method, path) == ("GET", "/v1/models"):
+            page = {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "echo"}]}
+            answer = _json_answer(200, page)
+        elif (method, path) == ("GET", "/api/tags"):
+            answer = _json_answer(200, {"models": [{"name": self.model, "model": self.model}]})
+        elif (method, path) == ("GET", "/api/version"):
+            answer = _json_answer(200, {"version": "0.0.0-echo"})
+        else:
+            answer = _json_answer(404, {"error": f"{method} {path} is not served by the echo backend"})
+        async for part in answer:
+            yield part
+
+    async def _openai_chat(self, model: str, req: dict[str, Any]) -> AsyncGenerator[HttpHead | bytes, None]:
+        chunks = self.stream_chat(model, req.get("messages") or [], {})
+        if req.get("stream"):
+            yield HttpHead(200, [("content-type", "text/event-stream")], "OK")
+            async for chunk in chunks:
+                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+            return
+        text = "".join([c["choices"][0]["delta"].get("content", "") async for c in chunks])
+        answer = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+        }
+        async for part in _json_answer(200, answer):
+            yield part
+
+    async def _ollama_chat(self, model: str, req: dict[str, Any]) -> AsyncGenerator[HttpHead | bytes, None]:
+        chunks = self.stream_chat(model, req.get("messages") or [], {})
+        words = [c["choices"][0]["delta"].get("content", "") async for c in chunks][1:-1]
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        done = {
+            "model": model,
+            "created_at": stamp,
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": "stop",
+        }
+        if req.get("stream") is False:
+            done["message"] = {"role": "assistant", "content": "".join(words)}
+            async for part in _json_answer(200, done):
+                yield part
+            return
+        yield HttpHead(200, [("content-type", "application/x-ndjson")], "OK")
+        for word in words:
+            line = {"model": model, "created_at": stamp, "message": {"role": "assistant", "content": word}}
+            yield json.dumps({**line, "done": False}).encode() + b"\n"
+        yield json.dumps(done).encode() + b"\n"
+
     async def aclose(self) -> None:
         return None
+
+
+async def _json_answer(status: int, obj: Any) -> AsyncGenerator[HttpHead | bytes, None]:
+    body = json.dumps(obj).encode()
+    headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+    yield HttpHead(status, headers)
+    yield body
 
 
 class OpenAIBackend:
@@ -132,6 +232,7 @@ class OpenAIBackend:
         self._wanted = list(models)
         self._timeout = timeout
         self._client: Any = None
+        self._http: Any = None
 
     def _sdk(self) -> Any:
         if self._client is None:
@@ -182,10 +283,45 @@ class OpenAIBackend:
         finally:
             await stream.close()
 
+    @property
+    def root_url(self) -> str:
+        """The backend's root: ``base_url`` without a trailing ``/v1`` (Ollama's native API is there)."""
+        return self.base_url.rstrip("/").removesuffix("/v1")
+
+    async def forward(
+        self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> AsyncGenerator[HttpHead | bytes, None]:
+        import httpx  # loaded only when the tunnel is used
+
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self._timeout)
+        sent = [*headers, ("authorization", f"Bearer {self._api_key}"), ("accept-encoding", "identity")]
+        request = self._http.build_request(method, self.root_url + target, headers=sent, content=body)
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise BackendError(packets.BACKEND_TIMEOUT, f"backend at {self.root_url} timed out") from exc
+        except httpx.HTTPError as exc:
+            message = f"backend at {self.root_url} is unreachable: {exc!r}"
+            raise BackendError(packets.BACKEND_UNAVAILABLE, message) from exc
+        try:
+            head = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers.raw]
+            yield HttpHead(response.status_code, head, response.reason_phrase)
+            try:
+                async for data in response.aiter_raw():
+                    yield data
+            except httpx.HTTPError as exc:
+                raise BackendError(packets.BACKEND_ERROR, f"backend answer broke off: {exc!r}") from exc
+        finally:
+            await response.aclose()
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
 
 def _backend_error(exc: Exception, base_url: str) -> BackendError:

@@ -1,4 +1,6 @@
-"""The serving side: answers ``/mimirllm/1.0.0/identify`` queries and ``/mimirllm/1.0.0`` chats."""
+"""The serving side: answers ``/mimirllm/1.0.0/identify`` queries and ``/mimirllm/1.0.0`` chats (the first
+generation), and each model's ``/mimir/<model>/1.0.0`` HTTP tunnel (the latest generation, see
+:mod:`mimirlite.mimir.tunnel`)."""
 
 from __future__ import annotations
 
@@ -7,14 +9,14 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 from mimirlite.errors import ConnectionClosedError, MimirliteError, StreamResetError
 from mimirlite.metrics import NodeMetrics
-from mimirlite.mimir import packets
-from mimirlite.mimir.backends import Backend, BackendError
+from mimirlite.mimir import packets, tunnel
+from mimirlite.mimir.backends import Backend, BackendError, HttpHead
 from mimirlite.mimir.limits import Admission, NodeLimits, Refusal, Ticket
 from mimirlite.mimir.models import DEFAULT_MODEL, model_name
 from mimirlite.mimir.packets import BadRequestError, ChatRequest, Packet, PacketError
@@ -70,6 +72,8 @@ class MimirNode:
         self._ending: dict[Ticket, asyncio.TimerHandle] = {}  # ended chats: reset unless done by then
         self._resets: set[asyncio.Future[None]] = set()
         self._services: list[Identify | Ping] = []
+        self.tunnels: dict[str, str] = {}
+        """Tunnel protocol ID -> the served model it carries."""
 
     @property
     def limits(self) -> NodeLimits:
@@ -96,6 +100,14 @@ class MimirNode:
             raise BackendError(packets.MODEL_NOT_FOUND, f"default model {self.default_model!r} is not served")
         self.host.set_handler(packets.IDENTIFY_PROTOCOL, self._serve_identify)
         self.host.set_handler(packets.CHAT_PROTOCOL, self._serve_chat)
+        self.tunnels = {}
+        for model in self.models:
+            protocol = tunnel.protocol_id(model)
+            kept = self.tunnels.setdefault(protocol, model)
+            if kept != model:
+                log.warning("model %r is not served on %s: %r has that protocol ID", model, protocol, kept)
+                continue
+            self.host.set_handler(protocol, self._tunnel_handler(model))
         self._services = start_services(self.host)
         log.info("serving %s (default %s)", ", ".join(self.models), self.default_model)
         return self.models
@@ -109,6 +121,8 @@ class MimirNode:
         """Stop answering and release the backend."""
         self.host.remove_handler(packets.IDENTIFY_PROTOCOL)
         self.host.remove_handler(packets.CHAT_PROTOCOL)
+        for protocol in self.tunnels:
+            self.host.remove_handler(protocol)
         if self._review_handle is not None:
             self._review_handle.cancel()
             self._review_handle = None
@@ -302,6 +316,130 @@ class MimirNode:
         if not finished:
             raise BackendError(packets.BACKEND_ERROR, "backend answer ended before a finish_reason")
         return True
+
+    # ---- the latest generation's tunnel ----
+
+    def _tunnel_handler(self, model: str) -> Callable[[Stream], Awaitable[None]]:
+        async def serve(stream: Stream) -> None:
+            await self._serve_tunnel(stream, model)
+
+        return serve
+
+    async def _read_tunnel_request(self, stream: Stream) -> tunnel.TunnelRequest | None:
+        """The request, once the client closed its write side; None for a probe (an empty stream)."""
+        reader = tunnel.RequestReader()
+        while True:
+            data = await stream.read()
+            got = reader.feed(data)
+            if got is not None or not data:
+                return got
+
+    async def _serve_tunnel(self, stream: Stream, model: str) -> None:
+        metrics = self._metrics
+        try:
+            try:
+                got = await asyncio.wait_for(self._read_tunnel_request(stream), self.request_timeout)
+            except asyncio.TimeoutError:
+                raise tunnel.TunnelError(
+                    408, f"no whole request within {self.request_timeout:g} s", "request_timeout"
+                ) from None
+            if got is None:
+                log.debug("%r: tunnel probe for %s", stream, model)
+                return
+            metrics.requests += 1
+            request = tunnel.admit(got, model, max_tokens=self.limits.max_tokens)
+        except (StreamResetError, ConnectionClosedError):
+            return  # gone (reset by its peer or at a limit, logged there): nobody to answer
+        except tunnel.TunnelError as exc:
+            log.warning("%r: tunnel request refused (%d %s): %s", stream, exc.status, exc.reason, exc.message)
+            metrics.bad_requests += 1
+            await _send_raw(stream, tunnel.error_answer(exc.status, exc.message, exc.reason))
+            return
+        log.debug("%r: tunnel %s %s for %s", stream, request.method, request.target, model)
+        address = stream.connection.remote_address
+        ip = None if address is None else address[0]
+        ticket = self.admission.arrive(stream.remote_peer, self._clock(), ip)
+        if isinstance(ticket, Refusal):
+            self.refused[ticket.type] += 1
+            log.info("%r: tunnel request refused (%s): %s", stream, ticket.type, ticket.message)
+            status = 429 if ticket.type == packets.RATE_LIMITED else 503
+            await _send_raw(stream, tunnel.error_answer(status, ticket.message, ticket.type))
+            return
+        try:
+            if ticket.admitted or await self._wait_turn(stream, ticket):
+                self._running[ticket] = (stream, None)
+                await self._forward_until_done(stream, request, ticket)
+        finally:
+            self._running.pop(ticket, None)
+            ending = self._ending.pop(ticket, None)
+            if ending is not None:
+                ending.cancel()
+            self._let_in(self.admission.leave(ticket))
+
+    async def _forward_until_done(
+        self, stream: Stream, request: tunnel.TunnelRequest, ticket: Ticket
+    ) -> None:
+        answer = asyncio.ensure_future(self._forward(stream, request, ticket))
+        await _until_done_or_reset(stream, answer)
+        metrics = self._metrics
+        if answer.cancelled():
+            metrics.cancelled += 1
+            return
+        exc = answer.exception()
+        if exc is None:
+            metrics.served += 1
+            return
+        if isinstance(exc, tunnel.TunnelError):  # before the status line: an HTTP answer
+            metrics.backend_errors[exc.reason] += 1
+            log.warning("%r: tunnel: %s", stream, exc.message)
+            await _send_raw(stream, tunnel.error_answer(exc.status, exc.message, exc.reason))
+        elif isinstance(exc, BackendError):  # mid-answer: never a silently short answer
+            if ticket.ended is None:
+                metrics.backend_errors[exc.type] += 1
+            log.warning("%r: tunnel answer broke off, resetting the stream: %s", stream, exc)
+            with contextlib.suppress(MimirliteError):
+                await stream.reset()
+        elif isinstance(exc, MimirliteError):
+            log.info("%r: client went away mid-answer: %s", stream, exc)
+            metrics.cancelled += 1
+        else:
+            metrics.backend_errors["unexpected"] += 1
+            with contextlib.suppress(MimirliteError):
+                await stream.reset()
+            raise exc
+
+    async def _forward(self, stream: Stream, request: tunnel.TunnelRequest, ticket: Ticket) -> None:
+        """Pass the backend's answer on as it comes, then close. TunnelError (502; 503 when the request
+        was ended, see ``_review``) when it fails before its status line, BackendError after it."""
+        answer = self.backend.forward(request.method, request.target, request.headers, request.body)
+        started = False
+        async with contextlib.aclosing(answer) as parts:
+            try:
+                async for part in parts:
+                    if isinstance(part, HttpHead):
+                        head = tunnel.answer_head(
+                            part.status, tunnel.passed_headers(part.headers), part.reason
+                        )
+                        await stream.write(head)
+                        started = True
+                    elif part:
+                        await stream.write(part)
+                    if ticket.ended is not None:
+                        raise BackendError(ticket.ended.type, ticket.ended.message)
+            except BackendError as exc:
+                if not started:
+                    status = 503 if exc.type == packets.OVERLOADED else 502
+                    raise tunnel.TunnelError(status, str(exc), exc.type) from None
+                raise
+        if not started:
+            raise tunnel.TunnelError(502, "the backend sent no answer", packets.BACKEND_ERROR)
+        await stream.close_write()
+
+
+async def _send_raw(stream: Stream, data: bytes) -> None:
+    with contextlib.suppress(MimirliteError):
+        await stream.write(data)
+        await stream.close_write()
 
 
 async def _until_done_or_reset(stream: Stream, answer: asyncio.Future[Any]) -> None:
