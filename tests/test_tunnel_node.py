@@ -179,9 +179,9 @@ async def test_forwards_to_the_backend_root_streaming(
         assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == [LLAMA]
         assert int(headers["content-length"]) == len(body)
         # A backend without Ollama's native API answers its own 404: passed through.
-        status, _, body = parse(await exchange(peer, node, http_request("GET", "/api/tags")))
-        assert status == 404 and "/api/tags" in error_of(body)
-        assert openai_server.requests[-1].path == "/api/tags"
+        status, _, body = parse(await exchange(peer, node, http_request("GET", "/api/version")))
+        assert status == 404 and "/api/version" in error_of(body)
+        assert openai_server.requests[-1].path == "/api/version"
         await until(lambda: node.metrics.served == 3)
 
 
