@@ -24,9 +24,14 @@ from mimirlite.mimir.params import clamp_max_tokens
 from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream
 from mimirlite.protocols import Identify, Ping, start_services
+from mimirlite.wire import lp
 
 log = logging.getLogger(__name__)
 
+HOLDING_TOO_MUCH = "the node holds too much for its peers now (max_buffered_total); retry later"
+KEPT_PER_ITEM = 450
+"""Bytes a parsed chat request keeps per message and per content part besides its text (Python objects
+and the checked copy; measured: a request of many one-letter parts keeps about 14 times its size)."""
 REQUEST_TIMEOUT = 10.0
 """Seconds a client has to send its request packet once it opened a stream."""
 
@@ -143,25 +148,27 @@ class MimirNode:
     ) -> None:
         await self.stop()
 
-    async def _read_request(self, stream: Stream, event: str) -> Packet:
+    async def _read_request(self, stream: Stream, event: str) -> tuple[Packet, int]:
+        """The request packet and its size in bytes."""
         try:
-            obj = await asyncio.wait_for(stream.read_json(), self.request_timeout)
+            body = await asyncio.wait_for(stream.read_message(), self.request_timeout)
+            obj = None if body is None else lp.decode_json(body)
         except asyncio.TimeoutError:
             raise BadRequestError(f"no request within {self.request_timeout:g} s") from None
         except (StreamResetError, ConnectionClosedError):
             raise  # gone (reset by its peer or at a limit, logged there): nobody to answer
         except MimirliteError as exc:
             raise BadRequestError(f"unreadable request: {exc}") from exc
-        if obj is None:
+        if body is None or obj is None:
             raise BadRequestError("stream ended before a request")
         try:
-            return packets.parse_packet(obj, event)
+            return packets.parse_packet(obj, event), len(body)
         except PacketError as exc:
             raise BadRequestError(str(exc)) from None
 
     async def _serve_identify(self, stream: Stream) -> None:
         try:
-            query = await self._read_request(stream, packets.QUERY)
+            query, _ = await self._read_request(stream, packets.QUERY)
         except BadRequestError as exc:
             log.warning("%r: identify refused: %s", stream, exc)
             return
@@ -173,17 +180,23 @@ class MimirNode:
         request_id: str | None = None
         metrics = self._metrics
         try:
-            packet = await self._read_request(stream, packets.MESSAGE)
+            packet, size = await self._read_request(stream, packets.MESSAGE)
             metrics.requests += 1
             request_id = packet.request_id
             request = packets.parse_chat_request(packet.data)
             model = model_name(request.model) if request.model else self.default_model
             if model not in self.models:
                 raise BackendError(packets.MODEL_NOT_FOUND, f"model {model!r} is not served here")
+            if not stream.hold(_kept_for(size, request)):
+                self.refused[packets.OVERLOADED] += 1
+                log.info("%r: refused (overloaded): %s", stream, HOLDING_TOO_MUCH)
+                await _send_error(stream, packets.OVERLOADED, HOLDING_TOO_MUCH, request_id)
+                return
             address = stream.connection.remote_address
             ip = None if address is None else address[0]
             ticket = self.admission.arrive(stream.remote_peer, self._clock(), ip)
             if isinstance(ticket, Refusal):
+                stream.release()
                 self.refused[ticket.type] += 1
                 log.info("%r: refused (%s): %s", stream, ticket.type, ticket.message)
                 await _send_error(stream, ticket.type, ticket.message, request_id)
@@ -198,6 +211,7 @@ class MimirNode:
                 if ending is not None:
                     ending.cancel()
                 self._let_in(self.admission.leave(ticket))
+                stream.release()
         except BadRequestError as exc:
             log.warning("%r: bad request: %s", stream, exc)
             metrics.bad_requests += 1
@@ -330,11 +344,19 @@ class MimirNode:
         reader = tunnel.RequestReader()
         while True:
             data = await stream.read()
+            if not stream.hold(len(data)):  # what the reader keeps, until the request is answered
+                raise tunnel.TunnelError(503, HOLDING_TOO_MUCH, packets.OVERLOADED)
             got = reader.feed(data)
             if got is not None or not data:
                 return got
 
     async def _serve_tunnel(self, stream: Stream, model: str) -> None:
+        try:
+            await self._serve_tunnel_request(stream, model)
+        finally:
+            stream.release()
+
+    async def _serve_tunnel_request(self, stream: Stream, model: str) -> None:
         metrics = self._metrics
         try:
             try:
@@ -461,3 +483,9 @@ async def _until_done_or_reset(stream: Stream, answer: asyncio.Future[Any]) -> N
 async def _send_error(stream: Stream, type: str, message: str, request_id: str | None) -> None:
     with contextlib.suppress(MimirliteError):
         await stream.write_json(packets.error_packet(type, message, request_id))
+
+
+def _kept_for(size: int, request: ChatRequest) -> int:
+    """What a parsed chat request of ``size`` bytes keeps in memory while it is served, about."""
+    parts = sum(len(m["content"]) for m in request.messages if isinstance(m.get("content"), list))
+    return 2 * size + KEPT_PER_ITEM * (len(request.messages) + parts)

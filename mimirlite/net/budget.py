@@ -74,6 +74,11 @@ class BufferAccount:
         self._budget.total -= n
         self.held -= n
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` gave everything back (a later release has nothing left to give)."""
+        return self not in self._budget._accounts
+
     def close(self) -> None:
         """Give back everything held and leave the budget."""
         self._budget.total -= self.held

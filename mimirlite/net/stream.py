@@ -40,6 +40,7 @@ class Stream:
         "_conn",
         "_credit_skip",
         "_eof",
+        "_kept",
         "_pos",
         "_read_waiter",
         "_reset_exc",
@@ -64,6 +65,7 @@ class Stream:
         # memory: each its length + CHUNK_OVERHEAD (the part already read included), until it is dropped
         self._account: BufferAccount = conn._account
         self._credit_skip = 0
+        self._kept = 0  # bytes the application keeps for this stream, charged by hold()
         self._eof = False
         self._write_closed = False
         self._reset_exc: BaseException | None = None
@@ -128,7 +130,24 @@ class Stream:
         self._eof = True
         self._wake_reader()
 
+    def hold(self, n: int) -> bool:
+        """Charge ``n`` bytes the application keeps on this stream's behalf (a request it read and
+        parsed, say) to the host's buffer budget; False, nothing charged, when the budget has no room
+        or the stream was reset. Given back by :meth:`release`, or when the stream is reset."""
+        if self._reset_exc is not None or not self._account.charge(n):
+            return False
+        self._kept += n
+        return True
+
+    def release(self) -> None:
+        """Give back what :meth:`hold` charged."""
+        if self._kept:
+            if not self._account.closed:  # else its connection's end gave it back already
+                self._account.release(self._kept)
+            self._kept = 0
+
     def _on_reset(self, exc: BaseException) -> None:
+        self.release()
         if self._reset_exc is None:
             self._reset_exc = exc
         if self._chunks:  # nobody reads a reset stream: its data goes now, not when the stream is freed
