@@ -345,3 +345,61 @@ async def test_ollama_python_list_show_chat_generate(openai_server: OpenAIServer
             await bounded(client.delete(LLAMA))
         assert info.value.status_code == 403
     assert LLAMA in openai_server.models and not openai_server.deleted_models
+
+
+def test_tool_calls_answered_in_ollama_shape() -> None:
+    call = api.parse_ollama_body(
+        b'{"model":"m","messages":[{"role":"user","content":"x"}],"stream":false}', "chat"
+    )
+    answer = api.OllamaAnswer(call)
+    call_delta = {"index": 0, "id": "c1", "type": "function", "function": {"name": "w", "arguments": '{"c":'}}
+    answer.add({"choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [call_delta]}}]}, "t")
+    more = {"index": 0, "function": {"arguments": '"P"}'}}
+    answer.add(
+        {"choices": [{"index": 0, "delta": {"tool_calls": [more]}, "finish_reason": "tool_calls"}]}, "t"
+    )
+    out = answer.complete("t", 1)
+    assert out["message"] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"function": {"name": "w", "arguments": {"c": "P"}}}],
+    }
+    assert out["done_reason"] == "stop"
+
+
+@live
+async def test_backend_errors_in_ollama_shape(openai_server: OpenAIServer) -> None:
+    async with llama_gateway(openai_server) as gw:
+        conn = await RawHttp.open(gw)
+        try:
+            for stream in (True, False):
+                openai_server.fail_status, openai_server.fail_count = 500, 1
+                openai_server.fail_message = "the GPU caught fire"
+                body = json.dumps({"model": LLAMA, "messages": user("x"), "stream": stream}).encode()
+                status, _, out = await conn.request("POST", "/api/chat", body)
+                assert status == 502 and "the GPU caught fire" in json.loads(out)["error"]
+            # cut mid-answer: the lines sent, then an error line, then the end (never a silent "done")
+            openai_server.die_after_chunks = 3
+            body = json.dumps({"model": LLAMA, "messages": user("one two three four")}).encode()
+            status, _, out = await conn.request("POST", "/api/chat", body)
+            lines = ndjson(out)
+            assert status == 200 and [x["message"]["content"] for x in lines[:2]] == ["one", " two"]
+            assert len(lines) == 3 and set(lines[2]) == {"error"} and "broke off" in lines[2]["error"]
+        finally:
+            await conn.close()
+
+
+@live
+async def test_a_name_without_tag_means_latest_and_head_root(openai_server: OpenAIServer) -> None:
+    async with llama_gateway(openai_server) as gw:
+        conn = await RawHttp.open(gw)
+        try:
+            body = json.dumps({"model": "llama3.2", "prompt": "tagless", "stream": False}).encode()
+            status, _, out = await conn.request("POST", "/api/generate", body)
+            assert status == 200 and json.loads(out)["response"] == "tagless"
+            assert json.loads(out)["model"] == "llama3.2"
+            assert openai_server.chat_requests[-1]["model"] == LLAMA
+            status, _, out = await conn.request("HEAD", "/")
+            assert (status, out) == (200, b"")
+        finally:
+            await conn.close()

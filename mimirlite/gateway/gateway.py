@@ -361,7 +361,7 @@ class Gateway:
                 raise _not_yet(path)
             elif path == "/api" or path.startswith("/api/"):
                 await self._ollama(req, path, out)
-            elif path == "" and req.method == "GET":  # Ollama's "is it up?" page
+            elif path == "" and req.method in ("GET", "HEAD"):  # Ollama's "is it up?" (its CLI's heartbeat)
                 out.http.respond(200, TEXT_HEADERS, b"Ollama is running")
                 await out.flush()
             else:
@@ -391,8 +391,7 @@ class Gateway:
             elif path == "/api/show":
                 _allow(req, "POST")
                 model = _show_model(req.body)
-                if not self.client.nodes_for(model):
-                    raise api.ollama_model_not_found(model)
+                self._ollama_model(model)
                 await out.send_json(200, api.ollama_show(model))
             elif path in ("/api/chat", "/api/generate"):
                 _allow(req, "POST")
@@ -403,12 +402,20 @@ class Gateway:
         except ApiError as err:
             await out.send_error(err, ollama=True)
 
+    def _ollama_model(self, model: str) -> str:
+        """The served name ``model`` stands for: itself, or as Ollama resolves a name without a tag,
+        ``model:latest``; 404 ``model 'x' not found`` when no reachable node serves either."""
+        if self.client.nodes_for(model):
+            return model
+        if ":" not in model and self.client.nodes_for(f"{model}:latest"):
+            return f"{model}:latest"
+        raise api.ollama_model_not_found(model)
+
     async def _ollama_chat(self, req: Request, kind: str, out: _Connection) -> None:
         call = api.parse_ollama_body(req.body, kind)
         if not self.client.nodes:
             raise ApiError(503, "No mimir node is reachable.", api.SERVER_ERROR, code="no_node")
-        if not self.client.nodes_for(call.model):
-            raise api.ollama_model_not_found(call.model)
+        model = self._ollama_model(call.model)
         answer = api.OllamaAnswer(call)
         if not call.messages:  # nothing to ask: Ollama only loads the model
             await out.send_json(200, answer.loaded(_now()))
@@ -416,7 +423,7 @@ class Gateway:
         started = time.monotonic_ns()
         chunks = cast(
             "AsyncGenerator[ChatCompletionChunk, None]",
-            self.client.chat(call.messages, model=call.model, **call.params),
+            self.client.chat(call.messages, model=model, **call.params),
         )
         async with contextlib.aclosing(chunks):
             if call.stream:
