@@ -12,6 +12,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mimirlite.gateway import api
 from mimirlite.gateway.api import ApiError
@@ -160,6 +162,57 @@ def test_answer_lines_and_final_object() -> None:
         "eval_count": 1,
     }
     assert answer.complete("t4", 6)["message"]["content"] == "hi"
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+_keys = st.sampled_from(
+    [
+        "model",
+        "messages",
+        "prompt",
+        "system",
+        "stream",
+        "format",
+        "options",
+        "tools",
+        "images",
+        "raw",
+        "think",
+    ]
+)
+_field_values = st.one_of(
+    _json,
+    st.just("m"),
+    st.lists(
+        st.fixed_dictionaries({"role": st.sampled_from(["user", "tool", "assistant"]), "content": _json}),
+        max_size=3,
+    ),
+    st.dictionaries(st.sampled_from([*api.OLLAMA_OPTIONS, "top_k", "nope"]), _json, max_size=4),
+)
+
+
+@given(kind=st.sampled_from(["chat", "generate"]), body=st.dictionaries(_keys, _field_values, max_size=8))
+def test_any_body_is_taken_or_refused_400(kind: str, body: dict[str, Any]) -> None:
+    """Whatever a client sends, the translation either gives allowlisted parameters or a 400."""
+    try:
+        call = api.parse_ollama_body(json.dumps(body).encode(), kind)
+    except ApiError as err:
+        assert err.status == 400
+    else:
+        assert set(call.params) <= {
+            *api.OLLAMA_OPTIONS.values(),
+            "response_format",
+            "tools",
+            "stream_options",
+        }
 
 
 # ====================================================================== the real gateway
