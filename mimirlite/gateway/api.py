@@ -1,4 +1,5 @@
-"""The OpenAI HTTP API's shapes, as plain data: requests checked, errors, SSE events, answers assembled.
+"""The OpenAI HTTP API's shapes, as plain data: requests checked, errors, SSE events, answers assembled;
+and Ollama's native API (``/api/*``) translated to and from the network's chats.
 
 Pure functions and small classes on dicts and bytes (no sockets, no SDK), so the gateway's answers
 are unit-tested with literal values.

@@ -136,7 +136,9 @@ class GatewayMetrics:
 
 
 class Gateway:
-    """Serves the mimir network known to ``client`` as an OpenAI-compatible HTTP API.
+    """Serves the mimir network known to ``client`` as an OpenAI-compatible HTTP API, and as Ollama's
+    native API on the same port (``/api/tags``, ``/api/version``, ``/api/show``, ``/api/chat``,
+    ``/api/generate``; every other ``/api/`` path, model management included, is refused 403).
 
     ``async with Gateway(client, port=0) as gateway`` listens (``gateway.port``, ``gateway.base_url``)
     until the block ends; :meth:`serve` listens until cancelled. The client (found nodes by ``peers``
@@ -222,7 +224,7 @@ class Gateway:
         self._server = await asyncio.start_server(self._on_connect, self.host, self.port, backlog=BACKLOG)
         addrs = [s.getsockname() for s in self._server.sockets]
         self.port = addrs[0][1]
-        log.info("OpenAI-compatible gateway at %s", self.base_url)
+        log.info("OpenAI-compatible gateway at %s (Ollama API at %s)", self.base_url, self.url)
         if self.api_key is None and not all(_is_loopback(a[0]) for a in addrs):
             log.warning(
                 "the gateway listens on %s without an API key: anyone who can reach it can use the "
