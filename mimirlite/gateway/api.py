@@ -1,4 +1,5 @@
-"""The OpenAI HTTP API's shapes, as plain data: requests checked, errors, SSE events, answers assembled.
+"""The OpenAI HTTP API's shapes, as plain data: requests checked, errors, SSE events, answers assembled;
+and Ollama's native API (``/api/*``) translated to and from the network's chats.
 
 Pure functions and small classes on dicts and bytes (no sockets, no SDK), so the gateway's answers
 are unit-tested with literal values.
@@ -6,6 +7,7 @@ are unit-tested with literal values.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mimirlite.mimir import packets
-from mimirlite.mimir.params import ParamError, check_messages, check_model, check_params
+from mimirlite.mimir.params import MAX_NAME, ParamError, check_messages, check_model, check_params
 
 log = logging.getLogger(__name__)
 
@@ -304,4 +306,340 @@ class CompletionBuilder:
             out["system_fingerprint"] = first["system_fingerprint"]
         if self._usage is not None:
             out["usage"] = self._usage
+        return out
+
+
+# ====================================================================== Ollama's native API
+
+OLLAMA_VERSION = "0.12.0"
+"""What ``GET /api/version`` answers. Tools gate features on Ollama's version (tool calling from 0.3,
+structured outputs from 0.5, ``think`` from 0.9; Open WebUI and the ``ollama`` CLI compare it as semver):
+a recent real release's number passes those checks; none of them looks for a suffix, so none is added."""
+
+OLLAMA_MODIFIED_AT = "1970-01-01T00:00:00Z"
+"""``modified_at`` of every model in ``GET /api/tags``: the network does not say when a node's model
+changed; the epoch says "unknown" in the RFC 3339 form Ollama's clients parse."""
+
+OLLAMA_OPTIONS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "num_predict": "max_tokens",
+    "stop": "stop",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+}
+"""Ollama ``options`` translated, to the OpenAI chat parameter each becomes (then checked by the
+allowlist of :mod:`mimirlite.mimir.params`)."""
+
+OLLAMA_IGNORED_OPTIONS = frozenset(
+    {
+        "num_keep", "top_k", "min_p", "typical_p", "repeat_last_n", "repeat_penalty", "penalize_newline",
+        "mirostat", "mirostat_tau", "mirostat_eta", "tfs_z", "numa", "num_ctx", "num_batch", "num_gpu",
+        "main_gpu", "low_vram", "vocab_only", "use_mmap", "use_mlock", "num_thread",
+    }
+)  # fmt: skip
+"""Ollama's other documented options: they tune a local runner and have no OpenAI counterpart, so they
+are ignored (Open WebUI sends ``num_ctx`` and ``top_k`` routinely); any other name is refused 400."""
+
+_OLLAMA_CHAT_FIELDS = frozenset(
+    {"model", "messages", "stream", "format", "options", "tools", "keep_alive", "think"}
+)
+_OLLAMA_GENERATE_FIELDS = frozenset(
+    {"model", "prompt", "system", "stream", "format", "options", "keep_alive", "think",
+     "context", "suffix", "template", "raw", "images"}
+)  # fmt: skip
+"""Top-level fields taken; ``keep_alive``, ``think`` and a generate ``context`` are accepted and ignored
+(the nodes manage their models; no context is ever answered); ``suffix``, ``template``, ``raw: true`` and
+``images`` cannot be honoured over a chat and are refused 400 when set."""
+
+_DONE_REASON = {"stop": "stop", "length": "length", "tool_calls": "stop", "content_filter": "stop"}
+
+
+def ollama_error(err: ApiError) -> bytes:
+    """``err`` in Ollama's error shape: ``{"error": "message"}``."""
+    return dumps({"error": err.message})
+
+
+def ollama_model_not_found(model: str) -> ApiError:
+    """Ollama's 404 for a model nobody serves."""
+    return ApiError(404, f"model '{model}' not found", param="model", code="model_not_found")
+
+
+def ollama_tag(model: str) -> dict[str, Any]:
+    """One entry of ``GET /api/tags``. The network knows only the name: ``size`` 0, ``digest`` the
+    SHA-256 of the name (stable, distinct per name; not the weights' digest), ``details`` empty strings
+    except ``format`` (``gguf``, what Ollama's clients expect) and ``family`` (the name before ``:``)."""
+    family = model.split(":", 1)[0].split("/")[-1]
+    return {
+        "name": model,
+        "model": model,
+        "modified_at": OLLAMA_MODIFIED_AT,
+        "size": 0,
+        "digest": hashlib.sha256(model.encode()).hexdigest(),
+        "details": {
+            "parent_model": "",
+            "format": "gguf",
+            "family": family,
+            "families": [family],
+            "parameter_size": "",
+            "quantization_level": "",
+        },
+    }
+
+
+def ollama_tags(models: Iterable[str]) -> dict[str, Any]:
+    """``GET /api/tags``: each model once, in the order given."""
+    return {"models": [ollama_tag(m) for m in dict.fromkeys(models)]}
+
+
+def ollama_show(model: str) -> dict[str, Any]:
+    """``POST /api/show``: what the network knows of ``model`` (its name; the rest empty)."""
+    tag = ollama_tag(model)
+    return {
+        "modelfile": "",
+        "parameters": "",
+        "template": "",
+        "details": tag["details"],
+        "model_info": {},
+        "capabilities": ["completion", "tools"],
+        "modified_at": OLLAMA_MODIFIED_AT,
+    }
+
+
+@dataclass(frozen=True)
+class OllamaCall:
+    """A checked ``POST /api/chat`` or ``/api/generate`` body, translated to a chat for the network."""
+
+    kind: str
+    """``chat`` or ``generate``: the shape of the answer (``message`` or ``response``)."""
+    model: str
+    messages: list[dict[str, Any]]
+    """Empty: nothing to ask (Ollama then only loads the model and answers ``done_reason: load``)."""
+    stream: bool
+    params: dict[str, Any]
+    """OpenAI chat parameters, allowlisted and checked (``stream_options`` asks for the usage chunk)."""
+
+
+def parse_ollama_body(body: bytes, kind: str) -> OllamaCall:
+    """Check and translate an Ollama ``chat`` or ``generate`` request; ApiError 400 naming what is wrong."""
+    obj = loads_body(body)
+    if not isinstance(obj, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    fields = {k: v for k, v in obj.items() if v is not None}
+    try:
+        allowed = _OLLAMA_CHAT_FIELDS if kind == "chat" else _OLLAMA_GENERATE_FIELDS
+        for key in fields:
+            if key not in allowed:
+                raise ParamError(str(key)[:MAX_NAME], f"Unrecognized field: '{str(key)[:MAX_NAME]}'.")
+        if not fields.get("model"):
+            raise ParamError("model", "model is required")
+        model = check_model(fields["model"])
+        stream = fields.get("stream", True)  # Ollama streams unless told not to
+        if not isinstance(stream, bool):
+            raise ParamError("stream", "'stream' must be a boolean.")
+        params = _ollama_options(fields.get("options"))
+        fmt = fields.get("format")
+        if fmt == "json":
+            params["response_format"] = {"type": "json_object"}
+        elif isinstance(fmt, dict):
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "response", "schema": fmt},
+            }
+        elif fmt not in (None, ""):
+            raise ParamError("format", "'format' must be \"json\" or a JSON schema object.")
+        if "tools" in fields:
+            params["tools"] = fields["tools"]
+        if kind == "chat":
+            raw = fields.get("messages", [])
+            messages = check_messages(_ollama_messages(raw)) if raw else []
+        else:
+            messages = _generate_messages(fields)
+        params = check_params(params)
+    except ParamError as exc:
+        log.info("ollama %s request refused (400, param %s): %s", kind, exc.param, exc.message)
+        raise ApiError(400, exc.message, param=exc.param) from None
+    params["stream_options"] = {"include_usage": True}
+    return OllamaCall(kind, model, messages, stream, params)
+
+
+def _ollama_options(options: Any) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ParamError("options", "'options' must be an object.")
+    params: dict[str, Any] = {}
+    for key, value in options.items():
+        name = f"options.{str(key)[:MAX_NAME]}"
+        if key in OLLAMA_IGNORED_OPTIONS or value is None:
+            continue
+        target = OLLAMA_OPTIONS.get(key)
+        if target is None:
+            raise ParamError(name, f"Unrecognized option: '{name}'.")
+        if key == "num_predict" and isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+            continue  # -1: no limit, -2: fill the context; both are the backend's default
+        if key == "stop" and isinstance(value, list) and not value:
+            continue
+        params[target] = value
+    return params
+
+
+def _ollama_messages(raw: Any) -> list[Any]:
+    """Ollama chat messages as OpenAI's: ``tool_calls`` arguments as JSON text with ids, a ``tool``
+    message answering the latest call of its ``tool_name``; ``images`` refused (not translated yet)."""
+    if not isinstance(raw, list):
+        raise ParamError("messages", "'messages' must be an array.")
+    out: list[Any] = []
+    ids: dict[str, str] = {}
+    for i, msg in enumerate(raw):
+        if not isinstance(msg, dict):
+            out.append(msg)  # check_messages names it
+            continue
+        if msg.get("images"):
+            raise ParamError(f"messages[{i}].images", "Images are not supported by this gateway.")
+        copy = {
+            k: v for k, v in msg.items() if k not in ("images", "thinking", "tool_name") and v is not None
+        }
+        calls = msg.get("tool_calls")
+        if isinstance(calls, list):
+            copy["tool_calls"] = []
+            for j, call in enumerate(calls):
+                function = call.get("function") if isinstance(call, dict) else None
+                if not isinstance(function, dict):
+                    raise ParamError(f"messages[{i}].tool_calls[{j}]", "expected {'function': {...}}")
+                args = function.get("arguments", {})
+                call_id = f"call_{i}_{j}"
+                ids[str(function.get("name"))] = call_id
+                copy["tool_calls"].append(
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {
+                            "name": function.get("name"),
+                            "arguments": args if isinstance(args, str) else dumps(args).decode(),
+                        },
+                    }
+                )
+        if msg.get("role") == "tool":
+            copy["tool_call_id"] = ids.get(str(msg.get("tool_name")), f"call_{i}")
+        out.append(copy)
+    return out
+
+
+def _generate_messages(fields: dict[str, Any]) -> list[dict[str, Any]]:
+    if fields.get("raw") is True:
+        raise ParamError(
+            "raw", "'raw' prompts are not supported by this gateway (it speaks chat to the nodes)."
+        )
+    for key in ("suffix", "template", "images"):
+        if fields.get(key):
+            raise ParamError(key, f"'{key}' is not supported by this gateway.")
+    prompt = fields.get("prompt", "")
+    system = fields.get("system", "")
+    if not isinstance(prompt, str):
+        raise ParamError("prompt", "'prompt' must be a string.")
+    if not isinstance(system, str):
+        raise ParamError("system", "'system' must be a string.")
+    if not prompt:
+        return []
+    messages = [{"role": "system", "content": system}] if system else []
+    return check_messages([*messages, {"role": "user", "content": prompt}])
+
+
+class OllamaAnswer:
+    """Turns the OpenAI chunks of a streamed answer (as dicts) into Ollama's answer: one NDJSON line per
+    piece of text (:meth:`add`), then the ``done`` line (:meth:`done`); or one object
+    (:meth:`complete`). ``created_at`` and durations are given by the caller (no clock here)."""
+
+    def __init__(self, call: OllamaCall) -> None:
+        self.call = call
+        self._text: list[str] = []
+        self._calls = CompletionBuilder()
+        self._has_calls = False
+        self._finish: str | None = None
+        self._usage: dict[str, Any] | None = None
+
+    def _base(self, created_at: str) -> dict[str, Any]:
+        return {"model": self.call.model, "created_at": created_at}
+
+    def _piece(self, text: str, created_at: str, tool_calls: list[Any] | None = None) -> dict[str, Any]:
+        out = self._base(created_at)
+        if self.call.kind == "chat":
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            out["message"] = message
+        else:
+            out["response"] = text
+        return out
+
+    def add(self, chunk: dict[str, Any], created_at: str) -> bytes:
+        """The NDJSON line(s) for ``chunk`` (``b""`` when it carries no text)."""
+        if isinstance(chunk.get("usage"), dict):
+            self._usage = chunk["usage"]
+        text = ""
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                text += delta["content"]
+            if delta.get("tool_calls"):
+                self._has_calls = True
+                self._calls.add({"choices": [choice]})
+            elif choice.get("finish_reason"):
+                self._calls.add(
+                    {"choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]}
+                )
+            if choice.get("finish_reason"):
+                self._finish = choice["finish_reason"]
+        if not text:
+            return b""
+        self._text.append(text)
+        return dumps({**self._piece(text, created_at), "done": False}) + b"\n"
+
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The tool calls asked for, in Ollama's shape (``arguments`` an object)."""
+        if not self._has_calls:
+            return []
+        choices = self._calls.result()["choices"]
+        out = []
+        for call in (choices[0]["message"].get("tool_calls") or []) if choices else []:
+            function = call["function"]
+            try:
+                args = json.loads(function["arguments"] or "{}")
+            except ValueError:
+                args = {}
+            out.append(
+                {"function": {"name": function["name"], "arguments": args if isinstance(args, dict) else {}}}
+            )
+        return out
+
+    def _final(self, text: str, created_at: str, duration_ns: int, tool_calls: list[Any]) -> dict[str, Any]:
+        out = self._piece(text, created_at, tool_calls)
+        out["done"] = True
+        out["done_reason"] = _DONE_REASON.get(self._finish or "stop", "stop")
+        if self.call.kind == "generate":
+            out["context"] = []
+        out["total_duration"] = duration_ns
+        usage = self._usage or {}
+        if isinstance(usage.get("prompt_tokens"), int):
+            out["prompt_eval_count"] = usage["prompt_tokens"]
+        if isinstance(usage.get("completion_tokens"), int):
+            out["eval_count"] = usage["completion_tokens"]
+        return out
+
+    def done(self, created_at: str, duration_ns: int) -> bytes:
+        """The last NDJSON line of a streamed answer (tool calls, if any, ride on it)."""
+        return dumps(self._final("", created_at, duration_ns, self.tool_calls())) + b"\n"
+
+    def complete(self, created_at: str, duration_ns: int) -> dict[str, Any]:
+        """The whole answer as one object (``stream: false``)."""
+        return self._final("".join(self._text), created_at, duration_ns, self.tool_calls())
+
+    def loaded(self, created_at: str) -> dict[str, Any]:
+        """The answer to a request with nothing to ask: the model is "loaded" (as Ollama answers)."""
+        out = self._piece("", created_at)
+        out.update(done=True, done_reason="load")
         return out

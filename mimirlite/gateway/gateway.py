@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime
 import ipaddress
 import logging
 import time
@@ -38,6 +39,7 @@ from mimirlite.gateway.http import (
 )
 from mimirlite.mimir.client import MimirClient, NoNodeError, TruncatedAnswerError
 from mimirlite.mimir.packets import RemoteError
+from mimirlite.mimir.params import MAX_NAME
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionChunk
@@ -90,6 +92,13 @@ SSE_HEADERS = (
     ("x-accel-buffering", "no"),
 )
 JSON_HEADERS = (("content-type", "application/json"),)
+NDJSON_HEADERS = (("content-type", "application/x-ndjson"),)
+TEXT_HEADERS = (("content-type", "text/plain; charset=utf-8"),)
+OLLAMA_PATHS = frozenset(
+    {"/api/version", "/api/tags", "/api/show", "/api/chat", "/api/generate", "/api/embed", "/api/embeddings"}
+)
+"""Ollama's inference paths, the only ones under ``/api/`` served; every other (``/api/pull``, ``/api/push``,
+``/api/delete``, ``/api/create``, ``/api/copy``, ``/api/blobs/...``, ``/api/ps``...) is refused 403."""
 
 
 class GatewayMetrics:
@@ -100,8 +109,9 @@ class GatewayMetrics:
     ``Host`` not served here, 403), ``content_type`` (a ``POST`` not sent as JSON, 415), ``smuggling``
     (``Content-Length`` with ``Transfer-Encoding``, 400), ``head_too_large`` (431), ``body_too_large``
     (413), ``bad_http`` (400/501), ``request_timeout`` (408), ``connections`` (at ``max_connections``
-    with none idle, 503), ``connections_per_ip`` (at ``max_connections_per_ip`` with none idle, 429) and
-    ``idle_evicted`` (an idle keep-alive connection closed to make room for a new one).
+    with none idle, 503), ``connections_per_ip`` (at ``max_connections_per_ip`` with none idle, 429),
+    ``forbidden_path`` (an Ollama path that manages models, or any other outside :data:`OLLAMA_PATHS`,
+    403) and ``idle_evicted`` (an idle keep-alive connection closed to make room for a new one).
     """
 
     __slots__ = ("bytes_in", "connections_opened", "refused", "requests")
@@ -126,7 +136,9 @@ class GatewayMetrics:
 
 
 class Gateway:
-    """Serves the mimir network known to ``client`` as an OpenAI-compatible HTTP API.
+    """Serves the mimir network known to ``client`` as an OpenAI-compatible HTTP API, and as Ollama's
+    native API on the same port (``/api/tags``, ``/api/version``, ``/api/show``, ``/api/chat``,
+    ``/api/generate``; every other ``/api/`` path, model management included, is refused 403).
 
     ``async with Gateway(client, port=0) as gateway`` listens (``gateway.port``, ``gateway.base_url``)
     until the block ends; :meth:`serve` listens until cancelled. The client (found nodes by ``peers``
@@ -212,7 +224,7 @@ class Gateway:
         self._server = await asyncio.start_server(self._on_connect, self.host, self.port, backlog=BACKLOG)
         addrs = [s.getsockname() for s in self._server.sockets]
         self.port = addrs[0][1]
-        log.info("OpenAI-compatible gateway at %s", self.base_url)
+        log.info("OpenAI-compatible gateway at %s (Ollama API at %s)", self.base_url, self.url)
         if self.api_key is None and not all(_is_loopback(a[0]) for a in addrs):
             log.warning(
                 "the gateway listens on %s without an API key: anyone who can reach it can use the "
@@ -346,12 +358,124 @@ class Gateway:
                 if not self.client.nodes_for(model):
                     raise api.model_not_found(model)
                 await out.send_json(200, api.model_object(model, self.created))
+            elif path in ("/v1/embeddings", "/v1/completions"):
+                _allow(req, "POST")
+                raise _not_yet(path)
+            elif path == "/api" or path.startswith("/api/"):
+                await self._ollama(req, path, out)
+            elif path == "" and req.method in ("GET", "HEAD"):  # Ollama's "is it up?" (its CLI's heartbeat)
+                out.http.respond(200, TEXT_HEADERS, b"Ollama is running")
+                await out.flush()
             else:
                 raise ApiError(404, f"Unknown request URL: {req.method} {req.path}.", code="unknown_url")
         except ApiError as err:
             await out.send_error(err)
         finally:
             self.active_requests -= 1
+
+    # ---- Ollama's native API ----
+
+    async def _ollama(self, req: Request, path: str, out: _Connection) -> None:
+        """One request under ``/api/``, answered in Ollama's shapes (errors as ``{"error": "..."}``)."""
+        try:
+            if path not in OLLAMA_PATHS:
+                self.metrics.refused["forbidden_path"] += 1
+                log.info("%s: refused (403): %s %s is not an inference path", out.name, req.method, req.path)
+                raise ApiError(
+                    403, f"{req.method} {req.path} is not allowed: this gateway serves inference only."
+                )
+            if path == "/api/version":
+                _allow(req, "GET")
+                await out.send_json(200, {"version": api.OLLAMA_VERSION})
+            elif path == "/api/tags":
+                _allow(req, "GET")
+                await out.send_json(200, api.ollama_tags(m for ms in self.client.nodes.values() for m in ms))
+            elif path == "/api/show":
+                _allow(req, "POST")
+                model = _show_model(req.body)
+                self._ollama_model(model)
+                await out.send_json(200, api.ollama_show(model))
+            elif path in ("/api/chat", "/api/generate"):
+                _allow(req, "POST")
+                await self._ollama_chat(req, path.removeprefix("/api/"), out)
+            else:  # /api/embed, /api/embeddings
+                _allow(req, "POST")
+                raise _not_yet(path)
+        except ApiError as err:
+            await out.send_error(err, ollama=True)
+
+    def _ollama_model(self, model: str) -> str:
+        """The served name ``model`` stands for: itself, or as Ollama resolves a name without a tag,
+        ``model:latest``; 404 ``model 'x' not found`` when no reachable node serves either."""
+        if self.client.nodes_for(model):
+            return model
+        if ":" not in model and self.client.nodes_for(f"{model}:latest"):
+            return f"{model}:latest"
+        raise api.ollama_model_not_found(model)
+
+    async def _ollama_chat(self, req: Request, kind: str, out: _Connection) -> None:
+        call = api.parse_ollama_body(req.body, kind)
+        if not self.client.nodes:
+            raise ApiError(503, "No mimir node is reachable.", api.SERVER_ERROR, code="no_node")
+        model = self._ollama_model(call.model)
+        answer = api.OllamaAnswer(call)
+        if not call.messages:  # nothing to ask: Ollama only loads the model
+            await out.send_json(200, answer.loaded(_now()))
+            return
+        started = time.monotonic_ns()
+        chunks = cast(
+            "AsyncGenerator[ChatCompletionChunk, None]",
+            self.client.chat(call.messages, model=model, **call.params),
+        )
+        async with contextlib.aclosing(chunks):
+            if call.stream:
+                await self._ollama_stream(chunks, answer, out, started)
+            else:
+                try:
+                    async for chunk in chunks:
+                        answer.add(chunk.model_dump(mode="json", exclude_unset=True), "")
+                except _UPSTREAM_ERRORS as exc:
+                    raise _upstream_error(exc) from None
+                await out.send_json(200, answer.complete(_now(), time.monotonic_ns() - started))
+        log.info("%s %s %s stream=%s", req.method, req.path, call.model, call.stream)
+
+    async def _ollama_stream(
+        self,
+        chunks: AsyncIterator[ChatCompletionChunk],
+        answer: api.OllamaAnswer,
+        out: _Connection,
+        started: int,
+    ) -> None:
+        """NDJSON lines as Ollama streams them; headers only once the first chunk came (a failure before
+        it is an HTTP error status); a failure after it is an ``{"error": ...}`` line, then the end."""
+        http = out.http
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            raise ApiError(502, "The node sent an empty answer.", api.SERVER_ERROR) from None
+        except _UPSTREAM_ERRORS as exc:
+            raise _upstream_error(exc) from None
+        http.start_response(200, NDJSON_HEADERS)
+        line = answer.add(first.model_dump(mode="json", exclude_unset=True), _now())
+        while True:
+            if line:
+                http.send_data(line)
+                await out.flush()
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except _UPSTREAM_ERRORS as exc:
+                log.warning("answer broke off mid-stream: %s", exc)
+                http.send_data(api.ollama_error(_upstream_error(exc)) + b"\n")
+                http.end_response()
+                http.close_after_response()
+                await out.flush()
+                return
+            line = answer.add(chunk.model_dump(mode="json", exclude_unset=True), _now())
+        http.send_data(answer.done(_now(), time.monotonic_ns() - started))
+        http.end_response()
+        await out.flush()
 
     # ---- chat ----
 
@@ -423,6 +547,30 @@ def _chunk_json(chunk: ChatCompletionChunk) -> bytes:
         return chunk.model_dump_json(exclude_unset=True).encode()
     except ValueError:  # pydantic's serializer refuses lone surrogates
         return api.dumps(chunk.model_dump(mode="json", exclude_unset=True))
+
+
+def _now() -> str:
+    """The time now as Ollama writes ``created_at`` (RFC 3339, UTC)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _show_model(body: bytes) -> str:
+    """The model a ``POST /api/show`` body names (``model``, or ``name`` as older clients send)."""
+    obj = api.loads_body(body)
+    model = obj.get("model") or obj.get("name") if isinstance(obj, dict) else None
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "model is required", param="model")
+    return model[:MAX_NAME]
+
+
+def _not_yet(path: str) -> ApiError:
+    """501 for the paths that need the latest generation's tunnel (``MimirClient.request``)."""
+    return ApiError(
+        501,
+        f"{path} is not served by this gateway yet (it needs nodes reached through the HTTP tunnel).",
+        api.SERVER_ERROR,
+        code="not_implemented",
+    )
 
 
 def _is_loopback(address: str) -> bool:
@@ -609,9 +757,11 @@ class _Connection:
         self.http.respond(status, JSON_HEADERS, api.dumps(obj))
         await self.flush()
 
-    async def send_error(self, err: ApiError, *, close: bool = False) -> None:
+    async def send_error(self, err: ApiError, *, close: bool = False, ollama: bool = False) -> None:
+        """``err`` as OpenAI's error object, or Ollama's (``{"error": "..."}``) with ``ollama``."""
         if not self.http.can_respond:  # the answer had started: nothing to say but to close
             self.http.close_after_response()
             return
-        self.http.respond(err.status, JSON_HEADERS, err.body(), close=close)
+        body = api.ollama_error(err) if ollama else err.body()
+        self.http.respond(err.status, JSON_HEADERS, body, close=close)
         await self.flush()
