@@ -189,6 +189,23 @@ async def test_chat_cli_reaches_a_latest_node(srv: OpenAIServer) -> None:
         assert srv.chat_requests == [{"model": OTHER, "messages": [USER], "stream": True}]
 
 
+async def test_peers_cli_shows_real_names_and_generation(srv: OpenAIServer) -> None:
+    env = make_env()
+    async with (
+        latest_node(srv.url) as js,
+        Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host,
+        MimirNode(host, EchoBackend()),
+    ):
+        res = await cli("peers", "--peer", js.addr, "--peer", host.listen_addrs[0], env=env)
+    assert res.rc == 0, res.err
+    lines = {line.split()[0]: line for line in res.out.splitlines()}
+    assert set(lines) == {js.peer_id, str(host.peer_id)}
+    _, models, rest = lines[js.peer_id].split("  ", 2)
+    assert models == f"{DEFAULT_MODEL}, {OTHER}" and rest.endswith("  [latest]")
+    _, models, rest = lines[str(host.peer_id)].split("  ", 2)
+    assert models == "echo" and rest.endswith("  [first]")
+
+
 async def test_node_speaking_both_generations_is_reached_on_the_first() -> None:
     """A mimirlite node that also serves the model's tunnel: the client learns both, chats on the first
     generation and opens no tunnel (not even to ask the names)."""

@@ -245,7 +245,7 @@ class MimirClient:
         self._nodes[peer] = [model_name(m) for m in models]
         self._tunnels[peer] = tunnels
         self._generation[peer] = generation
-        log.info("node %s (%s generation) serves %s", peer, generation, ", ".join(models) or "nothing")
+        log.info("node %s serves %s (%s generation)", peer, ", ".join(models) or "nothing", generation)
         self._notify()
         return list(models)
 
