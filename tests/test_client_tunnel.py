@@ -27,6 +27,7 @@ from mimirlite.mimir.tunnel_client import (
     tunnel_protocol,
 )
 from mimirlite.protocols import start_services
+from tests.helpers import until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -282,3 +283,21 @@ async def test_peer_without_identify_is_probed() -> None:
         assert b"".join([b async for b in body]).endswith(b"data: [DONE]\n\n")
         with pytest.raises(NoNodeError):
             await client.request("absent", "GET", "/api/tags")
+
+
+@pytest.mark.parametrize("read_first", [False, True])
+async def test_request_body_left_early_resets_the_stream(read_first: bool) -> None:
+    resets: list[str] = []
+
+    async def answer(stream: Stream, request: bytes) -> None:
+        await stream.write(HEAD + chunk("one"))
+        await stream.wait_reset()  # the answer never ends by itself
+        resets.append(stream.protocol)
+
+    async with latest_node(answer) as (node, _), MimirClient(peers=[node.listen_addrs[0]]) as client:
+        status, _, body = await client.request(DEFAULT_MODEL, "POST", "/v1/chat/completions", b"{}")
+        assert status == 200
+        async with body:
+            if read_first:
+                assert (await body.__anext__()).startswith(b"data: ")
+        await until(lambda: resets == [tunnel_protocol(DEFAULT_MODEL)])

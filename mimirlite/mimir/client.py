@@ -433,8 +433,9 @@ class MimirClient:
         generation's ``/mimir/<model>/1.0.0`` (Ollama's native API, embeddings...).
 
         ``body``: bytes, or an object sent as JSON. Returns ``(status, headers, body)`` once the
-        status line and headers have come; iterate ``body`` (an async iterator of bytes, read to the
-        end of the stream as the original needs) to its end, or ``aclose()`` it, to free the stream.
+        status line and headers have come; iterate ``body`` (a :class:`TunnelBody`, async iterator
+        of bytes read to the end of the stream as the original needs) to its end, or ``aclose()``
+        it, to free the stream.
         Raises NoNodeError; a node failing before its head is replaced by another serving the model.
         """
         name = model_name(model)
@@ -453,7 +454,9 @@ class MimirClient:
                 log.warning("node %s failed before answering: %s; trying another", peer, exc)
                 continue
             assert reader.head is not None
-            return TunnelResponse(reader.head.status, reader.head.headers, self._body(stream, reader, first))
+            return TunnelResponse(
+                reader.head.status, reader.head.headers, TunnelBody(self, stream, reader, first)
+            )
         raise NoNodeError(f"no known node serves {model} on a tunnel")  # pragma: no cover
 
     async def _read(self, stream: Stream, peer: PeerId) -> bytes:
@@ -516,15 +519,49 @@ class MimirClient:
 
     async def _read_body(self, stream: Stream, reader: ResponseReader, first: bytes) -> bytes:
         """The whole body, at most MAX_ERROR_BODY bytes."""
+        return await TunnelBody(self, stream, reader, first).read()
+
+
+class TunnelBody:
+    """The body of a tunnel answer, as it arrives (to the end of the stream; TruncatedAnswerError if
+    it is cut short). Iterate it to its end, or ``aclose()`` it (also ``async with``) to free the stream."""
+
+    def __init__(self, client: MimirClient, stream: Stream, reader: ResponseReader, first: bytes) -> None:
+        self._stream = stream
+        self._started = False
+        self._gen = client._body(stream, reader, first)
+
+    def __aiter__(self) -> TunnelBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self._started = True
+        return await self._gen.__anext__()
+
+    async def read(self) -> bytes:
+        """The rest of the body, at most MAX_ERROR_BODY bytes (PacketError past it)."""
         parts: list[bytes] = []
         size = 0
-        async with contextlib.aclosing(self._body(stream, reader, first)) as body:
-            async for data in body:
+        async with self:
+            async for data in self:
                 size += len(data)
                 if size > MAX_ERROR_BODY:
                     raise PacketError(f"tunnel answer longer than {MAX_ERROR_BODY} bytes")
                 parts.append(data)
         return b"".join(parts)
+
+    async def aclose(self) -> None:
+        """Stop reading: the stream is reset unless the body was read to its end."""
+        await self._gen.aclose()
+        if not self._started:
+            self._started = True
+            await self._stream.reset()
+
+    async def __aenter__(self) -> TunnelBody:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 class TunnelResponse(NamedTuple):
@@ -532,7 +569,7 @@ class TunnelResponse(NamedTuple):
 
     status: int
     headers: list[tuple[str, str]]
-    body: AsyncIterator[bytes]
+    body: TunnelBody
 
 
 class _TunnelAnswer:
