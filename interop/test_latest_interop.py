@@ -80,6 +80,9 @@ async def test_discovery_asks_v1_models_through_the_tunnel(srv: OpenAIServer) ->
         # once: one GET /v1/models through the tunnel, and no probe dial
         assert [(r.method, r.path) for r in srv.requests] == [("GET", "/api/tags"), ("GET", "/v1/models")]
         assert js.events_named("probe") == []
+        # asked again on the same connection: the names are known
+        assert await client.identify(peer) == [DEFAULT_MODEL, OTHER]
+        assert [r.path for r in srv.requests] == ["/api/tags", "/v1/models"]
 
 
 async def test_discovery_falls_back_to_api_tags(srv: OpenAIServer) -> None:

@@ -120,6 +120,7 @@ class MimirClient:
         self._nodes: dict[PeerId, list[str]] = {}
         self._tunnels: dict[PeerId, dict[str, str]] = {}  # model name -> /mimir/<sanitized>/1.0.0
         self._generation: dict[PeerId, str] = {}
+        self._names_of: dict[Connection, dict[str, str]] = {}  # a latest node's names, once per connection
         self.probe_models = list(probe_models)
         self._inflight: dict[PeerId, int] = {}
         self._rtt: dict[PeerId, float] = {}
@@ -155,6 +156,7 @@ class MimirClient:
             self.host.on_disconnected.remove(self._on_disconnected)
         for service in self._services:
             service.close()
+        self._names_of.clear()
         if self._own_host:
             await self.host.stop()
 
@@ -237,7 +239,11 @@ class MimirClient:
                 generation = FIRST
                 tunnels = {m: tunnel_protocol(m) for m in models if sanitize_model(m) in served}
             elif served:
-                tunnels = await self._latest_names(peer, served)
+                conn = self.host.connections.get(peer)
+                known = self._names_of.get(conn) if conn is not None else None
+                tunnels = known if known is not None else await self._latest_names(peer, served)
+                if conn is not None and conn.is_open:
+                    self._names_of[conn] = tunnels
                 models, generation = list(tunnels), LATEST
             else:
                 raise ProtocolNotSupportedError([packets.CHAT_PROTOCOL, "/mimir/<model>/1.0.0"])
@@ -358,6 +364,7 @@ class MimirClient:
             self._notify()
 
     def _on_disconnected(self, conn: Connection) -> None:
+        self._names_of.pop(conn, None)
         peer = conn.remote_peer
         if peer is not None and peer not in self.host.connections:
             self.forget(peer)
