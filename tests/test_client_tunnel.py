@@ -301,3 +301,25 @@ async def test_request_body_left_early_resets_the_stream(read_first: bool) -> No
             if read_first:
                 assert (await body.__anext__()).startswith(b"data: ")
         await until(lambda: resets == [tunnel_protocol(DEFAULT_MODEL)])
+
+
+async def test_a_whole_completion_instead_of_a_stream_is_one_chunk() -> None:
+    completion = {
+        "id": "c2",
+        "object": "chat.completion",
+        "created": 1,
+        "model": DEFAULT_MODEL,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "all at once"}, "finish_reason": "stop"}
+        ],
+    }
+
+    async def answer(stream: Stream, request: bytes) -> None:
+        body = json.dumps(completion).encode()
+        await send(stream, b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n\r\n", body)
+
+    async with latest_node(answer) as (node, _), MimirClient(peers=[node.listen_addrs[0]]) as client:
+        chunks = [c async for c in client.chat([{"role": "user", "content": "hi"}])]
+        assert len(chunks) == 1 and chunks[0].object == "chat.completion.chunk"
+        assert chunks[0].choices[0].delta.content == "all at once"
+        assert chunks[0].choices[0].finish_reason == "stop"

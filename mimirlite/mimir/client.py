@@ -606,6 +606,12 @@ class _TunnelAnswer:
             if reader.head.status != 200:
                 raw = await client._read_body(stream, reader, first)
                 raise HttpRemoteError(reader.head.status, *error_message(reader.head.status, raw))
+            kind = (reader.head.header("content-type") or "").split(";")[0].strip().lower()
+            if kind == "application/json":  # a backend that does not stream: one whole completion
+                chunk = self._whole(ChatCompletionChunk, await client._read_body(stream, reader, first))
+                self.started = True
+                yield chunk
+                return
             sse = SseDecoder()
             finished = done = False
             async with contextlib.aclosing(client._body(stream, reader, first)) as pieces:
@@ -632,6 +638,25 @@ class _TunnelAnswer:
             inflight[self.peer] -= 1
             if not inflight[self.peer]:
                 del inflight[self.peer]
+
+    def _whole(self, kind: type[ChatCompletionChunk], body: bytes) -> ChatCompletionChunk:
+        """A ``chat.completion`` answered instead of a stream, as one chunk carrying all of it."""
+        try:
+            obj = json.loads(body)
+            choices = [
+                {
+                    "index": c.get("index", 0),
+                    "delta": c.get("message") or {},
+                    "finish_reason": c.get("finish_reason") or "stop",
+                }
+                for c in obj["choices"]
+            ]
+            fields = {
+                k: obj[k] for k in ("id", "created", "model", "system_fingerprint", "usage") if k in obj
+            }
+            return kind.model_validate({**fields, "object": "chat.completion.chunk", "choices": choices})
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise PacketError(f"tunnel answer is not a chat completion: {exc}") from None
 
     def _chunk(self, kind: type[ChatCompletionChunk], event: str) -> ChatCompletionChunk:
         try:
