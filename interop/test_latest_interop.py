@@ -26,6 +26,7 @@ from mimirlite import Host, Stream  # noqa: E402
 from mimirlite.mimir import EchoBackend, MimirClient, MimirNode, RemoteError, TruncatedAnswerError  # noqa: E402
 from mimirlite.mimir.client import FIRST, LATEST, HttpRemoteError, NoNodeError  # noqa: E402
 from mimirlite.mimir.tunnel_client import tunnel_protocol  # noqa: E402
+from tests.helpers import until  # noqa: E402
 from tests.openai_server import OpenAIServer  # noqa: E402
 from tests.test_cli import cli, make_env  # noqa: E402
 
@@ -128,6 +129,23 @@ async def test_backend_error_status_is_a_remote_error(srv: OpenAIServer) -> None
             await collect(client.chat([USER], model="absent:1b"))
         chunks = await collect(client.chat([USER]))
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == PROMPT
+
+
+async def test_failover_between_latest_nodes_before_the_first_chunk(srv: OpenAIServer) -> None:
+    async with (
+        latest_node(srv.url) as a,
+        latest_node(srv.url) as b,
+        MimirClient(peers=[a.addr, b.addr]) as client,
+    ):
+        assert len(client.nodes_for(OTHER)) == 2
+        srv.fail_status, srv.fail_count = 500, 1
+        chunks = await collect(client.chat([USER], model=OTHER))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == PROMPT
+        assert len(srv.chat_requests) == 2
+        # each node got one chat: the failing one, then the other
+        await until(
+            lambda: all(any(e["method"] == "POST" for e in n.events_named("request")) for n in (a, b))
+        )
 
 
 async def test_node_killed_mid_answer_is_truncated(srv: OpenAIServer) -> None:
