@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 from mimirlite import Host, Stream  # noqa: E402
 from mimirlite.mimir import EchoBackend, MimirClient, MimirNode, RemoteError, TruncatedAnswerError  # noqa: E402
 from mimirlite.mimir.client import FIRST, LATEST, HttpRemoteError, NoNodeError  # noqa: E402
-from mimirlite.mimir.tunnel_client import tunnel_protocol  # noqa: E402
+from mimirlite.mimir.models import tunnel_protocol  # noqa: E402
 from tests.helpers import until  # noqa: E402
 from tests.openai_server import OpenAIServer  # noqa: E402
 from tests.test_cli import cli, make_env  # noqa: E402

@@ -13,8 +13,9 @@ import pytest
 
 from mimirlite import Host, Stream
 from mimirlite.errors import MessageTooLargeError
-from mimirlite.mimir import DEFAULT_MODEL, MimirClient, TruncatedAnswerError
+from mimirlite.mimir import DEFAULT_MODEL, EchoBackend, MimirClient, MimirNode, TruncatedAnswerError
 from mimirlite.mimir.client import LATEST, HttpRemoteError, NoNodeError
+from mimirlite.mimir.models import sanitize_model, sanitized_of, tunnel_protocol
 from mimirlite.mimir.tunnel_client import (
     ResponseReader,
     SseDecoder,
@@ -22,9 +23,6 @@ from mimirlite.mimir.tunnel_client import (
     TunnelTruncatedError,
     encode_request,
     error_message,
-    sanitize_model,
-    sanitized_of,
-    tunnel_protocol,
 )
 from mimirlite.protocols import start_services
 from tests.helpers import until
@@ -323,3 +321,20 @@ async def test_a_whole_completion_instead_of_a_stream_is_one_chunk() -> None:
         assert len(chunks) == 1 and chunks[0].object == "chat.completion.chunk"
         assert chunks[0].choices[0].delta.content == "all at once"
         assert chunks[0].choices[0].finish_reason == "stop"
+
+
+async def test_request_through_a_mimirlite_nodes_tunnel() -> None:
+    """mimirlite client -> mimirlite node on the latest generation's tunnel: Ollama's native API answered
+    by the node's echo backend, and a path that manages models refused there (403)."""
+    async with contextlib.AsyncExitStack() as stack:
+        host = await stack.enter_async_context(Host(listen=["/ip4/127.0.0.1/tcp/0"]))
+        await stack.enter_async_context(MimirNode(host, EchoBackend(DEFAULT_MODEL)))
+        client = await stack.enter_async_context(MimirClient(peers=[host.listen_addrs[0]]))
+        chat = {"messages": [{"role": "user", "content": "hi there"}], "stream": False}
+        answer = await client.request(DEFAULT_MODEL, "POST", "/api/chat", chat)
+        assert answer.status == 200
+        reply = json.loads(await answer.body.read())
+        assert reply["message"]["content"] == "hi there" and reply["done"] is True
+        refused = await client.request(DEFAULT_MODEL, "DELETE", "/api/delete", {"model": DEFAULT_MODEL})
+        assert refused.status == 403
+        assert "not allowed" in json.loads(await refused.body.read())["error"]["message"]

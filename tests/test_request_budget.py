@@ -14,9 +14,9 @@ import pytest
 from mimirlite import Host, HostConfig
 from mimirlite.errors import StreamResetError
 from mimirlite.mimir import EchoBackend, MimirNode, packets
+from mimirlite.mimir.models import tunnel_protocol
 from mimirlite.mimir.node import _kept_for
 from mimirlite.mimir.packets import parse_chat_request
-from mimirlite.mimir.tunnel import protocol_id
 from mimirlite.net.stream import Stream
 from mimirlite.wire import lp
 from tests.helpers import until
@@ -89,7 +89,7 @@ async def test_unfinished_tunnel_requests_count_from_their_first_byte(node: Mimi
     body = json.dumps({"messages": [{"role": "user", "content": "x" * (1024 * 1024)}]}).encode()
     streams = []
     for _ in range(6):  # each would keep 1 MiB and more; never finished
-        stream = await peer.new_stream(node.host.listen_addrs[0], protocol_id(MODEL))
+        stream = await peer.new_stream(node.host.listen_addrs[0], tunnel_protocol(MODEL))
         await stream.write(head + body)
         streams.append(stream)
     # the budget holds what it can; the newest that do not fit are answered 503 (or reset when their

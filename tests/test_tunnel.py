@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from mimirlite.mimir.models import tunnel_protocol
 from mimirlite.mimir.tunnel import (
     RequestReader,
     TunnelError,
@@ -14,7 +15,6 @@ from mimirlite.mimir.tunnel import (
     answer_head,
     error_answer,
     passed_headers,
-    protocol_id,
 )
 
 MODEL = "llama3.2:latest"
@@ -38,9 +38,9 @@ def read(*parts: bytes, eof: bool = True) -> TunnelRequest | None:
 
 
 def test_protocol_id() -> None:
-    assert protocol_id("llama3.2:latest") == "/mimir/llama3.2-latest/1.0.0"
-    assert protocol_id("a/b c_d-E.1") == "/mimir/a-b-c_d-E.1/1.0.0"
-    assert protocol_id("é") == "/mimir/-/1.0.0"
+    assert tunnel_protocol("llama3.2:latest") == "/mimir/llama3.2-latest/1.0.0"
+    assert tunnel_protocol("a/b c_d-E.1") == "/mimir/a-b-c_d-E.1/1.0.0"
+    assert tunnel_protocol("é") == "/mimir/-/1.0.0"
 
 
 def test_reads_one_request_split_at_every_offset() -> None:

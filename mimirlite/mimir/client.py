@@ -16,7 +16,14 @@ from mimirlite.discovery.mdns import DEFAULT_INTERVAL as MDNS_INTERVAL
 from mimirlite.errors import MimirliteError, ProtocolError, ProtocolNotSupportedError, StreamResetError
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.mimir import packets
-from mimirlite.mimir.models import DEFAULT_MODEL, model_cid, model_name
+from mimirlite.mimir.models import (
+    DEFAULT_MODEL,
+    model_cid,
+    model_name,
+    sanitize_model,
+    sanitized_of,
+    tunnel_protocol,
+)
 from mimirlite.mimir.packets import Packet, PacketError, RemoteError
 from mimirlite.mimir.tunnel_client import (
     MAX_ERROR_BODY,
@@ -26,9 +33,6 @@ from mimirlite.mimir.tunnel_client import (
     TunnelTruncatedError,
     encode_request,
     error_message,
-    sanitize_model,
-    sanitized_of,
-    tunnel_protocol,
 )
 from mimirlite.net.config import HostConfig
 from mimirlite.net.connection import Connection

@@ -18,7 +18,7 @@ from mimirlite.metrics import NodeMetrics
 from mimirlite.mimir import packets, tunnel
 from mimirlite.mimir.backends import Backend, BackendError, HttpHead
 from mimirlite.mimir.limits import Admission, NodeLimits, Refusal, Ticket
-from mimirlite.mimir.models import DEFAULT_MODEL, model_name
+from mimirlite.mimir.models import DEFAULT_MODEL, model_name, tunnel_protocol
 from mimirlite.mimir.packets import BadRequestError, ChatRequest, Packet, PacketError
 from mimirlite.mimir.params import clamp_max_tokens
 from mimirlite.net.host import Host
@@ -107,7 +107,7 @@ class MimirNode:
         self.host.set_handler(packets.CHAT_PROTOCOL, self._serve_chat)
         self.tunnels = {}
         for model in self.models:
-            protocol = tunnel.protocol_id(model)
+            protocol = tunnel_protocol(model)
             kept = self.tunnels.setdefault(protocol, model)
             if kept != model:
                 log.warning("model %r is not served on %s: %r has that protocol ID", model, protocol, kept)

@@ -1,6 +1,6 @@
 """The latest MimirLLM generation's per-model HTTP tunnel, node side, sans-IO.
 
-One protocol per model, ``/mimir/<sanitized model>/1.0.0`` (:func:`protocol_id`), carries one raw
+One protocol per model, ``/mimir/<sanitized model>/1.0.0`` (``models.tunnel_protocol``), carries one raw
 HTTP/1.1 exchange: the client writes a request and closes its write side; the node answers with a status
 line, headers and the body, then closes. This module reads that request (:class:`RequestReader`, on
 ``h11`` through the gateway's :class:`~mimirlite.gateway.http.ServerConnection`, with its head and body
@@ -13,7 +13,6 @@ request is read (``import mimirlite`` stays light).
 from __future__ import annotations
 
 import http
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,8 +24,6 @@ from mimirlite.wire import lp
 if TYPE_CHECKING:
     from mimirlite.gateway.http import ServerConnection
 
-PROTOCOL_PREFIX = "/mimir/"
-PROTOCOL_SUFFIX = "/1.0.0"
 
 MAX_HEAD = 64 * 1024
 """Bytes of a tunnel request's line and headers; more is refused with 431."""
@@ -66,14 +63,6 @@ HOP_BY_HOP = frozenset(
 )
 """Response headers about one connection, not the body: never passed on (the answer's body is sent as it
 is, delimited by the end of the stream)."""
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def protocol_id(model: str) -> str:
-    """The tunnel protocol of ``model``, by the original's rule (``llama3.2:latest`` ->
-    ``/mimir/llama3.2-latest/1.0.0``)."""
-    return f"{PROTOCOL_PREFIX}{_UNSAFE.sub('-', model)}{PROTOCOL_SUFFIX}"
 
 
 class TunnelError(MimirliteError):

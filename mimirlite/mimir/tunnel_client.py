@@ -31,8 +31,6 @@ MAX_ERROR_BODY = MAX_MESSAGE
 TUNNEL_HOST = "mimir"
 """The Host header of a tunnel request (the node forwards to its own backend whatever it says)."""
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_TUNNEL = re.compile(r"^/mimir/([A-Za-z0-9._-]+)/1\.0\.0$")
 _HEAD_END = re.compile(rb"\n\r?\n")
 
 
@@ -42,22 +40,6 @@ class TunnelError(ProtocolError):
 
 class TunnelTruncatedError(TunnelError):
     """The tunnel closed before its answer was whole."""
-
-
-def sanitize_model(name: str) -> str:
-    """The latest generation's rule: every character outside ``[A-Za-z0-9._-]`` becomes ``-``."""
-    return _UNSAFE.sub("-", name)
-
-
-def tunnel_protocol(model: str) -> str:
-    """``/mimir/<sanitized model>/1.0.0`` (``llama3.2:latest`` -> ``/mimir/llama3.2-latest/1.0.0``)."""
-    return f"/mimir/{sanitize_model(model)}/1.0.0"
-
-
-def sanitized_of(protocol: str) -> str | None:
-    """The sanitized model name of a tunnel protocol ID, or None if it is not one."""
-    m = _TUNNEL.match(protocol)
-    return m.group(1) if m else None
 
 
 def encode_request(
