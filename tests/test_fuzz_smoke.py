@@ -51,6 +51,7 @@ def test_every_decoder_has_a_harness_and_seeds() -> None:
         "mdns",
         "params",
         "gateway_http",
+        "tunnel",
     }
     assert expected <= set(HARNESSES)
     total = 0
