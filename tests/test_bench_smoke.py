@@ -70,7 +70,7 @@ def table_cells(markdown: str) -> list[list[str]]:
     rows = []
     for line in markdown.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if len(cells) == 6 and cells[0] in ("W1", "W2", "W3", "W4", "W5", "E2E"):
+        if len(cells) == 6 and cells[0] in ("W1", "W2", "W3", "W4", "W5", "E2E", "T1"):
             rows.append(cells)
     return rows
 
@@ -91,6 +91,9 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
         assert by_key[key].unit in figure, cells
         if peer in pylibp2p and median.startswith("n/a"):
             continue  # no py-libp2p environment yet: the note says so (checked below)
+        not_built = "not built yet" in markdown and peer.startswith("tunnel: mimirlite →")
+        if not_built and median.startswith("n/a"):
+            continue  # the mimirlite client's tunnel is not built yet: the note says so, no figure
         assert median[:1].isdigit(), f"no figure in row {cells}\n{markdown}"
         assert ratio, f"no ratio in row {cells}"
 
@@ -101,4 +104,5 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
     for peer in {p for _, p, _ in expected}:
         assert peer in out
     assert "Targets" in out and "W5 idle RSS <= 40 MiB" in out
+    assert "T1 tunnel chunks/s >= 3x the latest JS pair's" in out
     assert "machine:" in markdown and "Node" in markdown
