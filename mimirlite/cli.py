@@ -469,7 +469,8 @@ async def _peers(args: argparse.Namespace) -> int:
                 return _fail("; ".join(problems) or f"no node found within {args.wait:g} s")
             for peer, models in nodes.items():
                 addrs = client.host.addrs_of(peer)
-                print(f"{peer}  {', '.join(models) or '-'}  {' '.join(addrs)}")
+                generation = client.generation(peer) or "?"
+                print(f"{peer}  {', '.join(models) or '-'}  {' '.join(addrs)}  [{generation}]")
             for problem in problems:
                 print(f"mimirlite: {problem}", file=sys.stderr)
     except MimirliteError as exc:

@@ -4,23 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mimirlite.discovery import MdnsDiscovery
 from mimirlite.discovery.mdns import DEFAULT_INTERVAL as MDNS_INTERVAL
-from mimirlite.errors import MimirliteError, ProtocolNotSupportedError, StreamResetError
+from mimirlite.errors import MimirliteError, ProtocolError, ProtocolNotSupportedError, StreamResetError
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.mimir import packets
 from mimirlite.mimir.models import DEFAULT_MODEL, model_cid, model_name
 from mimirlite.mimir.packets import Packet, PacketError, RemoteError
+from mimirlite.mimir.tunnel_client import (
+    MAX_ERROR_BODY,
+    ResponseHead,
+    ResponseReader,
+    SseDecoder,
+    TunnelTruncatedError,
+    encode_request,
+    error_message,
+    sanitize_model,
+    sanitized_of,
+    tunnel_protocol,
+)
 from mimirlite.net.config import HostConfig
 from mimirlite.net.connection import Connection
 from mimirlite.net.host import Host
-from mimirlite.protocols import Ping, start_services
+from mimirlite.net.stream import Stream
+from mimirlite.protocols import IDENTIFY_PROTOCOL as LIBP2P_IDENTIFY
+from mimirlite.protocols import Identify, IdentifyTimeoutError, Ping, start_services
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionChunk
@@ -49,6 +64,23 @@ class AnswerTimeoutError(ChatError, asyncio.TimeoutError):
     """The node sent nothing for ``read_timeout`` seconds while an answer was awaited."""
 
 
+class HttpRemoteError(RemoteError):
+    """A latest-generation node answered a tunnel request with an HTTP error status."""
+
+    def __init__(self, status: int, type: str, message: str) -> None:
+        super().__init__(type, message)
+        self.status = status
+        self.args = (f"HTTP {status}: {type}: {message}",)
+
+
+FIRST = "first"
+"""Generation of a node answering ``/mimirllm/1.0.0`` (length-prefixed JSON packets)."""
+LATEST = "latest"
+"""Generation of a node serving only ``/mimir/<model>/1.0.0`` tunnels (raw HTTP/1.1)."""
+
+Body = bytes | dict[str, Any] | list[Any] | None
+
+
 class MimirClient:
     """Knows the nodes of the network and their models; :meth:`chat` asks one of them.
 
@@ -58,6 +90,12 @@ class MimirClient:
     ``mdns_interval`` s) and asks each for its models as it appears; nodes that go silent or
     disconnect are dropped, and learned again when they answer anew. Give ``host`` to share a Host
     you run; otherwise the client runs its own.
+
+    Both MimirLLM generations are used, whichever a node speaks (its libp2p identify protocol list
+    tells): ``/mimirllm/1.0.0`` (preferred when a node serves both) and the latest one's per-model
+    ``/mimir/<model>/1.0.0`` HTTP tunnels, whose real model names are asked with ``GET /v1/models``
+    (else ``GET /api/tags``). A peer without identify is asked on ``/mimirllm/1.0.0/identify``, else
+    probed for the tunnels of ``probe_models`` and of the models other nodes serve.
     """
 
     def __init__(
@@ -72,6 +110,7 @@ class MimirClient:
         mdns: bool = False,
         mdns_interfaces: Sequence[str] | None = None,
         mdns_interval: float = MDNS_INTERVAL,
+        probe_models: Sequence[str] = (DEFAULT_MODEL,),
     ) -> None:
         self._own_host = host is None
         self.host = host or Host(keypair, config=config)
@@ -79,6 +118,10 @@ class MimirClient:
         self.identify_timeout = identify_timeout
         self.read_timeout = read_timeout
         self._nodes: dict[PeerId, list[str]] = {}
+        self._tunnels: dict[PeerId, dict[str, str]] = {}  # model name -> /mimir/<sanitized>/1.0.0
+        self._generation: dict[PeerId, str] = {}
+        self._names_of: dict[Connection, dict[str, str]] = {}  # a latest node's names, once per connection
+        self.probe_models = list(probe_models)
         self._inflight: dict[PeerId, int] = {}
         self._rtt: dict[PeerId, float] = {}
         self._services = start_services(self.host)
@@ -113,6 +156,7 @@ class MimirClient:
             self.host.on_disconnected.remove(self._on_disconnected)
         for service in self._services:
             service.close()
+        self._names_of.clear()
         if self._own_host:
             await self.host.stop()
 
@@ -161,8 +205,122 @@ class MimirClient:
             if self.discovery is not None:
                 self.discovery.forget(peer)  # ask again at its next answer
 
+    def generation(self, peer: PeerId) -> str | None:
+        """``"first"`` or ``"latest"``: the generation the client speaks with ``peer`` (None: unknown)."""
+        return self._generation.get(peer)
+
+    def tunnels(self, peer: PeerId) -> dict[str, str]:
+        """The latest-generation tunnel protocol of each model ``peer`` serves on one."""
+        return dict(self._tunnels.get(peer, {}))
+
     async def identify(self, peer: PeerId) -> list[str]:
-        """Query ``peer`` on the identify protocol and record the models it serves."""
+        """Learn which generation ``peer`` speaks and which models it serves; record them.
+
+        From libp2p identify's protocol list: ``/mimirllm/1.0.0/identify`` is asked for the names
+        (first generation, preferred); else the latest generation's ``/mimir/<model>/1.0.0``
+        protocols, whose real names are asked through a tunnel. ProtocolNotSupportedError when the
+        peer speaks neither.
+        """
+        protocols = await self._remote_protocols(peer)
+        tunnels: dict[str, str] = {}
+        if protocols is None:  # no libp2p identify: ask as the first generation did, else probe
+            try:
+                models = await self._identify_first(peer)
+                generation = FIRST
+            except ProtocolNotSupportedError:
+                tunnels = await self._probe(peer)
+                if not tunnels:
+                    raise
+                models, generation = list(tunnels), LATEST
+        else:
+            served = [n for p in protocols if (n := sanitized_of(p)) is not None]
+            if packets.IDENTIFY_PROTOCOL in protocols:
+                models = await self._identify_first(peer)
+                generation = FIRST
+                tunnels = {m: tunnel_protocol(m) for m in models if sanitize_model(m) in served}
+            elif served:
+                conn = self.host.connections.get(peer)
+                known = self._names_of.get(conn) if conn is not None else None
+                tunnels = known if known is not None else await self._latest_names(peer, served)
+                if conn is not None and conn.is_open:
+                    self._names_of[conn] = tunnels
+                models, generation = list(tunnels), LATEST
+            else:
+                raise ProtocolNotSupportedError([packets.CHAT_PROTOCOL, "/mimir/<model>/1.0.0"])
+        await self._measure_rtt(peer)
+        self._nodes[peer] = [model_name(m) for m in models]
+        self._tunnels[peer] = tunnels
+        self._generation[peer] = generation
+        log.info("node %s serves %s (%s generation)", peer, ", ".join(models) or "nothing", generation)
+        self._notify()
+        return list(models)
+
+    def _identify_service(self) -> Identify | None:
+        for service in self._services:
+            if isinstance(service, Identify):
+                return service
+        owner = getattr(self.host._handlers.get(LIBP2P_IDENTIFY), "__self__", None)
+        return owner if isinstance(owner, Identify) else None
+
+    async def _remote_protocols(self, peer: PeerId) -> list[str] | None:
+        """The protocols ``peer`` says it serves (libp2p identify), or None when it did not say."""
+        service = self._identify_service()
+        if service is None:
+            return None
+        try:
+            info = await service.identify(peer)
+        except (ProtocolNotSupportedError, ProtocolError, IdentifyTimeoutError) as exc:
+            log.debug("%s did not answer libp2p identify: %s", peer, exc)
+            return None
+        return list(info.protocols)
+
+    async def _probe(self, peer: PeerId) -> dict[str, str]:
+        """Open (and close at once) the tunnel of each model worth asking: the served ones."""
+        names = dict.fromkeys([*self.probe_models, *(m for ms in self._nodes.values() for m in ms)])
+        found: dict[str, str] = {}
+        for name in names:
+            protocol = tunnel_protocol(name)
+            try:
+                stream = await self.host.new_stream(peer, protocol)
+            except ProtocolNotSupportedError:
+                continue
+            await stream.close()
+            found[name] = protocol
+        return found
+
+    async def _latest_names(self, peer: PeerId, served: list[str]) -> dict[str, str]:
+        """The real name of each model behind ``served`` (sanitized names), asked through a tunnel:
+        ``GET /v1/models``, else ``GET /api/tags``; a name the node does not list stays sanitized."""
+        protocol = f"/mimir/{served[0]}/1.0.0"
+        names: list[str] = []
+        for path, key, field in (("/v1/models", "data", "id"), ("/api/tags", "models", "name")):
+            try:
+                status, _, body = await asyncio.wait_for(
+                    self._fetch(peer, protocol, "GET", path), self.identify_timeout
+                )
+                listed = json.loads(body)[key] if status == 200 else []
+                names = [str(m[field]) for m in listed if isinstance(m, dict) and field in m]
+            except (MimirliteError, OSError, asyncio.TimeoutError, ValueError, TypeError, KeyError) as exc:
+                log.debug("%s: GET %s through %s failed: %s", peer, path, protocol, exc)
+                continue
+            if status == 200 and names:
+                break
+            log.debug("%s: GET %s through %s answered %d", peer, path, protocol, status)
+        tunnels = {n: tunnel_protocol(n) for n in names if sanitize_model(n) in served}
+        covered = {sanitize_model(n) for n in tunnels}
+        tunnels.update({s: f"/mimir/{s}/1.0.0" for s in served if s not in covered})
+        return tunnels
+
+    async def _fetch(
+        self, peer: PeerId, protocol: str, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, ResponseHead, bytes]:
+        """One whole tunnel exchange, its body bounded by MAX_ERROR_BODY."""
+        stream, reader, first = await self._open_tunnel(peer, protocol, method, path, body)
+        assert reader.head is not None
+        return reader.head.status, reader.head, await self._read_body(stream, reader, first)
+
+    async def _identify_first(self, peer: PeerId) -> list[str]:
+        """Ask ``/mimirllm/1.0.0/identify`` for the models a first-generation node serves."""
         request_id = str(uuid.uuid4())
         stream = await self.host.new_stream(peer, packets.IDENTIFY_PROTOCOL)
         async with stream:
@@ -178,10 +336,6 @@ class MimirClient:
             models = packet.data
             if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
                 raise PacketError("identify response data is not a list of model names")
-        await self._measure_rtt(peer)
-        self._nodes[peer] = [model_name(m) for m in models]
-        log.info("node %s serves %s", peer, ", ".join(models) or "nothing")
-        self._notify()
         return list(models)
 
     async def _measure_rtt(self, peer: PeerId) -> None:
@@ -203,11 +357,14 @@ class MimirClient:
     def forget(self, peer: PeerId) -> None:
         """Drop ``peer`` from the known nodes."""
         self._rtt.pop(peer, None)
+        self._tunnels.pop(peer, None)
+        self._generation.pop(peer, None)
         if self._nodes.pop(peer, None) is not None:
             log.info("node %s dropped", peer)
             self._notify()
 
     def _on_disconnected(self, conn: Connection) -> None:
+        self._names_of.pop(conn, None)
         peer = conn.remote_peer
         if peer is not None and peer not in self.host.connections:
             self.forget(peer)
@@ -244,7 +401,8 @@ class MimirClient:
     ) -> AsyncIterator[ChatCompletionChunk]:
         """Stream the answer as openai ``ChatCompletionChunk`` objects.
 
-        Raises NoNodeError, RemoteError (the node's completionStop error), TruncatedAnswerError,
+        Raises NoNodeError, RemoteError (the node's completionStop error; HttpRemoteError, with the
+        ``status``, when a latest-generation node answers an HTTP error), TruncatedAnswerError,
         AnswerTimeoutError (nothing came for ``read_timeout`` s; also an ``asyncio.TimeoutError``).
         A node that fails before its first chunk is replaced by another serving the model.
         """
@@ -255,7 +413,11 @@ class MimirClient:
         if model is not None:
             data["model"] = model_name(model)
         for i, peer in enumerate(candidates):
-            answer = _Answer(self, peer, data)
+            answer: _Answer | _TunnelAnswer
+            if self._generation.get(peer) == LATEST:
+                answer = _TunnelAnswer(self, peer, data)
+            else:
+                answer = _Answer(self, peer, data)
             try:
                 async with contextlib.aclosing(answer.chunks()) as chunks:
                     async for chunk in chunks:
@@ -267,10 +429,246 @@ class MimirClient:
                     last_candidate
                     or answer.started
                     or (isinstance(exc, RemoteError) and exc.type == packets.BAD_REQUEST)
+                    or (isinstance(exc, HttpRemoteError) and exc.status in (400, 413))
                 ):
                     raise
                 reason = str(exc) or type(exc).__name__
                 log.warning("node %s failed before answering: %s; trying another", peer, reason)
+
+    async def request(self, model: str, method: str, path: str, body: Body = None) -> TunnelResponse:
+        """One raw HTTP/1.1 exchange through the tunnel of a node serving ``model`` on the latest
+        generation's ``/mimir/<model>/1.0.0`` (Ollama's native API, embeddings...).
+
+        ``body``: bytes, or an object sent as JSON. Returns ``(status, headers, body)`` once the
+        status line and headers have come; iterate ``body`` (a :class:`TunnelBody`, async iterator
+        of bytes read to the end of the stream as the original needs) to its end, or ``aclose()``
+        it, to free the stream.
+        Raises NoNodeError; a node failing before its head is replaced by another serving the model.
+        """
+        name = model_name(model)
+        candidates = [p for p in self._candidates(name) if name in self._tunnels.get(p, {})]
+        if not candidates:
+            raise NoNodeError(f"no known node serves {model} on a tunnel")
+        raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        for i, peer in enumerate(candidates):
+            try:
+                stream, reader, first = await self._open_tunnel(
+                    peer, self._tunnels[peer][name], method, path, raw
+                )
+            except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
+                if i == len(candidates) - 1:
+                    raise
+                log.warning("node %s failed before answering: %s; trying another", peer, exc)
+                continue
+            assert reader.head is not None
+            return TunnelResponse(
+                reader.head.status, reader.head.headers, TunnelBody(self, stream, reader, first)
+            )
+        raise NoNodeError(f"no known node serves {model} on a tunnel")  # pragma: no cover
+
+    async def _read(self, stream: Stream, peer: PeerId) -> bytes:
+        try:
+            return await asyncio.wait_for(stream.read(), self.read_timeout)
+        except asyncio.TimeoutError:
+            raise AnswerTimeoutError(f"{peer} sent nothing for {self.read_timeout:g} s") from None
+
+    async def _open_tunnel(
+        self, peer: PeerId, protocol: str, method: str, path: str, body: bytes | None
+    ) -> tuple[Stream, ResponseReader, bytes]:
+        """Write one request on a new tunnel stream, close our side, read the answer's head.
+        Returns the stream, its reader (head decoded) and the first body bytes."""
+        stream = await self.host.new_stream(peer, protocol)
+        try:
+            await stream.write(encode_request(method, path, body))
+            await stream.close_write()
+            reader = ResponseReader()
+            first = b""
+            while reader.head is None:
+                data = await self._read(stream, peer)
+                if not data:
+                    reader.eof()
+                first = reader.feed(data)
+        except (StreamResetError, TunnelTruncatedError) as exc:
+            await stream.reset()
+            raise TruncatedAnswerError(f"tunnel to {peer} ended before its answer's head: {exc}") from exc
+        except BaseException:
+            await stream.reset()
+            raise
+        return stream, reader, first
+
+    async def _body(
+        self, stream: Stream, reader: ResponseReader, first: bytes
+    ) -> AsyncGenerator[bytes, None]:
+        """The body bytes as they arrive, to the end of the stream; TruncatedAnswerError if it is
+        reset or shorter than its Content-Length. The stream is closed (reset if left early)."""
+        whole = False
+        peer = stream.remote_peer
+        try:
+            if first:
+                yield first
+            while True:
+                try:
+                    data = await self._read(stream, peer)
+                except StreamResetError as exc:
+                    raise TruncatedAnswerError(f"tunnel answer broke off: {exc}") from exc
+                if not data:
+                    try:
+                        reader.eof()
+                    except TunnelTruncatedError as exc:
+                        raise TruncatedAnswerError(str(exc)) from None
+                    whole = True
+                    return
+                data = reader.feed(data)
+                if data:
+                    yield data
+        finally:
+            await (stream.close() if whole else stream.reset())
+
+    async def _read_body(self, stream: Stream, reader: ResponseReader, first: bytes) -> bytes:
+        """The whole body, at most MAX_ERROR_BODY bytes."""
+        return await TunnelBody(self, stream, reader, first).read()
+
+
+class TunnelBody:
+    """The body of a tunnel answer, as it arrives (to the end of the stream; TruncatedAnswerError if
+    it is cut short). Iterate it to its end, or ``aclose()`` it (also ``async with``) to free the stream."""
+
+    def __init__(self, client: MimirClient, stream: Stream, reader: ResponseReader, first: bytes) -> None:
+        self._stream = stream
+        self._started = False
+        self._gen = client._body(stream, reader, first)
+
+    def __aiter__(self) -> TunnelBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self._started = True
+        return await self._gen.__anext__()
+
+    async def read(self) -> bytes:
+        """The rest of the body, at most MAX_ERROR_BODY bytes (PacketError past it)."""
+        parts: list[bytes] = []
+        size = 0
+        async with self:
+            async for data in self:
+                size += len(data)
+                if size > MAX_ERROR_BODY:
+                    raise PacketError(f"tunnel answer longer than {MAX_ERROR_BODY} bytes")
+                parts.append(data)
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        """Stop reading: the stream is reset unless the body was read to its end."""
+        await self._gen.aclose()
+        if not self._started:
+            self._started = True
+            await self._stream.reset()
+
+    async def __aenter__(self) -> TunnelBody:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class TunnelResponse(NamedTuple):
+    """A tunnel answer: status, headers (lowercase names, as sent) and the body as it arrives."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: TunnelBody
+
+
+class _TunnelAnswer:
+    """One chat request to one latest-generation node, through its model's tunnel."""
+
+    def __init__(self, client: MimirClient, peer: PeerId, data: dict[str, Any]) -> None:
+        self.client = client
+        self.peer = peer
+        tunnels = client._tunnels.get(peer, {})
+        self.model = data.get("model") or next(iter(tunnels), DEFAULT_MODEL)
+        self.protocol = tunnels.get(self.model) or tunnel_protocol(self.model)
+        self.data = {**data, "model": self.model, "stream": True}
+        self.started = False
+
+    async def chunks(self) -> AsyncGenerator[ChatCompletionChunk, None]:
+        from openai.types.chat import ChatCompletionChunk  # heavy: loaded only when chatting
+
+        client = self.client
+        inflight = client._inflight
+        inflight[self.peer] = inflight.get(self.peer, 0) + 1
+        try:
+            body = json.dumps(self.data).encode()
+            stream, reader, first = await client._open_tunnel(
+                self.peer, self.protocol, "POST", "/v1/chat/completions", body
+            )
+            assert reader.head is not None
+            if reader.head.status != 200:
+                raw = await client._read_body(stream, reader, first)
+                raise HttpRemoteError(reader.head.status, *error_message(reader.head.status, raw))
+            kind = (reader.head.header("content-type") or "").split(";")[0].strip().lower()
+            if kind == "application/json":  # a backend that does not stream: one whole completion
+                chunk = self._whole(ChatCompletionChunk, await client._read_body(stream, reader, first))
+                self.started = True
+                yield chunk
+                return
+            sse = SseDecoder()
+            finished = done = False
+            async with contextlib.aclosing(client._body(stream, reader, first)) as pieces:
+                async for piece in pieces:
+                    for event in [] if done else sse.feed(piece):
+                        if event.strip() == "[DONE]":
+                            done = True  # read on to the node's close, so the stream ends cleanly
+                            break
+                        chunk = self._chunk(ChatCompletionChunk, event)
+                        finished = finished or any(c.finish_reason for c in chunk.choices)
+                        self.started = True
+                        yield chunk
+                for event in [] if done else sse.eof():
+                    if event.strip() == "[DONE]":
+                        done = True
+                        break
+                    chunk = self._chunk(ChatCompletionChunk, event)
+                    finished = finished or any(c.finish_reason for c in chunk.choices)
+                    self.started = True
+                    yield chunk
+            if not (finished or done):
+                raise TruncatedAnswerError(f"answer from {self.peer} ended before it was finished")
+        finally:
+            inflight[self.peer] -= 1
+            if not inflight[self.peer]:
+                del inflight[self.peer]
+
+    def _whole(self, kind: type[ChatCompletionChunk], body: bytes) -> ChatCompletionChunk:
+        """A ``chat.completion`` answered instead of a stream, as one chunk carrying all of it."""
+        try:
+            obj = json.loads(body)
+            choices = [
+                {
+                    "index": c.get("index", 0),
+                    "delta": c.get("message") or {},
+                    "finish_reason": c.get("finish_reason") or "stop",
+                }
+                for c in obj["choices"]
+            ]
+            fields = {
+                k: obj[k] for k in ("id", "created", "model", "system_fingerprint", "usage") if k in obj
+            }
+            return kind.model_validate({**fields, "object": "chat.completion.chunk", "choices": choices})
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise PacketError(f"tunnel answer is not a chat completion: {exc}") from None
+
+    def _chunk(self, kind: type[ChatCompletionChunk], event: str) -> ChatCompletionChunk:
+        try:
+            obj = json.loads(event)
+        except ValueError:
+            raise PacketError("SSE event is not JSON") from None
+        if isinstance(obj, dict) and "error" in obj and "choices" not in obj:
+            raise HttpRemoteError(200, *error_message(200, event.encode()))
+        try:
+            return kind.model_validate(obj)
+        except ValueError as exc:
+            raise PacketError(f"SSE event is not a chat completion chunk: {exc}") from None
 
 
 class _Answer:
