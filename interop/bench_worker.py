@@ -561,28 +561,20 @@ async def tun_client(addr: str, params: dict[str, Any]) -> None:
     """One ``tun_chunks`` answer from the node at ``addr`` after a one-token warm-up chat, timed from
     the call of ``MimirClient.chat`` (connection identified) to its first and last chunk."""
     from mimirlite.mimir import MimirClient
+    from mimirlite.mimir.client import LATEST
 
-    via = params["tun_via"]
-    latest = None
-    if via == "tunnel":
-        try:
-            from mimirlite.mimir.client import LATEST  # the client's tunnel support
-        except ImportError:
-            emit({"event": "error", "workload": "T1",
-                  "error": "n/a: not built yet (mimirlite's MimirClient has no tunnel client)"})
-            emit({"event": "done"})
-            return
-        latest = LATEST
     async with MimirClient(peers=[addr], mdns=False) as client:  # loopback only: no discovery
         if not client.nodes:
             raise RuntimeError(f"node at {addr} could not be identified")
         peer = next(iter(client.nodes))
-        if latest is not None and client.generation(peer) != latest:
+        if params["tun_via"] == "tunnel" and client.generation(peer) != LATEST:
             # chat() prefers /mimirllm/1.0.0 when a node serves both (a mimirlite node): this
             # benchmark of the tunnel makes the client speak the tunnel to it (no public switch yet)
             if TUN_MODEL not in client.tunnels(peer):
                 raise RuntimeError(f"node at {addr} serves no tunnel for {TUN_MODEL}")
-            client._generation[peer] = latest
+            client._generation[peer] = LATEST
+        elif params["tun_via"] == "first" and client.generation(peer) == LATEST:
+            raise RuntimeError(f"node at {addr} does not serve /mimirllm/1.0.0")
 
         async def t1() -> dict[str, Any]:
             async for _chunk in client.chat([{"role": "user", "content": TUN_WARMUP}], model=TUN_MODEL):
