@@ -7,7 +7,11 @@
 
 Workloads W1-W5 are those of the project's bench/WORKLOADS.md (TCP + Noise + yamux on 127.0.0.1,
 listener and dialer in separate processes), plus the end-to-end chat workload (a MimirNode with the
-echo model, and a MimirClient). Peers:
+echo model, and a MimirClient) and T1, the latest MimirLLM generation's ``/mimir/<model>/1.0.0`` HTTP
+tunnel (``--only tun``): one answer of 20,000 streamed chunks from tests/openai_server.py (its own
+process) through a node, for mimirlite and the latest-generation JS peers (``latest-node.mjs``,
+``latest-client.mjs``) both ways, beside mimirlite's first generation (``/mimirllm/1.0.0``) through the
+same node and backend. Peers:
 
 - mimirlite -> mimirlite, js-libp2p -> js-libp2p, mimirlite -> js-libp2p, js-libp2p -> mimirlite
   (``A -> B``: A dials, B listens); the JS side is ``bench-peer.mjs`` on interop/'s pinned stack;
@@ -50,6 +54,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORKER = HERE / "bench_worker.py"
 JS_PEER = HERE / "bench-peer.mjs"
+LATEST_NODE = HERE / "latest-node.mjs"
+LATEST_CLIENT = HERE / "latest-client.mjs"
 PYL_WORKER = HERE / "bench_pylibp2p.py"
 DEFAULT_VENV = HERE / ".bench-venv"
 PY_LIBP2P_VERSION = "0.8.1"
@@ -79,6 +85,7 @@ QUICK: dict[str, Any] = {
         "words": 500,
         "ttfc_runs": 10,
         "aead_seconds": 0.05,
+        "tun_chunks": 300,
     },
 }
 
@@ -106,6 +113,8 @@ FIGURES = [
     Figure("w5_rss", "W5", "idle listening host RSS", "MiB", False),
     Figure("e2e_chunks", "E2E", "chat chunks through one stream", "chunks/s", True),
     Figure("e2e_ttfc", "E2E", "added time to first chunk", "ms", False),
+    Figure("t1_chunks", "T1", "tunnel: chunks of one streamed answer", "chunks/s", True),
+    Figure("t1_ttfc", "T1", "tunnel: time to first chunk", "ms", False),
 ]
 FIG = {f.key: f for f in FIGURES}
 
@@ -145,7 +154,29 @@ AEAD_PEER = "limit: ChaCha20-Poly1305 enc+dec"
 IMPL_NAMES = {"mimirlite": "mimirlite", "js": "js-libp2p", "pylibp2p": "py-libp2p"}
 E2E_PEER = "mimirlite: MimirClient → MimirNode (echo)"
 E2E_LIMIT = "limit: EchoBackend in-process"
-SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e"]
+
+
+@dataclass(frozen=True)
+class TunPair:
+    """T1: a client (``mimirlite`` or the latest ``js``) asking a node for one answer."""
+
+    key: str
+    name: str
+    client: str
+    node: str
+    via: str = "tunnel"  # or "first": mimirlite's /mimirllm/1.0.0, the comparison
+
+
+TUN_PAIRS = [
+    TunPair("mm", "tunnel: mimirlite → mimirlite", "mimirlite", "mimirlite"),
+    TunPair("jj", "tunnel: latest JS → latest JS", "js", "js"),
+    TunPair("mj", "tunnel: mimirlite → latest JS", "mimirlite", "js"),
+    TunPair("jm", "tunnel: latest JS → mimirlite", "js", "mimirlite"),
+    TunPair("gen1", "/mimirllm/1.0.0: mimirlite → mimirlite", "mimirlite", "mimirlite", via="first"),
+]
+TUN = {t.key: t for t in TUN_PAIRS}
+TUN_KEYS = ["t1_chunks", "t1_ttfc"]
+SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun"]
 
 
 def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -161,6 +192,8 @@ def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
         elif f.workload == "W5":
             for impl in ("mimirlite", "js", "pylibp2p"):
                 rows.append((f.key, IMPL_NAMES[impl], False))
+        elif f.workload == "T1":
+            rows += [(f.key, t.name, False) for t in TUN_PAIRS]
         else:
             rows.append((f.key, E2E_PEER, False))
             if f.key == "e2e_chunks":
@@ -175,6 +208,8 @@ def figure_label(f: Figure, params: dict[str, Any]) -> str:
         return f"bulk ({params['bulk_bytes'] >> 20} MiB)"
     if f.key == "w3" and params["tokens"] != FULL["params"]["tokens"]:
         return f"tokens ({params['tokens']:,})"
+    if f.key == "t1_chunks" and params["tun_chunks"] != FULL["params"]["tun_chunks"]:
+        return f"tunnel: chunks of one streamed answer ({params['tun_chunks']:,})"
     return f.label
 
 
@@ -313,6 +348,7 @@ def rss_mib(pid: int) -> float | None:
 class Env:
     node: str | None = None
     node_reason: str = ""
+    latest_reason: str = ""  # why the latest-generation JS peers cannot run ("" when they can)
     venv_python: str | None = None
     pyl_reason: str = ""
     versions: dict[str, str] = field(default_factory=dict)
@@ -321,6 +357,8 @@ class Env:
         """None when ``impl`` can run, else why not."""
         if impl == "js" and self.node is None:
             return self.node_reason
+        if impl == "js-latest":
+            return self.node_reason if self.node is None else (self.latest_reason or None)
         if impl == "pylibp2p" and self.venv_python is None:
             return self.pyl_reason
         return None
@@ -420,9 +458,11 @@ class Bench:
     def log(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    async def start_listener(self, impl: str, mode: str = "listen") -> tuple[Proc, str, float, float | None]:
+    async def start_listener(
+        self, impl: str, mode: str = "listen", args: Sequence[str] = ()
+    ) -> tuple[Proc, str, float, float | None]:
         cmd, env, cwd = self.env.cmd(impl, mode)
-        p = await Proc.start(f"{impl} {mode}", cmd, env, cwd)
+        p = await Proc.start(f"{impl} {mode}", [*cmd, *args], env, cwd)
         try:
             deadline = time.perf_counter() + 60
             while True:
@@ -549,6 +589,116 @@ class Bench:
         else:
             self.fail(E2E_PEER, ["e2e_ttfc"], str(ttfc or results.get("_error", "no result")))
 
+    async def start_latest_node(self, backend_url: str) -> tuple[Proc, str]:
+        """latest-node.mjs in front of ``backend_url``, serving T1's model; (process, its address)."""
+        assert self.env.node is not None
+        cmd = [self.env.node, str(LATEST_NODE), "--listen", "/ip4/127.0.0.1/tcp/0",
+               "--backend-url", backend_url, "--model", bench_worker.TUN_MODEL, "--no-monitor"]
+        p = await Proc.start("latest JS node", cmd, None, HERE)
+        try:
+            deadline = time.perf_counter() + 60
+            while True:
+                _, ev = await p.next_event(deadline)
+                if ev.get("event") == "ready":
+                    return p, str(ev["addrs"][0])
+        except BaseException:
+            await p.stop()
+            raise
+
+    async def run_latest_client(self, addr: str) -> dict[str, Any]:
+        """latest-client.mjs asks ``addr`` for one answer: it dials, probes the model's tunnel (t0),
+        then the openai SDK's chat stream, which it buffers whole before its first chunk. Timed here
+        from its probe line to its first and last chunk lines."""
+        assert self.env.node is not None
+        n = self.params["tun_chunks"]
+        budget = self.cfg["dial_budget"]
+        model = bench_worker.TUN_MODEL
+        cmd = [self.env.node, str(LATEST_CLIENT), "--peer", addr, "--model", model, "--probe", model,
+               "--prompt", "tell me everything", "--no-monitor", "--timeout-ms", str(int(budget * 1000))]
+        p = await Proc.start("latest JS client", cmd, None, HERE)
+        t0 = first = last = 0.0
+        count = 0
+        try:
+            deadline = time.perf_counter() + budget + 10
+            while True:
+                t, ev = await p.next_event(deadline)
+                kind = ev.get("event")
+                if kind == "probe":
+                    if not ev.get("served"):
+                        raise WorkerError(f"the node does not serve {model}: {ev.get('error')}")
+                    t0 = t
+                elif kind == "chunk":
+                    if count == 0:
+                        first = t
+                    last = t
+                    count += 1
+                elif kind == "result":
+                    if not ev.get("ok"):
+                        raise WorkerError(f"latest JS client: {ev.get('error')}")
+                    break
+            if count != n or not t0:
+                raise WorkerError(f"latest JS client: {count} chunks, expected {n}")
+            return {"chunks_s": count / (last - t0), "ttfc_ms": (first - t0) * 1000}
+        finally:
+            await p.stop()
+
+    async def tun_client(self, t: TunPair, node_addr: str) -> None:
+        """One T1 answer for ``t``, from the node at ``node_addr``; its figures, or why there are none."""
+        self.log(f"  {t.name}")
+        try:
+            if t.client == "js":
+                values: Any = await self.run_latest_client(node_addr)
+            else:
+                params = {**self.params, "tun_via": t.via}
+                results = await self.run_dialer("mimirlite", "tun-client", node_addr, params)
+                values = results.get("T1") or results.get("_error", "no result")
+        except WorkerError as exc:
+            values = str(exc)
+        if isinstance(values, dict):
+            self.add(t.name, "t1_chunks", values["chunks_s"])
+            self.add(t.name, "t1_ttfc", values["ttfc_ms"])
+        else:
+            self.fail(t.name, TUN_KEYS, str(values))
+
+    async def run_tun(self) -> None:
+        """T1: one test server; a mimirlite node, then a latest JS node, in front of it, each asked by
+        the clients of its pairs in turn."""
+        why_js = self.env.available("js-latest")
+        if why_js is not None:
+            for t in TUN_PAIRS:
+                if "js" in (t.client, t.node):
+                    self.fail(t.name, TUN_KEYS, why_js)
+        try:
+            server, url, _, _ = await self.start_listener("mimirlite", "tun-server", ["--params",
+                                                          json.dumps(self.params)])
+        except WorkerError as exc:
+            for t in TUN_PAIRS:
+                self.fail(t.name, TUN_KEYS, f"test server failed: {exc}")
+            return
+        try:
+            for node_impl in ("mimirlite", "js"):
+                pairs = [t for t in TUN_PAIRS if t.node == node_impl
+                         and (why_js is None or "js" not in (t.client, t.node))]
+                if not pairs:
+                    continue
+                try:
+                    if node_impl == "js":
+                        node, addr = await self.start_latest_node(url)
+                    else:
+                        args = ["--addr", url, "--params", json.dumps(self.params)]
+                        node, addr, _, _ = await self.start_listener("mimirlite", "tun-node", args)
+                except WorkerError as exc:
+                    for t in pairs:
+                        self.fail(t.name, TUN_KEYS, f"node failed: {exc}")
+                    continue
+                try:
+                    for t in pairs:
+                        await self.tun_client(t, addr)
+                finally:
+                    await node.stop()
+        finally:
+            await server.stop()
+
     async def run(self) -> None:
         for pair in PAIRS:
             if pair.key not in self.sections:
@@ -559,6 +709,9 @@ class Bench:
         if "e2e" not in self.sections:
             self.fail(E2E_PEER, ["e2e_chunks", "e2e_ttfc"], "not selected")
             self.fail(E2E_LIMIT, ["e2e_chunks"], "not selected")
+        if "tun" not in self.sections:
+            for t in TUN_PAIRS:
+                self.fail(t.name, TUN_KEYS, "not selected")
         await self.warm_up()
         for r in range(self.cfg["runs"]):
             self.log(f"run {r + 1} of {self.cfg['runs']}")
@@ -570,6 +723,8 @@ class Bench:
                     await self.run_aead()
                 elif key == "e2e":
                     await self.run_e2e()
+                elif key == "tun":
+                    await self.run_tun()
         for impl, name in IMPL_NAMES.items():
             why = self.env.available(impl)
             if why is not None:
@@ -693,6 +848,11 @@ def check_targets(bench: Bench) -> list[Target]:
     abs_target("W5 idle RSS <= 40 MiB", "w5_rss", "mimirlite", 40, False)
     abs_target("E2E added time to first chunk <= 2 ms", "e2e_ttfc", E2E_PEER, 2.0, False)
     abs_target("E2E >= 20,000 chunks/s through one node", "e2e_chunks", E2E_PEER, 20_000, True)
+    tun_mm, tun_jj, gen1 = TUN["mm"].name, TUN["jj"].name, TUN["gen1"].name
+    ratio_target("T1 tunnel chunks/s >= 3x the latest JS pair's", "t1_chunks", tun_mm, tun_jj, 3.0, True)
+    ratio_target(
+        "T1 tunnel chunks/s within 30% of /mimirllm/1.0.0's (>= 0.7x)", "t1_chunks", tun_mm, gen1, 0.7, True
+    )
     return out
 
 
@@ -784,7 +944,8 @@ def header_lines(
         f"W2 {p['bulk_bytes'] >> 20} MiB in {p['chunk'] >> 10} KiB writes; "
         f"W3 {p['tokens']:,} messages (at most {p['tokens_cap_s']:g} s); W4 {p['rpc_seq']:,} sequential "
         f"(+{p['rpc_warmup']} warm-up), {p['rpc_workers']} workers x {p['rpc_per_worker']}; "
-        f"E2E {p['words']:,} words, {p['ttfc_runs']} chats timed to their first chunk",
+        f"E2E {p['words']:,} words, {p['ttfc_runs']} chats timed to their first chunk; "
+        f"T1 one answer of {p['tun_chunks']:,} chunks a run",
         "vs best = median / best peer's median for that figure (limits excluded from 'best'); "
         "↑ higher is better, ↓ lower is better",
     ]
@@ -794,6 +955,14 @@ def header_lines(
             f"{fmt(statistics.median(bench.extra['ttfc_ms']))} ms through the node vs "
             f"{fmt(statistics.median(bench.extra['inprocess_ms']))} ms "
             "calling EchoBackend.stream_chat in-process"
+        )
+    if "tun" in bench.sections:
+        lines.append(
+            "T1: tests/openai_server.py streams the answer (its own process) to the node; a mimirlite "
+            "client is timed from its chat() call (connection identified, one warm-up chat) to its first "
+            "and last chunk; the latest JS client (one chat a process, as it is) from its probe of the "
+            "tunnel, on the connection it then chats over, to its first and last chunk line: it buffers "
+            "the whole answer, so its first chunk comes with its last"
         )
     return lines
 
@@ -817,6 +986,8 @@ async def amain(args: argparse.Namespace) -> int:
     env.node, env.node_reason = find_node()
     if env.node:
         env.versions.update({f"{k}": v for k, v in js_versions().items()})
+        if not (HERE / "node_modules" / "openai").is_dir():
+            env.latest_reason = "unavailable: interop/node_modules has no openai (run npm ci in interop/)"
     venv = Path(args.venv).resolve()
     if "pp" in sections:
         if venv_ready(venv, PY_LIBP2P_VERSION):

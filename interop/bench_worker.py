@@ -8,6 +8,10 @@ Modes (``python interop/bench_worker.py MODE [--impl mimirlite|raw] [--addr A] [
   ``error``) line per workload, then ``done``, and exit.
 - ``aead``: the ChaCha20-Poly1305 limit (``cryptography``), in this one process.
 - ``e2e-node`` / ``e2e-client``: a MimirNode with the echo model, and the client that chats with it.
+- ``tun-server`` / ``tun-node`` / ``tun-client`` (T1, the latest generation's tunnel): tests/openai_server.py
+  answering every chat with ``tun_chunks`` streamed chunks; a MimirNode with OpenAIBackend in front of it
+  (``--addr`` the server's root URL); a MimirClient timing one such answer from a node (``--addr``), over
+  ``/mimir/<model>/1.0.0`` (``tun_via: "tunnel"``) or ``/mimirllm/1.0.0`` (``"first"``).
 
 ``--impl mimirlite`` uses only mimirlite's public API; ``--impl raw`` is plain asyncio TCP (W2, W3).
 Workloads are those of the project's bench/WORKLOADS.md; the wire shapes here are mirrored by
@@ -55,7 +59,12 @@ DEFAULTS: dict[str, Any] = {
     "words": 20_000,  # end to end: words of the long prompt
     "ttfc_runs": 200,  # end to end: chats timed to their first chunk
     "aead_seconds": 1.0,  # the AEAD limit: seconds per message size
+    "tun_chunks": 20_000,  # T1: chunks of the streamed answer (role chunk and finish chunk included)
+    "tun_via": "tunnel",  # T1 client: "tunnel" (/mimir/<model>/1.0.0) or "first" (/mimirllm/1.0.0)
 }
+
+TUN_MODEL = "llama3.2:latest"  # T1's one model (its tunnel is /mimir/llama3.2-latest/1.0.0)
+TUN_WARMUP = "warm up"  # T1: a chat whose last message is this gets a one-token answer
 
 
 def token_message() -> dict[str, Any]:
@@ -516,11 +525,81 @@ async def e2e_client(addr: str, params: dict[str, Any]) -> None:
         )
 
 
+# ---------------------------------------------------------------- T1: the latest generation's tunnel
+
+
+def tun_tokens(chunks: int) -> list[str]:
+    """The T1 answer's tokens: with the role chunk and the finish chunk, ``chunks`` chunks in all."""
+    return [f" {WORDS[i % len(WORDS)]}" for i in range(max(chunks - 2, 1))]
+
+
+async def tun_server(stop: asyncio.Event, params: dict[str, Any]) -> None:
+    from tests.openai_server import OpenAIServer  # the repository root is on PYTHONPATH
+
+    tokens = tun_tokens(params["tun_chunks"])
+
+    def reply(body: dict[str, Any]) -> list[str]:
+        messages = body.get("messages") or [{}]
+        return ["ok"] if messages[-1].get("content") == TUN_WARMUP else tokens
+
+    async with OpenAIServer(models=[TUN_MODEL], reply=reply) as srv:
+        emit({"event": "ready", "addr": srv.url, "pid": os.getpid()})
+        await stop.wait()
+
+
+async def tun_node(stop: asyncio.Event, backend_url: str, params: dict[str, Any]) -> None:
+    from mimirlite import Host
+    from mimirlite.mimir import MimirNode, OpenAIBackend
+
+    backend = OpenAIBackend(f"{backend_url}/v1", models=[TUN_MODEL], timeout=params["timeout"])
+    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host, MimirNode(host, backend):
+        emit({"event": "ready", "addr": host.listen_addrs[0], "pid": os.getpid()})
+        await stop.wait()
+
+
+async def tun_client(addr: str, params: dict[str, Any]) -> None:
+    """One ``tun_chunks`` answer from the node at ``addr`` after a one-token warm-up chat, timed from
+    the call of ``MimirClient.chat`` (connection identified) to its first and last chunk."""
+    from mimirlite.mimir import MimirClient
+    from mimirlite.mimir.client import LATEST
+
+    async with MimirClient(peers=[addr], mdns=False) as client:  # loopback only: no discovery
+        if not client.nodes:
+            raise RuntimeError(f"node at {addr} could not be identified")
+        peer = next(iter(client.nodes))
+        if params["tun_via"] == "tunnel" and client.generation(peer) != LATEST:
+            # chat() prefers /mimirllm/1.0.0 when a node serves both (a mimirlite node): this
+            # benchmark of the tunnel makes the client speak the tunnel to it (no public switch yet)
+            if TUN_MODEL not in client.tunnels(peer):
+                raise RuntimeError(f"node at {addr} serves no tunnel for {TUN_MODEL}")
+            client._generation[peer] = LATEST
+        elif params["tun_via"] == "first" and client.generation(peer) == LATEST:
+            raise RuntimeError(f"node at {addr} does not serve /mimirllm/1.0.0")
+
+        async def t1() -> dict[str, Any]:
+            async for _chunk in client.chat([{"role": "user", "content": TUN_WARMUP}], model=TUN_MODEL):
+                pass
+            messages = [{"role": "user", "content": "tell me everything"}]
+            count = 0
+            first = 0.0
+            t0 = time.perf_counter()
+            async for _chunk in client.chat(messages, model=TUN_MODEL):
+                if count == 0:
+                    first = time.perf_counter()
+                count += 1
+            elapsed = time.perf_counter() - t0
+            if count != params["tun_chunks"]:
+                raise ValueError(f"{count} chunks, expected {params['tun_chunks']}")
+            return {"chunks_s": count / elapsed, "ttfc_ms": (first - t0) * 1000, "chunks": count}
+
+        await run_workloads({**params, "workloads": ["T1"]}, {"T1": t1})
+
+
 # ---------------------------------------------------------------- main
 
 
 async def amain(args: argparse.Namespace, params: dict[str, Any]) -> None:
-    if args.mode in ("listen", "e2e-node"):
+    if args.mode in ("listen", "e2e-node", "tun-server", "tun-node"):
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
 
@@ -531,6 +610,10 @@ async def amain(args: argparse.Namespace, params: dict[str, Any]) -> None:
         watch_stdin(on_eof)
         if args.mode == "e2e-node":
             await e2e_node(stop)
+        elif args.mode == "tun-server":
+            await tun_server(stop, params)
+        elif args.mode == "tun-node":
+            await tun_node(stop, args.addr, params)
         elif args.impl == "raw":
             await raw_listen(stop)
         else:
@@ -541,11 +624,15 @@ async def amain(args: argparse.Namespace, params: dict[str, Any]) -> None:
         await (raw_dial if args.impl == "raw" else mimirlite_dial)(args.addr, params)
     elif args.mode == "e2e-client":
         await e2e_client(args.addr, params)
+    elif args.mode == "tun-client":
+        await tun_client(args.addr, params)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["listen", "dial", "aead", "e2e-node", "e2e-client"])
+    parser.add_argument("mode", choices=[
+        "listen", "dial", "aead", "e2e-node", "e2e-client", "tun-server", "tun-node", "tun-client"
+    ])
     parser.add_argument("--impl", choices=["mimirlite", "raw"], default="mimirlite")
     parser.add_argument("--addr", default="")
     parser.add_argument("--params", default="{}", help="JSON object overriding the workload sizes")
