@@ -563,17 +563,14 @@ async def tun_client(addr: str, params: dict[str, Any]) -> None:
     from mimirlite.mimir import MimirClient
     from mimirlite.mimir.client import LATEST
 
-    async with MimirClient(peers=[addr], mdns=False) as client:  # loopback only: no discovery
+    tunnel = params["tun_via"] == "tunnel"
+    async with MimirClient(peers=[addr], mdns=False, prefer_tunnel=tunnel) as client:  # loopback only
         if not client.nodes:
             raise RuntimeError(f"node at {addr} could not be identified")
         peer = next(iter(client.nodes))
-        if params["tun_via"] == "tunnel" and client.generation(peer) != LATEST:
-            # chat() prefers /mimirllm/1.0.0 when a node serves both (a mimirlite node): this
-            # benchmark of the tunnel makes the client speak the tunnel to it (no public switch yet)
-            if TUN_MODEL not in client.tunnels(peer):
-                raise RuntimeError(f"node at {addr} serves no tunnel for {TUN_MODEL}")
-            client._generation[peer] = LATEST
-        elif params["tun_via"] == "first" and client.generation(peer) == LATEST:
+        if tunnel and TUN_MODEL not in client.tunnels(peer):
+            raise RuntimeError(f"node at {addr} serves no tunnel for {TUN_MODEL}")
+        if not tunnel and client.generation(peer) == LATEST:
             raise RuntimeError(f"node at {addr} does not serve /mimirllm/1.0.0")
 
         async def t1() -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -338,3 +339,22 @@ async def test_request_through_a_mimirlite_nodes_tunnel() -> None:
         refused = await client.request(DEFAULT_MODEL, "DELETE", "/api/delete", {"model": DEFAULT_MODEL})
         assert refused.status == 403
         assert "not allowed" in json.loads(await refused.body.read())["error"]["message"]
+
+
+async def test_prefer_tunnel_chats_over_the_tunnel_with_a_node_serving_both(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, "mimirlite.mimir.node")
+    async with contextlib.AsyncExitStack() as stack:
+        host = await stack.enter_async_context(Host(listen=["/ip4/127.0.0.1/tcp/0"]))
+        await stack.enter_async_context(MimirNode(host, EchoBackend(DEFAULT_MODEL)))
+        for prefer in (False, True):
+            caplog.clear()
+            client = await stack.enter_async_context(
+                MimirClient(peers=[host.listen_addrs[0]], prefer_tunnel=prefer)
+            )
+            hello = [{"role": "user", "content": "hello big world"}]
+            words = [c.choices[0].delta.content async for c in client.chat(hello, model=DEFAULT_MODEL)]
+            assert "".join(w or "" for w in words) == "hello big world"
+            tunneled = [r for r in caplog.records if "tunnel POST /v1/chat/completions" in r.getMessage()]
+            assert len(tunneled) == (1 if prefer else 0)

@@ -99,7 +99,8 @@ class MimirClient:
     tells): ``/mimirllm/1.0.0`` (preferred when a node serves both) and the latest one's per-model
     ``/mimir/<model>/1.0.0`` HTTP tunnels, whose real model names are asked with ``GET /v1/models``
     (else ``GET /api/tags``). A peer without identify is asked on ``/mimirllm/1.0.0/identify``, else
-    probed for the tunnels of ``probe_models`` and of the models other nodes serve.
+    probed for the tunnels of ``probe_models`` and of the models other nodes serve. With
+    ``prefer_tunnel``, chats go over the tunnel with nodes that serve both.
     """
 
     def __init__(
@@ -115,8 +116,10 @@ class MimirClient:
         mdns_interfaces: Sequence[str] | None = None,
         mdns_interval: float = MDNS_INTERVAL,
         probe_models: Sequence[str] = (DEFAULT_MODEL,),
+        prefer_tunnel: bool = False,
     ) -> None:
         self._own_host = host is None
+        self.prefer_tunnel = prefer_tunnel
         self.host = host or Host(keypair, config=config)
         self._static = list(peers)
         self.identify_timeout = identify_timeout
@@ -418,7 +421,9 @@ class MimirClient:
             data["model"] = model_name(model)
         for i, peer in enumerate(candidates):
             answer: _Answer | _TunnelAnswer
-            if self._generation.get(peer) == LATEST:
+            if self._generation.get(peer) == LATEST or (
+                self.prefer_tunnel and data.get("model") in self._tunnels.get(peer, {})
+            ):
                 answer = _TunnelAnswer(self, peer, data)
             else:
                 answer = _Answer(self, peer, data)
