@@ -98,7 +98,9 @@ class JsLatestNode(JsProcess):
     ) -> JsLatestNode:
         """Start a node in front of ``backend_url`` (an Ollama-like root such as ``OpenAIServer.url``; a
         trailing ``/v1`` is dropped). ``models``: serve these instead of the backend's ``/api/tags``.
-        ``args``: further flags of latest-node.mjs (``--dht``, ``--max-streams N``, ...)."""
+        ``args``: further flags of latest-node.mjs (``--dht``, ``--max-streams N``, ``--mdns`` with
+        ``--mdns-interval-ms N``: @libp2p/mdns as the original, only inside test namespaces, ...).
+        ``netns``: run it in that network namespace (``ip netns exec``; needs root)."""
         argv = ["--listen", listen, "--backend-url", backend_url]
         for m in models:
             argv += ["--model", m]
