@@ -311,3 +311,39 @@ async def test_a_node_answer_cut_mid_body_is_a_truncated_response(openai_server:
             writer.close()
     assert isinstance(events[0], h11.Response) and events[0].status_code == 200
     assert b"".join(e.data for e in events if isinstance(e, h11.Data)).startswith(b"data: ")
+
+
+async def _first_event(gw: Gateway, body: dict[str, Any]) -> tuple[asyncio.StreamWriter, bytes]:
+    """POST a streamed completion on a raw connection; return it once the first SSE event came."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    raw = json.dumps(body).encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(raw)}\r\n\r\n"
+    ).encode()
+    writer.write(head + raw)
+    got = b""
+    while b"data: " not in got.partition(b"\r\n\r\n")[2] or not got.endswith(b"\n\n\r\n"):
+        data = await bounded(reader.read(65536))
+        assert data, got
+        got += data
+    return writer, got
+
+
+@live
+async def test_the_answer_streams_as_it_arrives_and_a_client_leaving_cancels_it(
+    openai_server: OpenAIServer,
+) -> None:
+    openai_server.delay = 1.0  # each event a second after the one before
+    async with llama_gateway(openai_server) as gw:
+        body = {"model": LLAMA, "prompt": "a b c d e f g h", "stream": True}
+        writer, got = await _first_event(gw, body)
+        try:
+            assert got.startswith(b"HTTP/1.1 200") and b"content-type: text/event-stream" in got.lower()
+            # the first event came through while the backend was still streaming (not buffered)
+            assert openai_server.streams_completed == 0 and openai_server.streams_started == 1
+        finally:
+            writer.close()
+        # the client went away: the tunnel stream is reset, the node cancels its backend request
+        await bounded(openai_server.stream_cancelled.wait())
+        assert openai_server.streams_completed == 0

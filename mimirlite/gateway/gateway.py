@@ -94,6 +94,8 @@ SSE_HEADERS = (
 JSON_HEADERS = (("content-type", "application/json"),)
 NDJSON_HEADERS = (("content-type", "application/x-ndjson"),)
 TEXT_HEADERS = (("content-type", "text/plain; charset=utf-8"),)
+NO_BODY_STATUSES = frozenset({204, 205, 304})
+"""Statuses a node's tunnel answer to a forwarded request may not have (they carry no body): 502."""
 OLLAMA_PATHS = frozenset(
     {"/api/version", "/api/tags", "/api/show", "/api/chat", "/api/generate", "/api/embed", "/api/embeddings"}
 )
@@ -511,6 +513,11 @@ class Gateway:
         except _UPSTREAM_ERRORS as exc:
             raise _upstream_error(exc) from None
         async with answer.body:
+            if not 200 <= answer.status <= 599 or answer.status in NO_BODY_STATUSES:
+                log.warning("%s: %s %s: the node answered HTTP %d", out.name, req.method, path, answer.status)
+                raise ApiError(
+                    502, f"The node sent an unusable answer (HTTP {answer.status}).", api.SERVER_ERROR
+                )
             headers = [(k, v) for k, v in answer.headers if k == "content-type"][:1]
             http = out.http
             http.start_response(answer.status, headers or list(JSON_HEADERS))
