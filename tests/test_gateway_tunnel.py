@@ -347,3 +347,41 @@ async def test_the_answer_streams_as_it_arrives_and_a_client_leaving_cancels_it(
         # the client went away: the tunnel stream is reset, the node cancels its backend request
         await bounded(openai_server.stream_cancelled.wait())
         assert openai_server.streams_completed == 0
+
+
+@live
+async def test_a_hostile_latest_node_gets_only_its_status_content_type_and_body_through() -> None:
+    from mimirlite import Stream
+    from mimirlite.mimir import DEFAULT_MODEL as MODEL
+    from tests.test_client_tunnel import latest_node
+
+    async def answer(stream: Stream, request: bytes) -> None:
+        if b'"input":"nobody"' in request:  # a status with no body, yet a body
+            await stream.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nhello")
+        elif b'"input":"cut"' in request:  # half its Content-Length, then the end
+            await stream.write(
+                b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n{"a"'
+            )
+        else:
+            head = (
+                b"HTTP/1.1 418 Teapot\r\ncontent-type: text/plain\r\nset-cookie: s=1\r\nx-secret: y\r\n\r\n"
+            )
+            await stream.write(head + b"short and stout")
+        await stream.close()
+
+    async with latest_node(answer) as (host, seen), gateway_for(host.listen_addrs[0]) as gw:
+        conn = await RawHttp.open(gw)
+        try:
+            body = json.dumps({"model": MODEL, "input": "tea"}).encode()
+            status, headers, out = await conn.request("POST", "/v1/embeddings", body)
+            assert (status, out, headers["content-type"]) == (418, b"short and stout", "text/plain")
+            assert "set-cookie" not in headers and "x-secret" not in headers
+            body = json.dumps({"model": MODEL, "input": "nobody"}).encode()
+            status, _, out = await conn.request("POST", "/v1/embeddings", body)
+            assert status == 502 and "HTTP 204" in json.loads(out)["error"]["message"]
+            body = json.dumps({"model": MODEL, "input": "cut"}).encode()
+            with pytest.raises(h11.RemoteProtocolError):  # never a silently short answer
+                await conn.request("POST", "/v1/embeddings", body)
+        finally:
+            await conn.close()
+        assert [r.split(b" ", 2)[:2] for r in seen[-3:]] == [[b"POST", b"/v1/embeddings"]] * 3
