@@ -10,6 +10,11 @@ It serves what a MimirLLM node asks of its backend, in the exact shapes the Open
   ``data: {chat.completion.chunk}\\n\\n`` events (chunked transfer encoding), the first chunk with
   ``delta: {"role": "assistant", "content": ""}``, one chunk per token, a last chunk with an empty
   delta and a ``finish_reason``, then ``data: [DONE]\\n\\n``; otherwise one ``chat.completion`` JSON.
+- ``POST /v1/embeddings`` (OpenAI's list of ``embedding`` objects), Ollama's ``POST /api/embed``
+  (``{"embeddings": [...]}``) and ``POST /api/embeddings`` (``{"embedding": [...]}``): deterministic
+  vectors, :func:`embedding` of each text (``dimensions`` long when asked, else 8);
+- ``POST /v1/completions``: a legacy ``text_completion`` answered like a chat (the prompt echoed token
+  by token), streamed as SSE with ``"stream": true``;
 - Errors as OpenAI sends them: ``{"error": {"message", "type", "param", "code"}}`` (unknown model: 404
   ``model_not_found``; wrong key when ``api_key`` is set: 401 ``invalid_api_key``).
 
@@ -474,6 +479,14 @@ class OpenAIServer:
             if req.method != "POST":
                 return await self._method_not_allowed(conn, req, keep_alive)
             return await self._chat(conn, req, keep_alive)
+        if path in ("/v1/embeddings", "/embeddings", "/api/embed", "/api/embeddings"):
+            if req.method != "POST":
+                return await self._method_not_allowed(conn, req, keep_alive)
+            return await self._embeddings(conn, req, path, keep_alive)
+        if path in ("/v1/completions", "/completions"):
+            if req.method != "POST":
+                return await self._method_not_allowed(conn, req, keep_alive)
+            return await self._completion(conn, req, keep_alive)
         if path == "/api/tags":
             if req.method != "GET":
                 return await self._method_not_allowed(conn, req, keep_alive)
@@ -556,6 +569,81 @@ class OpenAIServer:
         finally:
             self.hanging -= 1
             self._notify()
+
+    # ------------------------------------------------------------------ embeddings, completions
+
+    async def _embeddings(self, conn: _Conn, req: RecordedRequest, path: str, keep_alive: bool) -> bool:
+        """OpenAI's ``/v1/embeddings`` and Ollama's ``/api/embed`` / ``/api/embeddings``, each in its own
+        shape, with :func:`embedding` vectors (``dimensions`` long, default :data:`EMBEDDING_DIMENSIONS`)."""
+        body = req.json if isinstance(req.json, dict) else {}
+        model = body.get("model")
+        ollama = path.startswith("/api/")
+        if not isinstance(model, str) or model not in self.models:
+            if ollama:
+                await self._send_json(
+                    conn, 404, {"error": f"model '{model}' not found"}, keep_alive=keep_alive
+                )
+            else:
+                await self._model_not_found(conn, str(model), keep_alive)
+            return keep_alive
+        size = body.get("dimensions")
+        size = size if isinstance(size, int) and 0 < size <= 4096 else EMBEDDING_DIMENSIONS
+        if path == "/api/embeddings":
+            vector = embedding(str(body.get("prompt", "")), size)
+            await self._send_json(conn, 200, {"embedding": vector}, keep_alive=keep_alive)
+            return keep_alive
+        raw = body.get("input", "")
+        texts = [raw] if isinstance(raw, str) else [t if isinstance(t, str) else _dumps(t) for t in raw]
+        vectors = [embedding(t, size) for t in texts]
+        tokens = sum(len(tokenize(t)) for t in texts)
+        if ollama:
+            answer: dict[str, Any] = {"model": model, "embeddings": vectors, "prompt_eval_count": tokens}
+        else:
+            data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+            usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+            answer = {"object": "list", "data": data, "model": model, "usage": usage}
+        await self._send_json(conn, 200, answer, keep_alive=keep_alive)
+        return keep_alive
+
+    async def _completion(self, conn: _Conn, req: RecordedRequest, keep_alive: bool) -> bool:
+        """A legacy ``text_completion``: the prompt echoed token by token (as :meth:`_chat` answers the last
+        user message, ``reply`` and ``max_tokens`` included); streamed as SSE with ``"stream": true``."""
+        body = req.json if isinstance(req.json, dict) else {}
+        model = body.get("model")
+        if not isinstance(model, str) or model not in self.models:
+            await self._model_not_found(conn, str(model), keep_alive)
+            return keep_alive
+        prompt = body.get("prompt", "")
+        prompt = prompt if isinstance(prompt, str) else " ".join(str(p) for p in prompt)
+        tokens = self._answer_tokens({**body, "messages": [{"role": "user", "content": prompt}]})
+        finish_reason = "stop"
+        limit = body.get("max_tokens")
+        if isinstance(limit, int) and not isinstance(limit, bool) and 0 <= limit < len(tokens):
+            tokens, finish_reason = tokens[:limit], "length"
+        completion_id = f"cmpl-mimirlite{next(self._ids):06d}"
+
+        def piece(text: str, reason: str | None) -> dict[str, Any]:
+            return {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": model,
+                "system_fingerprint": self.system_fingerprint,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}],
+            }
+
+        if body.get("stream") is True:
+            chunks = [piece(t, None) for t in tokens] + [piece("", finish_reason)]
+            return await self._send_stream(conn, chunks, keep_alive)
+        answer = piece("".join(tokens), finish_reason)
+        n = len(tokenize(prompt))
+        answer["usage"] = {
+            "prompt_tokens": n,
+            "completion_tokens": len(tokens),
+            "total_tokens": n + len(tokens),
+        }
+        await self._send_json(conn, 200, answer, keep_alive=keep_alive)
+        return keep_alive
 
     # ------------------------------------------------------------------ chat completions
 
@@ -794,6 +882,20 @@ _ERRORS: dict[int, tuple[str, str | None, str | None]] = {
     502: ("server_error", None, "Bad gateway."),
     503: ("server_error", None, "The engine is currently overloaded, please try again later."),
 }
+
+
+EMBEDDING_DIMENSIONS = 8
+"""Length of the vectors answered unless ``dimensions`` asks otherwise."""
+
+
+def embedding(text: str, size: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """The deterministic vector answered for ``text``: bytes of its SHA-256 chain, each as ``b / 255``."""
+    out: list[float] = []
+    seed = text.encode()
+    while len(out) < size:
+        seed = hashlib.sha256(seed).digest()
+        out += [round(b / 255, 6) for b in seed]
+    return out[:size]
 
 
 def _http_chunk(data: bytes) -> bytes:

@@ -173,6 +173,180 @@ def parse_chat_body(body: bytes) -> ChatCall:
     return ChatCall(model, messages, stream, params)
 
 
+# ---- paths only a tunnel serves (embeddings, completions) ----
+
+MAX_INPUTS = 2048
+"""Items in an embeddings ``input`` or a completions ``prompt`` list (OpenAI's own bound); more is 400."""
+MAX_DIMENSIONS = 65536
+"""Largest ``dimensions`` asked of an embeddings model."""
+MAX_COMPLETION_LOGPROBS = 5
+"""Largest ``logprobs`` of a legacy completion (OpenAI's bound)."""
+MAX_TOKEN_ID = 2**31 - 1
+"""Largest token id in a prompt or input given as tokens."""
+
+EMBEDDINGS_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+"""``POST /v1/embeddings``: the fields forwarded (checked); any other is refused 400."""
+COMPLETIONS_FIELDS = frozenset(
+    {"model", "prompt", "suffix", "echo", "best_of", "logprobs", "stream",
+     "temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty",
+     "logit_bias", "user", "stream_options", "n"}
+)  # fmt: skip
+"""``POST /v1/completions``: the fields forwarded (checked; the chat parameters among them by
+:func:`~mimirlite.mimir.params.check_params`); any other is refused 400."""
+OLLAMA_EMBED_FIELDS = frozenset({"model", "input", "truncate", "dimensions", "options", "keep_alive"})
+"""``POST /api/embed``: the fields taken; ``keep_alive`` is accepted and dropped (it would load or unload
+the node's model: that is the node's business), any other is refused 400."""
+OLLAMA_EMBEDDINGS_FIELDS = frozenset({"model", "prompt", "options", "keep_alive"})
+"""``POST /api/embeddings`` (Ollama's older embeddings path): as :data:`OLLAMA_EMBED_FIELDS`."""
+TUNNEL_FIELDS = {
+    "/v1/embeddings": EMBEDDINGS_FIELDS,
+    "/v1/completions": COMPLETIONS_FIELDS,
+    "/api/embed": OLLAMA_EMBED_FIELDS,
+    "/api/embeddings": OLLAMA_EMBEDDINGS_FIELDS,
+}
+"""The paths the gateway forwards through a node's tunnel as they are, with their allowlists."""
+_COMPLETION_PARAMS = frozenset(
+    {"temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty",
+     "logit_bias", "user", "stream_options", "n"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TunnelCall:
+    """A checked body for a path the gateway forwards through a node's tunnel (:data:`TUNNEL_FIELDS`)."""
+
+    model: str
+    body: dict[str, Any]
+    """The allowlisted fields, checked (``model`` included): what is forwarded, as JSON."""
+
+
+def parse_tunnel_body(path: str, body: bytes) -> TunnelCall:
+    """Check an embeddings or completions request for ``path`` (a key of :data:`TUNNEL_FIELDS`);
+    ApiError 400 naming what is wrong. Only allowlisted fields pass, each checked and bounded."""
+    obj = loads_body(body)
+    if not isinstance(obj, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    fields = {k: v for k, v in obj.items() if v is not None}
+    ollama = path.startswith("/api/")
+    try:
+        allowed = TUNNEL_FIELDS[path]
+        for key in fields:
+            if key not in allowed:
+                shown = str(key)[:MAX_NAME]
+                raise ParamError(shown, f"Unrecognized request argument supplied: {shown}")
+        if not fields.get("model"):
+            raise ParamError(
+                "model", "model is required" if ollama else "You must provide a model parameter."
+            )
+        out: dict[str, Any] = {"model": check_model(fields["model"])}
+        if path == "/v1/embeddings":
+            out["input"] = _inputs("input", fields.get("input"), tokens=True)
+            if "encoding_format" in fields:
+                out["encoding_format"] = _one_of(
+                    "encoding_format", fields["encoding_format"], ("float", "base64")
+                )
+            if "dimensions" in fields:
+                out["dimensions"] = _count("dimensions", fields["dimensions"], 1, MAX_DIMENSIONS)
+            out.update(check_params({k: v for k, v in fields.items() if k == "user"}))
+        elif path == "/v1/completions":
+            out["prompt"] = _inputs("prompt", fields.get("prompt", ""), tokens=True, empty=True)
+            if "suffix" in fields:
+                out["suffix"] = _str("suffix", fields["suffix"])
+            for flag in ("echo", "stream"):
+                if flag in fields:
+                    if not isinstance(fields[flag], bool):
+                        raise ParamError(flag, f"'{flag}' must be a boolean.")
+                    out[flag] = fields[flag]
+            if "logprobs" in fields:
+                out["logprobs"] = _count("logprobs", fields["logprobs"], 0, MAX_COMPLETION_LOGPROBS)
+            if "best_of" in fields:
+                out["best_of"] = _count("best_of", fields["best_of"], 1, 8)
+            out.update(check_params({k: v for k, v in fields.items() if k in _COMPLETION_PARAMS}))
+        else:
+            if path == "/api/embed":
+                out["input"] = _inputs("input", fields.get("input"), tokens=False)
+                if "truncate" in fields:
+                    if not isinstance(fields["truncate"], bool):
+                        raise ParamError("truncate", "'truncate' must be a boolean.")
+                    out["truncate"] = fields["truncate"]
+                if "dimensions" in fields:
+                    out["dimensions"] = _count("dimensions", fields["dimensions"], 1, MAX_DIMENSIONS)
+            else:
+                out["prompt"] = _str("prompt", fields.get("prompt", ""))
+            if "options" in fields:
+                out["options"] = _embed_options(fields["options"])
+    except ParamError as exc:
+        log.info("%s request refused (400, param %s): %s", path, exc.param, exc.message)
+        raise ApiError(400, exc.message, param=exc.param) from None
+    return TunnelCall(out["model"], out)
+
+
+def _str(param: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ParamError(param, f"'{param}' must be a string.")
+    return value
+
+
+def _one_of(param: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ParamError(param, f"'{param}' must be one of {', '.join(choices)}.")
+    return str(value)
+
+
+def _count(param: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ParamError(param, f"'{param}' must be an integer from {low} to {high}.")
+    return value
+
+
+def _tokens(param: str, value: list[Any]) -> list[int]:
+    if len(value) > MAX_INPUTS * 16:
+        raise ParamError(param, f"'{param}' holds more than {MAX_INPUTS * 16} tokens.")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= MAX_TOKEN_ID:
+            raise ParamError(param, f"'{param}' tokens must be integers from 0 to {MAX_TOKEN_ID}.")
+    return value
+
+
+def _inputs(param: str, value: Any, *, tokens: bool, empty: bool = False) -> str | list[Any]:
+    """A text, or a list of at most :data:`MAX_INPUTS` texts (with ``tokens``: also a list of token
+    ids, or a list of such lists)."""
+    what = "a string or an array of strings" + (" or of token arrays" if tokens else "")
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list) or (not value and not empty):
+        raise ParamError(param, f"'{param}' must be {what}.")
+    if len(value) > MAX_INPUTS:
+        raise ParamError(param, f"'{param}' holds more than {MAX_INPUTS} items.")
+    if all(isinstance(v, str) for v in value):
+        return value
+    if tokens and all(isinstance(v, int) for v in value):
+        return _tokens(param, value)
+    if tokens and all(isinstance(v, list) for v in value):
+        return [_tokens(f"{param}[{i}]", v) for i, v in enumerate(value)]
+    raise ParamError(param, f"'{param}' must be {what}.")
+
+
+def _embed_options(options: Any) -> dict[str, Any]:
+    """Ollama ``options`` for an embeddings request: its documented names only (see
+    :data:`OLLAMA_OPTIONS`, :data:`OLLAMA_IGNORED_OPTIONS`), each a number, boolean or short string."""
+    if not isinstance(options, dict):
+        raise ParamError("options", "'options' must be an object.")
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        name = f"options.{str(key)[:MAX_NAME]}"
+        if key not in OLLAMA_OPTIONS and key not in OLLAMA_IGNORED_OPTIONS:
+            raise ParamError(name, f"Unrecognized option: '{name}'.")
+        if value is None:
+            continue
+        if isinstance(value, str) and len(value) > MAX_NAME:
+            raise ParamError(name, f"'{name}' is longer than {MAX_NAME} characters.")
+        if not isinstance(value, (bool, int, float, str)):
+            raise ParamError(name, f"'{name}' must be a number, a boolean or a string.")
+        out[key] = value
+    return out
+
+
 # ---- models ----
 
 

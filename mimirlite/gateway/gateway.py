@@ -37,7 +37,7 @@ from mimirlite.gateway.http import (
     Request,
     ServerConnection,
 )
-from mimirlite.mimir.client import MimirClient, NoNodeError, TruncatedAnswerError
+from mimirlite.mimir.client import HttpRemoteError, MimirClient, NoNodeError, TruncatedAnswerError
 from mimirlite.mimir.packets import RemoteError
 from mimirlite.mimir.params import MAX_NAME
 
@@ -94,6 +94,8 @@ SSE_HEADERS = (
 JSON_HEADERS = (("content-type", "application/json"),)
 NDJSON_HEADERS = (("content-type", "application/x-ndjson"),)
 TEXT_HEADERS = (("content-type", "text/plain; charset=utf-8"),)
+NO_BODY_STATUSES = frozenset({204, 205, 304})
+"""Statuses a node's tunnel answer to a forwarded request may not have (they carry no body): 502."""
 OLLAMA_PATHS = frozenset(
     {"/api/version", "/api/tags", "/api/show", "/api/chat", "/api/generate", "/api/embed", "/api/embeddings"}
 )
@@ -138,7 +140,10 @@ class GatewayMetrics:
 class Gateway:
     """Serves the mimir network known to ``client`` as an OpenAI-compatible HTTP API, and as Ollama's
     native API on the same port (``/api/tags``, ``/api/version``, ``/api/show``, ``/api/chat``,
-    ``/api/generate``; every other ``/api/`` path, model management included, is refused 403).
+    ``/api/generate``, ``/api/embed``, ``/api/embeddings``; every other ``/api/`` path, model management
+    included, is refused 403). Chats go to any node; embeddings and legacy completions
+    (``/v1/embeddings``, ``/v1/completions``, ``/api/embed``, ``/api/embeddings``) go, checked against an
+    allowlist, through the ``/mimir/<model>/1.0.0`` tunnel of a node serving the model.
 
     ``async with Gateway(client, port=0) as gateway`` listens (``gateway.port``, ``gateway.base_url``)
     until the block ends; :meth:`serve` listens until cancelled. The client (found nodes by ``peers``
@@ -360,7 +365,7 @@ class Gateway:
                 await out.send_json(200, api.model_object(model, self.created))
             elif path in ("/v1/embeddings", "/v1/completions"):
                 _allow(req, "POST")
-                raise _not_yet(path)
+                await self._tunnel(req, path, out)
             elif path == "/api" or path.startswith("/api/"):
                 await self._ollama(req, path, out)
             elif path == "" and req.method in ("GET", "HEAD"):  # Ollama's "is it up?" (its CLI's heartbeat)
@@ -400,7 +405,7 @@ class Gateway:
                 await self._ollama_chat(req, path.removeprefix("/api/"), out)
             else:  # /api/embed, /api/embeddings
                 _allow(req, "POST")
-                raise _not_yet(path)
+                await self._tunnel(req, path, out)
         except ApiError as err:
             await out.send_error(err, ollama=True)
 
@@ -476,6 +481,59 @@ class Gateway:
         http.send_data(answer.done(_now(), time.monotonic_ns() - started))
         http.end_response()
         await out.flush()
+
+    # ---- paths forwarded through a node's tunnel ----
+
+    async def _tunnel(self, req: Request, path: str, out: _Connection) -> None:
+        """Embeddings and legacy completions (:data:`api.TUNNEL_FIELDS`): the checked body goes as it is
+        through the ``/mimir/<model>/1.0.0`` tunnel of a node serving the model (a latest-generation
+        node, or a mimirlite node); its answer comes back as it arrives, with its status and
+        content type. 404 when nobody serves the model, 501 when only first-generation nodes do."""
+        call = api.parse_tunnel_body(path, req.body)
+        if not self.client.nodes:
+            raise ApiError(503, "No mimir node is reachable.", api.SERVER_ERROR, code="no_node")
+        ollama = path.startswith("/api/")
+        if ollama:
+            model = self._ollama_model(call.model)
+        elif self.client.nodes_for(call.model):
+            model = call.model
+        else:
+            raise api.model_not_found(call.model)
+        if not any(model in self.client.tunnels(p) for p in self.client.nodes_for(model)):
+            log.info("%s: %s %s: only first-generation nodes serve %s", out.name, req.method, path, model)
+            raise ApiError(
+                501,
+                f"{path} needs a node of the latest MimirLLM generation (or a mimirlite node) serving "
+                f"{model}; the reachable nodes serving it speak only the first generation (chat only).",
+                api.SERVER_ERROR,
+                code="needs_latest_generation",
+            )
+        try:
+            answer = await self.client.request(model, "POST", path, api.dumps({**call.body, "model": model}))
+        except _UPSTREAM_ERRORS as exc:
+            raise _upstream_error(exc) from None
+        async with answer.body:
+            if not 200 <= answer.status <= 599 or answer.status in NO_BODY_STATUSES:
+                log.warning("%s: %s %s: the node answered HTTP %d", out.name, req.method, path, answer.status)
+                raise ApiError(
+                    502, f"The node sent an unusable answer (HTTP {answer.status}).", api.SERVER_ERROR
+                )
+            headers = [(k, v) for k, v in answer.headers if k == "content-type"][:1]
+            http = out.http
+            http.start_response(answer.status, headers or list(JSON_HEADERS))
+            await out.flush()
+            try:
+                async for data in answer.body:
+                    http.send_data(data)
+                    await out.flush()
+            except _UPSTREAM_ERRORS as exc:
+                # the status line is sent: end the connection without the last chunk, so the client
+                # sees a truncated answer (never a silently short one)
+                log.warning("%s: %s %s: the node's answer broke off: %s", out.name, req.method, path, exc)
+                raise ConnectionAbortedError(f"the node's answer broke off: {exc}") from None
+            http.end_response()
+            await out.flush()
+        log.info("%s %s %s -> %d", req.method, req.path, model, answer.status)
 
     # ---- chat ----
 
@@ -563,16 +621,6 @@ def _show_model(body: bytes) -> str:
     return model[:MAX_NAME]
 
 
-def _not_yet(path: str) -> ApiError:
-    """501 for the paths that need the latest generation's tunnel (``MimirClient.request``)."""
-    return ApiError(
-        501,
-        f"{path} is not served by this gateway yet (it needs nodes reached through the HTTP tunnel).",
-        api.SERVER_ERROR,
-        code="not_implemented",
-    )
-
-
 def _is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address.partition("%")[0]).is_loopback
@@ -586,7 +634,17 @@ def _allow(req: Request, *methods: str) -> None:
 
 
 def _upstream_error(exc: BaseException) -> ApiError:
-    """The HTTP error for a failed chat on the network."""
+    """The HTTP error for a failed request on the network: a latest-generation node's HTTP error status
+    as it is (4xx, 5xx), a first-generation node's error by its type."""
+    if isinstance(exc, HttpRemoteError) and 400 <= exc.status <= 599:
+        kind = (
+            api.RATE_LIMIT
+            if exc.status == 429
+            else api.INVALID_REQUEST
+            if exc.status < 500
+            else api.SERVER_ERROR
+        )
+        return ApiError(exc.status, exc.message, kind, code=exc.type)
     if isinstance(exc, RemoteError):
         return api.remote_error(exc.type, exc.message)
     if isinstance(exc, NoNodeError):
