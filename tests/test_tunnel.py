@@ -205,6 +205,22 @@ def test_chat_completions_checked_like_a_first_generation_chat() -> None:
         assert (info.value.status, info.value.reason) == (400, "bad_params")
 
 
+def test_embeddings_and_completions_pass_their_allowlists_and_keep_alive_is_dropped() -> None:
+    out = admit(req("POST", "/v1/embeddings", b'{"input":"hello","encoding_format":"float"}'), MODEL)
+    assert json.loads(out.body) == {"model": MODEL, "input": "hello", "encoding_format": "float"}
+    for path, body in (
+        ("/v1/embeddings", b'{"input":"hello","extra_body":{}}'),
+        ("/v1/completions", b'{"prompt":"hi","best_of":99}'),
+        ("/api/embed", b'{"input":"hi","keep_alive":-1,"template":"x"}'),
+    ):
+        with pytest.raises(TunnelError) as info:
+            admit(req("POST", path, body), MODEL)
+        assert (info.value.status, info.value.reason) == (400, "bad_params"), path
+    # Ollama's keep_alive would load or unload the operator's models: never forwarded
+    chat = b'{"messages":[{"role":"user","content":"hi"}],"keep_alive":-1}'
+    assert "keep_alive" not in json.loads(admit(req("POST", "/api/chat", chat), MODEL).body)
+
+
 # ---- answers ----
 
 

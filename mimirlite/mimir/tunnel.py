@@ -163,9 +163,12 @@ def admit(request: TunnelRequest, model: str, *, max_tokens: int | None = None) 
     JSON object (400) whose model, when named (by a name or a CID), is ``model`` (400 otherwise) and is
     ``model`` when not named. A ``/v1/chat/completions`` body is checked as a first-generation chat is
     (its messages and parameters by :mod:`mimirlite.mimir.params`, ``max_tokens`` clamped to
-    ``max_tokens``). The request goes with a JSON ``Content-Type`` and no other header of the client's.
+    ``max_tokens``); embeddings and completions bodies pass the gateway's allowlists for them
+    (:data:`~mimirlite.gateway.api.TUNNEL_FIELDS`); Ollama's ``keep_alive`` (which loads and unloads
+    models) is dropped from the others. The request goes with a JSON ``Content-Type`` and no other header
+    of the client's.
     """
-    from mimirlite.gateway.api import ApiError, dumps, loads_body
+    from mimirlite.gateway.api import TUNNEL_FIELDS, ApiError, dumps, loads_body, parse_tunnel_body
 
     route = (request.method, request.path)
     if route not in ALLOWED_ROUTES:
@@ -194,6 +197,13 @@ def admit(request: TunnelRequest, model: str, *, max_tokens: int | None = None) 
         obj[fields[0]] = model
     if request.path == "/v1/chat/completions":
         obj = _checked_chat(obj, max_tokens)
+    elif request.path in TUNNEL_FIELDS:  # embeddings, completions: the gateway's allowlists
+        try:
+            obj = parse_tunnel_body(request.path, dumps(obj)).body
+        except ApiError as exc:
+            raise TunnelError(400, exc.message, "bad_params") from None
+    else:
+        obj.pop("keep_alive", None)  # Ollama would load or unload models as the peer says
     headers = (("content-type", "application/json"),)
     return TunnelRequest(request.method, request.target, dumps(obj), headers)
 
