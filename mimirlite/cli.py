@@ -329,10 +329,7 @@ async def _node(args: argparse.Namespace) -> int:
     from mimirlite.mimir.backends import Backend
     from mimirlite.net.config import allowlist
 
-    try:
-        keypair = _keypair(args)
-    except MimirliteError as exc:
-        return _fail(f"cannot use key file {args.key_file}: {exc}")
+    keypair = _keypair(args)  # loaded (or refused in one line) by main() before the command runs
     try:
         allowed = allowlist(args.allow_peer, args.allow_file) if args.allow_peer or args.allow_file else None
         limits = NodeLimits(
