@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,16 +44,6 @@ DEFAULT_MODEL = "llama3.2:latest"
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NOT_SERVED = 3
-
-
-def sanitize_model(name: str) -> str:
-    """The latest generation's rule: every character outside ``[A-Za-z0-9._-]`` becomes ``-``."""
-    return re.sub(r"[^A-Za-z0-9._-]", "-", name)
-
-
-def tunnel_protocol(model: str) -> str:
-    """``/mimir/<sanitized model>/1.0.0``."""
-    return f"/mimir/{sanitize_model(model)}/1.0.0"
 
 
 def node_available() -> bool:

@@ -21,13 +21,13 @@ from jslatest import (
     bootstrap_available,
     node_available,
     run_latest_client,
-    tunnel_protocol,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from mimirlite.mimir.models import tunnel_protocol  # noqa: E402
 from tests.openai_server import OpenAIServer  # noqa: E402
 
 pytestmark = [
