@@ -21,15 +21,13 @@ Both run as ``jspeer.JsProcess`` does: every process started here is stopped by 
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jspeer
-from jspeer import HERE, NODE_MODULES, JsProcess
+from jspeer import HERE, NODE_MODULES, ClientResult, JsClient, JsProcess
 
 # The directory the scripts run from; node resolves their modules from there (ESM ignores NODE_PATH).
 # Default interop/; point MIMIRLITE_LATEST_JS_DIR at a copy of interop/'s .mjs files beside another
@@ -97,23 +95,8 @@ class JsLatestNode(JsProcess):
         return await cls._spawn(argv, env=env, timeout=timeout, netns=netns)
 
 
-@dataclass
-class LatestClientResult:
+class LatestClientResult(ClientResult):
     """What a finished ``latest-client.mjs`` run printed."""
-
-    returncode: int
-    ready: dict[str, Any]
-    events: list[dict[str, Any]]
-    stderr: str
-    result: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and bool(self.result.get("ok"))
-
-    @property
-    def text(self) -> str:
-        return str(self.result.get("text", ""))
 
     @property
     def chunks(self) -> list[dict[str, Any]]:
@@ -130,12 +113,12 @@ class LatestClientResult:
         return {str(e["model"]): bool(e["served"]) for e in self.events if e.get("event") == "probe"}
 
 
-class JsLatestClient(JsProcess):
+class JsLatestClient(JsClient[LatestClientResult]):
     """``latest-client.mjs``: events are probe, http, chunk, result; it exits by itself."""
 
     script = CLIENT_SCRIPT
     what = "js latest client"
-    stops_on_stdin_eof = False
+    result_type = LatestClientResult
 
     @classmethod
     async def start(
@@ -148,25 +131,6 @@ class JsLatestClient(JsProcess):
     ) -> JsLatestClient:
         """Start a client dialing ``peer``; ``args`` are flags of latest-client.mjs."""
         return await cls._spawn(["--peer", peer, *args], env=env, timeout=timeout, netns=netns)
-
-    async def wait(self, timeout: float = 60) -> LatestClientResult:
-        """Wait for the client to exit; on timeout stop it and raise TimeoutError."""
-        try:
-            await asyncio.wait_for(self._proc.wait(), timeout)
-        except asyncio.TimeoutError:
-            await self.stop(timeout=1)
-            raise TimeoutError(
-                f"js latest client did not exit in {timeout} s; stderr:\n{self.stderr_tail()}"
-            ) from None
-        await self.stop()
-        results = self.events_named("result")
-        return LatestClientResult(
-            returncode=self._proc.returncode if self._proc.returncode is not None else -1,
-            ready=self.ready,
-            events=list(self.all_events),
-            stderr=self.stderr_tail(),
-            result=results[-1] if results else {},
-        )
 
 
 async def run_latest_client(

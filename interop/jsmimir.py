@@ -26,13 +26,11 @@ always with bounded waits.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import jspeer
-from jspeer import HERE, NODE_MODULES, JsProcess
+from jspeer import HERE, NODE_MODULES, ClientResult, JsClient, JsProcess
 
 NODE_SCRIPT = HERE / "mimir-node.mjs"
 CLIENT_SCRIPT = HERE / "mimir-client.mjs"
@@ -90,23 +88,8 @@ class JsMimirNode(JsProcess):
         return await cls._spawn(argv, env=env, timeout=timeout, netns=netns)
 
 
-@dataclass
-class JsClientResult:
+class JsClientResult(ClientResult):
     """What a finished ``mimir-client.mjs`` run printed."""
-
-    returncode: int
-    ready: dict[str, Any]
-    events: list[dict[str, Any]]
-    stderr: str
-    result: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and bool(self.result.get("ok"))
-
-    @property
-    def text(self) -> str:
-        return str(self.result.get("text", ""))
 
     @property
     def models(self) -> list[str] | None:
@@ -133,12 +116,12 @@ class JsClientResult:
         return [int(n) for n in self.result.get("frame_sizes", [])]
 
 
-class JsMimirClient(JsProcess):
+class JsMimirClient(JsClient[JsClientResult]):
     """``mimir-client.mjs``: events are identify, delta (one per packet), result; it exits by itself."""
 
     script = CLIENT_SCRIPT
     what = "js mimir client"
-    stops_on_stdin_eof = False  # it does not read stdin: stop() goes straight to SIGTERM
+    result_type = JsClientResult
 
     @classmethod
     async def start(
@@ -156,25 +139,6 @@ class JsMimirClient(JsProcess):
         """
         argv = ["--peer", peer, *args] if peer is not None else list(args)
         return await cls._spawn(argv, env=env, timeout=timeout, netns=netns)
-
-    async def wait(self, timeout: float = 60) -> JsClientResult:
-        """Wait for the client to exit; on timeout stop it and raise TimeoutError."""
-        try:
-            await asyncio.wait_for(self._proc.wait(), timeout)
-        except asyncio.TimeoutError:
-            await self.stop(timeout=1)
-            raise TimeoutError(
-                f"js mimir client did not exit in {timeout} s; stderr:\n{self.stderr_tail()}"
-            ) from None
-        await self.stop()
-        results = self.events_named("result")
-        return JsClientResult(
-            returncode=self._proc.returncode if self._proc.returncode is not None else -1,
-            ready=self.ready,
-            events=list(self.all_events),
-            stderr=self.stderr_tail(),
-            result=results[-1] if results else {},
-        )
 
 
 async def run_js_client(

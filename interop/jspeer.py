@@ -17,9 +17,10 @@ import shutil
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 HERE = Path(__file__).resolve().parent
 PEER_SCRIPT = HERE / "peer.mjs"
@@ -267,6 +268,54 @@ class JsPeerError(Exception):
     def __init__(self, message: str, reply: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.reply: dict[str, Any] = reply or {}
+
+
+@dataclass
+class ClientResult:
+    """What a finished JS client run printed: its exit code, events and last ``result`` event."""
+
+    returncode: int
+    ready: dict[str, Any]
+    events: list[dict[str, Any]]
+    stderr: str
+    result: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and bool(self.result.get("ok"))
+
+    @property
+    def text(self) -> str:
+        return str(self.result.get("text", ""))
+
+
+_R = TypeVar("_R", bound=ClientResult)
+
+
+class JsClient(JsProcess, Generic[_R]):
+    """A JS client script that runs one job and exits by itself; :meth:`wait` gives its ``result_type``."""
+
+    result_type: type[_R]
+    stops_on_stdin_eof = False  # it does not read stdin: stop() goes straight to SIGTERM
+
+    async def wait(self, timeout: float = 60) -> _R:
+        """Wait for the client to exit; on timeout stop it and raise TimeoutError."""
+        try:
+            await asyncio.wait_for(self._proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            await self.stop(timeout=1)
+            raise TimeoutError(
+                f"{self.what} did not exit in {timeout} s; stderr:\n{self.stderr_tail()}"
+            ) from None
+        await self.stop()
+        results = self.events_named("result")
+        return self.result_type(
+            returncode=self._proc.returncode if self._proc.returncode is not None else -1,
+            ready=self.ready,
+            events=list(self.all_events),
+            stderr=self.stderr_tail(),
+            result=results[-1] if results else {},
+        )
 
 
 class JsPeer(JsProcess):
