@@ -35,9 +35,8 @@
 //   --max-streams <n>           inbound/outbound stream limits of the tunnel handlers (libp2p defaults)
 //   --no-monitor, --monitor-interval-ms <n>
 //   --mdns, --mdns-interval-ms <n>   @libp2p/mdns discovery (only inside network namespaces in tests)
-import { createInterface } from 'node:readline'
 import {
-  emit, errorMessage, log, reportUncaught, setLogTag, takeFlag, tapSizes, withTimeout
+  emit, errorMessage, log, reportUncaught, setLogTag, takeFlag, tapSizes, serveUntilStopped
 } from './mimir-common.mjs'
 import { buildLatestNode, readAll, splitHttp, tunnelProtocol } from './latest-common.mjs'
 
@@ -193,35 +192,8 @@ for (const model of models) {
 
 // ---------------------------------------------------------------- lifecycle
 
-let stopping = null
-function shutdown (code, why) {
-  if (stopping != null) return stopping
-  log(`stopping (${why})`)
-  stopping = (async () => {
-    try {
-      await withTimeout(node.stop(), 5000, 'libp2p stop')
-    } catch (err) {
-      log('stop failed', err)
-    }
-    process.exit(code)
-  })()
-  return stopping
-}
-
-process.on('SIGTERM', () => { void shutdown(0, 'SIGTERM') })
-process.on('SIGINT', () => { void shutdown(0, 'SIGINT') })
-
-await node.start()
-
-await emit({
-  event: 'ready',
-  peerId: node.peerId.toString(),
-  addrs: node.getMultiaddrs().map(ma => ma.toString()),
+await serveUntilStopped(node, {
   models,
   protocols,
   backend: opts.backendUrl
 })
-
-const rl = createInterface({ input: process.stdin, crlfDelay: Infinity })
-rl.on('line', (line) => { if (line.trim() === 'exit') void shutdown(0, 'exit command') })
-rl.on('close', () => { void shutdown(0, 'stdin EOF') })

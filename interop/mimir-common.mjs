@@ -2,6 +2,7 @@
 // The libp2p stack and the framing are those of the original MimirLLM peers (see /work/shared/WIRE.md):
 // TCP, Noise, yamux, identify (+ identify push), optional kad-dht; packets are UTF-8 JSON
 // framed by it-length-prefixed's streaming encoder (varint and body go out as two chunks).
+import { createInterface } from 'node:readline'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify, identifyPush } from '@libp2p/identify'
@@ -135,4 +136,39 @@ export function reportUncaught () {
     log('unhandledRejection', err)
     void emit({ event: 'uncaught', kind: 'unhandledRejection', error: errorMessage(err) })
   })
+}
+
+// Start `node`, print its `ready` event (`fields` after its peer ID and addresses), then stop it (within
+// 5 s) and exit once: on SIGTERM, SIGINT, an `exit` line on stdin or the end of stdin.
+export async function serveUntilStopped (node, fields) {
+  let stopping = null
+  function shutdown (code, why) {
+    if (stopping != null) return stopping
+    log(`stopping (${why})`)
+    stopping = (async () => {
+      try {
+        await withTimeout(node.stop(), 5000, 'libp2p stop')
+      } catch (err) {
+        log('stop failed', err)
+      }
+      process.exit(code)
+    })()
+    return stopping
+  }
+
+  process.on('SIGTERM', () => { void shutdown(0, 'SIGTERM') })
+  process.on('SIGINT', () => { void shutdown(0, 'SIGINT') })
+
+  await node.start()
+
+  await emit({
+    event: 'ready',
+    peerId: node.peerId.toString(),
+    addrs: node.getMultiaddrs().map(ma => ma.toString()),
+    ...fields
+  })
+
+  const rl = createInterface({ input: process.stdin, crlfDelay: Infinity })
+  rl.on('line', (line) => { if (line.trim() === 'exit') void shutdown(0, 'exit command') })
+  rl.on('close', () => { void shutdown(0, 'stdin EOF') })
 }

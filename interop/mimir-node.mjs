@@ -38,11 +38,10 @@
 //   --mdns                        add @libp2p/mdns discovery like the original (with --listen
 //                                 /ip4/0.0.0.0/tcp/0, as the original listens, it is announced on the LAN)
 //   --mdns-interval-ms <n>        mDNS query interval (@libp2p/mdns default 10000)
-import { createInterface } from 'node:readline'
 import OpenAI from 'openai'
 import {
   CHAT_PROTOCOL, DEFAULT_MODEL, IDENTIFY_PROTOCOL,
-  buildNode, emit, errorMessage, framed, log, packetsOf, reportUncaught, setLogTag, takeFlag, tapSizes, withTimeout
+  buildNode, emit, errorMessage, framed, log, packetsOf, reportUncaught, setLogTag, takeFlag, tapSizes, serveUntilStopped
 } from './mimir-common.mjs'
 
 setLogTag('mimir-node')
@@ -219,34 +218,7 @@ await node.handle(CHAT_PROTOCOL, (data) => { void handleChat(data) }, handlerOpt
 
 // ---------------------------------------------------------------- lifecycle
 
-let stopping = null
-function shutdown (code, why) {
-  if (stopping != null) return stopping
-  log(`stopping (${why})`)
-  stopping = (async () => {
-    try {
-      await withTimeout(node.stop(), 5000, 'libp2p stop')
-    } catch (err) {
-      log('stop failed', err)
-    }
-    process.exit(code)
-  })()
-  return stopping
-}
-
-process.on('SIGTERM', () => { void shutdown(0, 'SIGTERM') })
-process.on('SIGINT', () => { void shutdown(0, 'SIGINT') })
-
-await node.start()
-
-await emit({
-  event: 'ready',
-  peerId: node.peerId.toString(),
-  addrs: node.getMultiaddrs().map(ma => ma.toString()),
+await serveUntilStopped(node, {
   models: opts.models,
   backend: opts.backendUrl
 })
-
-const rl = createInterface({ input: process.stdin, crlfDelay: Infinity })
-rl.on('line', (line) => { if (line.trim() === 'exit') void shutdown(0, 'exit command') })
-rl.on('close', () => { void shutdown(0, 'stdin EOF') })
