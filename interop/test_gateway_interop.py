@@ -11,29 +11,17 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import openai
 import pytest
-from jsmimir import DEFAULT_MODEL, JsMimirNode, node_available
+from jsmimir import DEFAULT_MODEL, JsMimirNode
 
 from mimirlite.gateway import Gateway
 from mimirlite.mimir import MimirClient
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.openai_server import OpenAIServer  # noqa: E402
+from tests.openai_server import OpenAIServer
 
 pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not node_available(),
-        reason="needs node on PATH and `npm ci` run in interop/ (interop/node_modules missing)",
-    ),
     pytest.mark.usefixtures("no_leaks"),
 ]
 

@@ -11,32 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import openai
 import pytest
-from jslatest import DEFAULT_MODEL, JsLatestNode, node_available
+from jslatest import DEFAULT_MODEL, JsLatestNode
 
 from mimirlite.gateway import Gateway
 from mimirlite.mimir import MimirClient
 from mimirlite.mimir.client import LATEST
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.openai_server import OpenAIServer, embedding  # noqa: E402
+from tests.openai_server import OpenAIServer, embedding
 
 ollama = pytest.importorskip("ollama")
 
 pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not node_available(),
-        reason="needs node on PATH and `npm ci` run in interop/ (interop/node_modules missing)",
-    ),
     pytest.mark.usefixtures("no_leaks"),
 ]
 

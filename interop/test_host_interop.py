@@ -16,18 +16,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import pytest
-from jspeer import JsPeer, JsPeerError, node_available
+from jspeer import JsPeer, JsPeerError
 
 from mimirlite import Connection, Host, KeyPair, PeerId, Stream
 from mimirlite.errors import PeerIdMismatchError, StreamClosedError
 
 pytestmark = [
     pytest.mark.usefixtures("no_leaks"),
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not node_available(),
-        reason="needs node on PATH and `npm ci` run in interop/ (interop/node_modules missing)",
-    ),
     # a socket or transport collected unclosed fails the test
     pytest.mark.filterwarnings("error::ResourceWarning"),
     pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import pytest
-from jspeer import JsPeer, JsPeerError, node_available
+from jspeer import JsPeer, JsPeerError
 
 from mimirlite import Connection, Host, PeerId, Stream
 from mimirlite.errors import ProtocolNotSupportedError
@@ -29,11 +29,6 @@ from mimirlite.protocols import (
 
 pytestmark = [
     pytest.mark.usefixtures("no_leaks"),
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not node_available(),
-        reason="needs node on PATH and `npm ci` run in interop/ (interop/node_modules missing)",
-    ),
     pytest.mark.filterwarnings("error::ResourceWarning"),
     pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
 ]

@@ -10,15 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from jspeer import JsPeer, JsPeerError, node_available
-
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not node_available(),
-        reason="needs node on PATH and `npm ci` run in interop/ (interop/node_modules missing)",
-    ),
-]
+from jspeer import JsPeer, JsPeerError
 
 MiB = 1024 * 1024
 

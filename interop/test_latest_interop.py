@@ -10,33 +10,19 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from jslatest import DEFAULT_MODEL, JsLatestNode, node_available
+from jslatest import DEFAULT_MODEL, JsLatestNode
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from mimirlite import Host, Stream  # noqa: E402
-from mimirlite.mimir import EchoBackend, MimirClient, MimirNode, RemoteError, TruncatedAnswerError  # noqa: E402
-from mimirlite.mimir.client import FIRST, LATEST, HttpRemoteError, NoNodeError  # noqa: E402
-from mimirlite.mimir.models import tunnel_protocol  # noqa: E402
-from tests.helpers import until  # noqa: E402
-from tests.openai_server import OpenAIServer  # noqa: E402
-from tests.test_cli import cli, make_env  # noqa: E402
-
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not node_available(),
-        reason="needs node on PATH and `npm ci` run in interop/ (interop/node_modules missing)",
-    ),
-]
+from mimirlite import Host, Stream
+from mimirlite.mimir import EchoBackend, MimirClient, MimirNode, RemoteError, TruncatedAnswerError
+from mimirlite.mimir.client import FIRST, LATEST, HttpRemoteError, NoNodeError
+from mimirlite.mimir.models import tunnel_protocol
+from tests.helpers import until
+from tests.openai_server import OpenAIServer
+from tests.test_cli import cli, make_env
 
 PROMPT = "the quick brown fox jumps"
 USER = {"role": "user", "content": PROMPT}

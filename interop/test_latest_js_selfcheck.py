@@ -8,9 +8,7 @@ before they are paired with mimirlite, defects included.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from jslatest import (
@@ -19,24 +17,11 @@ from jslatest import (
     EXIT_NOT_SERVED,
     JsLatestNode,
     bootstrap_available,
-    node_available,
     run_latest_client,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from mimirlite.mimir.models import tunnel_protocol  # noqa: E402
-from tests.openai_server import OpenAIServer  # noqa: E402
-
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not node_available(),
-        reason="needs node on PATH and `npm ci` run in interop/ (interop/node_modules missing)",
-    ),
-]
+from mimirlite.mimir.models import tunnel_protocol
+from tests.openai_server import OpenAIServer
 
 PROMPT = "the quick brown fox jumps"
 OTHER = "other/model:7b"

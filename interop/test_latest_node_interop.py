@@ -7,29 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-from jslatest import DEFAULT_MODEL, node_available, run_latest_client
+from jslatest import DEFAULT_MODEL, run_latest_client
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from mimirlite import Host  # noqa: E402
-from mimirlite.mimir import EchoBackend, MimirNode, OpenAIBackend  # noqa: E402
-from mimirlite.mimir.backends import Backend  # noqa: E402
-from tests.openai_server import OpenAIServer  # noqa: E402
-
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not node_available(),
-        reason="needs node on PATH and `npm ci` run in interop/ (interop/node_modules missing)",
-    ),
-]
+from mimirlite import Host
+from mimirlite.mimir import EchoBackend, MimirNode, OpenAIBackend
+from mimirlite.mimir.backends import Backend
+from tests.openai_server import OpenAIServer
 
 PROMPT = "the quick brown fox jumps"
 

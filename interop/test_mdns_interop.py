@@ -9,28 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
-from pathlib import Path
 from typing import Any
 
-import pytest
-from jspeer import HERE, PEER_SCRIPT, JsPeer, node_available
+from jspeer import HERE, PEER_SCRIPT, JsPeer
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from mimirlite import PeerId  # noqa: E402
-from tests.netns import Inbox, NetnsHost, TestNet, require_netns  # noqa: E402
-from tests.test_mdns import NsPeer  # noqa: E402
-
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not node_available(),
-        reason="needs node on PATH and `npm ci` run in interop/ (interop/node_modules missing)",
-    ),
-]
+from mimirlite import PeerId
+from tests.netns import Inbox, NetnsHost, TestNet, require_netns
+from tests.test_mdns import NsPeer
 
 TIMEOUT = 15.0
 _LINE_LIMIT = 16 * 1024 * 1024

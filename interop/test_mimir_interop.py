@@ -17,9 +17,7 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +29,6 @@ from jsmimir import (
     JsClientResult,
     JsMimirClient,
     JsMimirNode,
-    node_available,
     run_js_client,
 )
 
@@ -45,20 +42,7 @@ from mimirlite.mimir import (
     OpenAIBackend,
     TruncatedAnswerError,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.openai_server import OpenAIServer  # noqa: E402
-
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not node_available(),
-        reason="needs node on PATH and `npm ci` run in interop/ (interop/node_modules missing)",
-    ),
-]
+from tests.openai_server import OpenAIServer
 
 PROMPT = "the quick brown fox jumps"
 PROMPT_TOKENS = ["", "the", " quick", " brown", " fox", " jumps", None]  # delta contents, role chunk first

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,23 +18,10 @@ from jsmimir import (
     LLAMA_CID,
     JsMimirClient,
     JsMimirNode,
-    node_available,
     run_js_client,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.openai_server import OpenAIServer  # noqa: E402
-
-pytestmark = [
-    pytest.mark.interop,
-    pytest.mark.skipif(
-        not node_available(),
-        reason="needs node on PATH and `npm ci` run in interop/ (interop/node_modules missing)",
-    ),
-]
+from tests.openai_server import OpenAIServer
 
 PROMPT = "the quick brown fox jumps"
 SYSTEM = {"role": "system", "content": "You are a helpful assistant"}
