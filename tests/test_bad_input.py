@@ -23,7 +23,7 @@ from mimirlite.errors import DialError, PeerIdMismatchError, StreamResetError
 from mimirlite.net.addr import parse_multiaddr
 from mimirlite.wire import noise, yamux
 from mimirlite.wire.lp import MAX_MESSAGE, encode_message
-from mimirlite.wire.multistream import PROTOCOL_ID as MULTISTREAM
+from mimirlite.wire.multistream import MULTISTREAM_PROTOCOL as MULTISTREAM
 from mimirlite.wire.multistream import MultistreamDialer, encode_line
 from mimirlite.wire.noise import NOISE_PROTOCOL_NAME, STATIC_KEY_PREFIX, NoiseHandshake, NoiseTransport
 from mimirlite.wire.protobuf import encode_bytes_field
@@ -203,7 +203,7 @@ class RawPeer:
 
     async def noise_handshake(self, expected: PeerId) -> None:
         """Select /noise and run the handshake as initiator."""
-        pending = await self.select(noise.PROTOCOL_ID)
+        pending = await self.select(noise.NOISE_PROTOCOL)
         hs = NoiseHandshake(self.keypair, initiator=True, expected_peer=expected)
         self.send(hs.data_to_send())
         while not hs.complete:
@@ -303,7 +303,7 @@ class RawNoiseInitiator:
 
     async def run_until_message_3(self, raw: RawPeer) -> None:
         """Select /noise, send message 1, read and decrypt the host's message 2."""
-        assert await raw.select(noise.PROTOCOL_ID) == b""
+        assert await raw.select(noise.NOISE_PROTOCOL) == b""
         raw.send(noise_frame(bytes(self.conn.write_message(b""))))
         self.conn.read_message(await raw.recv_noise_message())
 
@@ -378,7 +378,7 @@ async def test_oversized_noise_handshake_message(
 ) -> None:
     raw = await RawPeer.connect(server)
     if message == 1:
-        assert await raw.select(noise.PROTOCOL_ID) == b""
+        assert await raw.select(noise.NOISE_PROTOCOL) == b""
         raw.send(b"\xff\xff" + bytes(100))
         reason = "noise handshake message 1 has 65535 bytes, expected 32..4128"
     else:
@@ -399,7 +399,7 @@ async def test_truncated_noise_handshake_message(
 ) -> None:
     raw = await RawPeer.connect(server)
     if message == 1:
-        assert await raw.select(noise.PROTOCOL_ID) == b""
+        assert await raw.select(noise.NOISE_PROTOCOL) == b""
         whole = noise_frame(bytes(32))
     else:
         initiator = RawNoiseInitiator()
@@ -506,7 +506,7 @@ async def test_wrong_peer_id(server: Host, caplog: pytest.LogCaptureFixture) -> 
     [
         pytest.param(encode_line("hello"), "unexpected multistream header 'hello'", id="garbage-multistream"),
         pytest.param(
-            HEADER + encode_line(noise.PROTOCOL_ID) + b"\xff\xff",
+            HEADER + encode_line(noise.NOISE_PROTOCOL) + b"\xff\xff",
             "noise handshake message 2 has 65535 bytes",
             id="oversized-message-2",
         ),

@@ -38,7 +38,7 @@ from mimirlite.net.addr import parse_multiaddr
 from mimirlite.net.budget import BufferBudget
 from mimirlite.net.stream import Stream
 from mimirlite.wire.lp import LPDecoder, decode_json, encode_json, encode_message
-from mimirlite.wire.multistream import PROTOCOL_ID as MULTISTREAM
+from mimirlite.wire.multistream import MULTISTREAM_PROTOCOL as MULTISTREAM
 from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener, encode_line
 from mimirlite.wire.noise import NoiseHandshake, NoiseTransport
 from mimirlite.wire.protobuf import (

@@ -25,7 +25,7 @@ from mimirlite.metrics import STATS_LOGGER, HostMetrics, NodeMetrics, log_stats,
 from mimirlite.mimir import EchoBackend, MimirNode, NodeLimits, packets
 from mimirlite.net.connection import Connection
 from mimirlite.protocols import start_services
-from mimirlite.wire.multistream import PROTOCOL_ID as MULTISTREAM
+from mimirlite.wire.multistream import MULTISTREAM_PROTOCOL as MULTISTREAM
 from mimirlite.wire.multistream import encode_line
 from mimirlite.wire.yamux import INITIAL_WINDOW, YamuxConfig
 

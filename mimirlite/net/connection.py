@@ -309,9 +309,9 @@ class Connection(asyncio.BufferedProtocol):
         self._step_start = self._loop.time()
         ms: MultistreamDialer | MultistreamListener
         if self.initiator:
-            ms = MultistreamDialer([noise.PROTOCOL_ID])
+            ms = MultistreamDialer([noise.NOISE_PROTOCOL])
         else:
-            ms = MultistreamListener(lambda p: p == noise.PROTOCOL_ID)
+            ms = MultistreamListener(lambda p: p == noise.NOISE_PROTOCOL)
         self._write(ms.data_to_send())
         while ms.selected is None:
             ms.receive_data(await self._read_some())
