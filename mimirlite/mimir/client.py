@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mimirlite.discovery import MdnsDiscovery
 from mimirlite.discovery.mdns import DEFAULT_INTERVAL as MDNS_INTERVAL
-from mimirlite.errors import MimirliteError, ProtocolError, ProtocolNotSupportedError, StreamResetError
+from mimirlite.errors import (
+    MimirliteError,
+    MimirliteTimeoutError,
+    ProtocolError,
+    ProtocolNotSupportedError,
+    StreamResetError,
+)
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.mimir import packets
 from mimirlite.mimir.models import (
@@ -64,7 +70,7 @@ class TruncatedAnswerError(ChatError):
     """The answer ended before a chunk with a ``finish_reason``."""
 
 
-class AnswerTimeoutError(ChatError, asyncio.TimeoutError):
+class AnswerTimeoutError(ChatError, MimirliteTimeoutError):
     """The node sent nothing for ``read_timeout`` seconds while an answer was awaited."""
 
 

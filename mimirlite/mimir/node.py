@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from mimirlite.errors import ConnectionClosedError, MimirliteError, StreamResetError
+from mimirlite.errors import ConnectionClosedError, MimirliteError, RefusalReason, StreamResetError
 from mimirlite.metrics import NodeMetrics
 from mimirlite.mimir import packets, tunnel
 from mimirlite.mimir.backends import Backend, BackendError, HttpHead
@@ -188,7 +188,7 @@ class MimirNode:
             if model not in self.models:
                 raise BackendError(packets.MODEL_NOT_FOUND, f"model {model!r} is not served here")
             if not stream.hold(_kept_for(size, request)):
-                self.refused[packets.OVERLOADED] += 1
+                self.refused[RefusalReason.OVERLOADED] += 1
                 log.info("%r: refused (overloaded): %s", stream, HOLDING_TOO_MUCH)
                 await _send_error(stream, packets.OVERLOADED, HOLDING_TOO_MUCH, request_id)
                 return
