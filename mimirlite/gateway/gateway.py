@@ -29,7 +29,7 @@ from mimirlite.gateway import api
 from mimirlite.gateway.api import ApiError
 from mimirlite.gateway.http import (
     LOOPBACK_HOSTS,
-    MAX_BODY,
+    MAX_REQUEST_BODY,
     CorsPolicy,
     Door,
     HttpError,
@@ -51,7 +51,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 IDLE_TIMEOUT = 60.0
 """Seconds a keep-alive connection may wait for its next request before it is closed."""
-REQUEST_TIMEOUT = 30.0
+HTTP_REQUEST_TIMEOUT = 30.0
 """Seconds a client has to send a whole request (head and body) once its first byte arrived; 408 after."""
 WRITE_TIMEOUT = 60.0
 """Seconds a client that stopped reading has to take what is buffered for it before it is dropped."""
@@ -169,9 +169,9 @@ class Gateway:
         port: int = DEFAULT_PORT,
         api_key: str | None = None,
         cors_origins: Iterable[str] = (),
-        max_body: int = MAX_BODY,
+        max_body: int = MAX_REQUEST_BODY,
         idle_timeout: float = IDLE_TIMEOUT,
-        request_timeout: float = REQUEST_TIMEOUT,
+        request_timeout: float = HTTP_REQUEST_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
         max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP,

@@ -25,10 +25,10 @@ import h11
 
 from mimirlite.errors import LocalError, ProtocolError, RefusalReason
 
-MAX_HEAD = 64 * 1024
+MAX_REQUEST_HEAD = 64 * 1024
 """Bytes of a request line and its headers (the whole head, as received or as parsed); more is refused
 with 431."""
-MAX_BODY = 4 * 1024 * 1024
+MAX_REQUEST_BODY = 4 * 1024 * 1024
 """Bytes of a request body; more is refused with 413. A chat request travels to the node in one mimir
 packet, which is capped at the same size (``mimirlite.wire.lp.MAX_MESSAGE``)."""
 
@@ -321,8 +321,8 @@ class ServerConnection:
     def __init__(
         self,
         *,
-        max_body: int = MAX_BODY,
-        max_head: int = MAX_HEAD,
+        max_body: int = MAX_REQUEST_BODY,
+        max_head: int = MAX_REQUEST_HEAD,
         cors: CorsPolicy | None = None,
         door: Door | None = None,
     ) -> None:
