@@ -291,7 +291,7 @@ async def test_allowlist_resets_streams_of_unlisted_peers_on_connections_the_nod
     await wait_until(lambda: node.host.peer_id in other.connections)
     conn = other.connections[node.host.peer_id]
     with pytest.raises(StreamResetError):
-        await other.open_on(conn, packets.IDENTIFY_PROTOCOL)
+        await other.open_on(conn, packets.MIMIR_IDENTIFY_PROTOCOL)
     assert "refusing a stream from a peer not on the allowlist" in caplog.text
 
 

@@ -24,12 +24,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
-from mimirlite.errors import MimirliteError
+from mimirlite.errors import MimirliteError, RefusalReason
 from mimirlite.gateway import api
 from mimirlite.gateway.api import ApiError
 from mimirlite.gateway.http import (
     LOOPBACK_HOSTS,
-    MAX_BODY,
+    MAX_REQUEST_BODY,
     CorsPolicy,
     Door,
     HttpError,
@@ -37,6 +37,7 @@ from mimirlite.gateway.http import (
     Request,
     ServerConnection,
 )
+from mimirlite.metrics import plain_counts
 from mimirlite.mimir.client import HttpRemoteError, MimirClient, NoNodeError, TruncatedAnswerError
 from mimirlite.mimir.packets import RemoteError
 from mimirlite.mimir.params import MAX_NAME
@@ -50,7 +51,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 IDLE_TIMEOUT = 60.0
 """Seconds a keep-alive connection may wait for its next request before it is closed."""
-REQUEST_TIMEOUT = 30.0
+HTTP_REQUEST_TIMEOUT = 30.0
 """Seconds a client has to send a whole request (head and body) once its first byte arrived; 408 after."""
 WRITE_TIMEOUT = 60.0
 """Seconds a client that stopped reading has to take what is buffered for it before it is dropped."""
@@ -77,7 +78,7 @@ spent reading and dropping what it sends, so that closing does not reset the con
 client has read the answer."""
 LINGER_BYTES = 1024 * 1024
 """Bytes dropped at most while lingering."""
-AT_ONCE = frozenset({"auth", "host", "content_type"})
+AT_ONCE = frozenset({RefusalReason.AUTH, RefusalReason.HOST, RefusalReason.CONTENT_TYPE})
 """Refusals at the door (:class:`~mimirlite.gateway.http.HttpError` reasons) that close without lingering:
 a client that has not shown the key, named the gateway or sent JSON gets no byte of its body read (each
 lingering connection holds read buffers, about 400 KiB; a client that sent its whole request at once,
@@ -133,7 +134,7 @@ class GatewayMetrics:
             "connections_opened": self.connections_opened,
             "requests": self.requests,
             "bytes_in": self.bytes_in,
-            "refused": dict(self.refused),
+            "refused": plain_counts(self.refused.items()),
         }
 
 
@@ -168,9 +169,9 @@ class Gateway:
         port: int = DEFAULT_PORT,
         api_key: str | None = None,
         cors_origins: Iterable[str] = (),
-        max_body: int = MAX_BODY,
+        max_body: int = MAX_REQUEST_BODY,
         idle_timeout: float = IDLE_TIMEOUT,
-        request_timeout: float = REQUEST_TIMEOUT,
+        request_timeout: float = HTTP_REQUEST_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
         max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP,
@@ -277,7 +278,7 @@ class Gateway:
             self._refuse(writer, ApiError(503, "The gateway is stopping.", api.SERVER_ERROR))
             return
         if self._per_ip[ip] >= self.max_connections_per_ip and not self._evict_idle(ip):
-            self.metrics.refused["connections_per_ip"] += 1
+            self.metrics.refused[RefusalReason.CONNECTIONS_PER_IP] += 1
             log.info("%s: refused: %d connections from its address already", name, self._per_ip[ip])
             err = ApiError(
                 429, "Too many connections from your address.", api.RATE_LIMIT, code="too_many_connections"
@@ -285,7 +286,7 @@ class Gateway:
             self._refuse(writer, err)
             return
         if self.open_connections >= self.max_connections and not self._evict_idle(None):
-            self.metrics.refused["connections"] += 1
+            self.metrics.refused[RefusalReason.CONNECTIONS] += 1
             log.info("%s: refused: %d connections open, none idle", name, self.open_connections)
             self._refuse(
                 writer,
@@ -314,7 +315,7 @@ class Gateway:
         self._idle.pop(victim)
         self._forget(victim.task)
         self._evicted.add(victim.task)
-        self.metrics.refused["idle_evicted"] += 1
+        self.metrics.refused[RefusalReason.IDLE_EVICTED] += 1
         log.info("%s: idle connection closed to make room for a new one", victim.name)
         victim.writer.transport.abort()
         victim.task.cancel()
@@ -384,7 +385,7 @@ class Gateway:
         """One request under ``/api/``, answered in Ollama's shapes (errors as ``{"error": "..."}``)."""
         try:
             if path not in OLLAMA_PATHS:
-                self.metrics.refused["forbidden_path"] += 1
+                self.metrics.refused[RefusalReason.FORBIDDEN_PATH] += 1
                 log.info("%s: refused (403): %s %s is not an inference path", out.name, req.method, req.path)
                 raise ApiError(
                     403, f"{req.method} {req.path} is not allowed: this gateway serves inference only."
@@ -743,7 +744,7 @@ class _Connection:
                     return None
                 limit = self.gateway.request_timeout
                 raise HttpError(
-                    408, f"request not received within {limit:g} s", reason="request_timeout"
+                    408, f"request not received within {limit:g} s", reason=RefusalReason.REQUEST_TIMEOUT
                 ) from None
             finally:
                 self.gateway._idle.pop(self, None)

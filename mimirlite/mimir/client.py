@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mimirlite.discovery import MdnsDiscovery
 from mimirlite.discovery.mdns import DEFAULT_INTERVAL as MDNS_INTERVAL
-from mimirlite.errors import MimirliteError, ProtocolError, ProtocolNotSupportedError, StreamResetError
+from mimirlite.errors import (
+    MimirliteError,
+    MimirliteTimeoutError,
+    ProtocolError,
+    ProtocolNotSupportedError,
+    StreamResetError,
+)
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.mimir import packets
 from mimirlite.mimir.models import (
@@ -46,7 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IDENTIFY_TIMEOUT = 5.0
+MIMIR_IDENTIFY_TIMEOUT = 5.0
 """Seconds a node has to answer an identify query (as the original client)."""
 READ_TIMEOUT = 120.0
 """Seconds to wait for each packet of an answer (a large model may think long before its first token)."""
@@ -64,7 +70,7 @@ class TruncatedAnswerError(ChatError):
     """The answer ended before a chunk with a ``finish_reason``."""
 
 
-class AnswerTimeoutError(ChatError, asyncio.TimeoutError):
+class AnswerTimeoutError(ChatError, MimirliteTimeoutError):
     """The node sent nothing for ``read_timeout`` seconds while an answer was awaited."""
 
 
@@ -110,7 +116,7 @@ class MimirClient:
         host: Host | None = None,
         keypair: KeyPair | None = None,
         config: HostConfig | None = None,
-        identify_timeout: float = IDENTIFY_TIMEOUT,
+        identify_timeout: float = MIMIR_IDENTIFY_TIMEOUT,
         read_timeout: float = READ_TIMEOUT,
         mdns: bool = False,
         mdns_interfaces: Sequence[str] | None = None,
@@ -241,7 +247,7 @@ class MimirClient:
                 models, generation = list(tunnels), LATEST
         else:
             served = [n for p in protocols if (n := sanitized_of(p)) is not None]
-            if packets.IDENTIFY_PROTOCOL in protocols:
+            if packets.MIMIR_IDENTIFY_PROTOCOL in protocols:
                 models = await self._identify_first(peer)
                 generation = FIRST
                 tunnels = {m: tunnel_protocol(m) for m in models if sanitize_model(m) in served}
@@ -329,7 +335,7 @@ class MimirClient:
     async def _identify_first(self, peer: PeerId) -> list[str]:
         """Ask ``/mimirllm/1.0.0/identify`` for the models a first-generation node serves."""
         request_id = str(uuid.uuid4())
-        stream = await self.host.new_stream(peer, packets.IDENTIFY_PROTOCOL)
+        stream = await self.host.new_stream(peer, packets.MIMIR_IDENTIFY_PROTOCOL)
         async with stream:
             await stream.write_json(Packet(packets.QUERY, model_cid(DEFAULT_MODEL), request_id).to_json())
             await stream.close_write()

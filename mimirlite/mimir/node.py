@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from mimirlite.errors import ConnectionClosedError, MimirliteError, StreamResetError
+from mimirlite.errors import ConnectionClosedError, MimirliteError, RefusalReason, StreamResetError
 from mimirlite.metrics import NodeMetrics
 from mimirlite.mimir import packets, tunnel
 from mimirlite.mimir.backends import Backend, BackendError, HttpHead
@@ -32,7 +32,7 @@ HOLDING_TOO_MUCH = "the node holds too much for its peers now (max_buffered_tota
 KEPT_PER_ITEM = 450
 """Bytes a parsed chat request keeps per message and per content part besides its text (Python objects
 and the checked copy; measured: a request of many one-letter parts keeps about 14 times its size)."""
-REQUEST_TIMEOUT = 10.0
+STREAM_REQUEST_TIMEOUT = 10.0
 """Seconds a client has to send its request packet once it opened a stream."""
 
 
@@ -56,7 +56,7 @@ class MimirNode:
         *,
         models: Sequence[str] | None = None,
         default_model: str | None = None,
-        request_timeout: float = REQUEST_TIMEOUT,
+        request_timeout: float = STREAM_REQUEST_TIMEOUT,
         limits: NodeLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -103,7 +103,7 @@ class MimirNode:
             self.default_model = DEFAULT_MODEL if DEFAULT_MODEL in self.models else self.models[0]
         elif self.default_model not in self.models:
             raise BackendError(packets.MODEL_NOT_FOUND, f"default model {self.default_model!r} is not served")
-        self.host.set_handler(packets.IDENTIFY_PROTOCOL, self._serve_identify)
+        self.host.set_handler(packets.MIMIR_IDENTIFY_PROTOCOL, self._serve_identify)
         self.host.set_handler(packets.CHAT_PROTOCOL, self._serve_chat)
         self.tunnels = {}
         for model in self.models:
@@ -124,7 +124,7 @@ class MimirNode:
 
     async def stop(self) -> None:
         """Stop answering and release the backend."""
-        self.host.remove_handler(packets.IDENTIFY_PROTOCOL)
+        self.host.remove_handler(packets.MIMIR_IDENTIFY_PROTOCOL)
         self.host.remove_handler(packets.CHAT_PROTOCOL)
         for protocol in self.tunnels:
             self.host.remove_handler(protocol)
@@ -188,7 +188,7 @@ class MimirNode:
             if model not in self.models:
                 raise BackendError(packets.MODEL_NOT_FOUND, f"model {model!r} is not served here")
             if not stream.hold(_kept_for(size, request)):
-                self.refused[packets.OVERLOADED] += 1
+                self.refused[RefusalReason.OVERLOADED] += 1
                 log.info("%r: refused (overloaded): %s", stream, HOLDING_TOO_MUCH)
                 await _send_error(stream, packets.OVERLOADED, HOLDING_TOO_MUCH, request_id)
                 return

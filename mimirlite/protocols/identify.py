@@ -28,8 +28,11 @@ from mimirlite.errors import (
     LocalError,
     MessageTooLargeError,
     MimirliteError,
+    MimirliteTimeoutError,
     ProtocolError,
+    ProtocolErrorKind,
     ProtocolNotSupportedError,
+    RefusalReason,
     StreamResetError,
 )
 from mimirlite.identity import PeerId, PublicKey
@@ -99,7 +102,7 @@ class IdentifyError(ProtocolError):
     """The remote's Identify message is unusable (no message, missing or foreign public key)."""
 
 
-class IdentifyTimeoutError(MimirliteError, TimeoutError):
+class IdentifyTimeoutError(MimirliteTimeoutError):
     """An identify exchange did not finish in time."""
 
 
@@ -644,7 +647,7 @@ class Identify:
 
     def _count_dropped(self, what: str, dropped: dict[str, int]) -> None:
         if dropped:
-            self.host.metrics.refused["identify_over_cap"] += 1
+            self.host.metrics.refused[RefusalReason.IDENTIFY_OVER_CAP] += 1
             log.info("%s: left out %s", what, describe_dropped(dropped, self.config))
 
     async def _serve_push(self, stream: Stream) -> None:
@@ -652,7 +655,7 @@ class Identify:
         what = f"identify push from {peer}"
         refusal = self._push_refusal(peer, asyncio.get_running_loop().time())
         if refusal is not None:
-            self.host.metrics.refused["identify_push"] += 1
+            self.host.metrics.refused[RefusalReason.IDENTIFY_PUSH] += 1
             if peer in self._over_budget:  # one line when a peer goes over, not one per push
                 log.debug("%s refused: %s", what, refusal)
             else:
@@ -670,7 +673,7 @@ class Identify:
         except asyncio.TimeoutError:
             raise IdentifyTimeoutError(f"{what} not received in {self.timeout:g} s") from None
         except (ProtocolError, IncompleteReadError):  # too large, malformed, foreign key, cut short
-            self.host.metrics.protocol_errors["identify"] += 1
+            self.host.metrics.protocol_errors[ProtocolErrorKind.IDENTIFY] += 1
             raise  # the host logs it and resets the stream
         finally:
             self._pushing.discard(peer)
@@ -786,7 +789,7 @@ class Identify:
             msg, dropped = await _read_one(stream, what, self.config)
         except BaseException as exc:
             if isinstance(exc, (ProtocolError, IncompleteReadError)):
-                self.host.metrics.protocol_errors["identify"] += 1
+                self.host.metrics.protocol_errors[ProtocolErrorKind.IDENTIFY] += 1
             await stream.reset()
             raise
         await stream.close()
