@@ -218,7 +218,7 @@ class RawPeer:
     async def secure(self, expected: PeerId, *, pipelined: bytes = b"") -> None:
         """The whole upgrade: Noise, then ``/yamux/1.0.0`` with ``pipelined`` right behind the proposal."""
         await self.noise_handshake(expected)
-        ms = MultistreamDialer([yamux.PROTOCOL_ID])
+        ms = MultistreamDialer([yamux.YAMUX_PROTOCOL])
         self.send_plain(ms.data_to_send() + pipelined)
         while ms.selected is None:
             plaintext = await self.recv_plain()
@@ -463,7 +463,7 @@ async def test_correct_signature_through_the_same_raw_initiator_is_accepted(serv
         bytes(initiator.conn.noise_protocol.cipher_state_encrypt.k),
         bytes(initiator.conn.noise_protocol.cipher_state_decrypt.k),
     )
-    ms = MultistreamDialer([yamux.PROTOCOL_ID])
+    ms = MultistreamDialer([yamux.YAMUX_PROTOCOL])
     raw.send(transport.encrypt(ms.data_to_send()))
     while ms.selected is None:
         for plaintext in transport.receive_data(await raw.recv()):

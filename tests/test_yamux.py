@@ -20,7 +20,7 @@ from mimirlite.errors import (
 from mimirlite.wire.yamux import (
     INITIAL_WINDOW,
     MIN_SPLIT,
-    PROTOCOL_ID,
+    YAMUX_PROTOCOL,
     DataReceived,
     GoAwayReceived,
     PongReceived,
@@ -102,7 +102,7 @@ def open_pair() -> tuple[YamuxSession, YamuxSession, int]:
 
 
 def test_constants() -> None:
-    assert PROTOCOL_ID == "/yamux/1.0.0"
+    assert YAMUX_PROTOCOL == "/yamux/1.0.0"
     assert INITIAL_WINDOW == 256 * 1024
 
 
