@@ -46,7 +46,15 @@ from mimirlite.errors import (
     YamuxError,
 )
 from mimirlite.wire import yamux_frames as frames
-from mimirlite.wire.yamux_frames import HEADER, HEADER_LEN, MAX_U32, VERSION, Flag, FrameType, GoAwayCode
+from mimirlite.wire.yamux_frames import (
+    HEADER_LEN,
+    HEADER_STRUCT,
+    MAX_U32,
+    VERSION,
+    Flag,
+    FrameType,
+    GoAwayCode,
+)
 
 __all__ = [
     "GO_AWAY_INTERNAL_ERROR",
@@ -91,8 +99,8 @@ GO_AWAY_INTERNAL_ERROR = GoAwayCode.INTERNAL_ERROR
 
 # The per-frame paths use plain-int copies of the codec's members and bound struct methods: reading an
 # attribute of an enum class, or or-ing IntFlag members, runs Python code on every use.
-_pack = HEADER.pack
-_unpack_from = HEADER.unpack_from
+_pack = HEADER_STRUCT.pack
+_unpack_from = HEADER_STRUCT.unpack_from
 _DATA = int(FrameType.DATA)
 _WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
 _PING = int(FrameType.PING)

@@ -4,9 +4,9 @@ A frame is a 12-byte header ``version(u8) type(u8) flags(u16) stream_id(u32) len
 followed by ``length`` payload bytes for data frames only. For a window update ``length`` is the credit
 added to the send window, for a ping its opaque value, for a GoAway its code. Ping and GoAway use stream 0.
 
-No state here: :mod:`mimirlite.wire.yamux` is the session. The enums are ``int`` subclasses, so raw header
-fields compare equal to them; hot paths use the precompiled :data:`HEADER` and plain ``int`` copies of the
-members (an attribute of an enum class costs a Python-level lookup on every use).
+No state here: :mod:`mimirlite.wire.yamux` is the session. The enums are ``int`` subclasses, so raw
+header fields compare equal to them; hot paths use the precompiled :data:`HEADER_STRUCT` and plain ``int``
+copies of the members (an attribute of an enum class costs a Python-level lookup on every use).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from enum import IntEnum, IntFlag
 from mimirlite.errors import YamuxError
 
 __all__ = [
-    "HEADER",
     "HEADER_LEN",
+    "HEADER_STRUCT",
     "MAX_U32",
     "VERSION",
     "Flag",
@@ -38,11 +38,11 @@ __all__ = [
 VERSION = 0
 """The only yamux version there is."""
 HEADER_LEN = 12
-HEADER = struct.Struct(">BBHII")
+HEADER_STRUCT = struct.Struct(">BBHII")
 """The header: version, type, flags, stream id, length."""
 MAX_U32 = 0xFFFFFFFF
 
-_pack = HEADER.pack
+_pack = HEADER_STRUCT.pack
 
 
 class FrameType(IntEnum):
@@ -98,7 +98,7 @@ def parse_header(data: bytes | bytearray | memoryview, offset: int = 0) -> Frame
     """
     if len(data) - offset < HEADER_LEN or offset < 0:
         raise YamuxError(f"yamux header needs {HEADER_LEN} bytes, got {max(len(data) - offset, 0)}")
-    version, ftype, flags, sid, length = HEADER.unpack_from(data, offset)
+    version, ftype, flags, sid, length = HEADER_STRUCT.unpack_from(data, offset)
     if version != VERSION:
         raise YamuxError(f"unsupported yamux version {version}")
     if ftype > FrameType.GO_AWAY:
