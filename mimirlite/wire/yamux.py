@@ -261,7 +261,7 @@ YamuxEvent = (
 
 
 class StreamState(Enum):
-    """Where one stream is (the states of hashicorp/yamux's ``stream.go``).
+    """Where one stream is (the states of hashicorp/yamux's ``stream.go``), and which way data may flow.
 
     There is no SYN_RECEIVED: an inbound stream is ACKed as its SYN is read, so it starts ESTABLISHED. An
     outbound stream keeps waiting for the ACK (and says so with :class:`StreamAcked` when it comes) even
@@ -269,26 +269,29 @@ class StreamState(Enum):
     session has forgotten the stream.
     """
 
-    SYN_SENT = "syn_sent"
-    """We opened it (SYN); no ACK yet. Both directions are open."""
-    SYN_SENT_LOCAL_CLOSED = "syn_sent_local_closed"
+    #                         name                      we send, they send
+    SYN_SENT =               ("syn_sent",               True,    True)  # fmt: skip
+    """We opened it (SYN); no ACK yet."""
+    SYN_SENT_LOCAL_CLOSED =  ("syn_sent_local_closed",  False,   True)  # fmt: skip
     """We opened it and sent FIN before the ACK came."""
-    SYN_SENT_REMOTE_CLOSED = "syn_sent_remote_closed"
+    SYN_SENT_REMOTE_CLOSED = ("syn_sent_remote_closed", True,    False)  # fmt: skip
     """We opened it; the remote sent FIN before (or without) its ACK."""
-    ESTABLISHED = "established"
+    ESTABLISHED =            ("established",            True,    True)  # fmt: skip
     """Both directions are open."""
-    LOCAL_CLOSED = "local_closed"
+    LOCAL_CLOSED =           ("local_closed",           False,   True)  # fmt: skip
     """We sent FIN: we send no more, the remote still may."""
-    REMOTE_CLOSED = "remote_closed"
+    REMOTE_CLOSED =          ("remote_closed",          True,    False)  # fmt: skip
     """The remote sent FIN: it sends no more, we still may."""
-    CLOSED = "closed"
+    CLOSED =                 ("closed",                 False,   False)  # fmt: skip
     """Both sides sent FIN (end state)."""
-    RESET = "reset"
+    RESET =                  ("reset",                  False,   False)  # fmt: skip
     """Either side sent RST, or we dropped it for a limit (end state)."""
 
-    # members are singletons compared by identity: hash them by identity too (C speed, where Enum's
-    # default hashes the name in Python), since the per-frame paths test membership in the sets below
-    __hash__ = object.__hash__
+    def __init__(self, label: str, sending: bool, receiving: bool) -> None:
+        # plain attributes, not properties nor set lookups: the per-frame paths read them
+        self.sending = sending  # we may still send data (we sent no FIN)
+        self.receiving = receiving  # the remote may still send data (it sent no FIN)
+        self.ended = not sending and not receiving  # an end state: the stream is forgotten
 
 
 class StreamInput(Enum):
@@ -301,19 +304,10 @@ class StreamInput(Enum):
     """We reset it (:meth:`YamuxSession.reset_stream`) or dropped it for a limit."""
     RST_RECEIVED = "rst_received"
 
-    __hash__ = object.__hash__
-
 
 _S = StreamState
 _I = StreamInput
-_LIVE = (
-    _S.SYN_SENT,
-    _S.SYN_SENT_LOCAL_CLOSED,
-    _S.SYN_SENT_REMOTE_CLOSED,
-    _S.ESTABLISHED,
-    _S.LOCAL_CLOSED,
-    _S.REMOTE_CLOSED,
-)
+_LIVE = [state for state in StreamState if not state.ended]
 STREAM_TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
     # state                         input              -> next state
     (_S.SYN_SENT,                  _I.ACK_RECEIVED):  _S.ESTABLISHED,
@@ -332,13 +326,7 @@ STREAM_TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
 """The stream state machine. A pair not in it leaves the state as it is: a repeated FIN either way, an ACK
 on a stream already acknowledged (or inbound), anything in an end state (the stream is forgotten)."""
 
-_RECEIVING = frozenset({_S.SYN_SENT, _S.SYN_SENT_LOCAL_CLOSED, _S.ESTABLISHED, _S.LOCAL_CLOSED})
-"""States in which the remote may still send data (it sent no FIN)."""
-_SENDING = frozenset({_S.SYN_SENT, _S.SYN_SENT_REMOTE_CLOSED, _S.ESTABLISHED, _S.REMOTE_CLOSED})
-"""States in which we may still send data (we sent no FIN)."""
-_ENDED = frozenset({_S.CLOSED, _S.RESET})
 _ESTABLISHED = _S.ESTABLISHED
-_LOCAL_CLOSED = _S.LOCAL_CLOSED
 _CLOSED = _S.CLOSED
 
 
@@ -361,8 +349,6 @@ class SessionState(Enum):
     FAILED = "failed"
     """A protocol violation or a flood ended it (GoAway(protocol error) queued; end state)."""
 
-    __hash__ = object.__hash__
-
 
 class SessionInput(Enum):
     """What moves a session from one :class:`SessionState` to the next."""
@@ -370,8 +356,6 @@ class SessionInput(Enum):
     GO_AWAY_SENT = "go_away_sent"
     GO_AWAY_RECEIVED = "go_away_received"
     FAILURE = "failure"
-
-    __hash__ = object.__hash__
 
 
 _SS = SessionState
@@ -606,7 +590,7 @@ class YamuxSession:
             if stream_id in self._remote_resets:
                 raise StreamResetError(f"yamux stream {stream_id} was reset by the remote")
             raise StreamClosedError(f"yamux stream {stream_id} is not open")
-        if stream.state not in _SENDING:
+        if not stream.state.sending:
             raise StreamClosedError(f"yamux stream {stream_id} is closed for writing")
         if self._state is _FAILED:
             raise StreamClosedError(f"yamux session failed: {self._error}")
@@ -640,7 +624,7 @@ class YamuxSession:
     def send_window(self, stream_id: int) -> int:
         """Bytes we may still send on ``stream_id`` (0 for unknown or write-closed streams)."""
         stream = self._streams.get(stream_id)
-        if stream is None or stream.state not in _SENDING:
+        if stream is None or not stream.state.sending:
             return 0
         return stream.send_window
 
@@ -686,7 +670,7 @@ class YamuxSession:
         self._buffered -= n
         self._empty_frames = 0  # the remote sends real data
         unacked = stream.unacked + n
-        if stream.state not in _RECEIVING:
+        if not stream.state.receiving:
             stream.unacked = unacked
             return
         epoch = stream.epoch
@@ -766,7 +750,7 @@ class YamuxSession:
                     n = remaining
                 stream = self._rx_stream
                 if stream is not None:
-                    if stream.state in _ENDED:  # reset locally while its frame was arriving
+                    if stream.state.ended:  # reset locally while its frame was arriving
                         self._rx_stream = stream = None
                     else:
                         events.append(DataReceived(stream.sid, data[pos : pos + n]))
@@ -791,7 +775,7 @@ class YamuxSession:
                     stream is not None
                     and length
                     and length <= stream.recv_window
-                    and stream.state in _RECEIVING
+                    and stream.state.receiving
                     and length <= self._max_receive_frame
                     and end - pos >= length
                     and self._buffered + length <= max_buffered
@@ -880,7 +864,7 @@ class YamuxSession:
             self._rx_stream = None
             return
         if length:
-            if stream.state not in _RECEIVING:
+            if not stream.state.receiving:
                 raise self._fail(f"data on stream {sid} after its FIN")
             if length > stream.recv_window:
                 raise self._fail(
@@ -986,12 +970,12 @@ class YamuxSession:
 
     def _end_flags(self, stream: _Stream, flags: int, events: list[YamuxEvent]) -> None:
         """Apply FIN/RST once a frame (and its payload) is complete."""
-        if stream.state in _ENDED:  # reset locally while its frame was arriving
+        if stream.state.ended:  # reset locally while its frame was arriving
             return
         sid = stream.sid
         if flags & _RST:
             # an inbound stream we sent nothing on (no data, no FIN)
-            if not stream.outbound and not stream.frames_sent and stream.state in _SENDING:
+            if not stream.outbound and not stream.frames_sent and stream.state.sending:
                 self._early_resets += 1
                 if self._early_resets > self._max_early_resets:
                     raise self._fail(

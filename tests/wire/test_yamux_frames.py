@@ -347,3 +347,11 @@ def test_session_states_through_frames(caplog: pytest.LogCaptureFixture) -> None
         server.receive_data(spec("00 04 0000 00000000 00000000"))
     assert server.state is SS.FAILED and server.is_closed
     assert server.data_to_send().endswith(go_away(GoAwayCode.PROTOCOL_ERROR))
+
+
+def test_which_way_data_may_flow_in_each_stream_state() -> None:
+    we_sent_no_fin = {S.SYN_SENT, S.SYN_SENT_REMOTE_CLOSED, S.ESTABLISHED, S.REMOTE_CLOSED}
+    they_sent_no_fin = {S.SYN_SENT, S.SYN_SENT_LOCAL_CLOSED, S.ESTABLISHED, S.LOCAL_CLOSED}
+    assert {s for s in S if s.sending} == we_sent_no_fin
+    assert {s for s in S if s.receiving} == they_sent_no_fin
+    assert {s for s in S if s.ended} == {S.CLOSED, S.RESET}
