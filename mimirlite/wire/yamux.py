@@ -792,7 +792,8 @@ class YamuxSession:
 
     def _set_state(self, new: SessionState) -> None:
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("yamux session %s: %s -> %s", id(self), self._state.name, new.name)
+            role = "client" if self._is_client else "server"
+            logger.debug("yamux %s session: %s -> %s", role, self._state.name, new.name)
         self._state = new
 
     def _fail(self, reason: str, kind: str = KIND_PROTOCOL) -> YamuxError:
