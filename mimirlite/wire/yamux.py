@@ -103,8 +103,6 @@ _pack = HEADER_STRUCT.pack
 _unpack_from = HEADER_STRUCT.unpack_from
 _DATA = int(FrameType.DATA)
 _WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
-_PING = int(FrameType.PING)
-_GO_AWAY = int(FrameType.GO_AWAY)
 _SYN = int(Flag.SYN)
 _ACK = int(Flag.ACK)
 _FIN = int(Flag.FIN)
@@ -1015,10 +1013,10 @@ class YamuxSession:
 
 _FrameHandler = Callable[[YamuxSession, int, int, int, list[YamuxEvent]], None]
 _FRAME_HANDLERS: dict[int, _FrameHandler] = {
-    _DATA: YamuxSession._on_data,
-    _WINDOW_UPDATE: YamuxSession._on_window_update,
-    _PING: YamuxSession._on_ping,
-    _GO_AWAY: YamuxSession._on_go_away,
+    FrameType.DATA: YamuxSession._on_data,
+    FrameType.WINDOW_UPDATE: YamuxSession._on_window_update,
+    FrameType.PING: YamuxSession._on_ping,
+    FrameType.GO_AWAY: YamuxSession._on_go_away,
 }
 """Frame type -> handler, called with the session (a class-level table of plain functions, as aioquic's
 frame handlers are a table of bound methods, without a reference cycle per session)."""
