@@ -36,6 +36,7 @@ from mimirlite.wire.yamux import (
     YamuxEvent,
     YamuxSession,
 )
+from mimirlite.wire.yamux_frames import HEADER_STRUCT, FrameType
 
 from .conftest import ECHO, echo_handler
 
@@ -68,7 +69,7 @@ def noise_frame(message: bytes) -> bytes:
 
 
 def yamux_header(ftype: int, flags: int, sid: int, length: int) -> bytes:
-    return struct.pack(">BBHII", 0, ftype, flags, sid, length)
+    return HEADER_STRUCT.pack(0, ftype, flags, sid, length)
 
 
 def port_of(host: Host) -> int:
@@ -218,7 +219,7 @@ class RawPeer:
     async def secure(self, expected: PeerId, *, pipelined: bytes = b"") -> None:
         """The whole upgrade: Noise, then ``/yamux/1.0.0`` with ``pipelined`` right behind the proposal."""
         await self.noise_handshake(expected)
-        ms = MultistreamDialer([yamux.PROTOCOL_ID])
+        ms = MultistreamDialer([yamux.YAMUX_PROTOCOL])
         self.send_plain(ms.data_to_send() + pipelined)
         while ms.selected is None:
             plaintext = await self.recv_plain()
@@ -463,7 +464,7 @@ async def test_correct_signature_through_the_same_raw_initiator_is_accepted(serv
         bytes(initiator.conn.noise_protocol.cipher_state_encrypt.k),
         bytes(initiator.conn.noise_protocol.cipher_state_decrypt.k),
     )
-    ms = MultistreamDialer([yamux.PROTOCOL_ID])
+    ms = MultistreamDialer([yamux.YAMUX_PROTOCOL])
     raw.send(transport.encrypt(ms.data_to_send()))
     while ms.selected is None:
         for plaintext in transport.receive_data(await raw.recv()):
@@ -551,12 +552,12 @@ async def test_dialing_a_misbehaving_listener(
             lambda sid, window: yamux_header(0x7F, 0, 0, 0), "unknown yamux frame type 127", id="unknown-type"
         ),
         pytest.param(
-            lambda sid, window: yamux_header(0, 0, sid, 16 * 1024 * 1024 + 1),
+            lambda sid, window: yamux_header(FrameType.DATA, 0, sid, 16 * 1024 * 1024 + 1),
             "data frame of 16777217 bytes exceeds 16777216",
             id="above-frame-limit",
         ),
         pytest.param(
-            lambda sid, window: yamux_header(0, 0, sid, window + 1),
+            lambda sid, window: yamux_header(FrameType.DATA, 0, sid, window + 1),
             "overruns stream 1 window",
             id="above-window",
         ),
@@ -606,7 +607,7 @@ async def test_window_overrun_ends_only_that_connection(
         raw.flush()
         await raw.ping()
         # ... one byte more is an overrun
-        raw.send_plain(yamux_header(0, 0, sid, 1) + b"!")
+        raw.send_plain(yamux_header(FrameType.DATA, 0, sid, 1) + b"!")
         events = await raw.events_until_closed()
         assert events[-1:] == [GoAwayReceived(GO_AWAY_PROTOCOL_ERROR)]
         await asyncio.wait_for(gone, TIMEOUT)

@@ -340,9 +340,9 @@ class Connection(asyncio.BufferedProtocol):
 
         ms2: MultistreamDialer | MultistreamListener
         if self.initiator:
-            ms2 = MultistreamDialer([yamux.PROTOCOL_ID])
+            ms2 = MultistreamDialer([yamux.YAMUX_PROTOCOL])
         else:
-            ms2 = MultistreamListener(lambda p: p == yamux.PROTOCOL_ID)
+            ms2 = MultistreamListener(lambda p: p == yamux.YAMUX_PROTOCOL)
         # The initiator's last handshake message and its muxer proposal leave together.
         self._write(last_handshake_message + transport.encrypt(ms2.data_to_send()))
         plaintexts = transport.receive_data(b"")
