@@ -27,7 +27,7 @@ from mimirlite.errors import HandshakeError, HandshakeTimeoutError, LocalError, 
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
 from mimirlite.wire.noise import NOISE_PROTOCOL, NoiseHandshake, NoiseTransport
-from mimirlite.wire.yamux import PROTOCOL_ID as YAMUX_PROTOCOL
+from mimirlite.wire.yamux import YAMUX_PROTOCOL
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from mimirlite.wire.upgrade import (
 KEY_D = KeyPair.generate()
 KEY_L = KeyPair.generate()
 HEADER = encode_line(MULTISTREAM_PROTOCOL)
-YAMUX = yamux.PROTOCOL_ID
+YAMUX = yamux.YAMUX_PROTOCOL
 APP_FROM_LISTENER = b"yamux frames the listener sends with its muxer answer"
 APP_FROM_DIALER = b"yamux frames the dialer sends once upgraded"
 STEP = 5.0
