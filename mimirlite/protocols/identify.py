@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mimirlite._version import __version__
 from mimirlite.errors import (
     AddressError,
     ConnectionClosedError,
@@ -513,8 +514,6 @@ class PushBudget:
 
 
 def _agent_version() -> str:
-    from mimirlite import __version__
-
     return f"mimirlite/{__version__}"
 
 
