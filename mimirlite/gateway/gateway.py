@@ -22,9 +22,9 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
+from mimirlite.aio import Service, race
 from mimirlite.errors import LocalError, MimirliteError, RefusalReason
 from mimirlite.gateway import api
 from mimirlite.gateway.api import ApiError
@@ -184,7 +184,7 @@ class GatewayConfig:
                 raise LocalError(f"{name} must be a positive number of seconds")
 
 
-class Gateway:
+class Gateway(Service):
     """Serves the mimir network known to ``client`` as an OpenAI-compatible HTTP API, and as Ollama's
     native API on the same port (``/api/tags``, ``/api/version``, ``/api/show``, ``/api/chat``,
     ``/api/generate``, ``/api/embed``, ``/api/embeddings``; every other ``/api/`` path, model management
@@ -291,10 +291,8 @@ class Gateway:
     def open_connections(self) -> int:
         return len(self._conns) - len(self._evicted)
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         """Listen on ``host``:``port`` (``port`` 0: a free one, then set here)."""
-        if self._server is not None:
-            raise RuntimeError("gateway already started")
         self._server = await asyncio.start_server(self._on_connect, self.host, self.port, backlog=BACKLOG)
         addrs = [s.getsockname() for s in self._server.sockets]
         self.port = addrs[0][1]
@@ -306,8 +304,8 @@ class Gateway:
                 self.host or "every address",
             )
 
-    async def stop(self) -> None:
-        """Stop listening and end every connection (cancelling the answers in progress). Idempotent."""
+    async def _stop(self) -> None:
+        """Stop listening and end every connection (cancelling the answers in progress)."""
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -321,20 +319,6 @@ class Gateway:
         if server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 5)
-
-    async def serve(self) -> None:
-        """Listen until cancelled."""
-        async with self:
-            await asyncio.get_running_loop().create_future()
-
-    async def __aenter__(self) -> Gateway:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # ---- connections ----
 
@@ -822,16 +806,8 @@ class _Connection:
     async def _exchange(self, req: Request) -> bool:
         """Answer ``req`` while watching the connection; False when the client went away."""
         answer = asyncio.ensure_future(self.gateway.handle(req, self))
-        watch = asyncio.ensure_future(self._watch())
-        try:
-            await asyncio.wait((answer, watch), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not answer.done():
-                if watch.done():
-                    log.info("%s: client went away mid-answer; cancelling the request", self.name)
-                answer.cancel()
-            watch.cancel()
-            await asyncio.wait((answer, watch))
+        if await race(answer, self._watch()) is not answer:
+            log.info("%s: client went away mid-answer; cancelling the request", self.name)
         if answer.cancelled():
             return False
         exc = answer.exception()

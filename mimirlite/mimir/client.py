@@ -9,9 +9,9 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from mimirlite.aio import Service
 from mimirlite.discovery import MdnsDiscovery
 from mimirlite.discovery.mdns import DEFAULT_INTERVAL as MDNS_INTERVAL
 from mimirlite.errors import (
@@ -132,7 +132,7 @@ LATEST = "latest"
 Body = bytes | dict[str, Any] | list[Any] | None
 
 
-class MimirClient:
+class MimirClient(Service):
     """Knows the nodes of the network and their models; :meth:`chat` asks one of them.
 
     ``async with MimirClient(peers=[multiaddr, ...]) as client`` dials and identifies the given
@@ -220,7 +220,7 @@ class MimirClient:
 
     # ---- lifecycle ----
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         """Start the host (if ours) and learn the static peers' models."""
         if self._own_host:
             await self.host.start()
@@ -230,7 +230,8 @@ class MimirClient:
         if self._static:
             await asyncio.gather(*(self._try_add(a) for a in self._static))
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
+        """Stop discovery and the services, and the host if it is ours."""
         if self.discovery is not None:
             await self.discovery.stop()
         if self._on_disconnected in self.host.on_disconnected:
@@ -240,15 +241,6 @@ class MimirClient:
         self._names_of.clear()
         if self._own_host:
             await self.host.stop()
-
-    async def __aenter__(self) -> MimirClient:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # ---- nodes ----
 
