@@ -17,6 +17,7 @@ from mimirlite.gateway.gateway import (
     MAX_CONNECTIONS_PER_IP,
     WRITE_TIMEOUT,
     Gateway,
+    GatewayConfig,
     GatewayMetrics,
 )
 from mimirlite.gateway.http import MAX_REQUEST_BODY, MAX_REQUEST_HEAD, CorsPolicy, Door, HttpError
@@ -35,6 +36,7 @@ __all__ = [
     "CorsPolicy",
     "Door",
     "Gateway",
+    "GatewayConfig",
     "GatewayMetrics",
     "HttpError",
 ]

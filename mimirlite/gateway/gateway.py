@@ -20,11 +20,12 @@ import datetime
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
-from types import TracebackType
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
-from mimirlite.errors import MimirliteError, RefusalReason
+from mimirlite.aio import Service, race
+from mimirlite.errors import LocalError, MimirliteError, RefusalReason
 from mimirlite.gateway import api
 from mimirlite.gateway.api import ApiError
 from mimirlite.gateway.http import (
@@ -138,7 +139,52 @@ class GatewayMetrics:
         }
 
 
-class Gateway:
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Every setting of a :class:`Gateway`, in the manner of aioquic's ``QuicConfiguration``:
+    ``Gateway(client, GatewayConfig(...))``, or the same fields as keywords."""
+
+    host: str = DEFAULT_HOST
+    """The address to listen on (``0.0.0.0`` or ``::``: every address of the machine)."""
+    port: int = DEFAULT_PORT
+    """The TCP port to listen on (0: a free one, see ``Gateway.port``)."""
+    api_key: str | None = None
+    """When set, every request needs ``Authorization: Bearer <api_key>`` (401 and closed otherwise)."""
+    cors_origins: Sequence[str] = ()
+    """Browser origins (``scheme://host[:port]``, or ``*``) whose pages may call the API (CORS)."""
+    max_body: int = MAX_REQUEST_BODY
+    """Bytes of a request body; more is refused with 413."""
+    idle_timeout: float = IDLE_TIMEOUT
+    """Seconds a keep-alive connection may wait for its next request before it is closed."""
+    request_timeout: float = HTTP_REQUEST_TIMEOUT
+    """Seconds a client has to send a whole request once its first byte arrived; 408 after."""
+    write_timeout: float = WRITE_TIMEOUT
+    """Seconds a client that stopped reading has to take what is buffered for it before it is dropped."""
+    max_connections: int = MAX_CONNECTIONS
+    """HTTP connections at once (at the limit the one idle the longest is closed, else 503)."""
+    max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP
+    """HTTP connections at once from one client address (at the limit its idlest is closed, else 429)."""
+    allow_hosts: Sequence[str] = ()
+    """Names a request's ``Host`` may give besides the loopback names and the listening address (``*``:
+    any), against DNS rebinding."""
+
+    def __post_init__(self) -> None:
+        for name in ("cors_origins", "allow_hosts"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise LocalError(f"{name} is a list of strings, not one string")
+            object.__setattr__(self, name, tuple(value))
+        for name in ("max_body", "max_connections", "max_connections_per_ip"):
+            if getattr(self, name) < 0:
+                raise LocalError(f"{name} must be >= 0")
+        if not 0 <= self.port <= 65535:
+            raise LocalError(f"port must be 0..65535, not {self.port}")
+        for name in ("idle_timeout", "request_timeout", "write_timeout"):
+            if not getattr(self, name) > 0:
+                raise LocalError(f"{name} must be a positive number of seconds")
+
+
+class Gateway(Service):
     """Serves the mimir network known to ``client`` as an OpenAI-compatible HTTP API, and as Ollama's
     native API on the same port (``/api/tags``, ``/api/version``, ``/api/show``, ``/api/chat``,
     ``/api/generate``, ``/api/embed``, ``/api/embeddings``; every other ``/api/`` path, model management
@@ -164,35 +210,57 @@ class Gateway:
     def __init__(
         self,
         client: MimirClient,
+        config: GatewayConfig | None = None,
         *,
-        host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
+        host: str | None = None,
+        port: int | None = None,
         api_key: str | None = None,
-        cors_origins: Iterable[str] = (),
-        max_body: int = MAX_REQUEST_BODY,
-        idle_timeout: float = IDLE_TIMEOUT,
-        request_timeout: float = HTTP_REQUEST_TIMEOUT,
-        write_timeout: float = WRITE_TIMEOUT,
-        max_connections: int = MAX_CONNECTIONS,
-        max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP,
-        allow_hosts: Iterable[str] = (),
+        cors_origins: Iterable[str] | None = None,
+        max_body: int | None = None,
+        idle_timeout: float | None = None,
+        request_timeout: float | None = None,
+        write_timeout: float | None = None,
+        max_connections: int | None = None,
+        max_connections_per_ip: int | None = None,
+        allow_hosts: Iterable[str] | None = None,
     ) -> None:
+        """``config`` (a :class:`GatewayConfig`) holds every setting; the keywords, each one a
+        :class:`GatewayConfig` field, are merged into it (a keyword given, not None, wins over the
+        config's field)."""
+        given: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "api_key": api_key,
+            "cors_origins": None if cors_origins is None else tuple(cors_origins),
+            "max_body": max_body,
+            "idle_timeout": idle_timeout,
+            "request_timeout": request_timeout,
+            "write_timeout": write_timeout,
+            "max_connections": max_connections,
+            "max_connections_per_ip": max_connections_per_ip,
+            "allow_hosts": None if allow_hosts is None else tuple(allow_hosts),
+        }
+        changes = {name: value for name, value in given.items() if value is not None}
+        cfg = config or GatewayConfig()
+        cfg = replace(cfg, **changes) if changes else cfg
+        self.config = cfg
+        """The settings this gateway runs with (``port`` as asked: 0 stays 0 here, see :attr:`port`)."""
         self.client = client
-        self.host = host
-        self.port = port
-        self.api_key = api_key or None
-        origins = list(cors_origins)
-        self.cors = CorsPolicy.of(origins) if origins else None
+        self.host = cfg.host
+        self.port = cfg.port
+        """The port listened on (the free one chosen, once started with ``port`` 0)."""
+        self.api_key = cfg.api_key or None
+        self.cors = CorsPolicy.of(list(cfg.cors_origins)) if cfg.cors_origins else None
         """Which browser origins may call the API (None: no CORS, as for any plain HTTP server)."""
-        own = [] if host.strip() in WILDCARD_HOSTS else [host]
-        self.door = Door.of([*LOOPBACK_HOSTS, *own, *allow_hosts], self.api_key)
+        own = [] if cfg.host.strip() in WILDCARD_HOSTS else [cfg.host]
+        self.door = Door.of([*LOOPBACK_HOSTS, *own, *cfg.allow_hosts], self.api_key)
         """What each request head must show (the address a connection came to is added per connection)."""
-        self.max_body = max_body
-        self.idle_timeout = idle_timeout
-        self.request_timeout = request_timeout
-        self.write_timeout = write_timeout
-        self.max_connections = max_connections
-        self.max_connections_per_ip = max_connections_per_ip
+        self.max_body = cfg.max_body
+        self.idle_timeout = cfg.idle_timeout
+        self.request_timeout = cfg.request_timeout
+        self.write_timeout = cfg.write_timeout
+        self.max_connections = cfg.max_connections
+        self.max_connections_per_ip = cfg.max_connections_per_ip
         self.metrics = GatewayMetrics()
         self.created = int(time.time())
         """The ``created`` time of every model listed."""
@@ -223,10 +291,8 @@ class Gateway:
     def open_connections(self) -> int:
         return len(self._conns) - len(self._evicted)
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         """Listen on ``host``:``port`` (``port`` 0: a free one, then set here)."""
-        if self._server is not None:
-            raise RuntimeError("gateway already started")
         self._server = await asyncio.start_server(self._on_connect, self.host, self.port, backlog=BACKLOG)
         addrs = [s.getsockname() for s in self._server.sockets]
         self.port = addrs[0][1]
@@ -238,8 +304,8 @@ class Gateway:
                 self.host or "every address",
             )
 
-    async def stop(self) -> None:
-        """Stop listening and end every connection (cancelling the answers in progress). Idempotent."""
+    async def _stop(self) -> None:
+        """Stop listening and end every connection (cancelling the answers in progress)."""
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -253,20 +319,6 @@ class Gateway:
         if server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 5)
-
-    async def serve(self) -> None:
-        """Listen until cancelled."""
-        async with self:
-            await asyncio.get_running_loop().create_future()
-
-    async def __aenter__(self) -> Gateway:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # ---- connections ----
 
@@ -754,16 +806,8 @@ class _Connection:
     async def _exchange(self, req: Request) -> bool:
         """Answer ``req`` while watching the connection; False when the client went away."""
         answer = asyncio.ensure_future(self.gateway.handle(req, self))
-        watch = asyncio.ensure_future(self._watch())
-        try:
-            await asyncio.wait((answer, watch), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not answer.done():
-                if watch.done():
-                    log.info("%s: client went away mid-answer; cancelling the request", self.name)
-                answer.cancel()
-            watch.cancel()
-            await asyncio.wait((answer, watch))
+        if await race(answer, self._watch()) is not answer:
+            log.info("%s: client went away mid-answer; cancelling the request", self.name)
         if answer.cancelled():
             return False
         exc = answer.exception()

@@ -10,6 +10,7 @@ from mimirlite.mimir.backends import Backend, BackendError, EchoBackend, OpenAIB
 from mimirlite.mimir.client import (
     AnswerTimeoutError,
     ChatError,
+    ClientConfig,
     MimirClient,
     NoNodeError,
     TruncatedAnswerError,
@@ -28,6 +29,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "ChatError",
+    "ClientConfig",
     "EchoBackend",
     "MimirClient",
     "MimirNode",

@@ -10,9 +10,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 from typing import Any
 
+from mimirlite.aio import Service, race
 from mimirlite.errors import ConnectionClosedError, MimirliteError, RefusalReason, StreamResetError
 from mimirlite.metrics import NodeMetrics
 from mimirlite.mimir import packets, tunnel
@@ -36,7 +36,7 @@ STREAM_REQUEST_TIMEOUT = 10.0
 """Seconds a client has to send its request packet once it opened a stream."""
 
 
-class MimirNode:
+class MimirNode(Service):
     """Serves a backend's models on ``host``; ``async with`` (or :meth:`start`) registers the protocols.
 
     ``limits`` bounds the chat requests answered at once, queued, and per peer (see
@@ -93,8 +93,12 @@ class MimirNode:
         return m
 
     async def start(self) -> list[str]:
-        """Ask the backend for its models (unless given) and start answering; BackendError when it
-        cannot be reached or serves no model."""
+        """Ask the backend for its models (unless given) and start answering; the models served.
+        BackendError when the backend cannot be reached or serves no model (the node is then stopped)."""
+        await super().start()
+        return self.models
+
+    async def _start(self) -> None:
         known = self._known_models
         self.models = list(known) if known is not None else await self.backend.list_models()
         if not self.models:
@@ -115,14 +119,8 @@ class MimirNode:
             self.host.set_handler(protocol, self._tunnel_handler(model))
         self._services = start_services(self.host)
         log.info("serving %s (default %s)", ", ".join(self.models), self.default_model)
-        return self.models
 
-    async def serve(self) -> None:
-        """Start, then serve until cancelled."""
-        async with self:
-            await asyncio.get_running_loop().create_future()
-
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         """Stop answering and release the backend."""
         self.host.remove_handler(packets.MIMIR_IDENTIFY_PROTOCOL)
         self.host.remove_handler(packets.CHAT_PROTOCOL)
@@ -138,15 +136,6 @@ class MimirNode:
             service.close()
         self._services = []
         await self.backend.aclose()
-
-    async def __aenter__(self) -> MimirNode:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _read_request(self, stream: Stream, event: str) -> tuple[Packet, int]:
         """The request packet and its size in bytes."""
@@ -226,12 +215,10 @@ class MimirNode:
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._turns[ticket] = turn
         self._review_soon()
-        left = asyncio.ensure_future(stream.wait_reset())
         try:
-            await asyncio.wait((turn, left), return_when=asyncio.FIRST_COMPLETED)
+            await race(turn, stream.wait_reset())
         finally:
             del self._turns[ticket]
-            left.cancel()
         if not ticket.admitted:
             log.info("%r: client left while its request waited", stream)
             self._metrics.cancelled += 1
@@ -466,18 +453,8 @@ async def _send_raw(stream: Stream, data: bytes) -> None:
 
 async def _until_done_or_reset(stream: Stream, answer: asyncio.Future[Any]) -> None:
     """Wait for ``answer``; cancel it (and so the backend request) if the client resets the stream."""
-    left = asyncio.ensure_future(stream.wait_reset())
-    try:
-        await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not answer.done():
-            if left.done():
-                log.info("%r: client left mid-answer; cancelling the backend request", stream)
-            answer.cancel()
-        left.cancel()
-        await asyncio.wait((answer, left))
-        if not answer.cancelled():
-            answer.exception()  # retrieved here even when we are being cancelled ourselves
+    if await race(answer, stream.wait_reset()) is not answer:
+        log.info("%r: client left mid-answer; cancelling the backend request", stream)
 
 
 async def _send_error(stream: Stream, type: str, message: str, request_id: str | None) -> None:

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mimirlite._version import __version__
+from mimirlite.aio import SingleFlight
 from mimirlite.errors import (
     AddressError,
     ConnectionClosedError,
@@ -513,8 +515,6 @@ class PushBudget:
 
 
 def _agent_version() -> str:
-    from mimirlite import __version__
-
     return f"mimirlite/{__version__}"
 
 
@@ -558,7 +558,11 @@ class Identify:
         self._pushing: set[PeerId] = set()
         self._over_budget: set[PeerId] = set()
         self._infos: collections.OrderedDict[PeerId, IdentifyInfo] = collections.OrderedDict()
-        self._inflight: dict[Connection, asyncio.Future[IdentifyInfo]] = {}
+        self._inflight: SingleFlight[Connection, IdentifyInfo] = SingleFlight(
+            lambda coro: host._spawn(coro, "mimirlite-identify"),
+            cancelled=lambda _: ConnectionClosedError("identify cancelled: the host is stopping"),
+        )
+        """One identify run per connection, joined by every caller (a run ends with the host)."""
         self.on_identified: list[Callable[[IdentifyInfo], None]] = []
         self._protocols = [IDENTIFY_PROTOCOL]
         host.set_handler(IDENTIFY_PROTOCOL, self._serve_identify)
@@ -725,20 +729,9 @@ class Identify:
         return await asyncio.shield(self._start(conn))
 
     def _start(self, conn: Connection) -> asyncio.Future[IdentifyInfo]:
-        fut = self._inflight.get(conn)
-        if fut is None:
+        if conn not in self._inflight:
             self.host._check_running()
-            fut = asyncio.get_running_loop().create_future()
-            self._inflight[conn] = fut
-            task = self.host._spawn(self._run(conn, fut), "mimirlite-identify")
-            # a run cancelled before it started (the host stopping) never reaches its own handlers
-            task.add_done_callback(lambda _: self._settle(conn, fut))
-        return fut
-
-    def _settle(self, conn: Connection, fut: asyncio.Future[IdentifyInfo]) -> None:
-        self._fail(fut, ConnectionClosedError("identify cancelled: the host is stopping"))
-        if self._inflight.get(conn) is fut:
-            del self._inflight[conn]
+        return self._inflight.start(conn, lambda: self._identify_once(conn))
 
     def _on_connected(self, conn: Connection) -> None:
         try:
@@ -758,27 +751,14 @@ class Identify:
         else:
             log.warning("identify of %s failed: %s", conn.remote_peer, exc)
 
-    async def _run(self, conn: Connection, fut: asyncio.Future[IdentifyInfo]) -> None:
+    async def _identify_once(self, conn: Connection) -> IdentifyInfo:
         try:
             info = await asyncio.wait_for(self._query(conn), self.timeout)
         except asyncio.TimeoutError:
             reason = f"identify of {conn.remote_peer} timed out after {self.timeout:g} s"
-            self._fail(fut, IdentifyTimeoutError(reason))
-        except Exception as exc:
-            self._fail(fut, exc)
-        else:
-            self._remember(info)
-            if not fut.done():
-                fut.set_result(info)
-        finally:
-            if self._inflight.get(conn) is fut:
-                del self._inflight[conn]
-
-    @staticmethod
-    def _fail(fut: asyncio.Future[IdentifyInfo], exc: BaseException) -> None:
-        if not fut.done():
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: callers that await it still get it raised
+            raise IdentifyTimeoutError(reason) from None
+        self._remember(info)
+        return info
 
     async def _query(self, conn: Connection) -> IdentifyInfo:
         peer = conn.remote_peer
