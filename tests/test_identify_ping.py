@@ -45,12 +45,10 @@ from mimirlite.protocols.identify import (
     encode_identify_frame,
     info_from_message,
     merge_push,
-    multiaddr_from_bytes,
-    multiaddr_to_bytes,
-    tcp_multiaddr_bytes,
 )
 from mimirlite.protocols.ping import PING_SIZE, check_echo
 from mimirlite.wire.lp import encode_message
+from mimirlite.wire.multiaddr import multiaddr_from_bytes, multiaddr_to_bytes, tcp_multiaddr_bytes
 
 from .conftest import ECHO, echo_handler
 
