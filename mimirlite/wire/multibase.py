@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Callable
 
 __all__ = [
@@ -61,9 +62,22 @@ def _decode_big(text: str, index: dict[str, int], zero: str, what: str) -> bytes
     return b"\0" * zeros + n.to_bytes((n.bit_length() + 7) // 8, "big")
 
 
+@functools.cache
+def _b58_pairs() -> tuple[str, ...]:
+    """The 58 * 58 two-digit strings, so that encoding takes one division per two digits."""
+    return tuple(a + b for a in _B58_ALPHABET for b in _B58_ALPHABET)
+
+
 def b58encode(data: bytes) -> str:
     """base58btc: one ``1`` per leading zero byte, then the big-endian number in base 58."""
-    return _encode_big(data, _B58_ALPHABET, "1")
+    n = int.from_bytes(data, "big")
+    pairs = _b58_pairs()
+    digits: list[str] = []
+    while n:
+        n, r = divmod(n, 3364)
+        digits.append(pairs[r])
+    zeros = len(data) - len(data.lstrip(b"\0"))
+    return "1" * zeros + "".join(reversed(digits)).lstrip("1")
 
 
 def b58decode(text: str) -> bytes:
