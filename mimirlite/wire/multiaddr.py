@@ -165,6 +165,12 @@ def _check_multihash(value: bytes) -> None:
         raise ValueError("not a multihash: its length does not match its digest")
 
 
+def _ip6_text(ip6: ipaddress.IPv6Address) -> str:
+    """RFC 5952 text; an IPv4-mapped address ends in a dotted quad (as go-multiaddr, Python 3.13)."""
+    mapped = ip6.ipv4_mapped
+    return str(ip6) if mapped is None else f"::ffff:{mapped}"
+
+
 def _value_from_text(kind: _Kind, value: str) -> tuple[bytes, str]:
     """(binary value, canonical text) of a text value; ValueError when it is malformed."""
     if kind is _Kind.IP4:  # ipaddress takes only the canonical dotted quad (no leading zeros)
@@ -173,7 +179,7 @@ def _value_from_text(kind: _Kind, value: str) -> tuple[bytes, str]:
         if "%" in value:  # ipaddress would take a scope; multiaddr writes it as /ip6zone
             raise ValueError("an IPv6 zone goes in /ip6zone")
         ip6 = ipaddress.IPv6Address(value)
-        return ip6.packed, str(ip6)
+        return ip6.packed, _ip6_text(ip6)
     if kind is _Kind.PORT:
         if not (value.isascii() and value.isdigit()) or len(value) > 5 or int(value) > 0xFFFF:
             raise ValueError(f"bad port {value!r}")
@@ -198,7 +204,7 @@ def _value_to_text(kind: _Kind, value: bytes) -> str:
     if kind is _Kind.IP4:
         return str(ipaddress.IPv4Address(value))
     if kind is _Kind.IP6:
-        return str(ipaddress.IPv6Address(value))
+        return _ip6_text(ipaddress.IPv6Address(value))
     if kind is _Kind.PORT:
         return str(int.from_bytes(value, "big"))
     if kind is _Kind.P2P:
