@@ -11,11 +11,13 @@ raises :class:`~mimirlite.errors.AddressError` (a LocalError); bytes a peer sent
 (:data:`MAX_MULTIADDR_SIZE` bytes, :data:`MAX_MULTIADDR_TEXT` characters, :data:`MAX_COMPONENTS`
 components) and cached. Whatever decodes is canonical: its text encodes back to the same bytes.
 
-Why not the ``multiaddr`` package (0.2.0), measured against this codec in the issue-13 note: it takes
+Why not the ``multiaddr`` package (0.2.0), measured against this codec for issue 13: it takes
 truncated values from a peer without a word (``04c0`` reads as ``/ip4/0.0.0.192``; 8% of 30,000
-mutated inputs decoded to something that does not encode back), has no size or component cap, does
-not know ``/ipfs``, and its first parse imports 85 modules (+46 ms) on a small board; it was also
-slower here (27 / 20 us text->bytes / bytes->text against 19 / 18.5 us for a ``/ip4/tcp/p2p`` address).
+mutated inputs decoded to something that does not encode back, and an ``/ip6zone`` holding ``/``
+decodes to text that does not parse), has no size or component cap, does not read ``/ipfs``, and its
+first parse imports 85 modules (+46 ms) where this module costs about 1 ms at ``import mimirlite``;
+uncached it was also slower (21 / 17 us text->bytes / bytes->text for ``/ip4/../tcp/../p2p/..``
+against 16.5 / 15 us here; cached, 0.1 / 0.25 us).
 """
 
 from __future__ import annotations
