@@ -60,12 +60,14 @@ class Code(enum.IntEnum):
 
     IP4 = 0x04
     TCP = 0x06
+    DCCP = 0x21
     IP6 = 0x29
     IP6ZONE = 0x2A
     DNS = 0x35
     DNS4 = 0x36
     DNS6 = 0x37
     DNSADDR = 0x38
+    SCTP = 0x84
     UDP = 0x0111
     WEBRTC_DIRECT = 0x0118
     WEBRTC = 0x0119
@@ -121,12 +123,14 @@ def _protocol(code: Code, name: str, kind: _Kind) -> Protocol:
 PROTOCOLS: tuple[Protocol, ...] = (
     _protocol(Code.IP4, "ip4", _Kind.IP4),
     _protocol(Code.TCP, "tcp", _Kind.PORT),
+    _protocol(Code.DCCP, "dccp", _Kind.PORT),
     _protocol(Code.IP6, "ip6", _Kind.IP6),
     _protocol(Code.IP6ZONE, "ip6zone", _Kind.TEXT),
     _protocol(Code.DNS, "dns", _Kind.TEXT),
     _protocol(Code.DNS4, "dns4", _Kind.TEXT),
     _protocol(Code.DNS6, "dns6", _Kind.TEXT),
     _protocol(Code.DNSADDR, "dnsaddr", _Kind.TEXT),
+    _protocol(Code.SCTP, "sctp", _Kind.PORT),
     _protocol(Code.UDP, "udp", _Kind.PORT),
     _protocol(Code.WEBRTC_DIRECT, "webrtc-direct", _Kind.NONE),
     _protocol(Code.WEBRTC, "webrtc", _Kind.NONE),
