@@ -1,7 +1,8 @@
 """libp2p identify (``/ipfs/id/1.0.0``) and identify push (``/ipfs/id/push/1.0.0``).
 
-The sans-IO part (binary multiaddrs, the ``Identify`` protobuf, turning a message into what we learn)
-takes bytes and returns data; :class:`Identify` is the asyncio service that answers and asks on a Host.
+The sans-IO part (the ``Identify`` protobuf, turning a message into what we learn; the multiaddrs in it
+go through :mod:`mimirlite.wire.multiaddr`) takes bytes and returns data; :class:`Identify` is the
+asyncio service that answers and asks on a Host.
 As js-libp2p does it: the answering side writes one length-prefixed message and closes its write side;
 the asking side reads it, checks that the public key is the connection's peer, and records the rest.
 """
@@ -9,11 +10,8 @@ the asking side reads it, checks that the public key is the connection's peer, a
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import dataclasses
-import ipaddress
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -39,8 +37,8 @@ from mimirlite.errors import (
 )
 from mimirlite.identity import PeerId, PublicKey
 from mimirlite.wire.lp import encode_message
+from mimirlite.wire.multiaddr import Multiaddr, multiaddr_from_bytes, tcp_multiaddr_bytes
 from mimirlite.wire.protobuf import LENGTH_DELIMITED, encode_bytes_field, iter_fields
-from mimirlite.wire.varint import decode_uvarint, encode_uvarint
 
 if TYPE_CHECKING:
     from mimirlite.net.connection import Connection
@@ -106,152 +104,6 @@ class IdentifyError(ProtocolError):
 
 class IdentifyTimeoutError(MimirliteTimeoutError):
     """An identify exchange did not finish in time."""
-
-
-# --- binary multiaddrs (sans-IO) ---------------------------------------------------------------
-
-_IP4, _IP6, _PORT, _TEXT, _P2P, _MULTIBASE, _NONE = range(7)
-_FIXED_SIZE = {_IP4: 4, _IP6: 16, _PORT: 2}
-
-_MA_BY_CODE: dict[int, tuple[str, int]] = {
-    0x04: ("ip4", _IP4),
-    0x06: ("tcp", _PORT),
-    0x21: ("dccp", _PORT),
-    0x29: ("ip6", _IP6),
-    0x2A: ("ip6zone", _TEXT),
-    0x35: ("dns", _TEXT),
-    0x36: ("dns4", _TEXT),
-    0x37: ("dns6", _TEXT),
-    0x38: ("dnsaddr", _TEXT),
-    0x84: ("sctp", _PORT),
-    0x0111: ("udp", _PORT),
-    0x0118: ("webrtc-direct", _NONE),
-    0x0119: ("webrtc", _NONE),
-    0x0122: ("p2p-circuit", _NONE),
-    0x01A5: ("p2p", _P2P),
-    0x01BB: ("https", _NONE),
-    0x01C0: ("tls", _NONE),
-    0x01C1: ("sni", _TEXT),
-    0x01C6: ("noise", _NONE),
-    0x01CC: ("quic", _NONE),
-    0x01CD: ("quic-v1", _NONE),
-    0x01D1: ("webtransport", _NONE),
-    0x01D2: ("certhash", _MULTIBASE),
-    0x01DD: ("ws", _NONE),
-    0x01DE: ("wss", _NONE),
-    0x01E0: ("http", _NONE),
-}
-_MA_BY_NAME: dict[str, tuple[int, int]] = {name: (code, kind) for code, (name, kind) in _MA_BY_CODE.items()}
-_MA_BY_NAME["ipfs"] = _MA_BY_NAME["p2p"]  # the old name of /p2p
-
-
-def _value_to_text(name: str, kind: int, value: bytes) -> str:
-    if kind == _IP4:
-        return str(ipaddress.IPv4Address(value))
-    if kind == _IP6:
-        return str(ipaddress.IPv6Address(value))
-    if kind == _PORT:
-        return str(int.from_bytes(value, "big"))
-    if kind == _P2P:
-        try:
-            return PeerId.from_bytes(value).to_base58()
-        except InvalidKeyError as exc:
-            raise DecodeError(f"multiaddr: bad /p2p value: {exc}") from None
-    if kind == _MULTIBASE:
-        return "u" + base64.urlsafe_b64encode(value).decode("ascii").rstrip("=")
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DecodeError(f"multiaddr: /{name} value is not UTF-8") from None
-    if not text or "/" in text:
-        raise DecodeError(f"multiaddr: /{name} value is empty or contains '/'")
-    return text
-
-
-def multiaddr_from_bytes(buf: bytes) -> str:
-    """The text form of a binary multiaddr; DecodeError for bytes we cannot read."""
-    buf = bytes(buf)
-    parts: list[str] = []
-    pos = 0
-    while pos < len(buf):
-        got = decode_uvarint(buf, pos)
-        if got is None:
-            raise DecodeError("multiaddr: truncated protocol code")
-        code, pos = got
-        entry = _MA_BY_CODE.get(code)
-        if entry is None:
-            raise DecodeError(f"multiaddr: unsupported protocol code {code:#x}")
-        name, kind = entry
-        parts.append(name)
-        if kind == _NONE:
-            continue
-        size = _FIXED_SIZE.get(kind)
-        if size is None:
-            got = decode_uvarint(buf, pos)
-            if got is None:
-                raise DecodeError(f"multiaddr: truncated /{name} length")
-            size, pos = got
-        if pos + size > len(buf):
-            raise DecodeError(f"multiaddr: truncated /{name} value")
-        parts.append(_value_to_text(name, kind, buf[pos : pos + size]))
-        pos += size
-    if not parts:
-        raise DecodeError("multiaddr: empty")
-    return "/" + "/".join(parts)
-
-
-def _value_to_bytes(text: str, name: str, kind: int, value: str) -> bytes:
-    try:
-        if kind == _IP4:
-            return ipaddress.IPv4Address(value).packed
-        if kind == _IP6:
-            return ipaddress.IPv6Address(value).packed
-        if kind == _PORT:
-            if not (value.isascii() and value.isdigit()) or int(value) > 0xFFFF:
-                raise ValueError(f"bad port {value!r}")
-            return int(value).to_bytes(2, "big")
-        if kind == _P2P:
-            return PeerId.from_string(value).to_bytes()
-        if kind == _MULTIBASE:
-            if not value.startswith("u"):
-                raise ValueError("only base64url multibase ('u') is supported")
-            return base64.urlsafe_b64decode(value[1:] + "=" * (-len(value[1:]) % 4))
-        return value.encode("utf-8")
-    except (ValueError, InvalidKeyError, binascii.Error) as exc:
-        raise AddressError(f"invalid /{name} value in {text!r}: {exc}") from None
-
-
-def multiaddr_to_bytes(text: str) -> bytes:
-    """The binary form of a text multiaddr; AddressError for one we cannot encode."""
-    parts = text.split("/")
-    if len(parts) < 2 or parts[0] != "" or "" in parts[1:]:
-        raise AddressError(f"invalid multiaddr {text!r}")
-    out = bytearray()
-    i = 1
-    while i < len(parts):
-        entry = _MA_BY_NAME.get(parts[i])
-        if entry is None:
-            raise AddressError(f"unsupported protocol /{parts[i]} in {text!r}")
-        code, kind = entry
-        out += encode_uvarint(code)
-        i += 1
-        if kind == _NONE:
-            continue
-        if i >= len(parts):
-            raise AddressError(f"missing /{parts[i - 1]} value in {text!r}")
-        value = _value_to_bytes(text, parts[i - 1], kind, parts[i])
-        if kind not in _FIXED_SIZE:
-            out += encode_uvarint(len(value))
-        out += value
-        i += 1
-    return bytes(out)
-
-
-def tcp_multiaddr_bytes(host: str, port: int) -> bytes:
-    """``/ip4|ip6/<host>/tcp/<port>`` in binary form (an IPv6 zone is dropped)."""
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    code = 0x04 if ip.version == 4 else 0x29
-    return encode_uvarint(code) + ip.packed + encode_uvarint(0x06) + port.to_bytes(2, "big")
 
 
 # --- the Identify message (sans-IO) ------------------------------------------------------------
@@ -619,7 +471,7 @@ class Identify:
         listen: list[bytes] = []
         for text in self.host.dialable_addrs:
             try:
-                listen.append(multiaddr_to_bytes(text.rsplit("/p2p/", 1)[0]))
+                listen.append(Multiaddr.parse(text).without_peer_id().to_bytes())
             except AddressError as exc:
                 log.debug("not announcing %s: %s", text, exc)
         observed = None
