@@ -8,8 +8,8 @@ import pytest
 from hypothesis import settings
 
 from mimirlite import Host, Stream
-from tests.leakcheck import no_leaks
-from tests.openai_server import OpenAIServer
+from tests.helpers.leakcheck import no_leaks
+from tests.helpers.openai_server import OpenAIServer
 
 __all__ = ["no_leaks"]
 

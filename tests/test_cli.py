@@ -1,7 +1,7 @@
 """The real command line, run as subprocesses (``python -m mimirlite ...``) on 127.0.0.1.
 
 A node is started, its printed multiaddr parsed, and ``chat`` / ``peers`` run against it. The
-OpenAI-compatible backend is the test server from ``tests/openai_server.py``, running in the test's
+OpenAI-compatible backend is the test server from ``tests/helpers/openai_server.py``, running in the test's
 event loop while the subprocesses run next to it (``asyncio.create_subprocess_exec``). Every process
 a test starts is stopped and reaped by the test; every wait is bounded.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cliproc import Banner, Proc
-from tests.openai_server import OpenAIServer
+from tests.helpers.nodeproc import Banner, Proc
+from tests.helpers.openai_server import OpenAIServer
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 30.0

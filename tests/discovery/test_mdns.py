@@ -1,6 +1,6 @@
 """mDNS discovery: sans-IO records with literal packets, then real peers on namespace test hosts.
 
-Multicast only ever runs inside the namespaces of tests/netns.py, never on this machine's interfaces.
+Multicast only ever runs inside the namespaces of tests/helpers/netns.py, never on this machine's interfaces.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ from mimirlite.discovery.records import (
     random_peer_name,
 )
 from mimirlite.errors import DecodeError, LocalError, MimirliteError
-from tests.netns import Inbox, NetnsLoop, TestNet, require_netns
+from tests.helpers.netns import Inbox, NetnsLoop, TestNet, require_netns
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 # Bytes as @libp2p/mdns 11 sends them (multicast-dns 7.2.5 over dns-packet 5.6.1): a query, and

@@ -23,9 +23,7 @@ from mimirlite.errors import LocalError
 from mimirlite.gateway import MAX_CONNECTIONS_PER_IP, Gateway, HttpError
 from mimirlite.gateway.http import MAX_HEAD, Door, Request, ServerConnection, host_name
 from mimirlite.mimir import EchoBackend
-from tests.cliproc import Proc
-from tests.helpers import logged, until
-from tests.test_gateway import (
+from tests.gateway.test_gateway import (
     APP,
     REPO,
     WAIT,
@@ -39,6 +37,8 @@ from tests.test_gateway import (
     sdk,
     user,
 )
+from tests.helpers import logged, until
+from tests.helpers.nodeproc import Proc
 
 MiB = 1024 * 1024
 CHAT = json.dumps({"model": "echo", "messages": user("still served")}).encode()

@@ -28,9 +28,9 @@ from mimirlite.errors import LocalError
 from mimirlite.gateway import Gateway, HttpError, api
 from mimirlite.gateway.http import CorsPolicy, Pending, Request, ServerConnection, cors_origin
 from mimirlite.mimir import EchoBackend, MimirClient, MimirNode, OpenAIBackend
-from tests.openai_server import OpenAIServer
+from tests.helpers.openai_server import OpenAIServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LLAMA = "llama3.2:latest"
 WAIT = 10.0
 """Bound of every wait for an answer or a condition."""

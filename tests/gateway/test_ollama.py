@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from mimirlite.gateway import api
 from mimirlite.gateway.api import ApiError
-from tests.openai_server import OpenAIServer
-from tests.test_gateway import LLAMA, RawHttp, bounded, curl, echo_gateway, live, llama_gateway, user
+from tests.gateway.test_gateway import LLAMA, RawHttp, bounded, curl, echo_gateway, live, llama_gateway, user
+from tests.helpers.openai_server import OpenAIServer
 
 ollama = pytest.importorskip("ollama")
 
@@ -360,7 +360,7 @@ async def test_unknown_model_and_tunnel_paths() -> None:
                 status, _, out = await conn.request("POST", path, body)
                 assert (status, json.loads(out)) == (404, {"error": "model 'x' not found"})
             # forwarded through the node's tunnel: the echo backend's own 404 passes through
-            # (tests/test_gateway_tunnel.py covers these paths)
+            # (tests/gateway/test_tunnel.py covers these paths)
             status, _, out = await conn.request("POST", "/api/embed", b'{"model":"echo","input":"a"}')
             assert status == 404 and "echo backend" in json.loads(out)["error"]
         finally:

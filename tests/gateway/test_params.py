@@ -1,5 +1,5 @@
 """Parameter injection through the gateway: the real ``openai`` SDK and raw HTTP send the hostile fields
-of tests/test_params_node.py to a gateway in front of a real node and the test OpenAI server; each is a
+of tests/mimir/test_params_node.py to a gateway in front of a real node and the test OpenAI server; each is a
 ``400`` in OpenAI's error shape with ``param`` naming the field, the backend sees none of them, and an
 honest request's parameters then reach it exactly."""
 
@@ -12,10 +12,10 @@ from typing import Any
 import openai
 import pytest
 
+from tests.gateway.test_gateway import RawHttp, llama_gateway, sdk
 from tests.helpers import logged
-from tests.openai_server import OpenAIServer
-from tests.test_gateway import RawHttp, llama_gateway, sdk
-from tests.test_params_node import HELLO, HONEST, HOSTILE, LLAMA
+from tests.helpers.openai_server import OpenAIServer
+from tests.mimir.test_params_node import HELLO, HONEST, HOSTILE, LLAMA
 
 live = pytest.mark.usefixtures("no_leaks")
 
@@ -57,7 +57,7 @@ async def test_gateway_refuses_hostile_fields_with_400_naming_them(
         assert set(sent) == {"model", "messages", "stream", "stream_options", *honest}
 
         # The SDK's answer message sent back as history, as OpenAI's examples do, passes the allowlist
-        # (with null fields too: tests/test_params.py); a tool call round trip too.
+        # (with null fields too: tests/mimir/test_params.py); a tool call round trip too.
         history: list[Any] = [*HELLO, answer.choices[0].message, {"role": "user", "content": "and more"}]
         second = await client.chat.completions.create(model=LLAMA, messages=history)
         assert second.choices[0].message.content == "and more"

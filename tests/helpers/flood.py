@@ -1,4 +1,4 @@
-"""A pre-authentication flood, run as its own process by the tests: ``python -m tests.flood PORT``.
+"""A pre-authentication flood, run as its own process by the tests: ``python -m tests.helpers.flood PORT``.
 
 It holds ``--idle`` TCP connections to 127.0.0.1:PORT that never send a byte and ``--dribble`` ones
 that send a valid multistream header one byte every ``--every`` seconds, all bound to ``--source``,

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.cliproc import stop_process
+from tests.helpers.nodeproc import stop_process
 
 T = TypeVar("T")
 

@@ -90,7 +90,7 @@ class Proc:
         """Start ``argv`` with stdout and stderr piped (``merge_stderr``: stderr into ``out`` too) and,
         with ``stdin``, stdin (else /dev/null).
 
-        ``spawn`` starts it: e.g. ``functools.partial(net.spawn, host)`` (tests/netns.py) runs it in a
+        ``spawn`` starts it: e.g. ``functools.partial(net.spawn, host)`` (tests/helpers/netns.py) runs it in a
         test namespace. ``kwargs`` go to ``spawn``.
         """
         pipe = asyncio.subprocess.PIPE

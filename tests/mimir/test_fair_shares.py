@@ -26,9 +26,8 @@ from mimirlite.mimir.limits import FAIR_SHARE, STALLED, Admission, Refusal, Tick
 from mimirlite.net.addr import parse_multiaddr
 from mimirlite.net.shares import StreamShares
 from mimirlite.wire.yamux import INITIAL_WINDOW
-
-from .helpers import logged, until
-from .test_cli import cli, make_env, node, one_line
+from tests.helpers import logged, until
+from tests.test_cli import cli, make_env, node, one_line
 
 LOCAL = "/ip4/127.0.0.1/tcp/0"
 WAIT = 30.0

@@ -27,7 +27,7 @@ from mimirlite.mimir import (
 from mimirlite.wire import lp
 from mimirlite.wire.varint import encode_uvarint
 from tests.helpers import until
-from tests.openai_server import OpenAIServer
+from tests.helpers.openai_server import OpenAIServer
 
 LLAMA = "llama3.2:latest"
 LLAMA_CID = MODEL_CIDS[LLAMA]

@@ -1,7 +1,7 @@
 """Parameter injection, end to end: a hostile peer (the project's Host API, raw LP-JSON packets) against a
-real MimirNode with the openai backend in front of tests/openai_server.py. Every field outside the allowlist,
-or malformed, is refused naming the field and never reaches the backend; the same node then serves an
-honest chat whose parameters reach the backend exactly. The node's ``max_tokens`` cap, through
+real MimirNode with the openai backend in front of tests/helpers/openai_server.py. Every field outside the
+allowlist, or malformed, is refused naming the field and never reaches the backend; the same node then serves
+an honest chat whose parameters reach the backend exactly. The node's ``max_tokens`` cap, through
 MimirNode and through the real ``node --max-tokens`` command."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 
 from mimirlite import Host
 from mimirlite.mimir import BackendError, EchoBackend, MimirNode, NodeLimits, OpenAIBackend, packets
-from tests.openai_server import OpenAIServer
+from tests.helpers.openai_server import OpenAIServer
+from tests.mimir.test_mimir import request
 from tests.test_cli import cli, node
-from tests.test_mimir import request
 
 LLAMA = "llama3.2:latest"
 HELLO = [{"role": "user", "content": "hello big wide world"}]

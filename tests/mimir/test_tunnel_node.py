@@ -1,8 +1,8 @@
 """A MimirNode serves the latest generation's ``/mimir/<model>/1.0.0`` HTTP tunnel beside the first
 generation, on real sockets: a mimirlite Host as a raw client writes an HTTP/1.1 request, closes its write
 side and reads the answer to the end; the echo backend, and the OpenAI backend in front of
-tests/openai_server.py. Forbidden paths never reach the backend; bad input ends only its stream, with the
-right status and a log line, and the node serves the next request."""
+tests/helpers/openai_server.py. Forbidden paths never reach the backend; bad input ends only its stream, with
+the right status and a log line, and the node serves the next request."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from mimirlite.mimir.models import tunnel_protocol
 from mimirlite.protocols import Identify
 from mimirlite.wire import lp
 from tests.helpers import logged, until
-from tests.openai_server import OpenAIServer
-from tests.test_mimir import request
+from tests.helpers.openai_server import OpenAIServer
+from tests.mimir.test_mimir import request
 
 LLAMA = "llama3.2:latest"
 TUNNEL = "/mimir/llama3.2-latest/1.0.0"

@@ -28,16 +28,15 @@ from mimirlite.protocols import start_services
 from mimirlite.wire.multistream import PROTOCOL_ID as MULTISTREAM
 from mimirlite.wire.multistream import encode_line
 from mimirlite.wire.yamux import INITIAL_WINDOW, YamuxConfig
-
-from .conftest import ECHO, echo_handler
-from .helpers import logged, until
+from tests.conftest import ECHO, echo_handler
+from tests.helpers import logged, until
 
 TIMEOUT = 5.0
 """Upper bound on every wait; a healthy run never gets near it."""
 SINK = "/sink/1.0.0"
 LOCAL = "/ip4/127.0.0.1/tcp/0"
 
-INTEROP = Path(__file__).resolve().parent.parent / "interop"
+INTEROP = Path(__file__).resolve().parents[2] / "interop"
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -390,7 +389,7 @@ async def test_dead_link_is_logged_and_counted(caplog: pytest.LogCaptureFixture)
         await echo_on(stream)
         conn = host.connections[a.peer_id]
         # What asyncio hands the protocol once TCP_USER_TIMEOUT or the keepalive probes gave up (the
-        # kernel doing it for real is in tests/test_faults.py, between network namespaces).
+        # kernel doing it for real is in tests/scenarios/test_faults.py, between network namespaces).
         conn.connection_lost(TimeoutError(errno.ETIMEDOUT, "Connection timed out"))
         assert conn.close_kind == "dead_link" and conn.closed.done()
         assert host.metrics.closed == {"dead_link": 1}
@@ -589,7 +588,7 @@ async def test_stats_line_and_log_stats(caplog: pytest.LogCaptureFixture) -> Non
 
 async def test_cli_stats_interval_logs_without_verbose() -> None:
     """``node --stats-interval`` prints its stats lines at the default log level (no -v)."""
-    from .test_cli import make_env, started
+    from tests.test_cli import make_env, started
 
     args = ("-m", "mimirlite", "node", "--backend", "echo", "--no-mdns", "--listen", LOCAL)
     async with started(*args, "--stats-interval", "0.2", env=make_env()) as proc:

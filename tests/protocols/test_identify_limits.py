@@ -25,9 +25,8 @@ from mimirlite.protocols.identify import (
 )
 from mimirlite.wire.lp import encode_message
 from mimirlite.wire.protobuf import encode_bytes_field
-
-from .conftest import ECHO, echo_handler
-from .helpers import TIMEOUT, logged, until
+from tests.conftest import ECHO, echo_handler
+from tests.helpers import TIMEOUT, logged, until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

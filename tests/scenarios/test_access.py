@@ -32,8 +32,8 @@ from mimirlite.mimir.limits import MIN_BUCKET_SWEEP, Admission, RateLimiter, Ref
 from mimirlite.net.config import allowlist, load_allowlist, parse_allowlist
 from mimirlite.wire import yamux
 from mimirlite.wire.multistream import MultistreamDialer
-from tests.openai_server import OpenAIServer
-from tests.test_bad_input import RawPeer
+from tests.helpers.openai_server import OpenAIServer
+from tests.scenarios.test_bad_input import RawPeer
 from tests.test_cli import PEER_ID, Result, cli, make_env, node, one_line, run, started
 
 LOCAL = "/ip4/127.0.0.1/tcp/0"

@@ -36,8 +36,7 @@ from mimirlite.wire.yamux import (
     YamuxEvent,
     YamuxSession,
 )
-
-from .conftest import ECHO, echo_handler
+from tests.conftest import ECHO, echo_handler
 
 TIMEOUT = 5.0
 """Upper bound on every wait; a healthy run never gets near it."""

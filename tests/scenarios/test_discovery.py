@@ -1,6 +1,6 @@
 """Discovery scenarios on namespace test hosts: peers that know nothing of each other find each other by mDNS.
 
-Each test builds its own bridge of network namespaces (tests/netns.py); every peer runs in its own
+Each test builds its own bridge of network namespaces (tests/helpers/netns.py); every peer runs in its own
 namespace with its own address, and multicast never leaves the bridge. Peers are the real programs:
 ``python -m mimirlite node|chat|peers`` under ``ip netns exec``, a library MimirClient on an event loop
 inside a namespace, and the JS MimirLLM node and client of interop/ (the original's libp2p stack, with
@@ -29,11 +29,11 @@ import pytest
 
 from mimirlite.identity import PeerId
 from mimirlite.mimir import MimirClient
-from tests.cliproc import Proc
-from tests.netns import Inbox, NetnsHost, NetnsLoop, TestNet, require_netns
-from tests.openai_server import OpenAIServer
+from tests.helpers.netns import Inbox, NetnsHost, NetnsLoop, TestNet, require_netns
+from tests.helpers.nodeproc import Proc
+from tests.helpers.openai_server import OpenAIServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INTEROP = ROOT / "interop"
 if str(INTEROP) not in sys.path:
     sys.path.insert(0, str(INTEROP))

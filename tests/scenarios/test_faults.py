@@ -1,11 +1,11 @@
 """Faults: a node killed mid-answer or before its first chunk, a link down mid-stream, a client's read
-timeout, and the backend faults ``tests/test_mimir.py`` leaves open (the backend request is cancelled).
+timeout, and the backend faults ``tests/mimir/test_mimir.py`` leaves open (the backend request is cancelled).
 
 Nodes are the real command line (``python -m mimirlite node --backend echo --no-mdns``) with its echo
 model slowed down: ``NODE`` runs the CLI with ``EchoBackend`` replaced by a subclass that waits
 ``delay`` s before each word (and ``first`` s before its first chunk) and prints on stdout when a chat
 starts and how it ended (``finished=False``: the answer was cut, i.e. the backend request cancelled).
-The link-down tests run the node and the client on namespace test hosts (tests/netns.py) and take the
+The link-down tests run the node and the client on namespace test hosts (tests/helpers/netns.py) and take the
 link down with ``ip link set eth0 down`` inside one of them, mid-answer or on an idle connection; both
 sides run with a short ``dead_link_timeout`` (the node: ``--dead-link-timeout``), so that the kernel
 gives up on the dead link within seconds.
@@ -40,13 +40,13 @@ from mimirlite.mimir import (
     TruncatedAnswerError,
     packets,
 )
-from tests.cliproc import Proc, Spawn
-from tests.netns import Inbox, NetnsHost, NetnsLoop, TestNet, require_netns
-from tests.openai_server import OpenAIServer
+from tests.helpers.netns import Inbox, NetnsHost, NetnsLoop, TestNet, require_netns
+from tests.helpers.nodeproc import Proc, Spawn
+from tests.helpers.openai_server import OpenAIServer
 
 live = pytest.mark.usefixtures("no_leaks")
 """Fail a test that leaves tasks, sockets or transports behind, or logs an error."""
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 for _var in ("OLLAMA_ENDPOINT", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
     ENV.pop(_var, None)
@@ -443,7 +443,7 @@ async def test_read_timeout_before_the_first_chunk_cancels_the_backend_request(
         assert openai_server.streams_completed == 0
 
 
-# ---- backend faults: what tests/test_mimir.py does not check --------------------------------------
+# ---- backend faults: what tests/mimir/test_mimir.py does not check --------------------------------------
 
 
 HELLO = [{"role": "user", "content": "hello big wide world"}]

@@ -34,10 +34,16 @@ from mimirlite.wire.yamux import (
     YamuxConfig,
     YamuxSession,
 )
-
-from .conftest import ECHO, echo_handler
-from .helpers import logged, until
-from .test_bad_input import TIMEOUT, RawPeer, disconnected, forgotten, settled, well_behaved_peer
+from tests.conftest import ECHO, echo_handler
+from tests.helpers import logged, until
+from tests.scenarios.test_bad_input import (
+    TIMEOUT,
+    RawPeer,
+    disconnected,
+    forgotten,
+    settled,
+    well_behaved_peer,
+)
 
 DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
 SYN, ACK, FIN, RST = 1, 2, 4, 8

@@ -29,7 +29,7 @@ from mimirlite.mimir.packets import Packet
 from mimirlite.net.config import HostConfig
 from mimirlite.wire.yamux import INITIAL_WINDOW
 
-INTEROP = Path(__file__).resolve().parent.parent / "interop"
+INTEROP = Path(__file__).resolve().parents[2] / "interop"
 if str(INTEROP) not in sys.path:
     sys.path.insert(0, str(INTEROP))
 

@@ -27,12 +27,11 @@ from mimirlite.wire import lp
 from mimirlite.wire.multistream import MultistreamDialer
 from mimirlite.wire.varint import encode_uvarint
 from mimirlite.wire.yamux import YamuxConfig, YamuxSession
-
-from .conftest import ECHO, echo_handler
-from .helpers import logged, until
-from .test_bad_input import TIMEOUT, echo_round_trip, settled
-from .test_cli import cli, make_env, node
-from .test_hostile_peers import FIREHOSE, attacker, firehose
+from tests.conftest import ECHO, echo_handler
+from tests.helpers import logged, until
+from tests.scenarios.test_bad_input import TIMEOUT, echo_round_trip, settled
+from tests.scenarios.test_hostile_peers import FIREHOSE, attacker, firehose
+from tests.test_cli import cli, make_env, node
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -1,13 +1,14 @@
 """A mixed network on namespace test hosts: both MimirLLM generations and mimirlite, found by mDNS.
 
-One bridge of network namespaces (tests/netns.py), each peer in its own namespace with its own address:
+One bridge of network namespaces (tests/helpers/netns.py), each peer in its own namespace with its own
+address:
 
 - a first-generation JS node (interop/mimir-node.mjs: ``/mimirllm/1.0.0`` and its identify),
 - a latest-generation JS node (interop/latest-node.mjs: ``/mimir/<model>/1.0.0`` only),
 - a mimirlite node (echo backend; it serves both generations),
 
 all announcing themselves with mDNS (@libp2p/mdns for the JS nodes, as the original). Each JS node sits in
-front of its own tests/openai_server.py on 127.0.0.1 of its namespace, with its own model and its own
+front of its own tests/helpers/openai_server.py on 127.0.0.1 of its namespace, with its own model and its own
 reply, so an answer tells which node gave it. From a fourth namespace, given no address,
 ``python -m mimirlite peers`` lists the three with their models and generation (the mimirlite node as
 ``[first]``: it serves both and the client prefers the first), and ``python -m mimirlite chat --model M``
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns import NetnsHost, TestNet, require_netns
-from tests.test_discovery_scenarios import (
+from tests.helpers.netns import NetnsHost, TestNet, require_netns
+from tests.scenarios.test_discovery import (
     FIND_TIMEOUT,
     JS_INTERVAL_MS,
     RUN_TIMEOUT,
@@ -36,7 +37,7 @@ from tests.test_discovery_scenarios import (
     run_cli,
 )
 
-INTEROP = Path(__file__).resolve().parent.parent / "interop"
+INTEROP = Path(__file__).resolve().parents[2] / "interop"
 if str(INTEROP) not in sys.path:
     sys.path.insert(0, str(INTEROP))
 

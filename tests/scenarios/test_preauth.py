@@ -1,7 +1,7 @@
 """Pre-authentication fairness on real sockets: peers that connect and say nothing, or dribble a
 multistream header a byte at a time, cannot lock others out of a node.
 
-A flood (``tests/flood.py``, its own process) holds 200 silent and 50 dribbling connections from one
+A flood (``tests/helpers/flood.py``, its own process) holds 200 silent and 50 dribbling connections from one
 address and re-opens each as soon as the node closes it. An honest peer from another address, and one
 from the flood's own address, each completes an echo within 2 s of starting its dial, several times,
 while the flood runs on. Evictions and early closes are counted in ``host.metrics.refused`` and logged
@@ -24,12 +24,11 @@ from mimirlite.net.addr import parse_multiaddr
 from mimirlite.wire import yamux
 from mimirlite.wire.multistream import MultistreamDialer
 from mimirlite.wire.noise import NoiseHandshake
-from tests.cliproc import Proc
+from tests.conftest import ECHO, echo_handler
+from tests.helpers import logged, until
+from tests.helpers.nodeproc import Proc
+from tests.scenarios.test_bad_input import HEADER, RawPeer
 from tests.test_cli import REPO, make_env
-
-from .conftest import ECHO, echo_handler
-from .helpers import logged, until
-from .test_bad_input import HEADER, RawPeer
 
 TARGET = 2.0
 """Seconds from an honest peer's dial start to its echo back, while the flood runs (issue 11)."""
@@ -38,7 +37,7 @@ ROUNDS = 4
 
 @contextlib.asynccontextmanager
 async def flood(port: int, source: str, idle: int = 200, dribble: int = 50) -> AsyncIterator[Proc]:
-    argv = (sys.executable, "-m", "tests.flood", str(port), "--source", source)
+    argv = (sys.executable, "-m", "tests.helpers.flood", str(port), "--source", source)
     argv += ("--idle", str(idle), "--dribble", str(dribble))
     async with await Proc.start(*argv, stdin=True, cwd=REPO, env=make_env()) as proc:
         await proc.read_until("flooding", timeout=30)

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.openai_server import OpenAIServer
+from tests.helpers.openai_server import OpenAIServer
 from tests.test_cli import PEER_ID, closed_port, env, make_env, run, started
 
 __all__ = ["closed_port", "env"]  # fixtures shared with test_cli

@@ -1,4 +1,4 @@
-"""The test OpenAI server (tests/openai_server.py) against the real openai SDK and raw HTTP."""
+"""The test OpenAI server (tests/helpers/openai_server.py) against the real openai SDK and raw HTTP."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.openai_server import DEFAULT_MODEL, OpenAIServer, tokenize
+from tests.helpers.openai_server import DEFAULT_MODEL, OpenAIServer, tokenize
 
 PROMPT = [
     {"role": "system", "content": "You are a helpful assistant"},
