@@ -21,8 +21,8 @@ from mimirlite.mimir import EchoBackend, MimirClient, MimirNode, RemoteError, Tr
 from mimirlite.mimir.client import FIRST, LATEST, HttpRemoteError, NoNodeError
 from mimirlite.mimir.models import tunnel_protocol
 from tests.helpers import until
+from tests.helpers.nodeproc import cli, make_env
 from tests.helpers.openai_server import OpenAIServer
-from tests.test_cli import cli, make_env
 
 PROMPT = "the quick brown fox jumps"
 USER = {"role": "user", "content": PROMPT}

@@ -14,7 +14,7 @@ from typing import Any
 from jspeer import HERE, PEER_SCRIPT, JsPeer
 
 from mimirlite import PeerId
-from tests.discovery.test_mdns import NsPeer
+from tests.helpers.mdns import NsPeer
 from tests.helpers.netns import Inbox, NetnsHost, TestNet, require_netns
 
 TIMEOUT = 15.0

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -23,13 +22,12 @@ from mimirlite.errors import LocalError
 from mimirlite.gateway import MAX_CONNECTIONS_PER_IP, Gateway, HttpError
 from mimirlite.gateway.http import MAX_HEAD, Door, Request, ServerConnection, host_name
 from mimirlite.mimir import EchoBackend
-from tests.gateway.test_gateway import (
+from tests.helpers import logged, until
+from tests.helpers.gateway import (
     APP,
-    REPO,
     WAIT,
     RawHttp,
     bounded,
-    cli_env,
     echo_gateway,
     gateway_for,
     live,
@@ -37,8 +35,7 @@ from tests.gateway.test_gateway import (
     sdk,
     user,
 )
-from tests.helpers import logged, until
-from tests.helpers.nodeproc import Proc
+from tests.helpers.nodeproc import REPO, Proc, gateway_command, make_env
 
 MiB = 1024 * 1024
 CHAT = json.dumps({"model": "echo", "messages": user("still served")}).encode()
@@ -107,19 +104,6 @@ def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
 # ====================================================================== 1. the key, before the body
 
 
-@contextlib.asynccontextmanager
-async def gateway_command(*args: str, env: dict[str, str]) -> AsyncIterator[tuple[Proc, int]]:
-    """``python -m mimirlite gateway --no-mdns --port 0 ARGS`` and its port; stopped at the end."""
-    proc = await Proc.start(
-        sys.executable, "-m", "mimirlite", "gateway", "--no-mdns", "--port", "0", *args, cwd=REPO, env=env
-    )
-    async with proc:
-        line = await proc.read_until("OpenAI-compatible API at ", 30)
-        found = re.fullmatch(r"OpenAI-compatible API at http://[^ ]+:(\d+)/v1", line)
-        assert found, line
-        yield proc, int(found.group(1))
-
-
 def memory_kib(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of process ``pid``, in KiB (from /proc)."""
     with open(f"/proc/{pid}/status") as status:
@@ -133,7 +117,7 @@ async def test_unauthenticated_bodies_cost_the_gateway_no_memory() -> None:
     before it sends a byte of the body, and the connection is closed without reading what they send after:
     the gateway command's peak RSS stays within 32 MiB of what it was (it held every body before: 38 -> 475
     MiB). A client with the key is served meanwhile."""
-    env = cli_env(MIMIRLITE_API_KEY="the-key")
+    env = make_env(MIMIRLITE_API_KEY="the-key")
     async with (
         mimir_node(EchoBackend()) as (_, addr),
         gateway_command("--peer", addr, env=env) as (proc, port),
@@ -535,7 +519,7 @@ async def test_gateway_command_warns_once_without_a_key_off_loopback() -> None:
     from mimirlite import cli
 
     assert cli._GATEWAY_PER_IP == MAX_CONNECTIONS_PER_IP
-    env = cli_env()
+    env = make_env()
     async with mimir_node(EchoBackend()) as (_, addr):
         # 0.0.0.0 without a key: one WARNING line; --allow-host names are served, others not
         async with gateway_command(
@@ -559,7 +543,7 @@ async def test_gateway_command_warns_once_without_a_key_off_loopback() -> None:
         )
         # the key from MIMIRLITE_API_KEY: no warning, and the key is required
         async with gateway_command(
-            "--peer", addr, "--host", "0.0.0.0", env=cli_env(MIMIRLITE_API_KEY="k")
+            "--peer", addr, "--host", "0.0.0.0", env=make_env(MIMIRLITE_API_KEY="k")
         ) as (
             proc,
             port,

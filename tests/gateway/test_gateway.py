@@ -1,7 +1,7 @@
-"""The OpenAI-compatible gateway: its sans-IO HTTP core and OpenAI shapes with literal values, then the
-real thing on 127.0.0.1: mimirlite nodes (echo backend, or the openai backend on the test OpenAI server)
-reached over libp2p by a MimirClient behind a Gateway, asked by the real ``openai`` SDK (sync in a
-thread, and async), ``curl``, raw HTTP/1.1 bytes, and the ``gateway`` command run as a subprocess.
+"""The OpenAI-compatible gateway, the real thing on 127.0.0.1 (its sans-IO HTTP core and OpenAI shapes:
+test_http.py, test_api.py): mimirlite nodes (echo backend, or the openai backend on the test OpenAI
+server) reached over libp2p by a MimirClient behind a Gateway, asked by the real ``openai`` SDK (sync in
+a thread, and async), ``curl``, raw HTTP/1.1 bytes, and the ``gateway`` command run as a subprocess.
 
 mDNS is off everywhere; every server and process a test starts is stopped by it; every wait is bounded.
 """
@@ -9,14 +9,8 @@ mDNS is off everywhere; every server and process a test starts is stopped by it;
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import re
-import signal
-import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from pathlib import Path
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import h11
@@ -25,445 +19,30 @@ import pytest
 
 from mimirlite import Host
 from mimirlite.errors import LocalError
-from mimirlite.gateway import Gateway, HttpError, api
-from mimirlite.gateway.http import CorsPolicy, Pending, Request, ServerConnection, cors_origin
-from mimirlite.mimir import EchoBackend, MimirClient, MimirNode, OpenAIBackend
+from mimirlite.gateway import Gateway
+from mimirlite.mimir import EchoBackend, MimirNode, OpenAIBackend
+from tests.helpers.gateway import (
+    APP,
+    LLAMA,
+    WAIT,
+    RawHttp,
+    bounded,
+    cors_of,
+    curl,
+    echo_gateway,
+    gateway_for,
+    live,
+    llama_gateway,
+    mimir_node,
+    sdk,
+    sse_data,
+    user,
+)
+from tests.helpers.nodeproc import gateway_command, make_env, run
 from tests.helpers.openai_server import OpenAIServer
-
-REPO = Path(__file__).resolve().parents[2]
-LLAMA = "llama3.2:latest"
-WAIT = 10.0
-"""Bound of every wait for an answer or a condition."""
-
-
-# ====================================================================== sans-IO HTTP core
-
-
-def feed(conn: ServerConnection, data: bytes) -> Request | Pending:
-    conn.receive_data(data)
-    return conn.next_request()
-
-
-def test_core_a_whole_request_then_keep_alive() -> None:
-    conn = ServerConnection()
-    assert conn.idle
-    raw = b'POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\nX-K: v\r\n\r\n{"a":1'
-    assert feed(conn, raw) is Pending.NEED_DATA
-    assert not conn.idle
-    req = feed(conn, b"}")
-    assert isinstance(req, Request)
-    assert (req.method, req.target, req.path, req.body) == (
-        "POST",
-        "/v1/chat/completions?x=1",
-        "/v1/chat/completions",
-        b'{"a":1}',
-    )
-    assert req.header("x-k") == "v" and req.header("host") == "a" and req.header("nope") is None
-    conn.respond(200, [("content-type", "application/json")], b"{}")
-    out = conn.data_to_send()
-    assert (
-        out.startswith(b"HTTP/1.1 200 OK\r\n")
-        and b"content-length: 2\r\n" in out
-        and out.endswith(b"\r\n\r\n{}")
-    )
-    assert conn.data_to_send() == b""
-    assert conn.start_next_cycle()
-    assert conn.idle
-    assert feed(conn, b"") is Pending.CLOSED
-
-
-def test_core_pipelined_requests_come_one_at_a_time() -> None:
-    conn = ServerConnection()
-    req = feed(
-        conn, b"GET /v1/models HTTP/1.1\r\nHost: a\r\n\r\nGET /v1/models/m HTTP/1.1\r\nHost: a\r\n\r\n"
-    )
-    assert isinstance(req, Request) and req.path == "/v1/models"
-    assert conn.next_request() is Pending.NEED_DATA  # the second waits for the first answer
-    conn.respond(200, [], b"a")
-    assert conn.start_next_cycle()
-    req = conn.next_request()
-    assert isinstance(req, Request) and req.path == "/v1/models/m"
-
-
-def test_core_chunked_body_and_chunked_response() -> None:
-    conn = ServerConnection()
-    raw = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
-    req = feed(conn, raw)
-    assert isinstance(req, Request) and req.body == b"abcde"
-    conn.start_response(200, [("content-type", "text/event-stream")])
-    conn.send_data(b"data: 1\n\n")
-    conn.end_response()
-    out = conn.data_to_send()
-    assert b"Transfer-Encoding: chunked\r\n" in out
-    assert out.endswith(b"\r\n\r\n9\r\ndata: 1\n\n\r\n0\r\n\r\n")
-    assert conn.start_next_cycle()
-
-
-def test_core_sends_100_continue_when_asked() -> None:
-    conn = ServerConnection()
-    head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
-    assert feed(conn, head) is Pending.NEED_DATA
-    assert conn.data_to_send() == b"HTTP/1.1 100 Continue\r\n\r\n"
-    assert isinstance(feed(conn, b"{}"), Request)
-
-
-def test_core_body_limit_by_content_length_and_by_chunks() -> None:
-    conn = ServerConnection(max_body=10)
-    with pytest.raises(HttpError) as err:
-        feed(conn, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n")
-    assert err.value.status == 413
-    assert conn.can_respond
-    conn.respond(413, [], b"too large", close=True)
-    assert b"connection: close" in conn.data_to_send()
-    assert not conn.start_next_cycle()
-
-    conn = ServerConnection(max_body=10)
-    with pytest.raises(HttpError) as err:
-        feed(
-            conn,
-            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\nabcdef\r\n",
-        )
-    assert err.value.status == 413
-
-
-@pytest.mark.parametrize(
-    ("raw", "status"),
-    [
-        (b"GARBAGE\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000, 431),
-    ],
-)
-def test_core_refuses_bad_http(raw: bytes, status: int) -> None:
-    conn = ServerConnection()
-    with pytest.raises(HttpError) as err:
-        feed(conn, raw)
-    assert err.value.status == status
-    assert conn.can_respond  # an error answer can still be sent
-
-
-def test_core_closes_after_http_1_0_and_connection_close() -> None:
-    for raw in (b"GET / HTTP/1.0\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"):
-        conn = ServerConnection()
-        assert isinstance(feed(conn, raw), Request)
-        conn.respond(200, [], b"x")
-        assert conn.data_to_send()
-        assert not conn.start_next_cycle()
-
-
-def test_core_close_after_response_mid_body() -> None:
-    conn = ServerConnection()
-    assert isinstance(feed(conn, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Request)
-    conn.start_response(200, [])
-    assert not conn.can_respond
-    conn.close_after_response()
-    conn.end_response()
-    assert not conn.start_next_cycle()
-
-
-def test_core_eof_inside_a_request_is_an_error() -> None:
-    conn = ServerConnection()
-    assert feed(conn, b"GET / HTTP/1.1\r\nHo") is Pending.NEED_DATA
-    with pytest.raises(HttpError):
-        feed(conn, b"")
-
-
-# ====================================================================== OpenAI shapes
-
-
-@pytest.mark.parametrize(
-    ("body", "param"),
-    [
-        (b"{not json", None),
-        (b"\xff\xfe", None),
-        (b"[1, 2]", None),
-        (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
-        (b'{"model": 3, "messages": [{"role": "user", "content": "x"}]}', "model"),
-        (b'{"model": "m"}', "messages"),
-        (b'{"model": "m", "messages": []}', "messages"),
-        (b'{"model": "m", "messages": ["hi"]}', "messages[0]"),
-        (b'{"model": "m", "messages": [{"content": "x"}]}', "messages[0].role"),
-        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream"),
-    ],
-)
-def test_bad_chat_bodies_are_400(body: bytes, param: str | None) -> None:
-    with pytest.raises(api.ApiError) as err:
-        api.parse_chat_body(body)
-    assert err.value.status == 400
-    assert err.value.to_json()["error"]["param"] == param
-    assert err.value.to_json()["error"]["type"] == "invalid_request_error"
-
-
-def test_chat_body_parameters() -> None:
-    msgs = [{"role": "user", "content": "x"}]
-    call = api.parse_chat_body(
-        json.dumps({"model": "m", "messages": msgs, "stream": True, "temperature": 0.5}).encode()
-    )
-    assert (call.model, call.messages, call.stream, call.params) == ("m", msgs, True, {"temperature": 0.5})
-    call = api.parse_chat_body(json.dumps({"model": "m", "messages": msgs, "stream": None}).encode())
-    assert not call.stream
-    assert call.params == {"stream_options": {"include_usage": True}}  # so the answer can carry usage
-
-
-def test_error_shape_and_remote_mapping() -> None:
-    err = api.ApiError(404, "no such model", param="model", code="model_not_found")
-    assert json.loads(err.body()) == {
-        "error": {
-            "message": "no such model",
-            "type": "invalid_request_error",
-            "param": "model",
-            "code": "model_not_found",
-        }
-    }
-    assert api.remote_error("backend_error", "boom").status == 502
-    assert api.remote_error("backend_error", "boom").message == "boom"
-    assert api.remote_error("backend_unavailable", "x").status == 502
-    assert api.remote_error("bad_request", "x").status == 400
-    assert api.remote_error("rate_limited", "x").status == 429
-    assert api.remote_error("overloaded", "x").status == 503
-
-
-def test_models_page_lists_each_model_once() -> None:
-    page = api.models_page(["a", "b", "a", "c", "b"], 17)
-    assert page == {
-        "object": "list",
-        "data": [{"id": m, "object": "model", "created": 17, "owned_by": "mimir"} for m in ("a", "b", "c")],
-    }
-
-
-def test_completion_assembled_from_chunks() -> None:
-    def chunk(delta: dict[str, Any], finish: str | None = None, index: int = 0) -> dict[str, Any]:
-        return {
-            "id": "c1",
-            "object": "chat.completion.chunk",
-            "created": 5,
-            "model": "m",
-            "system_fingerprint": "fp",
-            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-
-    b = api.CompletionBuilder()
-    b.add(chunk({"role": "assistant", "content": ""}))
-    b.add(chunk({"content": "Hel"}))
-    b.add(chunk({"content": "lo"}))
-    b.add(
-        chunk(
-            {
-                "tool_calls": [
-                    {
-                        "index": 0,
-                        "id": "t1",
-                        "type": "function",
-                        "function": {"name": "f", "arguments": '{"a"'},
-                    }
-                ]
-            }
-        )
-    )
-    b.add(chunk({"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}))
-    b.add(chunk({"role": "assistant", "content": "other"}, "length", index=1))
-    b.add(chunk({}, "tool_calls"))
-    b.add(
-        {
-            "id": "c1",
-            "object": "chat.completion.chunk",
-            "created": 5,
-            "model": "m",
-            "choices": [],
-            "usage": {"total_tokens": 3},
-        }
-    )
-    assert b.result() == {
-        "id": "c1",
-        "object": "chat.completion",
-        "created": 5,
-        "model": "m",
-        "system_fingerprint": "fp",
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": "Hello",
-                    "tool_calls": [
-                        {"id": "t1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
-                    ],
-                },
-                "logprobs": None,
-                "finish_reason": "tool_calls",
-            },
-            {
-                "index": 1,
-                "message": {"role": "assistant", "content": "other"},
-                "logprobs": None,
-                "finish_reason": "length",
-            },
-        ],
-        "usage": {"total_tokens": 3},
-    }
-    assert "usage" not in _one_chunk_completion()
-
-
-def _one_chunk_completion() -> dict[str, Any]:
-    b = api.CompletionBuilder()
-    b.add(
-        {
-            "id": "x",
-            "created": 1,
-            "model": "m",
-            "choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": "stop"}],
-        }
-    )
-    return b.result()
-
-
-def test_sse_event() -> None:
-    assert api.sse_event(b'{"a":1}') == b'data: {"a":1}\n\n'
-    assert api.SSE_DONE == b"data: [DONE]\n\n"
-
-
-# ====================================================================== helpers on real parts
-
-
-@contextlib.asynccontextmanager
-async def mimir_node(backend: Any) -> AsyncIterator[tuple[Host, str]]:
-    """A mimirlite node on 127.0.0.1 and its address (with /p2p/)."""
-    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host, MimirNode(host, backend):
-        yield host, host.listen_addrs[0]
-
-
-@contextlib.asynccontextmanager
-async def gateway_for(*addrs: str, **kwargs: Any) -> AsyncIterator[Gateway]:
-    """A MimirClient (mDNS off) knowing ``addrs``, behind a Gateway on 127.0.0.1 on a free port. On the way
-    out, the gateway must have ended every connection and request."""
-    async with MimirClient(addrs, mdns=False) as client:
-        assert len(client.nodes) == len(addrs)
-        gateway = Gateway(client, port=0, **kwargs)
-        async with gateway:
-            yield gateway
-        assert gateway.open_connections == 0
-        assert gateway.active_requests == 0
-
-
-@contextlib.asynccontextmanager
-async def echo_gateway(**kwargs: Any) -> AsyncIterator[Gateway]:
-    async with mimir_node(EchoBackend()) as (_, addr), gateway_for(addr, **kwargs) as gw:
-        yield gw
-
-
-@contextlib.asynccontextmanager
-async def llama_gateway(srv: OpenAIServer, **kwargs: Any) -> AsyncIterator[Gateway]:
-    async with (
-        mimir_node(OpenAIBackend(srv.base_url, timeout=5.0)) as (_, addr),
-        gateway_for(addr, **kwargs) as gw,
-    ):
-        yield gw
-
-
-@contextlib.asynccontextmanager
-async def sdk(gw: Gateway, api_key: str = "unused") -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=gw.base_url, api_key=api_key, max_retries=0, timeout=WAIT
-    ) as client:
-        yield client
-
-
-async def bounded(coro: Any, timeout: float = WAIT) -> Any:
-    return await asyncio.wait_for(coro, timeout)
-
-
-async def eventually(check: Callable[[], Any], timeout: float = WAIT) -> None:
-    """Wait until ``await check()`` is truthy (polled every 50 ms)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
-def user(text: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": text}]
-
-
-async def curl(*args: str, timeout: float = WAIT) -> bytes:
-    """``curl -sN ARGS``'s stdout (the process is reaped, killed if it overruns)."""
-    proc = await asyncio.create_subprocess_exec(
-        "curl", "-sN", "--max-time", str(int(timeout)), *args, stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout + 5)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return out
-
-
-def sse_data(raw: bytes) -> list[str]:
-    """The ``data`` of each Server-Sent Event, after checking the framing is OpenAI's exactly."""
-    assert raw.endswith(b"\n\n")
-    events = raw[:-2].split(b"\n\n")
-    assert all(e.startswith(b"data: ") and b"\n" not in e for e in events), raw
-    return [e[len(b"data: ") :].decode() for e in events]
-
-
-class RawHttp:
-    """A client connection for exact bytes; responses are parsed by h11 (client side)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT)
-
-    @classmethod
-    async def open(cls, gw: Gateway) -> RawHttp:
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        return cls(reader, writer)
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError):
-            await bounded(self.writer.wait_closed())
-
-    async def request(
-        self, method: str, target: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
-    ) -> tuple[int, dict[str, str], bytes]:
-        if self.h11.our_state is h11.DONE:
-            self.h11.start_next_cycle()
-        given = {k.lower() for k, _ in headers}
-        hdrs = [*headers, ("content-length", str(len(body)))]
-        if "host" not in given:
-            hdrs.append(("host", "127.0.0.1"))
-        if method == "POST" and "content-type" not in given:  # JSON, as the gateway wants
-            hdrs.append(("content-type", "application/json"))
-        self.writer.write(self.h11.send(h11.Request(method=method, target=target, headers=hdrs)) or b"")
-        self.writer.write(self.h11.send(h11.Data(data=body)) or b"")
-        self.writer.write(self.h11.send(h11.EndOfMessage()) or b"")
-        return await bounded(self.response())
-
-    async def response(self) -> tuple[int, dict[str, str], bytes]:
-        status, headers, body = 0, {}, bytearray()
-        while True:
-            event = self.h11.next_event()
-            if event is h11.NEED_DATA:
-                self.h11.receive_data(await self.reader.read(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-                headers = {k.decode(): v.decode() for k, v in event.headers}
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return status, headers, bytes(body)
-            else:
-                raise AssertionError(f"unexpected {event!r}")
-
-    async def read_to_eof(self) -> bytes:
-        return await bounded(self.reader.read())
-
+from tests.helpers.waiting import until
 
 # ====================================================================== the openai SDK
-
-live = pytest.mark.usefixtures("no_leaks")
 
 
 @live
@@ -625,7 +204,7 @@ async def test_models_follow_nodes_joining_and_leaving() -> None:
         async def tiny_gone() -> bool:
             return await ids() == ["echo"]
 
-        await eventually(tiny_gone)
+        await until(tiny_gone, WAIT, interval=0.05)
         with pytest.raises(openai.NotFoundError):
             await client.models.retrieve("tiny:1b")
         with pytest.raises(openai.NotFoundError) as err:
@@ -686,7 +265,7 @@ async def test_no_node_reachable_is_503() -> None:
         async def forgotten() -> bool:
             return not gw.client.nodes
 
-        await eventually(forgotten)
+        await until(forgotten, WAIT, interval=0.05)
         with pytest.raises(openai.InternalServerError) as err:
             await client.chat.completions.create(model="echo", messages=user("x"))
         assert err.value.status_code == 503
@@ -871,7 +450,7 @@ async def test_slow_and_idle_clients_time_out() -> None:
         async def all_closed() -> bool:
             return gw.open_connections == 0
 
-        await eventually(all_closed)
+        await until(all_closed, WAIT, interval=0.05)
 
 
 @live
@@ -888,7 +467,7 @@ async def test_connections_over_the_limit_get_503() -> None:
             assert head and first.h11.send(h11.EndOfMessage()) == b""
             read = gw.metrics.bytes_in
             first.writer.write(head[:10])
-            await eventually(lambda: asyncio.sleep(0, gw.metrics.bytes_in > read))
+            await until(lambda: gw.metrics.bytes_in > read, WAIT)
             second = await RawHttp.open(gw)
             try:
                 out = await second.read_to_eof()
@@ -931,7 +510,7 @@ async def test_a_client_that_disconnects_cancels_its_upstream_request(
         async def idle() -> bool:
             return gw.active_requests == 0 and gw.open_connections == 0
 
-        await eventually(idle)
+        await until(idle, WAIT, interval=0.05)
 
 
 @live
@@ -992,7 +571,7 @@ async def test_250_requests_at_once_all_answered() -> None:
             async def all_waiting() -> bool:
                 return sum(be.waiting for be in backends) == total
 
-            await eventually(all_waiting, timeout=60)  # every request is in flight at the same time
+            await until(all_waiting, 60, interval=0.05)  # every request is in flight at the same time
             assert gw.active_requests == total
             assert min(be.waiting for be in backends) > 0  # spread over both nodes
             gate.set()
@@ -1007,54 +586,15 @@ async def test_250_requests_at_once_all_answered() -> None:
 # ====================================================================== the command
 
 
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "MIMIRLITE_API_KEY")
-    }
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return {**env, **extra}
-
-
-async def start_cli(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
-    """``python -m mimirlite gateway --no-mdns --port 0 *args`` with piped output."""
-    return await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "mimirlite", "gateway", "--no-mdns", "--port", "0", *args),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-        env=env,
-    )
-
-
-@contextlib.asynccontextmanager
-async def cli_gateway(*args: str, env: dict[str, str]) -> AsyncIterator[str]:
-    """The gateway command running with ``args``; yields its base URL, stops it at the end."""
-    proc = await start_cli(*args, env=env)
-    try:
-        assert proc.stdout is not None
-        line = (await bounded(proc.stdout.readline(), 30)).decode()
-        found = re.fullmatch(r"OpenAI-compatible API at (http://127\.0\.0\.1:\d+/v1)\n", line)
-        assert found, line
-        yield found.group(1)
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await bounded(proc.wait(), 5)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-        assert proc.stderr is not None
-        await proc.stderr.read()
-
-
 @live
 async def test_gateway_command_answers_the_sdk() -> None:
-    env = cli_env(MIMIRLITE_API_KEY="cli-key")
-    async with mimir_node(EchoBackend()) as (_, addr), cli_gateway("--peer", addr, env=env) as base_url:
+    env = make_env(MIMIRLITE_API_KEY="cli-key")
+    async with (
+        mimir_node(EchoBackend()) as (_, addr),
+        gateway_command("--peer", addr, env=env) as (proc, port),
+    ):
+        base_url = f"http://127.0.0.1:{port}/v1"
+        assert f"OpenAI-compatible API at {base_url}" in proc.lines
 
         def use_sdk() -> tuple[str, int]:
             with openai.OpenAI(base_url=base_url, api_key="cli-key", max_retries=0, timeout=WAIT) as client:
@@ -1072,124 +612,9 @@ async def test_gateway_command_answers_the_sdk() -> None:
 @live
 async def test_gateway_command_reports_a_port_in_use() -> None:
     async with echo_gateway() as gw:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "mimirlite",
-            "gateway",
-            "--no-mdns",
-            "--port",
-            str(gw.port),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=REPO,
-            env=env,
-        )
-        try:
-            out, err = await bounded(proc.communicate(), 30)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-    assert proc.returncode == 1
-    assert err.decode().startswith("mimirlite: ") and out == b""
-
-
-# ====================================================================== CORS (--cors-origin)
-
-APP = "http://app.example:3000"
-"""The origin of a browser page allowed to call the gateway in these tests."""
-
-
-def cors_of(headers: dict[str, str]) -> dict[str, str]:
-    """The CORS headers (and Vary) of a response, as h11 parsed them."""
-    return {k: v for k, v in headers.items() if k.startswith("access-control-") or k == "vary"}
-
-
-@pytest.mark.parametrize(
-    ("given", "kept"),
-    [
-        ("*", "*"),
-        ("http://localhost:3000/", "http://localhost:3000"),
-        (" HTTPS://App.Example.com ", "https://app.example.com"),
-        ("http://[::1]:8000", "http://[::1]:8000"),
-        ("chrome-extension://abcdefgh", "chrome-extension://abcdefgh"),
-    ],
-)
-def test_cors_origins_are_kept_normalized(given: str, kept: str) -> None:
-    assert cors_origin(given) == kept
-
-
-@pytest.mark.parametrize(
-    "bad",
-    ["", "null", "localhost:3000", "http://a/path", "http://a?q", "http://u@a", "http://a:x", "http://*.a"],
-)
-def test_cors_origin_refuses_what_is_not_an_origin(bad: str) -> None:
-    with pytest.raises(LocalError):
-        cors_origin(bad)
-    with pytest.raises(LocalError):
-        CorsPolicy.of([APP, bad])
-
-
-def test_core_cors_headers_follow_each_request_origin() -> None:
-    conn = ServerConnection(cors=CorsPolicy.of([APP, "https://other.example"]))
-    for origin, expected in [
-        (APP, [b"access-control-allow-origin: " + APP.encode(), b"vary: origin"]),
-        ("http://evil.example", []),
-        (None, []),
-    ]:
-        head = b"GET /v1/models HTTP/1.1\r\nHost: a\r\n"
-        head += b"" if origin is None else b"Origin: " + origin.encode() + b"\r\n"
-        assert isinstance(feed(conn, head + b"\r\n"), Request)
-        conn.respond(200, [("content-type", "application/json")], b"{}")
-        lines = conn.data_to_send().partition(b"\r\n\r\n")[0].split(b"\r\n")
-        assert [h for h in lines if h.startswith((b"access-control-", b"vary"))] == expected, origin
-        assert conn.start_next_cycle()
-    # an error answered before the body was read (413 on its content-length) carries them too
-    conn = ServerConnection(max_body=10, cors=CorsPolicy.of([APP]))
-    with pytest.raises(HttpError):
-        feed(
-            conn, b"POST / HTTP/1.1\r\nHost: a\r\nOrigin: " + APP.encode() + b"\r\nContent-Length: 11\r\n\r\n"
-        )
-    conn.respond(413, [], b"too large", close=True)
-    assert b"access-control-allow-origin: " + APP.encode() + b"\r\n" in conn.data_to_send()
-    # '*': every response, whatever the origin, also an error before any request head
-    conn = ServerConnection(cors=CorsPolicy.of(["*", APP]))
-    with pytest.raises(HttpError):
-        feed(conn, b"GARBAGE\r\n\r\n")
-    conn.respond(400, [], b"bad")
-    out = conn.data_to_send()
-    assert b"access-control-allow-origin: *\r\n" in out and b"vary" not in out
-
-
-def test_core_preflight_headers_and_204_without_body() -> None:
-    policy = CorsPolicy.of([APP], max_age=60)
-
-    def preflight(*headers: tuple[str, str]) -> Request:
-        return Request("OPTIONS", "/v1/chat/completions", (("host", "a"), *headers), b"")
-
-    asked = preflight(("origin", APP), ("access-control-request-headers", "authorization,x-custom"))
-    assert policy.preflight_headers(asked) == [
-        ("access-control-allow-methods", "GET, POST, OPTIONS"),
-        ("access-control-allow-headers", "authorization,x-custom"),
-        ("access-control-max-age", "60"),
-    ]
-    assert dict(policy.preflight_headers(preflight(("origin", APP))))["access-control-allow-headers"] == (
-        "Authorization, Content-Type"
-    )
-    assert policy.preflight_headers(preflight(("origin", "http://evil.example"))) == []
-    assert policy.preflight_headers(preflight()) == []
-    conn = ServerConnection(cors=policy)
-    assert isinstance(
-        feed(conn, b"OPTIONS / HTTP/1.1\r\nHost: a\r\nOrigin: " + APP.encode() + b"\r\n\r\n"), Request
-    )
-    conn.respond(204, [], b"")
-    out = conn.data_to_send()
-    assert out.startswith(b"HTTP/1.1 204 No Content\r\n") and out.endswith(b"\r\n\r\n")
-    assert b"content-length" not in out.lower() and b"transfer-encoding" not in out.lower()
-    assert conn.start_next_cycle()
+        res = await run("-m", "mimirlite", "gateway", "--no-mdns", "--port", str(gw.port), env=make_env())
+    assert res.rc == 1
+    assert res.err.startswith("mimirlite: ") and res.out == ""
 
 
 @live
@@ -1306,17 +731,17 @@ async def test_no_cors_unless_configured(api_key: str | None) -> None:
 
 @live
 async def test_gateway_command_cors_origin() -> None:
-    env = cli_env()
+    env = make_env()
     # not an origin: refused by the argument parser, one usage error
-    bad = await start_cli("--cors-origin", "app.example", env=env)
-    _, err = await bounded(bad.communicate(), 30)
-    assert bad.returncode == 2 and "--cors-origin" in err.decode() and "not a CORS origin" in err.decode()
+    bad = await run(
+        "-m", "mimirlite", "gateway", "--no-mdns", "--port", "0", "--cors-origin", "app.example", env=env
+    )
+    assert bad.rc == 2 and "--cors-origin" in bad.err and "not a CORS origin" in bad.err
     origins = ("--cors-origin", APP, "--cors-origin", "https://b.example")
     async with (
         mimir_node(EchoBackend()) as (_, addr),
-        cli_gateway("--peer", addr, "--api-key", "k", *origins, env=env) as base_url,
+        gateway_command("--peer", addr, "--api-key", "k", *origins, env=env) as (_, port),
     ):
-        port = int(base_url.rsplit(":", 1)[1].split("/")[0])
         conn = RawHttp(*await asyncio.open_connection("127.0.0.1", port))
         try:
             preflight = [("origin", "https://b.example"), ("access-control-request-method", "POST")]

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from mimirlite.gateway import api
 from mimirlite.gateway.api import ApiError
-from tests.gateway.test_gateway import LLAMA, RawHttp, bounded, curl, echo_gateway, live, llama_gateway, user
+from tests.helpers.gateway import LLAMA, RawHttp, bounded, curl, echo_gateway, live, llama_gateway, user
 from tests.helpers.openai_server import OpenAIServer
 
 ollama = pytest.importorskip("ollama")

@@ -12,10 +12,10 @@ from typing import Any
 import openai
 import pytest
 
-from tests.gateway.test_gateway import RawHttp, llama_gateway, sdk
 from tests.helpers import logged
+from tests.helpers.gateway import LLAMA, RawHttp, llama_gateway, sdk
+from tests.helpers.mimir import HELLO, HONEST, HOSTILE
 from tests.helpers.openai_server import OpenAIServer
-from tests.mimir.test_params_node import HELLO, HONEST, HOSTILE, LLAMA
 
 live = pytest.mark.usefixtures("no_leaks")
 

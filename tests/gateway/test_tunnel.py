@@ -25,7 +25,7 @@ from mimirlite.gateway.gateway import _upstream_error
 from mimirlite.mimir import EchoBackend, MimirNode, RemoteError
 from mimirlite.mimir.client import HttpRemoteError
 from mimirlite.mimir.models import tunnel_protocol
-from tests.gateway.test_gateway import LLAMA, RawHttp, bounded, curl, gateway_for, live, llama_gateway, sdk
+from tests.helpers.gateway import LLAMA, RawHttp, bounded, curl, gateway_for, live, llama_gateway, sdk
 from tests.helpers.openai_server import OpenAIServer, embedding
 
 ollama = pytest.importorskip("ollama")
@@ -353,7 +353,7 @@ async def test_the_answer_streams_as_it_arrives_and_a_client_leaving_cancels_it(
 async def test_a_hostile_latest_node_gets_only_its_status_content_type_and_body_through() -> None:
     from mimirlite import Stream
     from mimirlite.mimir import DEFAULT_MODEL as MODEL
-    from tests.mimir.test_client_tunnel import latest_node
+    from tests.helpers.mimir import latest_node
 
     async def answer(stream: Stream, request: bytes) -> None:
         if b'"input":"nobody"' in request:  # a status with no body, yet a body

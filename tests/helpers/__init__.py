@@ -1,23 +1,36 @@
-"""Helpers shared by the test modules: bounded waits and log assertions."""
+"""Helpers shared by the test modules (no test module imports another).
+
+Here: bounded waits (:func:`until`, from ``waiting``), log assertions (:func:`logged`) and the echo
+protocol the host fixtures serve. Modules: ``waiting`` (bounded waits), ``frames`` (raw yamux / Noise /
+multistream bytes), ``rawpeer`` (a bare-socket peer and the checks around a host it offends),
+``nodeproc`` (subprocesses: ``mimirlite`` commands and nodes), ``openai_server`` (a real
+OpenAI-compatible test server), ``netns`` (network-namespace test hosts), ``discovery`` (what the mDNS
+scenario suites share), ``gateway`` (gateway fixtures), ``mimir`` (mimir requests and stand-in nodes),
+``mdns`` (captured js-libp2p mDNS packets), ``flood`` (a pre-authentication flood process),
+``leakcheck`` (the ``no_leaks`` fixture).
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 
-TIMEOUT = 5.0
-"""Default upper bound on a wait; a healthy run never gets near it."""
+from tests.helpers.waiting import TIMEOUT, until
+
+if TYPE_CHECKING:
+    from mimirlite import Stream
+
+__all__ = ["ECHO", "TIMEOUT", "echo_handler", "logged", "until"]
+
+ECHO = "/echo/1.0.0"
+"""The protocol the ``listener`` fixture's host serves with :func:`echo_handler`."""
 
 
-async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
+async def echo_handler(stream: Stream) -> None:
+    """Echo every byte until the remote closes its write side."""
+    while data := await stream.read():
+        await stream.write(data)
 
 
 def logged(caplog: pytest.LogCaptureFixture, *fragments: str) -> list[str]:

@@ -4,17 +4,42 @@
 process never blocks on a full pipe), every wait is bounded, and :meth:`Proc.stop` always ends and
 reaps the process and closes its pipes. :meth:`Proc.read_banner` reads what ``mimirlite node`` prints
 before it serves (a :class:`Banner`).
+
+The command line's processes, the one way every suite starts them: :func:`make_env` (the environment),
+:func:`started` / :func:`run` / :func:`cli` (``python ARGS``, to its end or while the test runs),
+:func:`node` (``mimirlite node`` on 127.0.0.1 once it serves), :meth:`NodeProc.serve` (a node held by
+an exit stack, optionally in a network namespace) and :func:`gateway_command` (``mimirlite gateway``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
+import re
 import signal
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from tests.helpers.netns import NetnsHost, TestNet
+
+REPO = Path(__file__).resolve().parents[2]
+"""The repository root: the working directory of every process, and on its PYTHONPATH."""
+MIMIRLITE = (sys.executable, "-m", "mimirlite")
+PEER_ID = re.compile(r"^12D3KooW[1-9A-HJ-NP-Za-km-z]+$")
+"""A printed Ed25519 peer ID."""
+RUN_TIMEOUT = 30.0
+"""Seconds a command has to run to its end."""
+BANNER_TIMEOUT = 30.0
+"""Bound on a node printing its banner (generous: 20 start at once on a small machine)."""
+BACKEND_VARS = ("OLLAMA_ENDPOINT", "OPENAI_BASE_URL", "OPENAI_API_KEY", "MIMIRLITE_API_KEY")
+"""Variables of the test process's environment a command would act on; never passed on."""
 
 STOP_TIMEOUT = 5.0
 """Bound on a process exiting after each signal, and on its output ending after it exited."""
@@ -221,3 +246,146 @@ class Proc:
         transport = getattr(self.proc, "_transport", None)
         if transport is not None:
             transport.close()
+
+
+def make_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without :data:`BACKEND_VARS`, with the repository importable;
+    ``extra`` on top."""
+    env = {k: v for k, v in os.environ.items() if k not in BACKEND_VARS}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+@contextlib.asynccontextmanager
+async def started(
+    *args: str, env: Mapping[str, str], stdin: bool = False, default_sigint: bool = False
+) -> AsyncIterator[Proc]:
+    """``python *args`` from the repository root; always stopped and reaped on the way out.
+
+    ``default_sigint`` undoes an inherited "ignore SIGINT" (background jobs of a non-interactive
+    shell start that way), so that SIGINT acts as a Ctrl-C in the terminal does.
+    """
+    preexec_fn = _default_sigint if default_sigint else None
+    cmd = (sys.executable, *args)
+    async with await Proc.start(*cmd, stdin=stdin, cwd=REPO, env=dict(env), preexec_fn=preexec_fn) as p:
+        yield p
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@dataclass
+class Result:
+    """How a command ended: exit status, stdout, stderr."""
+
+    rc: int
+    out: str
+    err: str
+
+
+async def run(*args: str, env: Mapping[str, str], stdin: bytes | None = None) -> Result:
+    """Run ``python *args`` to its end (bounded) and collect what it printed."""
+    async with started(*args, env=env, stdin=stdin is not None) as p:
+        return Result(*await p.finish(stdin, timeout=RUN_TIMEOUT))
+
+
+async def cli(command: str, *args: str, env: Mapping[str, str], stdin: bytes | None = None) -> Result:
+    """``mimirlite COMMAND *args``, with mDNS off: tests stay off the machine's real interfaces."""
+    return await run("-m", "mimirlite", command, "--no-mdns", *args, env=env, stdin=stdin)
+
+
+@contextlib.asynccontextmanager
+async def node(
+    *args: str, env: Mapping[str, str], default_sigint: bool = False
+) -> AsyncIterator[tuple[Proc, Banner]]:
+    """``mimirlite node *args`` on 127.0.0.1 (unless ``args`` says where), once it serves."""
+    listen = () if "--listen" in args else ("--listen", "/ip4/127.0.0.1/tcp/0")
+    cmd = ("-m", "mimirlite", "node", "--no-mdns", *listen, *args)
+    async with started(*cmd, env=env, default_sigint=default_sigint) as p:
+        yield p, await p.read_banner()
+
+
+def one_line(text: str) -> str:
+    """The only line of ``text`` (asserted)."""
+    lines = text.strip("\n").splitlines()
+    assert len(lines) == 1, f"expected one line, got {text!r}"
+    return lines[0]
+
+
+UNBUFFERED = make_env(PYTHONUNBUFFERED="1")
+"""The environment of nodes and commands whose output is read as a log, line by line."""
+
+N = TypeVar("N", bound="NodeProc")
+
+
+class NodeProc(Proc):
+    """A node process that serves (``mimirlite node ARGS`` unless ``argv`` says another program), its
+    stdout and stderr (its log) collected line by line in ``out``, its banner parsed."""
+
+    what = "node"
+    host: NetnsHost | None = None
+    """The namespace test host it runs in (None: this machine's namespace)."""
+    banner: Banner
+
+    @property
+    def peer_id(self) -> str:
+        return self.banner.peer_id
+
+    @property
+    def models(self) -> list[str]:
+        return self.banner.models
+
+    @property
+    def addr(self) -> str:
+        """Its first printed listen address."""
+        return self.banner.addrs[0]
+
+    @classmethod
+    async def serve(
+        cls: type[N],
+        stack: contextlib.AsyncExitStack,
+        *args: str,
+        net: TestNet | None = None,
+        host: NetnsHost | None = None,
+        argv: tuple[str, ...] = (*MIMIRLITE, "node"),
+        env: Mapping[str, str] | None = None,
+    ) -> N:
+        """Start ``argv ARGS`` (in ``host``'s namespace of ``net`` when given), stopped when ``stack``
+        closes, and wait for its banner: a valid peer ID and a listen address (on ``host``'s IP)."""
+        spawn: Spawn = asyncio.create_subprocess_exec
+        if net is not None and host is not None:
+            spawn = functools.partial(net.spawn, host)
+        proc = await cls.start(
+            *argv, *args, spawn=spawn, merge_stderr=True, cwd=str(REPO), env=dict(env or UNBUFFERED)
+        )
+        stack.push_async_callback(proc.stop)
+        proc.banner = await proc.read_banner(BANNER_TIMEOUT)
+        proc.host = host
+        assert PEER_ID.match(proc.peer_id), proc.output
+        prefix = f"/ip4/{host.ip}/tcp/" if host is not None else "/ip4/"
+        assert any(a.startswith(prefix) for a in proc.banner.addrs), proc.output
+        return proc
+
+
+async def run_cli(net: TestNet, host: NetnsHost, *args: str, timeout: float) -> tuple[int, str, str]:
+    """Run ``python -m mimirlite ARGS`` in ``host``'s namespace to the end: (returncode, stdout, stderr)."""
+    spawn = functools.partial(net.spawn, host)
+    async with await Proc.start(*MIMIRLITE, *args, spawn=spawn, cwd=str(REPO), env=UNBUFFERED) as proc:
+        try:
+            return await proc.finish(timeout=timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"mimirlite {' '.join(args)} did not finish in {timeout} s") from None
+
+
+@contextlib.asynccontextmanager
+async def gateway_command(*args: str, env: Mapping[str, str]) -> AsyncIterator[tuple[Proc, int]]:
+    """``python -m mimirlite gateway --no-mdns --port 0 ARGS`` and its port, once it serves; stopped at
+    the end."""
+    proc = await Proc.start(*MIMIRLITE, "gateway", "--no-mdns", "--port", "0", *args, cwd=REPO, env=dict(env))
+    async with proc:
+        line = await proc.read_until("OpenAI-compatible API at ", RUN_TIMEOUT)
+        found = re.fullmatch(r"OpenAI-compatible API at http://[^ ]+:(\d+)/v1", line)
+        assert found, line
+        yield proc, int(found.group(1))

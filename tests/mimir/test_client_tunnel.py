@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -25,8 +24,8 @@ from mimirlite.mimir.tunnel_client import (
     encode_request,
     error_message,
 )
-from mimirlite.protocols import start_services
 from tests.helpers import until
+from tests.helpers.mimir import latest_node
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -146,8 +145,6 @@ def test_error_messages() -> None:
 
 # ---------------------------------------------------------------- against stand-in latest nodes
 
-Answer = Callable[[Stream, bytes], Awaitable[None]]
-
 
 def chunk(content: str | None, finish: str | None = None) -> bytes:
     obj = {
@@ -161,32 +158,6 @@ def chunk(content: str | None, finish: str | None = None) -> bytes:
 
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-MODELS = json.dumps({"object": "list", "data": [{"id": DEFAULT_MODEL, "object": "model"}]}).encode()
-
-
-@contextlib.asynccontextmanager
-async def latest_node(answer: Answer, *, identify: bool = True) -> AsyncIterator[tuple[Host, list[bytes]]]:
-    """A Host serving only ``/mimir/llama3.2-latest/1.0.0``: ``GET /v1/models`` lists the real name, every
-    other request is answered by ``answer`` (given the raw request)."""
-    seen: list[bytes] = []
-
-    async def handler(stream: Stream) -> None:
-        request = await stream.read_all(limit=1 << 20)
-        seen.append(request)
-        if request.startswith(b"GET /v1/models "):
-            await stream.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n" + MODELS)
-            await stream.close()
-        elif request:
-            await answer(stream, request)
-
-    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host:
-        services = start_services(host) if identify else []
-        host.set_handler(tunnel_protocol(DEFAULT_MODEL), handler)
-        try:
-            yield host, seen
-        finally:
-            for s in services:
-                s.close()
 
 
 async def send(stream: Stream, *parts: bytes, reset: bool = False) -> None:

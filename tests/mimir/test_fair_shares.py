@@ -27,7 +27,7 @@ from mimirlite.net.addr import parse_multiaddr
 from mimirlite.net.shares import StreamShares
 from mimirlite.wire.yamux import INITIAL_WINDOW
 from tests.helpers import logged, until
-from tests.test_cli import cli, make_env, node, one_line
+from tests.helpers.nodeproc import cli, make_env, node, one_line
 
 LOCAL = "/ip4/127.0.0.1/tcp/0"
 WAIT = 30.0

@@ -27,6 +27,7 @@ from mimirlite.mimir import (
 from mimirlite.wire import lp
 from mimirlite.wire.varint import encode_uvarint
 from tests.helpers import until
+from tests.helpers.mimir import read_all_packets, request
 from tests.helpers.openai_server import OpenAIServer
 
 LLAMA = "llama3.2:latest"
@@ -57,23 +58,6 @@ async def llama_node(node_host: Host, openai_server: OpenAIServer) -> AsyncItera
 async def user() -> AsyncIterator[Host]:
     async with Host() as host:
         yield host
-
-
-async def request(user: Host, node: MimirNode, protocol: str, *packets_out: Any) -> list[dict[str, Any]]:
-    """Open ``protocol`` on the node, send raw LP-JSON packets, close write, read every packet back."""
-    stream = await user.new_stream(node.host.listen_addrs[0], protocol)
-    async with stream:
-        for p in packets_out:
-            await stream.write(p if isinstance(p, bytes) else lp.encode_json(p))
-        await stream.close_write()
-        return await read_all_packets(stream)
-
-
-async def read_all_packets(stream: Stream) -> list[dict[str, Any]]:
-    out = []
-    while (obj := await asyncio.wait_for(stream.read_json(), 10)) is not None:
-        out.append(obj)
-    return out
 
 
 def text_of(out: list[dict[str, Any]]) -> str:

@@ -13,48 +13,13 @@ import pytest
 
 from mimirlite import Host
 from mimirlite.mimir import BackendError, EchoBackend, MimirNode, NodeLimits, OpenAIBackend, packets
+from tests.helpers.mimir import HELLO, HONEST, HOSTILE, request
+from tests.helpers.nodeproc import cli, make_env, node
 from tests.helpers.openai_server import OpenAIServer
-from tests.mimir.test_mimir import request
-from tests.test_cli import cli, node
 
 LLAMA = "llama3.2:latest"
-HELLO = [{"role": "user", "content": "hello big wide world"}]
 
-# (field named in the refusal, what the peer adds to its request)
-HOSTILE: list[tuple[str, dict[str, Any]]] = [
-    ("extra_body", {"extra_body": {"model": "gpt-4-expensive"}}),
-    ("extra_headers", {"extra_headers": {"Authorization": "Bearer stolen", "X-Cost": "max"}}),
-    ("extra_query", {"extra_query": {"api-version": "2099-01-01"}}),
-    ("timeout", {"timeout": 0.001}),
-    ("self", {"self": "x"}),
-    ("service_tier", {"service_tier": "priority"}),
-    ("frobnicate", {"frobnicate": True}),
-    ("temperature", {"temperature": "hot"}),
-    ("max_tokens", {"max_tokens": True}),
-    ("n", {"n": 9}),
-    (
-        "messages[0].content[0].text",
-        {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
-    ),
-]
 UNKNOWN = {"extra_body", "extra_headers", "extra_query", "timeout", "self", "service_tier", "frobnicate"}
-
-HONEST: dict[str, Any] = {
-    "temperature": 0.2,
-    "top_p": 0.9,
-    "max_tokens": 2,
-    "stop": ["\n\n"],
-    "seed": 7,
-    "presence_penalty": 0.5,
-    "frequency_penalty": -0.5,
-    "logit_bias": {"50256": -100},
-    "n": 2,
-    "user": "alice",
-    "response_format": {"type": "json_object"},
-    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-    "tool_choice": "auto",
-    "parallel_tool_calls": False,
-}
 
 
 def _expected_message(field: str) -> str:
@@ -148,8 +113,6 @@ async def test_node_max_tokens_cap_clamps_and_is_sent_when_none_asked(
 
 
 async def test_cli_node_max_tokens(tmp_path: Any) -> None:
-    from tests.test_cli import make_env
-
     env = make_env()
     async with OpenAIServer(models=[LLAMA]) as srv:
         async with node("--backend-url", srv.base_url, "--max-tokens", "2", env=env) as (_, info):
@@ -161,8 +124,6 @@ async def test_cli_node_max_tokens(tmp_path: Any) -> None:
 
 
 async def test_cli_node_refuses_a_bad_max_tokens() -> None:
-    from tests.test_cli import make_env
-
     res = await cli("node", "--backend", "echo", "--max-tokens", "0", env=make_env())
     assert res.rc == 2 and "--max-tokens: must be at least 1" in res.err
 

@@ -21,8 +21,8 @@ from mimirlite.mimir.models import tunnel_protocol
 from mimirlite.protocols import Identify
 from mimirlite.wire import lp
 from tests.helpers import logged, until
+from tests.helpers.mimir import request
 from tests.helpers.openai_server import OpenAIServer
-from tests.mimir.test_mimir import request
 
 LLAMA = "llama3.2:latest"
 TUNNEL = "/mimir/llama3.2-latest/1.0.0"
@@ -376,7 +376,7 @@ async def test_other_tunnel_protocols_are_not_served(node_host: Host, peer: Host
 
 
 async def test_cli_node_serves_the_tunnel_with_no_flag_and_applies_its_rate(peer: Host) -> None:
-    from tests.test_cli import make_env, node
+    from tests.helpers.nodeproc import make_env, node
 
     async with node("--backend", "echo", "--rate", "1", env=make_env()) as (_, info):
         stream = await peer.new_stream(info.local_addr, "/mimir/echo/1.0.0")

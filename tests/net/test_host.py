@@ -19,7 +19,7 @@ from mimirlite.errors import (
     StreamClosedError,
     StreamResetError,
 )
-from tests.conftest import ECHO, echo_handler
+from tests.helpers import ECHO, echo_handler
 
 
 async def test_echo_and_peer_ids(listener: Host, dialer: Host) -> None:

@@ -28,8 +28,7 @@ from mimirlite.protocols import start_services
 from mimirlite.wire.multistream import PROTOCOL_ID as MULTISTREAM
 from mimirlite.wire.multistream import encode_line
 from mimirlite.wire.yamux import INITIAL_WINDOW, YamuxConfig
-from tests.conftest import ECHO, echo_handler
-from tests.helpers import logged, until
+from tests.helpers import ECHO, echo_handler, logged, until
 
 TIMEOUT = 5.0
 """Upper bound on every wait; a healthy run never gets near it."""
@@ -588,7 +587,7 @@ async def test_stats_line_and_log_stats(caplog: pytest.LogCaptureFixture) -> Non
 
 async def test_cli_stats_interval_logs_without_verbose() -> None:
     """``node --stats-interval`` prints its stats lines at the default log level (no -v)."""
-    from tests.test_cli import make_env, started
+    from tests.helpers.nodeproc import make_env, started
 
     args = ("-m", "mimirlite", "node", "--backend", "echo", "--no-mdns", "--listen", LOCAL)
     async with started(*args, "--stats-interval", "0.2", env=make_env()) as proc:

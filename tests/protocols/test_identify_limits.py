@@ -25,8 +25,7 @@ from mimirlite.protocols.identify import (
 )
 from mimirlite.wire.lp import encode_message
 from mimirlite.wire.protobuf import encode_bytes_field
-from tests.conftest import ECHO, echo_handler
-from tests.helpers import TIMEOUT, logged, until
+from tests.helpers import ECHO, TIMEOUT, echo_handler, logged, until
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

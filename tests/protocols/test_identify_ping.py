@@ -51,7 +51,7 @@ from mimirlite.protocols.identify import (
 )
 from mimirlite.protocols.ping import PING_SIZE, check_echo
 from mimirlite.wire.lp import encode_message
-from tests.conftest import ECHO, echo_handler
+from tests.helpers import ECHO, echo_handler
 
 # ---------------------------------------------------------------- literal vectors
 

@@ -32,9 +32,10 @@ from mimirlite.mimir.limits import MIN_BUCKET_SWEEP, Admission, RateLimiter, Ref
 from mimirlite.net.config import allowlist, load_allowlist, parse_allowlist
 from mimirlite.wire import yamux
 from mimirlite.wire.multistream import MultistreamDialer
+from tests.helpers.nodeproc import PEER_ID, Result, cli, make_env, node, one_line, run, started
 from tests.helpers.openai_server import OpenAIServer
-from tests.scenarios.test_bad_input import RawPeer
-from tests.test_cli import PEER_ID, Result, cli, make_env, node, one_line, run, started
+from tests.helpers.rawpeer import RawPeer
+from tests.helpers.waiting import until
 
 LOCAL = "/ip4/127.0.0.1/tcp/0"
 WAIT = 5.0
@@ -61,14 +62,6 @@ class HeldEcho(EchoBackend):
         await self.release.wait()
         async for chunk in super().stream_chat(model, messages, params):
             yield chunk
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def hello(text: str) -> list[dict[str, Any]]:
@@ -270,7 +263,7 @@ async def test_allowlist_serves_listed_peers_and_closes_others_after_the_handsha
         with pytest.raises(NoNodeError):
             await chat_text(client, "never")
 
-    await wait_until(lambda: list(node.host.connections) == [])  # the allowed client left too
+    await until(lambda: list(node.host.connections) == [], WAIT)  # the allowed client left too
     assert served == []  # no stream of the refused peer ever reached a handler
     refusals = [r for r in caplog.records if "refusing connection" in r.getMessage()]
     assert len(refusals) == 5  # one logged reason per refused connection
@@ -288,7 +281,7 @@ async def test_allowlist_resets_streams_of_unlisted_peers_on_connections_the_nod
     node = await start_node(stack, config=HostConfig(allow_peers=frozenset()))
     other = await stack.enter_async_context(Host(listen=[LOCAL]))
     await node.host.dial(other.listen_addrs[0])  # the node may dial anyone; it serves no one else
-    await wait_until(lambda: node.host.peer_id in other.connections)
+    await until(lambda: node.host.peer_id in other.connections, WAIT)
     conn = other.connections[node.host.peer_id]
     with pytest.raises(StreamResetError):
         await other.open_on(conn, packets.IDENTIFY_PROTOCOL)
@@ -410,9 +403,9 @@ async def test_overloaded_when_every_place_and_the_queue_are_taken(
     node = await start_node(stack, backend, limits=NodeLimits(max_concurrent=1, queue=1))
     user = await start_user(stack)
     first = spawn(ask(user, node, "first one"))
-    await wait_until(lambda: backend.asked == ["first one"])
+    await until(lambda: backend.asked == ["first one"], WAIT)
     second = spawn(ask(user, node, "second one"))
-    await wait_until(lambda: node.admission.waiting == 1)
+    await until(lambda: node.admission.waiting == 1, WAIT)
 
     kind, message = refusal(await ask(await start_user(stack), node, "third one"))
     assert kind == packets.OVERLOADED == "overloaded"
@@ -435,10 +428,10 @@ async def test_the_queue_serves_requests_in_arrival_order(
     node = await start_node(stack, backend, limits=NodeLimits(max_concurrent=1, queue=10))
     users = [await start_user(stack) for _ in range(3)]
     answers = [spawn(ask(users[0], node, "r0"))]
-    await wait_until(lambda: backend.asked == ["r0"])
+    await until(lambda: backend.asked == ["r0"], WAIT)
     for i in range(1, 8):  # from several peers, each request arriving after the one before it
         answers.append(spawn(ask(users[i % 3], node, f"r{i}")))
-        await wait_until(lambda: node.admission.waiting == len(answers) - 1)
+        await until(lambda: node.admission.waiting == len(answers) - 1, WAIT)
     backend.release.set()
     texts = [answer_text(out) for out in await asyncio.wait_for(asyncio.gather(*answers), WAIT)]
     assert texts == [f"r{i}" for i in range(8)]
@@ -453,14 +446,14 @@ async def test_a_request_whose_client_leaves_the_queue_gives_up_its_place(
     node = await start_node(stack, backend, limits=NodeLimits(max_concurrent=1, queue=1))
     user = await start_user(stack)
     first = spawn(ask(user, node, "held"))
-    await wait_until(lambda: backend.asked == ["held"])
+    await until(lambda: backend.asked == ["held"], WAIT)
     leaving = spawn(ask(user, node, "leaving"))
-    await wait_until(lambda: node.admission.waiting == 1)
+    await until(lambda: node.admission.waiting == 1, WAIT)
     leaving.cancel()  # resets its stream
-    await wait_until(lambda: node.admission.waiting == 0)
+    await until(lambda: node.admission.waiting == 0, WAIT)
     assert "client left while its request waited" in caplog.text
     later = spawn(ask(user, node, "later"))  # its place is free again: not refused
-    await wait_until(lambda: node.admission.waiting == 1)
+    await until(lambda: node.admission.waiting == 1, WAIT)
     backend.release.set()
     assert answer_text(await asyncio.wait_for(first, WAIT)) == "held"
     assert answer_text(await asyncio.wait_for(later, WAIT)) == "later"
@@ -475,12 +468,12 @@ async def test_per_peer_concurrency_is_refused_as_rate_limited(
     node = await start_node(stack, backend, limits=NodeLimits(max_per_peer=1))
     greedy, modest = await start_user(stack), await start_user(stack)
     held = spawn(ask(greedy, node, "mine"))
-    await wait_until(lambda: backend.asked == ["mine"])
+    await until(lambda: backend.asked == ["mine"], WAIT)
     kind, message = refusal(await ask(greedy, node, "and another"))
     assert kind == packets.RATE_LIMITED == "rate_limited"
     assert message == "too many requests in progress from this peer (limit 1 at once)"
     other = spawn(ask(modest, node, "someone else"))  # another peer is served meanwhile
-    await wait_until(lambda: len(backend.asked) == 2)
+    await until(lambda: len(backend.asked) == 2, WAIT)
     backend.release.set()
     assert answer_text(await asyncio.wait_for(held, WAIT)) == "mine"
     assert answer_text(await asyncio.wait_for(other, WAIT)) == "someone else"
@@ -515,7 +508,7 @@ async def test_client_fails_over_from_an_overloaded_node(
     busy = await start_node(stack, held, limits=NodeLimits(max_concurrent=1, queue=0))
     free = await start_node(stack)
     hold = spawn(ask(await start_user(stack), busy, "hold"))
-    await wait_until(lambda: held.asked == ["hold"])
+    await until(lambda: held.asked == ["hold"], WAIT)
     client = await stack.enter_async_context(
         MimirClient(peers=busy.host.listen_addrs + free.host.listen_addrs)
     )
@@ -541,7 +534,7 @@ async def test_client_fails_over_from_a_per_peer_limit(
     for client in (one, two):
         client._rtt[first.host.peer_id], client._rtt[second.host.peer_id] = 0.001, 0.002
     hold = spawn(chat_text(one, "holding my place"))
-    await wait_until(lambda: held.asked == ["holding my place"])
+    await until(lambda: held.asked == ["holding my place"], WAIT)
     assert await chat_text(two, "served elsewhere") == "served elsewhere"
     assert first.refused == {"rate_limited": 1} and second.refused == {}
     held.release.set()

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import os
 import re
 import sys
 from pathlib import Path
@@ -29,94 +27,24 @@ import pytest
 
 from mimirlite.identity import PeerId
 from mimirlite.mimir import MimirClient
-from tests.helpers.netns import Inbox, NetnsHost, NetnsLoop, TestNet, require_netns
-from tests.helpers.nodeproc import Proc
-from tests.helpers.openai_server import OpenAIServer
+from tests.helpers.discovery import FIND_TIMEOUT, JS_INTERVAL_MS, chat_requests, needs_js, openai_server_in
+from tests.helpers.netns import Inbox, TestNet, require_netns
+from tests.helpers.nodeproc import REPO, NodeProc, run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
-INTEROP = ROOT / "interop"
+INTEROP = REPO / "interop"
 if str(INTEROP) not in sys.path:
     sys.path.insert(0, str(INTEROP))
 
-from jsmimir import JsMimirNode, node_available, run_js_client  # noqa: E402
+from jsmimir import JsMimirNode, run_js_client  # noqa: E402
 
-MIMIRLITE = (sys.executable, "-m", "mimirlite")
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 LLAMA = "llama3.2:latest"
-BANNER_TIMEOUT = 30.0
-"""Bound on a CLI node printing its banner (generous: 20 start at once on a small machine)."""
 RUN_TIMEOUT = 30.0
 """Bound on a one-shot command (chat, peers) beyond its own --wait."""
 EVENT_TIMEOUT = 10.0
 """Bound on one expected event (a node dropped, a chat answered)."""
-FIND_TIMEOUT = 15.0
-"""Bound on finding nodes by mDNS: covers a lost first exchange, retried at the next query (10 s)."""
-JS_INTERVAL_MS = "1000"
-"""mDNS query interval of the JS peers (short: a lost first exchange is retried soon)."""
-
-needs_js = pytest.mark.skipif(
-    not node_available(),
-    reason="needs node on PATH and `npm ci` run in interop/ (interop/node_modules missing)",
-)
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-class CliNode(Proc):
-    """A ``python -m mimirlite node`` serving in a test namespace; its output lines are collected."""
-
-    what = "node"
-    host: NetnsHost
-    peer_id = ""
-    models: list[str]
-
-    @classmethod
-    async def serve(
-        cls, stack: contextlib.AsyncExitStack, net: TestNet, host: NetnsHost, *args: str
-    ) -> CliNode:
-        """Start it (stopped when ``stack`` closes) and wait for its banner."""
-        spawn = functools.partial(net.spawn, host)
-        node = await cls.start(
-            *MIMIRLITE, "node", *args, spawn=spawn, merge_stderr=True, cwd=str(ROOT), env=ENV
-        )
-        stack.push_async_callback(node.stop)
-        banner = await node.read_banner(BANNER_TIMEOUT)
-        PeerId.from_string(banner.peer_id)  # a valid peer ID was printed
-        assert any(a.startswith(f"/ip4/{host.ip}/tcp/") for a in banner.addrs), node.output
-        node.host, node.peer_id, node.models = host, banner.peer_id, banner.models
-        return node
-
-
-async def run_cli(net: TestNet, host: NetnsHost, *args: str, timeout: float) -> tuple[int, str, str]:
-    """Run ``python -m mimirlite ARGS`` in ``host``'s namespace to the end: (returncode, stdout, stderr)."""
-    spawn = functools.partial(net.spawn, host)
-    async with await Proc.start(*MIMIRLITE, *args, spawn=spawn, cwd=str(ROOT), env=ENV) as proc:
-        try:
-            return await proc.finish(timeout=timeout)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"mimirlite {' '.join(args)} did not finish in {timeout} s") from None
-
-
-async def openai_server_in(stack: contextlib.AsyncExitStack, nl: NetnsLoop, **kwargs: Any) -> OpenAIServer:
-    """An OpenAIServer on 127.0.0.1 of ``nl``'s namespace, served by that loop (closed with ``stack``).
-
-    Read its state through ``nl.run``: it lives on that loop.
-    """
-
-    async def start() -> OpenAIServer:
-        return await OpenAIServer(**kwargs).start()
-
-    srv = await nl.run(start(), timeout=10)
-    stack.push_async_callback(nl.run, srv.close(), 10)
-    return srv
-
-
-async def chat_requests(nl: NetnsLoop, srv: OpenAIServer) -> list[Any]:
-    async def get() -> list[Any]:
-        return list(srv.chat_requests)
-
-    return await nl.run(get(), timeout=5)
 
 
 class ObservedClient(MimirClient):
@@ -151,7 +79,7 @@ async def test_cli_chat_finds_cli_node_by_mdns() -> None:
     """``mimirlite chat -p`` with no --peer finds the node on the other host by mDNS and gets its answer."""
     require_netns()
     async with TestNet(2) as net, contextlib.AsyncExitStack() as stack:
-        node = await CliNode.serve(stack, net, net.hosts[0], "--backend", "echo")
+        node = await NodeProc.serve(stack, "--backend", "echo", net=net, host=net.hosts[0])
         assert node.models == ["echo"]
         code, out, err = await run_cli(
             net,
@@ -183,8 +111,8 @@ async def test_js_client_finds_mimirlite_node_by_mdns() -> None:
         node_host, client_host = net.hosts
         nl = net.loop(node_host)
         srv = await openai_server_in(stack, nl, models=[LLAMA])
-        node = await CliNode.serve(
-            stack, net, node_host, "--backend", "openai", "--backend-url", srv.base_url
+        node = await NodeProc.serve(
+            stack, "--backend", "openai", "--backend-url", srv.base_url, net=net, host=node_host
         )
         assert node.models == [LLAMA]
         res = await run_js_client(
@@ -278,8 +206,10 @@ async def test_client_drops_a_stopped_node_and_uses_another() -> None:
         srv_loop = net.loop(openai_host)
         srv = await openai_server_in(stack, srv_loop, models=["echo"], reply="answered by the openai backend")
         nodes = await asyncio.gather(
-            CliNode.serve(stack, net, echo_host, "--backend", "echo"),
-            CliNode.serve(stack, net, openai_host, "--backend", "openai", "--backend-url", srv.base_url),
+            NodeProc.serve(stack, "--backend", "echo", net=net, host=echo_host),
+            NodeProc.serve(
+                stack, "--backend", "openai", "--backend-url", srv.base_url, net=net, host=openai_host
+            ),
         )
         echo_node, openai_node = nodes
         assert echo_node.models == openai_node.models == ["echo"]
@@ -337,7 +267,7 @@ async def test_client_learns_a_restarted_node_again(tmp_path: Path) -> None:
     node_args = ("--backend", "echo", "--key-file", key_file, "--listen", "/ip4/0.0.0.0/tcp/4555")
     async with TestNet(2) as net, contextlib.AsyncExitStack() as stack:
         client_host, node_host = net.hosts
-        first = await CliNode.serve(stack, net, node_host, *node_args)
+        first = await NodeProc.serve(stack, *node_args, net=net, host=node_host)
         inbox = Inbox()
         nl = net.loop(client_host)
 
@@ -353,7 +283,7 @@ async def test_client_learns_a_restarted_node_again(tmp_path: Path) -> None:
 
         await first.kill()
         await inbox.wait_for(lambda items: latest_nodes(items) == {}, EVENT_TIMEOUT)
-        again = await CliNode.serve(stack, net, node_host, *node_args)
+        again = await NodeProc.serve(stack, *node_args, net=net, host=node_host)
         assert again.peer_id == first.peer_id
         await inbox.wait_for(lambda items: latest_nodes(items) == known, FIND_TIMEOUT)
 
@@ -377,7 +307,9 @@ async def test_peers_finds_20_nodes_within_15_s() -> None:
     require_netns()
     async with TestNet(MANY + 1) as net, contextlib.AsyncExitStack() as stack:
         *node_hosts, observer = net.hosts
-        nodes = await asyncio.gather(*(CliNode.serve(stack, net, h, "--backend", "echo") for h in node_hosts))
+        nodes = await asyncio.gather(
+            *(NodeProc.serve(stack, "--backend", "echo", net=net, host=h) for h in node_hosts)
+        )
         assert len({n.peer_id for n in nodes}) == MANY
 
         # `peers` lists the nodes it found (and identified) within --wait, counted from its own start

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +40,12 @@ from mimirlite.mimir import (
     packets,
 )
 from tests.helpers.netns import Inbox, NetnsHost, NetnsLoop, TestNet, require_netns
-from tests.helpers.nodeproc import Proc, Spawn
+from tests.helpers.nodeproc import NodeProc
 from tests.helpers.openai_server import OpenAIServer
+from tests.helpers.waiting import until
 
 live = pytest.mark.usefixtures("no_leaks")
 """Fail a test that leaves tasks, sockets or transports behind, or logs an error."""
-ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-for _var in ("OLLAMA_ENDPOINT", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
-    ENV.pop(_var, None)
-BANNER_TIMEOUT = 30.0
-"""Bound on a node printing its banner (imports are slow on a loaded machine)."""
 EVENT_TIMEOUT = 10.0
 """Bound on one expected event (a chunk, a line of the node)."""
 KILL_NOTICED = 5.0
@@ -101,16 +95,13 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-class NodeProc(Proc):
+class MarkedNode(NodeProc):
     """A CLI node with the marked echo model; its stdout and stderr (its log) collected line by line."""
 
-    what = "node"
     line_timeout = EVENT_TIMEOUT
-    addr = ""
-    """Its first listen address."""
 
     @classmethod
-    async def serve(
+    async def serve_marked(
         cls,
         stack: contextlib.AsyncExitStack,
         *,
@@ -119,23 +110,15 @@ class NodeProc(Proc):
         net: TestNet | None = None,
         host: NetnsHost | None = None,
         args: Sequence[str] = (),
-    ) -> NodeProc:
+    ) -> MarkedNode:
         """Start a node (in ``host``'s namespace when given; ``args``: more node options), stopped when
         ``stack`` closes."""
         ip = host.ip if host is not None else "127.0.0.1"
-        spawn: Spawn = asyncio.create_subprocess_exec
-        if net is not None and host is not None:
-            spawn = functools.partial(net.spawn, host)
-        node = await cls.start(
-            sys.executable, "-c", NODE, str(delay), str(first),
+        return await cls.serve(
+            stack,
             "node", "--backend", "echo", "--no-mdns", "-v", "--listen", f"/ip4/{ip}/tcp/0", *args,
-            spawn=spawn, merge_stderr=True, cwd=str(ROOT), env=ENV,
+            argv=(sys.executable, "-c", NODE, str(delay), str(first)), net=net, host=host,
         )  # fmt: skip
-        stack.push_async_callback(node.stop)
-        addrs = (await node.read_banner(BANNER_TIMEOUT)).addrs
-        assert addrs, node.output
-        node.addr = addrs[0]
-        return node
 
 
 STARTED = "fault-test: chat started"
@@ -145,16 +128,6 @@ FINISHED = "fault-test: chat ended finished=True"
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-async def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``check`` (a cheap reading of /proc or of a client) every 20 ms, up to ``timeout`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 def text_of(chunks: list[Any]) -> str:
@@ -167,7 +140,7 @@ def text_of(chunks: list[Any]) -> str:
 @live
 async def test_node_killed_mid_answer_raises_truncated_answer_at_once() -> None:
     async with contextlib.AsyncExitStack() as stack:
-        node = await NodeProc.serve(stack, delay=0.05)
+        node = await MarkedNode.serve_marked(stack, delay=0.05)
         client = await stack.enter_async_context(MimirClient(peers=[node.addr], read_timeout=60))
         assert client.nodes
         loop = asyncio.get_running_loop()
@@ -205,7 +178,8 @@ async def test_node_killed_before_its_first_chunk_the_client_answers_from_anothe
     async with contextlib.AsyncExitStack() as stack:
         # Both nodes hold their first chunk 4 s: the node asked first is killed well before it.
         a, b = await asyncio.gather(
-            NodeProc.serve(stack, delay=0.0, first=4.0), NodeProc.serve(stack, delay=0.0, first=4.0)
+            MarkedNode.serve_marked(stack, delay=0.0, first=4.0),
+            MarkedNode.serve_marked(stack, delay=0.0, first=4.0),
         )
         client = await stack.enter_async_context(MimirClient(peers=[a.addr, b.addr], read_timeout=60))
         assert len(client.nodes) == 2
@@ -235,7 +209,7 @@ async def _collect(chat: Any) -> list[Any]:
     return [chunk async for chunk in chat]
 
 
-def _peer_of(node: NodeProc) -> Any:
+def _peer_of(node: MarkedNode) -> Any:
     from mimirlite.identity import PeerId
 
     return PeerId.from_string(node.addr.rsplit("/p2p/", 1)[1])
@@ -256,7 +230,7 @@ async def test_link_down_mid_stream_both_sides_time_out_and_clean_up(side: str) 
     async with contextlib.AsyncExitStack() as stack:
         net = await stack.enter_async_context(TestNet(2))
         node_host, client_host = net.hosts
-        node = await NodeProc.serve(stack, delay=0.1, net=net, host=node_host, args=DEAD_LINK_ARGS)
+        node = await MarkedNode.serve_marked(stack, delay=0.1, net=net, host=node_host, args=DEAD_LINK_ARGS)
         assert "python" in Path(f"/proc/{node.pid}/cmdline").read_text()  # ip netns exec execs in place
         idle_fds = open_fds(node.pid)
         nl: NetnsLoop = net.loop(client_host)
@@ -303,8 +277,11 @@ async def test_link_down_mid_stream_both_sides_time_out_and_clean_up(side: str) 
         assert "Connection timed out" in node.lines[dead], node.lines[dead]
         await node.wait_line(lambda line: line == CUT, EVENT_TIMEOUT)
         assert node.count(FINISHED) == 0
-        await wait_until(
-            lambda: open_fds(node.pid) == idle_fds, EVENT_TIMEOUT, "the node's descriptors released"
+        await until(
+            lambda: open_fds(node.pid) == idle_fds,
+            EVENT_TIMEOUT,
+            "the node's descriptors released",
+            interval=0.02,
         )
 
         # The client: its stream is gone at once, its connection (and so the node) once TCP gives up.
@@ -321,7 +298,7 @@ async def test_link_down_under_an_idle_inbound_connection_the_node_notices_and_s
         net = await stack.enter_async_context(TestNet(3))
         node_host, gone_host, other_host = net.hosts
         args = (*DEAD_LINK_ARGS, "--stats-interval", "0.5")
-        node = await NodeProc.serve(stack, delay=0.0, net=net, host=node_host, args=args)
+        node = await MarkedNode.serve_marked(stack, delay=0.0, net=net, host=node_host, args=args)
         idle_fds = open_fds(node.pid)
         gone_loop, other_loop = net.loop(gone_host), net.loop(other_host)
 
@@ -344,8 +321,11 @@ async def test_link_down_under_an_idle_inbound_connection_the_node_notices_and_s
         assert noticed < DEAD_LINK_NOTICED, noticed
         assert "<Connection in " in node.lines[dead], node.lines[dead]  # the inbound one
         assert "Connection timed out" in node.lines[dead], node.lines[dead]  # ETIMEDOUT
-        await wait_until(
-            lambda: open_fds(node.pid) == idle_fds, EVENT_TIMEOUT, "the node's descriptors released"
+        await until(
+            lambda: open_fds(node.pid) == idle_fds,
+            EVENT_TIMEOUT,
+            "the node's descriptors released",
+            interval=0.02,
         )
         await node.wait_line(lambda line: "host.closed.dead_link=1" in line, EVENT_TIMEOUT, start=dead)
 

@@ -22,9 +22,8 @@ from mimirlite.mimir import MimirClient
 from mimirlite.net.addr import parse_multiaddr
 from mimirlite.net.host import FD_RESERVE
 from tests.helpers import until
-from tests.helpers.nodeproc import Proc
+from tests.helpers.nodeproc import REPO, Proc, make_env
 from tests.helpers.openai_server import OpenAIServer
-from tests.test_cli import REPO, make_env
 
 NOFILE = 40
 """The node's descriptor limit: about 11 in use once it serves, so a few dozen connections exhaust it."""

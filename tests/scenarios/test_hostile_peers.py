@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -34,31 +33,34 @@ from mimirlite.wire.yamux import (
     YamuxConfig,
     YamuxSession,
 )
-from tests.conftest import ECHO, echo_handler
-from tests.helpers import logged, until
-from tests.scenarios.test_bad_input import (
-    TIMEOUT,
+from tests.helpers import ECHO, echo_handler, logged, until
+from tests.helpers.frames import (
+    ACK,
+    DATA,
+    FIN,
+    PING,
+    RST,
+    SYN,
+    WINDOW_UPDATE,
+    go_away_protocol_error,
+)
+from tests.helpers.frames import yamux_frame as frame
+from tests.helpers.rawpeer import (
+    CHUNK,
+    FIREHOSE,
+    SINK,
     RawPeer,
+    attacker,
     disconnected,
+    firehose,
     forgotten,
     settled,
+    sink_handler,
     well_behaved_peer,
 )
+from tests.helpers.waiting import TIMEOUT
 
-DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
-SYN, ACK, FIN, RST = 1, 2, 4, 8
-SINK = "/sink/1.0.0"
-FIREHOSE = "/firehose/1.0.0"
-CHUNK = 64 * 1024
 MIB = 1024 * 1024
-
-
-def frame(ftype: int, flags: int, sid: int, length: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">BBHII", 0, ftype, flags, sid, length) + payload
-
-
-def go_away_protocol_error() -> bytes:
-    return frame(GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR)
 
 
 # --- the core's counters, with literal frames ------------------------------------------------------
@@ -167,15 +169,6 @@ def test_core_bytes_buffered_per_session() -> None:
 # --- on real sockets ---------------------------------------------------------------------------
 
 
-async def sink_handler(stream: Stream) -> None:
-    await asyncio.shield(stream.connection.closed)
-
-
-async def firehose(stream: Stream) -> None:
-    """Write until the stream or its connection ends."""
-    chunk = bytes(CHUNK)
-    while True:
-        await stream.write(chunk)
 @contextlib.asynccontextmanager
 async def hosted(caplog: pytest.LogCaptureFixture, config: HostConfig | None = None) -> AsyncIterator[Host]:
     """The host under attack; at the end none of its tasks, connections or streams may be left."""
@@ -210,15 +203,6 @@ async def good_peer(server: Host) -> AsyncIterator[Stream]:
 async def echo_on(stream: Stream, payload: bytes) -> None:
     await stream.write(payload)
     assert await asyncio.wait_for(stream.read_exactly(len(payload)), TIMEOUT) == payload
-
-
-async def attacker(server: Host, session: YamuxSession | None = None) -> tuple[RawPeer, Connection]:
-    raw = await RawPeer.connect(server)
-    if session is not None:
-        raw.session = session
-    await raw.secure(server.peer_id)
-    await until(lambda: raw.keypair.peer_id in server.connections)
-    return raw, server.connections[raw.keypair.peer_id]
 
 
 async def raw_echo(raw: RawPeer, sid: int, payload: bytes) -> None:

@@ -27,11 +27,10 @@ from mimirlite.wire import lp
 from mimirlite.wire.multistream import MultistreamDialer
 from mimirlite.wire.varint import encode_uvarint
 from mimirlite.wire.yamux import YamuxConfig, YamuxSession
-from tests.conftest import ECHO, echo_handler
-from tests.helpers import logged, until
-from tests.scenarios.test_bad_input import TIMEOUT, echo_round_trip, settled
-from tests.scenarios.test_hostile_peers import FIREHOSE, attacker, firehose
-from tests.test_cli import cli, make_env, node
+from tests.helpers import ECHO, echo_handler, logged, until
+from tests.helpers.nodeproc import cli, make_env, node
+from tests.helpers.rawpeer import FIREHOSE, attacker, echo_round_trip, firehose, settled
+from tests.helpers.waiting import TIMEOUT
 
 KIB = 1024
 MIB = 1024 * KIB

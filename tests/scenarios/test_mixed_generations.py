@@ -25,17 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.discovery import FIND_TIMEOUT, JS_INTERVAL_MS, chat_requests, needs_js, openai_server_in
 from tests.helpers.netns import NetnsHost, TestNet, require_netns
-from tests.scenarios.test_discovery import (
-    FIND_TIMEOUT,
-    JS_INTERVAL_MS,
-    RUN_TIMEOUT,
-    CliNode,
-    chat_requests,
-    needs_js,
-    openai_server_in,
-    run_cli,
-)
+from tests.helpers.nodeproc import RUN_TIMEOUT, NodeProc, run_cli
 
 INTEROP = Path(__file__).resolve().parents[2] / "interop"
 if str(INTEROP) not in sys.path:
@@ -90,7 +82,7 @@ async def test_peers_and_chat_in_a_mixed_network() -> None:
                 netns=first_host.netns,
             ),
             JsLatestNode.start(latest_srv.url, *mdns, listen="/ip4/0.0.0.0/tcp/0", netns=latest_host.netns),
-            CliNode.serve(stack, net, lite_host, "--backend", "echo"),
+            NodeProc.serve(stack, "--backend", "echo", net=net, host=lite_host),
         )
         stack.push_async_callback(first.stop)
         stack.push_async_callback(latest.stop)

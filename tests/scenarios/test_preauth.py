@@ -24,11 +24,10 @@ from mimirlite.net.addr import parse_multiaddr
 from mimirlite.wire import yamux
 from mimirlite.wire.multistream import MultistreamDialer
 from mimirlite.wire.noise import NoiseHandshake
-from tests.conftest import ECHO, echo_handler
-from tests.helpers import logged, until
-from tests.helpers.nodeproc import Proc
-from tests.scenarios.test_bad_input import HEADER, RawPeer
-from tests.test_cli import REPO, make_env
+from tests.helpers import ECHO, echo_handler, logged, until
+from tests.helpers.frames import HEADER
+from tests.helpers.nodeproc import REPO, Proc, make_env
+from tests.helpers.rawpeer import RawPeer
 
 TARGET = 2.0
 """Seconds from an honest peer's dial start to its echo back, while the flood runs (issue 11)."""

@@ -10,10 +10,8 @@ import re
 
 import pytest
 
+from tests.helpers.nodeproc import PEER_ID, make_env, run, started
 from tests.helpers.openai_server import OpenAIServer
-from tests.test_cli import PEER_ID, closed_port, env, make_env, run, started
-
-__all__ = ["closed_port", "env"]  # fixtures shared with test_cli
 
 SERVING = re.compile(r"serving (?P<models>.+) at (?P<addr>/ip4/127\.0\.0\.1/tcp/\d+/p2p/(?P<peer>\S+))")
 

@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from noise.connection import Keypair, NoiseConnection
 
 from mimirlite.errors import DecodeError, HandshakeError, LocalError, PeerIdMismatchError, ProtocolError
 from mimirlite.identity import KeyPair, KeyType, PeerId, PublicKey
@@ -33,29 +32,15 @@ from mimirlite.wire.protobuf import (
     encode_bytes_field,
     encode_varint_field,
 )
+from tests.helpers.frames import noise_frame as frame
+from tests.helpers.frames import split_noise_frames as split_frames
+from tests.helpers.rawpeer import RawNoise
 
-NOISE_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
 ALICE = KeyPair.generate()
 BOB = KeyPair.generate()
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def frame(message: bytes) -> bytes:
-    return struct.pack(">H", len(message)) + message
-
-
-def split_frames(wire: bytes) -> list[bytes]:
-    """The Noise messages in a byte stream of whole frames."""
-    out = []
-    pos = 0
-    while pos < len(wire):
-        (length,) = struct.unpack_from(">H", wire, pos)
-        out.append(wire[pos + 2 : pos + 2 + length])
-        pos += 2 + length
-    assert pos == len(wire)
-    return out
 
 
 def handshake(
@@ -131,48 +116,18 @@ class BadSigner:
         return bytes(sig)
 
 
-class RawPeer:
-    """An independent peer driven straight through noiseprotocol, sending hand-built payloads."""
-
-    def __init__(self, *, initiator: bool) -> None:
-        static = X25519PrivateKey.generate()
-        self.static_public = static.public_key().public_bytes_raw()
-        self.conn = NoiseConnection.from_name(NOISE_NAME)
-        self.conn.set_keypair_from_private_bytes(Keypair.STATIC, static.private_bytes_raw())
-        if initiator:
-            self.conn.set_as_initiator()
-        else:
-            self.conn.set_as_responder()
-        self.conn.start_handshake()
-        self.state = self.conn.noise_protocol.handshake_state
-
-    def write(self, payload: bytes = b"") -> bytes:
-        return frame(bytes(self.conn.write_message(payload)))
-
-    def read(self, wire: bytes) -> bytes:
-        (message,) = split_frames(wire)
-        return bytes(self.conn.read_message(message))
-
-    def signed_payload(self, signer: object = ALICE, *, extra: bytes = b"") -> bytes:
-        return (
-            encode_bytes_field(1, signer.public_key.to_protobuf())  # type: ignore[attr-defined]
-            + encode_bytes_field(2, signer.sign(STATIC_KEY_PREFIX + self.static_public))  # type: ignore[attr-defined]
-            + extra
-        )
-
-
-def raw_initiator_against(responder: NoiseHandshake, payload: Callable[[RawPeer], bytes]) -> RawPeer:
-    """Run a RawPeer initiator against ``responder`` up to and including message 3."""
-    raw = RawPeer(initiator=True)
+def raw_initiator_against(responder: NoiseHandshake, payload: Callable[[RawNoise], bytes]) -> RawNoise:
+    """Run a RawNoise initiator against ``responder`` up to and including message 3."""
+    raw = RawNoise(initiator=True)
     responder.receive_data(raw.write())
     raw.read(responder.data_to_send())
     responder.receive_data(raw.write(payload(raw)))
     return raw
 
 
-def raw_responder_against(initiator: NoiseHandshake, payload: Callable[[RawPeer], bytes]) -> RawPeer:
-    """Run a RawPeer responder against ``initiator`` up to and including message 2."""
-    raw = RawPeer(initiator=False)
+def raw_responder_against(initiator: NoiseHandshake, payload: Callable[[RawNoise], bytes]) -> RawNoise:
+    """Run a RawNoise responder against ``initiator`` up to and including message 2."""
+    raw = RawNoise(initiator=False)
     raw.read(initiator.data_to_send())
     initiator.receive_data(raw.write(payload(raw)))
     return raw
@@ -272,7 +227,7 @@ def test_signature_over_another_static_key_is_rejected() -> None:
     responder = NoiseHandshake(BOB, initiator=False)
     other_static = X25519PrivateKey.generate().public_key().public_bytes_raw()
 
-    def payload(raw: RawPeer) -> bytes:
+    def payload(raw: RawNoise) -> bytes:
         return encode_bytes_field(1, ALICE.public_key.to_protobuf()) + encode_bytes_field(
             2, ALICE.sign(STATIC_KEY_PREFIX + other_static)
         )
@@ -357,7 +312,7 @@ def test_payload_with_extensions_and_unknown_fields() -> None:
     ],
     ids=["empty", "no-key", "no-sig", "bad-key", "key-wire-type", "garbage", "truncated"],
 )
-def test_bad_payloads(payload: Callable[[RawPeer], bytes], match: str) -> None:
+def test_bad_payloads(payload: Callable[[RawNoise], bytes], match: str) -> None:
     responder = NoiseHandshake(BOB, initiator=False)
     with pytest.raises(HandshakeError, match=match):
         raw_initiator_against(responder, payload)
@@ -369,7 +324,7 @@ def test_bad_payloads(payload: Callable[[RawPeer], bytes], match: str) -> None:
 def test_our_payload_follows_the_spec() -> None:
     """What we send verifies for an independent peer: identity key and signature over our static key."""
     responder = NoiseHandshake(BOB, initiator=False)
-    raw = RawPeer(initiator=True)
+    raw = RawNoise(initiator=True)
     responder.receive_data(raw.write())
     payload = raw.read(responder.data_to_send())
     fields = decode_message(payload, {1: LENGTH_DELIMITED, 2: LENGTH_DELIMITED})
@@ -381,7 +336,7 @@ def test_our_payload_follows_the_spec() -> None:
 
 def test_first_message_with_plaintext_payload_is_accepted() -> None:
     responder = NoiseHandshake(BOB, initiator=False)
-    raw = RawPeer(initiator=True)
+    raw = RawNoise(initiator=True)
     responder.receive_data(raw.write(b"ignored payload"))
     raw.read(responder.data_to_send())
     responder.receive_data(raw.write(raw.signed_payload(ALICE)))
@@ -417,7 +372,7 @@ def test_message_3_size_bounds() -> None:
 def test_payload_at_the_cap_is_accepted() -> None:
     responder = NoiseHandshake(BOB, initiator=False)
 
-    def payload(raw: RawPeer) -> bytes:
+    def payload(raw: RawNoise) -> bytes:
         body = raw.signed_payload(ALICE)
         # Field 99 costs a 2-byte key and a 2-byte length ahead of the filler.
         padding = encode_bytes_field(99, b"x" * (MAX_HANDSHAKE_PAYLOAD - len(body) - 4))
@@ -648,7 +603,7 @@ def test_interop_with_noiseprotocol_as_responder() -> None:
 
 def test_interop_with_noiseprotocol_as_initiator() -> None:
     responder = NoiseHandshake(BOB, initiator=False, expected_peer=ALICE.peer_id)
-    raw = RawPeer(initiator=True)
+    raw = RawNoise(initiator=True)
     responder.receive_data(raw.write())
     raw.read(responder.data_to_send())
     assert raw.conn.handshake_finished is False
