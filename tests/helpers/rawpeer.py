@@ -93,7 +93,8 @@ async def well_behaved_peer(server: Host) -> AsyncIterator[Host]:
     forgotten(server, peer.peer_id)
 
 
-async def echo_on(stream: Stream, payload: bytes) -> None:
+async def echo_on(stream: Stream, payload: bytes = b"ping") -> None:
+    """``payload`` echoed back on ``stream`` (bounded wait)."""
     await stream.write(payload)
     assert await asyncio.wait_for(stream.read_exactly(len(payload)), TIMEOUT) == payload
 

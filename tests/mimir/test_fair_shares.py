@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from mimirlite import Connection, Host, HostConfig, KeyPair, Stream
-from mimirlite.errors import StreamResetError
+from mimirlite.errors import LocalError, StreamResetError
 from mimirlite.mimir import EchoBackend, MimirNode, NodeLimits, packets
 from mimirlite.mimir.backends import make_chunk
 from mimirlite.mimir.limits import FAIR_SHARE, STALLED, Admission, Refusal, Ticket
@@ -140,7 +140,7 @@ def test_the_stall_timeout_can_be_turned_off_and_limits_are_checked() -> None:
     assert adm.review(1e9, {a: 0.0}).ended == []
     assert NodeLimits().stall_timeout == 30.0 and NodeLimits().stall_grace == 2.0
     for bad in ({"stall_timeout": 0.0}, {"stall_grace": -1.0}, {"ended_linger": float("inf")}):
-        with pytest.raises(Exception, match="must be a positive number of seconds"):
+        with pytest.raises(LocalError, match="must be a positive number of seconds"):
             NodeLimits(**bad)  # type: ignore[arg-type]
 
 
@@ -385,7 +385,7 @@ def test_stream_share_defaults_sit_well_below_the_host_wide_limit() -> None:
         2048,
     )
     for name in ("max_inbound_streams_per_connection", "max_streams_per_peer", "max_streams_per_ip"):
-        with pytest.raises(Exception, match=f"{name} must be >= 0"):
+        with pytest.raises(LocalError, match=f"{name} must be >= 0"):
             HostConfig(**{name: -1})  # type: ignore[arg-type]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from mimirlite import Host
-from mimirlite.errors import StreamResetError
+from mimirlite.errors import ProtocolNotSupportedError, StreamResetError
 from mimirlite.mimir import EchoBackend, MimirNode, NodeLimits, OpenAIBackend, packets
 from mimirlite.mimir.models import tunnel_protocol
 from mimirlite.protocols import Identify
@@ -368,7 +368,7 @@ async def test_backend_dying_mid_answer_resets_the_stream(
 async def test_other_tunnel_protocols_are_not_served(node_host: Host, peer: Host) -> None:
     async with MimirNode(node_host, EchoBackend(LLAMA)) as node:
         assert tunnel_protocol(LLAMA) == TUNNEL
-        with pytest.raises(Exception):  # noqa: B017 - multistream-select refuses it
+        with pytest.raises(ProtocolNotSupportedError):  # multistream-select refuses it
             await exchange(peer, node, b"", "/mimir/other/1.0.0")
 
 

@@ -29,6 +29,7 @@ from mimirlite.wire.multistream import PROTOCOL_ID as MULTISTREAM
 from mimirlite.wire.multistream import encode_line
 from mimirlite.wire.yamux import INITIAL_WINDOW, YamuxConfig
 from tests.helpers import ECHO, echo_handler, logged, until
+from tests.helpers.rawpeer import echo_on, sink_handler
 
 TIMEOUT = 5.0
 """Upper bound on every wait; a healthy run never gets near it."""
@@ -39,15 +40,6 @@ INTEROP = Path(__file__).resolve().parents[2] / "interop"
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-async def sink_handler(stream: Stream) -> None:
-    """Never read; return when the connection ends."""
-    await asyncio.shield(stream.connection.closed)
-
-
-async def echo_on(stream: Stream, payload: bytes = b"ping") -> None:
-    await stream.write(payload)
-    assert await asyncio.wait_for(stream.read_exactly(len(payload)), TIMEOUT) == payload
 
 
 async def finish(stream: Stream) -> None:
@@ -304,9 +296,9 @@ async def test_keepalive_pings_keep_a_dialed_connection() -> None:
         await echo_on(stream)
         await finish(stream)
         conn = host.connections[a.peer_id]
-        await asyncio.sleep(4 * idle)
-        assert not conn.closed.done()
-        assert host.metrics.pings_answered >= 4
+        # 8 pings a quarter of idle_timeout apart: twice the idle timeout with no stream open
+        await until(lambda: host.metrics.pings_answered >= 8 or conn.closed.done(), 4 * idle + TIMEOUT)
+        assert not conn.closed.done(), conn.close_kind
         assert host.metrics.closed == {}
 
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from mimirlite import Connection, Host, KeyPair, Stream
-from mimirlite.errors import MessageTooLargeError, StreamResetError
+from mimirlite.errors import DecodeError, LocalError, MessageTooLargeError, StreamResetError
 from mimirlite.protocols import IDENTIFY_PROTOCOL, IDENTIFY_PUSH_PROTOCOL, Identify
 from mimirlite.protocols.identify import (
     MAX_IDENTIFY_MESSAGE,
@@ -246,7 +246,7 @@ def test_decode_skips_entries_over_the_caps_unread() -> None:
     assert msg.listen_addrs == addrs(2) and msg.protocols == ("/ok",)
     assert dropped == {"listen addresses": 1, "protocols": 1, "oversized listen addresses": 1}
     # uncapped, the same message is decoded in full (and the bad protocol is an error)
-    with pytest.raises(Exception, match="not UTF-8"):
+    with pytest.raises(DecodeError, match="not UTF-8"):
         decode_identify(body)
     with pytest.raises(MessageTooLargeError, match="9 bytes exceeds the 8 byte cap"):
         decode_identify_capped(b"\x00" * 9, IdentifyConfig(max_message_size=8))
@@ -263,7 +263,7 @@ def test_push_budget_refills_at_its_rate() -> None:
 
 
 def test_config_is_checked() -> None:
-    with pytest.raises(Exception, match="max_listen_addrs must be >= 0"):
+    with pytest.raises(LocalError, match="max_listen_addrs must be >= 0"):
         IdentifyConfig(max_listen_addrs=-1)
-    with pytest.raises(Exception, match="timeout must be a positive"):
+    with pytest.raises(LocalError, match="timeout must be a positive"):
         IdentifyConfig(timeout=0)

@@ -51,6 +51,7 @@ from mimirlite.protocols.identify import (
 )
 from mimirlite.protocols.ping import PING_SIZE, check_echo
 from mimirlite.wire.lp import encode_message
+from mimirlite.wire.protobuf import encode_bytes_field
 from tests.helpers import ECHO, echo_handler
 
 # ---------------------------------------------------------------- literal vectors
@@ -273,11 +274,26 @@ def test_decoder_and_checks_only_raise_mimirlite_errors(buf: bytes) -> None:
         pass
 
 
-@given(st.binary(max_size=MAX_IDENTIFY_MESSAGE + 64))
-def test_oversized_is_always_refused(buf: bytes) -> None:
-    if len(buf) > MAX_IDENTIFY_MESSAGE:
-        with pytest.raises(MessageTooLargeError):
-            decode_identify(buf)
+@given(
+    st.integers(min_value=1, max_value=64),
+    st.binary(min_size=1, max_size=64),
+    st.booleans(),
+)
+def test_oversized_is_always_refused(over: int, seed: bytes, well_formed: bool) -> None:
+    """Every input past the cap is refused for its size: arbitrary bytes, and a well-formed message
+    (padded with an unknown field) that decodes once the cap allows it, so that its size, not its
+    content, is what refuses it."""
+    size = MAX_IDENTIFY_MESSAGE + over
+    if well_formed:
+        body = encode_identify(LITERAL_MESSAGE)
+        pad = size - len(body) - 3  # 1 tag byte and 2 length bytes for an unknown field 15
+        buf = body + encode_bytes_field(15, bytes(pad))
+        assert decode_identify(buf, max_size=len(buf)) == LITERAL_MESSAGE
+    else:
+        buf = (seed * (size // len(seed) + 1))[:size]
+    assert len(buf) == size > MAX_IDENTIFY_MESSAGE
+    with pytest.raises(MessageTooLargeError):
+        decode_identify(buf)
 
 
 # ---------------------------------------------------------------- what we learn

@@ -353,12 +353,9 @@ async def _known(client: MimirClient) -> bool:
 async def _forgotten(client: MimirClient, timeout: float) -> bool:
     """Inside the client's loop: no stream open on any connection at once; no node left within timeout."""
     assert all(conn.stream_count == 0 for conn in client.host.connections.values())
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while client.nodes or client.host.connections:
-        if loop.time() > deadline:
-            raise AssertionError(f"client still holds {client.host.connections} after {timeout} s")
-        await asyncio.sleep(0.05)
+    await until(
+        lambda: not client.nodes and not client.host.connections, timeout, "the client forgetting its node"
+    )
     return True
 
 

@@ -52,6 +52,7 @@ from tests.helpers.rawpeer import (
     RawPeer,
     attacker,
     disconnected,
+    echo_on,
     firehose,
     forgotten,
     settled,
@@ -198,11 +199,6 @@ async def good_peer(server: Host) -> AsyncIterator[Stream]:
         await echo_on(fresh, b"a new stream")
         await fresh.close_write()
         assert await asyncio.wait_for(fresh.read(), TIMEOUT) == b""
-
-
-async def echo_on(stream: Stream, payload: bytes) -> None:
-    await stream.write(payload)
-    assert await asyncio.wait_for(stream.read_exactly(len(payload)), TIMEOUT) == payload
 
 
 async def raw_echo(raw: RawPeer, sid: int, payload: bytes) -> None:
