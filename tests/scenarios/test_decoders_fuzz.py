@@ -1,7 +1,7 @@
 """Every decoder, fed arbitrary bytes in arbitrary pieces, raises nothing but mimirlite's own errors,
 and cutting input anywhere never changes what comes out.
 
-The per-module tests (test_varint_protobuf, test_lp, test_multistream, test_noise, test_yamux,
+The per-module tests (test_varint, test_protobuf, test_lp, test_multistream, test_noise, test_yamux,
 test_identity) already feed arbitrary bytes in one piece to most decoders; this module adds the
 split-input invariants, structured garbage that gets past the first checks, the decoders that had no
 property yet (key files, multiaddrs, Stream.read_message) and a cross-check of the two LP readers.
