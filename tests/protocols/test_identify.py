@@ -1,5 +1,5 @@
-"""libp2p identify and ping: the sans-IO codecs with literal bytes and properties, then two mimirlite
-hosts on real loopback sockets (both roles, learned addresses, bad responders, a host without them)."""
+"""libp2p identify: the sans-IO codec with literal bytes and properties, then two mimirlite hosts on
+real loopback sockets (both roles, learned addresses, bad responders, a host without it)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import asyncio
 import dataclasses
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mimirlite import Connection, Host, KeyPair, PeerId, Stream
+from mimirlite import Host, KeyPair, Stream
 from mimirlite.errors import (
     AddressError,
     ConnectionClosedError,
@@ -23,19 +23,14 @@ from mimirlite.errors import (
     LocalError,
     MessageTooLargeError,
     MimirliteError,
-    ProtocolError,
     ProtocolNotSupportedError,
 )
 from mimirlite.protocols import (
     IDENTIFY_PROTOCOL,
     IDENTIFY_PUSH_PROTOCOL,
-    PING_PROTOCOL,
     Identify,
     IdentifyError,
     IdentifyInfo,
-    Ping,
-    PingMismatchError,
-    PingTimeoutError,
 )
 from mimirlite.protocols.identify import (
     MAX_IDENTIFY_MESSAGE,
@@ -49,10 +44,9 @@ from mimirlite.protocols.identify import (
     multiaddr_to_bytes,
     tcp_multiaddr_bytes,
 )
-from mimirlite.protocols.ping import PING_SIZE, check_echo
 from mimirlite.wire.lp import encode_message
 from mimirlite.wire.protobuf import encode_bytes_field
-from tests.helpers import ECHO, echo_handler
+from tests.helpers import ECHO, echo_handler, inbound_conn
 
 # ---------------------------------------------------------------- literal vectors
 
@@ -340,57 +334,11 @@ def test_push_merges_only_what_it_carries() -> None:
         merge_push(old, KeyPair.generate().peer_id, LITERAL_MESSAGE)
 
 
-def test_check_echo() -> None:
-    check_echo(b"a" * PING_SIZE, b"a" * PING_SIZE)
-    with pytest.raises(PingMismatchError, match="does not match"):
-        check_echo(b"a" * PING_SIZE, b"b" * PING_SIZE)
-
-
 # ---------------------------------------------------------------- two hosts on loopback
-
-
-@pytest.fixture
-async def no_tasks_left() -> AsyncIterator[None]:
-    """Every task a test started (handlers, background identify) has ended once its hosts stopped."""
-    yield
-    current = asyncio.current_task()
-    left = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
-    assert not left, f"tasks left running: {left}"
-
-
-@pytest.fixture
-async def a(no_tasks_left: None) -> AsyncIterator[Host]:
-    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host:
-        host.set_handler(ECHO, echo_handler)
-        yield host
-
-
-@pytest.fixture
-async def b(no_tasks_left: None) -> AsyncIterator[Host]:
-    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host:
-        host.set_handler(ECHO, echo_handler)
-        yield host
 
 
 def plain(addr: str) -> str:
     return addr.rsplit("/p2p/", 1)[0]
-
-
-async def inbound_conn(host: Host, peer: PeerId) -> Connection:
-    """The connection ``peer`` opened to ``host``, once ``host`` has registered it."""
-    if peer in host.connections:
-        return host.connections[peer]
-    got: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
-
-    def seen(conn: Connection) -> None:
-        if conn.remote_peer == peer and not got.done():
-            got.set_result(conn)
-
-    host.on_connected.append(seen)
-    try:
-        return await asyncio.wait_for(got, 5)
-    finally:
-        host.on_connected.remove(seen)
 
 
 Handler = Callable[[Stream], Awaitable[None]]
@@ -535,77 +483,3 @@ async def test_push_updates_what_the_peer_knows(a: Host, b: Host) -> None:
     assert IDENTIFY_PROTOCOL not in b.protocols and IDENTIFY_PUSH_PROTOCOL not in b.protocols
     with pytest.raises(ProtocolNotSupportedError):
         await asyncio.wait_for(ia.identify(conn), 5)
-
-
-async def test_ping_both_ways(a: Host, b: Host) -> None:
-    pa, pb = Ping(a), Ping(b)
-    conn = await a.dial(b.listen_addrs[0])
-    rtt = await pa.ping(conn)
-    assert 0 < rtt < 5
-    await inbound_conn(b, a.peer_id)
-    rtts = await pb.ping_many(a.peer_id, 5)
-    assert len(rtts) == 5 and all(0 < r < 5 for r in rtts)
-    assert len(a.connections) == len(b.connections) == 1
-    # concurrent pings to one peer take turns on one stream at a time
-    results = await asyncio.gather(*(pa.ping(b.peer_id) for _ in range(5)))
-    assert all(r > 0 for r in results)
-
-
-async def test_ping_uses_the_given_randomness_and_clock(a: Host, b: Host) -> None:
-    Ping(b)
-    ticks = iter([10.0, 10.25])
-    pa = Ping(a, random_bytes=lambda n: b"\x07" * n, clock=lambda: next(ticks))
-    assert await pa.ping(b.listen_addrs[0]) == 0.25
-
-
-async def test_ping_detects_a_bad_echo(a: Host, b: Host) -> None:
-    async def flipped(stream: Stream) -> None:
-        while data := await stream.read_exactly(PING_SIZE):
-            await stream.write(bytes(x ^ 0xFF for x in data))
-
-    b.set_handler(PING_PROTOCOL, flipped)
-    pa = Ping(a)
-    conn = await a.dial(b.listen_addrs[0])
-    with pytest.raises(PingMismatchError, match="does not match") as info:
-        await pa.ping(conn)
-    assert isinstance(info.value, ProtocolError)
-    assert conn.is_open
-
-
-async def test_ping_times_out(a: Host, b: Host) -> None:
-    async def silent(stream: Stream) -> None:
-        await stream.read_all()
-
-    b.set_handler(PING_PROTOCOL, silent)
-    pa = Ping(a)
-    with pytest.raises(PingTimeoutError, match=r"timed out after 0\.2 s"):
-        await pa.ping(b.listen_addrs[0], timeout=0.2)
-    with pytest.raises(LocalError):
-        await pa.ping_many(b.peer_id, 0)
-
-
-async def test_ping_server_limits_streams_and_checks_payloads(a: Host, b: Host) -> None:
-    Ping(b)
-    conn = await a.dial(b.listen_addrs[0])
-    s1, s2, s3 = [await a.open_on(conn, PING_PROTOCOL) for _ in range(3)]
-    # two streams are served, the third is reset
-    await asyncio.wait_for(s3.wait_reset(), 5)
-    for s in (s1, s2):
-        await s.write(b"x" * PING_SIZE)
-        assert await s.read_exactly(PING_SIZE) == b"x" * PING_SIZE
-    # a stream that ends mid-payload is a protocol error: the server resets it
-    await s1.write(b"short")
-    await s1.close_write()
-    await asyncio.wait_for(s1.wait_reset(), 5)
-    await s2.close_write()
-    assert await s2.read() == b""
-    await s2.close()
-
-
-async def test_ping_against_a_host_without_it(a: Host, b: Host) -> None:
-    pa = Ping(a)
-    with pytest.raises(ProtocolNotSupportedError):
-        await pa.ping(b.listen_addrs[0])
-    assert a.connections[b.peer_id].is_open
-    pa.close()
-    assert PING_PROTOCOL not in a.protocols
