@@ -350,6 +350,11 @@ class ServerConnection:
         """True between requests: no byte of the next request has arrived yet."""
         return self._h11.their_state is h11.IDLE and not self._h11.trailing_data[0]
 
+    @property
+    def has_trailing_data(self) -> bool:
+        """Bytes received past the end of the request just read (a pipelined request, or garbage)."""
+        return bool(self._h11.trailing_data[0])
+
     def next_request(self) -> Request | Pending:
         """The next whole request, or what to do first. Raises HttpError when the client breaks a rule."""
         try:

@@ -146,7 +146,7 @@ class RequestReader:
         if got is Pending.NEED_DATA:
             return None
         assert not isinstance(got, Pending)
-        if conn._h11.trailing_data[0]:  # what h11 holds past the request's end
+        if conn.has_trailing_data:
             raise TunnelError(400, "bytes after the request's body", "trailing_data")
         self._request = TunnelRequest(got.method, got.target, got.body, got.headers)
         return self._request if self.ended else None
