@@ -19,6 +19,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from mimirlite.errors import (
@@ -32,10 +33,10 @@ from mimirlite.errors import (
     StreamResetError,
 )
 from mimirlite.metrics import HostMetrics
-from mimirlite.net.budget import CHUNK_OVERHEAD, BufferBudget
+from mimirlite.net.budget import CHUNK_OVERHEAD, BufferAccount, BufferBudget
 from mimirlite.net.shares import StreamShares
 from mimirlite.net.sockopts import DEAD_LINK_ERRNOS, tune_tcp_socket
-from mimirlite.net.stream import Stream
+from mimirlite.net.stream import Stream, StreamState
 from mimirlite.wire import noise, yamux
 from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
 from mimirlite.wire.noise import NoiseHandshake, NoiseTransport
@@ -62,8 +63,24 @@ def _receive_buffer() -> memoryview:
     return view
 
 
+class ConnectionState(Enum):
+    """Where a connection is in its life."""
+
+    UPGRADING = "upgrading"
+    """Negotiating Noise and yamux."""
+    OPEN = "open"
+    """Upgraded: streams open both ways."""
+    DRAINING = "draining"
+    """The remote sent GoAway: no new streams; closes once the open ones end."""
+    CLOSED = "closed"
+    """Ended (see ``close_kind`` and ``close_reason``)."""
+
+
+UPGRADING, OPEN, DRAINING, CLOSED = ConnectionState
+
+
 class Connection(asyncio.BufferedProtocol):
-    """An upgraded libp2p connection carrying yamux streams."""
+    """An upgraded libp2p connection carrying yamux streams (a :class:`~mimirlite.net.stream.StreamOwner`)."""
 
     def __init__(
         self,
@@ -122,10 +139,9 @@ class Connection(asyncio.BufferedProtocol):
         self._last_keepalive = 0.0
         self._timer: asyncio.TimerHandle | None = None  # idle and keepalive checks
         self._stall: asyncio.TimerHandle | None = None  # write timeout
-        self._draining = False  # the remote sent GoAway: close once our streams end
         self._synced_pings = 0
         self._synced_refusals = 0
-        self._closed = False
+        self._state = UPGRADING
         self.close_reason: BaseException | None = None
         self.close_kind: str | None = None
         """How the connection ended (a ``HostMetrics.closed`` reason), once it has."""
@@ -138,13 +154,50 @@ class Connection(asyncio.BufferedProtocol):
         return f"<Connection {side} {self.remote_peer} {self.remote_address}>"
 
     @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    def _set_state(self, new: ConnectionState) -> None:
+        log.debug("%r: %s -> %s", self, self._state.value, new.value)
+        self._state = new
+
+    @property
     def is_open(self) -> bool:
         """Upgraded, not closed, and the remote still accepts new streams (no GoAway from it)."""
-        return self._session is not None and not self._closed and self._session.go_away_received is None
+        return self._state is OPEN
+
+    @property
+    def is_closed(self) -> bool:
+        return self._state is CLOSED
 
     @property
     def stream_count(self) -> int:
         return len(self._streams)
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """The byte stream the connection runs over, once made."""
+        return self._transport
+
+    @property
+    def input_ended(self) -> bool:
+        """The remote closed its side of the byte stream (or it was lost)."""
+        return self._eof
+
+    @property
+    def buffered_input(self) -> int:
+        """Bytes received that the upgrade has not processed yet."""
+        return len(self._inbox)
+
+    @property
+    def account(self) -> BufferAccount:
+        """This connection's account in the host's buffer budget."""
+        return self._account
+
+    @property
+    def write_blocked(self) -> bool:
+        """Writers wait (:meth:`drain`): writing is paused, or the backlog is above write_buffer_high."""
+        return self._write_blocked
 
     def discard(self) -> None:
         """Forget a connection that never ran (refused before its transport was made): it leaves the
@@ -170,7 +223,7 @@ class Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         data = _receive_buffer()[:nbytes]  # only valid during this call: nothing may keep it
         self._metrics.bytes_in += nbytes
-        if self._session is None:
+        if self._session is None:  # upgrading
             self._inbox += data
             self._wake_inbox()
             return
@@ -185,17 +238,17 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
         self._wake_inbox()
-        if isinstance(exc, OSError) and exc.errno in DEAD_LINK_ERRNOS and not self._closed:
+        if isinstance(exc, OSError) and exc.errno in DEAD_LINK_ERRNOS and self._state is not CLOSED:
             log.warning("%r: closing connection: dead link, the peer stopped acknowledging (%s)", self, exc)
-            self._teardown(exc, "dead_link")
+            self.fail(exc, "dead_link")
             return
-        self._teardown(exc or ConnectionClosedError("connection closed by remote"), "remote")
+        self.fail(exc or ConnectionClosedError("connection closed by remote"), "remote")
 
     def pause_writing(self) -> None:
         self._write_paused = self._write_blocked = True
         self._hold_tx()
         timeout = self._config.write_timeout
-        if timeout is not None and self._stall is None and not self._closed:
+        if timeout is not None and self._stall is None and self._state is not CLOSED:
             self._stall = self._loop.call_later(timeout, self._write_stalled)
 
     def resume_writing(self) -> None:
@@ -206,7 +259,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
-        if not self._closed:
+        if self._state is not CLOSED:
             self._schedule_flush()  # writes what waited in the session, then lets writers go on
 
     def _wake_drain_waiters(self) -> None:
@@ -217,16 +270,17 @@ class Connection(asyncio.BufferedProtocol):
 
     def _write_stalled(self) -> None:
         self._stall = None
-        if self._closed:
+        if self._state is CLOSED:
             return
         reason = ConnectionClosedError(
             f"peer is not reading: send buffer full for {self._config.write_timeout:g} s (write_timeout)"
         )
         log.warning("%r: closing connection: %s", self, reason)
-        self._teardown(reason, "write_timeout", hard=True)
+        self.fail(reason, "write_timeout", hard=True)
 
-    async def _drain(self) -> None:
-        if self._closed:
+    async def drain(self) -> None:
+        """Return once writers may add to the connection again; ConnectionClosedError if it closed."""
+        if self._state is CLOSED:
             raise ConnectionClosedError("connection closed")
         fut = asyncio.get_running_loop().create_future()
         self._drain_waiters.append(fut)
@@ -359,6 +413,8 @@ class Connection(asyncio.BufferedProtocol):
 
         self._noise = transport
         self._session = YamuxSession(is_client=self.initiator, config=self._config.yamux)
+        if self._state is UPGRADING:
+            self._set_state(OPEN)
         self._last_rx = self._last_keepalive = self._loop.time()
         self._on_timer()
         leftover = ms2.leftover
@@ -369,7 +425,7 @@ class Connection(asyncio.BufferedProtocol):
         if rest:
             self._on_session_data(rest)
         elif self._eof:
-            self._teardown(ConnectionClosedError("connection closed by remote"), "remote")
+            self.fail(ConnectionClosedError("connection closed by remote"), "remote")
 
     # ---- session ----
 
@@ -378,7 +434,7 @@ class Connection(asyncio.BufferedProtocol):
         try:
             for plaintext in self._noise.receive_data(data):
                 self._on_plaintext(plaintext)
-                if self._closed:
+                if self._state is CLOSED:
                     return
         except ProtocolError as exc:
             self.abort(exc, error_kind="noise")
@@ -400,12 +456,12 @@ class Connection(asyncio.BufferedProtocol):
                 st = streams.get(sid)
                 if st is None or sid in self._lingering:
                     session.consumed(sid, len(ev.data))
-                elif not st._on_data(ev.data):
+                elif not st.feed_data(ev.data):
                     self._over_budget(st, ev.data)
             elif isinstance(ev, yamux.SendWindowUpdated):
                 st = streams.get(ev.stream_id)
                 if st is not None:
-                    st._wake_writer()
+                    st.feed_window()
             elif isinstance(ev, yamux.StreamOpened):
                 sid = ev.stream_id
                 total = self._metrics.streams_current
@@ -431,19 +487,19 @@ class Connection(asyncio.BufferedProtocol):
                     self._forget(sid)
                 st = streams.get(sid)
                 if st is not None:
-                    st._on_eof()
+                    st.feed_eof()
                     self._maybe_forget(st)
             elif isinstance(ev, yamux.StreamReset):
                 st = self._drop_stream(ev.stream_id)
                 self._unlinger(ev.stream_id)
                 if st is not None:
-                    st._on_reset(StreamResetError("stream reset by remote"))
+                    st.feed_reset(StreamResetError("stream reset by remote"))
             elif isinstance(ev, yamux.StreamDropped):
                 self._metrics.refused["buffer"] += 1
                 st = self._drop_stream(ev.stream_id)
                 self._unlinger(ev.stream_id)
                 if st is not None:
-                    st._on_reset(LimitExceededError(f"stream reset: {ev.reason}"))
+                    st.feed_reset(LimitExceededError(f"stream reset: {ev.reason}"))
             elif isinstance(ev, yamux.PongReceived):
                 entry = self._pings.pop(ev.opaque, None)
                 if entry is not None:
@@ -458,7 +514,7 @@ class Connection(asyncio.BufferedProtocol):
                     ev.code,
                     len(streams),
                 )
-                self._draining = True
+                self._set_state(DRAINING)
                 if not streams:
                     self._loop.call_soon(self._close_if_drained)
 
@@ -482,10 +538,11 @@ class Connection(asyncio.BufferedProtocol):
             self._write_blocked = False
             self._wake_drain_waiters()
 
-    # ---- used by Stream ----
+    # ---- the StreamOwner contract: what a Stream asks of its connection ----
 
-    def _send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
-        if self._closed or self._session is None:
+    def stream_send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
+        """Queue what the remote's window allows of ``data`` on stream ``stream_id``; bytes taken."""
+        if self._session is None or self._state is CLOSED:
             raise ConnectionClosedError("connection closed")
         sent = self._session.send_data(stream_id, data)
         if sent:
@@ -500,7 +557,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _over_budget(self, st: Stream, data: bytes) -> None:
         """``data`` for ``st`` does not fit in the host's buffer budget: make room, or reset ``st``."""
-        if self._budget.make_room(self._account, len(data) + CHUNK_OVERHEAD) and st._on_data(data):
+        if self._budget.make_room(self._account, len(data) + CHUNK_OVERHEAD) and st.feed_data(data):
             return
         self._refuse_memory(st, "its data would pass")
 
@@ -530,8 +587,8 @@ class Connection(asyncio.BufferedProtocol):
             self._account.held,
         )
         self._metrics.refused["memory"] += 1
-        self._reset_stream(st.stream_id)
-        st._on_reset(LimitExceededError(_BUDGET_FULL))
+        self.stream_reset(st.stream_id)
+        st.feed_reset(LimitExceededError(_BUDGET_FULL))
 
     def _shed(self, n: int) -> int:
         """Reset our newest streams holding received data until ``n`` bytes are released (the budget
@@ -544,7 +601,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._refuse_memory(st, "another peer needs room in")
                 if freed >= n:
                     return freed
-        if self._tx_held and self._write_paused and not self._closed:
+        if self._tx_held and self._write_paused and self._state is not CLOSED:
             freed += self._tx_held
             reason = ConnectionClosedError(
                 f"peer is not reading: {self._tx_held} bytes wait to be sent while other peers need room in "
@@ -552,16 +609,18 @@ class Connection(asyncio.BufferedProtocol):
             )
             log.warning("%r: closing connection: %s", self, reason)
             self._metrics.refused["memory"] += 1
-            self._teardown(reason, "write_timeout", hard=True)
+            self.fail(reason, "write_timeout", hard=True)
         return freed
 
-    def _consumed(self, stream_id: int, n: int) -> None:
-        if self._session is not None and not self._closed:
+    def stream_consumed(self, stream_id: int, n: int) -> None:
+        """The application read ``n`` bytes of stream ``stream_id``: credit its receive window."""
+        if self._session is not None and self._state is not CLOSED:
             self._session.consumed(stream_id, n, self._loop.time())
             self._schedule_flush()
 
-    def _close_stream(self, stream_id: int) -> None:
-        if self._session is None or self._closed:
+    def stream_close_write(self, stream_id: int) -> None:
+        """Send stream ``stream_id``'s FIN."""
+        if self._session is None or self._state is CLOSED:
             return
         self._session.close_stream(stream_id)
         self._schedule_flush()
@@ -569,16 +628,17 @@ class Connection(asyncio.BufferedProtocol):
         if st is not None:
             self._maybe_forget(st)
 
-    def _reset_stream(self, stream_id: int) -> None:
+    def stream_reset(self, stream_id: int) -> None:
+        """Send stream ``stream_id``'s RST and forget it."""
         self._drop_stream(stream_id)
         self._unlinger(stream_id)
-        if self._session is None or self._closed:
+        if self._session is None or self._state is CLOSED:
             return
         self._session.reset_stream(stream_id)
         self._schedule_flush()
 
     def _maybe_forget(self, st: Stream) -> None:
-        if st._eof and st._write_closed:
+        if st.state is StreamState.CLOSED:
             self._drop_stream(st.stream_id)
 
     def _add_stream(self, st: Stream) -> None:
@@ -594,7 +654,7 @@ class Connection(asyncio.BufferedProtocol):
             if self._is_inbound(sid):
                 self._inbound -= 1
                 self._shares.remove(self.remote_peer, self._ip)
-            if self._draining and not self._streams:
+            if self._state is DRAINING and not self._streams:
                 self._loop.call_soon(self._close_if_drained)
         return st
 
@@ -608,15 +668,15 @@ class Connection(asyncio.BufferedProtocol):
         return (sid % 2 == 1) != self.initiator
 
     def _close_if_drained(self) -> None:
-        if not self._closed and not self._streams:
+        if self._state is not CLOSED and not self._streams:
             log.info("%r: the streams the remote's GoAway left open have ended; closing", self)
             self._close("go_away")
 
-    def _linger(self, st: Stream) -> None:
+    def stream_linger(self, st: Stream) -> None:
         """We are done with ``st``: drop unread data; reset it if the remote never ends it."""
         sid = st.stream_id
-        st._discard()
-        if st._eof or st._reset_exc is not None or self._closed:
+        st.discard_unread()
+        if st.read_ended or self._state is CLOSED:
             self._drop_stream(sid)
             return
         if sid not in self._lingering:
@@ -628,8 +688,8 @@ class Connection(asyncio.BufferedProtocol):
         st = self._streams.get(sid)
         if st is not None:
             log.debug("%r: stream %d not ended by remote in time; resetting", self, sid)
-            st._on_reset(StreamResetError("linger timeout"))
-            self._reset_stream(sid)
+            st.feed_reset(StreamResetError("linger timeout"))
+            self.stream_reset(sid)
 
     def _unlinger(self, sid: int) -> None:
         handle = self._lingering.pop(sid, None)
@@ -645,7 +705,7 @@ class Connection(asyncio.BufferedProtocol):
     def _on_timer(self) -> None:
         """Close the connection when idle; on one we dialed, ping a quiet remote (keepalive)."""
         self._timer = None
-        if self._closed or self._session is None:
+        if self._state is CLOSED or self._session is None:
             return
         cfg = self._config
         now = self._loop.time()
@@ -671,7 +731,7 @@ class Connection(asyncio.BufferedProtocol):
         if due < math.inf:
             self._timer = self._loop.call_at(due, self._on_timer)
 
-    def _sync_metrics(self) -> None:
+    def sync_metrics(self) -> None:
         """Add what the session counted since the last call to the host's metrics."""
         session = self._session
         if session is None:
@@ -724,17 +784,17 @@ class Connection(asyncio.BufferedProtocol):
         self._close("local")
 
     def _close(self, kind: str) -> None:
-        if self._closed:
+        if self._state is CLOSED:
             return
         if self._session is not None and self._noise is not None:
             self._session.go_away(0)
             self._flush(force=True)
-        self._teardown(ConnectionClosedError("connection closed locally"), kind)
+        self.fail(ConnectionClosedError("connection closed locally"), kind)
 
     def abort(self, reason: BaseException, *, error_kind: str | None = None) -> None:
         """End the connection because of ``reason`` (logged once); ``error_kind`` counts it as a protocol
         error of that kind (see :class:`~mimirlite.metrics.HostMetrics`)."""
-        if self._closed:
+        if self._state is CLOSED:
             return
         if error_kind is None:
             log.warning("%r: closing connection: %s", self, reason)
@@ -744,12 +804,15 @@ class Connection(asyncio.BufferedProtocol):
         hard = self._write_paused  # the peer does not read: do not wait to flush the GoAway
         if self._session is not None:
             self._flush(force=True)  # a session that raised has queued its GoAway
-        self._teardown(reason, "local" if error_kind is None else "protocol_error", hard=hard)
+        self.fail(reason, "local" if error_kind is None else "protocol_error", hard=hard)
 
-    def _teardown(self, reason: BaseException, kind: str = "local", *, hard: bool = False) -> None:
-        if self._closed:
+    def fail(self, reason: BaseException, kind: str = "local", *, hard: bool = False) -> None:
+        """End the connection now because of ``reason``, counted as ``kind`` (a ``HostMetrics.closed``
+        reason): its transport is closed (aborted when ``hard``), its streams reset with ``reason``, its
+        pings fail. Nothing is logged or sent (see :meth:`close` and :meth:`abort` for that)."""
+        if self._state is CLOSED:
             return
-        self._closed = True
+        self._set_state(CLOSED)
         self.close_reason = reason
         self.close_kind = kind
         transport = self._transport
@@ -765,7 +828,7 @@ class Connection(asyncio.BufferedProtocol):
             if handle is not None:
                 handle.cancel()
         self._timer = self._stall = None
-        self._sync_metrics()
+        self.sync_metrics()
         exc = reason if isinstance(reason, MimirliteError) else ConnectionClosedError(str(reason))
         streams, self._streams = self._streams, {}
         self._metrics.streams_current -= len(streams)
@@ -773,7 +836,7 @@ class Connection(asyncio.BufferedProtocol):
             self._shares.remove(self.remote_peer, self._ip, self._inbound)
             self._inbound = 0
         for st in streams.values():
-            st._on_reset(exc)
+            st.feed_reset(exc)
         for handle in self._lingering.values():
             handle.cancel()
         self._lingering.clear()

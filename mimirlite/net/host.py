@@ -189,7 +189,7 @@ class Host:
     def metrics(self) -> HostMetrics:
         """This host's counters (connections, streams, bytes, refusals, protocol errors), up to date."""
         for conn in self._all_conns:
-            conn._sync_metrics()
+            conn.sync_metrics()
         return self._metrics
 
     @property
@@ -202,7 +202,8 @@ class Host:
         """The open connection per connected peer."""
         return dict(self._conns)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run ``coro`` as a task of this host: :meth:`stop` cancels it and waits for it."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -223,6 +224,10 @@ class Host:
     def set_handler(self, protocol: str, handler: Handler) -> None:
         """Serve ``protocol`` with ``async def handler(stream)``; the stream is closed after it returns."""
         self._handlers[protocol] = handler
+
+    def handler(self, protocol: str) -> Handler | None:
+        """The handler serving ``protocol``, if any."""
+        return self._handlers.get(protocol)
 
     def remove_handler(self, protocol: str) -> None:
         self._handlers.pop(protocol, None)
@@ -255,7 +260,7 @@ class Host:
 
         Reuses the open connection to the same peer; raises DialError, PeerIdMismatchError.
         """
-        self._check_running()
+        self.check_running()
         if isinstance(target, PeerId):
             peer_id: PeerId | None = target
             addrs = self._addrs.get(target, [])
@@ -321,8 +326,8 @@ class Host:
         try:
             await conn.upgrade()
         except HandshakeError as exc:
-            conn._teardown(exc)
-            if conn.remote_peer is not None and conn._eof:
+            conn.fail(exc)
+            if conn.remote_peer is not None and conn.input_ended:
                 # Authenticated, then closed before the muxer was agreed: an allowlist refused us.
                 raise RefusedByPeerError(
                     f"{conn.remote_peer} closed the connection right after the handshake: "
@@ -330,7 +335,7 @@ class Host:
                 ) from exc
             raise
         except BaseException as exc:
-            conn._teardown(exc)
+            conn.fail(exc)
             raise
         assert conn.remote_peer is not None
         self.add_addrs(conn.remote_peer, [addr])
@@ -412,7 +417,7 @@ class Host:
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         self._pending_socks[conn] = sock
         conn.on_progress = lambda: self._pending.progress(conn, loop.time())
-        self._spawn(self._accept(conn, sock), "mimirlite-accept")
+        self.spawn(self._accept(conn, sock), "mimirlite-accept")
 
     def _refuse(self, sock: socket.socket, where: str, reason: str, detail: str) -> None:
         self._metrics.refused[reason] += 1
@@ -448,7 +453,7 @@ class Host:
 
     def _has_unread(self, conn: Connection) -> bool:
         """Whether pending ``conn`` holds bytes its upgrade has not processed yet (not stalled, then)."""
-        if conn._inbox:
+        if conn.buffered_input:
             return True
         sock = self._pending_socks.get(conn)
         return sock is not None and _has_bytes(sock)
@@ -476,20 +481,21 @@ class Host:
             quiet,
             newcomer,
         )
-        victim._teardown(ConnectionClosedError("pending handshake evicted by a newer connection"), "evicted")
+        victim.fail(ConnectionClosedError("pending handshake evicted by a newer connection"), "evicted")
 
     async def _accept(self, conn: Connection, sock: socket.socket) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
         try:
-            if not conn._closed:
+            if not conn.is_closed:
                 await loop.connect_accepted_socket(lambda: conn, sock)
-            if conn._closed:  # evicted (or the host stopped) before its transport was made
-                if conn._transport is not None:
-                    conn._transport.close()
+            if conn.is_closed:  # evicted (or the host stopped) before its transport was made
+                transport = conn.transport
+                if transport is not None:
+                    transport.close()
                 else:
                     sock.close()
-                conn._teardown(ConnectionClosedError("closed during the upgrade"))
+                conn.fail(ConnectionClosedError("closed during the upgrade"))
                 return
             await asyncio.wait_for(conn.upgrade(), cfg.handshake_timeout)
         except asyncio.TimeoutError:
@@ -497,18 +503,18 @@ class Host:
             self._log_inbound(
                 "handshake_timeout", "inbound connection from %s: upgrade timed out", _host_port(conn)
             )
-            conn._teardown(ConnectionClosedError("handshake timeout"))
+            conn.fail(ConnectionClosedError("handshake timeout"))
             return
         except HandshakeTimeoutError as exc:
             if conn.close_kind != "evicted":
                 self._metrics.refused[exc.kind] += 1
                 self._log_inbound(exc.kind, "closing inbound connection from %s: %s", _host_port(conn), exc)
-                conn._teardown(exc)
+                conn.fail(exc)
             return
         except PeerNotAllowedError as exc:
             log.warning("refusing connection from %s at %s: not on the allowlist", exc.peer, _host_port(conn))
             self._metrics.refused["allowlist"] += 1
-            conn._teardown(exc)
+            conn.fail(exc)
             return
         except (MimirliteError, OSError) as exc:
             if conn.close_kind != "evicted":
@@ -516,12 +522,12 @@ class Host:
                 self._log_inbound("upgrade_failed", msg, _host_port(conn), exc)
                 if isinstance(exc, ProtocolError):
                     self._metrics.protocol_errors["upgrade"] += 1
-                conn._teardown(exc)
+                conn.fail(exc)
             return
         except BaseException as exc:
-            if conn._transport is None:
+            if conn.transport is None:
                 sock.close()
-            conn._teardown(exc)
+            conn.fail(exc)
             raise
         finally:
             self._forget_pending(conn)
@@ -607,7 +613,7 @@ class Host:
             log.warning("%s in the last %g s", text.format(n=count), self._throttle.interval)
 
     def _register(self, conn: Connection) -> None:
-        if conn._closed:
+        if conn.is_closed:
             return
         peer = conn.remote_peer
         assert peer is not None
@@ -650,7 +656,8 @@ class Host:
         for cb in self.on_disconnected:
             cb(conn)
 
-    def _check_running(self) -> None:
+    def check_running(self) -> None:
+        """LocalError once the host is stopped."""
         if self._stopped:
             raise LocalError("host is stopped")
 
@@ -689,10 +696,10 @@ class Host:
             out = ms.data_to_send()
             if out:
                 await stream.write(out)
-        stream._unread(ms.leftover)
+        stream.unread(ms.leftover)
 
     def _on_stream(self, stream: Stream) -> None:
-        self._spawn(self._serve(stream), "mimirlite-stream")
+        self.spawn(self._serve(stream), "mimirlite-stream")
 
     async def _serve(self, stream: Stream) -> None:
         if not self.allows(stream.remote_peer):  # on a connection we dialed

@@ -724,10 +724,10 @@ class Identify:
     def _start(self, conn: Connection) -> asyncio.Future[IdentifyInfo]:
         fut = self._inflight.get(conn)
         if fut is None:
-            self.host._check_running()
+            self.host.check_running()
             fut = asyncio.get_running_loop().create_future()
             self._inflight[conn] = fut
-            task = self.host._spawn(self._run(conn, fut), "mimirlite-identify")
+            task = self.host.spawn(self._run(conn, fut), "mimirlite-identify")
             # a run cancelled before it started (the host stopping) never reaches its own handlers
             task.add_done_callback(lambda _: self._settle(conn, fut))
         return fut
