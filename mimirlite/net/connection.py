@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from mimirlite.errors import (
     ConnectionClosedError,
@@ -45,6 +45,7 @@ from mimirlite.wire.yamux import YamuxSession
 if TYPE_CHECKING:
     from mimirlite.identity import KeyPair, PeerId
     from mimirlite.net.config import HostConfig
+    from mimirlite.net.transport import ByteTransport
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Connection(asyncio.BufferedProtocol):
         self._accept_peer = accept_peer
         self.remote_peer: PeerId | None = None
         self.remote_address: tuple[str, int] | None = None
-        self._transport: asyncio.Transport | None = None
+        self._transport: ByteTransport | None = None
         # upgrade phase
         self._inbox = bytearray()
         self._eof = False
@@ -175,7 +176,7 @@ class Connection(asyncio.BufferedProtocol):
         return len(self._streams)
 
     @property
-    def transport(self) -> asyncio.Transport | None:
+    def transport(self) -> ByteTransport | None:
         """The byte stream the connection runs over, once made."""
         return self._transport
 
@@ -207,15 +208,14 @@ class Connection(asyncio.BufferedProtocol):
     # ---- asyncio.Protocol ----
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        sock = transport.get_extra_info("socket")
+        transport_ = self._transport = cast("ByteTransport", transport)  # TCP, or see net/transport.py
+        sock = transport_.get_extra_info("socket")
         if sock is not None:
             tune_tcp_socket(sock, self._config.dead_link_timeout)  # TCP_NODELAY, dead-link detection
-        peer = transport.get_extra_info("peername")
+        peer = transport_.get_extra_info("peername")
         if peer:
             self.remote_address = (peer[0], peer[1])
-        transport.set_write_buffer_limits(high=self._config.write_buffer_high)
+        transport_.set_write_buffer_limits(high=self._config.write_buffer_high)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _receive_buffer()

@@ -34,6 +34,7 @@ from mimirlite.net.heap import TRIM_INTERVAL, TRIM_RELEASED, malloc_trim
 from mimirlite.net.pending import YOUNG, LogThrottle, PendingHandshakes, source_of
 from mimirlite.net.shares import StreamShares
 from mimirlite.net.stream import Stream
+from mimirlite.net.transport import ByteTransport
 from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
 
 log = logging.getLogger(__name__)
@@ -309,19 +310,7 @@ class Host:
     async def _dial_one(self, addr: TcpAddr, peer_id: PeerId | None) -> Connection:
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(
-            lambda: Connection(
-                self.keypair,
-                self.config,
-                initiator=True,
-                on_stream=self._on_stream,
-                on_close=self._on_close,
-                expected_peer=peer_id,
-                metrics=self._metrics,
-                shares=self._stream_shares,
-                budget=self._budget,
-            ),
-            addr.host,
-            addr.port,
+            lambda: self._new_connection(initiator=True, expected_peer=peer_id), addr.host, addr.port
         )
         try:
             await conn.upgrade()
@@ -339,6 +328,41 @@ class Host:
             raise
         assert conn.remote_peer is not None
         self.add_addrs(conn.remote_peer, [addr])
+        self._register(conn)
+        return conn
+
+    def _new_connection(self, *, initiator: bool, expected_peer: PeerId | None = None) -> Connection:
+        return Connection(
+            self.keypair,
+            self.config,
+            initiator=initiator,
+            on_stream=self._on_stream,
+            on_close=self._on_close,
+            expected_peer=expected_peer,
+            accept_peer=None if initiator or self.config.allow_peers is None else self.allows,
+            metrics=self._metrics,
+            shares=self._stream_shares,
+            budget=self._budget,
+        )
+
+    async def upgrade_over(
+        self, transport: ByteTransport, *, initiator: bool, expected_peer: PeerId | None = None
+    ) -> Connection:
+        """Upgrade a libp2p connection (Noise, yamux) over ``transport`` (e.g. a
+        :class:`~mimirlite.net.transport.StreamTransport`: a stream of another connection) and register
+        it as a connection to its peer; ``expected_peer`` is verified. The responder applies the
+        allowlist (PeerNotAllowedError). Raises what :meth:`Connection.upgrade` raises, or
+        asyncio.TimeoutError after ``config.handshake_timeout``; the transport is closed then.
+        """
+        self.check_running()
+        conn = self._new_connection(initiator=initiator, expected_peer=expected_peer)
+        transport.set_protocol(conn)
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        try:
+            await asyncio.wait_for(conn.upgrade(), self.config.handshake_timeout)
+        except BaseException as exc:
+            conn.fail(exc)
+            raise
         self._register(conn)
         return conn
 
@@ -381,17 +405,7 @@ class Host:
         where = f"{ip}:{addr[1]}"
         refusal = self._refusal(ip)
         if refusal is None:
-            conn = Connection(
-                self.keypair,
-                self.config,
-                initiator=False,
-                on_stream=self._on_stream,
-                on_close=self._on_close,
-                accept_peer=None if self.config.allow_peers is None else self.allows,
-                metrics=self._metrics,
-                shares=self._stream_shares,
-                budget=self._budget,
-            )
+            conn = self._new_connection(initiator=False)
             loop = asyncio.get_running_loop()
             eager = _has_bytes(sock)
             admission = self._pending.admit(conn, source_of(ip), loop.time(), self._has_unread, eager=eager)
