@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from mimirlite.errors import StreamResetError
+from mimirlite.errors import ConnectionClosedError, StreamResetError
 from mimirlite.net.connection import Connection, ConnectionState
 from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream
@@ -145,4 +145,13 @@ async def test_ending_the_tunnel_stream_ends_the_inner_connection(pair: Pair) ->
     await asyncio.wait_for(pair.inner_a.closed, TIMEOUT)
     await asyncio.wait_for(pair.inner_b.closed, TIMEOUT)
     assert pair.inner_a.close_kind == "remote" and pair.inner_b.close_kind == "remote"
+    await until(lambda: _streams(pair.a, pair.b) == [0, 0], TIMEOUT)
+
+
+async def test_aborting_the_inner_connection_resets_the_tunnel_stream(pair: Pair) -> None:
+    pair.inner_b.fail(ConnectionClosedError("given up"), hard=True)  # e.g. its peer stopped reading
+    assert pair.b_transport.is_closing()
+    await asyncio.wait_for(pair.inner_a.closed, TIMEOUT)
+    assert pair.inner_a.close_kind == "remote"
+    assert isinstance(pair.inner_a.close_reason, StreamResetError)  # the tunnel was reset, not ended
     await until(lambda: _streams(pair.a, pair.b) == [0, 0], TIMEOUT)
