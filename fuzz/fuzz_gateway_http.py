@@ -33,8 +33,8 @@ with atheris.instrument_imports(include=["mimirlite"]):
     from mimirlite.gateway import api
     from mimirlite.gateway.http import (
         LOOPBACK_HOSTS,
-        MAX_BODY,
-        MAX_HEAD,
+        MAX_REQUEST_BODY,
+        MAX_REQUEST_HEAD,
         CorsPolicy,
         Door,
         HttpError,
@@ -100,7 +100,10 @@ def _serve(mode: int, pieces: list[bytes]) -> Outcome:
     door, cors = DOORS[mode & 3]
     small = bool(mode & 4)
     conn = ServerConnection(
-        cors=cors, door=door, max_head=512 if small else MAX_HEAD, max_body=256 if small else MAX_BODY
+        cors=cors,
+        door=door,
+        max_head=512 if small else MAX_REQUEST_HEAD,
+        max_body=256 if small else MAX_REQUEST_BODY,
     )
     seen: list[Seen] = []
     try:

@@ -25,9 +25,8 @@ with atheris.instrument_imports(include=["mimirlite"]):
         decode_identify_capped,
         info_from_message,
         merge_push,
-        multiaddr_from_bytes,
-        multiaddr_to_bytes,
     )
+    from mimirlite.wire.multiaddr import multiaddr_from_bytes, multiaddr_to_bytes
 
 
 def _check_addr(raw: bytes) -> None:

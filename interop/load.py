@@ -818,7 +818,8 @@ async def worker_lockout(args: argparse.Namespace) -> None:
     control = await Control().start()
     target = parse_multiaddr(args.addr)
     loop = asyncio.get_running_loop()
-    dribble = MultistreamDialer([noise.PROTOCOL_ID]).data_to_send() + (32).to_bytes(2, "big") + os.urandom(32)
+    proposal = MultistreamDialer([noise.NOISE_PROTOCOL]).data_to_send()
+    dribble = proposal + (32).to_bytes(2, "big") + os.urandom(32)
     counts: Counter[str] = Counter(
         dict.fromkeys(("opened", "closed_by_node", "open_failed", "bytes_dribbled"), 0)
     )

@@ -35,7 +35,7 @@ from jsmimir import (
 from mimirlite import Host, PeerId, Stream
 from mimirlite.mimir import (
     CHAT_PROTOCOL,
-    IDENTIFY_PROTOCOL,
+    MIMIR_IDENTIFY_PROTOCOL,
     EchoBackend,
     MimirClient,
     MimirNode,
@@ -197,7 +197,7 @@ async def test_js_client_packets_split_across_frames(
     ident = res.identify
     assert ident is not None
     query = wire_json({"event": "query", "request_id": ident["request_id"], "data": LLAMA_CID})
-    (ident_frames,) = frames.of(IDENTIFY_PROTOCOL)
+    (ident_frames,) = frames.of(MIMIR_IDENTIFY_PROTOCOL)
     assert ident_frames[-2:] == [varint_len(len(query)), len(query)]
 
     message = wire_json({"event": "message", "data": {"messages": [SYSTEM, USER]}})

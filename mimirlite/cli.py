@@ -14,14 +14,17 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mimirlite import __version__
+from mimirlite._version import __version__
 from mimirlite.errors import MimirliteError
 from mimirlite.identity import KeyPair
 from mimirlite.mimir.limits import MAX_CONCURRENT, QUEUE, STALL_TIMEOUT
 from mimirlite.net.config import HostConfig
 from mimirlite.net.host import Host
+
+if TYPE_CHECKING:
+    from mimirlite.mimir.client import ClientConfig
 
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/0"
 MIB = 1024 * 1024
@@ -236,6 +239,13 @@ def _keypair(args: argparse.Namespace) -> KeyPair:
     return keypair
 
 
+def _client_config(args: argparse.Namespace, peers: Sequence[str]) -> ClientConfig:
+    """The client's settings from the command line (``peers`` dialed when it starts)."""
+    from mimirlite.mimir import ClientConfig
+
+    return ClientConfig(peers=tuple(peers), keypair=_keypair(args), mdns=not args.no_mdns)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -397,7 +407,7 @@ async def _chat(args: argparse.Namespace) -> int:
     from mimirlite.mimir import MimirClient
 
     try:
-        client = MimirClient(keypair=_keypair(args), mdns=not args.no_mdns)
+        client = MimirClient(config=_client_config(args, peers=()))
         async with client:
             problems = await _add_peers(client, args.peer)
             hopeless = client.discovery is None and args.peer and len(problems) == len(args.peer)
@@ -456,7 +466,7 @@ async def _peers(args: argparse.Namespace) -> int:
     from mimirlite.mimir import MimirClient
 
     try:
-        client = MimirClient(keypair=_keypair(args), mdns=not args.no_mdns)
+        client = MimirClient(config=_client_config(args, peers=()))
         async with client:
             problems = await _add_peers(client, args.peer)
             if client.discovery is not None:
@@ -476,19 +486,21 @@ async def _peers(args: argparse.Namespace) -> int:
 
 
 async def _gateway(args: argparse.Namespace) -> int:
-    from mimirlite.gateway import Gateway
+    from mimirlite.gateway import Gateway, GatewayConfig
     from mimirlite.mimir import MimirClient
 
     try:
-        client = MimirClient(args.peer, keypair=_keypair(args), mdns=not args.no_mdns)
+        client = MimirClient(config=_client_config(args, peers=args.peer))
         gateway = Gateway(
             client,
-            host=args.host,
-            port=args.port,
-            api_key=args.api_key,
-            cors_origins=args.cors_origin,
-            allow_hosts=args.allow_host,
-            max_connections_per_ip=args.max_connections_per_ip,
+            GatewayConfig(
+                host=args.host,
+                port=args.port,
+                api_key=args.api_key,
+                cors_origins=tuple(args.cors_origin),
+                allow_hosts=tuple(args.allow_host),
+                max_connections_per_ip=args.max_connections_per_ip,
+            ),
         )
         async with client, gateway:
             print(f"OpenAI-compatible API at {gateway.base_url}", flush=True)

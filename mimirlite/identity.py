@@ -7,8 +7,6 @@ exactly once, minimal varints), since the encoding is what a peer ID is derived 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import enum
 import errno
@@ -23,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from mimirlite.errors import DecodeError, InvalidKeyError, LocalError
+from mimirlite.wire.multibase import b32encode, b58decode, b58encode, multibase_decode
 from mimirlite.wire.protobuf import (
     LENGTH_DELIMITED,
     VARINT,
@@ -52,52 +51,6 @@ class KeyType(enum.IntEnum):
     ED25519 = 1
     SECP256K1 = 2
     ECDSA = 3
-
-
-# --- text codecs -------------------------------------------------------------------------------
-
-_B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}
-_B32_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
-
-
-def _b58encode(data: bytes) -> str:
-    """base58btc: one ``1`` per leading zero byte, then the big-endian number in base 58."""
-    n = int.from_bytes(data, "big")
-    digits: list[str] = []
-    while n:
-        n, r = divmod(n, 58)
-        digits.append(_B58_ALPHABET[r])
-    zeros = len(data) - len(data.lstrip(b"\0"))
-    return "1" * zeros + "".join(reversed(digits))
-
-
-def _b58decode(text: str) -> bytes:
-    n = 0
-    for c in text:
-        digit = _B58_INDEX.get(c)
-        if digit is None:
-            raise InvalidKeyError(f"invalid base58btc character {c!r}")
-        n = n * 58 + digit
-    zeros = len(text) - len(text.lstrip("1"))
-    return b"\0" * zeros + n.to_bytes((n.bit_length() + 7) // 8, "big")
-
-
-def _b32encode(data: bytes) -> str:
-    """RFC 4648 base32, lower case, no padding (multibase ``b``)."""
-    return base64.b32encode(data).decode("ascii").lower().rstrip("=")
-
-
-def _b32decode(text: str) -> bytes:
-    if not _B32_ALPHABET.issuperset(text) or len(text) % 8 in (1, 3, 6):
-        raise InvalidKeyError("invalid base32 text")
-    try:
-        data = base64.b32decode(text.upper() + "=" * (-len(text) % 8))
-    except binascii.Error as e:
-        raise InvalidKeyError(f"invalid base32 text: {e}") from e
-    if _b32encode(data) != text:  # non-zero trailing bits
-        raise InvalidKeyError("base32 text is not canonical")
-    return data
 
 
 # --- key messages ------------------------------------------------------------------------------
@@ -254,17 +207,15 @@ class PeerId:
 
     @classmethod
     def from_string(cls, text: str) -> PeerId:
-        """Parse base58btc (``12D3KooW...``, ``Qm...``) or a CIDv1 (``bafz...``, ``z...``)."""
+        """Parse base58btc (``12D3KooW...``, ``Qm...``) or a multibase CIDv1 (``bafz...``, ``z...``)."""
         if len(text) > _MAX_PEER_ID_TEXT:
             raise InvalidKeyError("peer ID text too long")
-        if text.startswith(("1", "Qm")):
-            return cls(_b58decode(text))
-        if text.startswith("b"):
-            cid = _b32decode(text[1:])
-        elif text.startswith("z"):
-            cid = _b58decode(text[1:])
-        else:
-            raise InvalidKeyError(f"not a peer ID: {text!r}")
+        try:
+            if text.startswith(("1", "Qm")):
+                return cls(b58decode(text))
+            cid = multibase_decode(text)
+        except ValueError as e:
+            raise InvalidKeyError(f"not a peer ID: {text!r}: {e}") from None
         try:
             version = decode_uvarint(cid)
             codec = decode_uvarint(cid, version[1]) if version is not None else None
@@ -288,12 +239,12 @@ class PeerId:
     def to_base58(self) -> str:
         """The canonical text form: base58btc of the multihash."""
         if self._text is None:
-            self._text = _b58encode(self._multihash)
+            self._text = b58encode(self._multihash)
         return self._text
 
     def to_cid_string(self) -> str:
         """CIDv1 text form: multibase base32, codec libp2p-key."""
-        return "b" + _b32encode(
+        return "b" + b32encode(
             encode_uvarint(CID_VERSION) + encode_uvarint(LIBP2P_KEY_CODEC) + self._multihash
         )
 

@@ -10,10 +10,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-__all__ = ["STATS_LOGGER", "HostMetrics", "NodeMetrics", "log_stats", "stats_line"]
+from mimirlite.errors import CloseKind, EndReason, ProtocolErrorKind, RefusalReason
+
+__all__ = [
+    "STATS_LOGGER",
+    "CloseKind",
+    "EndReason",
+    "HostMetrics",
+    "NodeMetrics",
+    "ProtocolErrorKind",
+    "RefusalReason",
+    "log_stats",
+    "plain_counts",
+    "stats_line",
+]
 
 STATS_LOGGER = "mimirlite.stats"
 """The logger :func:`log_stats` writes to (INFO)."""
@@ -154,7 +167,14 @@ _NODE_ORDER = (
 
 
 def _plain(value: int | collections.Counter[str]) -> int | dict[str, int]:
-    return dict(sorted(value.items())) if isinstance(value, collections.Counter) else value
+    if isinstance(value, collections.Counter):
+        return plain_counts(sorted(value.items()))
+    return value
+
+
+def plain_counts(items: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """Counts keyed by plain ``str`` (a kind enum member counts under its value, as a literal would)."""
+    return {str(key): n for key, n in items}
 
 
 class _HasMetrics(Protocol):

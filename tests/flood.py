@@ -13,9 +13,9 @@ import asyncio
 import contextlib
 import sys
 
-from mimirlite.wire.multistream import PROTOCOL_ID, encode_line
+from mimirlite.wire.multistream import MULTISTREAM_PROTOCOL, encode_line
 
-HEADER = encode_line(PROTOCOL_ID) + encode_line("/noise")
+HEADER = encode_line(MULTISTREAM_PROTOCOL) + encode_line("/noise")
 
 
 class Flood:

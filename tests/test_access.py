@@ -239,7 +239,7 @@ async def test_allowlist_serves_listed_peers_and_closes_others_after_the_handsha
         await raw.noise_handshake(node.host.peer_id)
         sid = raw.session.open_stream()
         raw.session.send_data(sid, MultistreamDialer(["/probe/1.0.0"]).data_to_send() + b"hello")
-        raw.send_plain(MultistreamDialer([yamux.PROTOCOL_ID]).data_to_send() + raw.session.data_to_send())
+        raw.send_plain(MultistreamDialer([yamux.YAMUX_PROTOCOL]).data_to_send() + raw.session.data_to_send())
         assert await raw.closed_by_host() == b""
     finally:
         await raw.aclose()
@@ -291,7 +291,7 @@ async def test_allowlist_resets_streams_of_unlisted_peers_on_connections_the_nod
     await wait_until(lambda: node.host.peer_id in other.connections)
     conn = other.connections[node.host.peer_id]
     with pytest.raises(StreamResetError):
-        await other.open_on(conn, packets.IDENTIFY_PROTOCOL)
+        await other.open_on(conn, packets.MIMIR_IDENTIFY_PROTOCOL)
     assert "refusing a stream from a peer not on the allowlist" in caplog.text
 
 

@@ -23,7 +23,7 @@ from mimirlite.errors import DialError, PeerIdMismatchError, StreamResetError
 from mimirlite.net.addr import parse_multiaddr
 from mimirlite.wire import noise, yamux
 from mimirlite.wire.lp import MAX_MESSAGE, encode_message
-from mimirlite.wire.multistream import PROTOCOL_ID as MULTISTREAM
+from mimirlite.wire.multistream import MULTISTREAM_PROTOCOL as MULTISTREAM
 from mimirlite.wire.multistream import MultistreamDialer, encode_line
 from mimirlite.wire.noise import NOISE_PROTOCOL_NAME, STATIC_KEY_PREFIX, NoiseHandshake, NoiseTransport
 from mimirlite.wire.protobuf import encode_bytes_field
@@ -36,6 +36,7 @@ from mimirlite.wire.yamux import (
     YamuxEvent,
     YamuxSession,
 )
+from mimirlite.wire.yamux_frames import HEADER_STRUCT, FrameType
 
 from .conftest import ECHO, echo_handler
 
@@ -68,7 +69,7 @@ def noise_frame(message: bytes) -> bytes:
 
 
 def yamux_header(ftype: int, flags: int, sid: int, length: int) -> bytes:
-    return struct.pack(">BBHII", 0, ftype, flags, sid, length)
+    return HEADER_STRUCT.pack(0, ftype, flags, sid, length)
 
 
 def port_of(host: Host) -> int:
@@ -203,7 +204,7 @@ class RawPeer:
 
     async def noise_handshake(self, expected: PeerId) -> None:
         """Select /noise and run the handshake as initiator."""
-        pending = await self.select(noise.PROTOCOL_ID)
+        pending = await self.select(noise.NOISE_PROTOCOL)
         hs = NoiseHandshake(self.keypair, initiator=True, expected_peer=expected)
         self.send(hs.data_to_send())
         while not hs.complete:
@@ -218,7 +219,7 @@ class RawPeer:
     async def secure(self, expected: PeerId, *, pipelined: bytes = b"") -> None:
         """The whole upgrade: Noise, then ``/yamux/1.0.0`` with ``pipelined`` right behind the proposal."""
         await self.noise_handshake(expected)
-        ms = MultistreamDialer([yamux.PROTOCOL_ID])
+        ms = MultistreamDialer([yamux.YAMUX_PROTOCOL])
         self.send_plain(ms.data_to_send() + pipelined)
         while ms.selected is None:
             plaintext = await self.recv_plain()
@@ -303,7 +304,7 @@ class RawNoiseInitiator:
 
     async def run_until_message_3(self, raw: RawPeer) -> None:
         """Select /noise, send message 1, read and decrypt the host's message 2."""
-        assert await raw.select(noise.PROTOCOL_ID) == b""
+        assert await raw.select(noise.NOISE_PROTOCOL) == b""
         raw.send(noise_frame(bytes(self.conn.write_message(b""))))
         self.conn.read_message(await raw.recv_noise_message())
 
@@ -378,7 +379,7 @@ async def test_oversized_noise_handshake_message(
 ) -> None:
     raw = await RawPeer.connect(server)
     if message == 1:
-        assert await raw.select(noise.PROTOCOL_ID) == b""
+        assert await raw.select(noise.NOISE_PROTOCOL) == b""
         raw.send(b"\xff\xff" + bytes(100))
         reason = "noise handshake message 1 has 65535 bytes, expected 32..4128"
     else:
@@ -399,7 +400,7 @@ async def test_truncated_noise_handshake_message(
 ) -> None:
     raw = await RawPeer.connect(server)
     if message == 1:
-        assert await raw.select(noise.PROTOCOL_ID) == b""
+        assert await raw.select(noise.NOISE_PROTOCOL) == b""
         whole = noise_frame(bytes(32))
     else:
         initiator = RawNoiseInitiator()
@@ -463,7 +464,7 @@ async def test_correct_signature_through_the_same_raw_initiator_is_accepted(serv
         bytes(initiator.conn.noise_protocol.cipher_state_encrypt.k),
         bytes(initiator.conn.noise_protocol.cipher_state_decrypt.k),
     )
-    ms = MultistreamDialer([yamux.PROTOCOL_ID])
+    ms = MultistreamDialer([yamux.YAMUX_PROTOCOL])
     raw.send(transport.encrypt(ms.data_to_send()))
     while ms.selected is None:
         for plaintext in transport.receive_data(await raw.recv()):
@@ -506,7 +507,7 @@ async def test_wrong_peer_id(server: Host, caplog: pytest.LogCaptureFixture) -> 
     [
         pytest.param(encode_line("hello"), "unexpected multistream header 'hello'", id="garbage-multistream"),
         pytest.param(
-            HEADER + encode_line(noise.PROTOCOL_ID) + b"\xff\xff",
+            HEADER + encode_line(noise.NOISE_PROTOCOL) + b"\xff\xff",
             "noise handshake message 2 has 65535 bytes",
             id="oversized-message-2",
         ),
@@ -551,12 +552,12 @@ async def test_dialing_a_misbehaving_listener(
             lambda sid, window: yamux_header(0x7F, 0, 0, 0), "unknown yamux frame type 127", id="unknown-type"
         ),
         pytest.param(
-            lambda sid, window: yamux_header(0, 0, sid, 16 * 1024 * 1024 + 1),
+            lambda sid, window: yamux_header(FrameType.DATA, 0, sid, 16 * 1024 * 1024 + 1),
             "data frame of 16777217 bytes exceeds 16777216",
             id="above-frame-limit",
         ),
         pytest.param(
-            lambda sid, window: yamux_header(0, 0, sid, window + 1),
+            lambda sid, window: yamux_header(FrameType.DATA, 0, sid, window + 1),
             "overruns stream 1 window",
             id="above-window",
         ),
@@ -606,7 +607,7 @@ async def test_window_overrun_ends_only_that_connection(
         raw.flush()
         await raw.ping()
         # ... one byte more is an overrun
-        raw.send_plain(yamux_header(0, 0, sid, 1) + b"!")
+        raw.send_plain(yamux_header(FrameType.DATA, 0, sid, 1) + b"!")
         events = await raw.events_until_closed()
         assert events[-1:] == [GoAwayReceived(GO_AWAY_PROTOCOL_ERROR)]
         await asyncio.wait_for(gone, TIMEOUT)

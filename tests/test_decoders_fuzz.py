@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import struct
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -38,7 +37,7 @@ from mimirlite.net.addr import parse_multiaddr
 from mimirlite.net.budget import BufferBudget
 from mimirlite.net.stream import Stream
 from mimirlite.wire.lp import LPDecoder, decode_json, encode_json, encode_message
-from mimirlite.wire.multistream import PROTOCOL_ID as MULTISTREAM
+from mimirlite.wire.multistream import MULTISTREAM_PROTOCOL as MULTISTREAM
 from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener, encode_line
 from mimirlite.wire.noise import NoiseHandshake, NoiseTransport
 from mimirlite.wire.protobuf import (
@@ -53,6 +52,7 @@ from mimirlite.wire.protobuf import (
 )
 from mimirlite.wire.varint import decode_uvarint, encode_uvarint
 from mimirlite.wire.yamux import DataReceived, YamuxEvent, YamuxSession
+from mimirlite.wire.yamux_frames import HEADER_STRUCT, Flag, FrameType, GoAwayCode
 
 FUZZ = settings(
     derandomize=True,
@@ -500,18 +500,20 @@ def yamux_traffic(draw: st.DrawFn, is_client: bool) -> bytes:
     frames = []
     for _ in range(draw(st.integers(1, 10))):
         kind = draw(st.sampled_from(["data"] * 5 + ["window"] * 3 + ["ping", "go_away", "lie"]))
-        flags = draw(st.sampled_from([0, 0, 0, 1, 1, 2, 4, 8, 5]))
+        syn, ack, fin, rst = Flag.SYN, Flag.ACK, Flag.FIN, Flag.RST
+        flags = draw(st.sampled_from([0, 0, 0, syn, syn, ack, fin, rst, syn | fin]))
         sid = draw(st.sampled_from(stream_ids))
         payload = b""
         if kind == "data":
             payload = draw(st.binary(max_size=40))
-            header = (0, 0, flags, sid, len(payload))
+            header = (0, FrameType.DATA, flags, sid, len(payload))
         elif kind == "window":
-            header = (0, 1, flags, sid, draw(st.sampled_from([0, 1, 1000, 2**31])))
+            header = (0, FrameType.WINDOW_UPDATE, flags, sid, draw(st.sampled_from([0, 1, 1000, 2**31])))
         elif kind == "ping":
-            header = (0, 2, draw(st.sampled_from([1, 2])), 0, draw(st.integers(0, 2**32 - 1)))
+            ping_flags = draw(st.sampled_from([Flag.SYN, Flag.ACK]))
+            header = (0, FrameType.PING, ping_flags, 0, draw(st.integers(0, 2**32 - 1)))
         elif kind == "go_away":
-            header = (0, 3, 0, 0, draw(st.integers(0, 2)))
+            header = (0, FrameType.GO_AWAY, 0, 0, draw(st.sampled_from(GoAwayCode)))
         else:  # any header at all, with a declared length the payload may not match
             header = (
                 draw(st.sampled_from([0, 0, 0, 1])),
@@ -521,7 +523,7 @@ def yamux_traffic(draw: st.DrawFn, is_client: bool) -> bytes:
                 draw(st.integers(0, 64) | st.integers(0, 2**32 - 1)),
             )
             payload = draw(st.binary(max_size=16))
-        frames.append(struct.pack(">BBHII", *header) + payload)
+        frames.append(HEADER_STRUCT.pack(*header) + payload)
     return b"".join(frames)
 
 

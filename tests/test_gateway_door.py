@@ -21,7 +21,7 @@ import pytest
 
 from mimirlite.errors import LocalError
 from mimirlite.gateway import MAX_CONNECTIONS_PER_IP, Gateway, HttpError
-from mimirlite.gateway.http import MAX_HEAD, Door, Request, ServerConnection, host_name
+from mimirlite.gateway.http import MAX_REQUEST_HEAD, Door, Request, ServerConnection, host_name
 from mimirlite.mimir import EchoBackend
 from tests.cliproc import Proc
 from tests.helpers import logged, until
@@ -360,14 +360,14 @@ def test_core_one_limit_for_the_whole_head() -> None:
 @live
 async def test_a_head_over_the_limit_is_431_and_closed(caplog: pytest.LogCaptureFixture) -> None:
     async with echo_gateway() as gw:
-        fields = "".join(f"X-{i}: {'v' * 1000}\r\n" for i in range(MAX_HEAD // 1000 + 2)).encode()
+        fields = "".join(f"X-{i}: {'v' * 1000}\r\n" for i in range(MAX_REQUEST_HEAD // 1000 + 2)).encode()
         data = head("/v1/models", method="GET", extra=()).removesuffix(b"\r\n") + fields + b"\r\n"
         status, _, _ = await refused(gw.port, data)  # one write: h11 would have parsed it whole
         assert status == 431
         assert gw.metrics.refused["head_too_large"] == 1
         assert logged(caplog, "refused (head_too_large)")
         async with raw(gw.port) as conn:  # half the limit is fine
-            half = [(f"x-{i}", "v" * 1000) for i in range(MAX_HEAD // 2000)]
+            half = [(f"x-{i}", "v" * 1000) for i in range(MAX_REQUEST_HEAD // 2000)]
             assert (await conn.request("GET", "/v1/models", headers=half))[0] == 200
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -34,13 +33,15 @@ from mimirlite.wire.yamux import (
     YamuxConfig,
     YamuxSession,
 )
+from mimirlite.wire.yamux_frames import HEADER_STRUCT, Flag, FrameType
 
 from .conftest import ECHO, echo_handler
 from .helpers import logged, until
 from .test_bad_input import TIMEOUT, RawPeer, disconnected, forgotten, settled, well_behaved_peer
 
-DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
-SYN, ACK, FIN, RST = 1, 2, 4, 8
+DATA, WINDOW_UPDATE = FrameType.DATA, FrameType.WINDOW_UPDATE
+PING, GO_AWAY = FrameType.PING, FrameType.GO_AWAY
+SYN, ACK, FIN, RST = Flag.SYN, Flag.ACK, Flag.FIN, Flag.RST
 SINK = "/sink/1.0.0"
 FIREHOSE = "/firehose/1.0.0"
 CHUNK = 64 * 1024
@@ -48,7 +49,7 @@ MIB = 1024 * 1024
 
 
 def frame(ftype: int, flags: int, sid: int, length: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">BBHII", 0, ftype, flags, sid, length) + payload
+    return HEADER_STRUCT.pack(0, ftype, flags, sid, length) + payload
 
 
 def go_away_protocol_error() -> bytes:

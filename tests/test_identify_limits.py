@@ -21,9 +21,9 @@ from mimirlite.protocols.identify import (
     decode_identify,
     decode_identify_capped,
     encode_identify,
-    tcp_multiaddr_bytes,
 )
 from mimirlite.wire.lp import encode_message
+from mimirlite.wire.multiaddr import tcp_multiaddr_bytes
 from mimirlite.wire.protobuf import encode_bytes_field
 
 from .conftest import ECHO, echo_handler

@@ -27,3 +27,64 @@ def test_heavy_dependencies_load_where_used() -> None:
         "from mimirlite.mimir import OpenAIBackend\nOpenAIBackend('http://127.0.0.1:9/v1')._sdk()"
     )
     assert "h11" in loaded_after("import mimirlite.gateway")
+
+
+PUBLIC = ("MimirClient", "MimirNode", "OpenAIBackend", "EchoBackend", "NodeLimits", "ClientConfig", "Host")
+
+
+def test_the_public_api_imports_from_the_top_and_stays_light() -> None:
+    names = ", ".join(PUBLIC)
+    assert loaded_after(f"from mimirlite import {names}") == []
+    assert loaded_after("from mimirlite import *") == []
+
+
+def test_all_is_complete_and_each_name_is_the_defining_modules() -> None:
+    import mimirlite
+    from mimirlite import mimir
+    from mimirlite.mimir import backends, client, limits, node
+
+    assert set(PUBLIC) <= set(mimirlite.__all__)
+    assert sorted(mimirlite.__all__) == sorted(set(mimirlite.__all__))
+    for name in mimirlite.__all__:
+        assert getattr(mimirlite, name) is not None, name
+    assert mimirlite.MimirClient is client.MimirClient is mimir.MimirClient
+    assert mimirlite.MimirNode is node.MimirNode
+    assert mimirlite.OpenAIBackend is backends.OpenAIBackend and mimirlite.EchoBackend is backends.EchoBackend
+    assert mimirlite.NodeLimits is limits.NodeLimits
+    # every public name that is not private or a module is listed
+    public = {
+        n
+        for n in dir(mimirlite)
+        if not n.startswith("_") and not isinstance(getattr(mimirlite, n), type(mimir))
+    }
+    assert public - {"annotations", "importlib", "TYPE_CHECKING"} <= set(mimirlite.__all__)
+    try:
+        mimirlite.NoSuchName  # type: ignore[attr-defined]  # noqa: B018
+    except AttributeError as exc:
+        assert "NoSuchName" in str(exc)
+    else:
+        raise AssertionError("a missing name must raise AttributeError")
+
+
+def test_every_config_field_has_a_docstring() -> None:
+    import ast
+    import dataclasses
+    import inspect
+    import itertools
+    import textwrap
+
+    from mimirlite import ClientConfig, NodeLimits
+    from mimirlite.gateway import GatewayConfig
+
+    for cls in (ClientConfig, GatewayConfig, NodeLimits):
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+        documented = {
+            stmt.target.id
+            for stmt, after in itertools.pairwise(body)
+            if isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+        }
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in documented]
+        assert missing == [], f"{cls.__name__}: no docstring for {missing}"

@@ -25,7 +25,7 @@ from mimirlite.metrics import STATS_LOGGER, HostMetrics, NodeMetrics, log_stats,
 from mimirlite.mimir import EchoBackend, MimirNode, NodeLimits, packets
 from mimirlite.net.connection import Connection
 from mimirlite.protocols import start_services
-from mimirlite.wire.multistream import PROTOCOL_ID as MULTISTREAM
+from mimirlite.wire.multistream import MULTISTREAM_PROTOCOL as MULTISTREAM
 from mimirlite.wire.multistream import encode_line
 from mimirlite.wire.yamux import INITIAL_WINDOW, YamuxConfig
 
@@ -547,7 +547,7 @@ async def test_node_metrics() -> None:
         unknown = await chat(user, node, message("hi", model="nope"))
         assert unknown[-1]["data"]["error"]["type"] == "model_not_found"
         # identify
-        async with await user.new_stream(host.listen_addrs[0], packets.IDENTIFY_PROTOCOL) as ident:
+        async with await user.new_stream(host.listen_addrs[0], packets.MIMIR_IDENTIFY_PROTOCOL) as ident:
             await ident.write_json({"event": "query", "data": "x"})
             assert (await asyncio.wait_for(ident.read_json(), TIMEOUT))["data"] == ["echo"]
         await until(lambda: node.metrics.identify_answered == 1)

@@ -86,14 +86,17 @@ def text_of(out: list[dict[str, Any]]) -> str:
 @pytest.mark.parametrize("query", [LLAMA_CID, LLAMA, None])
 async def test_identify_answers_with_served_models(user: Host, llama_node: MimirNode, query: Any) -> None:
     out = await request(
-        user, llama_node, packets.IDENTIFY_PROTOCOL, {"event": "query", "request_id": "r-1", "data": query}
+        user,
+        llama_node,
+        packets.MIMIR_IDENTIFY_PROTOCOL,
+        {"event": "query", "request_id": "r-1", "data": query},
     )
     assert out == [{"event": "response", "request_id": "r-1", "data": [LLAMA]}]
 
 
 async def test_identify_refuses_a_non_query(user: Host, echo_node: MimirNode, caplog: Any) -> None:
     caplog.set_level(logging.WARNING, "mimirlite")
-    out = await request(user, echo_node, packets.IDENTIFY_PROTOCOL, {"event": "message", "data": None})
+    out = await request(user, echo_node, packets.MIMIR_IDENTIFY_PROTOCOL, {"event": "message", "data": None})
     assert out == []
     assert "identify refused" in caplog.text
 
@@ -462,7 +465,7 @@ async def test_node_given_models_does_not_ask_the_backend_again(user: Host, node
             assert srv.models_requests == 1
             assert node.models == ["qwen2.5:0.5b", LLAMA] and node.default_model == LLAMA
             query = {"event": "query", "request_id": "r", "data": None}
-            out = await request(user, node, packets.IDENTIFY_PROTOCOL, query)
+            out = await request(user, node, packets.MIMIR_IDENTIFY_PROTOCOL, query)
             assert out == [{"event": "response", "request_id": "r", "data": ["qwen2.5:0.5b", LLAMA]}]
             await still_serves(user, node)
         assert srv.models_requests == 1

@@ -22,7 +22,7 @@ from mimirlite.wire.noise import (
     MAX_HANDSHAKE_PAYLOAD,
     MAX_MESSAGE,
     MAX_PLAINTEXT,
-    PROTOCOL_ID,
+    NOISE_PROTOCOL,
     STATIC_KEY_PREFIX,
     NoiseHandshake,
     NoiseTransport,
@@ -182,7 +182,7 @@ def raw_responder_against(initiator: NoiseHandshake, payload: Callable[[RawPeer]
 
 
 def test_protocol_id() -> None:
-    assert PROTOCOL_ID == "/noise"
+    assert NOISE_PROTOCOL == "/noise"
     assert MAX_PLAINTEXT == MAX_MESSAGE - 16 == 65519
 
 

@@ -172,7 +172,7 @@ async def test_steps_on_time_are_not_cut_short() -> None:
         raw.send(hs.data_to_send())  # step 4: Noise message 3
         raw.noise = hs.transport()
         await asyncio.sleep(0.3)
-        ms = MultistreamDialer([yamux.PROTOCOL_ID])  # step 5: the muxer
+        ms = MultistreamDialer([yamux.YAMUX_PROTOCOL])  # step 5: the muxer
         raw.send_plain(ms.data_to_send())
         while ms.selected is None:
             plaintext = await raw.recv_plain()

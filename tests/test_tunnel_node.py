@@ -97,7 +97,7 @@ async def test_tunnel_registered_per_model_beside_the_first_generation(
         assert node.tunnels == {TUNNEL: LLAMA, "/mimir/echo/1.0.0": "echo"}
         # the loser of the two names with one protocol ID is named in a WARNING
         logged(caplog, "'llama3.2/latest'", TUNNEL, "'llama3.2:latest'")
-        wanted = {packets.CHAT_PROTOCOL, packets.IDENTIFY_PROTOCOL, TUNNEL, "/mimir/echo/1.0.0"}
+        wanted = {packets.CHAT_PROTOCOL, packets.MIMIR_IDENTIFY_PROTOCOL, TUNNEL, "/mimir/echo/1.0.0"}
         assert wanted <= set(node_host.protocols)
         # what a latest client learns from identify
         ident = Identify(peer)
@@ -107,7 +107,7 @@ async def test_tunnel_registered_per_model_beside_the_first_generation(
             ident.close()
         assert wanted <= set(info.protocols)
         # both names stay served on the first generation
-        out = await request(peer, node, packets.IDENTIFY_PROTOCOL, {"event": "query", "data": None})
+        out = await request(peer, node, packets.MIMIR_IDENTIFY_PROTOCOL, {"event": "query", "data": None})
         assert out[0]["data"] == models
     assert TUNNEL not in node_host.protocols  # stop removes them
 

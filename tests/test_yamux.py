@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 
 import pytest
@@ -20,7 +19,7 @@ from mimirlite.errors import (
 from mimirlite.wire.yamux import (
     INITIAL_WINDOW,
     MIN_SPLIT,
-    PROTOCOL_ID,
+    YAMUX_PROTOCOL,
     DataReceived,
     GoAwayReceived,
     PongReceived,
@@ -33,14 +32,16 @@ from mimirlite.wire.yamux import (
     YamuxEvent,
     YamuxSession,
 )
+from mimirlite.wire.yamux_frames import HEADER_STRUCT, Flag, FrameType, parse_header
 
-DATA, WINDOW_UPDATE, PING, GO_AWAY = 0, 1, 2, 3
-SYN, ACK, FIN, RST = 1, 2, 4, 8
+DATA, WINDOW_UPDATE = FrameType.DATA, FrameType.WINDOW_UPDATE
+PING, GO_AWAY = FrameType.PING, FrameType.GO_AWAY
+SYN, ACK, FIN, RST = Flag.SYN, Flag.ACK, Flag.FIN, Flag.RST
 
 
 def frame(ftype: int, flags: int, sid: int, length: int, payload: bytes = b"", version: int = 0) -> bytes:
     """One literal yamux frame."""
-    return struct.pack(">BBHII", version, ftype, flags, sid, length) + payload
+    return HEADER_STRUCT.pack(version, ftype, flags, sid, length) + payload
 
 
 def data_frame(sid: int, payload: bytes, flags: int = 0) -> bytes:
@@ -102,7 +103,7 @@ def open_pair() -> tuple[YamuxSession, YamuxSession, int]:
 
 
 def test_constants() -> None:
-    assert PROTOCOL_ID == "/yamux/1.0.0"
+    assert YAMUX_PROTOCOL == "/yamux/1.0.0"
     assert INITIAL_WINDOW == 256 * 1024
 
 
@@ -475,9 +476,9 @@ def fill_and_read(
     client.receive_data(out)
     if not out:
         return 0
-    ftype, flags, got_sid, credit = struct.unpack(">xBHII", out[:12])
-    assert (ftype, flags, got_sid, len(out)) == (WINDOW_UPDATE, 0, sid, 12)
-    return int(credit)
+    header = parse_header(out)
+    assert (header.type, header.flags, header.stream_id, len(out)) == (WINDOW_UPDATE, 0, sid, 12)
+    return header.length
 
 
 def test_window_doubles_while_the_reader_keeps_up_with_a_fast_sender() -> None:

@@ -18,9 +18,9 @@ import math
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from mimirlite.aio import Service
 from mimirlite.discovery.records import (
     MDNS_GROUP,
     MDNS_PORT,
@@ -53,7 +53,7 @@ LostCallback = Callable[[PeerId], "Awaitable[None] | None"]
 """``on_lost(peer_id)``. May be a coroutine function."""
 
 
-class MdnsDiscovery:
+class MdnsDiscovery(Service):
     """Find libp2p peers on the local network and announce ``host`` to them.
 
     Answers ``_p2p._udp.local`` queries with the host's private and loopback addresses, queries at
@@ -97,7 +97,6 @@ class MdnsDiscovery:
         self._local_ips: set[str] = set()
         self._timer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._started = False
         self._stopped = False
 
     @property
@@ -117,35 +116,24 @@ class MdnsDiscovery:
 
     # ---- lifecycle ----
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         """Open the sockets and start querying. OSError or LocalError when no interface is usable."""
-        if self._started:
-            return
-        if self._stopped:
-            raise LocalError("mDNS discovery was stopped")
-        self._started = True
         loop = asyncio.get_running_loop()
-        try:
-            local = _ipv4_interfaces()
-            self._local_ips = {str(i.ip) for i in local}
-            chosen = self._interfaces
-            wanted = local if chosen is None else [_find_interface(ip, local) for ip in chosen]
-            recv_sock, joined = _open_receiver(wanted)
-            self._receiver, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=recv_sock)
-            for iface in joined:
-                send_sock = _open_sender(iface)
-                transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=send_sock)
-                self._senders.append(_Sender(iface, transport))
-        except BaseException:
-            await self.stop()
-            raise
+        local = _ipv4_interfaces()
+        self._local_ips = {str(i.ip) for i in local}
+        chosen = self._interfaces
+        wanted = local if chosen is None else [_find_interface(ip, local) for ip in chosen]
+        recv_sock, joined = _open_receiver(wanted)
+        self._receiver, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=recv_sock)
+        for iface in joined:
+            send_sock = _open_sender(iface)
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=send_sock)
+            self._senders.append(_Sender(iface, transport))
         log.info("mDNS discovery as %s on %s", self.peer_name, ", ".join(self.interface_addrs))
         self._timer = loop.create_task(self._run(), name="mimirlite-mdns")
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         """Stop querying and answering, close the sockets, cancel running callbacks."""
-        if self._stopped:
-            return
         self._stopped = True
         pending = [t for t in (self._timer, *self._tasks) if t is not None]
         for task in pending:
@@ -161,15 +149,6 @@ class MdnsDiscovery:
         self._senders.clear()
         self._receiver = None
         self._core.forget()
-
-    async def __aenter__(self) -> MdnsDiscovery:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # ---- sending ----
 

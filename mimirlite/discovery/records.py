@@ -19,8 +19,9 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mimirlite.errors import DecodeError, LocalError, MimirliteError
+from mimirlite.errors import AddressError, DecodeError, LocalError, MimirliteError
 from mimirlite.identity import PeerId
+from mimirlite.wire.multiaddr import Multiaddr
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +110,18 @@ def check_peer_name(name: str) -> None:
         raise LocalError(f"peer name {name!r} must be ASCII letters, digits, '-' or '_'")
 
 
+def _ip_of(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP a multiaddr starts with; None when it starts with something else or is not a multiaddr."""
+    try:
+        return Multiaddr.parse(addr).ip
+    except AddressError:
+        return None
+
+
 def is_announceable(addr: str) -> bool:
     """Whether a multiaddr starts with a private or loopback IP (the ones mDNS may carry)."""
-    parts = addr.split("/")
-    if len(parts) < 3 or parts[0] != "" or parts[1] not in ("ip4", "ip6"):
-        return False
-    try:
-        ip = ipaddress.ip_address(parts[2])
-    except ValueError:
-        return False
-    if ip.is_unspecified or ip.is_multicast:
+    ip = _ip_of(addr)
+    if ip is None or ip.is_unspecified or ip.is_multicast:
         return False
     return ip.is_loopback or ip.is_private or not ip.is_global
 
@@ -128,12 +131,8 @@ def order_addrs(addrs: Iterable[str], *, keep_loopback: bool) -> tuple[str, ...]
     outer: list[str] = []
     loop: list[str] = []
     for addr in addrs:
-        parts = addr.split("/")
-        try:
-            is_loop = len(parts) > 2 and ipaddress.ip_address(parts[2]).is_loopback
-        except ValueError:
-            is_loop = False
-        (loop if is_loop else outer).append(addr)
+        ip = _ip_of(addr)
+        (loop if ip is not None and ip.is_loopback else outer).append(addr)
     return tuple(outer + loop) if keep_loopback else tuple(outer)
 
 

@@ -11,30 +11,32 @@ from mimirlite.gateway.api import ApiError
 from mimirlite.gateway.gateway import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    HTTP_REQUEST_TIMEOUT,
     IDLE_TIMEOUT,
     MAX_CONNECTIONS,
     MAX_CONNECTIONS_PER_IP,
-    REQUEST_TIMEOUT,
     WRITE_TIMEOUT,
     Gateway,
+    GatewayConfig,
     GatewayMetrics,
 )
-from mimirlite.gateway.http import MAX_BODY, MAX_HEAD, CorsPolicy, Door, HttpError
+from mimirlite.gateway.http import MAX_REQUEST_BODY, MAX_REQUEST_HEAD, CorsPolicy, Door, HttpError
 
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "HTTP_REQUEST_TIMEOUT",
     "IDLE_TIMEOUT",
-    "MAX_BODY",
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_PER_IP",
-    "MAX_HEAD",
-    "REQUEST_TIMEOUT",
+    "MAX_REQUEST_BODY",
+    "MAX_REQUEST_HEAD",
     "WRITE_TIMEOUT",
     "ApiError",
     "CorsPolicy",
     "Door",
     "Gateway",
+    "GatewayConfig",
     "GatewayMetrics",
     "HttpError",
 ]

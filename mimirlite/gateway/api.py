@@ -32,7 +32,7 @@ OWNED_BY = "mimir"
 """``owned_by`` of every model listed: they belong to the nodes of the network."""
 
 
-MAX_JSON_DEPTH = 64
+MAX_REQUEST_JSON_DEPTH = 64
 """Nesting of arrays and objects in a request body; deeper is refused with 400 (OpenAI requests, tool
 schemas included, need far less, and a deep document would exhaust the stack of whoever encodes it next)."""
 
@@ -62,22 +62,22 @@ def _finite(text: str) -> float:
 
 def loads_body(body: bytes) -> Any:
     """A request body's JSON document; ApiError 400 when it is not UTF-8 JSON (``NaN``, ``Infinity`` and
-    numbers beyond a float, like ``1e400``, are not), nests deeper than :data:`MAX_JSON_DEPTH`, or holds a
-    lone surrogate (``"\\ud800"``)."""
+    numbers beyond a float, like ``1e400``, are not), nests deeper than :data:`MAX_REQUEST_JSON_DEPTH`, or
+    holds a lone surrogate (``"\\ud800"``)."""
     try:
         obj = json.loads(body, parse_constant=_no_constant, parse_float=_finite)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, f"We could not parse the JSON body of your request: {exc}") from None
     except RecursionError:
         raise ApiError(
-            400, f"The JSON body of your request nests deeper than {MAX_JSON_DEPTH} levels."
+            400, f"The JSON body of your request nests deeper than {MAX_REQUEST_JSON_DEPTH} levels."
         ) from None
     _check_tree(obj)
     return obj
 
 
 def _check_tree(obj: Any) -> None:
-    """ApiError 400 for nesting over :data:`MAX_JSON_DEPTH` or a string with a lone surrogate."""
+    """ApiError 400 for nesting over :data:`MAX_REQUEST_JSON_DEPTH` or a string with a lone surrogate."""
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         node, depth = stack.pop()
@@ -90,8 +90,10 @@ def _check_tree(obj: Any) -> None:
         else:
             _check_text(node)
             continue
-        if depth > MAX_JSON_DEPTH:
-            raise ApiError(400, f"The JSON body of your request nests deeper than {MAX_JSON_DEPTH} levels.")
+        if depth > MAX_REQUEST_JSON_DEPTH:
+            raise ApiError(
+                400, f"The JSON body of your request nests deeper than {MAX_REQUEST_JSON_DEPTH} levels."
+            )
         for item in items:
             if isinstance(item, (dict, list)):
                 stack.append((item, depth + 1))

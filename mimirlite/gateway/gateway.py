@@ -20,16 +20,17 @@ import datetime
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
-from types import TracebackType
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
-from mimirlite.errors import MimirliteError
+from mimirlite.aio import Service, race
+from mimirlite.errors import LocalError, MimirliteError, RefusalReason
 from mimirlite.gateway import api
 from mimirlite.gateway.api import ApiError
 from mimirlite.gateway.http import (
     LOOPBACK_HOSTS,
-    MAX_BODY,
+    MAX_REQUEST_BODY,
     CorsPolicy,
     Door,
     HttpError,
@@ -37,6 +38,7 @@ from mimirlite.gateway.http import (
     Request,
     ServerConnection,
 )
+from mimirlite.metrics import plain_counts
 from mimirlite.mimir.client import HttpRemoteError, MimirClient, NoNodeError, TruncatedAnswerError
 from mimirlite.mimir.packets import RemoteError
 from mimirlite.mimir.params import MAX_NAME
@@ -50,7 +52,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 IDLE_TIMEOUT = 60.0
 """Seconds a keep-alive connection may wait for its next request before it is closed."""
-REQUEST_TIMEOUT = 30.0
+HTTP_REQUEST_TIMEOUT = 30.0
 """Seconds a client has to send a whole request (head and body) once its first byte arrived; 408 after."""
 WRITE_TIMEOUT = 60.0
 """Seconds a client that stopped reading has to take what is buffered for it before it is dropped."""
@@ -77,7 +79,7 @@ spent reading and dropping what it sends, so that closing does not reset the con
 client has read the answer."""
 LINGER_BYTES = 1024 * 1024
 """Bytes dropped at most while lingering."""
-AT_ONCE = frozenset({"auth", "host", "content_type"})
+AT_ONCE = frozenset({RefusalReason.AUTH, RefusalReason.HOST, RefusalReason.CONTENT_TYPE})
 """Refusals at the door (:class:`~mimirlite.gateway.http.HttpError` reasons) that close without lingering:
 a client that has not shown the key, named the gateway or sent JSON gets no byte of its body read (each
 lingering connection holds read buffers, about 400 KiB; a client that sent its whole request at once,
@@ -133,11 +135,56 @@ class GatewayMetrics:
             "connections_opened": self.connections_opened,
             "requests": self.requests,
             "bytes_in": self.bytes_in,
-            "refused": dict(self.refused),
+            "refused": plain_counts(self.refused.items()),
         }
 
 
-class Gateway:
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Every setting of a :class:`Gateway`, in the manner of aioquic's ``QuicConfiguration``:
+    ``Gateway(client, GatewayConfig(...))``, or the same fields as keywords."""
+
+    host: str = DEFAULT_HOST
+    """The address to listen on (``0.0.0.0`` or ``::``: every address of the machine)."""
+    port: int = DEFAULT_PORT
+    """The TCP port to listen on (0: a free one, see ``Gateway.port``)."""
+    api_key: str | None = None
+    """When set, every request needs ``Authorization: Bearer <api_key>`` (401 and closed otherwise)."""
+    cors_origins: Sequence[str] = ()
+    """Browser origins (``scheme://host[:port]``, or ``*``) whose pages may call the API (CORS)."""
+    max_body: int = MAX_REQUEST_BODY
+    """Bytes of a request body; more is refused with 413."""
+    idle_timeout: float = IDLE_TIMEOUT
+    """Seconds a keep-alive connection may wait for its next request before it is closed."""
+    request_timeout: float = HTTP_REQUEST_TIMEOUT
+    """Seconds a client has to send a whole request once its first byte arrived; 408 after."""
+    write_timeout: float = WRITE_TIMEOUT
+    """Seconds a client that stopped reading has to take what is buffered for it before it is dropped."""
+    max_connections: int = MAX_CONNECTIONS
+    """HTTP connections at once (at the limit the one idle the longest is closed, else 503)."""
+    max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP
+    """HTTP connections at once from one client address (at the limit its idlest is closed, else 429)."""
+    allow_hosts: Sequence[str] = ()
+    """Names a request's ``Host`` may give besides the loopback names and the listening address (``*``:
+    any), against DNS rebinding."""
+
+    def __post_init__(self) -> None:
+        for name in ("cors_origins", "allow_hosts"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise LocalError(f"{name} is a list of strings, not one string")
+            object.__setattr__(self, name, tuple(value))
+        for name in ("max_body", "max_connections", "max_connections_per_ip"):
+            if getattr(self, name) < 0:
+                raise LocalError(f"{name} must be >= 0")
+        if not 0 <= self.port <= 65535:
+            raise LocalError(f"port must be 0..65535, not {self.port}")
+        for name in ("idle_timeout", "request_timeout", "write_timeout"):
+            if not getattr(self, name) > 0:
+                raise LocalError(f"{name} must be a positive number of seconds")
+
+
+class Gateway(Service):
     """Serves the mimir network known to ``client`` as an OpenAI-compatible HTTP API, and as Ollama's
     native API on the same port (``/api/tags``, ``/api/version``, ``/api/show``, ``/api/chat``,
     ``/api/generate``, ``/api/embed``, ``/api/embeddings``; every other ``/api/`` path, model management
@@ -163,35 +210,57 @@ class Gateway:
     def __init__(
         self,
         client: MimirClient,
+        config: GatewayConfig | None = None,
         *,
-        host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
+        host: str | None = None,
+        port: int | None = None,
         api_key: str | None = None,
-        cors_origins: Iterable[str] = (),
-        max_body: int = MAX_BODY,
-        idle_timeout: float = IDLE_TIMEOUT,
-        request_timeout: float = REQUEST_TIMEOUT,
-        write_timeout: float = WRITE_TIMEOUT,
-        max_connections: int = MAX_CONNECTIONS,
-        max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP,
-        allow_hosts: Iterable[str] = (),
+        cors_origins: Iterable[str] | None = None,
+        max_body: int | None = None,
+        idle_timeout: float | None = None,
+        request_timeout: float | None = None,
+        write_timeout: float | None = None,
+        max_connections: int | None = None,
+        max_connections_per_ip: int | None = None,
+        allow_hosts: Iterable[str] | None = None,
     ) -> None:
+        """``config`` (a :class:`GatewayConfig`) holds every setting; the keywords, each one a
+        :class:`GatewayConfig` field, are merged into it (a keyword given, not None, wins over the
+        config's field)."""
+        given: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "api_key": api_key,
+            "cors_origins": None if cors_origins is None else tuple(cors_origins),
+            "max_body": max_body,
+            "idle_timeout": idle_timeout,
+            "request_timeout": request_timeout,
+            "write_timeout": write_timeout,
+            "max_connections": max_connections,
+            "max_connections_per_ip": max_connections_per_ip,
+            "allow_hosts": None if allow_hosts is None else tuple(allow_hosts),
+        }
+        changes = {name: value for name, value in given.items() if value is not None}
+        cfg = config or GatewayConfig()
+        cfg = replace(cfg, **changes) if changes else cfg
+        self.config = cfg
+        """The settings this gateway runs with (``port`` as asked: 0 stays 0 here, see :attr:`port`)."""
         self.client = client
-        self.host = host
-        self.port = port
-        self.api_key = api_key or None
-        origins = list(cors_origins)
-        self.cors = CorsPolicy.of(origins) if origins else None
+        self.host = cfg.host
+        self.port = cfg.port
+        """The port listened on (the free one chosen, once started with ``port`` 0)."""
+        self.api_key = cfg.api_key or None
+        self.cors = CorsPolicy.of(list(cfg.cors_origins)) if cfg.cors_origins else None
         """Which browser origins may call the API (None: no CORS, as for any plain HTTP server)."""
-        own = [] if host.strip() in WILDCARD_HOSTS else [host]
-        self.door = Door.of([*LOOPBACK_HOSTS, *own, *allow_hosts], self.api_key)
+        own = [] if cfg.host.strip() in WILDCARD_HOSTS else [cfg.host]
+        self.door = Door.of([*LOOPBACK_HOSTS, *own, *cfg.allow_hosts], self.api_key)
         """What each request head must show (the address a connection came to is added per connection)."""
-        self.max_body = max_body
-        self.idle_timeout = idle_timeout
-        self.request_timeout = request_timeout
-        self.write_timeout = write_timeout
-        self.max_connections = max_connections
-        self.max_connections_per_ip = max_connections_per_ip
+        self.max_body = cfg.max_body
+        self.idle_timeout = cfg.idle_timeout
+        self.request_timeout = cfg.request_timeout
+        self.write_timeout = cfg.write_timeout
+        self.max_connections = cfg.max_connections
+        self.max_connections_per_ip = cfg.max_connections_per_ip
         self.metrics = GatewayMetrics()
         self.created = int(time.time())
         """The ``created`` time of every model listed."""
@@ -222,10 +291,8 @@ class Gateway:
     def open_connections(self) -> int:
         return len(self._conns) - len(self._evicted)
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         """Listen on ``host``:``port`` (``port`` 0: a free one, then set here)."""
-        if self._server is not None:
-            raise RuntimeError("gateway already started")
         self._server = await asyncio.start_server(self._on_connect, self.host, self.port, backlog=BACKLOG)
         addrs = [s.getsockname() for s in self._server.sockets]
         self.port = addrs[0][1]
@@ -237,8 +304,8 @@ class Gateway:
                 self.host or "every address",
             )
 
-    async def stop(self) -> None:
-        """Stop listening and end every connection (cancelling the answers in progress). Idempotent."""
+    async def _stop(self) -> None:
+        """Stop listening and end every connection (cancelling the answers in progress)."""
         server, self._server = self._server, None
         if server is not None:
             server.close()
@@ -253,20 +320,6 @@ class Gateway:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 5)
 
-    async def serve(self) -> None:
-        """Listen until cancelled."""
-        async with self:
-            await asyncio.get_running_loop().create_future()
-
-    async def __aenter__(self) -> Gateway:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
     # ---- connections ----
 
     def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -277,7 +330,7 @@ class Gateway:
             self._refuse(writer, ApiError(503, "The gateway is stopping.", api.SERVER_ERROR))
             return
         if self._per_ip[ip] >= self.max_connections_per_ip and not self._evict_idle(ip):
-            self.metrics.refused["connections_per_ip"] += 1
+            self.metrics.refused[RefusalReason.CONNECTIONS_PER_IP] += 1
             log.info("%s: refused: %d connections from its address already", name, self._per_ip[ip])
             err = ApiError(
                 429, "Too many connections from your address.", api.RATE_LIMIT, code="too_many_connections"
@@ -285,7 +338,7 @@ class Gateway:
             self._refuse(writer, err)
             return
         if self.open_connections >= self.max_connections and not self._evict_idle(None):
-            self.metrics.refused["connections"] += 1
+            self.metrics.refused[RefusalReason.CONNECTIONS] += 1
             log.info("%s: refused: %d connections open, none idle", name, self.open_connections)
             self._refuse(
                 writer,
@@ -314,7 +367,7 @@ class Gateway:
         self._idle.pop(victim)
         self._forget(victim.task)
         self._evicted.add(victim.task)
-        self.metrics.refused["idle_evicted"] += 1
+        self.metrics.refused[RefusalReason.IDLE_EVICTED] += 1
         log.info("%s: idle connection closed to make room for a new one", victim.name)
         victim.writer.transport.abort()
         victim.task.cancel()
@@ -384,7 +437,7 @@ class Gateway:
         """One request under ``/api/``, answered in Ollama's shapes (errors as ``{"error": "..."}``)."""
         try:
             if path not in OLLAMA_PATHS:
-                self.metrics.refused["forbidden_path"] += 1
+                self.metrics.refused[RefusalReason.FORBIDDEN_PATH] += 1
                 log.info("%s: refused (403): %s %s is not an inference path", out.name, req.method, req.path)
                 raise ApiError(
                     403, f"{req.method} {req.path} is not allowed: this gateway serves inference only."
@@ -743,7 +796,7 @@ class _Connection:
                     return None
                 limit = self.gateway.request_timeout
                 raise HttpError(
-                    408, f"request not received within {limit:g} s", reason="request_timeout"
+                    408, f"request not received within {limit:g} s", reason=RefusalReason.REQUEST_TIMEOUT
                 ) from None
             finally:
                 self.gateway._idle.pop(self, None)
@@ -753,16 +806,8 @@ class _Connection:
     async def _exchange(self, req: Request) -> bool:
         """Answer ``req`` while watching the connection; False when the client went away."""
         answer = asyncio.ensure_future(self.gateway.handle(req, self))
-        watch = asyncio.ensure_future(self._watch())
-        try:
-            await asyncio.wait((answer, watch), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not answer.done():
-                if watch.done():
-                    log.info("%s: client went away mid-answer; cancelling the request", self.name)
-                answer.cancel()
-            watch.cancel()
-            await asyncio.wait((answer, watch))
+        if await race(answer, self._watch()) is not answer:
+            log.info("%s: client went away mid-answer; cancelling the request", self.name)
         if answer.cancelled():
             return False
         exc = answer.exception()

@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 
 import h11
 
-from mimirlite.errors import LocalError, ProtocolError
+from mimirlite.errors import LocalError, ProtocolError, RefusalReason
 
-MAX_HEAD = 64 * 1024
+MAX_REQUEST_HEAD = 64 * 1024
 """Bytes of a request line and its headers (the whole head, as received or as parsed); more is refused
 with 431."""
-MAX_BODY = 4 * 1024 * 1024
+MAX_REQUEST_BODY = 4 * 1024 * 1024
 """Bytes of a request body; more is refused with 413. A chat request travels to the node in one mimir
 packet, which is capped at the same size (``mimirlite.wire.lp.MAX_MESSAGE``)."""
 
@@ -55,7 +55,7 @@ class HttpError(ProtocolError):
     """
 
     def __init__(
-        self, status: int, message: str, *, reason: str = "bad_http", code: str | None = None
+        self, status: int, message: str, *, reason: str = RefusalReason.BAD_HTTP, code: str | None = None
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -266,7 +266,10 @@ class Door:
             if name is None or name not in self.hosts:
                 shown = host.decode("latin-1")[:100]
                 raise HttpError(
-                    403, f"Host {shown!r} is not served here.", reason="host", code="host_not_allowed"
+                    403,
+                    f"Host {shown!r} is not served here.",
+                    reason=RefusalReason.HOST,
+                    code="host_not_allowed",
                 )
         preflight = cors is not None and head.method == b"OPTIONS"
         if self.api_key is not None and not preflight:
@@ -274,7 +277,7 @@ class Door:
             scheme, _, key = given.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.api_key.encode()):
                 message = "Incorrect API key provided." if given else "You didn't provide an API key."
-                raise HttpError(401, message, reason="auth", code="invalid_api_key")
+                raise HttpError(401, message, reason=RefusalReason.AUTH, code="invalid_api_key")
         if self.json_only and head.method == b"POST":
             origin = _first(head, b"origin")
             allowed = (
@@ -286,7 +289,7 @@ class Door:
                 raise HttpError(
                     415,
                     f"Content-Type must be application/json (got {shown}).",
-                    reason="content_type",
+                    reason=RefusalReason.CONTENT_TYPE,
                     code="unsupported_media_type",
                 )
 
@@ -318,8 +321,8 @@ class ServerConnection:
     def __init__(
         self,
         *,
-        max_body: int = MAX_BODY,
-        max_head: int = MAX_HEAD,
+        max_body: int = MAX_REQUEST_BODY,
+        max_head: int = MAX_REQUEST_HEAD,
         cors: CorsPolicy | None = None,
         door: Door | None = None,
     ) -> None:
@@ -359,7 +362,9 @@ class ServerConnection:
                 elif isinstance(event, h11.Data):
                     if len(self._body) + len(event.data) > self.max_body:
                         raise HttpError(
-                            413, f"request body over {self.max_body} bytes", reason="body_too_large"
+                            413,
+                            f"request body over {self.max_body} bytes",
+                            reason=RefusalReason.BODY_TOO_LARGE,
                         )
                     self._body += event.data
                 elif isinstance(event, h11.EndOfMessage):
@@ -368,7 +373,7 @@ class ServerConnection:
                     return Pending.CLOSED
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
-            reason = "head_too_large" if status == 431 else "bad_http"
+            reason = RefusalReason.HEAD_TOO_LARGE if status == 431 else RefusalReason.BAD_HTTP
             raise HttpError(status, f"bad HTTP request: {exc}", reason=reason) from None
 
     def _cors_for(self, origin: bytes | None) -> list[tuple[bytes, bytes]]:
@@ -386,18 +391,20 @@ class ServerConnection:
         size = len(head.method) + len(head.target) + 12 + sum(len(k) + len(v) + 4 for k, v in head.headers)
         if size > self.max_head:
             raise HttpError(
-                431, f"request head of {size} bytes; the limit is {self.max_head}", reason="head_too_large"
+                431,
+                f"request head of {size} bytes; the limit is {self.max_head}",
+                reason=RefusalReason.HEAD_TOO_LARGE,
             )
         length = _first(head, b"content-length")
         if length is not None and _first(head, b"transfer-encoding") is not None:
-            raise HttpError(400, "both Content-Length and Transfer-Encoding", reason="smuggling")
+            raise HttpError(400, "both Content-Length and Transfer-Encoding", reason=RefusalReason.SMUGGLING)
         if self.door is not None:
             self.door.check(head, self.cors)
         if length is not None and int(length) > self.max_body:  # h11 checked it is a number
             raise HttpError(
                 413,
                 f"request body of {int(length)} bytes; the limit is {self.max_body}",
-                reason="body_too_large",
+                reason=RefusalReason.BODY_TOO_LARGE,
             )
         if self._h11.they_are_waiting_for_100_continue:
             self._send(h11.InformationalResponse(status_code=100, headers=[], reason=_reason(100)))

@@ -10,6 +10,7 @@ from mimirlite.mimir.backends import Backend, BackendError, EchoBackend, OpenAIB
 from mimirlite.mimir.client import (
     AnswerTimeoutError,
     ChatError,
+    ClientConfig,
     MimirClient,
     NoNodeError,
     TruncatedAnswerError,
@@ -17,17 +18,18 @@ from mimirlite.mimir.client import (
 from mimirlite.mimir.limits import NodeLimits
 from mimirlite.mimir.models import DEFAULT_MODEL, MODEL_CIDS
 from mimirlite.mimir.node import MimirNode
-from mimirlite.mimir.packets import CHAT_PROTOCOL, IDENTIFY_PROTOCOL, RemoteError
+from mimirlite.mimir.packets import CHAT_PROTOCOL, MIMIR_IDENTIFY_PROTOCOL, RemoteError
 
 __all__ = [
     "CHAT_PROTOCOL",
     "DEFAULT_MODEL",
-    "IDENTIFY_PROTOCOL",
+    "MIMIR_IDENTIFY_PROTOCOL",
     "MODEL_CIDS",
     "AnswerTimeoutError",
     "Backend",
     "BackendError",
     "ChatError",
+    "ClientConfig",
     "EchoBackend",
     "MimirClient",
     "MimirNode",

@@ -8,12 +8,20 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
-from types import TracebackType
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from mimirlite.aio import Service
 from mimirlite.discovery import MdnsDiscovery
 from mimirlite.discovery.mdns import DEFAULT_INTERVAL as MDNS_INTERVAL
-from mimirlite.errors import MimirliteError, ProtocolError, ProtocolNotSupportedError, StreamResetError
+from mimirlite.errors import (
+    LocalError,
+    MimirliteError,
+    MimirliteTimeoutError,
+    ProtocolError,
+    ProtocolNotSupportedError,
+    StreamResetError,
+)
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.mimir import packets
 from mimirlite.mimir.models import (
@@ -46,10 +54,49 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IDENTIFY_TIMEOUT = 5.0
+MIMIR_IDENTIFY_TIMEOUT = 5.0
 """Seconds a node has to answer an identify query (as the original client)."""
 READ_TIMEOUT = 120.0
 """Seconds to wait for each packet of an answer (a large model may think long before its first token)."""
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Every setting of a :class:`MimirClient`, in the manner of aioquic's ``QuicConfiguration``:
+    ``MimirClient(config=ClientConfig(...))``, or the same fields as keywords."""
+
+    peers: Sequence[str] = ()
+    """Multiaddrs of nodes to dial and identify when the client starts (with ``/p2p/`` they are verified)."""
+    keypair: KeyPair | None = None
+    """The identity of the client's own Host (None: a fresh one each run)."""
+    host_config: HostConfig | None = None
+    """Limits and timeouts of the client's own Host (None: the defaults)."""
+    identify_timeout: float = MIMIR_IDENTIFY_TIMEOUT
+    """Seconds a node has to answer the mimir identify query (its models)."""
+    read_timeout: float = READ_TIMEOUT
+    """Seconds to wait for each packet of an answer; AnswerTimeoutError after."""
+    mdns: bool = False
+    """Also find nodes on the local network by mDNS (and drop them when they go silent)."""
+    mdns_interfaces: Sequence[str] | None = None
+    """The IPv4 addresses of the interfaces mDNS runs on (None: all)."""
+    mdns_interval: float = MDNS_INTERVAL
+    """Seconds between mDNS queries."""
+    probe_models: Sequence[str] = (DEFAULT_MODEL,)
+    """Models whose ``/mimir/<model>/1.0.0`` tunnel is probed on a peer that answers no identify."""
+    prefer_tunnel: bool = False
+    """Chat over the HTTP tunnel with nodes that serve both generations (else ``/mimirllm/1.0.0``)."""
+
+    def __post_init__(self) -> None:
+        for name in ("peers", "probe_models"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise LocalError(f"{name} is a list of strings, not one string")
+            object.__setattr__(self, name, tuple(value))
+        if self.mdns_interfaces is not None:
+            object.__setattr__(self, "mdns_interfaces", tuple(self.mdns_interfaces))
+        for name in ("identify_timeout", "read_timeout", "mdns_interval"):
+            if not getattr(self, name) > 0:
+                raise LocalError(f"{name} must be a positive number of seconds")
 
 
 class ChatError(MimirliteError):
@@ -64,7 +111,7 @@ class TruncatedAnswerError(ChatError):
     """The answer ended before a chunk with a ``finish_reason``."""
 
 
-class AnswerTimeoutError(ChatError, asyncio.TimeoutError):
+class AnswerTimeoutError(ChatError, MimirliteTimeoutError):
     """The node sent nothing for ``read_timeout`` seconds while an answer was awaited."""
 
 
@@ -85,7 +132,7 @@ LATEST = "latest"
 Body = bytes | dict[str, Any] | list[Any] | None
 
 
-class MimirClient:
+class MimirClient(Service):
     """Knows the nodes of the network and their models; :meth:`chat` asks one of them.
 
     ``async with MimirClient(peers=[multiaddr, ...]) as client`` dials and identifies the given
@@ -105,40 +152,67 @@ class MimirClient:
 
     def __init__(
         self,
-        peers: Iterable[str] = (),
+        peers: Iterable[str] | None = None,
         *,
+        config: ClientConfig | HostConfig | None = None,
         host: Host | None = None,
         keypair: KeyPair | None = None,
-        config: HostConfig | None = None,
-        identify_timeout: float = IDENTIFY_TIMEOUT,
-        read_timeout: float = READ_TIMEOUT,
-        mdns: bool = False,
+        host_config: HostConfig | None = None,
+        identify_timeout: float | None = None,
+        read_timeout: float | None = None,
+        mdns: bool | None = None,
         mdns_interfaces: Sequence[str] | None = None,
-        mdns_interval: float = MDNS_INTERVAL,
-        probe_models: Sequence[str] = (DEFAULT_MODEL,),
-        prefer_tunnel: bool = False,
+        mdns_interval: float | None = None,
+        probe_models: Sequence[str] | None = None,
+        prefer_tunnel: bool | None = None,
     ) -> None:
+        """``config`` (a :class:`ClientConfig`) holds every setting; ``peers`` and the keywords, each one
+        a :class:`ClientConfig` field, are merged into it (a keyword given, not None, wins over the
+        config's field). A :class:`HostConfig` given as ``config`` is taken as ``host_config`` (the
+        meaning ``config`` had before ClientConfig). ``host`` is a Host you run, to share: then
+        ``keypair`` and ``host_config`` are not used."""
+        if isinstance(config, HostConfig):
+            if host_config is not None:
+                raise TypeError("config (a HostConfig) and host_config given together")
+            config, host_config = None, config
+        given: dict[str, Any] = {
+            "peers": None if peers is None else tuple(peers),
+            "keypair": keypair,
+            "host_config": host_config,
+            "identify_timeout": identify_timeout,
+            "read_timeout": read_timeout,
+            "mdns": mdns,
+            "mdns_interfaces": mdns_interfaces,
+            "mdns_interval": mdns_interval,
+            "probe_models": probe_models,
+            "prefer_tunnel": prefer_tunnel,
+        }
+        changes = {name: value for name, value in given.items() if value is not None}
+        cfg = config or ClientConfig()
+        self.config: ClientConfig = replace(cfg, **changes) if changes else cfg
+        """The settings this client runs with."""
+        cfg = self.config
         self._own_host = host is None
-        self.prefer_tunnel = prefer_tunnel
-        self.host = host or Host(keypair, config=config)
-        self._static = list(peers)
-        self.identify_timeout = identify_timeout
-        self.read_timeout = read_timeout
+        self.prefer_tunnel = cfg.prefer_tunnel
+        self.host = host or Host(cfg.keypair, config=cfg.host_config)
+        self._static = list(cfg.peers)
+        self.identify_timeout = cfg.identify_timeout
+        self.read_timeout = cfg.read_timeout
         self._nodes: dict[PeerId, list[str]] = {}
         self._tunnels: dict[PeerId, dict[str, str]] = {}  # model name -> /mimir/<sanitized>/1.0.0
         self._generation: dict[PeerId, str] = {}
         self._names_of: dict[Connection, dict[str, str]] = {}  # a latest node's names, once per connection
-        self.probe_models = list(probe_models)
+        self.probe_models = list(cfg.probe_models)
         self._inflight: dict[PeerId, int] = {}
         self._rtt: dict[PeerId, float] = {}
         self._services = start_services(self.host)
         self._ping = Ping(self.host, serve=False)
         self.discovery: MdnsDiscovery | None = None
-        if mdns:
+        if cfg.mdns:
             self.discovery = MdnsDiscovery(
                 self.host,
-                interval=mdns_interval,
-                interfaces=mdns_interfaces,
+                interval=cfg.mdns_interval,
+                interfaces=cfg.mdns_interfaces,
                 on_peer=self._discovered,
                 on_lost=self.forget,
             )
@@ -146,7 +220,7 @@ class MimirClient:
 
     # ---- lifecycle ----
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         """Start the host (if ours) and learn the static peers' models."""
         if self._own_host:
             await self.host.start()
@@ -156,7 +230,8 @@ class MimirClient:
         if self._static:
             await asyncio.gather(*(self._try_add(a) for a in self._static))
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
+        """Stop discovery and the services, and the host if it is ours."""
         if self.discovery is not None:
             await self.discovery.stop()
         if self._on_disconnected in self.host.on_disconnected:
@@ -166,15 +241,6 @@ class MimirClient:
         self._names_of.clear()
         if self._own_host:
             await self.host.stop()
-
-    async def __aenter__(self) -> MimirClient:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # ---- nodes ----
 
@@ -241,7 +307,7 @@ class MimirClient:
                 models, generation = list(tunnels), LATEST
         else:
             served = [n for p in protocols if (n := sanitized_of(p)) is not None]
-            if packets.IDENTIFY_PROTOCOL in protocols:
+            if packets.MIMIR_IDENTIFY_PROTOCOL in protocols:
                 models = await self._identify_first(peer)
                 generation = FIRST
                 tunnels = {m: tunnel_protocol(m) for m in models if sanitize_model(m) in served}
@@ -329,7 +395,7 @@ class MimirClient:
     async def _identify_first(self, peer: PeerId) -> list[str]:
         """Ask ``/mimirllm/1.0.0/identify`` for the models a first-generation node serves."""
         request_id = str(uuid.uuid4())
-        stream = await self.host.new_stream(peer, packets.IDENTIFY_PROTOCOL)
+        stream = await self.host.new_stream(peer, packets.MIMIR_IDENTIFY_PROTOCOL)
         async with stream:
             await stream.write_json(Packet(packets.QUERY, model_cid(DEFAULT_MODEL), request_id).to_json())
             await stream.close_write()

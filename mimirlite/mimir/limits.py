@@ -12,7 +12,7 @@ import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
-from mimirlite.errors import LocalError
+from mimirlite.errors import EndReason, LocalError
 from mimirlite.mimir import packets
 
 MAX_CONCURRENT = 256
@@ -171,9 +171,9 @@ class Refusal:
     message: str
 
 
-FAIR_SHARE = "fair_share"
+FAIR_SHARE = EndReason.FAIR_SHARE
 """An ended chat's reason: its peer or address held more than its share, and its reader stalled."""
-STALLED = "stall_timeout"
+STALLED = EndReason.STALL_TIMEOUT
 """An ended chat's reason: its reader took nothing for ``stall_timeout`` while others waited."""
 
 

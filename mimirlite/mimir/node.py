@@ -10,10 +10,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 from typing import Any
 
-from mimirlite.errors import ConnectionClosedError, MimirliteError, StreamResetError
+from mimirlite.aio import Service, race
+from mimirlite.errors import ConnectionClosedError, MimirliteError, RefusalReason, StreamResetError
 from mimirlite.metrics import NodeMetrics
 from mimirlite.mimir import packets, tunnel
 from mimirlite.mimir.backends import Backend, BackendError, HttpHead
@@ -32,11 +32,11 @@ HOLDING_TOO_MUCH = "the node holds too much for its peers now (max_buffered_tota
 KEPT_PER_ITEM = 450
 """Bytes a parsed chat request keeps per message and per content part besides its text (Python objects
 and the checked copy; measured: a request of many one-letter parts keeps about 14 times its size)."""
-REQUEST_TIMEOUT = 10.0
+STREAM_REQUEST_TIMEOUT = 10.0
 """Seconds a client has to send its request packet once it opened a stream."""
 
 
-class MimirNode:
+class MimirNode(Service):
     """Serves a backend's models on ``host``; ``async with`` (or :meth:`start`) registers the protocols.
 
     ``limits`` bounds the chat requests answered at once, queued, and per peer (see
@@ -56,7 +56,7 @@ class MimirNode:
         *,
         models: Sequence[str] | None = None,
         default_model: str | None = None,
-        request_timeout: float = REQUEST_TIMEOUT,
+        request_timeout: float = STREAM_REQUEST_TIMEOUT,
         limits: NodeLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -93,8 +93,12 @@ class MimirNode:
         return m
 
     async def start(self) -> list[str]:
-        """Ask the backend for its models (unless given) and start answering; BackendError when it
-        cannot be reached or serves no model."""
+        """Ask the backend for its models (unless given) and start answering; the models served.
+        BackendError when the backend cannot be reached or serves no model (the node is then stopped)."""
+        await super().start()
+        return self.models
+
+    async def _start(self) -> None:
         known = self._known_models
         self.models = list(known) if known is not None else await self.backend.list_models()
         if not self.models:
@@ -103,7 +107,7 @@ class MimirNode:
             self.default_model = DEFAULT_MODEL if DEFAULT_MODEL in self.models else self.models[0]
         elif self.default_model not in self.models:
             raise BackendError(packets.MODEL_NOT_FOUND, f"default model {self.default_model!r} is not served")
-        self.host.set_handler(packets.IDENTIFY_PROTOCOL, self._serve_identify)
+        self.host.set_handler(packets.MIMIR_IDENTIFY_PROTOCOL, self._serve_identify)
         self.host.set_handler(packets.CHAT_PROTOCOL, self._serve_chat)
         self.tunnels = {}
         for model in self.models:
@@ -115,16 +119,10 @@ class MimirNode:
             self.host.set_handler(protocol, self._tunnel_handler(model))
         self._services = start_services(self.host)
         log.info("serving %s (default %s)", ", ".join(self.models), self.default_model)
-        return self.models
 
-    async def serve(self) -> None:
-        """Start, then serve until cancelled."""
-        async with self:
-            await asyncio.get_running_loop().create_future()
-
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         """Stop answering and release the backend."""
-        self.host.remove_handler(packets.IDENTIFY_PROTOCOL)
+        self.host.remove_handler(packets.MIMIR_IDENTIFY_PROTOCOL)
         self.host.remove_handler(packets.CHAT_PROTOCOL)
         for protocol in self.tunnels:
             self.host.remove_handler(protocol)
@@ -138,15 +136,6 @@ class MimirNode:
             service.close()
         self._services = []
         await self.backend.aclose()
-
-    async def __aenter__(self) -> MimirNode:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _read_request(self, stream: Stream, event: str) -> tuple[Packet, int]:
         """The request packet and its size in bytes."""
@@ -188,7 +177,7 @@ class MimirNode:
             if model not in self.models:
                 raise BackendError(packets.MODEL_NOT_FOUND, f"model {model!r} is not served here")
             if not stream.hold(_kept_for(size, request)):
-                self.refused[packets.OVERLOADED] += 1
+                self.refused[RefusalReason.OVERLOADED] += 1
                 log.info("%r: refused (overloaded): %s", stream, HOLDING_TOO_MUCH)
                 await _send_error(stream, packets.OVERLOADED, HOLDING_TOO_MUCH, request_id)
                 return
@@ -226,12 +215,10 @@ class MimirNode:
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._turns[ticket] = turn
         self._review_soon()
-        left = asyncio.ensure_future(stream.wait_reset())
         try:
-            await asyncio.wait((turn, left), return_when=asyncio.FIRST_COMPLETED)
+            await race(turn, stream.wait_reset())
         finally:
             del self._turns[ticket]
-            left.cancel()
         if not ticket.admitted:
             log.info("%r: client left while its request waited", stream)
             self._metrics.cancelled += 1
@@ -466,18 +453,8 @@ async def _send_raw(stream: Stream, data: bytes) -> None:
 
 async def _until_done_or_reset(stream: Stream, answer: asyncio.Future[Any]) -> None:
     """Wait for ``answer``; cancel it (and so the backend request) if the client resets the stream."""
-    left = asyncio.ensure_future(stream.wait_reset())
-    try:
-        await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not answer.done():
-            if left.done():
-                log.info("%r: client left mid-answer; cancelling the backend request", stream)
-            answer.cancel()
-        left.cancel()
-        await asyncio.wait((answer, left))
-        if not answer.cancelled():
-            answer.exception()  # retrieved here even when we are being cancelled ourselves
+    if await race(answer, stream.wait_reset()) is not answer:
+        log.info("%r: client left mid-answer; cancelling the backend request", stream)
 
 
 async def _send_error(stream: Stream, type: str, message: str, request_id: str | None) -> None:

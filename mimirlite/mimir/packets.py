@@ -12,7 +12,7 @@ from typing import Any
 from mimirlite.errors import MimirliteError, ProtocolError
 from mimirlite.mimir.params import ParamError, check_messages, check_model, check_params
 
-IDENTIFY_PROTOCOL = "/mimirllm/1.0.0/identify"
+MIMIR_IDENTIFY_PROTOCOL = "/mimirllm/1.0.0/identify"
 CHAT_PROTOCOL = "/mimirllm/1.0.0"
 
 MESSAGE = "message"

@@ -39,7 +39,7 @@ MAX_TEXT_FIELD = 16 * 1024
 """Characters in a tool or schema description."""
 MAX_NAME = 256
 """Characters in a name, an id, ``user`` or ``model``."""
-MAX_JSON_DEPTH = 32
+MAX_SCHEMA_DEPTH = 32
 """Nesting of a free-form JSON value (a JSON schema, tool parameters)."""
 MAX_MESSAGES = 4096
 """Messages in one request."""
@@ -151,9 +151,9 @@ def _list(param: str, value: Any, limit: int, *, empty: bool = True) -> list[Any
 
 
 def _json(param: str, value: Any, depth: int = 0) -> Any:
-    """A copy of a free-form JSON value (a schema), nested at most MAX_JSON_DEPTH, numbers finite."""
-    if depth > MAX_JSON_DEPTH:
-        raise _bad(param, f"nested deeper than {MAX_JSON_DEPTH}")
+    """A copy of a free-form JSON value (a schema), nested at most MAX_SCHEMA_DEPTH, numbers finite."""
+    if depth > MAX_SCHEMA_DEPTH:
+        raise _bad(param, f"nested deeper than {MAX_SCHEMA_DEPTH}")
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):

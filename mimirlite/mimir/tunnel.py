@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from mimirlite.gateway.http import ServerConnection
 
 
-MAX_HEAD = 64 * 1024
+MAX_TUNNEL_REQUEST_HEAD = 64 * 1024
 """Bytes of a tunnel request's line and headers; more is refused with 431."""
-MAX_BODY = lp.MAX_MESSAGE
+MAX_TUNNEL_REQUEST_BODY = lp.MAX_MESSAGE
 """Bytes of a tunnel request's body, the node's packet limit (a first-generation request is one packet);
 more is refused with 413."""
 
@@ -109,7 +109,9 @@ class RequestReader:
     400). An empty stream (:attr:`received` 0 at its end) is a probe: :meth:`feed` answers None.
     """
 
-    def __init__(self, *, max_head: int = MAX_HEAD, max_body: int = MAX_BODY) -> None:
+    def __init__(
+        self, *, max_head: int = MAX_TUNNEL_REQUEST_HEAD, max_body: int = MAX_TUNNEL_REQUEST_BODY
+    ) -> None:
         from mimirlite.gateway.http import ServerConnection  # h11: loaded only when a tunnel is used
 
         self._conn: ServerConnection = ServerConnection(max_body=max_body, max_head=max_head)

@@ -20,9 +20,9 @@ from typing import Any
 from mimirlite.errors import MessageTooLargeError, ProtocolError
 from mimirlite.wire.lp import MAX_MESSAGE
 
-MAX_HEAD = 64 * 1024
+MAX_TUNNEL_ANSWER_HEAD = 64 * 1024
 """Bytes a tunnel answer's status line and headers may take."""
-MAX_LINE = MAX_MESSAGE
+MAX_SSE_LINE = MAX_MESSAGE
 """Bytes one SSE line may take (the node's packet cap, 4 MiB)."""
 MAX_EVENT = MAX_MESSAGE
 """Bytes one SSE event's data may take (the node's packet cap, 4 MiB)."""
@@ -88,7 +88,7 @@ class ResponseReader:
     (a shorter body at the end is truncated), else everything to the end.
     """
 
-    def __init__(self, max_head: int = MAX_HEAD) -> None:
+    def __init__(self, max_head: int = MAX_TUNNEL_ANSWER_HEAD) -> None:
         self.max_head = max_head
         self.head: ResponseHead | None = None
         self._buf = bytearray()
@@ -150,7 +150,7 @@ class SseDecoder:
     a last event not followed by an empty line is still given; a last line without its newline is not.
     """
 
-    def __init__(self, max_line: int = MAX_LINE, max_event: int = MAX_EVENT) -> None:
+    def __init__(self, max_line: int = MAX_SSE_LINE, max_event: int = MAX_EVENT) -> None:
         self.max_line = max_line
         self.max_event = max_event
         self._buf = bytearray()

@@ -1,4 +1,7 @@
-"""The multiaddrs mimirlite dials and listens on: /ip4 or /ip6, /tcp, optional /p2p."""
+"""What the host can dial and listen on: ``/ip4`` or ``/ip6``, ``/tcp``, optional ``/p2p``.
+
+The codec is :mod:`mimirlite.wire.multiaddr`; this is the host's view of it (a :class:`TcpAddr`).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,9 @@ import functools
 import ipaddress
 from dataclasses import dataclass
 
-from mimirlite.errors import AddressError, InvalidKeyError
+from mimirlite.errors import AddressError
 from mimirlite.identity import PeerId
+from mimirlite.wire.multiaddr import Code, Multiaddr, tcp_multiaddr_bytes, tcp_multiaddr_text
 
 
 @dataclass(frozen=True)
@@ -24,9 +28,11 @@ class TcpAddr:
 
     def multiaddr(self, peer_id: PeerId | None = None) -> str:
         """Text form; ``peer_id`` (or the parsed one) appended as /p2p/."""
-        pid = peer_id or self.peer_id
-        text = f"/{'ip6' if self.is_ip6 else 'ip4'}/{self.host}/tcp/{self.port}"
-        return f"{text}/p2p/{pid}" if pid else text
+        return tcp_multiaddr_text(self.host, self.port, peer_id or self.peer_id)
+
+    def to_bytes(self) -> bytes:
+        """Binary form, without /p2p/ (as identify sends listen and observed addresses)."""
+        return tcp_multiaddr_bytes(self.host, self.port)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -35,30 +41,22 @@ def parse_multiaddr(text: str) -> TcpAddr:
 
     Cached: a client that opens every stream by multiaddr pays for the parse once.
     """
-    from multiaddr import Multiaddr
-
-    try:
-        parts = [(p.name, v) for p, v in Multiaddr(text).items()]
-    except Exception as exc:  # the multiaddr package raises several unrelated types
-        raise AddressError(f"invalid multiaddr {text!r}: {exc}") from None
-    return _from_parts(text, parts)
+    return tcp_addr(Multiaddr.parse(text))
 
 
-def _from_parts(text: str, parts: list[tuple[str, object]]) -> TcpAddr:
-    names = [name for name, _ in parts]
-    if names[:2] not in (["ip4", "tcp"], ["ip6", "tcp"]) or names[2:] not in ([], ["p2p"]):
-        raise AddressError(f"unsupported multiaddr {text!r}: need /ip4|/ip6, /tcp, optional /p2p")
-    host = str(ipaddress.ip_address(str(parts[0][1])))
-    port = int(str(parts[1][1]))
-    if not 0 <= port <= 65535:
-        raise AddressError(f"invalid TCP port in {text!r}")
-    peer_id = None
-    if len(parts) == 3:
-        try:
-            peer_id = PeerId.from_string(str(parts[2][1]))
-        except InvalidKeyError as exc:
-            raise AddressError(f"invalid peer ID in {text!r}: {exc}") from None
-    return TcpAddr(host, port, peer_id)
+_TCP_SHAPES = frozenset(
+    (ip, Code.TCP, *p2p) for ip in (Code.IP4, Code.IP6) for p2p in ((), (Code.P2P,))
+)
+
+
+def tcp_addr(addr: Multiaddr) -> TcpAddr:
+    """The :class:`TcpAddr` of a multiaddr (from any source); AddressError when it is not TCP over IP."""
+    shape = tuple(p.code for p, _ in addr.components)
+    if shape not in _TCP_SHAPES:
+        raise AddressError(f"unsupported multiaddr {str(addr)!r}: need /ip4|/ip6, /tcp, optional /p2p")
+    host = str(addr.components[0][1])
+    port = int(str(addr.components[1][1]))
+    return TcpAddr(host, port, addr.peer_id)
 
 
 def expand_unspecified(addr: TcpAddr) -> list[TcpAddr]:

@@ -363,9 +363,9 @@ class Connection(asyncio.BufferedProtocol):
         self._step_start = self._loop.time()
         ms: MultistreamDialer | MultistreamListener
         if self.initiator:
-            ms = MultistreamDialer([noise.PROTOCOL_ID])
+            ms = MultistreamDialer([noise.NOISE_PROTOCOL])
         else:
-            ms = MultistreamListener(lambda p: p == noise.PROTOCOL_ID)
+            ms = MultistreamListener(lambda p: p == noise.NOISE_PROTOCOL)
         self._write(ms.data_to_send())
         while ms.selected is None:
             ms.receive_data(await self._read_some())
@@ -394,9 +394,9 @@ class Connection(asyncio.BufferedProtocol):
 
         ms2: MultistreamDialer | MultistreamListener
         if self.initiator:
-            ms2 = MultistreamDialer([yamux.PROTOCOL_ID])
+            ms2 = MultistreamDialer([yamux.YAMUX_PROTOCOL])
         else:
-            ms2 = MultistreamListener(lambda p: p == yamux.PROTOCOL_ID)
+            ms2 = MultistreamListener(lambda p: p == yamux.YAMUX_PROTOCOL)
         # The initiator's last handshake message and its muxer proposal leave together.
         self._write(last_handshake_message + transport.encrypt(ms2.data_to_send()))
         plaintexts = transport.receive_data(b"")

@@ -1,7 +1,8 @@
 """libp2p identify (``/ipfs/id/1.0.0``) and identify push (``/ipfs/id/push/1.0.0``).
 
-The sans-IO part (binary multiaddrs, the ``Identify`` protobuf, turning a message into what we learn)
-takes bytes and returns data; :class:`Identify` is the asyncio service that answers and asks on a Host.
+The sans-IO part (the ``Identify`` protobuf, turning a message into what we learn; the multiaddrs in it
+go through :mod:`mimirlite.wire.multiaddr`) takes bytes and returns data; :class:`Identify` is the
+asyncio service that answers and asks on a Host.
 As js-libp2p does it: the answering side writes one length-prefixed message and closes its write side;
 the asking side reads it, checks that the public key is the connection's peer, and records the rest.
 """
@@ -9,16 +10,15 @@ the asking side reads it, checks that the public key is the connection's peer, a
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import dataclasses
-import ipaddress
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mimirlite._version import __version__
+from mimirlite.aio import SingleFlight
 from mimirlite.errors import (
     AddressError,
     ConnectionClosedError,
@@ -28,14 +28,17 @@ from mimirlite.errors import (
     LocalError,
     MessageTooLargeError,
     MimirliteError,
+    MimirliteTimeoutError,
     ProtocolError,
+    ProtocolErrorKind,
     ProtocolNotSupportedError,
+    RefusalReason,
     StreamResetError,
 )
 from mimirlite.identity import PeerId, PublicKey
 from mimirlite.wire.lp import encode_message
+from mimirlite.wire.multiaddr import Multiaddr, multiaddr_from_bytes, tcp_multiaddr_bytes
 from mimirlite.wire.protobuf import LENGTH_DELIMITED, encode_bytes_field, iter_fields
-from mimirlite.wire.varint import decode_uvarint, encode_uvarint
 
 if TYPE_CHECKING:
     from mimirlite.net.connection import Connection
@@ -99,154 +102,8 @@ class IdentifyError(ProtocolError):
     """The remote's Identify message is unusable (no message, missing or foreign public key)."""
 
 
-class IdentifyTimeoutError(MimirliteError, TimeoutError):
+class IdentifyTimeoutError(MimirliteTimeoutError):
     """An identify exchange did not finish in time."""
-
-
-# --- binary multiaddrs (sans-IO) ---------------------------------------------------------------
-
-_IP4, _IP6, _PORT, _TEXT, _P2P, _MULTIBASE, _NONE = range(7)
-_FIXED_SIZE = {_IP4: 4, _IP6: 16, _PORT: 2}
-
-_MA_BY_CODE: dict[int, tuple[str, int]] = {
-    0x04: ("ip4", _IP4),
-    0x06: ("tcp", _PORT),
-    0x21: ("dccp", _PORT),
-    0x29: ("ip6", _IP6),
-    0x2A: ("ip6zone", _TEXT),
-    0x35: ("dns", _TEXT),
-    0x36: ("dns4", _TEXT),
-    0x37: ("dns6", _TEXT),
-    0x38: ("dnsaddr", _TEXT),
-    0x84: ("sctp", _PORT),
-    0x0111: ("udp", _PORT),
-    0x0118: ("webrtc-direct", _NONE),
-    0x0119: ("webrtc", _NONE),
-    0x0122: ("p2p-circuit", _NONE),
-    0x01A5: ("p2p", _P2P),
-    0x01BB: ("https", _NONE),
-    0x01C0: ("tls", _NONE),
-    0x01C1: ("sni", _TEXT),
-    0x01C6: ("noise", _NONE),
-    0x01CC: ("quic", _NONE),
-    0x01CD: ("quic-v1", _NONE),
-    0x01D1: ("webtransport", _NONE),
-    0x01D2: ("certhash", _MULTIBASE),
-    0x01DD: ("ws", _NONE),
-    0x01DE: ("wss", _NONE),
-    0x01E0: ("http", _NONE),
-}
-_MA_BY_NAME: dict[str, tuple[int, int]] = {name: (code, kind) for code, (name, kind) in _MA_BY_CODE.items()}
-_MA_BY_NAME["ipfs"] = _MA_BY_NAME["p2p"]  # the old name of /p2p
-
-
-def _value_to_text(name: str, kind: int, value: bytes) -> str:
-    if kind == _IP4:
-        return str(ipaddress.IPv4Address(value))
-    if kind == _IP6:
-        return str(ipaddress.IPv6Address(value))
-    if kind == _PORT:
-        return str(int.from_bytes(value, "big"))
-    if kind == _P2P:
-        try:
-            return PeerId.from_bytes(value).to_base58()
-        except InvalidKeyError as exc:
-            raise DecodeError(f"multiaddr: bad /p2p value: {exc}") from None
-    if kind == _MULTIBASE:
-        return "u" + base64.urlsafe_b64encode(value).decode("ascii").rstrip("=")
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DecodeError(f"multiaddr: /{name} value is not UTF-8") from None
-    if not text or "/" in text:
-        raise DecodeError(f"multiaddr: /{name} value is empty or contains '/'")
-    return text
-
-
-def multiaddr_from_bytes(buf: bytes) -> str:
-    """The text form of a binary multiaddr; DecodeError for bytes we cannot read."""
-    buf = bytes(buf)
-    parts: list[str] = []
-    pos = 0
-    while pos < len(buf):
-        got = decode_uvarint(buf, pos)
-        if got is None:
-            raise DecodeError("multiaddr: truncated protocol code")
-        code, pos = got
-        entry = _MA_BY_CODE.get(code)
-        if entry is None:
-            raise DecodeError(f"multiaddr: unsupported protocol code {code:#x}")
-        name, kind = entry
-        parts.append(name)
-        if kind == _NONE:
-            continue
-        size = _FIXED_SIZE.get(kind)
-        if size is None:
-            got = decode_uvarint(buf, pos)
-            if got is None:
-                raise DecodeError(f"multiaddr: truncated /{name} length")
-            size, pos = got
-        if pos + size > len(buf):
-            raise DecodeError(f"multiaddr: truncated /{name} value")
-        parts.append(_value_to_text(name, kind, buf[pos : pos + size]))
-        pos += size
-    if not parts:
-        raise DecodeError("multiaddr: empty")
-    return "/" + "/".join(parts)
-
-
-def _value_to_bytes(text: str, name: str, kind: int, value: str) -> bytes:
-    try:
-        if kind == _IP4:
-            return ipaddress.IPv4Address(value).packed
-        if kind == _IP6:
-            return ipaddress.IPv6Address(value).packed
-        if kind == _PORT:
-            if not (value.isascii() and value.isdigit()) or int(value) > 0xFFFF:
-                raise ValueError(f"bad port {value!r}")
-            return int(value).to_bytes(2, "big")
-        if kind == _P2P:
-            return PeerId.from_string(value).to_bytes()
-        if kind == _MULTIBASE:
-            if not value.startswith("u"):
-                raise ValueError("only base64url multibase ('u') is supported")
-            return base64.urlsafe_b64decode(value[1:] + "=" * (-len(value[1:]) % 4))
-        return value.encode("utf-8")
-    except (ValueError, InvalidKeyError, binascii.Error) as exc:
-        raise AddressError(f"invalid /{name} value in {text!r}: {exc}") from None
-
-
-def multiaddr_to_bytes(text: str) -> bytes:
-    """The binary form of a text multiaddr; AddressError for one we cannot encode."""
-    parts = text.split("/")
-    if len(parts) < 2 or parts[0] != "" or "" in parts[1:]:
-        raise AddressError(f"invalid multiaddr {text!r}")
-    out = bytearray()
-    i = 1
-    while i < len(parts):
-        entry = _MA_BY_NAME.get(parts[i])
-        if entry is None:
-            raise AddressError(f"unsupported protocol /{parts[i]} in {text!r}")
-        code, kind = entry
-        out += encode_uvarint(code)
-        i += 1
-        if kind == _NONE:
-            continue
-        if i >= len(parts):
-            raise AddressError(f"missing /{parts[i - 1]} value in {text!r}")
-        value = _value_to_bytes(text, parts[i - 1], kind, parts[i])
-        if kind not in _FIXED_SIZE:
-            out += encode_uvarint(len(value))
-        out += value
-        i += 1
-    return bytes(out)
-
-
-def tcp_multiaddr_bytes(host: str, port: int) -> bytes:
-    """``/ip4|ip6/<host>/tcp/<port>`` in binary form (an IPv6 zone is dropped)."""
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    code = 0x04 if ip.version == 4 else 0x29
-    return encode_uvarint(code) + ip.packed + encode_uvarint(0x06) + port.to_bytes(2, "big")
 
 
 # --- the Identify message (sans-IO) ------------------------------------------------------------
@@ -510,8 +367,6 @@ class PushBudget:
 
 
 def _agent_version() -> str:
-    from mimirlite import __version__
-
     return f"mimirlite/{__version__}"
 
 
@@ -555,7 +410,11 @@ class Identify:
         self._pushing: set[PeerId] = set()
         self._over_budget: set[PeerId] = set()
         self._infos: collections.OrderedDict[PeerId, IdentifyInfo] = collections.OrderedDict()
-        self._inflight: dict[Connection, asyncio.Future[IdentifyInfo]] = {}
+        self._inflight: SingleFlight[Connection, IdentifyInfo] = SingleFlight(
+            lambda coro: host.spawn(coro, "mimirlite-identify"),
+            cancelled=lambda _: ConnectionClosedError("identify cancelled: the host is stopping"),
+        )
+        """One identify run per connection, joined by every caller (a run ends with the host)."""
         self.on_identified: list[Callable[[IdentifyInfo], None]] = []
         self._protocols = [IDENTIFY_PROTOCOL]
         host.set_handler(IDENTIFY_PROTOCOL, self._serve_identify)
@@ -612,7 +471,7 @@ class Identify:
         listen: list[bytes] = []
         for text in self.host.dialable_addrs:
             try:
-                listen.append(multiaddr_to_bytes(text.rsplit("/p2p/", 1)[0]))
+                listen.append(Multiaddr.parse(text).without_peer_id().to_bytes())
             except AddressError as exc:
                 log.debug("not announcing %s: %s", text, exc)
         observed = None
@@ -644,7 +503,7 @@ class Identify:
 
     def _count_dropped(self, what: str, dropped: dict[str, int]) -> None:
         if dropped:
-            self.host.metrics.refused["identify_over_cap"] += 1
+            self.host.metrics.refused[RefusalReason.IDENTIFY_OVER_CAP] += 1
             log.info("%s: left out %s", what, describe_dropped(dropped, self.config))
 
     async def _serve_push(self, stream: Stream) -> None:
@@ -652,7 +511,7 @@ class Identify:
         what = f"identify push from {peer}"
         refusal = self._push_refusal(peer, asyncio.get_running_loop().time())
         if refusal is not None:
-            self.host.metrics.refused["identify_push"] += 1
+            self.host.metrics.refused[RefusalReason.IDENTIFY_PUSH] += 1
             if peer in self._over_budget:  # one line when a peer goes over, not one per push
                 log.debug("%s refused: %s", what, refusal)
             else:
@@ -670,7 +529,7 @@ class Identify:
         except asyncio.TimeoutError:
             raise IdentifyTimeoutError(f"{what} not received in {self.timeout:g} s") from None
         except (ProtocolError, IncompleteReadError):  # too large, malformed, foreign key, cut short
-            self.host.metrics.protocol_errors["identify"] += 1
+            self.host.metrics.protocol_errors[ProtocolErrorKind.IDENTIFY] += 1
             raise  # the host logs it and resets the stream
         finally:
             self._pushing.discard(peer)
@@ -722,20 +581,9 @@ class Identify:
         return await asyncio.shield(self._start(conn))
 
     def _start(self, conn: Connection) -> asyncio.Future[IdentifyInfo]:
-        fut = self._inflight.get(conn)
-        if fut is None:
+        if conn not in self._inflight:
             self.host.check_running()
-            fut = asyncio.get_running_loop().create_future()
-            self._inflight[conn] = fut
-            task = self.host.spawn(self._run(conn, fut), "mimirlite-identify")
-            # a run cancelled before it started (the host stopping) never reaches its own handlers
-            task.add_done_callback(lambda _: self._settle(conn, fut))
-        return fut
-
-    def _settle(self, conn: Connection, fut: asyncio.Future[IdentifyInfo]) -> None:
-        self._fail(fut, ConnectionClosedError("identify cancelled: the host is stopping"))
-        if self._inflight.get(conn) is fut:
-            del self._inflight[conn]
+        return self._inflight.start(conn, lambda: self._identify_once(conn))
 
     def _on_connected(self, conn: Connection) -> None:
         try:
@@ -755,27 +603,14 @@ class Identify:
         else:
             log.warning("identify of %s failed: %s", conn.remote_peer, exc)
 
-    async def _run(self, conn: Connection, fut: asyncio.Future[IdentifyInfo]) -> None:
+    async def _identify_once(self, conn: Connection) -> IdentifyInfo:
         try:
             info = await asyncio.wait_for(self._query(conn), self.timeout)
         except asyncio.TimeoutError:
             reason = f"identify of {conn.remote_peer} timed out after {self.timeout:g} s"
-            self._fail(fut, IdentifyTimeoutError(reason))
-        except Exception as exc:
-            self._fail(fut, exc)
-        else:
-            self._remember(info)
-            if not fut.done():
-                fut.set_result(info)
-        finally:
-            if self._inflight.get(conn) is fut:
-                del self._inflight[conn]
-
-    @staticmethod
-    def _fail(fut: asyncio.Future[IdentifyInfo], exc: BaseException) -> None:
-        if not fut.done():
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: callers that await it still get it raised
+            raise IdentifyTimeoutError(reason) from None
+        self._remember(info)
+        return info
 
     async def _query(self, conn: Connection) -> IdentifyInfo:
         peer = conn.remote_peer
@@ -786,7 +621,7 @@ class Identify:
             msg, dropped = await _read_one(stream, what, self.config)
         except BaseException as exc:
             if isinstance(exc, (ProtocolError, IncompleteReadError)):
-                self.host.metrics.protocol_errors["identify"] += 1
+                self.host.metrics.protocol_errors[ProtocolErrorKind.IDENTIFY] += 1
             await stream.reset()
             raise
         await stream.close()

@@ -15,7 +15,12 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mimirlite.errors import IncompleteReadError, LocalError, MimirliteError, ProtocolError
+from mimirlite.errors import (
+    IncompleteReadError,
+    LocalError,
+    MimirliteTimeoutError,
+    ProtocolError,
+)
 from mimirlite.identity import PeerId
 
 if TYPE_CHECKING:
@@ -38,7 +43,7 @@ class PingMismatchError(ProtocolError):
     """The echo did not match the payload we sent."""
 
 
-class PingTimeoutError(MimirliteError, TimeoutError):
+class PingTimeoutError(MimirliteTimeoutError):
     """A ping did not come back in time."""
 
 

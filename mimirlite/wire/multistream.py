@@ -1,18 +1,20 @@
 """multistream-select 1.0.0, both roles, sans-IO.
 
 Every message is ``<uvarint length><text>\\n``. The dialer proposes protocols one after another and
-accepts the first the listener echoes; ``na`` moves it to the next. Bytes that follow the last
-negotiation message in the same read are kept in ``leftover`` for the next layer.
+accepts the first the listener echoes; ``na`` moves it to the next. ``receive_data`` returns
+:class:`ProtocolSelected` once a protocol is agreed, with the bytes that followed the last negotiation
+message (also kept in ``leftover``, which gathers whatever is fed afterwards, for the next layer).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from mimirlite.errors import DecodeError, MultistreamError, ProtocolNotSupportedError
 from mimirlite.wire.varint import decode_uvarint, encode_uvarint
 
-PROTOCOL_ID = "/multistream/1.0.0"
+MULTISTREAM_PROTOCOL = "/multistream/1.0.0"
 NA = "na"
 MAX_LINE = 1024
 """Longest message we accept; protocol ids are short, anything longer is garbage."""
@@ -24,7 +26,19 @@ def encode_line(text: str) -> bytes:
     return encode_uvarint(len(body)) + body
 
 
-_HEADER = encode_line(PROTOCOL_ID)
+_HEADER = encode_line(MULTISTREAM_PROTOCOL)
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolSelected:
+    """Both sides agreed on ``protocol``; ``leftover`` holds the bytes received after the agreement
+    (they belong to the next layer). Later bytes fed to the machine gather in its ``leftover``."""
+
+    protocol: str
+    leftover: bytes
+
+
+MultistreamEvent = ProtocolSelected
 
 
 class _LineReader:
@@ -86,23 +100,24 @@ class MultistreamDialer:
         out, self._out = self._out, b""
         return out
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed bytes; raises MultistreamError or ProtocolNotSupportedError."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[MultistreamEvent]:
+        """Feed bytes; the events they complete. Raises MultistreamError or ProtocolNotSupportedError."""
         if self.selected is not None:
             self.leftover += bytes(data)
-            return
+            return []
         self._reader.feed(data)
-        while self.selected is None:
+        while True:
             line = self._reader.next_line()
             if line is None:
-                return
+                return []
             if not self._header_seen:
-                if line != PROTOCOL_ID:
+                if line != MULTISTREAM_PROTOCOL:
                     raise MultistreamError(f"unexpected multistream header {line[:64]!r}")
                 self._header_seen = True
             elif line == self._protocols[self._index]:
                 self.selected = line
                 self.leftover = self._reader.take_rest()
+                return [ProtocolSelected(line, self.leftover)]
             elif line == NA:
                 self._index += 1
                 if self._index == len(self._protocols):
@@ -129,18 +144,19 @@ class MultistreamListener:
         out, self._out = self._out, b""
         return out
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Feed bytes; raises MultistreamError on garbage or too many refused proposals."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[MultistreamEvent]:
+        """Feed bytes; the events they complete. Raises MultistreamError on garbage or too many refused
+        proposals."""
         if self.selected is not None:
             self.leftover += bytes(data)
-            return
+            return []
         self._reader.feed(data)
-        while self.selected is None:
+        while True:
             line = self._reader.next_line()
             if line is None:
-                return
+                return []
             if not self._header_seen:
-                if line != PROTOCOL_ID:
+                if line != MULTISTREAM_PROTOCOL:
                     raise MultistreamError(f"unexpected multistream header {line[:64]!r}")
                 self._header_seen = True
                 self._out += _HEADER
@@ -148,6 +164,7 @@ class MultistreamListener:
                 self.selected = line
                 self._out += encode_line(line)
                 self.leftover = self._reader.take_rest()
+                return [ProtocolSelected(line, self.leftover)]
             else:
                 self._attempts += 1
                 if self._attempts > self._max_attempts:

@@ -3,15 +3,20 @@
 ``Noise_XX_25519_ChaChaPoly_SHA256`` with an empty prologue; every Noise message travels behind a
 2-byte big-endian length. The handshake runs on ``noiseprotocol``; each side proves its libp2p
 identity by signing ``"noise-libp2p-static-key:" + static X25519 public key`` in a
-``NoiseHandshakePayload`` (responder in message 2, initiator in message 3). After the handshake,
-:class:`NoiseTransport` encrypts with ChaCha20-Poly1305 directly, which keeps the per-message cost low.
+``NoiseHandshakePayload`` (responder in message 2, initiator in message 3). :class:`NoiseHandshake` walks
+the :class:`HandshakeState` steps and reports :class:`HandshakeComplete` once the remote is verified.
+After the handshake, :class:`NoiseTransport` encrypts with ChaCha20-Poly1305 directly, which keeps the
+per-message cost low.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -29,7 +34,9 @@ from mimirlite.errors import DecodeError, HandshakeError, InvalidKeyError, Local
 from mimirlite.identity import KeyPair, PeerId, PublicKey
 from mimirlite.wire.protobuf import LENGTH_DELIMITED, decode_message, encode_bytes_field
 
-PROTOCOL_ID = "/noise"
+log = logging.getLogger(__name__)
+
+NOISE_PROTOCOL = "/noise"
 NOISE_PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
 MAX_MESSAGE = 65535
 """Largest Noise message on the wire (the 2-byte length prefix excluded)."""
@@ -80,6 +87,37 @@ def _frame(message: bytes | bytearray) -> bytes:
     return _pack_length(len(message)) + message
 
 
+class HandshakeState(Enum):
+    """The step of one side of the XX handshake: the message that comes next, or how it ended.
+
+    The value of a ``MESSAGE_n`` state is ``n`` (``-> e``, ``<- e, ee, s, es``, ``-> s, se``); the
+    initiator writes messages 1 and 3 and reads 2, the responder the other way round.
+    """
+
+    MESSAGE_1 = 1
+    MESSAGE_2 = 2
+    MESSAGE_3 = 3
+    COMPLETE = 4
+    FAILED = 5
+
+
+_AFTER = {
+    HandshakeState.MESSAGE_1: HandshakeState.MESSAGE_2,
+    HandshakeState.MESSAGE_2: HandshakeState.MESSAGE_3,
+    HandshakeState.MESSAGE_3: HandshakeState.COMPLETE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeComplete:
+    """All three messages are exchanged and the remote proved ``remote_peer``."""
+
+    remote_peer: PeerId
+
+
+NoiseEvent = HandshakeComplete
+
+
 class NoiseHandshake:
     """One side of the XX handshake: feed received bytes, send what :meth:`data_to_send` returns."""
 
@@ -101,11 +139,10 @@ class NoiseHandshake:
         conn.start_handshake()
         self._conn: Any = conn
         # Kept here because noiseprotocol drops its handshake state (and the remote static key) at split.
-        self._state: Any = conn.noise_protocol.handshake_state
-        self._next = 1  # number of the next handshake message (4 once complete)
+        self._hs_state: Any = conn.noise_protocol.handshake_state
+        self._step = HandshakeState.MESSAGE_1
         self._buffer = bytearray()
         self._outgoing: list[bytes] = []
-        self._failed = False
         self._transport_taken = False
         self.remote_peer: PeerId | None = None
         self.remote_public_key: PublicKey | None = None
@@ -113,9 +150,20 @@ class NoiseHandshake:
             self._write()
 
     @property
+    def state(self) -> HandshakeState:
+        """The handshake's step: the message that comes next, COMPLETE or FAILED."""
+        return self._step
+
+    @property
     def complete(self) -> bool:
         """True once all three messages are exchanged and the remote identity is verified."""
-        return self._next > 3
+        return self._step is HandshakeState.COMPLETE
+
+    def _set_state(self, state: HandshakeState) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            side = "initiator" if self._initiator else "responder"
+            log.debug("noise handshake (%s): %s -> %s", side, self._step.name, state.name)
+        self._step = state
 
     def data_to_send(self) -> bytes:
         """Framed handshake messages queued since the last call."""
@@ -123,23 +171,25 @@ class NoiseHandshake:
         self._outgoing.clear()
         return out
 
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Buffer ``data`` and process every complete handshake message in it.
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[NoiseEvent]:
+        """Buffer ``data`` and process every complete handshake message in it; the events they complete
+        (:class:`HandshakeComplete` once the remote is verified).
 
         Bytes after the last handshake message are kept for :meth:`transport`. Raises
         HandshakeError (PeerIdMismatchError for the wrong identity); a failed handshake stays failed.
         """
-        if self._failed:
+        if self._step is HandshakeState.FAILED:
             raise HandshakeError("noise handshake already failed")
         buf = self._buffer
         buf += data
         try:
             while not self.complete and len(buf) >= 2:
+                number = self._step.value
                 length = buf[0] << 8 | buf[1]
-                low, high = _MESSAGE_BOUNDS[self._next]
+                low, high = _MESSAGE_BOUNDS[number]
                 if not low <= length <= high:
                     raise HandshakeError(
-                        f"noise handshake message {self._next} has {length} bytes, expected {low}..{high}"
+                        f"noise handshake message {number} has {length} bytes, expected {low}..{high}"
                     )
                 if len(buf) < 2 + length:
                     break
@@ -147,10 +197,14 @@ class NoiseHandshake:
                 del buf[: 2 + length]
                 self._read(message)
                 if not self.complete:
-                    self._write()
+                    self._write()  # the initiator's message 3 completes its side
+                if self.complete:
+                    assert self.remote_peer is not None
+                    return [HandshakeComplete(self.remote_peer)]
         except HandshakeError:
-            self._failed = True
+            self._set_state(HandshakeState.FAILED)
             raise
+        return []
 
     def transport(self) -> NoiseTransport:
         """The transport phase, holding any bytes received after the last handshake message.
@@ -168,27 +222,29 @@ class NoiseHandshake:
             bytes(protocol.cipher_state_encrypt.k), bytes(protocol.cipher_state_decrypt.k), self._buffer
         )
         self._buffer = bytearray()
-        self._conn = self._state = None
+        self._conn = self._hs_state = None
         return transport
 
     def _write(self) -> None:
         # Message 1 carries no payload; messages 2 and 3 carry our signed identity.
-        payload = b"" if self._next == 1 else self._payload
+        step = self._step
+        payload = b"" if step is HandshakeState.MESSAGE_1 else self._payload
         try:
             message = self._conn.write_message(payload)
         except _NOISE_FAILURES as exc:
-            raise HandshakeError(f"noise handshake message {self._next} could not be built: {exc!r}") from exc
+            raise HandshakeError(f"noise handshake message {step.value} could not be built: {exc!r}") from exc
         self._outgoing.append(_frame(message))
-        self._next += 1
+        self._set_state(_AFTER[step])
 
     def _read(self, message: bytes) -> None:
+        step = self._step
         try:
             payload = bytes(self._conn.read_message(message))
         except _NOISE_FAILURES as exc:
-            raise HandshakeError(f"noise handshake message {self._next} rejected: {exc!r}") from exc
-        if self._next > 1:
-            self._verify(payload, bytes(self._state.rs.public_bytes))
-        self._next += 1
+            raise HandshakeError(f"noise handshake message {step.value} rejected: {exc!r}") from exc
+        if step is not HandshakeState.MESSAGE_1:
+            self._verify(payload, bytes(self._hs_state.rs.public_bytes))
+        self._set_state(_AFTER[step])
 
     def _verify(self, payload: bytes, remote_static: bytes) -> None:
         """Check the remote's signed payload against its static key; record its identity."""

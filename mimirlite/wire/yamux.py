@@ -12,9 +12,10 @@ and longer): the window, not the reader, is then what limits the sender. Growth 
 of all streams together would pass ``max_buffered``, so a peer that keeps to its windows is never
 dropped for what growth let it send.
 
-Wire format (hashicorp/yamux ``spec.md``): a 12-byte header ``version(u8) type(u8) flags(u16)
-stream_id(u32) length(u32)``, big endian, followed by ``length`` payload bytes for data frames only.
-The dialer (client) opens odd stream ids, the listener (server) even ones; ping and go-away use id 0.
+Wire format (hashicorp/yamux ``spec.md``): :mod:`mimirlite.wire.yamux_frames` (the codec). The dialer
+(client) opens odd stream ids, the listener (server) even ones; ping and go-away use id 0. Inbound frames
+go through a table from frame type to handler (``_FRAME_HANDLERS``); each stream's half-close state is a
+:class:`StreamState` (table ``STREAM_TRANSITIONS``), the session's a :class:`SessionState`.
 
 Payloads are delivered as they arrive: a data frame split across several ``receive_data`` calls
 yields one :class:`DataReceived` per piece, so nothing larger than a partial 12-byte header is ever
@@ -32,8 +33,9 @@ reader behind the writer sends them for a while after both sides closed the stre
 from __future__ import annotations
 
 import logging
-import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 from mimirlite.errors import (
     ConnectionClosedError,
@@ -43,30 +45,47 @@ from mimirlite.errors import (
     StreamResetError,
     YamuxError,
 )
+from mimirlite.wire import yamux_frames as frames
+from mimirlite.wire.yamux_frames import (
+    HEADER_LEN,
+    HEADER_STRUCT,
+    MAX_U32,
+    VERSION,
+    Flag,
+    FrameType,
+    GoAwayCode,
+)
 
 __all__ = [
     "GO_AWAY_INTERNAL_ERROR",
     "GO_AWAY_NORMAL",
     "GO_AWAY_PROTOCOL_ERROR",
     "INITIAL_WINDOW",
-    "PROTOCOL_ID",
+    "YAMUX_PROTOCOL",
     "DataReceived",
     "GoAwayReceived",
     "PongReceived",
     "SendWindowUpdated",
+    "SessionInput",
+    "SessionState",
     "StreamAcked",
     "StreamDropped",
     "StreamEnded",
+    "StreamInput",
     "StreamOpened",
     "StreamReset",
+    "StreamState",
     "YamuxConfig",
     "YamuxEvent",
     "YamuxSession",
+    "next_session_state",
+    "next_stream_state",
 ]
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_ID = "/yamux/1.0.0"
+YAMUX_PROTOCOL = "/yamux/1.0.0"
+"""The multistream-select protocol id of yamux."""
 INITIAL_WINDOW = 256 * 1024
 """Per-stream window both sides assume at stream open (fixed by the spec)."""
 MIN_SPLIT = 16 * 1024
@@ -74,26 +93,22 @@ MIN_SPLIT = 16 * 1024
 rest waits for the next window update (no silly-window slivers). Safe with any receiver that grants credit
 once half its window was read, as the window is at least 256 KiB."""
 
-HEADER_LEN = 12
-_HEADER = struct.Struct(">BBHII")
-_pack = _HEADER.pack
-_unpack_from = _HEADER.unpack_from
+GO_AWAY_NORMAL = GoAwayCode.NORMAL
+GO_AWAY_PROTOCOL_ERROR = GoAwayCode.PROTOCOL_ERROR
+GO_AWAY_INTERNAL_ERROR = GoAwayCode.INTERNAL_ERROR
 
-TYPE_DATA = 0
-TYPE_WINDOW_UPDATE = 1
-TYPE_PING = 2
-TYPE_GO_AWAY = 3
-
-FLAG_SYN = 1
-FLAG_ACK = 2
-FLAG_FIN = 4
-FLAG_RST = 8
-
-GO_AWAY_NORMAL = 0
-GO_AWAY_PROTOCOL_ERROR = 1
-GO_AWAY_INTERNAL_ERROR = 2
-
-_MAX_U32 = 0xFFFFFFFF
+# The per-frame paths use plain-int copies of the codec's members and bound struct methods: reading an
+# attribute of an enum class, or or-ing IntFlag members, runs Python code on every use.
+_pack = HEADER_STRUCT.pack
+_unpack_from = HEADER_STRUCT.unpack_from
+_DATA = int(FrameType.DATA)
+_WINDOW_UPDATE = int(FrameType.WINDOW_UPDATE)
+_SYN = int(Flag.SYN)
+_ACK = int(Flag.ACK)
+_FIN = int(Flag.FIN)
+_RST = int(Flag.RST)
+_FIN_OR_RST = _FIN | _RST
+_MAX_U32 = MAX_U32
 
 # error kinds (YamuxSession.error_kind): what a peer did to end its session
 KIND_PROTOCOL = "yamux"
@@ -243,39 +258,165 @@ YamuxEvent = (
 # --- session ------------------------------------------------------------------------------------
 
 
+class StreamState(Enum):
+    """Where one stream is (the states of hashicorp/yamux's ``stream.go``), and which way data may flow.
+
+    There is no SYN_RECEIVED: an inbound stream is ACKed as its SYN is read, so it starts ESTABLISHED. An
+    outbound stream keeps waiting for the ACK (and says so with :class:`StreamAcked` when it comes) even
+    after a FIN either way, hence the two ``SYN_SENT_*`` states. CLOSED and RESET are end states: the
+    session has forgotten the stream.
+    """
+
+    #                         name                      we send, they send
+    SYN_SENT =               ("syn_sent",               True,    True)  # fmt: skip
+    """We opened it (SYN); no ACK yet."""
+    SYN_SENT_LOCAL_CLOSED =  ("syn_sent_local_closed",  False,   True)  # fmt: skip
+    """We opened it and sent FIN before the ACK came."""
+    SYN_SENT_REMOTE_CLOSED = ("syn_sent_remote_closed", True,    False)  # fmt: skip
+    """We opened it; the remote sent FIN before (or without) its ACK."""
+    ESTABLISHED =            ("established",            True,    True)  # fmt: skip
+    """Both directions are open."""
+    LOCAL_CLOSED =           ("local_closed",           False,   True)  # fmt: skip
+    """We sent FIN: we send no more, the remote still may."""
+    REMOTE_CLOSED =          ("remote_closed",          True,    False)  # fmt: skip
+    """The remote sent FIN: it sends no more, we still may."""
+    CLOSED =                 ("closed",                 False,   False)  # fmt: skip
+    """Both sides sent FIN (end state)."""
+    RESET =                  ("reset",                  False,   False)  # fmt: skip
+    """Either side sent RST, or we dropped it for a limit (end state)."""
+
+    def __init__(self, label: str, sending: bool, receiving: bool) -> None:
+        # plain attributes, not properties nor set lookups: the per-frame paths read them
+        self.sending = sending  # we may still send data (we sent no FIN)
+        self.receiving = receiving  # the remote may still send data (it sent no FIN)
+        self.ended = not sending and not receiving  # an end state: the stream is forgotten
+
+
+class StreamInput(Enum):
+    """What moves a stream from one :class:`StreamState` to the next."""
+
+    ACK_RECEIVED = "ack_received"
+    FIN_SENT = "fin_sent"
+    FIN_RECEIVED = "fin_received"
+    RST_SENT = "rst_sent"
+    """We reset it (:meth:`YamuxSession.reset_stream`) or dropped it for a limit."""
+    RST_RECEIVED = "rst_received"
+
+
+_S = StreamState
+_I = StreamInput
+_LIVE = [state for state in StreamState if not state.ended]
+STREAM_TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
+    # state                         input              -> next state
+    (_S.SYN_SENT,                  _I.ACK_RECEIVED):  _S.ESTABLISHED,
+    (_S.SYN_SENT,                  _I.FIN_SENT):      _S.SYN_SENT_LOCAL_CLOSED,
+    (_S.SYN_SENT,                  _I.FIN_RECEIVED):  _S.SYN_SENT_REMOTE_CLOSED,
+    (_S.SYN_SENT_LOCAL_CLOSED,     _I.ACK_RECEIVED):  _S.LOCAL_CLOSED,
+    (_S.SYN_SENT_LOCAL_CLOSED,     _I.FIN_RECEIVED):  _S.CLOSED,
+    (_S.SYN_SENT_REMOTE_CLOSED,    _I.ACK_RECEIVED):  _S.REMOTE_CLOSED,
+    (_S.SYN_SENT_REMOTE_CLOSED,    _I.FIN_SENT):      _S.CLOSED,
+    (_S.ESTABLISHED,               _I.FIN_SENT):      _S.LOCAL_CLOSED,
+    (_S.ESTABLISHED,               _I.FIN_RECEIVED):  _S.REMOTE_CLOSED,
+    (_S.LOCAL_CLOSED,              _I.FIN_RECEIVED):  _S.CLOSED,
+    (_S.REMOTE_CLOSED,             _I.FIN_SENT):      _S.CLOSED,
+    **{(state, rst): _S.RESET for state in _LIVE for rst in (_I.RST_SENT, _I.RST_RECEIVED)},
+}  # fmt: skip
+"""The stream state machine. A pair not in it leaves the state as it is: a repeated FIN either way, an ACK
+on a stream already acknowledged (or inbound), anything in an end state (the stream is forgotten)."""
+
+_ESTABLISHED = _S.ESTABLISHED
+_CLOSED = _S.CLOSED
+
+
+def next_stream_state(state: StreamState, event: StreamInput) -> StreamState | None:
+    """The state ``event`` moves a stream in ``state`` to, or None when it changes nothing."""
+    return STREAM_TRANSITIONS.get((state, event))
+
+
+class SessionState(Enum):
+    """Where a session is."""
+
+    OPEN = "open"
+    """Streams may be opened either way."""
+    GO_AWAY_SENT = "go_away_sent"
+    """We sent GoAway: inbound SYNs are refused; existing streams go on."""
+    GO_AWAY_RECEIVED = "go_away_received"
+    """The remote sent GoAway: we open no more streams; existing ones go on."""
+    DRAINING = "draining"
+    """Both sides sent GoAway: no new streams either way; existing ones go on."""
+    FAILED = "failed"
+    """A protocol violation or a flood ended it (GoAway(protocol error) queued; end state)."""
+
+
+class SessionInput(Enum):
+    """What moves a session from one :class:`SessionState` to the next."""
+
+    GO_AWAY_SENT = "go_away_sent"
+    GO_AWAY_RECEIVED = "go_away_received"
+    FAILURE = "failure"
+
+
+_SS = SessionState
+_SI = SessionInput
+SESSION_TRANSITIONS: dict[tuple[SessionState, SessionInput], SessionState] = {
+    # state                  input                 -> next state
+    (_SS.OPEN,             _SI.GO_AWAY_SENT):      _SS.GO_AWAY_SENT,
+    (_SS.OPEN,             _SI.GO_AWAY_RECEIVED):  _SS.GO_AWAY_RECEIVED,
+    (_SS.GO_AWAY_SENT,     _SI.GO_AWAY_RECEIVED):  _SS.DRAINING,
+    (_SS.GO_AWAY_RECEIVED, _SI.GO_AWAY_SENT):      _SS.DRAINING,
+    **{(state, _SI.FAILURE): _SS.FAILED for state in _SS if state is not _SS.FAILED},
+}  # fmt: skip
+"""The session state machine. A pair not in it changes nothing: a second GoAway either way, anything
+once FAILED."""
+
+_OPEN = _SS.OPEN
+_FAILED = _SS.FAILED
+_REFUSING = frozenset({_SS.GO_AWAY_SENT, _SS.DRAINING, _SS.FAILED})
+"""States in which inbound SYNs are refused."""
+
+
+def next_session_state(state: SessionState, event: SessionInput) -> SessionState | None:
+    """The state ``event`` moves a session in ``state`` to, or None when it changes nothing."""
+    return SESSION_TRANSITIONS.get((state, event))
+
+
 class _Stream:
     """Per-stream bookkeeping (no data: the glue buffers it)."""
 
     __slots__ = (
-        "acked",
-        "dead",
         "epoch",
         "frames_sent",
-        "local_closed",
         "outbound",
         "recv_window",
-        "remote_closed",
         "send_window",
         "sid",
+        "state",
         "unacked",
         "window",
-        "wrote",
     )
 
     def __init__(self, sid: int, outbound: bool, recv_window: int) -> None:
         self.sid = sid
         self.outbound = outbound
+        self.state = _S.SYN_SENT if outbound else _ESTABLISHED  # inbound: ACKed as its SYN is read
         self.send_window = INITIAL_WINDOW  # what the remote lets us send
         self.window = recv_window  # our grant: received + unread + remote's credit stay within it
         self.recv_window = recv_window  # what the remote may still send us
         self.epoch: float | None = None  # when the current window period began (first read, last update)
         self.unacked = 0  # consumed bytes not yet returned to the remote in a window update
-        self.local_closed = False  # we sent FIN
-        self.remote_closed = False  # the remote sent FIN
-        self.acked = not outbound  # for outbound streams: the remote's ACK arrived
-        self.dead = False
-        self.wrote = False  # we sent data or FIN on it
         self.frames_sent = 0  # data frames we sent on it
+
+    def _set_state(self, new: StreamState) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("yamux stream %d: %s -> %s", self.sid, self.state.name, new.name)
+        self.state = new
+
+    def handle(self, event: StreamInput) -> StreamState | None:
+        """Apply ``event``; return the new state, or None when it changes nothing."""
+        new = STREAM_TRANSITIONS.get((self.state, event))
+        if new is not None:
+            self._set_state(new)
+        return new
 
 
 class YamuxSession:
@@ -310,9 +451,10 @@ class YamuxSession:
         self._out: list[bytes | memoryview] = []
         self._pings: set[int] = set()
         self._next_ping = 0
-        self._local_go_away: int | None = None
+        self._state = _OPEN
+        self._local_go_away: int | None = None  # the codes of the GoAways sent and received
         self._remote_go_away: int | None = None
-        self._error: str | None = None
+        self._error: str | None = None  # why it FAILED
         self._error_kind: str | None = None
         self._buffered = 0  # received bytes not yet consumed, all streams
         self._granted = 0  # sum of the windows of open streams
@@ -342,9 +484,14 @@ class YamuxSession:
         return self._config
 
     @property
+    def state(self) -> SessionState:
+        """Where the session is: open, after a GoAway either way, or failed."""
+        return self._state
+
+    @property
     def is_closed(self) -> bool:
         """True once a protocol error killed the session (a GoAway is queued)."""
-        return self._error is not None
+        return self._state is _FAILED
 
     @property
     def error(self) -> str | None:
@@ -381,6 +528,11 @@ class YamuxSession:
         """True while ``stream_id`` is tracked."""
         return stream_id in self._streams
 
+    def stream_state(self, stream_id: int) -> StreamState | None:
+        """Where ``stream_id`` is, or None once forgotten (after CLOSED or RESET) or never seen."""
+        stream = self._streams.get(stream_id)
+        return None if stream is None else stream.state
+
     # --- output ---------------------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
@@ -402,11 +554,12 @@ class YamuxSession:
 
     def open_stream(self) -> int:
         """Open an outbound stream (queues a window update with SYN) and return its id."""
-        if self._error is not None:
-            raise ConnectionClosedError(f"yamux session failed: {self._error}")
-        if self._remote_go_away is not None:
-            raise ConnectionClosedError("remote sent GoAway; no new streams")
-        if self._local_go_away is not None:
+        state = self._state
+        if state is not _OPEN:
+            if state is _FAILED:
+                raise ConnectionClosedError(f"yamux session failed: {self._error}")
+            if state is not SessionState.GO_AWAY_SENT:
+                raise ConnectionClosedError("remote sent GoAway; no new streams")
             raise ConnectionClosedError("we sent GoAway; no new streams")
         if self._outbound >= self._max_streams:
             raise LimitExceededError(f"at most {self._max_streams} outbound yamux streams")
@@ -417,7 +570,7 @@ class YamuxSession:
         self._streams[sid] = _Stream(sid, True, self._initial_window)
         self._granted += self._initial_window
         self._outbound += 1
-        self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_SYN, sid, self._window_extra))
+        self._out.append(frames.window_update(sid, self._window_extra, _SYN))
         return sid
 
     def send_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
@@ -430,14 +583,14 @@ class YamuxSession:
         """
         stream = self._streams.get(stream_id)
         if stream is None:
-            if self._error is not None:
+            if self._state is _FAILED:
                 raise StreamClosedError(f"yamux session failed: {self._error}")
             if stream_id in self._remote_resets:
                 raise StreamResetError(f"yamux stream {stream_id} was reset by the remote")
             raise StreamClosedError(f"yamux stream {stream_id} is not open")
-        if stream.local_closed:
+        if not stream.state.sending:
             raise StreamClosedError(f"yamux stream {stream_id} is closed for writing")
-        if self._error is not None:
+        if self._state is _FAILED:
             raise StreamClosedError(f"yamux session failed: {self._error}")
         size = len(data) if type(data) is not memoryview else data.nbytes
         window = stream.send_window
@@ -445,11 +598,10 @@ class YamuxSession:
         if n <= 0:
             return 0
         stream.send_window = window - n
-        stream.wrote = True
         max_frame = self._max_frame_data
         out = self._out
         if n == size and n <= max_frame and isinstance(data, bytes):
-            out.append(_pack(0, TYPE_DATA, 0, stream_id, n))
+            out.append(_pack(0, _DATA, 0, stream_id, n))
             out.append(data)
             stream.frames_sent += 1
             return n
@@ -460,7 +612,7 @@ class YamuxSession:
             chunk = n - pos
             if chunk > max_frame:
                 chunk = max_frame
-            out.append(_pack(0, TYPE_DATA, 0, stream_id, chunk))
+            out.append(_pack(0, _DATA, 0, stream_id, chunk))
             piece = view[pos : pos + chunk]
             out.append(piece if immutable else piece.tobytes())
             pos += chunk
@@ -470,7 +622,7 @@ class YamuxSession:
     def send_window(self, stream_id: int) -> int:
         """Bytes we may still send on ``stream_id`` (0 for unknown or write-closed streams)."""
         stream = self._streams.get(stream_id)
-        if stream is None or stream.local_closed:
+        if stream is None or not stream.state.sending:
             return 0
         return stream.send_window
 
@@ -478,13 +630,14 @@ class YamuxSession:
         """Half-close our side of ``stream_id`` (FIN); idempotent, no-op for unknown streams."""
         self._remote_resets.pop(stream_id, None)
         stream = self._streams.get(stream_id)
-        if stream is None or stream.local_closed:
+        if stream is None:
             return
-        stream.local_closed = True
-        stream.wrote = True
-        if self._error is None:
-            self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_FIN, stream_id, 0))
-        if stream.remote_closed:
+        new = stream.handle(StreamInput.FIN_SENT)
+        if new is None:  # FIN already sent
+            return
+        if self._state is not _FAILED:
+            self._out.append(frames.window_update(stream_id, 0, _FIN))
+        if new is _CLOSED:
             self._ended(stream)
 
     def reset_stream(self, stream_id: int) -> None:
@@ -493,8 +646,9 @@ class YamuxSession:
         stream = self._streams.get(stream_id)
         if stream is None:
             return
-        if self._error is None:
-            self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_RST, stream_id, 0))
+        stream.handle(StreamInput.RST_SENT)
+        if self._state is not _FAILED:
+            self._out.append(frames.window_update(stream_id, 0, _RST))
         self._forget(stream)
 
     def consumed(self, stream_id: int, n: int, now: float | None = None) -> None:
@@ -514,13 +668,13 @@ class YamuxSession:
         self._buffered -= n
         self._empty_frames = 0  # the remote sends real data
         unacked = stream.unacked + n
-        if stream.remote_closed:
+        if not stream.state.receiving:
             stream.unacked = unacked
             return
         epoch = stream.epoch
         if epoch is None and now is not None:
             stream.epoch = epoch = now
-        if unacked < window >> 1 or self._error is not None:
+        if unacked < window >> 1 or self._state is _FAILED:
             stream.unacked = unacked
             return
         grant = unacked
@@ -534,26 +688,28 @@ class YamuxSession:
             stream.epoch = now
         stream.recv_window += grant
         stream.unacked = 0
-        self._out.append(_pack(0, TYPE_WINDOW_UPDATE, 0, stream_id, grant))
+        self._out.append(_pack(0, _WINDOW_UPDATE, 0, stream_id, grant))
 
     def ping(self) -> int:
         """Queue a ping and return its opaque value (the matching :class:`PongReceived` carries it)."""
-        if self._error is not None:
+        if self._state is _FAILED:
             raise ConnectionClosedError(f"yamux session failed: {self._error}")
         opaque = self._next_ping
         self._next_ping = (opaque + 1) & _MAX_U32
         self._pings.add(opaque)
-        self._out.append(_pack(0, TYPE_PING, FLAG_SYN, 0, opaque))
+        self._out.append(frames.ping(opaque))
         return opaque
 
     def go_away(self, code: int = GO_AWAY_NORMAL) -> None:
         """Queue a GoAway: we accept no new inbound streams, existing ones go on. Idempotent."""
-        if self._local_go_away is not None or self._error is not None:
+        new = SESSION_TRANSITIONS.get((self._state, SessionInput.GO_AWAY_SENT))
+        if new is None:  # sent already, or failed
             return
         if not 0 <= code <= _MAX_U32:
             raise LocalError("GoAway code must fit in 32 bits")
+        self._set_state(new)
         self._local_go_away = code
-        self._out.append(_pack(0, TYPE_GO_AWAY, 0, 0, code))
+        self._out.append(frames.go_away(code))
 
     # --- input ----------------------------------------------------------------------------------
 
@@ -563,7 +719,7 @@ class YamuxSession:
         Raises YamuxError on a protocol violation; a GoAway(protocol error) is then queued and the
         session is dead (every later call raises YamuxError too).
         """
-        if self._error is not None:
+        if self._state is _FAILED:
             raise YamuxError(f"yamux session already failed: {self._error}")
         if type(data) is not bytes:
             data = bytes(data)
@@ -592,7 +748,7 @@ class YamuxSession:
                     n = remaining
                 stream = self._rx_stream
                 if stream is not None:
-                    if stream.dead:  # reset locally while its frame was arriving
+                    if stream.state.ended:  # reset locally while its frame was arriving
                         self._rx_stream = stream = None
                     else:
                         events.append(DataReceived(stream.sid, data[pos : pos + n]))
@@ -601,7 +757,7 @@ class YamuxSession:
                 self._rx_remaining = remaining
                 if not remaining and stream is not None:
                     self._rx_stream = None
-                    if self._rx_flags & (FLAG_FIN | FLAG_RST):
+                    if self._rx_flags & _FIN_OR_RST:
                         self._end_flags(stream, self._rx_flags, events)
                 continue
             if end - pos < HEADER_LEN:
@@ -610,14 +766,14 @@ class YamuxSession:
                 break
             version, ftype, flags, sid, length = _unpack_from(data, pos)
             pos += HEADER_LEN
-            if ftype == TYPE_DATA and not flags and not version:
+            if ftype == _DATA and not flags and not version:
                 # hot path: plain data on a known stream, payload complete in this chunk
                 stream = streams.get(sid)
                 if (
                     stream is not None
                     and length
                     and length <= stream.recv_window
-                    and not stream.remote_closed
+                    and stream.state.receiving
                     and length <= self._max_receive_frame
                     and end - pos >= length
                     and self._buffered + length <= max_buffered
@@ -632,24 +788,33 @@ class YamuxSession:
 
     # --- internals ------------------------------------------------------------------------------
 
+    def _set_state(self, new: SessionState) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            role = "client" if self._is_client else "server"
+            logger.debug("yamux %s session: %s -> %s", role, self._state.name, new.name)
+        self._state = new
+
     def _fail(self, reason: str, kind: str = KIND_PROTOCOL) -> YamuxError:
         """Kill the session: queue GoAway(protocol error) and return the error to raise.
 
         A flood (any ``kind`` but a plain violation) also drops the replies queued for it.
         """
+        new = SESSION_TRANSITIONS.get((self._state, SessionInput.FAILURE))
+        if new is not None:
+            self._set_state(new)
         self._error = reason
         self._error_kind = kind
         if kind != KIND_PROTOCOL:
             self._out.clear()
-        self._out.append(_pack(0, TYPE_GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR))
-        self._local_go_away = GO_AWAY_PROTOCOL_ERROR
+        self._out.append(frames.go_away(GoAwayCode.PROTOCOL_ERROR))
+        self._local_go_away = GoAwayCode.PROTOCOL_ERROR
         self._hdr.clear()
         self._rx_remaining = 0
         self._rx_stream = None
         return YamuxError(reason)
 
     def _forget(self, stream: _Stream) -> None:
-        stream.dead = True
+        """Drop a stream that reached an end state (CLOSED or RESET)."""
         self._buffered -= stream.window - stream.recv_window - stream.unacked
         self._granted -= stream.window
         del self._streams[stream.sid]
@@ -680,102 +845,112 @@ class YamuxSession:
         self, version: int, ftype: int, flags: int, sid: int, length: int, events: list[YamuxEvent]
     ) -> None:
         """Handle one frame header (data payload, if any, is consumed by the caller)."""
-        if version != 0:
+        if version != VERSION:
             raise self._fail(f"unsupported yamux version {version}")
-        if ftype == TYPE_DATA:
-            if length > self._max_receive_frame:
-                raise self._fail(f"data frame of {length} bytes exceeds {self._max_receive_frame}")
-            stream = self._stream_for(flags, sid, events)
-            if stream is not None:
-                if length:
-                    if stream.remote_closed:
-                        raise self._fail(f"data on stream {sid} after its FIN")
-                    if length > stream.recv_window:
-                        raise self._fail(
-                            f"data frame of {length} bytes overruns stream {sid} window {stream.recv_window}"
-                        )
-                    if self._buffered + length > self._max_buffered:
-                        self._drop(stream, f"{self._max_buffered} bytes buffered on the connection", events)
-                        self._rx_remaining = length
-                        self._rx_stream = None
-                        return
-                    stream.recv_window -= length
-                    self._buffered += length
-                    self._rx_remaining = length
-                    self._rx_stream = stream
-                    self._rx_flags = flags
-                elif flags & (FLAG_FIN | FLAG_RST):
-                    self._end_flags(stream, flags, events)
-                elif not flags:
-                    self._empty("empty data frame on stream", sid)
-            else:
-                self._rx_remaining = length  # skip the payload of an ignored frame
-                self._rx_stream = None
-        elif ftype == TYPE_WINDOW_UPDATE:
-            stream = self._stream_for(flags, sid, events)
-            if stream is not None:
-                if length:
-                    window = stream.send_window + length
-                    if window > _MAX_U32:
-                        raise self._fail(
-                            f"window updates grew stream {sid}'s send window past {_MAX_U32}",
-                            KIND_WINDOW_UPDATE_FLOOD,
-                        )
-                    stream.send_window = window
-                    if not flags & FLAG_SYN:
-                        events.append(SendWindowUpdated(sid))
-                elif not flags:
-                    self._empty("window update without credit on stream", sid)
-                if flags & (FLAG_FIN | FLAG_RST):
-                    self._end_flags(stream, flags, events)
-            elif not flags:
-                late = self._late_credit.get(sid) if length else None
-                if late:  # credit for frames we sent before the stream ended: late, not empty
-                    if late > 1:
-                        self._late_credit[sid] = late - 1
-                    else:
-                        del self._late_credit[sid]
-                else:
-                    self._empty("window update for a stream not open,", sid)
-        elif ftype == TYPE_PING:
-            if sid != 0:
-                raise self._fail(f"ping on stream {sid}")
-            if flags & FLAG_SYN:
-                self.pings_answered += 1
-                self._reply(_pack(0, TYPE_PING, FLAG_ACK, 0, length), KIND_PING_FLOOD)
-            elif flags & FLAG_ACK:
-                if length in self._pings:
-                    self._pings.discard(length)
-                    events.append(PongReceived(length))
-            else:
-                raise self._fail("ping without SYN or ACK")
-        elif ftype == TYPE_GO_AWAY:
-            if sid != 0:
-                raise self._fail(f"GoAway on stream {sid}")
-            if self._remote_go_away is None:
-                self._remote_go_away = length
-                events.append(GoAwayReceived(length))
-        else:
+        handler = _FRAME_HANDLERS.get(ftype)
+        if handler is None:
             raise self._fail(f"unknown yamux frame type {ftype}")
+        handler(self, flags, sid, length, events)
+
+    # frame handlers (the table _FRAME_HANDLERS below): one per frame type, after the version check
+
+    def _on_data(self, flags: int, sid: int, length: int, events: list[YamuxEvent]) -> None:
+        if length > self._max_receive_frame:
+            raise self._fail(f"data frame of {length} bytes exceeds {self._max_receive_frame}")
+        stream = self._stream_for(flags, sid, events)
+        if stream is None:
+            self._rx_remaining = length  # skip the payload of an ignored frame
+            self._rx_stream = None
+            return
+        if length:
+            if not stream.state.receiving:
+                raise self._fail(f"data on stream {sid} after its FIN")
+            if length > stream.recv_window:
+                raise self._fail(
+                    f"data frame of {length} bytes overruns stream {sid} window {stream.recv_window}"
+                )
+            if self._buffered + length > self._max_buffered:
+                self._drop(stream, f"{self._max_buffered} bytes buffered on the connection", events)
+                self._rx_remaining = length
+                self._rx_stream = None
+                return
+            stream.recv_window -= length
+            self._buffered += length
+            self._rx_remaining = length
+            self._rx_stream = stream
+            self._rx_flags = flags
+        elif flags & _FIN_OR_RST:
+            self._end_flags(stream, flags, events)
+        elif not flags:
+            self._empty("empty data frame on stream", sid)
+
+    def _on_window_update(self, flags: int, sid: int, length: int, events: list[YamuxEvent]) -> None:
+        stream = self._stream_for(flags, sid, events)
+        if stream is not None:
+            if length:
+                window = stream.send_window + length
+                if window > _MAX_U32:
+                    raise self._fail(
+                        f"window updates grew stream {sid}'s send window past {_MAX_U32}",
+                        KIND_WINDOW_UPDATE_FLOOD,
+                    )
+                stream.send_window = window
+                if not flags & _SYN:
+                    events.append(SendWindowUpdated(sid))
+            elif not flags:
+                self._empty("window update without credit on stream", sid)
+            if flags & _FIN_OR_RST:
+                self._end_flags(stream, flags, events)
+        elif not flags:
+            late = self._late_credit.get(sid) if length else None
+            if late:  # credit for frames we sent before the stream ended: late, not empty
+                if late > 1:
+                    self._late_credit[sid] = late - 1
+                else:
+                    del self._late_credit[sid]
+            else:
+                self._empty("window update for a stream not open,", sid)
+
+    def _on_ping(self, flags: int, sid: int, length: int, events: list[YamuxEvent]) -> None:
+        if sid != 0:
+            raise self._fail(f"ping on stream {sid}")
+        if flags & _SYN:
+            self.pings_answered += 1
+            self._reply(frames.pong(length), KIND_PING_FLOOD)
+        elif flags & _ACK:
+            if length in self._pings:
+                self._pings.discard(length)
+                events.append(PongReceived(length))
+        else:
+            raise self._fail("ping without SYN or ACK")
+
+    def _on_go_away(self, flags: int, sid: int, length: int, events: list[YamuxEvent]) -> None:
+        if sid != 0:
+            raise self._fail(f"GoAway on stream {sid}")
+        new = SESSION_TRANSITIONS.get((self._state, SessionInput.GO_AWAY_RECEIVED))
+        if new is not None:  # else a repeated GoAway
+            self._set_state(new)
+            self._remote_go_away = length
+            events.append(GoAwayReceived(length))
 
     def _stream_for(self, flags: int, sid: int, events: list[YamuxEvent]) -> _Stream | None:
         """Apply SYN/ACK of a data or window-update frame; return the live stream or None (ignore)."""
         if sid == 0:
             raise self._fail("data or window update on stream 0")
         stream = self._streams.get(sid)
-        if flags & FLAG_SYN:
+        if flags & _SYN:
             if sid & 1 != self._remote_parity:
                 raise self._fail(f"SYN for stream {sid} with our parity")
             if stream is not None:
                 raise self._fail(f"SYN for stream {sid} which is already open")
-            if self._local_go_away is not None or self._inbound >= self._max_streams:
+            if self._state in _REFUSING or self._inbound >= self._max_streams:
                 logger.info(
                     "refusing inbound yamux stream %d (%s)",
                     sid,
-                    "GoAway sent" if self._local_go_away is not None else "max_streams reached",
+                    "GoAway sent" if self._state in _REFUSING else "max_streams reached",
                 )
                 self.streams_refused += 1
-                self._reply(_pack(0, TYPE_WINDOW_UPDATE, FLAG_RST, sid, 0), KIND_STREAM_FLOOD)
+                self._reply(frames.window_update(sid, 0, _RST), KIND_STREAM_FLOOD)
                 return None
             stream = _Stream(sid, False, self._initial_window)
             self._streams[sid] = stream
@@ -783,40 +958,42 @@ class YamuxSession:
             self._inbound += 1
             self._remote_resets.pop(sid, None)
             self._late_credit.pop(sid, None)
-            self._reply(_pack(0, TYPE_WINDOW_UPDATE, FLAG_ACK, sid, self._window_extra), KIND_STREAM_FLOOD)
+            self._reply(frames.window_update(sid, self._window_extra, _ACK), KIND_STREAM_FLOOD)
             events.append(StreamOpened(sid))
             return stream
         if stream is None:
             return None  # closed or reset here: frames racing with our RST/FIN are dropped
-        if flags & FLAG_ACK and not stream.acked:
-            stream.acked = True
+        if flags & _ACK and stream.handle(StreamInput.ACK_RECEIVED) is not None:
             events.append(StreamAcked(sid))
         return stream
 
     def _end_flags(self, stream: _Stream, flags: int, events: list[YamuxEvent]) -> None:
         """Apply FIN/RST once a frame (and its payload) is complete."""
-        if stream.dead:
+        if stream.state.ended:  # reset locally while its frame was arriving
             return
         sid = stream.sid
-        if flags & FLAG_RST:
-            if not stream.outbound and not stream.wrote:
+        if flags & _RST:
+            # an inbound stream we sent nothing on (no data, no FIN)
+            if not stream.outbound and not stream.frames_sent and stream.state.sending:
                 self._early_resets += 1
                 if self._early_resets > self._max_early_resets:
                     raise self._fail(
                         f"{self._early_resets} streams reset by the remote before we answered them",
                         KIND_RESET_FLOOD,
                     )
+            stream.handle(StreamInput.RST_RECEIVED)
             self._forget(stream)
             resets = self._remote_resets
             resets[sid] = None
             if len(resets) > 2 * self._max_streams + 16:
                 del resets[next(iter(resets))]
             events.append(StreamReset(sid))
-        elif not stream.remote_closed:  # a repeated FIN is harmless
-            stream.remote_closed = True
-            events.append(StreamEnded(sid))
-            if stream.local_closed:
-                self._ended(stream)
+        else:
+            new = stream.handle(StreamInput.FIN_RECEIVED)
+            if new is not None:  # else a repeated FIN, harmless
+                events.append(StreamEnded(sid))
+                if new is _CLOSED:
+                    self._ended(stream)
 
     def _empty(self, what: str, sid: int) -> None:
         """Count a frame that carries nothing; too many between two reads of real data are a flood."""
@@ -828,6 +1005,18 @@ class YamuxSession:
     def _drop(self, stream: _Stream, reason: str, events: list[YamuxEvent]) -> None:
         """Reset ``stream`` ourselves because of a limit, and tell the glue why."""
         logger.info("resetting yamux stream %d: %s", stream.sid, reason)
-        self._out.append(_pack(0, TYPE_WINDOW_UPDATE, FLAG_RST, stream.sid, 0))
+        stream.handle(StreamInput.RST_SENT)
+        self._out.append(frames.window_update(stream.sid, 0, _RST))
         self._forget(stream)
         events.append(StreamDropped(stream.sid, reason))
+
+
+_FrameHandler = Callable[[YamuxSession, int, int, int, list[YamuxEvent]], None]
+_FRAME_HANDLERS: dict[int, _FrameHandler] = {
+    FrameType.DATA: YamuxSession._on_data,
+    FrameType.WINDOW_UPDATE: YamuxSession._on_window_update,
+    FrameType.PING: YamuxSession._on_ping,
+    FrameType.GO_AWAY: YamuxSession._on_go_away,
+}
+"""Frame type -> handler, called with the session (a class-level table of plain functions, as aioquic's
+frame handlers are a table of bound methods, without a reference cycle per session)."""
