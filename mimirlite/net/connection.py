@@ -23,6 +23,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, cast
 
 from mimirlite.errors import (
+    CloseKind,
     ConnectionClosedError,
     HandshakeError,
     HandshakeTimeoutError,
@@ -30,6 +31,8 @@ from mimirlite.errors import (
     MimirliteError,
     PeerNotAllowedError,
     ProtocolError,
+    ProtocolErrorKind,
+    RefusalReason,
     StreamResetError,
 )
 from mimirlite.metrics import HostMetrics
@@ -144,7 +147,7 @@ class Connection(asyncio.BufferedProtocol):
         self._synced_refusals = 0
         self._state = UPGRADING
         self.close_reason: BaseException | None = None
-        self.close_kind: str | None = None
+        self.close_kind: CloseKind | None = None
         """How the connection ended (a ``HostMetrics.closed`` reason), once it has."""
         self.counted_ip: str | None = None
         """The address the host counts this inbound connection under (``max_connections_per_ip``)."""
@@ -240,9 +243,9 @@ class Connection(asyncio.BufferedProtocol):
         self._wake_inbox()
         if isinstance(exc, OSError) and exc.errno in DEAD_LINK_ERRNOS and self._state is not CLOSED:
             log.warning("%r: closing connection: dead link, the peer stopped acknowledging (%s)", self, exc)
-            self.fail(exc, "dead_link")
+            self.fail(exc, CloseKind.DEAD_LINK)
             return
-        self.fail(exc or ConnectionClosedError("connection closed by remote"), "remote")
+        self.fail(exc or ConnectionClosedError("connection closed by remote"), CloseKind.REMOTE)
 
     def pause_writing(self) -> None:
         self._write_paused = self._write_blocked = True
@@ -276,7 +279,7 @@ class Connection(asyncio.BufferedProtocol):
             f"peer is not reading: send buffer full for {self._config.write_timeout:g} s (write_timeout)"
         )
         log.warning("%r: closing connection: %s", self, reason)
-        self.fail(reason, "write_timeout", hard=True)
+        self.fail(reason, CloseKind.WRITE_TIMEOUT, hard=True)
 
     async def drain(self) -> None:
         """Return once writers may add to the connection again; ConnectionClosedError if it closed."""
@@ -425,7 +428,7 @@ class Connection(asyncio.BufferedProtocol):
         if rest:
             self._on_session_data(rest)
         elif self._eof:
-            self.fail(ConnectionClosedError("connection closed by remote"), "remote")
+            self.fail(ConnectionClosedError("connection closed by remote"), CloseKind.REMOTE)
 
     # ---- session ----
 
@@ -437,7 +440,7 @@ class Connection(asyncio.BufferedProtocol):
                 if self._state is CLOSED:
                     return
         except ProtocolError as exc:
-            self.abort(exc, error_kind="noise")
+            self.abort(exc, error_kind=ProtocolErrorKind.NOISE)
             return
         self._flush()
 
@@ -467,7 +470,7 @@ class Connection(asyncio.BufferedProtocol):
                 total = self._metrics.streams_current
                 if total >= self._config.max_streams_total:
                     log.info("%r: refusing stream %d: %d streams open (max_streams_total)", self, sid, total)
-                    self._metrics.refused["streams_total"] += 1
+                    self._metrics.refused[RefusalReason.STREAMS_TOTAL] += 1
                     session.reset_stream(sid)
                     continue
                 refusal = self._shares.refusal(self._inbound, self.remote_peer, self._ip)
@@ -495,7 +498,7 @@ class Connection(asyncio.BufferedProtocol):
                 if st is not None:
                     st.feed_reset(StreamResetError("stream reset by remote"))
             elif isinstance(ev, yamux.StreamDropped):
-                self._metrics.refused["buffer"] += 1
+                self._metrics.refused[RefusalReason.BUFFER] += 1
                 st = self._drop_stream(ev.stream_id)
                 self._unlinger(ev.stream_id)
                 if st is not None:
@@ -586,7 +589,7 @@ class Connection(asyncio.BufferedProtocol):
             budget.limit,
             self._account.held,
         )
-        self._metrics.refused["memory"] += 1
+        self._metrics.refused[RefusalReason.MEMORY] += 1
         self.stream_reset(st.stream_id)
         st.feed_reset(LimitExceededError(_BUDGET_FULL))
 
@@ -608,8 +611,8 @@ class Connection(asyncio.BufferedProtocol):
                 "the host's buffer budget (max_buffered_total)"
             )
             log.warning("%r: closing connection: %s", self, reason)
-            self._metrics.refused["memory"] += 1
-            self.fail(reason, "write_timeout", hard=True)
+            self._metrics.refused[RefusalReason.MEMORY] += 1
+            self.fail(reason, CloseKind.WRITE_TIMEOUT, hard=True)
         return freed
 
     def stream_consumed(self, stream_id: int, n: int) -> None:
@@ -670,7 +673,7 @@ class Connection(asyncio.BufferedProtocol):
     def _close_if_drained(self) -> None:
         if self._state is not CLOSED and not self._streams:
             log.info("%r: the streams the remote's GoAway left open have ended; closing", self)
-            self._close("go_away")
+            self._close(CloseKind.GO_AWAY)
 
     def stream_linger(self, st: Stream) -> None:
         """We are done with ``st``: drop unread data; reset it if the remote never ends it."""
@@ -715,7 +718,7 @@ class Connection(asyncio.BufferedProtocol):
         if idle is not None:
             if quiet >= idle and not self._streams:
                 log.info("%r: idle for %.3g s (idle_timeout); closing", self, quiet)
-                self._close("idle")
+                self._close(CloseKind.IDLE)
                 return
             due = self._last_rx + idle if quiet < idle else now + idle
         keepalive = cfg.keepalive_interval
@@ -743,7 +746,7 @@ class Connection(asyncio.BufferedProtocol):
             self._synced_pings = pings
         refusals = session.streams_refused
         if refusals != self._synced_refusals:
-            m.refused["streams"] += refusals - self._synced_refusals
+            m.refused[RefusalReason.STREAMS] += refusals - self._synced_refusals
             self._synced_refusals = refusals
 
     # ---- public ----
@@ -781,9 +784,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         """Say GoAway and close the socket; streams end with ConnectionClosedError."""
-        self._close("local")
+        self._close(CloseKind.LOCAL)
 
-    def _close(self, kind: str) -> None:
+    def _close(self, kind: CloseKind) -> None:
         if self._state is CLOSED:
             return
         if self._session is not None and self._noise is not None:
@@ -791,7 +794,7 @@ class Connection(asyncio.BufferedProtocol):
             self._flush(force=True)
         self.fail(ConnectionClosedError("connection closed locally"), kind)
 
-    def abort(self, reason: BaseException, *, error_kind: str | None = None) -> None:
+    def abort(self, reason: BaseException, *, error_kind: ProtocolErrorKind | str | None = None) -> None:
         """End the connection because of ``reason`` (logged once); ``error_kind`` counts it as a protocol
         error of that kind (see :class:`~mimirlite.metrics.HostMetrics`)."""
         if self._state is CLOSED:
@@ -804,9 +807,9 @@ class Connection(asyncio.BufferedProtocol):
         hard = self._write_paused  # the peer does not read: do not wait to flush the GoAway
         if self._session is not None:
             self._flush(force=True)  # a session that raised has queued its GoAway
-        self.fail(reason, "local" if error_kind is None else "protocol_error", hard=hard)
+        self.fail(reason, CloseKind.LOCAL if error_kind is None else CloseKind.PROTOCOL_ERROR, hard=hard)
 
-    def fail(self, reason: BaseException, kind: str = "local", *, hard: bool = False) -> None:
+    def fail(self, reason: BaseException, kind: CloseKind = CloseKind.LOCAL, *, hard: bool = False) -> None:
         """End the connection now because of ``reason``, counted as ``kind`` (a ``HostMetrics.closed``
         reason): its transport is closed (aborted when ``hard``), its streams reset with ``reason``, its
         pings fail. Nothing is logged or sent (see :meth:`close` and :meth:`abort` for that)."""

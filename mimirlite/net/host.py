@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from mimirlite.errors import (
+    CloseKind,
     ConnectionClosedError,
     DialError,
     HandshakeError,
@@ -21,6 +22,8 @@ from mimirlite.errors import (
     MimirliteError,
     PeerNotAllowedError,
     ProtocolError,
+    ProtocolErrorKind,
+    RefusalReason,
     RefusedByPeerError,
     StreamResetError,
 )
@@ -415,7 +418,7 @@ class Host:
                     self._wait_in_lobby(sock, addr)
                     return
                 cfg = self.config
-                if admission.refused == "pending_handshakes":
+                if admission.refused == RefusalReason.PENDING_HANDSHAKES:
                     limit = f"{len(self._pending)} handshakes in progress (max_pending_handshakes)"
                 else:
                     limit = f"{self._pending.count(source_of(ip))} handshakes in progress from {ip} "
@@ -433,7 +436,7 @@ class Host:
         conn.on_progress = lambda: self._pending.progress(conn, loop.time())
         self.spawn(self._accept(conn, sock), "mimirlite-accept")
 
-    def _refuse(self, sock: socket.socket, where: str, reason: str, detail: str) -> None:
+    def _refuse(self, sock: socket.socket, where: str, reason: RefusalReason, detail: str) -> None:
         self._metrics.refused[reason] += 1
         self._log_inbound(reason, "refusing inbound connection from %s: %s", where, detail)
         sock.close()
@@ -446,7 +449,9 @@ class Host:
             oldest, (_, oldest_addr) = next(iter(self._lobby.items()))
             self._leave_lobby(oldest)
             where = f"{oldest_addr[0]}:{oldest_addr[1]}"
-            self._refuse(oldest, where, "pending_handshakes", "silent while the pending table was full")
+            self._refuse(
+                oldest, where, RefusalReason.PENDING_HANDSHAKES, "silent while the pending table was full"
+            )
         loop.add_reader(sock.fileno(), self._lobby_ready, sock)
         self._lobby[sock] = (loop.call_later(YOUNG, self._lobby_ready, sock), addr)
 
@@ -476,26 +481,31 @@ class Host:
         self._pending.remove(conn)
         self._pending_socks.pop(conn, None)
 
-    def _refusal(self, ip: str) -> tuple[str, str] | None:
+    def _refusal(self, ip: str) -> tuple[RefusalReason, str] | None:
         """Why a new inbound connection from ``ip`` is refused at a connection limit (reason, detail)."""
         cfg = self.config
         if len(self._all_conns) >= cfg.max_connections:
-            return "connections", f"{len(self._all_conns)} connections (max_connections)"
+            return RefusalReason.CONNECTIONS, f"{len(self._all_conns)} connections (max_connections)"
         if self._per_ip.get(ip, 0) >= cfg.max_connections_per_ip:
-            return "connections_per_ip", f"{self._per_ip[ip]} connections from {ip} (max_connections_per_ip)"
+            return (
+                RefusalReason.CONNECTIONS_PER_IP,
+                f"{self._per_ip[ip]} connections from {ip} (max_connections_per_ip)",
+            )
         return None
 
     def _evict(self, victim: Connection, newcomer: str, quiet: float) -> None:
-        self._metrics.refused["evicted_pending"] += 1
+        self._metrics.refused[RefusalReason.EVICTED_PENDING] += 1
         self._log_inbound(
-            "evicted_pending",
+            RefusalReason.EVICTED_PENDING,
             "closing pending inbound connection from %s: stalled (no handshake step completed in %.3g s), "
             "its place taken by %s (max_pending_handshakes/max_pending_per_ip)",
             _host_port(victim),
             quiet,
             newcomer,
         )
-        victim.fail(ConnectionClosedError("pending handshake evicted by a newer connection"), "evicted")
+        victim.fail(
+            ConnectionClosedError("pending handshake evicted by a newer connection"), CloseKind.EVICTED
+        )
 
     async def _accept(self, conn: Connection, sock: socket.socket) -> None:
         cfg = self.config
@@ -513,29 +523,31 @@ class Host:
                 return
             await asyncio.wait_for(conn.upgrade(), cfg.handshake_timeout)
         except asyncio.TimeoutError:
-            self._metrics.refused["handshake_timeout"] += 1
+            self._metrics.refused[RefusalReason.HANDSHAKE_TIMEOUT] += 1
             self._log_inbound(
-                "handshake_timeout", "inbound connection from %s: upgrade timed out", _host_port(conn)
+                RefusalReason.HANDSHAKE_TIMEOUT,
+                "inbound connection from %s: upgrade timed out",
+                _host_port(conn),
             )
             conn.fail(ConnectionClosedError("handshake timeout"))
             return
         except HandshakeTimeoutError as exc:
-            if conn.close_kind != "evicted":
+            if conn.close_kind is not CloseKind.EVICTED:
                 self._metrics.refused[exc.kind] += 1
                 self._log_inbound(exc.kind, "closing inbound connection from %s: %s", _host_port(conn), exc)
                 conn.fail(exc)
             return
         except PeerNotAllowedError as exc:
             log.warning("refusing connection from %s at %s: not on the allowlist", exc.peer, _host_port(conn))
-            self._metrics.refused["allowlist"] += 1
+            self._metrics.refused[RefusalReason.ALLOWLIST] += 1
             conn.fail(exc)
             return
         except (MimirliteError, OSError) as exc:
-            if conn.close_kind != "evicted":
+            if conn.close_kind is not CloseKind.EVICTED:
                 msg = "inbound connection from %s failed to upgrade: %s"
                 self._log_inbound("upgrade_failed", msg, _host_port(conn), exc)
                 if isinstance(exc, ProtocolError):
-                    self._metrics.protocol_errors["upgrade"] += 1
+                    self._metrics.protocol_errors[ProtocolErrorKind.UPGRADE] += 1
                 conn.fail(exc)
             return
         except BaseException as exc:
@@ -576,9 +588,9 @@ class Host:
         self._release_reserve()
         delay = self._accept_backoff
         self._accept_backoff = min(2 * delay, ACCEPT_RETRY[1])
-        self._metrics.refused["accept_paused"] += 1
+        self._metrics.refused[RefusalReason.ACCEPT_PAUSED] += 1
         self._log_inbound(
-            "accept_paused",
+            RefusalReason.ACCEPT_PAUSED,
             "not accepting connections for %g s: %s (established connections carry on)",
             delay,
             exc.strerror or exc,
@@ -658,7 +670,7 @@ class Host:
         m = self._metrics
         m.connections_closed += 1
         m.connections_current -= 1
-        m.closed[conn.close_kind or "local"] += 1
+        m.closed[conn.close_kind or CloseKind.LOCAL] += 1
         peer = conn.remote_peer
         if peer is not None and self._conns.get(peer) is conn:
             del self._conns[peer]
@@ -726,7 +738,7 @@ class Host:
         except (MimirliteError, asyncio.TimeoutError) as exc:
             log.info("%r: inbound negotiation failed: %s", stream, exc or "timeout")
             if isinstance(exc, ProtocolError):
-                self._metrics.protocol_errors["negotiation"] += 1
+                self._metrics.protocol_errors[ProtocolErrorKind.NEGOTIATION] += 1
             await stream.reset()
             return
         protocol = ms.selected
@@ -752,16 +764,21 @@ class Host:
 
 
 _REASON_TEXT = {
-    "connections": "{n} more inbound connections refused (max_connections)",
-    "connections_per_ip": "{n} more inbound connections refused (max_connections_per_ip)",
-    "pending_handshakes": "{n} more inbound connections refused (max_pending_handshakes)",
-    "pending_handshakes_per_ip": "{n} more inbound connections refused (max_pending_per_ip)",
-    "evicted_pending": "{n} more pending inbound connections evicted while stalled",
-    "first_byte_timeout": "{n} more inbound connections closed: nothing received (first_byte_timeout)",
-    "handshake_step_timeout": "{n} more inbound connections closed: an upgrade step took too long "
-    "(handshake_step_timeout)",
-    "handshake_timeout": "{n} more inbound connections closed: upgrade timed out (handshake_timeout)",
-    "accept_paused": "accepting paused {n} more times: out of file descriptors",
+    RefusalReason.CONNECTIONS: "{n} more inbound connections refused (max_connections)",
+    RefusalReason.CONNECTIONS_PER_IP: "{n} more inbound connections refused (max_connections_per_ip)",
+    RefusalReason.PENDING_HANDSHAKES: "{n} more inbound connections refused (max_pending_handshakes)",
+    RefusalReason.PENDING_HANDSHAKES_PER_IP: "{n} more inbound connections refused (max_pending_per_ip)",
+    RefusalReason.EVICTED_PENDING: "{n} more pending inbound connections evicted while stalled",
+    RefusalReason.FIRST_BYTE_TIMEOUT: (
+        "{n} more inbound connections closed: nothing received (first_byte_timeout)"
+    ),
+    RefusalReason.HANDSHAKE_STEP_TIMEOUT: (
+        "{n} more inbound connections closed: an upgrade step took too long (handshake_step_timeout)"
+    ),
+    RefusalReason.HANDSHAKE_TIMEOUT: (
+        "{n} more inbound connections closed: upgrade timed out (handshake_timeout)"
+    ),
+    RefusalReason.ACCEPT_PAUSED: "accepting paused {n} more times: out of file descriptors",
     "upgrade_failed": "{n} more inbound connections failed to upgrade",
     "accept_error": "{n} more failed accepts",
 }
