@@ -5,7 +5,8 @@ it, identify, identify push and ping; plus, when node and interop/node_modules a
 peer from interop/ that dials us, echoes, pings and identifies) and records what each decoder is fed:
 multistream reads, Noise handshake messages and payloads, decrypted transport plaintexts, yamux
 input and the local calls between it, LP message bodies, mimir packets, identify messages, keys and
-peer IDs. mDNS seeds are the packets records.py builds and the js-libp2p packets of tests/test_mdns.py.
+peer IDs. mDNS seeds are the packets records.py builds and the js-libp2p packets of
+tests/helpers/mdns.py.
 
 Every handshake here uses fuzzlib's fixed Noise static key, so captured identity payloads verify in the
 harnesses. The mimir node runs as IDENTITY_A and the client as IDENTITY_B (fuzzlib's fixed keys).
@@ -378,7 +379,7 @@ async def js_traffic() -> None:
 
 def built_seeds(rec: Recorder) -> None:
     """Seeds that are not traffic: mDNS packets, and keys of the other libp2p key types."""
-    from tests.test_mdns import JS_QUERY, JS_RESPONSE
+    from tests.helpers.mdns import JS_QUERY, JS_RESPONSE
 
     peer = fuzzlib.IDENTITY_B.peer_id
     packets_built = [

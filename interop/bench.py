@@ -8,7 +8,7 @@
 Workloads W1-W5 are those of the project's bench/WORKLOADS.md (TCP + Noise + yamux on 127.0.0.1,
 listener and dialer in separate processes), plus the end-to-end chat workload (a MimirNode with the
 echo model, and a MimirClient) and T1, the latest MimirLLM generation's ``/mimir/<model>/1.0.0`` HTTP
-tunnel (``--only tun``): one answer of 20,000 streamed chunks from tests/openai_server.py (its own
+tunnel (``--only tun``): one answer of 20,000 streamed chunks from tests/helpers/openai_server.py (its own
 process) through a node, for mimirlite and the latest-generation JS peers (``latest-node.mjs``,
 ``latest-client.mjs``) both ways, beside mimirlite's first generation (``/mimirllm/1.0.0``) through the
 same node and backend. Peers:
@@ -958,9 +958,9 @@ def header_lines(
         )
     if "tun" in bench.sections:
         lines.append(
-            "T1: tests/openai_server.py streams the answer (its own process) to the node; a mimirlite "
-            "client is timed from its chat() call (connection identified, one warm-up chat) to its first "
-            "and last chunk; the latest JS client (one chat a process, as it is) from its probe of the "
+            "T1: tests/helpers/openai_server.py streams the answer (its own process) to the node; a "
+            "mimirlite client is timed from its chat() call (connection identified, one warm-up chat) to its "
+            "first and last chunk; the latest JS client (one chat a process, as it is) from its probe of the "
             "tunnel, on the connection it then chats over, to its first and last chunk line: it buffers "
             "the whole answer, so its first chunk comes with its last"
         )

@@ -8,7 +8,8 @@ Modes (``python interop/bench_worker.py MODE [--impl mimirlite|raw] [--addr A] [
   ``error``) line per workload, then ``done``, and exit.
 - ``aead``: the ChaCha20-Poly1305 limit (``cryptography``), in this one process.
 - ``e2e-node`` / ``e2e-client``: a MimirNode with the echo model, and the client that chats with it.
-- ``tun-server`` / ``tun-node`` / ``tun-client`` (T1, the latest generation's tunnel): tests/openai_server.py
+- ``tun-server`` / ``tun-node`` / ``tun-client`` (T1, the latest generation's tunnel):
+tests/helpers/openai_server.py
   answering every chat with ``tun_chunks`` streamed chunks; a MimirNode with OpenAIBackend in front of it
   (``--addr`` the server's root URL); a MimirClient timing one such answer from a node (``--addr``), over
   ``/mimir/<model>/1.0.0`` (``tun_via: "tunnel"``) or ``/mimirllm/1.0.0`` (``"first"``).
@@ -534,7 +535,7 @@ def tun_tokens(chunks: int) -> list[str]:
 
 
 async def tun_server(stop: asyncio.Event, params: dict[str, Any]) -> None:
-    from tests.openai_server import OpenAIServer  # the repository root is on PYTHONPATH
+    from tests.helpers.openai_server import OpenAIServer  # the repository root is on PYTHONPATH
 
     tokens = tun_tokens(params["tun_chunks"])
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from jsmimir import node_available
 
-from tests.leakcheck import no_leaks
+from tests.helpers.leakcheck import no_leaks
 
 __all__ = ["no_leaks"]
 

@@ -1,7 +1,7 @@
 """The gateway in front of a JS MimirLLM node: the openai SDK and curl get answers through it.
 
-A real js-libp2p node (``mimir-node.mjs``) whose backend is tests/openai_server.py, a MimirClient (mDNS
-off) that dials it, and a Gateway on 127.0.0.1. Every process and server a test starts is stopped by it;
+A real js-libp2p node (``mimir-node.mjs``) whose backend is tests/helpers/openai_server.py, a MimirClient
+(mDNS off) that dials it, and a Gateway on 127.0.0.1. Every process and server a test starts is stopped by it;
 every wait is bounded.
 """
 
@@ -19,7 +19,7 @@ from jsmimir import DEFAULT_MODEL, JsMimirNode
 
 from mimirlite.gateway import Gateway
 from mimirlite.mimir import MimirClient
-from tests.openai_server import OpenAIServer
+from tests.helpers.openai_server import OpenAIServer
 
 pytestmark = [
     pytest.mark.usefixtures("no_leaks"),

@@ -1,6 +1,6 @@
 """The gateway in front of a LATEST-generation JS node (latest-node.mjs, one ``/mimir/<model>/1.0.0`` tunnel
-per model, raw HTTP/1.1 to its backend, tests/openai_server.py): the openai SDK (chat streamed and not,
-embeddings, completions), curl and ollama-python (chat, generate, embed) get their answers through it; a
+per model, raw HTTP/1.1 to its backend, tests/helpers/openai_server.py): the openai SDK (chat streamed and
+not, embeddings, completions), curl and ollama-python (chat, generate, embed) get their answers through it; a
 backend error status passes through; the paths that manage models stay 403 at the gateway.
 
 Every process and server a test starts is stopped by it; every wait is bounded.
@@ -20,7 +20,7 @@ from jslatest import DEFAULT_MODEL, JsLatestNode
 from mimirlite.gateway import Gateway
 from mimirlite.mimir import MimirClient
 from mimirlite.mimir.client import LATEST
-from tests.openai_server import OpenAIServer, embedding
+from tests.helpers.openai_server import OpenAIServer, embedding
 
 ollama = pytest.importorskip("ollama")
 

@@ -1,7 +1,7 @@
 """The mimirlite client (library and ``chat`` CLI) against the latest-generation JS node (latest-node.mjs,
-in front of tests/openai_server.py): identify-based discovery of the real model names through the tunnel,
-streamed chats, errors, a node killed mid-answer, the raw ``request()`` tunnel; and a node speaking both
-generations reached on the first.
+in front of tests/helpers/openai_server.py): identify-based discovery of the real model names through the
+tunnel, streamed chats, errors, a node killed mid-answer, the raw ``request()`` tunnel; and a node speaking
+both generations reached on the first.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from mimirlite.mimir import EchoBackend, MimirClient, MimirNode, RemoteError, Tr
 from mimirlite.mimir.client import FIRST, LATEST, HttpRemoteError, NoNodeError
 from mimirlite.mimir.models import tunnel_protocol
 from tests.helpers import until
-from tests.openai_server import OpenAIServer
-from tests.test_cli import cli, make_env
+from tests.helpers.nodeproc import cli, make_env
+from tests.helpers.openai_server import OpenAIServer
 
 PROMPT = "the quick brown fox jumps"
 USER = {"role": "user", "content": PROMPT}

@@ -1,5 +1,5 @@
 """Self-check of the latest-generation JS peers: latest-client.mjs <-> latest-node.mjs, backend =
-tests/openai_server.py (its Ollama-like ``GET /api/tags`` and ``DELETE /api/delete`` included).
+tests/helpers/openai_server.py (its Ollama-like ``GET /api/tags`` and ``DELETE /api/delete`` included).
 
 Proves the JS stand-ins for sahilpohare/mimir-llm 464ffe1 (and jslatest.py) behave as WIRE.md describes
 before they are paired with mimirlite, defects included.
@@ -21,7 +21,7 @@ from jslatest import (
 )
 
 from mimirlite.mimir.models import tunnel_protocol
-from tests.openai_server import OpenAIServer
+from tests.helpers.openai_server import OpenAIServer
 
 PROMPT = "the quick brown fox jumps"
 OTHER = "other/model:7b"

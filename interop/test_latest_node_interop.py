@@ -15,7 +15,7 @@ from jslatest import DEFAULT_MODEL, run_latest_client
 from mimirlite import Host
 from mimirlite.mimir import EchoBackend, MimirNode, OpenAIBackend
 from mimirlite.mimir.backends import Backend
-from tests.openai_server import OpenAIServer
+from tests.helpers.openai_server import OpenAIServer
 
 PROMPT = "the quick brown fox jumps"
 

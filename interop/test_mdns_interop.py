@@ -1,6 +1,6 @@
 """mDNS discovery between mimirlite and @libp2p/mdns 11 (the original MimirLLM stack), both ways.
 
-Each test builds a private bridge of network namespaces (tests/netns.py): a mimirlite Host with
+Each test builds a private bridge of network namespaces (tests/helpers/netns.py): a mimirlite Host with
 MdnsDiscovery on a loop inside one namespace, and ``peer.mjs --mdns`` under ``ip netns exec`` in
 another. Multicast never leaves those namespaces.
 """
@@ -14,8 +14,8 @@ from typing import Any
 from jspeer import HERE, PEER_SCRIPT, JsPeer
 
 from mimirlite import PeerId
-from tests.netns import Inbox, NetnsHost, TestNet, require_netns
-from tests.test_mdns import NsPeer
+from tests.helpers.mdns import NsPeer
+from tests.helpers.netns import Inbox, NetnsHost, TestNet, require_netns
 
 TIMEOUT = 15.0
 _LINE_LIMIT = 16 * 1024 * 1024

@@ -1,8 +1,8 @@
 """mimirlite's mimir node and client against the JS MimirLLM client and node, real processes on 127.0.0.1.
 
 1. The JS client (identify query by CID, then a message with no model and no request_id) chats with a
-   mimirlite node: echo backend, OpenAI backend on tests/openai_server.py, requests split across frames,
-   a failing backend (one completionStop error packet, and the node serves the next client).
+   mimirlite node: echo backend, OpenAI backend on tests/helpers/openai_server.py, requests split across
+   frames, a failing backend (one completionStop error packet, and the node serves the next client).
 2. A mimirlite client chats with JS nodes: models learned by identify, chunks as openai
    ChatCompletionChunk objects equal to what the backend streamed, a node killed mid-answer
    (TruncatedAnswerError), fail-over from a node that fails before its first chunk.
@@ -42,7 +42,7 @@ from mimirlite.mimir import (
     OpenAIBackend,
     TruncatedAnswerError,
 )
-from tests.openai_server import OpenAIServer
+from tests.helpers.openai_server import OpenAIServer
 
 PROMPT = "the quick brown fox jumps"
 PROMPT_TOKENS = ["", "the", " quick", " brown", " fox", " jumps", None]  # delta contents, role chunk first

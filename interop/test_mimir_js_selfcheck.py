@@ -1,4 +1,5 @@
-"""Self-check of the JS mimir peers: mimir-client.mjs <-> mimir-node.mjs, backend = tests/openai_server.py.
+"""Self-check of the JS mimir peers: mimir-client.mjs <-> mimir-node.mjs, backend =
+tests/helpers/openai_server.py.
 
 Proves the JS reference node and client (and jsmimir.py) work before they are paired with mimirlite.
 """
@@ -21,7 +22,7 @@ from jsmimir import (
     run_js_client,
 )
 
-from tests.openai_server import OpenAIServer
+from tests.helpers.openai_server import OpenAIServer
 
 PROMPT = "the quick brown fox jumps"
 SYSTEM = {"role": "system", "content": "You are a helpful assistant"}

@@ -1,118 +1,25 @@
 """The real command line, run as subprocesses (``python -m mimirlite ...``) on 127.0.0.1.
 
 A node is started, its printed multiaddr parsed, and ``chat`` / ``peers`` run against it. The
-OpenAI-compatible backend is the test server from ``tests/openai_server.py``, running in the test's
+OpenAI-compatible backend is the test server from ``tests/helpers/openai_server.py``, running in the test's
 event loop while the subprocesses run next to it (``asyncio.create_subprocess_exec``). Every process
 a test starts is stopped and reaped by the test; every wait is bounded.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import signal
-import socket
 import stat
-import sys
-from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.cliproc import Banner, Proc
-from tests.openai_server import OpenAIServer
-
-REPO = Path(__file__).resolve().parent.parent
-RUN_TIMEOUT = 30.0
-"""Seconds a command has to run to its end."""
-
-PEER_ID = re.compile(r"^12D3KooW[1-9A-HJ-NP-Za-km-z]+$")
-BACKEND_VARS = ("OLLAMA_ENDPOINT", "OPENAI_BASE_URL", "OPENAI_API_KEY")
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def make_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without the backend variables, with the repository importable."""
-    env = {k: v for k, v in os.environ.items() if k not in BACKEND_VARS}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env.update(extra)
-    return env
-
-
-@contextlib.asynccontextmanager
-async def started(
-    *args: str, env: Mapping[str, str], stdin: bool = False, default_sigint: bool = False
-) -> AsyncIterator[Proc]:
-    """``python *args`` from the repository root; always stopped and reaped on the way out.
-
-    ``default_sigint`` undoes an inherited "ignore SIGINT" (background jobs of a non-interactive
-    shell start that way), so that SIGINT acts as a Ctrl-C in the terminal does.
-    """
-    preexec_fn = _default_sigint if default_sigint else None
-    cmd = (sys.executable, *args)
-    async with await Proc.start(*cmd, stdin=stdin, cwd=REPO, env=dict(env), preexec_fn=preexec_fn) as p:
-        yield p
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-@dataclass
-class Result:
-    rc: int
-    out: str
-    err: str
-
-
-async def run(*args: str, env: Mapping[str, str], stdin: bytes | None = None) -> Result:
-    """Run ``python *args`` to its end (bounded) and collect what it printed."""
-    async with started(*args, env=env, stdin=stdin is not None) as p:
-        return Result(*await p.finish(stdin, timeout=RUN_TIMEOUT))
-
-
-async def cli(command: str, *args: str, env: Mapping[str, str], stdin: bytes | None = None) -> Result:
-    """``mimirlite COMMAND *args``, with mDNS off: tests stay off the machine's real interfaces."""
-    return await run("-m", "mimirlite", command, "--no-mdns", *args, env=env, stdin=stdin)
-
-
-@contextlib.asynccontextmanager
-async def node(
-    *args: str, env: Mapping[str, str], default_sigint: bool = False
-) -> AsyncIterator[tuple[Proc, Banner]]:
-    """``mimirlite node *args`` on 127.0.0.1 (unless ``args`` says where), once it serves."""
-    listen = () if "--listen" in args else ("--listen", "/ip4/127.0.0.1/tcp/0")
-    cmd = ("-m", "mimirlite", "node", "--no-mdns", *listen, *args)
-    async with started(*cmd, env=env, default_sigint=default_sigint) as p:
-        yield p, await p.read_banner()
-
-
-def one_line(text: str) -> str:
-    """The only line of ``text`` (asserted)."""
-    lines = text.strip("\n").splitlines()
-    assert len(lines) == 1, f"expected one line, got {text!r}"
-    return lines[0]
-
+from tests.helpers.nodeproc import PEER_ID, Banner, cli, make_env, node, one_line
+from tests.helpers.openai_server import OpenAIServer
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A 127.0.0.1 port that refuses connections: bound (so nobody else takes it), never listening."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-
-
-@pytest.fixture
-def env(closed_port: int) -> dict[str, str]:
-    """Subprocess environment where the default backend (``OLLAMA_ENDPOINT``) is unreachable."""
-    return make_env(OLLAMA_ENDPOINT=f"http://127.0.0.1:{closed_port}/v1")
 
 
 @pytest.fixture

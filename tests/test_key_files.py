@@ -16,8 +16,7 @@ import pytest
 
 from mimirlite.errors import InvalidKeyError, MimirliteError
 from mimirlite.identity import MAX_KEY_FILE_SIZE, KeyFileError, KeyPair
-
-from .test_cli import PEER_ID, REPO, make_env, one_line, run
+from tests.helpers.nodeproc import PEER_ID, REPO, make_env, one_line, run
 
 KEY = KeyPair.generate()
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

@@ -1,0 +1,393 @@
+"""Test hosts in Linux network namespaces: a private LAN that never touches this machine's interfaces.
+
+A :class:`TestNet` creates one namespace holding a bridge and ``n`` host namespaces, each wired to
+the bridge by a veth pair (``eth0`` inside the host, created directly in the namespaces: nothing is
+added to the machine's own namespace). Host ``i`` gets ``10.<a>.<b>.<i + 1>/24`` on ``eth0``, with
+multicast on and a 224.0.0.0/4 route, so mDNS stays on the bridge.
+
+Code runs inside a host namespace in two ways:
+
+- :meth:`TestNet.spawn`: a subprocess under ``ip netns exec`` (e.g. ``python -c ...`` or ``node``);
+- :meth:`TestNet.loop`: an asyncio event loop on a thread that entered the namespace with
+  ``setns``; every socket that thread creates belongs to the namespace (checked on entry).
+
+Everything is removed on exit, also when the test fails: processes are stopped (terminate, then
+kill), loops are stopped, namespaces deleted. Each net has unique names. Needs root and ``ip``;
+:func:`require_netns` skips the test with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import ctypes
+import ipaddress
+import itertools
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.helpers.nodeproc import stop_process
+
+T = TypeVar("T")
+
+NAME_PREFIX = "mlt"
+"""Namespace names: ``mlt-<pid>-<random>-br`` and ``mlt-<pid>-<random>-h<i>``."""
+CMD_TIMEOUT = 10.0
+"""Bound on each ``ip`` command."""
+STOP_TIMEOUT = 5.0
+"""Bound on stopping one event loop before it is abandoned."""
+MAX_HOSTS = 250
+NETNS_DIR = Path("/run/netns")
+_CLONE_NEWNET = 0x40000000
+_counter = itertools.count()
+_available: str | bool | None = False  # False: not probed yet; None: available; str: reason
+
+
+class NetnsError(RuntimeError):
+    """An ``ip`` command failed while building or tearing down a test net."""
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=CMD_TIMEOUT, check=False)
+    if check and proc.returncode != 0:
+        raise NetnsError(f"ip {' '.join(args)}: {proc.stderr.strip() or proc.returncode}")
+    return proc
+
+
+def unavailable_reason() -> str | None:
+    """Why namespaces cannot be created here, or None when they can (probed once)."""
+    global _available
+    if _available is not False:
+        return _available  # type: ignore[return-value]
+    reason: str | None = None
+    if not sys.platform.startswith("linux"):
+        reason = "network namespaces need Linux"
+    elif os.geteuid() != 0:
+        reason = "network namespaces need root"
+    elif shutil.which("ip") is None:
+        reason = "the ip command (iproute2) is not installed"
+    else:
+        probe = f"{NAME_PREFIX}-{os.getpid()}-probe{secrets.token_hex(3)}"
+        try:
+            _ip("netns", "add", probe)
+        except (NetnsError, OSError, subprocess.TimeoutExpired) as exc:
+            reason = f"cannot create a network namespace: {exc}"
+        else:
+            with contextlib.suppress(NetnsError, OSError, subprocess.TimeoutExpired):
+                _ip("netns", "del", probe)
+    _available = reason
+    return reason
+
+
+def require_netns() -> None:
+    """Skip the calling test when namespaces cannot be created."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def our_namespaces() -> list[str]:
+    """Namespaces whose names this helper makes (any run)."""
+    out = _ip("netns", "list", check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.startswith(f"{NAME_PREFIX}-")]
+
+
+def remove_stale() -> None:
+    """Delete namespaces left by earlier runs of this helper whose process is gone."""
+    for name in our_namespaces():
+        try:
+            pid = int(name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            _ip("netns", "del", name, check=False)
+        except PermissionError:
+            pass
+
+
+# ---- threads inside a namespace ---------------------------------------------------------------
+
+
+def _netns_inode(path: str) -> int:
+    return os.stat(path).st_ino
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread into namespace ``name``; raises unless it verifiably got there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(NETNS_DIR / name, os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({name}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+    here = _netns_inode(f"/proc/self/task/{threading.get_native_id()}/ns/net")
+    if here != _netns_inode(str(NETNS_DIR / name)) or here == _netns_inode(f"/proc/{os.getpid()}/ns/net"):
+        raise OSError(f"thread did not enter network namespace {name}")
+
+
+class NetnsLoop:
+    """An asyncio event loop running on a thread inside a network namespace.
+
+    ``await netloop.run(coro)`` runs ``coro`` there and returns its result to the caller's loop.
+    Objects made there (hosts, sockets) must be used there: pass them back into ``run``.
+    """
+
+    def __init__(self, netns: str) -> None:
+        self.netns = netns
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name=f"netns-{netns}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(STOP_TIMEOUT):
+            raise NetnsError(f"event loop in {self.netns} did not start")
+        if self._error is not None:
+            raise NetnsError(f"cannot run in {self.netns}: {self._error}")
+
+    def _main(self) -> None:
+        try:
+            enter_netns(self.netns)
+            loop = asyncio.new_event_loop()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self.loop = loop
+        asyncio.set_event_loop(loop)
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            try:
+                tasks = asyncio.all_tasks(loop)
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        if self.loop is None or self.loop.is_closed():
+            coro.close()
+            raise NetnsError(f"event loop in {self.netns} is not running")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    async def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on this loop; cancels it there when the wait times out or is cancelled."""
+        fut = self.submit(coro)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+        finally:
+            fut.cancel()
+
+    def call_soon(self, fn: Any, *args: Any) -> None:
+        """Schedule a plain function on this loop (thread-safe)."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def stop(self) -> None:
+        """Cancel what still runs there, close the loop, join the thread (bounded)."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(loop.stop)
+        if self._thread.is_alive():
+            self._thread.join(STOP_TIMEOUT)
+        if self._thread.is_alive():
+            raise NetnsError(f"event loop thread in {self.netns} did not stop")
+
+
+class Inbox:
+    """Events ``(kind, a, b)`` pushed from any thread, awaited on the test's loop (no polling, no sleeps).
+
+    Make it on the test's loop; namespace loops call :meth:`push`.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.items: list[tuple[str, Any, Any]] = []
+        self._changed = asyncio.Event()
+
+    def push(self, kind: str, a: Any = None, b: Any = None) -> None:
+        self._loop.call_soon_threadsafe(self._add, (kind, a, b))
+
+    def _add(self, item: tuple[str, Any, Any]) -> None:
+        self.items.append(item)
+        self._changed.set()
+
+    async def wait_for(self, check: Callable[[list[tuple[str, Any, Any]]], Any], timeout: float) -> Any:
+        async def wait() -> Any:
+            while not (result := check(self.items)):
+                self._changed.clear()
+                await self._changed.wait()
+            return result
+
+        try:
+            return await asyncio.wait_for(wait(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"not seen within {timeout} s; events: {self.items!r}") from None
+
+    def found(self, kind: str = "peer") -> dict[Any, Any]:
+        """``{a: b}`` of the events of one kind (the latest wins)."""
+        return {a: b for k, a, b in self.items if k == kind}
+
+
+# ---- the net ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetnsHost:
+    """One test host: its namespace and its address on the bridge."""
+
+    index: int
+    netns: str
+    ip: str
+
+    def argv(self, *cmd: str) -> list[str]:
+        """``cmd`` run inside this host's namespace."""
+        return ["ip", "netns", "exec", self.netns, *cmd]
+
+
+class TestNet:
+    """A bridge and ``n`` hosts, each in its own namespace. A (sync or async) context manager."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, n: int, *, subnet: str | None = None) -> None:
+        if not 1 <= n <= MAX_HOSTS:
+            raise ValueError(f"1 to {MAX_HOSTS} hosts")
+        tag = f"{NAME_PREFIX}-{os.getpid()}-{next(_counter)}{secrets.token_hex(2)}"
+        if subnet is None:
+            subnet = f"10.{secrets.randbelow(200) + 50}.{secrets.randbelow(256)}.0/24"
+        self.network = ipaddress.IPv4Network(subnet)
+        if not self.network.subnet_of(ipaddress.IPv4Network("10.0.0.0/8")):
+            raise ValueError("test nets use 10.0.0.0/8 only")
+        self.bridge_netns = f"{tag}-br"
+        self.hosts = [
+            NetnsHost(i, f"{tag}-h{i}", str(self.network.network_address + i + 1)) for i in range(n)
+        ]
+        self._created: list[str] = []
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._loops: list[NetnsLoop] = []
+
+    # ---- building and removing ----
+
+    def create(self) -> None:
+        try:
+            remove_stale()
+            _ip("netns", "add", self.bridge_netns)
+            self._created.append(self.bridge_netns)
+            br = ("-n", self.bridge_netns)
+            _ip(*br, "link", "add", "br0", "type", "bridge")
+            _ip(*br, "link", "set", "br0", "up")
+            for host in self.hosts:
+                _ip("netns", "add", host.netns)
+                self._created.append(host.netns)
+                port = f"p{host.index}"
+                h = ("-n", host.netns)
+                _ip(*br, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
+                _ip(*br, "link", "set", port, "master", "br0", "up")
+                _ip(*h, "link", "set", "lo", "up")
+                _ip(*h, "addr", "add", f"{host.ip}/{self.network.prefixlen}", "dev", "eth0")
+                _ip(*h, "link", "set", "eth0", "multicast", "on", "up")
+                _ip(*h, "route", "add", "224.0.0.0/4", "dev", "eth0")
+        except BaseException:
+            self.destroy()
+            raise
+
+    def destroy(self) -> None:
+        """Delete every namespace this net created (bounded, never raises for a missing one)."""
+        errors: list[str] = []
+        for name in reversed(self._created):
+            pids = _ip("netns", "pids", name, check=False).stdout.split()
+            for pid in pids:  # only processes living in our own namespaces
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            proc = _ip("netns", "del", name, check=False)
+            if proc.returncode != 0 and name in our_namespaces():
+                errors.append(f"{name}: {proc.stderr.strip()}")
+        self._created.clear()
+        if errors:
+            raise NetnsError("could not delete: " + "; ".join(errors))
+
+    def __enter__(self) -> TestNet:
+        self.create()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop_loops()
+        self.destroy()
+
+    async def __aenter__(self) -> TestNet:
+        await asyncio.to_thread(self.create)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self.stop_processes()
+        finally:
+            try:
+                await asyncio.to_thread(self._stop_loops)
+            finally:
+                await asyncio.to_thread(self.destroy)
+
+    # ---- running code inside ----
+
+    def loop(self, host: NetnsHost | int) -> NetnsLoop:
+        """Start an event loop thread inside ``host``'s namespace (stopped on exit)."""
+        h = self.hosts[host] if isinstance(host, int) else host
+        nl = NetnsLoop(h.netns)
+        self._loops.append(nl)
+        nl.start()
+        return nl
+
+    async def spawn(self, host: NetnsHost | int, *argv: str, **kwargs: Any) -> asyncio.subprocess.Process:
+        """Start ``argv`` inside ``host``'s namespace (stopped on exit). kwargs go to the subprocess."""
+        h = self.hosts[host] if isinstance(host, int) else host
+        proc = await asyncio.create_subprocess_exec(*h.argv(*argv), **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    async def stop_processes(self) -> None:
+        """Terminate (then kill) every process started with :meth:`spawn`, and reap them."""
+        procs, self._procs = self._procs, []
+        await asyncio.gather(*(stop_process(p) for p in procs))
+
+    def _stop_loops(self) -> None:
+        loops, self._loops = self._loops, []
+        errors = []
+        for nl in loops:
+            try:
+                nl.stop()
+            except NetnsError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise NetnsError("; ".join(errors))
