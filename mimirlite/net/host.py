@@ -9,9 +9,9 @@ import math
 import os
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from types import TracebackType
 from typing import Any
 
+from mimirlite.aio import Service, ServiceState, SingleFlight
 from mimirlite.errors import (
     CloseKind,
     ConnectionClosedError,
@@ -68,7 +68,7 @@ then as one line with the count of the others."""
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-class Host:
+class Host(Service):
     """A libp2p host speaking TCP + Noise + yamux.
 
     ``async with Host(keypair, listen=[...]) as host`` starts listening and, on exit, closes every
@@ -109,31 +109,28 @@ class Host:
         self._metrics = HostMetrics()
         self._stream_shares = StreamShares(self.config)
         self._budget = BufferBudget(self.config.max_buffered_total)
-        self._dialing: dict[PeerId, asyncio.Future[Connection]] = {}
+        self._dialing: SingleFlight[PeerId, Connection] = SingleFlight(
+            lambda coro: self.spawn(coro, "mimirlite-dial"), cancelled=lambda _: LocalError("host is stopped")
+        )
         self._addrs: dict[PeerId, list[TcpAddr]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_connected: list[ConnectionListener] = []
         self.on_disconnected: list[ConnectionListener] = []
-        self._started = False
-        self._stopped = False
 
     # ---- lifecycle ----
 
-    async def start(self) -> None:
-        """Open the listeners."""
-        if self._started:
-            return
-        self._started = True
+    @property
+    def _stopped(self) -> bool:
+        return self.state is ServiceState.STOPPED
+
+    async def _start(self) -> None:
+        """Open the listeners (:meth:`start`; a failure stops the host)."""
         loop = asyncio.get_running_loop()
-        try:
-            for addr in self._listen:
-                sock = _listen_socket(addr)
-                self._listeners.append(sock)
-                name = sock.getsockname()
-                self._listen_addrs.append(TcpAddr(name[0], name[1]))
-        except OSError:
-            await self.stop()
-            raise
+        for addr in self._listen:
+            sock = _listen_socket(addr)
+            self._listeners.append(sock)
+            name = sock.getsockname()
+            self._listen_addrs.append(TcpAddr(name[0], name[1]))
         if self._listeners:
             self._take_reserve()
             if self.config.return_memory and malloc_trim() is not None:
@@ -143,11 +140,8 @@ class Host:
         for a in self._listen_addrs:
             log.info("listening on %s", a.multiaddr(self.peer_id))
 
-    async def stop(self) -> None:
-        """Close listeners, connections and handler tasks; waits for them to finish."""
-        if self._stopped:
-            return
-        self._stopped = True
+    async def _stop(self) -> None:
+        """Close listeners, connections and handler tasks; waits for them to finish (:meth:`stop`)."""
         loop = asyncio.get_running_loop()
         for sock in self._listeners:
             if not self._accept_paused:
@@ -169,15 +163,6 @@ class Host:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._flush_log(math.inf)
-
-    async def __aenter__(self) -> Host:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     @property
     def listen_addrs(self) -> list[str]:
@@ -262,7 +247,9 @@ class Host:
     async def dial(self, target: str | PeerId) -> Connection:
         """Connect to a multiaddr (with /p2p/ it is verified) or to a peer whose addresses we know.
 
-        Reuses the open connection to the same peer; raises DialError, PeerIdMismatchError.
+        Reuses the open connection to the same peer; concurrent dials of one peer share one attempt
+        (a task of the host, which a cancelled caller leaves going for the others). Raises DialError,
+        PeerIdMismatchError.
         """
         self.check_running()
         if isinstance(target, PeerId):
@@ -278,23 +265,8 @@ class Host:
             conn = self._conns.get(peer_id)
             if conn is not None and conn.is_open:
                 return conn
-            pending = self._dialing.get(peer_id)
-            if pending is not None:
-                return await asyncio.shield(pending)
-            fut: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
-            self._dialing[peer_id] = fut
-            try:
-                conn = await self._dial_addrs(addrs, peer_id)
-            except BaseException as exc:
-                if not fut.done():
-                    fut.set_exception(exc)
-                    fut.exception()  # retrieved: waiters, if any, re-raise it
-                raise
-            else:
-                fut.set_result(conn)
-                return conn
-            finally:
-                self._dialing.pop(peer_id, None)
+            known = peer_id
+            return await self._dialing.run(peer_id, lambda: self._dial_addrs(addrs, known))
         return await self._dial_addrs(addrs, None)
 
     async def _dial_addrs(self, addrs: Sequence[TcpAddr], peer_id: PeerId | None) -> Connection:
