@@ -210,8 +210,9 @@ class Connection(asyncio.BufferedProtocol):
 
     # ---- asyncio.Protocol ----
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport_ = self._transport = cast("ByteTransport", transport)  # TCP, or see net/transport.py
+    def connection_made(self, transport: asyncio.BaseTransport | ByteTransport) -> None:
+        """Made over ``transport``: a TCP socket's, or any :class:`~mimirlite.net.transport.ByteTransport`."""
+        transport_ = self._transport = cast("ByteTransport", transport)
         sock = transport_.get_extra_info("socket")
         if sock is not None:
             tune_tcp_socket(sock, self._config.dead_link_timeout)  # TCP_NODELAY, dead-link detection

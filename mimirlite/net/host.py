@@ -332,7 +332,7 @@ class Host(Service):
         self.check_running()
         conn = self._new_connection(initiator=initiator, expected_peer=expected_peer)
         transport.set_protocol(conn)
-        conn.connection_made(transport)  # type: ignore[arg-type]
+        conn.connection_made(transport)
         try:
             await asyncio.wait_for(conn.upgrade(), self.config.handshake_timeout)
         except BaseException as exc:
