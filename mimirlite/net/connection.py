@@ -1,8 +1,13 @@
-"""One TCP connection: the upgrade (multistream, Noise, multistream, yamux) and the stream mux.
+"""One libp2p connection, the asyncio shell around its sans-IO cores (in the manner of aioquic's
+``asyncio/protocol.py``): bytes in -> the core -> events -> bytes out, nothing run as async code.
 
-Incoming bytes go socket -> Noise transport -> yamux session synchronously in ``buffer_updated``, read
-into one buffer per thread; outgoing frames produced in one event-loop turn leave together, one write
-per Noise message. While the socket's send buffer is above ``write_buffer_high`` frames wait in the
+It runs over a :class:`~mimirlite.net.transport.ByteTransport` (a TCP socket, or a stream of another
+connection). Until the upgrade is done the core is the :class:`~mimirlite.wire.upgrade.Upgrader`
+(multistream, Noise, multistream, yamux; its ``get_timer()`` drives one timer, each step done calls
+``on_progress``, the allowlist decides at ``PeerAuthenticated``); then incoming bytes go transport ->
+Noise transport -> yamux session synchronously in ``buffer_updated``, read into one buffer per
+thread; outgoing frames produced in one event-loop turn leave together, one write per Noise message.
+While the socket's send buffer is above ``write_buffer_high`` frames wait in the
 session (which bounds the replies it queues) and writers wait for it to drain. The connection also
 enforces the host-wide stream limit, the idle and write timeouts, keepalive pings on connections it
 dialed, and the drain after a remote GoAway. What it holds for its peer is charged to the host's buffer
@@ -26,7 +31,6 @@ from mimirlite.errors import (
     CloseKind,
     ConnectionClosedError,
     HandshakeError,
-    HandshakeTimeoutError,
     LimitExceededError,
     MimirliteError,
     PeerNotAllowedError,
@@ -40,9 +44,15 @@ from mimirlite.net.budget import CHUNK_OVERHEAD, BufferAccount, BufferBudget
 from mimirlite.net.shares import StreamShares
 from mimirlite.net.sockopts import DEAD_LINK_ERRNOS, tune_tcp_socket
 from mimirlite.net.stream import Stream, StreamState
-from mimirlite.wire import noise, yamux
-from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
-from mimirlite.wire.noise import NoiseHandshake, NoiseTransport
+from mimirlite.wire import yamux
+from mimirlite.wire.noise import NoiseTransport
+from mimirlite.wire.upgrade import (
+    PeerAuthenticated,
+    StepCompleted,
+    Upgraded,
+    UpgradeEvent,
+    Upgrader,
+)
 from mimirlite.wire.yamux import YamuxSession
 
 if TYPE_CHECKING:
@@ -110,13 +120,10 @@ class Connection(asyncio.BufferedProtocol):
         self.remote_peer: PeerId | None = None
         self.remote_address: tuple[str, int] | None = None
         self._transport: ByteTransport | None = None
-        # upgrade phase
-        self._inbox = bytearray()
+        # upgrade phase: the sans-IO upgrader, made with the transport; its outcome for upgrade()
+        self._upgrader: Upgrader | None = None
+        self._upgraded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._eof = False
-        self._inbox_waiter: asyncio.Future[None] | None = None
-        self._heard = False  # the peer has sent something
-        self._step_start = 0.0  # loop time the current upgrade step began (the peer's last progress)
-        self._step_missed = False  # the current step's deadline passed
         self.on_progress: Callable[[], None] | None = None
         """Called at each upgrade step the peer completes (see :mod:`mimirlite.net.pending`)."""
         # session phase
@@ -189,11 +196,6 @@ class Connection(asyncio.BufferedProtocol):
         return self._eof
 
     @property
-    def buffered_input(self) -> int:
-        """Bytes received that the upgrade has not processed yet."""
-        return len(self._inbox)
-
-    @property
     def account(self) -> BufferAccount:
         """This connection's account in the host's buffer budget."""
         return self._account
@@ -220,6 +222,16 @@ class Connection(asyncio.BufferedProtocol):
         if peer:
             self.remote_address = (peer[0], peer[1])
         transport_.set_write_buffer_limits(high=self._config.write_buffer_high)
+        cfg = self._config
+        self._upgrader = Upgrader(
+            self._keypair,
+            initiator=self.initiator,
+            now=self._loop.time(),
+            expected_peer=self._expected_peer,
+            step_timeout=cfg.handshake_step_timeout,
+            first_byte_timeout=cfg.first_byte_timeout,
+        )
+        self._on_upgrade_events([])
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _receive_buffer()
@@ -228,20 +240,22 @@ class Connection(asyncio.BufferedProtocol):
         data = _receive_buffer()[:nbytes]  # only valid during this call: nothing may keep it
         self._metrics.bytes_in += nbytes
         if self._session is None:  # upgrading
-            self._inbox += data
-            self._wake_inbox()
+            upgrader = self._upgrader
+            if upgrader is not None and self._state is UPGRADING:
+                self._on_upgrade_events(upgrader.receive_data(data, self._loop.time()))
             return
         self._last_rx = self._loop.time()
         self._on_session_data(data)
 
     def eof_received(self) -> bool:
         self._eof = True
-        self._wake_inbox()
+        upgrader = self._upgrader
+        if self._session is None and upgrader is not None and self._state is UPGRADING:
+            self._on_upgrade_events(upgrader.receive_eof())
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
-        self._wake_inbox()
         if isinstance(exc, OSError) and exc.errno in DEAD_LINK_ERRNOS and self._state is not CLOSED:
             log.warning("%r: closing connection: dead link, the peer stopped acknowledging (%s)", self, exc)
             self.fail(exc, CloseKind.DEAD_LINK)
@@ -290,66 +304,71 @@ class Connection(asyncio.BufferedProtocol):
         self._drain_waiters.append(fut)
         await fut
 
-    # ---- upgrade ----
+    # ---- upgrade: the sans-IO Upgrader fed from buffer_updated ----
 
-    def _wake_inbox(self) -> None:
-        w = self._inbox_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+    def _on_upgrade_events(self, events: list[UpgradeEvent]) -> None:
+        """Act on what the upgrader said, then send what it has to send and re-arm its deadline."""
+        upgrader = self._upgrader
+        assert upgrader is not None
+        for ev in events:
+            if isinstance(ev, StepCompleted):
+                if self.on_progress is not None:
+                    self.on_progress()
+            elif isinstance(ev, PeerAuthenticated):
+                self.remote_peer = ev.peer_id
+                if self._accept_peer is not None and not self._accept_peer(ev.peer_id):
+                    # before any other protocol runs, the muxer's included: nothing more is sent
+                    self._upgrade_failed(PeerNotAllowedError(ev.peer_id))
+                    return
+            elif isinstance(ev, Upgraded):
+                self._write(upgrader.data_to_send())
+                self._start_session(ev)
+                return
+            else:
+                self._write(upgrader.data_to_send())
+                self._upgrade_failed(ev.reason)
+                return
+        self._write(upgrader.data_to_send())
+        self._arm_upgrade_timer()
 
-    async def _read_some(self) -> bytes:
-        """The bytes received so far (at least one); HandshakeTimeoutError when the current step's
-        deadline passes first."""
-        while not self._inbox:
-            if self._eof:
-                raise HandshakeError("connection closed during the upgrade")
-            if self._step_missed:
-                raise self._missed_deadline()
-            self._inbox_waiter = waiter = self._loop.create_future()
-            timer = self._loop.call_at(self._step_deadline(), self._deadline_passed, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._inbox_waiter = None
-        self._heard = True
-        data = bytes(self._inbox)
-        self._inbox.clear()
-        return data
+    def _arm_upgrade_timer(self) -> None:
+        upgrader = self._upgrader
+        due = None if upgrader is None else upgrader.get_timer()
+        timer = self._timer
+        if timer is not None:
+            if due is not None and timer.when() == due:
+                return
+            timer.cancel()
+        self._timer = None if due is None else self._loop.call_at(due, self._on_upgrade_timer, due)
 
-    def _first_byte_pending(self) -> bool:
-        cfg = self._config
-        return not self.initiator and not self._heard and cfg.first_byte_timeout < cfg.handshake_step_timeout
+    def _on_upgrade_timer(self, due: float) -> None:
+        self._timer = None
+        upgrader = self._upgrader
+        if upgrader is not None and self._state is UPGRADING:
+            self._on_upgrade_events(upgrader.handle_timer(max(due, self._loop.time())))
 
-    def _step_deadline(self) -> float:
-        cfg = self._config
-        if self._first_byte_pending():
-            return self._step_start + cfg.first_byte_timeout
-        return self._step_start + cfg.handshake_step_timeout
+    def _upgrade_failed(self, reason: MimirliteError) -> None:
+        if not self._upgraded.done():
+            self._upgraded.set_exception(reason)
+            self._upgraded.exception()  # retrieved: upgrade() raises it
+        self.fail(reason, CloseKind.REMOTE if self._eof else CloseKind.LOCAL)
 
-    def _deadline_passed(self, waiter: asyncio.Future[None]) -> None:
-        self._step_missed = True
-        if not waiter.done():
-            waiter.set_result(None)
-
-    def _missed_deadline(self) -> HandshakeTimeoutError:
-        cfg = self._config
-        if self._first_byte_pending():
-            timeout = cfg.first_byte_timeout
-            return HandshakeTimeoutError(
-                "first_byte_timeout", f"nothing received for {timeout:g} s (first_byte_timeout)"
-            )
-        return HandshakeTimeoutError(
-            "handshake_step_timeout",
-            f"upgrade step not completed in {cfg.handshake_step_timeout:g} s (handshake_step_timeout)",
-        )
-
-    def _progress(self) -> None:
-        """The peer completed an upgrade step: the next one's deadline starts now."""
-        self._step_start = self._loop.time()
-        self._step_missed = False
-        if self.on_progress is not None:
-            self.on_progress()
+    def _start_session(self, ev: Upgraded) -> None:
+        self._upgrader = None
+        self._noise = ev.transport
+        self._session = YamuxSession(is_client=self.initiator, config=self._config.yamux)
+        self._set_state(OPEN)
+        if not self._upgraded.done():
+            self._upgraded.set_result(None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._last_rx = self._last_keepalive = self._loop.time()
+        self._on_timer()
+        if ev.leftover:
+            self._on_plaintext(ev.leftover)
+            if self._state is not CLOSED:
+                self._flush()
 
     def _write(self, data: bytes | bytearray) -> None:
         if data and self._transport is not None and not self._transport.is_closing():
@@ -357,79 +376,15 @@ class Connection(asyncio.BufferedProtocol):
             self._transport.write(data)
 
     async def upgrade(self) -> None:
-        """Negotiate Noise and yamux; raises HandshakeError, MultistreamError, PeerIdMismatchError, and
-        PeerNotAllowedError when ``accept_peer`` refuses the peer the handshake authenticated.
+        """Wait until Noise and yamux are agreed; raises HandshakeError, MultistreamError,
+        PeerIdMismatchError, and PeerNotAllowedError when ``accept_peer`` refuses the peer the
+        handshake authenticated (the connection is closed then).
 
         Each step the peer owes (a message we answer or act on) must come within
         ``handshake_step_timeout``, and an inbound peer's first byte within ``first_byte_timeout``
         (HandshakeTimeoutError); a step done calls :attr:`on_progress`.
         """
-        self._step_start = self._loop.time()
-        ms: MultistreamDialer | MultistreamListener
-        if self.initiator:
-            ms = MultistreamDialer([noise.NOISE_PROTOCOL])
-        else:
-            ms = MultistreamListener(lambda p: p == noise.NOISE_PROTOCOL)
-        self._write(ms.data_to_send())
-        while ms.selected is None:
-            ms.receive_data(await self._read_some())
-            out = ms.data_to_send()
-            if out or ms.selected is not None:  # a message answered, or the protocol agreed
-                self._progress()
-            self._write(out)
-
-        hs = NoiseHandshake(self._keypair, initiator=self.initiator, expected_peer=self._expected_peer)
-        self._write(hs.data_to_send())
-        pending = ms.leftover
-        while not hs.complete:
-            hs.receive_data(pending or await self._read_some())
-            pending = b""
-            if hs.complete:
-                self._progress()
-            elif out := hs.data_to_send():  # the message we waited for came: our next one answers it
-                self._progress()
-                self._write(out)
-        self.remote_peer = peer = hs.remote_peer
-        assert peer is not None
-        if self._accept_peer is not None and not self._accept_peer(peer):
-            raise PeerNotAllowedError(peer)  # before any other protocol runs, the muxer's included
-        transport = hs.transport()
-        last_handshake_message = hs.data_to_send()
-
-        ms2: MultistreamDialer | MultistreamListener
-        if self.initiator:
-            ms2 = MultistreamDialer([yamux.YAMUX_PROTOCOL])
-        else:
-            ms2 = MultistreamListener(lambda p: p == yamux.YAMUX_PROTOCOL)
-        # The initiator's last handshake message and its muxer proposal leave together.
-        self._write(last_handshake_message + transport.encrypt(ms2.data_to_send()))
-        plaintexts = transport.receive_data(b"")
-        while True:
-            for p in plaintexts:
-                ms2.receive_data(p)
-            out = ms2.data_to_send()
-            if out or (plaintexts and ms2.selected is not None):
-                self._progress()
-            self._write(transport.encrypt(out))
-            if ms2.selected is not None:
-                break
-            plaintexts = transport.receive_data(await self._read_some())
-
-        self._noise = transport
-        self._session = YamuxSession(is_client=self.initiator, config=self._config.yamux)
-        if self._state is UPGRADING:
-            self._set_state(OPEN)
-        self._last_rx = self._last_keepalive = self._loop.time()
-        self._on_timer()
-        leftover = ms2.leftover
-        rest = bytes(self._inbox)
-        self._inbox.clear()
-        if leftover:
-            self._on_plaintext(leftover)
-        if rest:
-            self._on_session_data(rest)
-        elif self._eof:
-            self.fail(ConnectionClosedError("connection closed by remote"), CloseKind.REMOTE)
+        await asyncio.shield(self._upgraded)
 
     # ---- session ----
 
@@ -817,6 +772,10 @@ class Connection(asyncio.BufferedProtocol):
         if self._state is CLOSED:
             return
         self._set_state(CLOSED)
+        self._upgrader = None
+        if not self._upgraded.done():
+            self._upgraded.set_exception(HandshakeError("connection closed during the upgrade"))
+            self._upgraded.exception()  # retrieved: upgrade() raises it
         self.close_reason = reason
         self.close_kind = kind
         transport = self._transport

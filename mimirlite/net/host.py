@@ -444,8 +444,6 @@ class Host(Service):
 
     def _has_unread(self, conn: Connection) -> bool:
         """Whether pending ``conn`` holds bytes its upgrade has not processed yet (not stalled, then)."""
-        if conn.buffered_input:
-            return True
         sock = self._pending_socks.get(conn)
         return sock is not None and _has_bytes(sock)
 
