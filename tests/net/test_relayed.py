@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from mimirlite.errors import ConnectionClosedError, StreamResetError
+from mimirlite.errors import ConnectionClosedError, HandshakeError, PeerIdMismatchError, StreamResetError
+from mimirlite.identity import KeyPair
 from mimirlite.net.connection import Connection, ConnectionState
 from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream
@@ -155,3 +156,24 @@ async def test_aborting_the_inner_connection_resets_the_tunnel_stream(pair: Pair
     assert pair.inner_a.close_kind == "remote"
     assert isinstance(pair.inner_a.close_reason, StreamResetError)  # the tunnel was reset, not ended
     await until(lambda: _streams(pair.a, pair.b) == [0, 0], TIMEOUT)
+
+
+async def test_a_failed_upgrade_closes_the_tunnel_and_leaves_nothing() -> None:
+    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as a, Host() as b:
+        outcome: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+        async def tunnel(stream: Stream) -> None:
+            try:
+                await a.upgrade_over(StreamTransport(stream), initiator=False)
+            except HandshakeError as exc:
+                outcome.set_result(exc)
+
+        a.set_handler(TUNNEL, tunnel)
+        outer = await b.new_stream(a.listen_addrs[0], TUNNEL)
+        someone_else = KeyPair.generate().peer_id
+        with pytest.raises(PeerIdMismatchError):
+            await b.upgrade_over(StreamTransport(outer), initiator=True, expected_peer=someone_else)
+        assert "closed during the upgrade" in str(await asyncio.wait_for(outcome, TIMEOUT))
+        await until(lambda: _streams(a, b) == [0, 0], TIMEOUT)
+        assert a.metrics.connections_current == 1 and b.metrics.connections_current == 1
+        assert b.connections[a.peer_id].is_open
