@@ -134,7 +134,9 @@ class Connection(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         self._write_paused = False  # the transport's buffer is above write_buffer_high
         self._backlog = 0  # bytes writers queued in the session since the last flush
-        self._write_blocked = False  # writers wait: paused, or a backlog above write_buffer_high
+        self.write_blocked = False
+        """Writers wait (:meth:`drain`): writing is paused, or the backlog is above write_buffer_high.
+        Read-only outside; a plain attribute, as every write reads it."""
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[int, tuple[float, asyncio.Future[float] | None]] = {}  # sent at, waiter
         self._metrics = metrics if metrics is not None else HostMetrics()
@@ -200,11 +202,6 @@ class Connection(asyncio.BufferedProtocol):
         """This connection's account in the host's buffer budget."""
         return self._account
 
-    @property
-    def write_blocked(self) -> bool:
-        """Writers wait (:meth:`drain`): writing is paused, or the backlog is above write_buffer_high."""
-        return self._write_blocked
-
     def discard(self) -> None:
         """Forget a connection that never ran (refused before its transport was made): it leaves the
         host's buffer budget."""
@@ -263,7 +260,7 @@ class Connection(asyncio.BufferedProtocol):
         self.fail(exc or ConnectionClosedError("connection closed by remote"), CloseKind.REMOTE)
 
     def pause_writing(self) -> None:
-        self._write_paused = self._write_blocked = True
+        self._write_paused = self.write_blocked = True
         self._hold_tx()
         timeout = self._config.write_timeout
         if timeout is not None and self._stall is None and self._state is not CLOSED:
@@ -493,8 +490,8 @@ class Connection(asyncio.BufferedProtocol):
             self._backlog = 0
             for message in transport.encrypt_messages(frames):
                 self._write(message)
-        if self._write_blocked and not self._write_paused:
-            self._write_blocked = False
+        if self.write_blocked and not self._write_paused:
+            self.write_blocked = False
             self._wake_drain_waiters()
 
     # ---- the StreamOwner contract: what a Stream asks of its connection ----
@@ -509,7 +506,7 @@ class Connection(asyncio.BufferedProtocol):
             backlog = self._backlog + sent
             self._backlog = backlog
             if backlog > self._config.write_buffer_high:
-                self._write_blocked = True  # writers wait for the flush
+                self.write_blocked = True  # writers wait for the flush
         return sent
 
     # ---- the host's buffer budget ----
@@ -809,7 +806,7 @@ class Connection(asyncio.BufferedProtocol):
         self._pings.clear()
         self._account.close()  # the streams gave back their data above; what waits to be sent goes too
         self._tx_held = 0
-        self._write_paused = self._write_blocked = False
+        self._write_paused = self.write_blocked = False
         self._wake_drain_waiters()
         if not self.closed.done():
             self.closed.set_result(None)

@@ -317,8 +317,17 @@ class Stream(LPDecoder):
             account = self._account  # BufferAccount.release, inlined
             account.held -= freed
             account.budget.total -= freed
-        if n:
-            self._credit(n)
+        if n:  # _credit, inlined: every message comes here
+            skip = self._credit_skip
+            if skip:
+                if skip > n:
+                    self._credit_skip = skip - n
+                    return
+                self._credit_skip = 0
+                n -= skip
+                if not n:
+                    return
+            self._owner.stream_consumed(self.stream_id, n)
 
     def _credit(self, n: int) -> None:
         if self._credit_skip:
