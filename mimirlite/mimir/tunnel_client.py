@@ -34,11 +34,11 @@ TUNNEL_HOST = "mimir"
 _HEAD_END = re.compile(rb"\n\r?\n")
 
 
-class TunnelError(ProtocolError):
+class TunnelAnswerError(ProtocolError):
     """A tunnel answer that cannot be read as HTTP/1.1 (or SSE) within the bounds."""
 
 
-class TunnelTruncatedError(TunnelError):
+class TunnelTruncatedError(TunnelAnswerError):
     """The tunnel closed before its answer was whole."""
 
 
@@ -134,11 +134,11 @@ def _parse_head(raw: bytes, max_head: int) -> ResponseHead | None:
     try:
         event = conn.next_event()
     except h11.RemoteProtocolError as exc:
-        raise TunnelError(f"bad tunnel answer head: {exc}") from None
+        raise TunnelAnswerError(f"bad tunnel answer head: {exc}") from None
     if isinstance(event, h11.InformationalResponse):
         return None
     if not isinstance(event, h11.Response):
-        raise TunnelError(f"bad tunnel answer head: {event!r}")
+        raise TunnelAnswerError(f"bad tunnel answer head: {event!r}")
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers]
     return ResponseHead(event.status_code, event.reason.decode("latin-1"), headers)
 
@@ -185,7 +185,7 @@ class SseDecoder:
                 try:
                     out.append(b"\n".join(self._data).decode())
                 except UnicodeDecodeError:
-                    raise TunnelError("SSE event data is not UTF-8") from None
+                    raise TunnelAnswerError("SSE event data is not UTF-8") from None
             self._data, self._size = [], 0
             return
         if line.startswith(b":"):

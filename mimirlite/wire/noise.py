@@ -38,10 +38,10 @@ log = logging.getLogger(__name__)
 
 NOISE_PROTOCOL = "/noise"
 NOISE_PROTOCOL_NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
-MAX_MESSAGE = 65535
+MAX_NOISE_MESSAGE = 65535
 """Largest Noise message on the wire (the 2-byte length prefix excluded)."""
 TAG_SIZE = 16
-MAX_PLAINTEXT = MAX_MESSAGE - TAG_SIZE
+MAX_PLAINTEXT = MAX_NOISE_MESSAGE - TAG_SIZE
 MAX_HANDSHAKE_PAYLOAD = 4096
 """Largest handshake payload accepted (identity key, signature, extensions); RSA-8192 fits."""
 STATIC_KEY_PREFIX = b"noise-libp2p-static-key:"

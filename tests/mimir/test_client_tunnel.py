@@ -19,7 +19,7 @@ from mimirlite.mimir.models import sanitize_model, sanitized_of, tunnel_protocol
 from mimirlite.mimir.tunnel_client import (
     ResponseReader,
     SseDecoder,
-    TunnelError,
+    TunnelAnswerError,
     TunnelTruncatedError,
     encode_request,
     error_message,
@@ -97,7 +97,7 @@ def test_interim_answer_is_skipped_and_bad_heads_refused() -> None:
     reader = ResponseReader()
     assert reader.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\nbody") == b"body"
     assert reader.head is not None and reader.head.status == 200
-    with pytest.raises(TunnelError):
+    with pytest.raises(TunnelAnswerError):
         ResponseReader().feed(b"NOT HTTP AT ALL\r\n\r\n")
     with pytest.raises(MessageTooLargeError):
         ResponseReader(max_head=1024).feed(b"HTTP/1.1 200 OK\r\n" + b"x: y\r\n" * 200)
@@ -131,7 +131,7 @@ def test_sse_bounds() -> None:
     sse = SseDecoder(max_line=16, max_event=20)
     with pytest.raises(MessageTooLargeError, match="event"):
         sse.feed(b"data: 0123456789\n" * 3)
-    with pytest.raises(TunnelError):
+    with pytest.raises(TunnelAnswerError):
         SseDecoder().feed(b"data: \xff\n\n")
 
 

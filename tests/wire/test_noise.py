@@ -19,7 +19,7 @@ from mimirlite.errors import DecodeError, HandshakeError, LocalError, PeerIdMism
 from mimirlite.identity import KeyPair, KeyType, PeerId, PublicKey
 from mimirlite.wire.noise import (
     MAX_HANDSHAKE_PAYLOAD,
-    MAX_MESSAGE,
+    MAX_NOISE_MESSAGE,
     MAX_PLAINTEXT,
     NOISE_PROTOCOL,
     STATIC_KEY_PREFIX,
@@ -138,7 +138,7 @@ def raw_responder_against(initiator: NoiseHandshake, payload: Callable[[RawNoise
 
 def test_protocol_id() -> None:
     assert NOISE_PROTOCOL == "/noise"
-    assert MAX_PLAINTEXT == MAX_MESSAGE - 16 == 65519
+    assert MAX_PLAINTEXT == MAX_NOISE_MESSAGE - 16 == 65519
 
 
 def test_handshake_learns_peer_ids() -> None:
@@ -464,7 +464,7 @@ def test_large_plaintext_is_split(size: int, frames: int) -> None:
     wire = a.encrypt(memoryview(data))
     messages = split_frames(wire)
     assert len(messages) == frames
-    assert all(len(m) <= MAX_MESSAGE for m in messages)
+    assert all(len(m) <= MAX_NOISE_MESSAGE for m in messages)
     assert sum(len(m) - 16 for m in messages) == size
     assert b"".join(b.receive_data(wire)) == data
 
@@ -489,7 +489,7 @@ def test_encrypt_messages_gathers_parts_into_whole_messages(sizes: list[int], en
     # the same messages as encrypting the joined data: full messages, then the rest
     assert b"".join(messages) == reference.encrypt(data)
     assert len(messages) == -(-len(data) // MAX_PLAINTEXT)
-    assert all(len(m) <= MAX_MESSAGE + 2 for m in messages)
+    assert all(len(m) <= MAX_NOISE_MESSAGE + 2 for m in messages)
     assert b"".join(receiver.receive_data(b"".join(messages))) == data
 
 
