@@ -895,6 +895,7 @@ async def worker_slots(args: argparse.Namespace) -> None:
     from mimirlite.errors import MimirliteError
     from mimirlite.mimir import packets
     from mimirlite.mimir.packets import Packet
+    from mimirlite.net.stream import StreamState
 
     control = await Control().start()
     opened: list[Any] = []
@@ -922,7 +923,7 @@ async def worker_slots(args: argparse.Namespace) -> None:
             return {
                 "streams_opened": len(opened),
                 "open_failed": dict(failed),
-                "streams_reset": sum(s.is_reset for s in opened),
+                "streams_reset": sum(s.state is StreamState.RESET for s in opened),
                 "connections_open": sum(c.is_open for c in conns),
             }
 
@@ -933,7 +934,7 @@ async def worker_slots(args: argparse.Namespace) -> None:
         async def tally(stream: Any) -> str:
             """What the node did to ``stream``: reset, ended (with its error type), or still answering.
             Reads what is there (at most two windows, each read within 0.5 s)."""
-            if stream.is_reset:
+            if stream.state is StreamState.RESET:
                 return "reset"
             tail = b""
             total = 0

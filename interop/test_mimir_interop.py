@@ -118,17 +118,17 @@ def by_str(client: MimirClient) -> dict[str, PeerId]:
 
 
 class FrameLog:
-    """Sizes of the data frames each mimirlite Stream receives (one ``_on_data`` call per yamux frame)."""
+    """Sizes of the data frames each mimirlite Stream receives (one ``feed_data`` call per yamux frame)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sizes: dict[Stream, list[int]] = {}
-        original: Callable[[Stream, bytes], bool] = Stream._on_data
+        original: Callable[[Stream, bytes], bool] = Stream.feed_data
 
         def on_data(stream: Stream, data: bytes) -> bool:
             self.sizes.setdefault(stream, []).append(len(data))
             return original(stream, data)
 
-        monkeypatch.setattr(Stream, "_on_data", on_data)
+        monkeypatch.setattr(Stream, "feed_data", on_data)
 
     def of(self, protocol: str) -> list[list[int]]:
         return [sizes for st, sizes in self.sizes.items() if st.protocol == protocol]

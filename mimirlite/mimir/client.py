@@ -332,7 +332,7 @@ class MimirClient(Service):
         for service in self._services:
             if isinstance(service, Identify):
                 return service
-        owner = getattr(self.host._handlers.get(LIBP2P_IDENTIFY), "__self__", None)
+        owner = getattr(self.host.handler(LIBP2P_IDENTIFY), "__self__", None)
         return owner if isinstance(owner, Identify) else None
 
     async def _remote_protocols(self, peer: PeerId) -> list[str] | None:

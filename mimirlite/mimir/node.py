@@ -22,7 +22,7 @@ from mimirlite.mimir.models import DEFAULT_MODEL, model_name, tunnel_protocol
 from mimirlite.mimir.packets import BadRequestError, ChatRequest, Packet, PacketError
 from mimirlite.mimir.params import clamp_max_tokens
 from mimirlite.net.host import Host
-from mimirlite.net.stream import Stream
+from mimirlite.net.stream import Stream, StreamState
 from mimirlite.protocols import Identify, Ping, start_services
 from mimirlite.wire import lp
 
@@ -263,7 +263,7 @@ class MimirNode(Service):
 
     def _reset_ended(self, stream: Stream) -> None:
         """Reset an ended chat's stream whose reader took nothing more (it ends the chat's handler)."""
-        if not stream.is_reset:
+        if stream.state is not StreamState.RESET:
             log.info("%r: resetting the ended chat: its reader took nothing more", stream)
             task = asyncio.ensure_future(stream.reset())
             self._resets.add(task)

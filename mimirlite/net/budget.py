@@ -36,21 +36,18 @@ Shed = Callable[[int], int]
 class BufferAccount:
     """What one connection holds (``held``, in bytes) in a :class:`BufferBudget`."""
 
-    __slots__ = ("_budget", "held", "shed")
+    __slots__ = ("budget", "held", "shed")
 
     def __init__(self, budget: BufferBudget, shed: Shed | None) -> None:
-        self._budget = budget
+        self.budget = budget
+        """The budget this account holds its bytes in (the hot paths update both, inlined)."""
         self.held = 0
         self.shed = shed
         """How the budget takes room from this account when it holds too much (None: it cannot)."""
 
-    @property
-    def budget(self) -> BufferBudget:
-        return self._budget
-
     def charge(self, n: int) -> bool:
         """Hold ``n`` more bytes if the budget has room for them; False (nothing held) if not."""
-        budget = self._budget
+        budget = self.budget
         total = budget.total + n
         if total > budget.limit:
             return False
@@ -62,7 +59,7 @@ class BufferAccount:
 
     def add(self, n: int) -> None:
         """Hold ``n`` more bytes even past the limit (for bytes already taken in)."""
-        budget = self._budget
+        budget = self.budget
         total = budget.total = budget.total + n
         if total > budget.peak:
             budget.peak = total
@@ -71,19 +68,19 @@ class BufferAccount:
 
     def release(self, n: int) -> None:
         """``n`` bytes held before are given back."""
-        self._budget.total -= n
+        self.budget.total -= n
         self.held -= n
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` gave everything back (a later release has nothing left to give)."""
-        return self not in self._budget._accounts
+        return self not in self.budget._accounts
 
     def close(self) -> None:
         """Give back everything held and leave the budget."""
-        self._budget.total -= self.held
+        self.budget.total -= self.held
         self.held = 0
-        self._budget._accounts.pop(self, None)
+        self.budget._accounts.pop(self, None)
 
 
 class BufferBudget:

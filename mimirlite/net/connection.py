@@ -1,8 +1,13 @@
-"""One TCP connection: the upgrade (multistream, Noise, multistream, yamux) and the stream mux.
+"""One libp2p connection, the asyncio shell around its sans-IO cores (in the manner of aioquic's
+``asyncio/protocol.py``): bytes in -> the core -> events -> bytes out, nothing run as async code.
 
-Incoming bytes go socket -> Noise transport -> yamux session synchronously in ``buffer_updated``, read
-into one buffer per thread; outgoing frames produced in one event-loop turn leave together, one write
-per Noise message. While the socket's send buffer is above ``write_buffer_high`` frames wait in the
+It runs over a :class:`~mimirlite.net.transport.ByteTransport` (a TCP socket, or a stream of another
+connection). Until the upgrade is done the core is the :class:`~mimirlite.wire.upgrade.Upgrader`
+(multistream, Noise, multistream, yamux; its ``get_timer()`` drives one timer, each step done calls
+``on_progress``, the allowlist decides at ``PeerAuthenticated``); then incoming bytes go transport ->
+Noise transport -> yamux session synchronously in ``buffer_updated``, read into one buffer per
+thread; outgoing frames produced in one event-loop turn leave together, one write per Noise message.
+While the socket's send buffer is above ``write_buffer_high`` frames wait in the
 session (which bounds the replies it queues) and writers wait for it to drain. The connection also
 enforces the host-wide stream limit, the idle and write timeouts, keepalive pings on connections it
 dialed, and the drain after a remote GoAway. What it holds for its peer is charged to the host's buffer
@@ -19,31 +24,41 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from enum import Enum
+from typing import TYPE_CHECKING, cast
 
 from mimirlite.errors import (
+    CloseKind,
     ConnectionClosedError,
     HandshakeError,
-    HandshakeTimeoutError,
     LimitExceededError,
     MimirliteError,
     PeerNotAllowedError,
     ProtocolError,
+    ProtocolErrorKind,
+    RefusalReason,
     StreamResetError,
 )
 from mimirlite.metrics import HostMetrics
-from mimirlite.net.budget import CHUNK_OVERHEAD, BufferBudget
+from mimirlite.net.budget import CHUNK_OVERHEAD, BufferAccount, BufferBudget
 from mimirlite.net.shares import StreamShares
 from mimirlite.net.sockopts import DEAD_LINK_ERRNOS, tune_tcp_socket
-from mimirlite.net.stream import Stream
-from mimirlite.wire import noise, yamux
-from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
-from mimirlite.wire.noise import NoiseHandshake, NoiseTransport
+from mimirlite.net.stream import Stream, StreamState
+from mimirlite.wire import yamux
+from mimirlite.wire.noise import NoiseTransport
+from mimirlite.wire.upgrade import (
+    PeerAuthenticated,
+    StepCompleted,
+    Upgraded,
+    UpgradeEvent,
+    Upgrader,
+)
 from mimirlite.wire.yamux import YamuxSession
 
 if TYPE_CHECKING:
     from mimirlite.identity import KeyPair, PeerId
     from mimirlite.net.config import HostConfig
+    from mimirlite.net.transport import ByteTransport
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +77,24 @@ def _receive_buffer() -> memoryview:
     return view
 
 
+class ConnectionState(Enum):
+    """Where a connection is in its life."""
+
+    UPGRADING = "upgrading"
+    """Negotiating Noise and yamux."""
+    OPEN = "open"
+    """Upgraded: streams open both ways."""
+    DRAINING = "draining"
+    """The remote sent GoAway: no new streams; closes once the open ones end."""
+    CLOSED = "closed"
+    """Ended (see ``close_kind`` and ``close_reason``)."""
+
+
+UPGRADING, OPEN, DRAINING, CLOSED = ConnectionState
+
+
 class Connection(asyncio.BufferedProtocol):
-    """An upgraded libp2p connection carrying yamux streams."""
+    """An upgraded libp2p connection carrying yamux streams (a :class:`~mimirlite.net.stream.StreamOwner`)."""
 
     def __init__(
         self,
@@ -88,14 +119,11 @@ class Connection(asyncio.BufferedProtocol):
         self._accept_peer = accept_peer
         self.remote_peer: PeerId | None = None
         self.remote_address: tuple[str, int] | None = None
-        self._transport: asyncio.Transport | None = None
-        # upgrade phase
-        self._inbox = bytearray()
+        self._transport: ByteTransport | None = None
+        # upgrade phase: the sans-IO upgrader, made with the transport; its outcome for upgrade()
+        self._upgrader: Upgrader | None = None
+        self._upgraded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._eof = False
-        self._inbox_waiter: asyncio.Future[None] | None = None
-        self._heard = False  # the peer has sent something
-        self._step_start = 0.0  # loop time the current upgrade step began (the peer's last progress)
-        self._step_missed = False  # the current step's deadline passed
         self.on_progress: Callable[[], None] | None = None
         """Called at each upgrade step the peer completes (see :mod:`mimirlite.net.pending`)."""
         # session phase
@@ -106,7 +134,9 @@ class Connection(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         self._write_paused = False  # the transport's buffer is above write_buffer_high
         self._backlog = 0  # bytes writers queued in the session since the last flush
-        self._write_blocked = False  # writers wait: paused, or a backlog above write_buffer_high
+        self.write_blocked = False
+        """Writers wait (:meth:`drain`): writing is paused, or the backlog is above write_buffer_high.
+        Read-only outside; a plain attribute, as every write reads it."""
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[int, tuple[float, asyncio.Future[float] | None]] = {}  # sent at, waiter
         self._metrics = metrics if metrics is not None else HostMetrics()
@@ -122,12 +152,11 @@ class Connection(asyncio.BufferedProtocol):
         self._last_keepalive = 0.0
         self._timer: asyncio.TimerHandle | None = None  # idle and keepalive checks
         self._stall: asyncio.TimerHandle | None = None  # write timeout
-        self._draining = False  # the remote sent GoAway: close once our streams end
         self._synced_pings = 0
         self._synced_refusals = 0
-        self._closed = False
+        self._state = UPGRADING
         self.close_reason: BaseException | None = None
-        self.close_kind: str | None = None
+        self.close_kind: CloseKind | None = None
         """How the connection ended (a ``HostMetrics.closed`` reason), once it has."""
         self.counted_ip: str | None = None
         """The address the host counts this inbound connection under (``max_connections_per_ip``)."""
@@ -138,13 +167,40 @@ class Connection(asyncio.BufferedProtocol):
         return f"<Connection {side} {self.remote_peer} {self.remote_address}>"
 
     @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    def _set_state(self, new: ConnectionState) -> None:
+        log.debug("%r: %s -> %s", self, self._state.value, new.value)
+        self._state = new
+
+    @property
     def is_open(self) -> bool:
         """Upgraded, not closed, and the remote still accepts new streams (no GoAway from it)."""
-        return self._session is not None and not self._closed and self._session.go_away_received is None
+        return self._state is OPEN
+
+    @property
+    def is_closed(self) -> bool:
+        return self._state is CLOSED
 
     @property
     def stream_count(self) -> int:
         return len(self._streams)
+
+    @property
+    def transport(self) -> ByteTransport | None:
+        """The byte stream the connection runs over, once made."""
+        return self._transport
+
+    @property
+    def input_ended(self) -> bool:
+        """The remote closed its side of the byte stream (or it was lost)."""
+        return self._eof
+
+    @property
+    def account(self) -> BufferAccount:
+        """This connection's account in the host's buffer budget."""
+        return self._account
 
     def discard(self) -> None:
         """Forget a connection that never ran (refused before its transport was made): it leaves the
@@ -153,16 +209,26 @@ class Connection(asyncio.BufferedProtocol):
 
     # ---- asyncio.Protocol ----
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        sock = transport.get_extra_info("socket")
+    def connection_made(self, transport: asyncio.BaseTransport | ByteTransport) -> None:
+        """Made over ``transport``: a TCP socket's, or any :class:`~mimirlite.net.transport.ByteTransport`."""
+        transport_ = self._transport = cast("ByteTransport", transport)
+        sock = transport_.get_extra_info("socket")
         if sock is not None:
             tune_tcp_socket(sock, self._config.dead_link_timeout)  # TCP_NODELAY, dead-link detection
-        peer = transport.get_extra_info("peername")
+        peer = transport_.get_extra_info("peername")
         if peer:
             self.remote_address = (peer[0], peer[1])
-        transport.set_write_buffer_limits(high=self._config.write_buffer_high)
+        transport_.set_write_buffer_limits(high=self._config.write_buffer_high)
+        cfg = self._config
+        self._upgrader = Upgrader(
+            self._keypair,
+            initiator=self.initiator,
+            now=self._loop.time(),
+            expected_peer=self._expected_peer,
+            step_timeout=cfg.handshake_step_timeout,
+            first_byte_timeout=cfg.first_byte_timeout,
+        )
+        self._on_upgrade_events([])
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return _receive_buffer()
@@ -170,32 +236,34 @@ class Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         data = _receive_buffer()[:nbytes]  # only valid during this call: nothing may keep it
         self._metrics.bytes_in += nbytes
-        if self._session is None:
-            self._inbox += data
-            self._wake_inbox()
+        if self._session is None:  # upgrading
+            upgrader = self._upgrader
+            if upgrader is not None and self._state is UPGRADING:
+                self._on_upgrade_events(upgrader.receive_data(data, self._loop.time()))
             return
         self._last_rx = self._loop.time()
         self._on_session_data(data)
 
     def eof_received(self) -> bool:
         self._eof = True
-        self._wake_inbox()
+        upgrader = self._upgrader
+        if self._session is None and upgrader is not None and self._state is UPGRADING:
+            self._on_upgrade_events(upgrader.receive_eof())
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
-        self._wake_inbox()
-        if isinstance(exc, OSError) and exc.errno in DEAD_LINK_ERRNOS and not self._closed:
+        if isinstance(exc, OSError) and exc.errno in DEAD_LINK_ERRNOS and self._state is not CLOSED:
             log.warning("%r: closing connection: dead link, the peer stopped acknowledging (%s)", self, exc)
-            self._teardown(exc, "dead_link")
+            self.fail(exc, CloseKind.DEAD_LINK)
             return
-        self._teardown(exc or ConnectionClosedError("connection closed by remote"), "remote")
+        self.fail(exc or ConnectionClosedError("connection closed by remote"), CloseKind.REMOTE)
 
     def pause_writing(self) -> None:
-        self._write_paused = self._write_blocked = True
+        self._write_paused = self.write_blocked = True
         self._hold_tx()
         timeout = self._config.write_timeout
-        if timeout is not None and self._stall is None and not self._closed:
+        if timeout is not None and self._stall is None and self._state is not CLOSED:
             self._stall = self._loop.call_later(timeout, self._write_stalled)
 
     def resume_writing(self) -> None:
@@ -206,7 +274,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
-        if not self._closed:
+        if self._state is not CLOSED:
             self._schedule_flush()  # writes what waited in the session, then lets writers go on
 
     def _wake_drain_waiters(self) -> None:
@@ -217,81 +285,87 @@ class Connection(asyncio.BufferedProtocol):
 
     def _write_stalled(self) -> None:
         self._stall = None
-        if self._closed:
+        if self._state is CLOSED:
             return
         reason = ConnectionClosedError(
             f"peer is not reading: send buffer full for {self._config.write_timeout:g} s (write_timeout)"
         )
         log.warning("%r: closing connection: %s", self, reason)
-        self._teardown(reason, "write_timeout", hard=True)
+        self.fail(reason, CloseKind.WRITE_TIMEOUT, hard=True)
 
-    async def _drain(self) -> None:
-        if self._closed:
+    async def drain(self) -> None:
+        """Return once writers may add to the connection again; ConnectionClosedError if it closed."""
+        if self._state is CLOSED:
             raise ConnectionClosedError("connection closed")
         fut = asyncio.get_running_loop().create_future()
         self._drain_waiters.append(fut)
         await fut
 
-    # ---- upgrade ----
+    # ---- upgrade: the sans-IO Upgrader fed from buffer_updated ----
 
-    def _wake_inbox(self) -> None:
-        w = self._inbox_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+    def _on_upgrade_events(self, events: list[UpgradeEvent]) -> None:
+        """Act on what the upgrader said, then send what it has to send and re-arm its deadline."""
+        upgrader = self._upgrader
+        assert upgrader is not None
+        for ev in events:
+            if isinstance(ev, StepCompleted):
+                if self.on_progress is not None:
+                    self.on_progress()
+            elif isinstance(ev, PeerAuthenticated):
+                self.remote_peer = ev.peer_id
+                if self._accept_peer is not None and not self._accept_peer(ev.peer_id):
+                    # before any other protocol runs, the muxer's included: nothing more is sent
+                    self._upgrade_failed(PeerNotAllowedError(ev.peer_id))
+                    return
+            elif isinstance(ev, Upgraded):
+                self._write(upgrader.data_to_send())
+                self._start_session(ev)
+                return
+            else:
+                self._write(upgrader.data_to_send())
+                self._upgrade_failed(ev.reason)
+                return
+        self._write(upgrader.data_to_send())
+        self._arm_upgrade_timer()
 
-    async def _read_some(self) -> bytes:
-        """The bytes received so far (at least one); HandshakeTimeoutError when the current step's
-        deadline passes first."""
-        while not self._inbox:
-            if self._eof:
-                raise HandshakeError("connection closed during the upgrade")
-            if self._step_missed:
-                raise self._missed_deadline()
-            self._inbox_waiter = waiter = self._loop.create_future()
-            timer = self._loop.call_at(self._step_deadline(), self._deadline_passed, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._inbox_waiter = None
-        self._heard = True
-        data = bytes(self._inbox)
-        self._inbox.clear()
-        return data
+    def _arm_upgrade_timer(self) -> None:
+        upgrader = self._upgrader
+        due = None if upgrader is None else upgrader.get_timer()
+        timer = self._timer
+        if timer is not None:
+            if due is not None and timer.when() == due:
+                return
+            timer.cancel()
+        self._timer = None if due is None else self._loop.call_at(due, self._on_upgrade_timer, due)
 
-    def _first_byte_pending(self) -> bool:
-        cfg = self._config
-        return not self.initiator and not self._heard and cfg.first_byte_timeout < cfg.handshake_step_timeout
+    def _on_upgrade_timer(self, due: float) -> None:
+        self._timer = None
+        upgrader = self._upgrader
+        if upgrader is not None and self._state is UPGRADING:
+            self._on_upgrade_events(upgrader.handle_timer(max(due, self._loop.time())))
 
-    def _step_deadline(self) -> float:
-        cfg = self._config
-        if self._first_byte_pending():
-            return self._step_start + cfg.first_byte_timeout
-        return self._step_start + cfg.handshake_step_timeout
+    def _upgrade_failed(self, reason: MimirliteError) -> None:
+        if not self._upgraded.done():
+            self._upgraded.set_exception(reason)
+            self._upgraded.exception()  # retrieved: upgrade() raises it
+        self.fail(reason, CloseKind.REMOTE if self._eof else CloseKind.LOCAL)
 
-    def _deadline_passed(self, waiter: asyncio.Future[None]) -> None:
-        self._step_missed = True
-        if not waiter.done():
-            waiter.set_result(None)
-
-    def _missed_deadline(self) -> HandshakeTimeoutError:
-        cfg = self._config
-        if self._first_byte_pending():
-            timeout = cfg.first_byte_timeout
-            return HandshakeTimeoutError(
-                "first_byte_timeout", f"nothing received for {timeout:g} s (first_byte_timeout)"
-            )
-        return HandshakeTimeoutError(
-            "handshake_step_timeout",
-            f"upgrade step not completed in {cfg.handshake_step_timeout:g} s (handshake_step_timeout)",
-        )
-
-    def _progress(self) -> None:
-        """The peer completed an upgrade step: the next one's deadline starts now."""
-        self._step_start = self._loop.time()
-        self._step_missed = False
-        if self.on_progress is not None:
-            self.on_progress()
+    def _start_session(self, ev: Upgraded) -> None:
+        self._upgrader = None
+        self._noise = ev.transport
+        self._session = YamuxSession(is_client=self.initiator, config=self._config.yamux)
+        self._set_state(OPEN)
+        if not self._upgraded.done():
+            self._upgraded.set_result(None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._last_rx = self._last_keepalive = self._loop.time()
+        self._on_timer()
+        if ev.leftover:
+            self._on_plaintext(ev.leftover)
+            if self._state is not CLOSED:
+                self._flush()
 
     def _write(self, data: bytes | bytearray) -> None:
         if data and self._transport is not None and not self._transport.is_closing():
@@ -299,77 +373,15 @@ class Connection(asyncio.BufferedProtocol):
             self._transport.write(data)
 
     async def upgrade(self) -> None:
-        """Negotiate Noise and yamux; raises HandshakeError, MultistreamError, PeerIdMismatchError, and
-        PeerNotAllowedError when ``accept_peer`` refuses the peer the handshake authenticated.
+        """Wait until Noise and yamux are agreed; raises HandshakeError, MultistreamError,
+        PeerIdMismatchError, and PeerNotAllowedError when ``accept_peer`` refuses the peer the
+        handshake authenticated (the connection is closed then).
 
         Each step the peer owes (a message we answer or act on) must come within
         ``handshake_step_timeout``, and an inbound peer's first byte within ``first_byte_timeout``
         (HandshakeTimeoutError); a step done calls :attr:`on_progress`.
         """
-        self._step_start = self._loop.time()
-        ms: MultistreamDialer | MultistreamListener
-        if self.initiator:
-            ms = MultistreamDialer([noise.NOISE_PROTOCOL])
-        else:
-            ms = MultistreamListener(lambda p: p == noise.NOISE_PROTOCOL)
-        self._write(ms.data_to_send())
-        while ms.selected is None:
-            ms.receive_data(await self._read_some())
-            out = ms.data_to_send()
-            if out or ms.selected is not None:  # a message answered, or the protocol agreed
-                self._progress()
-            self._write(out)
-
-        hs = NoiseHandshake(self._keypair, initiator=self.initiator, expected_peer=self._expected_peer)
-        self._write(hs.data_to_send())
-        pending = ms.leftover
-        while not hs.complete:
-            hs.receive_data(pending or await self._read_some())
-            pending = b""
-            if hs.complete:
-                self._progress()
-            elif out := hs.data_to_send():  # the message we waited for came: our next one answers it
-                self._progress()
-                self._write(out)
-        self.remote_peer = peer = hs.remote_peer
-        assert peer is not None
-        if self._accept_peer is not None and not self._accept_peer(peer):
-            raise PeerNotAllowedError(peer)  # before any other protocol runs, the muxer's included
-        transport = hs.transport()
-        last_handshake_message = hs.data_to_send()
-
-        ms2: MultistreamDialer | MultistreamListener
-        if self.initiator:
-            ms2 = MultistreamDialer([yamux.YAMUX_PROTOCOL])
-        else:
-            ms2 = MultistreamListener(lambda p: p == yamux.YAMUX_PROTOCOL)
-        # The initiator's last handshake message and its muxer proposal leave together.
-        self._write(last_handshake_message + transport.encrypt(ms2.data_to_send()))
-        plaintexts = transport.receive_data(b"")
-        while True:
-            for p in plaintexts:
-                ms2.receive_data(p)
-            out = ms2.data_to_send()
-            if out or (plaintexts and ms2.selected is not None):
-                self._progress()
-            self._write(transport.encrypt(out))
-            if ms2.selected is not None:
-                break
-            plaintexts = transport.receive_data(await self._read_some())
-
-        self._noise = transport
-        self._session = YamuxSession(is_client=self.initiator, config=self._config.yamux)
-        self._last_rx = self._last_keepalive = self._loop.time()
-        self._on_timer()
-        leftover = ms2.leftover
-        rest = bytes(self._inbox)
-        self._inbox.clear()
-        if leftover:
-            self._on_plaintext(leftover)
-        if rest:
-            self._on_session_data(rest)
-        elif self._eof:
-            self._teardown(ConnectionClosedError("connection closed by remote"), "remote")
+        await asyncio.shield(self._upgraded)
 
     # ---- session ----
 
@@ -378,10 +390,10 @@ class Connection(asyncio.BufferedProtocol):
         try:
             for plaintext in self._noise.receive_data(data):
                 self._on_plaintext(plaintext)
-                if self._closed:
+                if self._state is CLOSED:
                     return
         except ProtocolError as exc:
-            self.abort(exc, error_kind="noise")
+            self.abort(exc, error_kind=ProtocolErrorKind.NOISE)
             return
         self._flush()
 
@@ -400,18 +412,18 @@ class Connection(asyncio.BufferedProtocol):
                 st = streams.get(sid)
                 if st is None or sid in self._lingering:
                     session.consumed(sid, len(ev.data))
-                elif not st._on_data(ev.data):
+                elif not st.feed_data(ev.data):
                     self._over_budget(st, ev.data)
             elif isinstance(ev, yamux.SendWindowUpdated):
                 st = streams.get(ev.stream_id)
                 if st is not None:
-                    st._wake_writer()
+                    st.feed_window()
             elif isinstance(ev, yamux.StreamOpened):
                 sid = ev.stream_id
                 total = self._metrics.streams_current
                 if total >= self._config.max_streams_total:
                     log.info("%r: refusing stream %d: %d streams open (max_streams_total)", self, sid, total)
-                    self._metrics.refused["streams_total"] += 1
+                    self._metrics.refused[RefusalReason.STREAMS_TOTAL] += 1
                     session.reset_stream(sid)
                     continue
                 refusal = self._shares.refusal(self._inbound, self.remote_peer, self._ip)
@@ -431,19 +443,19 @@ class Connection(asyncio.BufferedProtocol):
                     self._forget(sid)
                 st = streams.get(sid)
                 if st is not None:
-                    st._on_eof()
+                    st.feed_eof()
                     self._maybe_forget(st)
             elif isinstance(ev, yamux.StreamReset):
                 st = self._drop_stream(ev.stream_id)
                 self._unlinger(ev.stream_id)
                 if st is not None:
-                    st._on_reset(StreamResetError("stream reset by remote"))
+                    st.feed_reset(StreamResetError("stream reset by remote"))
             elif isinstance(ev, yamux.StreamDropped):
-                self._metrics.refused["buffer"] += 1
+                self._metrics.refused[RefusalReason.BUFFER] += 1
                 st = self._drop_stream(ev.stream_id)
                 self._unlinger(ev.stream_id)
                 if st is not None:
-                    st._on_reset(LimitExceededError(f"stream reset: {ev.reason}"))
+                    st.feed_reset(LimitExceededError(f"stream reset: {ev.reason}"))
             elif isinstance(ev, yamux.PongReceived):
                 entry = self._pings.pop(ev.opaque, None)
                 if entry is not None:
@@ -458,7 +470,7 @@ class Connection(asyncio.BufferedProtocol):
                     ev.code,
                     len(streams),
                 )
-                self._draining = True
+                self._set_state(DRAINING)
                 if not streams:
                     self._loop.call_soon(self._close_if_drained)
 
@@ -478,14 +490,15 @@ class Connection(asyncio.BufferedProtocol):
             self._backlog = 0
             for message in transport.encrypt_messages(frames):
                 self._write(message)
-        if self._write_blocked and not self._write_paused:
-            self._write_blocked = False
+        if self.write_blocked and not self._write_paused:
+            self.write_blocked = False
             self._wake_drain_waiters()
 
-    # ---- used by Stream ----
+    # ---- the StreamOwner contract: what a Stream asks of its connection ----
 
-    def _send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
-        if self._closed or self._session is None:
+    def stream_send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
+        """Queue what the remote's window allows of ``data`` on stream ``stream_id``; bytes taken."""
+        if self._session is None or self._state is CLOSED:
             raise ConnectionClosedError("connection closed")
         sent = self._session.send_data(stream_id, data)
         if sent:
@@ -493,14 +506,14 @@ class Connection(asyncio.BufferedProtocol):
             backlog = self._backlog + sent
             self._backlog = backlog
             if backlog > self._config.write_buffer_high:
-                self._write_blocked = True  # writers wait for the flush
+                self.write_blocked = True  # writers wait for the flush
         return sent
 
     # ---- the host's buffer budget ----
 
     def _over_budget(self, st: Stream, data: bytes) -> None:
         """``data`` for ``st`` does not fit in the host's buffer budget: make room, or reset ``st``."""
-        if self._budget.make_room(self._account, len(data) + CHUNK_OVERHEAD) and st._on_data(data):
+        if self._budget.make_room(self._account, len(data) + CHUNK_OVERHEAD) and st.feed_data(data):
             return
         self._refuse_memory(st, "its data would pass")
 
@@ -529,9 +542,9 @@ class Connection(asyncio.BufferedProtocol):
             budget.limit,
             self._account.held,
         )
-        self._metrics.refused["memory"] += 1
-        self._reset_stream(st.stream_id)
-        st._on_reset(LimitExceededError(_BUDGET_FULL))
+        self._metrics.refused[RefusalReason.MEMORY] += 1
+        self.stream_reset(st.stream_id)
+        st.feed_reset(LimitExceededError(_BUDGET_FULL))
 
     def _shed(self, n: int) -> int:
         """Reset our newest streams holding received data until ``n`` bytes are released (the budget
@@ -544,24 +557,26 @@ class Connection(asyncio.BufferedProtocol):
                 self._refuse_memory(st, "another peer needs room in")
                 if freed >= n:
                     return freed
-        if self._tx_held and self._write_paused and not self._closed:
+        if self._tx_held and self._write_paused and self._state is not CLOSED:
             freed += self._tx_held
             reason = ConnectionClosedError(
                 f"peer is not reading: {self._tx_held} bytes wait to be sent while other peers need room in "
                 "the host's buffer budget (max_buffered_total)"
             )
             log.warning("%r: closing connection: %s", self, reason)
-            self._metrics.refused["memory"] += 1
-            self._teardown(reason, "write_timeout", hard=True)
+            self._metrics.refused[RefusalReason.MEMORY] += 1
+            self.fail(reason, CloseKind.WRITE_TIMEOUT, hard=True)
         return freed
 
-    def _consumed(self, stream_id: int, n: int) -> None:
-        if self._session is not None and not self._closed:
+    def stream_consumed(self, stream_id: int, n: int) -> None:
+        """The application read ``n`` bytes of stream ``stream_id``: credit its receive window."""
+        if self._session is not None and self._state is not CLOSED:
             self._session.consumed(stream_id, n, self._loop.time())
             self._schedule_flush()
 
-    def _close_stream(self, stream_id: int) -> None:
-        if self._session is None or self._closed:
+    def stream_close_write(self, stream_id: int) -> None:
+        """Send stream ``stream_id``'s FIN."""
+        if self._session is None or self._state is CLOSED:
             return
         self._session.close_stream(stream_id)
         self._schedule_flush()
@@ -569,16 +584,17 @@ class Connection(asyncio.BufferedProtocol):
         if st is not None:
             self._maybe_forget(st)
 
-    def _reset_stream(self, stream_id: int) -> None:
+    def stream_reset(self, stream_id: int) -> None:
+        """Send stream ``stream_id``'s RST and forget it."""
         self._drop_stream(stream_id)
         self._unlinger(stream_id)
-        if self._session is None or self._closed:
+        if self._session is None or self._state is CLOSED:
             return
         self._session.reset_stream(stream_id)
         self._schedule_flush()
 
     def _maybe_forget(self, st: Stream) -> None:
-        if st._eof and st._write_closed:
+        if st.state is StreamState.CLOSED:
             self._drop_stream(st.stream_id)
 
     def _add_stream(self, st: Stream) -> None:
@@ -594,7 +610,7 @@ class Connection(asyncio.BufferedProtocol):
             if self._is_inbound(sid):
                 self._inbound -= 1
                 self._shares.remove(self.remote_peer, self._ip)
-            if self._draining and not self._streams:
+            if self._state is DRAINING and not self._streams:
                 self._loop.call_soon(self._close_if_drained)
         return st
 
@@ -608,15 +624,15 @@ class Connection(asyncio.BufferedProtocol):
         return (sid % 2 == 1) != self.initiator
 
     def _close_if_drained(self) -> None:
-        if not self._closed and not self._streams:
+        if self._state is not CLOSED and not self._streams:
             log.info("%r: the streams the remote's GoAway left open have ended; closing", self)
-            self._close("go_away")
+            self._close(CloseKind.GO_AWAY)
 
-    def _linger(self, st: Stream) -> None:
+    def stream_linger(self, st: Stream) -> None:
         """We are done with ``st``: drop unread data; reset it if the remote never ends it."""
         sid = st.stream_id
-        st._discard()
-        if st._eof or st._reset_exc is not None or self._closed:
+        st.discard_unread()
+        if st.read_ended or self._state is CLOSED:
             self._drop_stream(sid)
             return
         if sid not in self._lingering:
@@ -628,8 +644,8 @@ class Connection(asyncio.BufferedProtocol):
         st = self._streams.get(sid)
         if st is not None:
             log.debug("%r: stream %d not ended by remote in time; resetting", self, sid)
-            st._on_reset(StreamResetError("linger timeout"))
-            self._reset_stream(sid)
+            st.feed_reset(StreamResetError("linger timeout"))
+            self.stream_reset(sid)
 
     def _unlinger(self, sid: int) -> None:
         handle = self._lingering.pop(sid, None)
@@ -645,7 +661,7 @@ class Connection(asyncio.BufferedProtocol):
     def _on_timer(self) -> None:
         """Close the connection when idle; on one we dialed, ping a quiet remote (keepalive)."""
         self._timer = None
-        if self._closed or self._session is None:
+        if self._state is CLOSED or self._session is None:
             return
         cfg = self._config
         now = self._loop.time()
@@ -655,7 +671,7 @@ class Connection(asyncio.BufferedProtocol):
         if idle is not None:
             if quiet >= idle and not self._streams:
                 log.info("%r: idle for %.3g s (idle_timeout); closing", self, quiet)
-                self._close("idle")
+                self._close(CloseKind.IDLE)
                 return
             due = self._last_rx + idle if quiet < idle else now + idle
         keepalive = cfg.keepalive_interval
@@ -671,7 +687,7 @@ class Connection(asyncio.BufferedProtocol):
         if due < math.inf:
             self._timer = self._loop.call_at(due, self._on_timer)
 
-    def _sync_metrics(self) -> None:
+    def sync_metrics(self) -> None:
         """Add what the session counted since the last call to the host's metrics."""
         session = self._session
         if session is None:
@@ -683,7 +699,7 @@ class Connection(asyncio.BufferedProtocol):
             self._synced_pings = pings
         refusals = session.streams_refused
         if refusals != self._synced_refusals:
-            m.refused["streams"] += refusals - self._synced_refusals
+            m.refused[RefusalReason.STREAMS] += refusals - self._synced_refusals
             self._synced_refusals = refusals
 
     # ---- public ----
@@ -721,20 +737,20 @@ class Connection(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         """Say GoAway and close the socket; streams end with ConnectionClosedError."""
-        self._close("local")
+        self._close(CloseKind.LOCAL)
 
-    def _close(self, kind: str) -> None:
-        if self._closed:
+    def _close(self, kind: CloseKind) -> None:
+        if self._state is CLOSED:
             return
         if self._session is not None and self._noise is not None:
             self._session.go_away(0)
             self._flush(force=True)
-        self._teardown(ConnectionClosedError("connection closed locally"), kind)
+        self.fail(ConnectionClosedError("connection closed locally"), kind)
 
-    def abort(self, reason: BaseException, *, error_kind: str | None = None) -> None:
+    def abort(self, reason: BaseException, *, error_kind: ProtocolErrorKind | str | None = None) -> None:
         """End the connection because of ``reason`` (logged once); ``error_kind`` counts it as a protocol
         error of that kind (see :class:`~mimirlite.metrics.HostMetrics`)."""
-        if self._closed:
+        if self._state is CLOSED:
             return
         if error_kind is None:
             log.warning("%r: closing connection: %s", self, reason)
@@ -744,12 +760,19 @@ class Connection(asyncio.BufferedProtocol):
         hard = self._write_paused  # the peer does not read: do not wait to flush the GoAway
         if self._session is not None:
             self._flush(force=True)  # a session that raised has queued its GoAway
-        self._teardown(reason, "local" if error_kind is None else "protocol_error", hard=hard)
+        self.fail(reason, CloseKind.LOCAL if error_kind is None else CloseKind.PROTOCOL_ERROR, hard=hard)
 
-    def _teardown(self, reason: BaseException, kind: str = "local", *, hard: bool = False) -> None:
-        if self._closed:
+    def fail(self, reason: BaseException, kind: CloseKind = CloseKind.LOCAL, *, hard: bool = False) -> None:
+        """End the connection now because of ``reason``, counted as ``kind`` (a ``HostMetrics.closed``
+        reason): its transport is closed (aborted when ``hard``), its streams reset with ``reason``, its
+        pings fail. Nothing is logged or sent (see :meth:`close` and :meth:`abort` for that)."""
+        if self._state is CLOSED:
             return
-        self._closed = True
+        self._set_state(CLOSED)
+        self._upgrader = None
+        if not self._upgraded.done():
+            self._upgraded.set_exception(HandshakeError("connection closed during the upgrade"))
+            self._upgraded.exception()  # retrieved: upgrade() raises it
         self.close_reason = reason
         self.close_kind = kind
         transport = self._transport
@@ -765,7 +788,7 @@ class Connection(asyncio.BufferedProtocol):
             if handle is not None:
                 handle.cancel()
         self._timer = self._stall = None
-        self._sync_metrics()
+        self.sync_metrics()
         exc = reason if isinstance(reason, MimirliteError) else ConnectionClosedError(str(reason))
         streams, self._streams = self._streams, {}
         self._metrics.streams_current -= len(streams)
@@ -773,7 +796,7 @@ class Connection(asyncio.BufferedProtocol):
             self._shares.remove(self.remote_peer, self._ip, self._inbound)
             self._inbound = 0
         for st in streams.values():
-            st._on_reset(exc)
+            st.feed_reset(exc)
         for handle in self._lingering.values():
             handle.cancel()
         self._lingering.clear()
@@ -783,7 +806,7 @@ class Connection(asyncio.BufferedProtocol):
         self._pings.clear()
         self._account.close()  # the streams gave back their data above; what waits to be sent goes too
         self._tx_held = 0
-        self._write_paused = self._write_blocked = False
+        self._write_paused = self.write_blocked = False
         self._wake_drain_waiters()
         if not self.closed.done():
             self.closed.set_result(None)

@@ -9,10 +9,11 @@ import math
 import os
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from types import TracebackType
 from typing import Any
 
+from mimirlite.aio import Service, ServiceState, SingleFlight
 from mimirlite.errors import (
+    CloseKind,
     ConnectionClosedError,
     DialError,
     HandshakeError,
@@ -21,6 +22,8 @@ from mimirlite.errors import (
     MimirliteError,
     PeerNotAllowedError,
     ProtocolError,
+    ProtocolErrorKind,
+    RefusalReason,
     RefusedByPeerError,
     StreamResetError,
 )
@@ -34,6 +37,7 @@ from mimirlite.net.heap import TRIM_INTERVAL, TRIM_RELEASED, malloc_trim
 from mimirlite.net.pending import YOUNG, LogThrottle, PendingHandshakes, source_of
 from mimirlite.net.shares import StreamShares
 from mimirlite.net.stream import Stream
+from mimirlite.net.transport import ByteTransport
 from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
 
 log = logging.getLogger(__name__)
@@ -64,7 +68,7 @@ then as one line with the count of the others."""
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-class Host:
+class Host(Service):
     """A libp2p host speaking TCP + Noise + yamux.
 
     ``async with Host(keypair, listen=[...]) as host`` starts listening and, on exit, closes every
@@ -105,31 +109,28 @@ class Host:
         self._metrics = HostMetrics()
         self._stream_shares = StreamShares(self.config)
         self._budget = BufferBudget(self.config.max_buffered_total)
-        self._dialing: dict[PeerId, asyncio.Future[Connection]] = {}
+        self._dialing: SingleFlight[PeerId, Connection] = SingleFlight(
+            lambda coro: self.spawn(coro, "mimirlite-dial"), cancelled=lambda _: LocalError("host is stopped")
+        )
         self._addrs: dict[PeerId, list[TcpAddr]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_connected: list[ConnectionListener] = []
         self.on_disconnected: list[ConnectionListener] = []
-        self._started = False
-        self._stopped = False
 
     # ---- lifecycle ----
 
-    async def start(self) -> None:
-        """Open the listeners."""
-        if self._started:
-            return
-        self._started = True
+    @property
+    def _stopped(self) -> bool:
+        return self.state is ServiceState.STOPPED
+
+    async def _start(self) -> None:
+        """Open the listeners (:meth:`start`; a failure stops the host)."""
         loop = asyncio.get_running_loop()
-        try:
-            for addr in self._listen:
-                sock = _listen_socket(addr)
-                self._listeners.append(sock)
-                name = sock.getsockname()
-                self._listen_addrs.append(TcpAddr(name[0], name[1]))
-        except OSError:
-            await self.stop()
-            raise
+        for addr in self._listen:
+            sock = _listen_socket(addr)
+            self._listeners.append(sock)
+            name = sock.getsockname()
+            self._listen_addrs.append(TcpAddr(name[0], name[1]))
         if self._listeners:
             self._take_reserve()
             if self.config.return_memory and malloc_trim() is not None:
@@ -139,11 +140,8 @@ class Host:
         for a in self._listen_addrs:
             log.info("listening on %s", a.multiaddr(self.peer_id))
 
-    async def stop(self) -> None:
-        """Close listeners, connections and handler tasks; waits for them to finish."""
-        if self._stopped:
-            return
-        self._stopped = True
+    async def _stop(self) -> None:
+        """Close listeners, connections and handler tasks; waits for them to finish (:meth:`stop`)."""
         loop = asyncio.get_running_loop()
         for sock in self._listeners:
             if not self._accept_paused:
@@ -166,15 +164,6 @@ class Host:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._flush_log(math.inf)
 
-    async def __aenter__(self) -> Host:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
     @property
     def listen_addrs(self) -> list[str]:
         """Bound listen addresses, each ending in /p2p/<our peer ID>."""
@@ -189,7 +178,7 @@ class Host:
     def metrics(self) -> HostMetrics:
         """This host's counters (connections, streams, bytes, refusals, protocol errors), up to date."""
         for conn in self._all_conns:
-            conn._sync_metrics()
+            conn.sync_metrics()
         return self._metrics
 
     @property
@@ -202,7 +191,8 @@ class Host:
         """The open connection per connected peer."""
         return dict(self._conns)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run ``coro`` as a task of this host: :meth:`stop` cancels it and waits for it."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -223,6 +213,10 @@ class Host:
     def set_handler(self, protocol: str, handler: Handler) -> None:
         """Serve ``protocol`` with ``async def handler(stream)``; the stream is closed after it returns."""
         self._handlers[protocol] = handler
+
+    def handler(self, protocol: str) -> Handler | None:
+        """The handler serving ``protocol``, if any."""
+        return self._handlers.get(protocol)
 
     def remove_handler(self, protocol: str) -> None:
         self._handlers.pop(protocol, None)
@@ -253,9 +247,11 @@ class Host:
     async def dial(self, target: str | PeerId) -> Connection:
         """Connect to a multiaddr (with /p2p/ it is verified) or to a peer whose addresses we know.
 
-        Reuses the open connection to the same peer; raises DialError, PeerIdMismatchError.
+        Reuses the open connection to the same peer; concurrent dials of one peer share one attempt
+        (a task of the host, which a cancelled caller leaves going for the others). Raises DialError,
+        PeerIdMismatchError.
         """
-        self._check_running()
+        self.check_running()
         if isinstance(target, PeerId):
             peer_id: PeerId | None = target
             addrs = self._addrs.get(target, [])
@@ -269,23 +265,8 @@ class Host:
             conn = self._conns.get(peer_id)
             if conn is not None and conn.is_open:
                 return conn
-            pending = self._dialing.get(peer_id)
-            if pending is not None:
-                return await asyncio.shield(pending)
-            fut: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
-            self._dialing[peer_id] = fut
-            try:
-                conn = await self._dial_addrs(addrs, peer_id)
-            except BaseException as exc:
-                if not fut.done():
-                    fut.set_exception(exc)
-                    fut.exception()  # retrieved: waiters, if any, re-raise it
-                raise
-            else:
-                fut.set_result(conn)
-                return conn
-            finally:
-                self._dialing.pop(peer_id, None)
+            known = peer_id
+            return await self._dialing.run(peer_id, lambda: self._dial_addrs(addrs, known))
         return await self._dial_addrs(addrs, None)
 
     async def _dial_addrs(self, addrs: Sequence[TcpAddr], peer_id: PeerId | None) -> Connection:
@@ -304,25 +285,13 @@ class Host:
     async def _dial_one(self, addr: TcpAddr, peer_id: PeerId | None) -> Connection:
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(
-            lambda: Connection(
-                self.keypair,
-                self.config,
-                initiator=True,
-                on_stream=self._on_stream,
-                on_close=self._on_close,
-                expected_peer=peer_id,
-                metrics=self._metrics,
-                shares=self._stream_shares,
-                budget=self._budget,
-            ),
-            addr.host,
-            addr.port,
+            lambda: self._new_connection(initiator=True, expected_peer=peer_id), addr.host, addr.port
         )
         try:
             await conn.upgrade()
         except HandshakeError as exc:
-            conn._teardown(exc)
-            if conn.remote_peer is not None and conn._eof:
+            conn.fail(exc)
+            if conn.remote_peer is not None and conn.input_ended:
                 # Authenticated, then closed before the muxer was agreed: an allowlist refused us.
                 raise RefusedByPeerError(
                     f"{conn.remote_peer} closed the connection right after the handshake: "
@@ -330,10 +299,45 @@ class Host:
                 ) from exc
             raise
         except BaseException as exc:
-            conn._teardown(exc)
+            conn.fail(exc)
             raise
         assert conn.remote_peer is not None
         self.add_addrs(conn.remote_peer, [addr])
+        self._register(conn)
+        return conn
+
+    def _new_connection(self, *, initiator: bool, expected_peer: PeerId | None = None) -> Connection:
+        return Connection(
+            self.keypair,
+            self.config,
+            initiator=initiator,
+            on_stream=self._on_stream,
+            on_close=self._on_close,
+            expected_peer=expected_peer,
+            accept_peer=None if initiator or self.config.allow_peers is None else self.allows,
+            metrics=self._metrics,
+            shares=self._stream_shares,
+            budget=self._budget,
+        )
+
+    async def upgrade_over(
+        self, transport: ByteTransport, *, initiator: bool, expected_peer: PeerId | None = None
+    ) -> Connection:
+        """Upgrade a libp2p connection (Noise, yamux) over ``transport`` (e.g. a
+        :class:`~mimirlite.net.transport.StreamTransport`: a stream of another connection) and register
+        it as a connection to its peer; ``expected_peer`` is verified. The responder applies the
+        allowlist (PeerNotAllowedError). Raises what :meth:`Connection.upgrade` raises, or
+        asyncio.TimeoutError after ``config.handshake_timeout``; the transport is closed then.
+        """
+        self.check_running()
+        conn = self._new_connection(initiator=initiator, expected_peer=expected_peer)
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        try:
+            await asyncio.wait_for(conn.upgrade(), self.config.handshake_timeout)
+        except BaseException as exc:
+            conn.fail(exc)
+            raise
         self._register(conn)
         return conn
 
@@ -376,17 +380,7 @@ class Host:
         where = f"{ip}:{addr[1]}"
         refusal = self._refusal(ip)
         if refusal is None:
-            conn = Connection(
-                self.keypair,
-                self.config,
-                initiator=False,
-                on_stream=self._on_stream,
-                on_close=self._on_close,
-                accept_peer=None if self.config.allow_peers is None else self.allows,
-                metrics=self._metrics,
-                shares=self._stream_shares,
-                budget=self._budget,
-            )
+            conn = self._new_connection(initiator=False)
             loop = asyncio.get_running_loop()
             eager = _has_bytes(sock)
             admission = self._pending.admit(conn, source_of(ip), loop.time(), self._has_unread, eager=eager)
@@ -396,7 +390,7 @@ class Host:
                     self._wait_in_lobby(sock, addr)
                     return
                 cfg = self.config
-                if admission.refused == "pending_handshakes":
+                if admission.refused == RefusalReason.PENDING_HANDSHAKES:
                     limit = f"{len(self._pending)} handshakes in progress (max_pending_handshakes)"
                 else:
                     limit = f"{self._pending.count(source_of(ip))} handshakes in progress from {ip} "
@@ -412,9 +406,9 @@ class Host:
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         self._pending_socks[conn] = sock
         conn.on_progress = lambda: self._pending.progress(conn, loop.time())
-        self._spawn(self._accept(conn, sock), "mimirlite-accept")
+        self.spawn(self._accept(conn, sock), "mimirlite-accept")
 
-    def _refuse(self, sock: socket.socket, where: str, reason: str, detail: str) -> None:
+    def _refuse(self, sock: socket.socket, where: str, reason: RefusalReason, detail: str) -> None:
         self._metrics.refused[reason] += 1
         self._log_inbound(reason, "refusing inbound connection from %s: %s", where, detail)
         sock.close()
@@ -427,7 +421,9 @@ class Host:
             oldest, (_, oldest_addr) = next(iter(self._lobby.items()))
             self._leave_lobby(oldest)
             where = f"{oldest_addr[0]}:{oldest_addr[1]}"
-            self._refuse(oldest, where, "pending_handshakes", "silent while the pending table was full")
+            self._refuse(
+                oldest, where, RefusalReason.PENDING_HANDSHAKES, "silent while the pending table was full"
+            )
         loop.add_reader(sock.fileno(), self._lobby_ready, sock)
         self._lobby[sock] = (loop.call_later(YOUNG, self._lobby_ready, sock), addr)
 
@@ -448,8 +444,6 @@ class Host:
 
     def _has_unread(self, conn: Connection) -> bool:
         """Whether pending ``conn`` holds bytes its upgrade has not processed yet (not stalled, then)."""
-        if conn._inbox:
-            return True
         sock = self._pending_socks.get(conn)
         return sock is not None and _has_bytes(sock)
 
@@ -457,71 +451,79 @@ class Host:
         self._pending.remove(conn)
         self._pending_socks.pop(conn, None)
 
-    def _refusal(self, ip: str) -> tuple[str, str] | None:
+    def _refusal(self, ip: str) -> tuple[RefusalReason, str] | None:
         """Why a new inbound connection from ``ip`` is refused at a connection limit (reason, detail)."""
         cfg = self.config
         if len(self._all_conns) >= cfg.max_connections:
-            return "connections", f"{len(self._all_conns)} connections (max_connections)"
+            return RefusalReason.CONNECTIONS, f"{len(self._all_conns)} connections (max_connections)"
         if self._per_ip.get(ip, 0) >= cfg.max_connections_per_ip:
-            return "connections_per_ip", f"{self._per_ip[ip]} connections from {ip} (max_connections_per_ip)"
+            return (
+                RefusalReason.CONNECTIONS_PER_IP,
+                f"{self._per_ip[ip]} connections from {ip} (max_connections_per_ip)",
+            )
         return None
 
     def _evict(self, victim: Connection, newcomer: str, quiet: float) -> None:
-        self._metrics.refused["evicted_pending"] += 1
+        self._metrics.refused[RefusalReason.EVICTED_PENDING] += 1
         self._log_inbound(
-            "evicted_pending",
+            RefusalReason.EVICTED_PENDING,
             "closing pending inbound connection from %s: stalled (no handshake step completed in %.3g s), "
             "its place taken by %s (max_pending_handshakes/max_pending_per_ip)",
             _host_port(victim),
             quiet,
             newcomer,
         )
-        victim._teardown(ConnectionClosedError("pending handshake evicted by a newer connection"), "evicted")
+        victim.fail(
+            ConnectionClosedError("pending handshake evicted by a newer connection"), CloseKind.EVICTED
+        )
 
     async def _accept(self, conn: Connection, sock: socket.socket) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
         try:
-            if not conn._closed:
+            if not conn.is_closed:
                 await loop.connect_accepted_socket(lambda: conn, sock)
-            if conn._closed:  # evicted (or the host stopped) before its transport was made
-                if conn._transport is not None:
-                    conn._transport.close()
+            if conn.is_closed:  # evicted (or the host stopped) before its transport was made
+                transport = conn.transport
+                if transport is not None:
+                    transport.close()
                 else:
                     sock.close()
-                conn._teardown(ConnectionClosedError("closed during the upgrade"))
+                conn.fail(ConnectionClosedError("closed during the upgrade"))
                 return
             await asyncio.wait_for(conn.upgrade(), cfg.handshake_timeout)
         except asyncio.TimeoutError:
-            self._metrics.refused["handshake_timeout"] += 1
+            self._metrics.refused[RefusalReason.HANDSHAKE_TIMEOUT] += 1
             self._log_inbound(
-                "handshake_timeout", "inbound connection from %s: upgrade timed out", _host_port(conn)
+                RefusalReason.HANDSHAKE_TIMEOUT,
+                "inbound connection from %s: upgrade timed out",
+                _host_port(conn),
             )
-            conn._teardown(ConnectionClosedError("handshake timeout"))
+            conn.fail(ConnectionClosedError("handshake timeout"))
             return
         except HandshakeTimeoutError as exc:
-            if conn.close_kind != "evicted":
+            if conn.close_kind is not CloseKind.EVICTED:
                 self._metrics.refused[exc.kind] += 1
                 self._log_inbound(exc.kind, "closing inbound connection from %s: %s", _host_port(conn), exc)
-                conn._teardown(exc)
+                conn.fail(exc)
             return
         except PeerNotAllowedError as exc:
             log.warning("refusing connection from %s at %s: not on the allowlist", exc.peer, _host_port(conn))
-            self._metrics.refused["allowlist"] += 1
-            conn._teardown(exc)
+            self._metrics.refused[RefusalReason.ALLOWLIST] += 1
+            conn.fail(exc)
             return
         except (MimirliteError, OSError) as exc:
-            if conn.close_kind != "evicted":
+            if conn.close_kind is not CloseKind.EVICTED:
                 msg = "inbound connection from %s failed to upgrade: %s"
                 self._log_inbound("upgrade_failed", msg, _host_port(conn), exc)
                 if isinstance(exc, ProtocolError):
-                    self._metrics.protocol_errors["upgrade"] += 1
-                conn._teardown(exc)
+                    self._metrics.protocol_errors[ProtocolErrorKind.UPGRADE] += 1
+                conn.fail(exc)
             return
         except BaseException as exc:
-            if conn._transport is None:
+            if conn.transport is None:
                 sock.close()
-            conn._teardown(exc)
+            conn.fail(exc)
             raise
         finally:
             self._forget_pending(conn)
@@ -556,9 +558,9 @@ class Host:
         self._release_reserve()
         delay = self._accept_backoff
         self._accept_backoff = min(2 * delay, ACCEPT_RETRY[1])
-        self._metrics.refused["accept_paused"] += 1
+        self._metrics.refused[RefusalReason.ACCEPT_PAUSED] += 1
         self._log_inbound(
-            "accept_paused",
+            RefusalReason.ACCEPT_PAUSED,
             "not accepting connections for %g s: %s (established connections carry on)",
             delay,
             exc.strerror or exc,
@@ -607,7 +609,7 @@ class Host:
             log.warning("%s in the last %g s", text.format(n=count), self._throttle.interval)
 
     def _register(self, conn: Connection) -> None:
-        if conn._closed:
+        if conn.is_closed:
             return
         peer = conn.remote_peer
         assert peer is not None
@@ -638,7 +640,7 @@ class Host:
         m = self._metrics
         m.connections_closed += 1
         m.connections_current -= 1
-        m.closed[conn.close_kind or "local"] += 1
+        m.closed[conn.close_kind or CloseKind.LOCAL] += 1
         peer = conn.remote_peer
         if peer is not None and self._conns.get(peer) is conn:
             del self._conns[peer]
@@ -650,7 +652,8 @@ class Host:
         for cb in self.on_disconnected:
             cb(conn)
 
-    def _check_running(self) -> None:
+    def check_running(self) -> None:
+        """LocalError once the host is stopped."""
         if self._stopped:
             raise LocalError("host is stopped")
 
@@ -689,10 +692,10 @@ class Host:
             out = ms.data_to_send()
             if out:
                 await stream.write(out)
-        stream._unread(ms.leftover)
+        stream.unread(ms.leftover)
 
     def _on_stream(self, stream: Stream) -> None:
-        self._spawn(self._serve(stream), "mimirlite-stream")
+        self.spawn(self._serve(stream), "mimirlite-stream")
 
     async def _serve(self, stream: Stream) -> None:
         if not self.allows(stream.remote_peer):  # on a connection we dialed
@@ -705,7 +708,7 @@ class Host:
         except (MimirliteError, asyncio.TimeoutError) as exc:
             log.info("%r: inbound negotiation failed: %s", stream, exc or "timeout")
             if isinstance(exc, ProtocolError):
-                self._metrics.protocol_errors["negotiation"] += 1
+                self._metrics.protocol_errors[ProtocolErrorKind.NEGOTIATION] += 1
             await stream.reset()
             return
         protocol = ms.selected
@@ -731,16 +734,21 @@ class Host:
 
 
 _REASON_TEXT = {
-    "connections": "{n} more inbound connections refused (max_connections)",
-    "connections_per_ip": "{n} more inbound connections refused (max_connections_per_ip)",
-    "pending_handshakes": "{n} more inbound connections refused (max_pending_handshakes)",
-    "pending_handshakes_per_ip": "{n} more inbound connections refused (max_pending_per_ip)",
-    "evicted_pending": "{n} more pending inbound connections evicted while stalled",
-    "first_byte_timeout": "{n} more inbound connections closed: nothing received (first_byte_timeout)",
-    "handshake_step_timeout": "{n} more inbound connections closed: an upgrade step took too long "
-    "(handshake_step_timeout)",
-    "handshake_timeout": "{n} more inbound connections closed: upgrade timed out (handshake_timeout)",
-    "accept_paused": "accepting paused {n} more times: out of file descriptors",
+    RefusalReason.CONNECTIONS: "{n} more inbound connections refused (max_connections)",
+    RefusalReason.CONNECTIONS_PER_IP: "{n} more inbound connections refused (max_connections_per_ip)",
+    RefusalReason.PENDING_HANDSHAKES: "{n} more inbound connections refused (max_pending_handshakes)",
+    RefusalReason.PENDING_HANDSHAKES_PER_IP: "{n} more inbound connections refused (max_pending_per_ip)",
+    RefusalReason.EVICTED_PENDING: "{n} more pending inbound connections evicted while stalled",
+    RefusalReason.FIRST_BYTE_TIMEOUT: (
+        "{n} more inbound connections closed: nothing received (first_byte_timeout)"
+    ),
+    RefusalReason.HANDSHAKE_STEP_TIMEOUT: (
+        "{n} more inbound connections closed: an upgrade step took too long (handshake_step_timeout)"
+    ),
+    RefusalReason.HANDSHAKE_TIMEOUT: (
+        "{n} more inbound connections closed: upgrade timed out (handshake_timeout)"
+    ),
+    RefusalReason.ACCEPT_PAUSED: "accepting paused {n} more times: out of file descriptors",
     "upgrade_failed": "{n} more inbound connections failed to upgrade",
     "accept_error": "{n} more failed accepts",
 }

@@ -31,6 +31,8 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeVar
 
+from mimirlite.errors import RefusalReason
+
 __all__ = ["YOUNG", "Admission", "LogThrottle", "PendingHandshakes", "source_of"]
 
 YOUNG = 0.5
@@ -67,7 +69,7 @@ class Admission(NamedTuple):
     connection it replaced, if any (the caller closes it), ``quiet`` the seconds that one had gone without
     progress."""
 
-    refused: str | None
+    refused: RefusalReason | None
     evicted: Hashable | None
     quiet: float = 0.0
 
@@ -122,13 +124,13 @@ class PendingHandshakes(Generic[K]):
         if self.count(source) >= self.max_per_source:
             evicted = self._oldest_stalled(self._by_source.get(source, {}), now, busy, eager)
             if evicted is None and (full or self.max_per_source == 0):
-                return Admission("pending_handshakes_per_ip", None)
+                return Admission(RefusalReason.PENDING_HANDSHAKES_PER_IP, None)
         elif full:
             evicted = self._oldest_stalled(self._all, now, busy, eager)
             if evicted is None:
                 evicted = self._newest_over_share()
             if evicted is None:
-                return Admission("pending_handshakes", None)
+                return Admission(RefusalReason.PENDING_HANDSHAKES, None)
         quiet = 0.0
         if evicted is not None:
             quiet = now - self._all[evicted].last_progress

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
+from mimirlite.errors import RefusalReason
+
 if TYPE_CHECKING:
     from mimirlite.net.config import HostConfig
 
@@ -28,22 +30,27 @@ class StreamShares:
     def of_ip(self, ip: Hashable) -> int:
         return self._per_ip.get(ip, 0)
 
-    def refusal(self, on_connection: int, peer: Hashable, ip: Hashable | None) -> tuple[str, str] | None:
+    def refusal(
+        self, on_connection: int, peer: Hashable, ip: Hashable | None
+    ) -> tuple[RefusalReason, str] | None:
         """Why one more inbound stream (on a connection holding ``on_connection`` of them, from ``peer``
         at ``ip``) is refused: ``(HostMetrics.refused reason, detail)``; None when it may open."""
         cfg = self.config
         if on_connection >= cfg.max_inbound_streams_per_connection:
             return (
-                "streams_per_connection",
+                RefusalReason.STREAMS_PER_CONNECTION,
                 f"{on_connection} inbound streams on this connection (max_inbound_streams_per_connection)",
             )
         mine = self._per_peer.get(peer, 0)
         if mine >= cfg.max_streams_per_peer:
-            return "streams_per_peer", f"{mine} inbound streams from this peer (max_streams_per_peer)"
+            return (
+                RefusalReason.STREAMS_PER_PEER,
+                f"{mine} inbound streams from this peer (max_streams_per_peer)",
+            )
         if ip is not None:
             here = self._per_ip.get(ip, 0)
             if here >= cfg.max_streams_per_ip:
-                return "streams_per_ip", f"{here} inbound streams from {ip} (max_streams_per_ip)"
+                return RefusalReason.STREAMS_PER_IP, f"{here} inbound streams from {ip} (max_streams_per_ip)"
         return None
 
     def add(self, peer: Hashable, ip: Hashable | None) -> None:

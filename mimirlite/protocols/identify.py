@@ -411,7 +411,7 @@ class Identify:
         self._over_budget: set[PeerId] = set()
         self._infos: collections.OrderedDict[PeerId, IdentifyInfo] = collections.OrderedDict()
         self._inflight: SingleFlight[Connection, IdentifyInfo] = SingleFlight(
-            lambda coro: host._spawn(coro, "mimirlite-identify"),
+            lambda coro: host.spawn(coro, "mimirlite-identify"),
             cancelled=lambda _: ConnectionClosedError("identify cancelled: the host is stopping"),
         )
         """One identify run per connection, joined by every caller (a run ends with the host)."""
@@ -582,7 +582,7 @@ class Identify:
 
     def _start(self, conn: Connection) -> asyncio.Future[IdentifyInfo]:
         if conn not in self._inflight:
-            self.host._check_running()
+            self.host.check_running()
         return self._inflight.start(conn, lambda: self._identify_once(conn))
 
     def _on_connected(self, conn: Connection) -> None:

@@ -203,24 +203,40 @@ def test_lp_decoder_split_anywhere_same_result(data: bytes, at: list[int]) -> No
         assert split[2] == whole[2]
 
 
-class _FakeConnection:
-    """Just enough of a Connection for a Stream to be read: credits are counted, not sent."""
+class _Owner:
+    """A StreamOwner that only counts credits (no connection): enough for a Stream to be read."""
 
     remote_peer = None
+    write_blocked = False
 
     def __init__(self) -> None:
         self.credited = 0
         self.budget = BufferBudget(1 << 30)
-        self._account = self.budget.account()
+        self.account = self.budget.account()
 
-    def _consumed(self, stream_id: int, n: int) -> None:
+    async def drain(self) -> None:
+        pass
+
+    def stream_consumed(self, stream_id: int, n: int) -> None:
         self.credited += n
+
+    def stream_send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
+        raise NotImplementedError
+
+    def stream_close_write(self, stream_id: int) -> None:
+        raise NotImplementedError
+
+    def stream_reset(self, stream_id: int) -> None:
+        raise NotImplementedError
+
+    def stream_linger(self, stream: Stream) -> None:
+        raise NotImplementedError
 
 
 async def _stream_read_messages(chunks: list[bytes], cap: int) -> tuple[list[bytes], tuple[str, Any], int]:
     """Read LP messages from a Stream while ``chunks`` arrive one per event-loop turn, then EOF."""
-    conn = _FakeConnection()
-    stream = Stream(conn, 1)  # type: ignore[arg-type]
+    conn = _Owner()
+    stream = Stream(conn, 1)
     bodies: list[bytes] = []
 
     async def reader() -> tuple[str, Any]:
@@ -234,8 +250,8 @@ async def _stream_read_messages(chunks: list[bytes], cap: int) -> tuple[list[byt
     task = asyncio.create_task(reader())
     for chunk in chunks:
         await asyncio.sleep(0)  # interleaving only: the result must not depend on it
-        stream._on_data(chunk)
-    stream._on_eof()
+        stream.feed_data(chunk)
+    stream.feed_eof()
     result = await asyncio.wait_for(task, 5)
     if result[0] == "ok":
         assert conn.budget.total == 0  # every chunk taken was given back to the buffer budget
