@@ -9,6 +9,9 @@ Every core follows one calling convention (in the manner of h11 and aioquic); an
   nothing); the shell calls it after processing the events of a call.
 - Cores with deadlines: ``get_timer() -> float | None`` (when the next deadline passes, None when there
   is none) and ``handle_timer(now) -> list[Event]`` (the shell calls it once that time is reached).
+- Framing codecs that hand out one item at a time are pulled instead, as h11's ``next_event`` is:
+  :class:`~mimirlite.wire.lp.LPDecoder` takes ``feed(data)``, then ``next_message()`` until None.
+  Stateless codecs (varint, protobuf, multiaddr, multibase, yamux frames) are plain functions.
 - Time is passed in (``now``, in the shell's loop time), never read from a clock, so tests are literal.
 - Events are small frozen dataclasses (``slots=True``) defined beside their core, e.g.
   :class:`~mimirlite.wire.multistream.ProtocolSelected`, :class:`~mimirlite.wire.noise.HandshakeComplete`,
