@@ -244,13 +244,10 @@ class PeerIdMismatchError(HandshakeError):
         self.actual = actual
 
 
-class HandshakeTimeoutError(HandshakeError):
+class HandshakeTimeoutError(HandshakeError, MimirliteTimeoutError):
     """The peer did not complete an upgrade step in time; ``kind`` names the deadline it missed
-    (:attr:`RefusalReason.FIRST_BYTE_TIMEOUT` or :attr:`RefusalReason.HANDSHAKE_STEP_TIMEOUT`).
-
-    Not (yet) a :class:`MimirliteTimeoutError`: ``Host`` catches ``asyncio.TimeoutError`` (the whole
-    upgrade's deadline) before this error around the same call, so it would count it under the wrong
-    reason; it can take that base once the host catches this one first."""
+    (:attr:`RefusalReason.FIRST_BYTE_TIMEOUT` or :attr:`RefusalReason.HANDSHAKE_STEP_TIMEOUT`). A remote
+    violation and a timeout both."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)

@@ -116,6 +116,7 @@ TIMEOUTS = [
     IdentifyTimeoutError("late"),
     PingTimeoutError("late"),
     AnswerTimeoutError("late"),
+    HandshakeTimeoutError(RefusalReason.HANDSHAKE_STEP_TIMEOUT, "late"),
 ]
 
 

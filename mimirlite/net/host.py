@@ -492,6 +492,12 @@ class Host(Service):
                 conn.fail(ConnectionClosedError("closed during the upgrade"))
                 return
             await asyncio.wait_for(conn.upgrade(), cfg.handshake_timeout)
+        except HandshakeTimeoutError as exc:
+            if conn.close_kind is not CloseKind.EVICTED:
+                self._metrics.refused[exc.kind] += 1
+                self._log_inbound(exc.kind, "closing inbound connection from %s: %s", _host_port(conn), exc)
+                conn.fail(exc)
+            return
         except asyncio.TimeoutError:
             self._metrics.refused[RefusalReason.HANDSHAKE_TIMEOUT] += 1
             self._log_inbound(
@@ -500,12 +506,6 @@ class Host(Service):
                 _host_port(conn),
             )
             conn.fail(ConnectionClosedError("handshake timeout"))
-            return
-        except HandshakeTimeoutError as exc:
-            if conn.close_kind is not CloseKind.EVICTED:
-                self._metrics.refused[exc.kind] += 1
-                self._log_inbound(exc.kind, "closing inbound connection from %s: %s", _host_port(conn), exc)
-                conn.fail(exc)
             return
         except PeerNotAllowedError as exc:
             log.warning("refusing connection from %s at %s: not on the allowlist", exc.peer, _host_port(conn))
