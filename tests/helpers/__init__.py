@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-import pytest
-
 from tests.helpers.waiting import TIMEOUT, until
 
 if TYPE_CHECKING:
+    import pytest
+
     from mimirlite import Connection, Host, PeerId, Stream
 
 __all__ = ["ECHO", "TIMEOUT", "echo_handler", "inbound_conn", "logged", "until"]
