@@ -97,6 +97,7 @@ class Stream(LPDecoder):
     __slots__ = (
         "_account",
         "_credit_skip",
+        "_debug",
         "_error",
         "_kept",
         "_owner",
@@ -122,6 +123,7 @@ class Stream(LPDecoder):
         self._credit_skip = 0
         self._kept = 0  # bytes the application keeps for this stream, charged by hold()
         self._state = OPEN
+        self._debug = log.isEnabledFor(logging.DEBUG)  # asked once: transitions are on the per-chat path
         self._error: BaseException | None = None  # why it was reset
         self._reset_waiter: asyncio.Future[None] | None = None
         self._read_waiter: asyncio.Future[None] | None = None
@@ -166,7 +168,7 @@ class Stream(LPDecoder):
         return state is READ_EOF or state is CLOSED or state is RESET
 
     def _set_state(self, new: StreamState) -> None:
-        if log.isEnabledFor(logging.DEBUG):
+        if self._debug:
             log.debug("%r: %s -> %s", self, self._state.value, new.value)
         self._state = new
 

@@ -290,10 +290,15 @@ class StreamState(Enum):
         self.sending = sending  # we may still send data (we sent no FIN)
         self.receiving = receiving  # the remote may still send data (it sent no FIN)
         self.ended = not sending and not receiving  # an end state: the stream is forgotten
+        self.next: dict[StreamInput, StreamState] = {}  # this state's row of STREAM_TRANSITIONS
+
+    __hash__ = object.__hash__  # members are singletons: hash by identity, in C (Enum's own is Python)
 
 
 class StreamInput(Enum):
     """What moves a stream from one :class:`StreamState` to the next."""
+
+    __hash__ = object.__hash__  # identity hash, in C: looked up per transition
 
     ACK_RECEIVED = "ack_received"
     FIN_SENT = "fin_sent"
@@ -326,6 +331,8 @@ on a stream already acknowledged (or inbound), anything in an end state (the str
 
 _ESTABLISHED = _S.ESTABLISHED
 _CLOSED = _S.CLOSED
+for _state in StreamState:  # each state's row of the table, looked up per transition without a tuple key
+    _state.next = {event: new for (state, event), new in STREAM_TRANSITIONS.items() if state is _state}
 
 
 def next_stream_state(state: StreamState, event: StreamInput) -> StreamState | None:
@@ -335,6 +342,8 @@ def next_stream_state(state: StreamState, event: StreamInput) -> StreamState | N
 
 class SessionState(Enum):
     """Where a session is."""
+
+    __hash__ = object.__hash__  # identity hash, in C: looked up per transition
 
     OPEN = "open"
     """Streams may be opened either way."""
@@ -350,6 +359,8 @@ class SessionState(Enum):
 
 class SessionInput(Enum):
     """What moves a session from one :class:`SessionState` to the next."""
+
+    __hash__ = object.__hash__  # identity hash, in C: looked up per transition
 
     GO_AWAY_SENT = "go_away_sent"
     GO_AWAY_RECEIVED = "go_away_received"
@@ -384,6 +395,7 @@ class _Stream:
     """Per-stream bookkeeping (no data: the glue buffers it)."""
 
     __slots__ = (
+        "debug",
         "epoch",
         "frames_sent",
         "outbound",
@@ -405,15 +417,16 @@ class _Stream:
         self.epoch: float | None = None  # when the current window period began (first read, last update)
         self.unacked = 0  # consumed bytes not yet returned to the remote in a window update
         self.frames_sent = 0  # data frames we sent on it
+        self.debug = logger.isEnabledFor(logging.DEBUG)  # asked once: a stream sees several transitions
 
     def _set_state(self, new: StreamState) -> None:
-        if logger.isEnabledFor(logging.DEBUG):
+        if self.debug:
             logger.debug("yamux stream %d: %s -> %s", self.sid, self.state.name, new.name)
         self.state = new
 
     def handle(self, event: StreamInput) -> StreamState | None:
         """Apply ``event``; return the new state, or None when it changes nothing."""
-        new = STREAM_TRANSITIONS.get((self.state, event))
+        new = self.state.next.get(event)
         if new is not None:
             self._set_state(new)
         return new
