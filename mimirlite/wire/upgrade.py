@@ -225,18 +225,23 @@ class Upgrader:
         if selected:
             self._security = None
             self._set_state(UpgradeState.HANDSHAKE)
-            hs = self._handshake = NoiseHandshake(
-                self._keypair, initiator=self.initiator, expected_peer=self._expected_peer
-            )
-            self._queue(hs.data_to_send())
+            if self.initiator:  # its first message goes with the agreement; a responder waits for it
+                self._queue(self._start_handshake().data_to_send())
             if selected[0].leftover:
                 self._handshake_data(selected[0].leftover, now, events)
+
+    def _start_handshake(self) -> NoiseHandshake:
+        hs = self._handshake = NoiseHandshake(
+            self._keypair, initiator=self.initiator, expected_peer=self._expected_peer
+        )
+        return hs
 
     def _handshake_data(
         self, data: bytes | bytearray | memoryview, now: float, events: list[UpgradeEvent]
     ) -> None:
-        hs = self._handshake
-        assert hs is not None
+        # A responder starts its handshake (its ephemeral key) only once the first message comes, so
+        # its multistream answer leaves first.
+        hs = self._handshake or self._start_handshake()
         done = hs.receive_data(data)
         if done:
             self._progress(now, events)
