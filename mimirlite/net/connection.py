@@ -326,6 +326,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._upgrade_failed(ev.reason)
                 return
         self._write(upgrader.data_to_send())
+        upgrader.prepare()  # once the answer is out
         self._arm_upgrade_timer()
 
     def _arm_upgrade_timer(self) -> None:

@@ -190,6 +190,14 @@ class Upgrader:
         out.clear()
         return data
 
+    def prepare(self) -> None:
+        """Do now what the next step will need and what sent bytes need not wait for: a responder that
+        agreed on Noise makes its handshake (its ephemeral key). The shell calls it after transmitting,
+        so the work overlaps the initiator's first message on its way; without it, that message's
+        arrival does the work."""
+        if self._handshake is None and self._state is UpgradeState.HANDSHAKE:
+            self._start_handshake()
+
     def get_timer(self) -> float | None:
         """When the current step's deadline passes (loop time); None once the upgrade has ended."""
         if self._state in END_STATES:
@@ -225,7 +233,7 @@ class Upgrader:
         if selected:
             self._security = None
             self._set_state(UpgradeState.HANDSHAKE)
-            if self.initiator:  # its first message goes with the agreement; a responder waits for it
+            if self.initiator:  # its first message goes with the agreement; a responder's: prepare()
                 self._queue(self._start_handshake().data_to_send())
             if selected[0].leftover:
                 self._handshake_data(selected[0].leftover, now, events)
@@ -239,9 +247,7 @@ class Upgrader:
     def _handshake_data(
         self, data: bytes | bytearray | memoryview, now: float, events: list[UpgradeEvent]
     ) -> None:
-        # A responder starts its handshake (its ephemeral key) only once the first message comes, so
-        # its multistream answer leaves first.
-        hs = self._handshake or self._start_handshake()
+        hs = self._handshake or self._start_handshake()  # a responder's, unless prepare() made it
         done = hs.receive_data(data)
         if done:
             self._progress(now, events)

@@ -572,3 +572,27 @@ async def test_real_host_dials_an_upgrader(host: Host) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+
+def test_prepare_makes_a_responders_handshake_once_its_answer_is_out() -> None:
+    d, listener = pair(expected_peer=KEY_L.peer_id)
+    listener.feed(d.take(), 1.0)  # the dialer's multistream header and /noise proposal
+    assert listener.up.state is UpgradeState.HANDSHAKE
+    d.feed(listener.take(), 1.0)  # its answer leaves before any handshake work...
+    assert listener.up._handshake is None  # ...which is made lazily: by prepare(), or by message 1
+    listener.up.prepare()
+    made = listener.up._handshake
+    assert made is not None
+    listener.up.prepare()  # idempotent
+    assert listener.up._handshake is made
+    exchange(d, listener)
+    d.app = APP_FROM_DIALER
+    exchange(d, listener)
+    check_upgraded(d, listener)
+    listener.up.prepare()  # a no-op once upgraded
+    assert listener.up.state is UpgradeState.UPGRADED
+
+
+def test_a_responder_without_prepare_makes_its_handshake_when_message_one_comes() -> None:
+    check_upgraded(*run_pair())  # run_pair never calls prepare()
