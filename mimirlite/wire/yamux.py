@@ -41,6 +41,7 @@ from mimirlite.errors import (
     ConnectionClosedError,
     LimitExceededError,
     LocalError,
+    ProtocolErrorKind,
     StreamClosedError,
     StreamResetError,
     YamuxError,
@@ -111,11 +112,11 @@ _FIN_OR_RST = _FIN | _RST
 _MAX_U32 = MAX_U32
 
 # error kinds (YamuxSession.error_kind): what a peer did to end its session
-KIND_PROTOCOL = "yamux"
-KIND_PING_FLOOD = "ping_flood"
-KIND_STREAM_FLOOD = "stream_flood"
-KIND_RESET_FLOOD = "reset_flood"
-KIND_WINDOW_UPDATE_FLOOD = "window_update_flood"
+KIND_PROTOCOL = ProtocolErrorKind.YAMUX
+KIND_PING_FLOOD = ProtocolErrorKind.PING_FLOOD
+KIND_STREAM_FLOOD = ProtocolErrorKind.STREAM_FLOOD
+KIND_RESET_FLOOD = ProtocolErrorKind.RESET_FLOOD
+KIND_WINDOW_UPDATE_FLOOD = ProtocolErrorKind.WINDOW_UPDATE_FLOOD
 
 
 @dataclass(frozen=True)
@@ -468,7 +469,7 @@ class YamuxSession:
         self._local_go_away: int | None = None  # the codes of the GoAways sent and received
         self._remote_go_away: int | None = None
         self._error: str | None = None  # why it FAILED
-        self._error_kind: str | None = None
+        self._error_kind: ProtocolErrorKind | None = None
         self._buffered = 0  # received bytes not yet consumed, all streams
         self._granted = 0  # sum of the windows of open streams
         self._replies = 0  # frames queued in answer to the remote since the last data_to_send
@@ -512,7 +513,7 @@ class YamuxSession:
         return self._error
 
     @property
-    def error_kind(self) -> str | None:
+    def error_kind(self) -> ProtocolErrorKind | None:
         """What killed the session, as a short name: ``yamux`` (a protocol violation), ``ping_flood``,
         ``stream_flood``, ``reset_flood`` or ``window_update_flood``; None while it is alive."""
         return self._error_kind
@@ -807,7 +808,7 @@ class YamuxSession:
             logger.debug("yamux %s session: %s -> %s", role, self._state.name, new.name)
         self._state = new
 
-    def _fail(self, reason: str, kind: str = KIND_PROTOCOL) -> YamuxError:
+    def _fail(self, reason: str, kind: ProtocolErrorKind = KIND_PROTOCOL) -> YamuxError:
         """Kill the session: queue GoAway(protocol error) and return the error to raise.
 
         A flood (any ``kind`` but a plain violation) also drops the replies queued for it.
@@ -847,7 +848,7 @@ class YamuxSession:
             self._early_resets -= 1
         self._forget(stream)
 
-    def _reply(self, frame: bytes, kind: str) -> None:
+    def _reply(self, frame: bytes, kind: ProtocolErrorKind) -> None:
         """Queue a frame answering the remote; fail with ``kind`` when the remote does not read them."""
         self._out.append(frame)
         self._replies += 1
