@@ -284,22 +284,11 @@ class Stream(LPDecoder):
 
     async def _fill(self) -> bool:
         """Wait for data; False at end of stream. Raises if the stream was reset."""
-        while True:
-            if self._size:
-                return True
-            state = self._state
-            if state is RESET:
-                raise self._reset_error() from self._error
-            if state is READ_EOF or state is CLOSED:
-                return False
-            self._read_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._read_waiter
-            finally:
-                self._read_waiter = None
+        return bool(self._size) or await self._fill_more()
 
     async def _fill_more(self) -> bool:
-        """Wait until more bytes than are buffered now arrive; False at end of stream."""
+        """Wait until more bytes than are buffered now arrive; False at end of stream. Raises if the
+        stream was reset."""
         have = self._size
         while self._size == have:
             state = self._state
