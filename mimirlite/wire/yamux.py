@@ -338,7 +338,7 @@ for _state in StreamState:  # each state's row of the table, looked up per trans
 
 def next_stream_state(state: StreamState, event: StreamInput) -> StreamState | None:
     """The state ``event`` moves a stream in ``state`` to, or None when it changes nothing."""
-    return STREAM_TRANSITIONS.get((state, event))
+    return state.next.get(event)
 
 
 class SessionState(Enum):
@@ -427,7 +427,7 @@ class _Stream:
 
     def handle(self, event: StreamInput) -> StreamState | None:
         """Apply ``event``; return the new state, or None when it changes nothing."""
-        new = self.state.next.get(event)
+        new = self.state.next.get(event)  # next_stream_state, inline: a stream sees several per life
         if new is not None:
             self._set_state(new)
         return new
@@ -716,7 +716,7 @@ class YamuxSession:
 
     def go_away(self, code: int = GO_AWAY_NORMAL) -> None:
         """Queue a GoAway: we accept no new inbound streams, existing ones go on. Idempotent."""
-        new = SESSION_TRANSITIONS.get((self._state, SessionInput.GO_AWAY_SENT))
+        new = next_session_state(self._state, SessionInput.GO_AWAY_SENT)
         if new is None:  # sent already, or failed
             return
         if not 0 <= code <= _MAX_U32:
@@ -813,7 +813,7 @@ class YamuxSession:
 
         A flood (any ``kind`` but a plain violation) also drops the replies queued for it.
         """
-        new = SESSION_TRANSITIONS.get((self._state, SessionInput.FAILURE))
+        new = next_session_state(self._state, SessionInput.FAILURE)
         if new is not None:
             self._set_state(new)
         self._error = reason
@@ -941,7 +941,7 @@ class YamuxSession:
     def _on_go_away(self, flags: int, sid: int, length: int, events: list[YamuxEvent]) -> None:
         if sid != 0:
             raise self._fail(f"GoAway on stream {sid}")
-        new = SESSION_TRANSITIONS.get((self._state, SessionInput.GO_AWAY_RECEIVED))
+        new = next_session_state(self._state, SessionInput.GO_AWAY_RECEIVED)
         if new is not None:  # else a repeated GoAway
             self._set_state(new)
             self._remote_go_away = length
