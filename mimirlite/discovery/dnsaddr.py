@@ -162,6 +162,9 @@ class _Run:
         for record in records:
             if self.full:
                 break
+            if not record:  # too long or not ASCII: logged by _lookup
+                self.malformed += 1
+                continue
             if not record.startswith(PREFIX):
                 self.malformed += 1
                 log.debug("dnsaddr: skipped a TXT record of _dnsaddr.%s: not dnsaddr=", host)
@@ -198,7 +201,12 @@ class _Run:
                 self.reasons.append(str(exc))
                 continue
             for ip in ips:
-                self.add(Multiaddr.parse(f"/{proto}/{ip}{tail}"), want)
+                try:
+                    found = Multiaddr.parse(f"/{proto}/{ip}{tail}")
+                except AddressError:  # dnspython parsed it: not expected, but not trusted either
+                    self.unusable += 1
+                    continue
+                self.add(found, want)
 
 
 class DnsResolver:
@@ -274,12 +282,17 @@ class DnsResolver:
                 out.append(rdata.to_text())
                 continue
             strings: tuple[bytes, ...] = rdata.strings
-            if sum(map(len, strings)) > MAX_TXT:
-                out.append("")  # skipped unread, counted as malformed
+            size = sum(map(len, strings))
+            if size > MAX_TXT:
+                log.debug(
+                    "dnsaddr: skipped a TXT record of %s unread: %d bytes, over %d", name, size, MAX_TXT
+                )
+                out.append("")  # counted as malformed
                 continue
             try:
                 out.append(b"".join(strings).decode("ascii"))
             except UnicodeDecodeError:
+                log.debug("dnsaddr: skipped a TXT record of %s: not ASCII", name)
                 out.append("")
         return out
 

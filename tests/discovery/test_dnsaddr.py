@@ -150,6 +150,7 @@ async def test_malformed_and_oversized_txt_records_are_skipped(
             ("_dnsaddr.bad.test", "TXT"): [
                 "v=spf1 -all",
                 "dnsaddr=/ip4/999.0.0.1/tcp/1",
+                "dnsaddr=/dns4/\u00e9.test/tcp/1",
                 "dnsaddr=not a multiaddr",
                 long_entry,
                 "dnsaddr=/ip4/10.0.0.2/tcp/4001",
@@ -160,7 +161,9 @@ async def test_malformed_and_oversized_txt_records_are_skipped(
     resolver = DnsResolver([server.address], timeout=2)
     with caplog.at_level(logging.DEBUG, logger="mimirlite.discovery.dnsaddr"):
         assert texts(await resolver.resolve("/dnsaddr/bad.test")) == ["/ip4/10.0.0.2/tcp/4001"]
-    logged(caplog, "skipped a TXT record of _dnsaddr.bad.test")
+    logged(caplog, "skipped a TXT record of _dnsaddr.bad.test: not dnsaddr=")
+    logged(caplog, "skipped a TXT record of _dnsaddr.bad.test unread", f"{len(long_entry)} bytes")
+    logged(caplog, "skipped a TXT record of _dnsaddr.bad.test: not ASCII")
     with pytest.raises(DnsaddrError, match="3 malformed TXT records skipped"):
         await resolver.resolve("/dnsaddr/allbad.test")
 
