@@ -32,6 +32,7 @@ __all__ = [
     "ConnectionClosedError",
     "DecodeError",
     "DialError",
+    "DnsaddrError",
     "EndReason",
     "HandshakeError",
     "HandshakeTimeoutError",
@@ -291,6 +292,18 @@ class IncompleteReadError(ClosedError):
 
 class DialError(ClosedError):
     """A dial failed: no address reachable, timeout, or handshake failure (no connection came up)."""
+
+
+class DnsaddrError(ClosedError):
+    """A ``/dnsaddr`` or ``/dns*`` multiaddr resolved to nothing the host can dial (NXDOMAIN, no records,
+    no usable record, a timeout, a loop): ``addr`` is the input and ``why`` says what came back.
+
+    Closed, not a protocol error: a name that does not resolve is unreachable, no peer broke a rule."""
+
+    def __init__(self, addr: str, why: str) -> None:
+        super().__init__(f"{addr} resolved to nothing dialable: {why}")
+        self.addr = addr
+        self.why = why
 
 
 # refused

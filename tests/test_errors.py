@@ -17,6 +17,7 @@ from mimirlite.errors import (
     ConnectionClosedError,
     DecodeError,
     DialError,
+    DnsaddrError,
     EndReason,
     HandshakeError,
     HandshakeTimeoutError,
@@ -67,6 +68,7 @@ PLACES: list[tuple[type[BaseException], type[BaseException]]] = [
     (ConnectionClosedError, ClosedError),
     (IncompleteReadError, ClosedError),
     (DialError, ClosedError),
+    (DnsaddrError, ClosedError),
     (RefusedByPeerError, ClosedError),
     (LimitExceededError, RefusedError),
     (ProtocolNotSupportedError, RefusedError),
@@ -86,6 +88,8 @@ def _make(cls: type[BaseException]) -> BaseException:
         return cls(["/x/1"])
     if cls is PeerNotAllowedError:
         return cls("peer")
+    if cls is DnsaddrError:
+        return cls("/dnsaddr/a.test", "NXDOMAIN")
     return cls("boom")
 
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("openai", "httpx", "zeroconf", "pydantic", "h11")
+HEAVY = ("openai", "httpx", "zeroconf", "pydantic", "h11", "dns")
 
 
 def loaded_after(code: str) -> list[str]:
@@ -27,6 +27,17 @@ def test_heavy_dependencies_load_where_used() -> None:
         "from mimirlite.mimir import OpenAIBackend\nOpenAIBackend('http://127.0.0.1:9/v1')._sdk()"
     )
     assert "h11" in loaded_after("import mimirlite.gateway")
+    # dnspython loads on the first lookup (a closed port: the lookup fails fast or times out)
+    assert loaded_after("import mimirlite.discovery") == []
+    lookup = (
+        "import asyncio\n"
+        "from mimirlite.discovery.dnsaddr import DnsResolver, DnsaddrError\n"
+        "try:\n"
+        "    asyncio.run(DnsResolver(['127.0.0.1:9'], timeout=0.2).resolve('/dns4/a.test/tcp/1'))\n"
+        "except DnsaddrError:\n"
+        "    pass"
+    )
+    assert "dns" in loaded_after(lookup)
 
 
 PUBLIC = ("MimirClient", "MimirNode", "OpenAIBackend", "EchoBackend", "NodeLimits", "ClientConfig", "Host")

@@ -1,10 +1,14 @@
-"""Peer discovery: mDNS on the local network, as @libp2p/mdns does it.
+"""Peer discovery: mDNS on the local network, as @libp2p/mdns does it; bootstrap peers, with /dnsaddr
+and /dns* multiaddrs resolved through DNS.
 
-Importing this package does not load ``zeroconf``; it loads when the first packet is built or read.
+Importing this package loads neither ``zeroconf`` nor ``dnspython``: they load when the first mDNS
+packet is built or read, and at the first DNS lookup.
 """
 
 from __future__ import annotations
 
+from mimirlite.discovery.bootstrap import IPFS_BOOTSTRAP, expand_bootstrap, resolve_bootstrap
+from mimirlite.discovery.dnsaddr import DnsResolver
 from mimirlite.discovery.mdns import (
     DEFAULT_INTERVAL,
     DEFAULT_LOST_AFTER,
@@ -17,9 +21,13 @@ from mimirlite.discovery.records import SERVICE_TAG, Announcement
 __all__ = [
     "DEFAULT_INTERVAL",
     "DEFAULT_LOST_AFTER",
+    "IPFS_BOOTSTRAP",
     "SERVICE_TAG",
     "Announcement",
+    "DnsResolver",
     "LostCallback",
     "MdnsDiscovery",
     "PeerCallback",
+    "expand_bootstrap",
+    "resolve_bootstrap",
 ]
