@@ -213,6 +213,7 @@ OLD_PROTOCOL_ERRORS = {
     "upgrade",
     "negotiation",
     "identify",
+    "kad",
 }
 
 
