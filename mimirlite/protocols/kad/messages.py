@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from mimirlite.errors import DecodeError, InvalidKeyError, ProtocolError
+from mimirlite.errors import DecodeError, InvalidKeyError, LocalError, ProtocolError
 from mimirlite.identity import PeerId
 from mimirlite.wire.multiaddr import Multiaddr, decode_many
 from mimirlite.wire.protobuf import LENGTH_DELIMITED, VARINT, encode_bytes_field, iter_fields
@@ -76,7 +76,9 @@ class KadMessage:
     closer: tuple[PeerInfo, ...] = ()
     providers: tuple[PeerInfo, ...] = ()
     cluster_level: int = 0
-    """``clusterLevelRaw``: unused by every implementation; echoed in responses."""
+    """``clusterLevelRaw``: unused by every implementation; kad-dht echoes it in responses. An int32 on
+    the wire; only 0..2**31-1 are read and written (a negative one is ten varint bytes, more than
+    :mod:`mimirlite.wire.varint` reads, and nobody sends one)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ _MESSAGE_WIRE_TYPES = {
     _F_CLUSTER_LEVEL: VARINT,
 }
 _PEER_WIRE_TYPES = {_P_ID: LENGTH_DELIMITED, _P_ADDRS: LENGTH_DELIMITED, _P_CONNECTION: VARINT}
+_INT32_MAX = 2**31 - 1
 _MESSAGE_TYPES = {t.value: t for t in MessageType}
 _CONNECTION_TYPES = {t.value: t for t in ConnectionType}
 
@@ -136,13 +139,16 @@ def _encode_peer(info: PeerInfo) -> bytes:
 
 
 def encode_message(msg: KadMessage) -> bytes:
-    """The message's protobuf body (no length prefix), byte for byte as kad-dht 14.2 writes it."""
+    """The message's protobuf body (no length prefix), byte for byte as kad-dht 14.2 writes it.
+
+    Raises LocalError for a ``cluster_level`` outside 0..2**31-1."""
     parts: list[bytes] = []
     if msg.type:
         parts.append(_TAG_TYPE + encode_uvarint(msg.type))
     if msg.cluster_level:
-        # int32: a negative one goes as its 64-bit two's complement, ten bytes
-        parts.append(_TAG_CLUSTER_LEVEL + encode_uvarint(msg.cluster_level & 0xFFFFFFFFFFFFFFFF))
+        if not 0 < msg.cluster_level <= _INT32_MAX:
+            raise LocalError(f"kad: cluster_level {msg.cluster_level} is not in 0..{_INT32_MAX}")
+        parts.append(_TAG_CLUSTER_LEVEL + encode_uvarint(msg.cluster_level))
     if msg.key:
         parts.append(encode_bytes_field(_F_KEY, msg.key))
     if msg.record is not None:
@@ -150,11 +156,6 @@ def encode_message(msg: KadMessage) -> bytes:
     parts.extend(encode_bytes_field(_F_CLOSER, _encode_peer(p)) for p in msg.closer)
     parts.extend(encode_bytes_field(_F_PROVIDERS, _encode_peer(p)) for p in msg.providers)
     return b"".join(parts)
-
-
-def _int32(value: int) -> int:
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value & 0x80000000 else value
 
 
 def _decode_peer(buf: bytes, limits: MessageLimits) -> tuple[PeerInfo | None, int]:
@@ -176,7 +177,7 @@ def _decode_peer(buf: bytes, limits: MessageLimits) -> tuple[PeerInfo | None, in
             addrs.append(value)
         else:
             assert isinstance(value, int)
-            connection = _CONNECTION_TYPES.get(_int32(value), ConnectionType.NOT_CONNECTED)
+            connection = _CONNECTION_TYPES.get(value, ConnectionType.NOT_CONNECTED)
     try:
         peer = PeerId(peer_bytes)
     except InvalidKeyError:
@@ -211,9 +212,11 @@ def decode_message(buf: bytes, limits: MessageLimits = MessageLimits()) -> tuple
                 raise KadMessageError(f"kad: field {field} has wire type {wire_type}, expected {expected}")
             if isinstance(value, int):
                 if field == _F_TYPE:
-                    type_value = _int32(value)
+                    type_value = value
+                elif value > _INT32_MAX:
+                    raise KadMessageError(f"kad: clusterLevel {value} is not a non-negative int32")
                 else:
-                    cluster_level = _int32(value)
+                    cluster_level = value
             elif field == _F_KEY:
                 if len(value) > limits.max_key_size:
                     cap = limits.max_key_size
