@@ -75,9 +75,10 @@ class JsKadPeer(JsPeer):
 
     async def find_peer(self, peer_id: str, timeout: float = 10) -> dict[str, Any]:
         """``{id, addrs}`` of ``peer_id`` as the DHT finds it."""
-        return await self.call(
+        reply = await self.call(
             "findPeer", timeout=timeout + self._MARGIN, peerId=peer_id, timeoutMs=int(timeout * 1000)
         )
+        return dict(reply["peer"])
 
     async def get_closest_peers(self, key: bytes, timeout: float = 10) -> list[dict[str, Any]]:
         """The peers closest to ``key`` (``[{id, addrs}]``) from a FIND_NODE walk."""

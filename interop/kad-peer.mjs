@@ -22,7 +22,7 @@
 //   provide {cid, timeoutMs?}           -> {}
 //   findProviders {cid, timeoutMs?, count?} -> {providers: [{id, addrs}]} (until the query ends, count
 //                                          providers are found, or timeoutMs)
-//   findPeer {peerId, timeoutMs?}       -> {id, addrs}
+//   findPeer {peerId, timeoutMs?}       -> {peer: {id, addrs}}
 //   getClosestPeers {key (hex), timeoutMs?} -> {peers: [{id, addrs}]}
 //   routingTable                        -> {peers: [peer id, ...]}
 //   send {peerId, message: {type, key?, record?, clusterLevel?, closer?, providers?}, noResponse?, timeoutMs?}
@@ -164,7 +164,7 @@ const commands = {
   async findPeer (req) {
     const info = await node.peerRouting.findPeer(peerIdFromString(need(req, 'peerId')),
       { signal: AbortSignal.timeout(timeoutOf(req)) })
-    return peerJson(info)
+    return { peer: peerJson(info) }
   },
 
   async getClosestPeers (req) {
