@@ -163,6 +163,8 @@ class ProtocolErrorKind(StrEnum):
     """A stream's protocol negotiation."""
     IDENTIFY = "identify"
     """An identify message too large, malformed or cut short."""
+    KAD = "kad"
+    """A Kademlia DHT message too large, malformed, over a cap or of an unknown type."""
 
 
 class EndReason(StrEnum):

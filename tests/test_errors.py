@@ -217,6 +217,7 @@ OLD_PROTOCOL_ERRORS = {
     "upgrade",
     "negotiation",
     "identify",
+    "kad",
 }
 
 

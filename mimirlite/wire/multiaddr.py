@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from mimirlite.errors import AddressError, DecodeError, InvalidKeyError
@@ -40,6 +41,7 @@ __all__ = [
     "Code",
     "Multiaddr",
     "Protocol",
+    "decode_many",
     "multiaddr_from_bytes",
     "multiaddr_to_bytes",
     "tcp_multiaddr_bytes",
@@ -416,6 +418,25 @@ def _decode_bytes(buf: bytes) -> Multiaddr:
 def multiaddr_from_bytes(buf: bytes) -> str:
     """The text form of a binary multiaddr; DecodeError for bytes we cannot read."""
     return str(_decode_bytes(bytes(buf)))
+
+
+def decode_many(bufs: Iterable[bytes], max_count: int) -> tuple[list[Multiaddr], int]:
+    """Decode a peer's list of binary multiaddrs, keeping at most ``max_count``.
+
+    Ones that do not decode are skipped, and past ``max_count`` the rest are not decoded at all (a
+    peer's list costs at most ``max_count`` decodes); the int is how many were left out either way.
+    """
+    out: list[Multiaddr] = []
+    dropped = 0
+    for buf in bufs:
+        if len(out) >= max_count:
+            dropped += 1
+            continue
+        try:
+            out.append(_decode_bytes(bytes(buf)))
+        except DecodeError:
+            dropped += 1
+    return out, dropped
 
 
 def multiaddr_to_bytes(text: str) -> bytes:

@@ -22,6 +22,7 @@ from mimirlite.wire.multiaddr import (
     PROTOCOLS,
     Code,
     Multiaddr,
+    decode_many,
     multiaddr_from_bytes,
     multiaddr_to_bytes,
     tcp_multiaddr_bytes,
@@ -465,3 +466,20 @@ def test_arbitrary_text_raises_only_address_error_and_what_parses_round_trips(te
         return
     assert Multiaddr.parse(str(addr)) == addr
     assert str(Multiaddr.decode(addr.to_bytes())) == str(addr)
+
+
+def test_decode_many_skips_what_does_not_decode_and_counts_it() -> None:
+    good = [multiaddr_to_bytes("/ip4/1.2.3.4/tcp/4001"), multiaddr_to_bytes("/ip6/::1/tcp/1")]
+    bad = [b"", b"\x04\xc0", b"\xff\xff\x03", b"\x06"]  # empty, truncated ip4, unknown code, truncated port
+    kept, dropped = decode_many([bad[0], good[0], bad[1], bad[2], good[1], bad[3]], 10)
+    assert [a.to_bytes() for a in kept] == good
+    assert dropped == 4
+
+
+def test_decode_many_keeps_at_most_max_count_and_counts_the_rest() -> None:
+    addrs = [multiaddr_to_bytes(f"/ip4/10.0.0.{i}/tcp/4001") for i in range(5)]
+    kept, dropped = decode_many([b"garbage", *addrs], 3)
+    assert [str(a) for a in kept] == [f"/ip4/10.0.0.{i}/tcp/4001" for i in range(3)]
+    assert dropped == 3  # the garbage one and the two past the cap
+    assert decode_many([], 3) == ([], 0)
+    assert decode_many(addrs, 0) == ([], 5)
