@@ -120,8 +120,11 @@ class Run:
     """Requests still in flight at the end."""
 
 
-def drive(lookup: Lookup, net: Net, now: float = 0.0, *, limit: int = 100_000) -> Run:
-    """Run ``lookup`` to its end over ``net``, checking the rules on every event it emits."""
+def drive(
+    lookup: Lookup, net: Net, seeds: Iterable[PeerId], now: float = 0.0, *, limit: int = 100_000
+) -> Run:
+    """Run ``lookup`` (started from ``seeds``) to its end over ``net``, checking the rules on every event
+    it emits."""
     config = lookup.config
     target = int.from_bytes(lookup.target, "big")
     pending: list[tuple[float, int, PeerId, list[PeerId] | None]] = []  # (when, seq, peer, answer | failure)
@@ -130,6 +133,10 @@ def drive(lookup: Lookup, net: Net, now: float = 0.0, *, limit: int = 100_000) -
     answered: dict[PeerId, list[PeerId]] = {}
     unfinished: set[PeerId] = set()
     finished: list[LookupFinished] = []
+    heard = set(seeds) - {lookup.local}  # every peer named to the lookup in time
+    gone: set[PeerId] = set()  # failed or timed out
+    distance: dict[PeerId, int] = {}
+    crowded: list[bool] = []  # candidates full: some heard of may have been turned away for room
     seq = 0
     ignored = 0
     most = 0
@@ -142,6 +149,12 @@ def drive(lookup: Lookup, net: Net, now: float = 0.0, *, limit: int = 100_000) -
         assert len(ends) <= 1 and (not ends or events[-1] is ends[0]), events
         distances = [key_int(p) ^ target for p in queries]
         assert distances == sorted(distances), "queries not closest first"
+        crowded.append(lookup.candidates >= config.max_candidates)
+        if queries and not any(crowded):  # each is among the k closest live peers heard of
+            for p in heard - distance.keys():
+                distance[p] = key_int(p) ^ target
+            closest = heapq.nsmallest(config.k, (distance[p] for p in heard if p not in gone))
+            assert all(distance[p] <= closest[-1] for p in queries), "queried beyond the k closest"
         for peer in queries:
             assert peer != lookup.local, "queried ourselves"
             assert peer not in queried, "queried twice"
@@ -175,10 +188,15 @@ def drive(lookup: Lookup, net: Net, now: float = 0.0, *, limit: int = 100_000) -
                 events = lookup.receive_failure(peer, now)
             else:
                 events = lookup.receive_response(peer, answer, now)
-            if not live:
+            if live:
+                if answer is None:
+                    gone.add(peer)
+                else:
+                    heard.update(p for p in answer if p != lookup.local)
+            else:
                 assert events == [], "a late answer was not ignored"
                 ignored += 1
-            elif answer is not None:
+            if live and answer is not None:
                 answered[peer] = answer
             take(events, now)
         else:
@@ -186,6 +204,7 @@ def drive(lookup: Lookup, net: Net, now: float = 0.0, *, limit: int = 100_000) -
             for peer, due in list(outstanding.items()):
                 if due <= now:
                     del outstanding[peer]
+                    gone.add(peer)
             take(lookup.handle_timer(now), now)
     else:
         raise AssertionError("the lookup did not end")
@@ -224,7 +243,7 @@ def test_finds_the_true_k_closest_of_1000_asking_few(net1000: Net, alpha: int) -
     for target in targets:
         seed = rng.choice(net1000.peers)
         lookup = Lookup(target, LOCAL, [seed], 0.0, config)
-        run = drive(lookup, net1000)
+        run = drive(lookup, net1000, [seed])
         assert run.finished.reason is FinishReason.CONVERGED
         assert run.finished.closest == true_closest(net1000.peers, target)
         assert lookup.closest()[:K] == list(run.finished.closest)
@@ -237,7 +256,8 @@ def test_a_smaller_k_finds_the_k_closest(net1000: Net) -> None:
     rng = random.Random("k5")
     for _ in range(5):
         target = random_target(rng)
-        run = drive(Lookup(target, LOCAL, rng.sample(net1000.peers, 3), 0.0, LookupConfig(k=5)), net1000)
+        seeds = rng.sample(net1000.peers, 3)
+        run = drive(Lookup(target, LOCAL, seeds, 0.0, LookupConfig(k=5)), net1000, seeds)
         assert run.finished.reason is FinishReason.CONVERGED
         assert run.finished.closest == true_closest(net1000.peers, target, 5)
 
@@ -247,7 +267,7 @@ def test_a_network_smaller_than_k_is_exhausted_with_every_peer() -> None:
     peers = [fake_peer(rng) for _ in range(6)]
     net = Net(peers, {p: [q for q in peers if q != p] for p in peers})
     target = random_target(rng)
-    run = drive(Lookup(target, LOCAL, peers[:1], 0.0), net)
+    run = drive(Lookup(target, LOCAL, peers[:1], 0.0), net, peers[:1])
     assert run.finished.reason is FinishReason.EXHAUSTED
     assert run.finished.closest == true_closest(peers, target)
 
@@ -275,8 +295,9 @@ def test_a_third_dead_still_finds_the_k_closest_live(net1000: Net, silent: bool)
     failed = 0
     for _ in range(6):
         target = random_target(rng)
-        lookup = Lookup(target, LOCAL, true_closest(table, target), 0.0)
-        run = drive(lookup, net)
+        seeds = true_closest(table, target)
+        lookup = Lookup(target, LOCAL, seeds, 0.0)
+        run = drive(lookup, net, seeds)
         assert run.finished.reason is FinishReason.CONVERGED
         assert run.finished.closest == true_closest(net.live(), target)
         assert lookup.failed == {p for p in run.queried if p in dead} - run.unfinished
@@ -296,8 +317,9 @@ def test_a_third_dead_and_still_listed_finds_the_closest_live_heard_of(net1000: 
     found = []
     for _ in range(10):
         target = random_target(rng)
-        lookup = Lookup(target, LOCAL, [rng.choice(net.live())], 0.0, LookupConfig(deadline=60.0))
-        run = drive(lookup, net)
+        seeds = [rng.choice(net.live())]
+        lookup = Lookup(target, LOCAL, seeds, 0.0, LookupConfig(deadline=60.0))
+        run = drive(lookup, net, seeds)
         # exhausted: fewer than k live peers were named at all
         assert run.finished.reason in (FinishReason.CONVERGED, FinishReason.EXHAUSTED)
         heard = {p for answer in run.answered.values() for p in answer} - dead
@@ -315,8 +337,9 @@ def test_slow_peers_time_out_and_their_late_answers_are_ignored(net1000: Net) ->
     ignored = 0
     for _ in range(6):
         target = random_target(rng)
-        lookup = Lookup(target, LOCAL, [rng.choice(net1000.peers)], 0.0)
-        run = drive(lookup, net)  # fails if a late answer is not ignored
+        seeds = [rng.choice(net1000.peers)]
+        lookup = Lookup(target, LOCAL, seeds, 0.0)
+        run = drive(lookup, net, seeds)  # fails if a late answer is not ignored
         assert lookup.failed == {p for p in run.queried if p in slow} - run.unfinished
         heard = {p for answer in run.answered.values() for p in answer} - slow
         assert run.finished.closest == true_closest(heard, target)
@@ -328,7 +351,7 @@ def test_only_dead_seeds_exhausts_with_nothing(net1000: Net) -> None:
     seeds = net1000.peers[:5]
     net = Net(net1000.peers, net1000.known, net1000.latency, silent=set(seeds))
     lookup = Lookup(random_target(random.Random(1)), LOCAL, seeds, 0.0)
-    run = drive(lookup, net)
+    run = drive(lookup, net, seeds)
     assert run.finished == LookupFinished((), FinishReason.EXHAUSTED)
     assert lookup.failed == set(seeds)
     assert run.now == 2 * lookup.config.request_timeout  # 3 then 2, alpha at a time
@@ -376,7 +399,7 @@ def test_floods_of_made_up_refusing_ids_end_by_max_asked(net1000: Net) -> None:
     net.answer = flooding(net, 500, "refusing", net.refusing)
     config = LookupConfig(max_candidates=60)
     lookup = Lookup(random_target(random.Random(3)), LOCAL, net.peers[:3], 0.0, config)
-    run = drive(lookup, net)  # checks candidates <= 60 after every call
+    run = drive(lookup, net, net.peers[:3])  # checks candidates <= 60 after every call
     assert run.finished.reason is FinishReason.MAX_ASKED
     assert lookup.asked == config.max_asked == 200 and lookup.candidates == 60
     assert run.finished.closest == true_closest(run.answered, lookup.target)
@@ -387,7 +410,7 @@ def test_floods_of_made_up_silent_ids_end_by_the_deadline(net1000: Net) -> None:
     net = Net(net1000.peers, net1000.known, net1000.latency)
     net.answer = flooding(net, 500, "silent", net.silent)
     lookup = Lookup(random_target(random.Random(4)), LOCAL, net.peers[:3], 0.0)
-    run = drive(lookup, net)
+    run = drive(lookup, net, net.peers[:3])
     assert run.finished.reason is FinishReason.DEADLINE
     assert run.now == lookup.config.deadline == 30.0
     assert lookup.config.max_candidates - 10 <= lookup.candidates <= lookup.config.max_candidates
@@ -400,7 +423,7 @@ def test_floods_of_live_flooding_ids_still_converge_in_bounded_memory(net1000: N
     net.answer = flooding(net, 1000, "live")
     config = LookupConfig(max_candidates=50)
     lookup = Lookup(random_target(random.Random(5)), LOCAL, net.peers[:3], 0.0, config)
-    run = drive(lookup, net)  # checks candidates <= 50 after every call
+    run = drive(lookup, net, net.peers[:3])  # checks candidates <= 50 after every call
     # each answer's fresh ids rarely beat the k closest of all heard of: it converges, late
     assert run.finished.reason is FinishReason.CONVERGED and len(run.finished.closest) == K
     assert lookup.asked < config.max_asked
@@ -413,8 +436,9 @@ def test_peers_listing_us_or_themselves_are_not_queried(net1000: Net) -> None:
     net = Net(net1000.peers, net1000.known, net1000.latency, answer=answer)
     rng = random.Random("us")
     target = peer_key(LOCAL)  # we are the closest of all to our own key
-    lookup = Lookup(target, LOCAL, [LOCAL, rng.choice(net.peers)], 0.0)
-    run = drive(lookup, net)  # fails on a query to us, or to a peer asked already
+    seeds = [LOCAL, rng.choice(net.peers)]
+    lookup = Lookup(target, LOCAL, seeds, 0.0)
+    run = drive(lookup, net, seeds)  # fails on a query to us, or to a peer asked already
     assert run.finished.reason is FinishReason.CONVERGED
     assert run.finished.closest == true_closest(net.peers, target)
     assert lookup.candidates <= lookup.config.max_candidates
@@ -558,7 +582,7 @@ def test_any_network_keeps_the_rules(
     seeds = [*rng.sample(peers, rng.randint(0, n)), LOCAL]
     target = random_target(rng)
     lookup = Lookup(target, LOCAL, seeds, 0.0, config)
-    run = drive(lookup, net)  # the per-call rules
+    run = drive(lookup, net, seeds)  # the per-call rules
     reason = run.finished.reason
     assert lookup.failed == {p for p in run.queried if roles[p] != "ok"} - run.unfinished
     if reason is FinishReason.MAX_ASKED:
