@@ -154,6 +154,7 @@ class Lookup:
 
     @property
     def state(self) -> LookupState:
+        """Running until the one :class:`LookupFinished`."""
         return self._state
 
     @property
@@ -256,7 +257,7 @@ class Lookup:
         self._peers.insert(i, peer)
         self._status[peer] = _NEW
         if full:
-            # the farthest goes; if it is in flight its answer still counts, it just cannot be a result
+            # the farthest goes; if it is in flight, its answer still counts
             dists.pop()
             del self._status[self._peers.pop()]
 
