@@ -130,6 +130,18 @@ class RefusalReason(StrEnum):
     # identify
     IDENTIFY_OVER_CAP = "identify_over_cap"
     IDENTIFY_PUSH = "identify_push"
+    # kad (the DHT)
+    KAD_OVER_CAP = "kad_over_cap"
+    """Entries or addresses of a DHT message left out: malformed, or over ``MessageLimits``."""
+    KAD_PUT_VALUE = "kad_put_value"
+    """A PUT_VALUE refused: mimirlite's DHT stores no records."""
+    KAD_ADD_PROVIDER_RATE = "kad_add_provider_rate"
+    """A peer's ADD_PROVIDER over ``DhtConfig.add_provider_per_minute``: its stream was reset."""
+    KAD_FOREIGN_PROVIDER = "kad_foreign_provider"
+    """A provider record for another peer than its sender, left out."""
+    KAD_PROVIDER_STORE = "kad_provider_store"
+    """A provider record the store refused (``ProviderLimits``: keys, providers per key; or no address in
+    the DHT's scope)."""
     # node (also the completionStop types the client reads)
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"

@@ -192,6 +192,12 @@ OLD_REFUSALS = {
     "memory",
     "identify_over_cap",
     "identify_push",
+    # kad
+    "kad_over_cap",
+    "kad_put_value",
+    "kad_add_provider_rate",
+    "kad_foreign_provider",
+    "kad_provider_store",
     # node
     "rate_limited",
     "overloaded",

@@ -82,6 +82,11 @@ class HostConfig:
     once it released 16 MiB of peer data since its buffer budget's peak, so that its resident size
     falls back after peers that filled the budget leave. False: the process's allocator is left alone."""
     yamux: YamuxConfig = field(default_factory=YamuxConfig)
+    max_known_peers: int = 4096
+    """Peers whose addresses the host remembers (identify, the DHT, mDNS add them); past it the least
+    recently added peer without an open connection is forgotten, so peers naming peers cost bounded memory."""
+    max_addrs_per_peer: int = 64
+    """Addresses remembered for one peer (identify's ``max_listen_addrs``); later ones are ignored."""
     allow_peers: frozenset[PeerId] | None = None
     """When set, the only peers served: an inbound connection from any other peer is closed right after
     the Noise handshake, and streams it opens on a connection we dialed are reset. None: open to all."""
@@ -96,6 +101,8 @@ class HostConfig:
             "max_inbound_streams_per_connection",
             "max_streams_per_peer",
             "max_streams_per_ip",
+            "max_known_peers",
+            "max_addrs_per_peer",
         )
         for name in limits:
             if getattr(self, name) < 0:

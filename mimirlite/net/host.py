@@ -233,13 +233,24 @@ class Host(Service):
     # ---- peers and dialing ----
 
     def add_addrs(self, peer_id: PeerId, addrs: Iterable[str | TcpAddr]) -> None:
-        """Remember addresses to dial ``peer_id`` at."""
-        known = self._addrs.setdefault(peer_id, [])
+        """Remember addresses to dial ``peer_id`` at; ``HostConfig.max_known_peers`` bounds them."""
+        known = self._addrs.get(peer_id)
+        if known is None:
+            known = self._addrs[peer_id] = []
+            if len(self._addrs) > self.config.max_known_peers:
+                self._forget_a_peer(peer_id)
         for a in addrs:
             parsed = a if isinstance(a, TcpAddr) else parse_multiaddr(a)
             plain = TcpAddr(parsed.host, parsed.port)
-            if plain not in known:
+            if plain not in known and len(known) < self.config.max_addrs_per_peer:
                 known.append(plain)
+
+    def _forget_a_peer(self, newcomer: PeerId) -> None:
+        """Forget the addresses of the least recently added peer that has no open connection."""
+        for peer in self._addrs:
+            if peer != newcomer and peer not in self._conns:
+                del self._addrs[peer]
+                return
 
     def addrs_of(self, peer_id: PeerId) -> list[str]:
         return [a.multiaddr(peer_id) for a in self._addrs.get(peer_id, [])]
