@@ -7,7 +7,7 @@ packet is built or read, and at the first DNS lookup.
 
 from __future__ import annotations
 
-from mimirlite.discovery.bootstrap import IPFS_BOOTSTRAP, expand_bootstrap, resolve_bootstrap
+from mimirlite.discovery.bootstrap import IPFS_BOOTSTRAP, Bootstrap, expand_bootstrap, resolve_bootstrap
 from mimirlite.discovery.dnsaddr import DnsResolver
 from mimirlite.discovery.mdns import (
     DEFAULT_INTERVAL,
@@ -24,6 +24,7 @@ __all__ = [
     "IPFS_BOOTSTRAP",
     "SERVICE_TAG",
     "Announcement",
+    "Bootstrap",
     "DnsResolver",
     "LostCallback",
     "MdnsDiscovery",
