@@ -17,6 +17,7 @@ import pytest
 from jslatest import DEFAULT_MODEL, JsLatestNode
 
 from mimirlite import Host, Stream
+from mimirlite.errors import StreamResetError
 from mimirlite.mimir import EchoBackend, MimirClient, MimirNode, RemoteError, TruncatedAnswerError
 from mimirlite.mimir.client import FIRST, LATEST, HttpRemoteError, NoNodeError
 from mimirlite.mimir.models import tunnel_protocol
@@ -232,7 +233,7 @@ async def test_node_speaking_both_generations_is_reached_on_the_first() -> None:
             chunks = await collect(client.chat([USER]))
             assert "".join(c.choices[0].delta.content or "" for c in chunks) == PROMPT
             assert tunneled == []
-            # the raw tunnel still goes to the tunnel
-            with pytest.raises(TruncatedAnswerError):
+            # the raw tunnel still goes to the tunnel (whose reset may overtake the end of the negotiation)
+            with pytest.raises((TruncatedAnswerError, StreamResetError)):
                 await client.request(DEFAULT_MODEL, "GET", "/api/tags")
             assert tunneled == ["/mimir/llama3.2-latest/1.0.0"]

@@ -43,10 +43,25 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--peer", action="append", default=[], metavar="ADDR", help="a node (repeatable)")
     common.add_argument("--key-file", metavar="PATH", help="keep this identity (created when missing)")
     common.add_argument("--no-mdns", action="store_true", help="do not find or announce peers on the LAN")
+    common.add_argument(
+        "--bootstrap",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="join the DHT through this peer, kept connected (repeatable; a multiaddr with /p2p/, "
+        "a /dnsaddr/ one, or 'ipfs' for the public IPFS bootstrap peers)",
+    )
+    common.add_argument("--no-dht", action="store_true", help="do not use the DHT (LAN or public)")
     common.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
 
     node = sub.add_parser("node", parents=[common], help="serve the models of a backend")
     node.add_argument("--listen", action="append", metavar="ADDR", help=f"repeatable; {DEFAULT_LISTEN}")
+    node.add_argument(
+        "--dht-server",
+        action="store_true",
+        help="answer the public DHT's requests too (for a node with a public address; "
+        "the LAN DHT always does)",
+    )
     node.add_argument(
         "--backend",
         choices=("auto", "openai", "echo"),
@@ -149,6 +164,8 @@ def _parser() -> argparse.ArgumentParser:
 
     peers = sub.add_parser("peers", parents=[common], help="list the nodes found and their models")
     peers.add_argument("--wait", type=float, default=3.0, metavar="S", help="how long to look for nodes")
+    peers.add_argument("--dht", action="store_true", help="also list the nodes found through the DHT")
+    peers.add_argument("--model", help="with --dht: the model to look up (default: every DHT peer's)")
 
     ident = sub.add_parser("id", help="print the peer ID of a key file (created when missing)")
     ident.add_argument("--key-file", metavar="PATH", help="the key file (as node, chat, peers take it)")
@@ -243,7 +260,13 @@ def _client_config(args: argparse.Namespace, peers: Sequence[str]) -> ClientConf
     """The client's settings from the command line (``peers`` dialed when it starts)."""
     from mimirlite.mimir import ClientConfig
 
-    return ClientConfig(peers=tuple(peers), keypair=_keypair(args), mdns=not args.no_mdns)
+    return ClientConfig(
+        peers=tuple(peers),
+        keypair=_keypair(args),
+        mdns=not args.no_mdns,
+        dht=not args.no_dht,
+        bootstrap=tuple(args.bootstrap),
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -377,7 +400,17 @@ async def _node(args: argparse.Namespace) -> int:
         host = Host(keypair, listen=args.listen or [DEFAULT_LISTEN], config=config)
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(host)
-            node = await stack.enter_async_context(MimirNode(host, backend, models=models, limits=limits))
+            node = await stack.enter_async_context(
+                MimirNode(
+                    host,
+                    backend,
+                    models=models,
+                    limits=limits,
+                    dht=not args.no_dht,
+                    bootstrap=args.bootstrap,
+                    dht_server=args.dht_server,
+                )
+            )
             if args.stats_interval:
                 # Asked for explicitly, so shown without -v: INFO lines on their own logger.
                 logging.getLogger(STATS_LOGGER).setLevel(logging.INFO)
@@ -469,6 +502,10 @@ async def _peers(args: argparse.Namespace) -> int:
         client = MimirClient(config=_client_config(args, peers=()))
         async with client:
             problems = await _add_peers(client, args.peer)
+            if args.dht and args.model:
+                await client.wait_for_nodes(args.model, args.wait)
+            elif args.dht:
+                await client.dht_nodes(args.wait)
             if client.discovery is not None:
                 await asyncio.sleep(args.wait)  # listen for every node on the LAN, not just the first
             nodes = client.nodes

@@ -413,6 +413,7 @@ class Gateway(Service):
             elif path.startswith("/v1/models/"):
                 _allow(req, "GET")
                 model = path.removeprefix("/v1/models/")
+                await self._find(model)
                 if not self.client.nodes_for(model):
                     raise api.model_not_found(model)
                 await out.send_json(200, api.model_object(model, self.created))
@@ -451,6 +452,7 @@ class Gateway(Service):
             elif path == "/api/show":
                 _allow(req, "POST")
                 model = _show_model(req.body)
+                await self._find(model, ollama=True)
                 self._ollama_model(model)
                 await out.send_json(200, api.ollama_show(model))
             elif path in ("/api/chat", "/api/generate"):
@@ -461,6 +463,11 @@ class Gateway(Service):
                 await self._tunnel(req, path, out)
         except ApiError as err:
             await out.send_error(err, ollama=True)
+
+    async def _find(self, model: str, *, ollama: bool = False) -> None:
+        """Look ``model`` up in the DHT when no known node serves it (``ollama``: or its ``:latest``)."""
+        if not await self.client.find_nodes(model) and ollama and ":" not in model:
+            await self.client.find_nodes(f"{model}:latest")
 
     def _ollama_model(self, model: str) -> str:
         """The served name ``model`` stands for: itself, or as Ollama resolves a name without a tag,
@@ -473,6 +480,7 @@ class Gateway(Service):
 
     async def _ollama_chat(self, req: Request, kind: str, out: _Connection) -> None:
         call = api.parse_ollama_body(req.body, kind)
+        await self._find(call.model, ollama=True)
         if not self.client.nodes:
             raise ApiError(503, "No mimir node is reachable.", api.SERVER_ERROR, code="no_node")
         model = self._ollama_model(call.model)
@@ -543,9 +551,10 @@ class Gateway(Service):
         node, or a mimirlite node); its answer comes back as it arrives, with its status and
         content type. 404 when nobody serves the model, 501 when only first-generation nodes do."""
         call = api.parse_tunnel_body(path, req.body)
+        ollama = path.startswith("/api/")
+        await self._find(call.model, ollama=ollama)
         if not self.client.nodes:
             raise ApiError(503, "No mimir node is reachable.", api.SERVER_ERROR, code="no_node")
-        ollama = path.startswith("/api/")
         if ollama:
             model = self._ollama_model(call.model)
         elif self.client.nodes_for(call.model):
@@ -592,6 +601,7 @@ class Gateway(Service):
 
     async def _chat(self, req: Request, out: _Connection) -> None:
         call = api.parse_chat_body(req.body)
+        await self._find(call.model)
         if not self.client.nodes:
             raise ApiError(503, "No mimir node is reachable.", api.SERVER_ERROR, code="no_node")
         if not self.client.nodes_for(call.model):

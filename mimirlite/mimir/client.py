@@ -7,11 +7,12 @@ import contextlib
 import json
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from mimirlite.aio import Service
+from mimirlite.aio import Service, SingleFlight
 from mimirlite.discovery import MdnsDiscovery
 from mimirlite.discovery.mdns import DEFAULT_INTERVAL as MDNS_INTERVAL
 from mimirlite.errors import (
@@ -24,6 +25,7 @@ from mimirlite.errors import (
 )
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.mimir import packets
+from mimirlite.mimir.dht import ModelDht
 from mimirlite.mimir.models import (
     DEFAULT_MODEL,
     model_cid,
@@ -46,8 +48,8 @@ from mimirlite.net.config import HostConfig
 from mimirlite.net.connection import Connection
 from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream
-from mimirlite.protocols import IDENTIFY_PROTOCOL as LIBP2P_IDENTIFY
-from mimirlite.protocols import Identify, IdentifyTimeoutError, Ping, start_services
+from mimirlite.protocols import IdentifyTimeoutError, Ping, identify_service, start_services
+from mimirlite.protocols.kad.service import DhtConfig
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionChunk
@@ -58,6 +60,14 @@ MIMIR_IDENTIFY_TIMEOUT = 5.0
 """Seconds a node has to answer an identify query (as the original client)."""
 READ_TIMEOUT = 120.0
 """Seconds to wait for each packet of an answer (a large model may think long before its first token)."""
+NOT_FOUND_TTL = 10.0
+"""Seconds a model the DHT named no node for is not looked up again."""
+SEARCH_PAUSES = (0.25, 2.0)
+"""First and longest pause, in seconds, between DHT lookups while waiting for a node; it doubles between."""
+MAX_LOOKUPS = 4
+"""DHT lookups of models run at once; more wait their turn."""
+MAX_NOT_FOUND = 1024
+"""Models remembered as not found (the least recently missed is forgotten first)."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +95,18 @@ class ClientConfig:
     """Models whose ``/mimir/<model>/1.0.0`` tunnel is probed on a peer that answers no identify."""
     prefer_tunnel: bool = False
     """Chat over the HTTP tunnel with nodes that serve both generations (else ``/mimirllm/1.0.0``)."""
+    dht: bool = True
+    """Find nodes serving a model in the DHT (LAN and public) when no known node serves it."""
+    bootstrap: Sequence[str] = ()
+    """Peers to join the DHT through, kept connected: multiaddrs with ``/p2p/``, ``/dnsaddr/...``, or
+    ``"ipfs"`` for the public IPFS bootstrap peers."""
+    dht_server: bool = False
+    """Run the public DHT in server mode (answer others); the LAN DHT always is."""
+    dht_config: DhtConfig | None = None
+    """The DHT's limits and timings (None: the defaults)."""
 
     def __post_init__(self) -> None:
-        for name in ("peers", "probe_models"):
+        for name in ("peers", "probe_models", "bootstrap"):
             value = getattr(self, name)
             if isinstance(value, str):
                 raise LocalError(f"{name} is a list of strings, not one string")
@@ -165,6 +184,9 @@ class MimirClient(Service):
         mdns_interval: float | None = None,
         probe_models: Sequence[str] | None = None,
         prefer_tunnel: bool | None = None,
+        dht: bool | None = None,
+        bootstrap: Sequence[str] | None = None,
+        dht_server: bool | None = None,
     ) -> None:
         """``config`` (a :class:`ClientConfig`) holds every setting; ``peers`` and the keywords, each one
         a :class:`ClientConfig` field, are merged into it (a keyword given, not None, wins over the
@@ -186,6 +208,9 @@ class MimirClient(Service):
             "mdns_interval": mdns_interval,
             "probe_models": probe_models,
             "prefer_tunnel": prefer_tunnel,
+            "dht": dht,
+            "bootstrap": bootstrap,
+            "dht_server": dht_server,
         }
         changes = {name: value for name, value in given.items() if value is not None}
         cfg = config or ClientConfig()
@@ -217,6 +242,14 @@ class MimirClient(Service):
                 on_lost=self.forget,
             )
         self._changed = asyncio.Event()
+        self.dht: ModelDht | None = None
+        """The DHT and bootstrap peers, while the client runs with ``dht`` on."""
+        self._finding: SingleFlight[str, list[PeerId]] = SingleFlight(
+            lambda coro: self.host.spawn(coro, "mimirlite-find"),
+            cancelled=lambda _: LocalError("client stopped"),
+        )
+        self._not_found: OrderedDict[str, float] = OrderedDict()  # model -> when a lookup last found none
+        self._lookups = asyncio.Semaphore(MAX_LOOKUPS)
 
     # ---- lifecycle ----
 
@@ -227,11 +260,24 @@ class MimirClient(Service):
         self.host.on_disconnected.append(self._on_disconnected)
         if self.discovery is not None:
             await self.discovery.start()
+        cfg = self.config
+        identify = identify_service(self.host)
+        if cfg.dht and identify is not None:
+            self.dht = ModelDht(
+                self.host,
+                identify,
+                bootstrap=cfg.bootstrap,
+                public_server=cfg.dht_server,
+                config=cfg.dht_config,
+            )
+            await self.dht.start()
         if self._static:
             await asyncio.gather(*(self._try_add(a) for a in self._static))
 
     async def _stop(self) -> None:
-        """Stop discovery and the services, and the host if it is ours."""
+        """Stop discovery, the DHT and the services, and the host if it is ours."""
+        if self.dht is not None:
+            await self.dht.stop()
         if self.discovery is not None:
             await self.discovery.stop()
         if self._on_disconnected in self.host.on_disconnected:
@@ -255,6 +301,69 @@ class MimirClient(Service):
             return list(self._nodes)
         name = model_name(model)
         return [peer for peer, models in self._nodes.items() if name in models]
+
+    async def find_nodes(self, model: str | None = None) -> list[PeerId]:
+        """Nodes serving ``model`` (the default model when None): the known ones, else those the DHT names as
+        its providers, once identified. A lookup that found none is not repeated for ``NOT_FOUND_TTL`` s
+        (any caller, HTTP clients of the gateway included, could otherwise make the client flood the DHT)."""
+        name = model_name(model or DEFAULT_MODEL)
+        known = self.nodes_for(name)
+        if known or self.dht is None:
+            return known
+        loop = asyncio.get_running_loop()
+        last = self._not_found.get(name)
+        if last is not None and loop.time() - last < NOT_FOUND_TTL:
+            return []
+        found = await self._finding.run(name, lambda: self._find(name))
+        if not found:
+            self._not_found[name] = loop.time()
+            self._not_found.move_to_end(name)
+            while len(self._not_found) > MAX_NOT_FOUND:
+                self._not_found.popitem(last=False)
+        return found
+
+    async def _find(self, name: str) -> list[PeerId]:
+        assert self.dht is not None
+        async with self._lookups:
+            providers = await self.dht.find(name)
+        fresh = [p.peer for p in providers if p.peer not in self._nodes and p.peer != self.host.peer_id]
+        outcomes = await asyncio.gather(*(self.identify(p) for p in fresh), return_exceptions=True)
+        for peer, outcome in zip(fresh, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, (MimirliteError, OSError, asyncio.TimeoutError)):
+                    raise outcome
+                log.info("provider %s of %s did not answer identify: %s", peer, name, outcome)
+        return self.nodes_for(name)
+
+    async def dht_nodes(self, timeout: float = 10.0) -> list[PeerId]:
+        """The nodes among the DHT's peers: waits up to ``timeout`` s for a routing table to fill (from the
+        bootstrap peers), looks up our own ID to learn more, and identifies each peer not known yet."""
+        if self.dht is None:
+            return []
+        dht = self.dht.dht
+        if not dht.peers():
+            filled = asyncio.Event()
+            for d in dht.dhts:
+                d.on_table_changed.append(filled.set)
+            try:
+                await asyncio.wait_for(filled.wait(), timeout)
+            except asyncio.TimeoutError:
+                return []
+            finally:
+                for d in dht.dhts:
+                    d.on_table_changed.remove(filled.set)
+        await dht.refresh()
+        peers = dht.peers()
+        fresh = [p for p in peers if p not in self._nodes]
+        await asyncio.gather(*(self._identify_quietly(p) for p in fresh))
+        return [p for p in peers if p in self._nodes]
+
+    async def _identify_quietly(self, peer: PeerId) -> None:
+        async with self._lookups:
+            try:
+                await self.identify(peer)
+            except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
+                log.debug("DHT peer %s is not a node we can use: %s", peer, exc or type(exc).__name__)
 
     async def add_peer(self, addr: str) -> list[str]:
         """Dial a node at ``addr``, ask its models and remember them."""
@@ -328,16 +437,9 @@ class MimirClient(Service):
         self._notify()
         return list(models)
 
-    def _identify_service(self) -> Identify | None:
-        for service in self._services:
-            if isinstance(service, Identify):
-                return service
-        owner = getattr(self.host.handler(LIBP2P_IDENTIFY), "__self__", None)
-        return owner if isinstance(owner, Identify) else None
-
     async def _remote_protocols(self, peer: PeerId) -> list[str] | None:
         """The protocols ``peer`` says it serves (libp2p identify), or None when it did not say."""
-        service = self._identify_service()
+        service = identify_service(self.host)
         if service is None:
             return None
         try:
@@ -452,15 +554,38 @@ class MimirClient(Service):
         """Wait up to ``timeout`` s until a node serving ``model`` (any, when None) is known."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not self.nodes_for(model):
-            left = deadline - loop.time()
-            if left <= 0:
-                return False
+        search = None
+        if self.dht is not None and not self.nodes_for(model):
+            search = self.host.spawn(self._search_until(model, deadline), "mimirlite-search")
+        try:
+            while not self.nodes_for(model):
+                left = deadline - loop.time()
+                if left <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(self._changed.wait(), left)
+                except asyncio.TimeoutError:
+                    return False
+            return True
+        finally:
+            if search is not None:
+                search.cancel()
+
+    async def _search_until(self, model: str | None, deadline: float) -> None:
+        """Look ``model`` up in the DHT until a node serving it is known (the routing table may still be
+        filling from the bootstrap peers), waiting longer between tries, up to ``deadline``."""
+        name = model_name(model or DEFAULT_MODEL)
+        loop = asyncio.get_running_loop()
+        pause = SEARCH_PAUSES[0]
+        while not self.nodes_for(model) and loop.time() < deadline:
             try:
-                await asyncio.wait_for(self._changed.wait(), left)
-            except asyncio.TimeoutError:
-                return False
-        return True
+                await self._finding.run(name, lambda: self._find(name))
+            except MimirliteError as exc:
+                log.info("DHT lookup of %s failed: %s", name, exc)
+            if self.nodes_for(model):
+                return
+            await asyncio.sleep(max(0.0, min(pause, deadline - loop.time())))
+            pause = min(pause * 2, SEARCH_PAUSES[1])
 
     # ---- chat ----
 
@@ -480,6 +605,9 @@ class MimirClient(Service):
         A node that fails before its first chunk is replaced by another serving the model.
         """
         candidates = self._candidates(model)
+        if not candidates and self.dht is not None:
+            await self.find_nodes(model)
+            candidates = self._candidates(model)
         if not candidates:
             raise NoNodeError(f"no known node serves {model}" if model else "no node known")
         data: dict[str, Any] = {"messages": messages, **params}
@@ -521,6 +649,8 @@ class MimirClient(Service):
         Raises NoNodeError; a node failing before its head is replaced by another serving the model.
         """
         name = model_name(model)
+        if not self.nodes_for(name):
+            await self.find_nodes(name)
         candidates = [p for p in self._candidates(name) if name in self._tunnels.get(p, {})]
         if not candidates:
             raise NoNodeError(f"no known node serves {model} on a tunnel")

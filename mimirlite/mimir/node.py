@@ -12,18 +12,26 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from mimirlite.aio import Service, race
-from mimirlite.errors import ConnectionClosedError, MimirliteError, RefusalReason, StreamResetError
+from mimirlite.aio import Service, ServiceState, race
+from mimirlite.errors import (
+    ConnectionClosedError,
+    LocalError,
+    MimirliteError,
+    RefusalReason,
+    StreamResetError,
+)
 from mimirlite.metrics import NodeMetrics
 from mimirlite.mimir import packets, tunnel
 from mimirlite.mimir.backends import Backend, BackendError, HttpHead
+from mimirlite.mimir.dht import ModelDht
 from mimirlite.mimir.limits import Admission, NodeLimits, Refusal, Ticket
 from mimirlite.mimir.models import DEFAULT_MODEL, model_name, tunnel_protocol
 from mimirlite.mimir.packets import BadRequestError, ChatRequest, Packet, PacketError
 from mimirlite.mimir.params import clamp_max_tokens
 from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream, StreamState
-from mimirlite.protocols import Identify, Ping, start_services
+from mimirlite.protocols import Identify, Ping, identify_service, start_services
+from mimirlite.protocols.kad.service import DhtConfig
 from mimirlite.wire import lp
 
 log = logging.getLogger(__name__)
@@ -59,6 +67,10 @@ class MimirNode(Service):
         request_timeout: float = STREAM_REQUEST_TIMEOUT,
         limits: NodeLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        dht: bool = True,
+        bootstrap: Sequence[str] = (),
+        dht_server: bool = False,
+        dht_config: DhtConfig | None = None,
     ) -> None:
         self.host = host
         self.backend = backend
@@ -79,6 +91,10 @@ class MimirNode(Service):
         self._services: list[Identify | Ping] = []
         self.tunnels: dict[str, str] = {}
         """Tunnel protocol ID -> the served model it carries."""
+        self._dht_settings = (dht, tuple(bootstrap), dht_server, dht_config)
+        self._providing: set[asyncio.Task[None]] = set()
+        self.dht: ModelDht | None = None
+        """The DHT the node provides its models on (and the bootstrap peers), while it runs with ``dht``."""
 
     @property
     def limits(self) -> NodeLimits:
@@ -110,18 +126,73 @@ class MimirNode(Service):
         self.host.set_handler(packets.MIMIR_IDENTIFY_PROTOCOL, self._serve_identify)
         self.host.set_handler(packets.CHAT_PROTOCOL, self._serve_chat)
         self.tunnels = {}
-        for model in self.models:
+        self._open_tunnels(self.models)
+        self._services = start_services(self.host)
+        log.info("serving %s (default %s)", ", ".join(self.models), self.default_model)
+        wanted, bootstrap, public_server, config = self._dht_settings
+        identify = identify_service(self.host)
+        if wanted and identify is not None:
+            self.dht = ModelDht(
+                self.host, identify, bootstrap=bootstrap, public_server=public_server, config=config
+            )
+            await self.dht.start()
+            self._provide_soon(self.models)
+
+    def _open_tunnels(self, models: Sequence[str]) -> None:
+        for model in models:
             protocol = tunnel_protocol(model)
             kept = self.tunnels.setdefault(protocol, model)
             if kept != model:
                 log.warning("model %r is not served on %s: %r has that protocol ID", model, protocol, kept)
                 continue
             self.host.set_handler(protocol, self._tunnel_handler(model))
-        self._services = start_services(self.host)
-        log.info("serving %s (default %s)", ", ".join(self.models), self.default_model)
+
+    async def set_models(self, models: Sequence[str]) -> None:
+        """Serve ``models`` from now on (the backend's list changed): tunnels open and close, and the DHT
+        gets provider records for the new ones (the dropped ones' records expire within 48 h)."""
+        if self.state is not ServiceState.RUNNING:
+            raise LocalError("the node is not running")
+        models = list(dict.fromkeys(models))
+        if not models:
+            raise BackendError(packets.MODEL_NOT_FOUND, "the backend serves no model")
+        added = [m for m in models if m not in self.models]
+        dropped = [m for m in self.models if m not in models]
+        for protocol, model in list(self.tunnels.items()):
+            if model in dropped:
+                self.host.remove_handler(protocol)
+                del self.tunnels[protocol]
+        self.models = models
+        self._open_tunnels(added)
+        if self.default_model not in models:
+            self.default_model = DEFAULT_MODEL if DEFAULT_MODEL in models else models[0]
+        log.info("now serving %s (default %s)", ", ".join(models), self.default_model)
+        if self.dht is not None:
+            self.dht.unprovide(dropped)
+            self._provide_soon(added)
+
+    def _provide_soon(self, models: Sequence[str]) -> None:
+        assert self.dht is not None
+        if models and self.dht.add_provided(models):  # else told when the first DHT peer appears
+            task = self.host.spawn(self._provide(list(models)), "mimirlite-provide")
+            self._providing.add(task)
+            task.add_done_callback(self._providing.discard)
+
+    async def _provide(self, models: list[str]) -> None:
+        assert self.dht is not None
+        try:
+            stored = await self.dht.provide(models)
+        except MimirliteError as exc:
+            log.warning("providing %s in the DHT failed: %s", ", ".join(models), exc)
+            return
+        log.info("provided %s in the DHT (%d records stored)", ", ".join(models), stored)
 
     async def _stop(self) -> None:
         """Stop answering and release the backend."""
+        for task in list(self._providing):
+            task.cancel()
+        if self.dht is not None:
+            await self.dht.stop()
+            self.dht = None
         self.host.remove_handler(packets.MIMIR_IDENTIFY_PROTOCOL)
         self.host.remove_handler(packets.CHAT_PROTOCOL)
         for protocol in self.tunnels:

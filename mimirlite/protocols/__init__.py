@@ -30,6 +30,7 @@ __all__ = [
     "Ping",
     "PingMismatchError",
     "PingTimeoutError",
+    "identify_service",
     "start_services",
 ]
 
@@ -42,3 +43,9 @@ def start_services(host: Host) -> list[Identify | Ping]:
     if PING_PROTOCOL not in host.protocols:
         started.append(Ping(host))
     return started
+
+
+def identify_service(host: Host) -> Identify | None:
+    """The identify service serving on ``host``, if any."""
+    owner = getattr(host.handler(IDENTIFY_PROTOCOL), "__self__", None)
+    return owner if isinstance(owner, Identify) else None
