@@ -520,6 +520,17 @@ async def test_routed_net_forwards_tcp_but_not_mdns() -> None:
             conn = await a.call(lambda: a.host.dial(f"/ip4/{h_b.ip}/tcp/{b.port}/p2p/{b.peer_id}"))
             assert conn.remote_peer == b.peer_id
             await ib.wait_for(lambda _: a.peer_id in ib.found("connected"), DISCOVERY_TIMEOUT)
+            # and on its own bridge, through the router too: a's only ARP neighbour is the router
+            conn = await a.call(lambda: a.host.dial(f"/ip4/{h_c.ip}/tcp/{c.port}/p2p/{c.peer_id}"))
+            assert conn.remote_peer == c.peer_id
+            neigh = subprocess.run(
+                ["ip", "-n", h_a.netns, "neigh", "show"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+            assert {line.split()[0] for line in neigh.stdout.splitlines()} == {net.router_ip(0)}, neigh.stdout
 
             # mDNS on each bridge: d started last, and its query found b on its bridge; a and c, answering
             # as fast as b does, would have been found with it had multicast crossed the router

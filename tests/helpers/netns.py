@@ -12,8 +12,10 @@ Code runs inside a host namespace in two ways:
   ``setns``; every socket that thread creates belongs to the namespace (checked on entry).
 
 A :class:`RoutedNet` is a TestNet of several bridges (one /24 each, ``sizes`` hosts on each) joined by a
-router namespace that forwards IPv4 between them: each host routes 10.0.0.0/8 via the router (``.254`` of
-its subnet). The router forwards no multicast, so mDNS stays on each bridge.
+router namespace that forwards IPv4 between them: each host routes all of 10.0.0.0/8, its own subnet too,
+via the router (``.254`` of its subnet), so a host has one ARP neighbour, the router (the kernel's ARP table
+is shared by every namespace and holds 1024 entries by default: 50 hosts talking to each other directly
+overflow it). The router forwards no multicast, so mDNS stays on each bridge.
 
 Everything is removed on exit, also when the test fails: processes are stopped (terminate, then
 kill), loops are stopped, namespaces deleted. Each net has unique names. Needs root and ``ip``;
@@ -399,7 +401,8 @@ class TestNet:
 
 class RoutedNet(TestNet):
     """Hosts on several bridges (``sizes[k]`` hosts on bridge ``k``, subnet ``10.<a>.<b + k>.0/24``), joined
-    by a router namespace that forwards IPv4 (not multicast) between them. ``hosts`` lists them all, bridge
+    by a router namespace that forwards IPv4 (not multicast) between them; all unicast goes through the
+    router, also between hosts of one bridge (see the module's docstring). ``hosts`` lists them all, bridge
     by bridge; ``bridges[k]`` those of bridge ``k``. A (sync or async) context manager, as TestNet."""
 
     __test__ = False
@@ -471,9 +474,10 @@ class RoutedNet(TestNet):
                     _ip(*br, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
                     _ip(*br, "link", "set", port, "master", "br0", "up")
                     _ip(*h, "link", "set", "lo", "up")
-                    _ip(*h, "addr", "add", f"{host.ip}/{network.prefixlen}", "dev", "eth0")
+                    _ip(*h, "addr", "add", f"{host.ip}/{network.prefixlen}", "dev", "eth0", "noprefixroute")
                     _ip(*h, "link", "set", "eth0", "multicast", "on", "up")
                     _ip(*h, "route", "add", "224.0.0.0/4", "dev", "eth0")
+                    _ip(*h, "route", "add", f"{self.router_ip(k)}/32", "dev", "eth0")
                     _ip(*h, "route", "add", "10.0.0.0/8", "via", self.router_ip(k), "dev", "eth0")
             forward = subprocess.run(
                 [
@@ -483,7 +487,10 @@ class RoutedNet(TestNet):
                     self.router_netns,
                     "sh",
                     "-c",
-                    "echo 1 > /proc/sys/net/ipv4/ip_forward",
+                    # forward, also back out of the port it came in by (hosts of one bridge) without
+                    # telling the sender to go direct (an ICMP redirect would bring their ARP entries back)
+                    "echo 1 > /proc/sys/net/ipv4/ip_forward && "
+                    "for f in /proc/sys/net/ipv4/conf/*/send_redirects; do echo 0 > $f; done",
                 ],
                 capture_output=True,
                 text=True,
