@@ -360,7 +360,7 @@ class KadDht(Service):
                 self.host.metrics.refused[RefusalReason.KAD_FOREIGN_PROVIDER] += 1
                 log.info("%r: %s sent a provider record for %s: left out", self, sender, info.peer)
                 continue
-            result = self.providers.add(request.key, sender, list(info.addrs), now)
+            result = self.providers.add(request.key, sender, _addrs_of(sender, info.addrs), now)
             if isinstance(result, Refusal):
                 self.host.metrics.refused[RefusalReason.KAD_PROVIDER_STORE] += 1
                 log.info("%r: provider record of %s refused: %s", self, sender, result.value)
@@ -530,6 +530,21 @@ class KadDht(Service):
         self.providers.expire(self._now())
         return len(self.table)
 
+
+
+def _addrs_of(peer: PeerId, addrs: Iterable[Multiaddr]) -> list[Multiaddr]:
+    """``peer``'s addresses as a record keeps them: without their trailing ``/p2p/<peer>`` (kad-dht 14.2
+    sends its addresses with it), once each; one ending in another peer's ID does not reach ``peer``."""
+    out: list[Multiaddr] = []
+    for a in addrs:
+        owner = a.peer_id
+        if owner is not None:
+            if owner != peer:
+                continue
+            a = a.without_peer_id()
+        if a not in out:
+            out.append(a)
+    return out
 
 
 def merge_peer_infos(found: Iterable[PeerInfo]) -> list[PeerInfo]:
