@@ -41,7 +41,15 @@ from mimirlite.protocols.kad.messages import (
     encode_message,
 )
 from mimirlite.protocols.kad.providers import ProviderLimits, ProviderStore, Refusal, Scope, in_scope
-from mimirlite.protocols.kad.routing import AddResult, BucketFull, K, RoutingTable, kad_key
+from mimirlite.protocols.kad.routing import (
+    MAX_REFRESH_CPL,
+    AddResult,
+    BucketFull,
+    K,
+    RoutingTable,
+    kad_key,
+    random_key_at,
+)
 from mimirlite.wire import lp
 from mimirlite.wire.multiaddr import Multiaddr
 
@@ -524,9 +532,16 @@ class KadDht(Service):
         return len(keys)
 
     async def refresh(self) -> int:
-        """A lookup of our own ID, which fills the routing table; returns the table's size."""
+        """Fill the routing table: a lookup of our own ID, then of a random key at each prefix length up
+        to the deepest of the table's peers (as kad-dht's table refresh; kad-dht answers FIND_NODE with the
+        peers closer to the key than the asker only, so our own ID alone learns nothing from it); returns
+        the table's size."""
         if len(self.table):
             await self.find_closest(self.host.peer_id.to_bytes())
+            cpl = 0
+            while len(self.table) and cpl <= min(self.table.max_common_prefix(), MAX_REFRESH_CPL):
+                await self.find_closest(random_key_at(self.table.local_key, cpl))
+                cpl += 1
         self.providers.expire(self._now())
         return len(self.table)
 
