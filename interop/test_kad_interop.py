@@ -15,15 +15,17 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from jskad import LAN_PROTOCOL, WAN_PROTOCOL, JsKadPeer
 
 from mimirlite import Host
 from mimirlite.errors import RefusalReason
-from mimirlite.identity import PeerId
+from mimirlite.identity import KeyPair, PeerId
 from mimirlite.mimir.dht import ModelDht
 from mimirlite.mimir.models import MODEL_CIDS, dht_cids, dht_keys, name_cid
 from mimirlite.protocols import identify_service, start_services
 from mimirlite.protocols.kad.messages import PeerInfo
+from mimirlite.protocols.kad.routing import common_prefix_length, peer_key
 from mimirlite.protocols.kad.service import KAD_PROTOCOL, LAN_KAD_PROTOCOL, KadDht
 from mimirlite.wire.multiaddr import Multiaddr
 from tests.helpers.waiting import until
@@ -40,14 +42,23 @@ assert LAN_PROTOCOL == LAN_KAD_PROTOCOL and WAN_PROTOCOL == KAD_PROTOCOL
 
 
 @contextlib.asynccontextmanager
-async def mimir_dht(*, protocol: str = LAN_KAD_PROTOCOL, server: bool = True) -> AsyncIterator[KadDht]:
-    """A mimirlite host on 127.0.0.1 serving identify, ping and one DHT."""
-    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host:
+async def mimir_dht(
+    *, protocol: str = LAN_KAD_PROTOCOL, server: bool = True, key_seed: int | None = None
+) -> AsyncIterator[KadDht]:
+    """A mimirlite host on 127.0.0.1 serving identify, ping and one DHT (``key_seed``: a fixed identity,
+    as ``kad-peer.mjs --key-seed``)."""
+    keypair = None if key_seed is None else seeded_keypair(key_seed)
+    async with Host(keypair, listen=["/ip4/127.0.0.1/tcp/0"]) as host:
         start_services(host)
         identify = identify_service(host)
         assert identify is not None
         async with KadDht(host, identify, protocol=protocol, server=server) as dht:
             yield dht
+
+
+def seeded_keypair(n: int) -> KeyPair:
+    """The identity of ``kad-peer.mjs --key-seed n``: Ed25519 from 28 zero bytes and n, uint32 big-endian."""
+    return KeyPair(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(28) + n.to_bytes(4, "big")))
 
 
 def now() -> float:
@@ -131,6 +142,27 @@ async def test_mimirlite_finds_a_js_provider_by_key_and_by_model_name() -> None:
                 assert provider_addr in infos[0].addrs
                 assert str(provider_addr) in [bare(a) for a in host.addrs_of(provider_id)]
         assert not hub.uncaught() and not provider.uncaught()
+
+
+async def test_mimirlite_joining_through_one_js_peer_learns_the_others() -> None:
+    """kad-dht 14.2 answers FIND_NODE with the peers closer to the key than the requester only: a lookup
+    of our own ID (the join) learns nothing from it; lookups of random keys at each prefix length do."""
+    async with contextlib.AsyncExitStack() as stack:
+        hub = await stack.enter_async_context(await JsKadPeer.start(key_seed=271))
+        others = [
+            await stack.enter_async_context(await JsKadPeer.start(key_seed=272 + i, bootstrap=[hub.addr]))
+            for i in range(5)
+        ]
+        for js in others:
+            await until(lambda js=js: in_table(hub, js.peer_id), 20, "every JS peer in the hub's table")
+        dht = await stack.enter_async_context(mimir_dht(key_seed=270))  # fixed: the same keyspace each run
+        await dht.host.dial(hub.addr)
+        ids = {PeerId.from_string(js.peer_id) for js in [hub, *others]}
+        # every key at prefix length 0 from us is nearer to the peers of the other half of the keyspace
+        # than to us: the hub names them all to the refresh at that length, which the join runs
+        far = {p for p in ids if common_prefix_length(dht.table.local_key, peer_key(p)) == 0}
+        assert len(far - {PeerId.from_string(hub.peer_id)}) >= 2  # so with this identity
+        await until(lambda: far <= set(dht.table.peers()), 10, "the far half's JS peers in the table")
 
 
 async def test_mimirlite_is_the_dht_server_between_two_js_peers() -> None:
