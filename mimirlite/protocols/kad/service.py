@@ -468,7 +468,7 @@ class KadDht(Service):
             for info in answer.providers:
                 if len(seen) >= count:
                     break
-                addrs = tuple(a for a in info.addrs if in_scope(a, self.scope))
+                addrs = tuple(a for a in _addrs_of(info.peer, info.addrs) if in_scope(a, self.scope))
                 if info.peer not in seen or (addrs and not seen[info.peer].addrs):
                     seen[info.peer] = PeerInfo(info.peer, addrs)
             return len(seen) >= count
