@@ -65,10 +65,9 @@ REPUBLISH_INTERVAL = 22 * 3600.0
 class DhtConfig:
     """Limits and timings of one DHT; every message and record is a peer's, hence hostile."""
 
-    request_timeout: float = 10.0
-    """Seconds one request (open a stream, send, read the answer) may take."""
     lookup: LookupConfig = field(default_factory=LookupConfig)
-    """An iterative lookup's concurrency (alpha), result size (k), deadline and bound on peers asked."""
+    """An iterative lookup's concurrency (alpha), result size (k), deadline and bound on peers asked, and
+    the seconds one request (dial, open a stream, send, read the answer) may take, lookup or not."""
     messages: MessageLimits = field(default_factory=MessageLimits)
     """Caps on one message: size, peer entries, addresses per entry, key size."""
     providers: ProviderLimits = field(default_factory=ProviderLimits)
@@ -87,7 +86,7 @@ class DhtConfig:
     """Seconds between lookups of our own ID, which keep the routing table filled."""
 
     def __post_init__(self) -> None:
-        for name in ("request_timeout", "stream_idle_timeout", "republish_interval", "refresh_interval"):
+        for name in ("stream_idle_timeout", "republish_interval", "refresh_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("max_requests_per_stream", "add_provider_per_minute", "max_peer_checks"):
@@ -371,7 +370,7 @@ class KadDht(Service):
 
     async def _request(self, peer: PeerId, message: KadMessage) -> KadMessage:
         """Send ``message`` to ``peer`` on a new stream and read its answer (request timeout)."""
-        return await asyncio.wait_for(self._exchange(peer, message), self.config.request_timeout)
+        return await asyncio.wait_for(self._exchange(peer, message), self.config.lookup.request_timeout)
 
     async def _exchange(self, peer: PeerId, message: KadMessage) -> KadMessage:
         stream = await self.host.new_stream(peer, self.protocol)

@@ -192,7 +192,7 @@ async def test_a_dead_peer_is_pruned_and_lookups_still_converge() -> None:
 async def test_a_peer_naming_endless_fake_peers_does_not_stall_a_lookup() -> None:
     """A hostile DHT server answers every request with 20 fresh peers that do not exist: the lookup ends
     within its bounds and still finds the honest provider."""
-    config = DhtConfig(request_timeout=2.0, lookup=LookupConfig(deadline=10.0, max_asked=40))
+    config = DhtConfig(lookup=LookupConfig(request_timeout=2.0, deadline=10.0, max_asked=40))
 
     async def liar(stream: Stream) -> None:
         while (body := await stream.read_message()) is not None:
