@@ -139,6 +139,7 @@ class KadDht(Service):
         self.table = RoutingTable(host.peer_id, k=self.config.lookup.k)
         self.providers = ProviderStore(self.scope, self.config.providers)
         self._provided: set[bytes] = set()
+        self._announced: list[Multiaddr] = []  # the addresses our records carry
         self._add_budget = _RateBudget(self.config.add_provider_per_minute)
         self._checking: set[PeerId] = set()
         self._timers: list[asyncio.Task[None]] = []
@@ -487,6 +488,7 @@ class KadDht(Service):
         """
         self._provided.add(key)
         addrs = self.own_addrs()[: self.config.messages.max_addrs_per_peer]
+        self._announced = addrs
         if not addrs:
             log.debug("%r: no %s address to provide %s with", self, self.scope.value, key.hex())
             return None
@@ -523,10 +525,14 @@ class KadDht(Service):
         return len(keys)
 
     async def refresh(self) -> int:
-        """A lookup of our own ID, which fills the routing table; returns the table's size."""
+        """A lookup of our own ID, which fills the routing table, and our records published again if our
+        addresses changed (an interface came up or went away); returns the table's size."""
         if len(self.table):
             await self.find_closest(self.host.peer_id.to_bytes())
         self.providers.expire(self._now())
+        if self._provided and self.own_addrs()[: self.config.messages.max_addrs_per_peer] != self._announced:
+            log.info("%r: our addresses changed: publishing our records again", self)
+            await self.republish()
         return len(self.table)
 
 

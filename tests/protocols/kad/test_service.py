@@ -19,6 +19,7 @@ from mimirlite.protocols import identify_service, start_services
 from mimirlite.protocols.kad.lookup import LookupConfig
 from mimirlite.protocols.kad.messages import (
     KadMessage,
+    MessageLimits,
     MessageType,
     PeerInfo,
     decode_message,
@@ -140,6 +141,19 @@ async def test_malformed_messages_end_only_their_stream(caplog: pytest.LogCaptur
         assert await peers[1].dht.find_closest(KEY)  # the DHT goes on
 
 
+async def test_absurd_counts_end_only_their_stream() -> None:
+    async with network(2) as peers, Host() as raw:
+        target = peers[0]
+        crowd = tuple(PeerInfo(KeyPair.generate().peer_id) for _ in range(MessageLimits().max_peers + 1))
+        stream = await raw.new_stream(target.addr, LAN_KAD_PROTOCOL)
+        await stream.write(
+            lp.encode_message(encode_message(KadMessage(MessageType.FIND_NODE, KEY, closer=crowd)))
+        )
+        assert await _ended(stream)
+        assert target.host.metrics.protocol_errors[ProtocolErrorKind.KAD] == 1
+        assert await request(raw, target, KadMessage(MessageType.FIND_NODE, key=KEY)) is not None
+
+
 async def test_a_record_for_another_peer_is_left_out() -> None:
     async with network(2) as peers, Host(listen=["/ip4/127.0.0.1/tcp/0"]) as raw:
         target = peers[0]
@@ -238,4 +252,3 @@ async def _ended(stream: Stream) -> bool:
     except Exception:
         return True
     return True
-
