@@ -443,6 +443,7 @@ class KadDht(Service):
         finally:
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def find_closest(self, key: bytes) -> list[PeerId]:
         """The k peers closest to ``key`` that answered a lookup, closest first."""

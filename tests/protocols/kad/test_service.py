@@ -30,6 +30,8 @@ from mimirlite.wire import lp
 from mimirlite.wire.multiaddr import Multiaddr
 from tests.helpers.waiting import until
 
+pytestmark = pytest.mark.usefixtures("no_tasks_left")  # every task ends once its hosts stopped
+
 KEY = b"\x12\x20" + hashlib.sha256(b"llama3.2:latest").digest()
 
 
