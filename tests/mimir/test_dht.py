@@ -122,3 +122,17 @@ def _kads(host: Host) -> list:  # type: ignore[type-arg]
         if owner is not None:
             found.append(owner)
     return found
+
+
+async def test_a_model_nobody_serves_is_not_looked_up_again_at_once() -> None:
+    """A client (or a gateway's HTTP clients) asking for models nobody serves cannot make it flood the DHT:
+    a lookup that found nothing is not repeated for ``NOT_FOUND_TTL`` seconds."""
+    async with bootstrap_peer() as b, client_of(b) as client:
+        assert client.dht is not None
+        await until(lambda: client.dht is not None and client.dht.dht.peers(), 10, "the client joined")
+        assert await client.find_nodes("nowhere:1b") == []
+        opened = b.metrics.streams_opened
+        assert await client.find_nodes("nowhere:1b") == []
+        assert b.metrics.streams_opened == opened  # no second lookup reached the DHT
+        assert await client.find_nodes("elsewhere:1b") == []
+        assert b.metrics.streams_opened > opened  # another model is looked up
