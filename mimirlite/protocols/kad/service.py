@@ -73,10 +73,9 @@ REPUBLISH_INTERVAL = 22 * 3600.0
 class DhtConfig:
     """Limits and timings of one DHT; every message and record is a peer's, hence hostile."""
 
-    request_timeout: float = 10.0
-    """Seconds one request (open a stream, send, read the answer) may take."""
     lookup: LookupConfig = field(default_factory=LookupConfig)
-    """An iterative lookup's concurrency (alpha), result size (k), deadline and bound on peers asked."""
+    """An iterative lookup's concurrency (alpha), result size (k), deadline and bound on peers asked, and
+    the seconds one request (dial, open a stream, send, read the answer) may take, lookup or not."""
     messages: MessageLimits = field(default_factory=MessageLimits)
     """Caps on one message: size, peer entries, addresses per entry, key size."""
     providers: ProviderLimits = field(default_factory=ProviderLimits)
@@ -95,7 +94,7 @@ class DhtConfig:
     """Seconds between lookups of our own ID, which keep the routing table filled."""
 
     def __post_init__(self) -> None:
-        for name in ("request_timeout", "stream_idle_timeout", "republish_interval", "refresh_interval"):
+        for name in ("stream_idle_timeout", "republish_interval", "refresh_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("max_requests_per_stream", "add_provider_per_minute", "max_peer_checks"):
@@ -148,6 +147,7 @@ class KadDht(Service):
         self.table = RoutingTable(host.peer_id, k=self.config.lookup.k)
         self.providers = ProviderStore(self.scope, self.config.providers)
         self._provided: set[bytes] = set()
+        self._announced: list[Multiaddr] = []  # the addresses our records carry
         self._add_budget = _RateBudget(self.config.add_provider_per_minute)
         self._checking: set[PeerId] = set()
         self._timers: list[asyncio.Task[None]] = []
@@ -379,7 +379,7 @@ class KadDht(Service):
 
     async def _request(self, peer: PeerId, message: KadMessage) -> KadMessage:
         """Send ``message`` to ``peer`` on a new stream and read its answer (request timeout)."""
-        return await asyncio.wait_for(self._exchange(peer, message), self.config.request_timeout)
+        return await asyncio.wait_for(self._exchange(peer, message), self.config.lookup.request_timeout)
 
     async def _exchange(self, peer: PeerId, message: KadMessage) -> KadMessage:
         stream = await self.host.new_stream(peer, self.protocol)
@@ -451,6 +451,7 @@ class KadDht(Service):
         finally:
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def find_closest(self, key: bytes) -> list[PeerId]:
         """The k peers closest to ``key`` that answered a lookup, closest first."""
@@ -496,6 +497,7 @@ class KadDht(Service):
         """
         self._provided.add(key)
         addrs = self.own_addrs()[: self.config.messages.max_addrs_per_peer]
+        self._announced = addrs
         if not addrs:
             log.debug("%r: no %s address to provide %s with", self, self.scope.value, key.hex())
             return None
@@ -534,8 +536,9 @@ class KadDht(Service):
     async def refresh(self) -> int:
         """Fill the routing table: a lookup of our own ID, then of a random key at each prefix length up
         to the deepest of the table's peers (as kad-dht's table refresh; kad-dht answers FIND_NODE with the
-        peers closer to the key than the asker only, so our own ID alone learns nothing from it); returns
-        the table's size."""
+        peers closer to the key than the asker only, so our own ID alone learns nothing from it); and our
+        records published again if our addresses changed (an interface came up or went away); returns the
+        table's size."""
         if len(self.table):
             await self.find_closest(self.host.peer_id.to_bytes())
             cpl = 0
@@ -543,6 +546,9 @@ class KadDht(Service):
                 await self.find_closest(random_key_at(self.table.local_key, cpl))
                 cpl += 1
         self.providers.expire(self._now())
+        if self._provided and self.own_addrs()[: self.config.messages.max_addrs_per_peer] != self._announced:
+            log.info("%r: our addresses changed: publishing our records again", self)
+            await self.republish()
         return len(self.table)
 
 

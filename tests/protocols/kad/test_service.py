@@ -19,6 +19,7 @@ from mimirlite.protocols import identify_service, start_services
 from mimirlite.protocols.kad.lookup import LookupConfig
 from mimirlite.protocols.kad.messages import (
     KadMessage,
+    MessageLimits,
     MessageType,
     PeerInfo,
     decode_message,
@@ -28,6 +29,8 @@ from mimirlite.protocols.kad.service import LAN_KAD_PROTOCOL, DhtConfig, KadDht
 from mimirlite.wire import lp
 from mimirlite.wire.multiaddr import Multiaddr
 from tests.helpers.waiting import until
+
+pytestmark = pytest.mark.usefixtures("no_tasks_left")  # every task ends once its hosts stopped
 
 KEY = b"\x12\x20" + hashlib.sha256(b"llama3.2:latest").digest()
 
@@ -140,6 +143,19 @@ async def test_malformed_messages_end_only_their_stream(caplog: pytest.LogCaptur
         assert await peers[1].dht.find_closest(KEY)  # the DHT goes on
 
 
+async def test_absurd_counts_end_only_their_stream() -> None:
+    async with network(2) as peers, Host() as raw:
+        target = peers[0]
+        crowd = tuple(PeerInfo(KeyPair.generate().peer_id) for _ in range(MessageLimits().max_peers + 1))
+        stream = await raw.new_stream(target.addr, LAN_KAD_PROTOCOL)
+        await stream.write(
+            lp.encode_message(encode_message(KadMessage(MessageType.FIND_NODE, KEY, closer=crowd)))
+        )
+        assert await _ended(stream)
+        assert target.host.metrics.protocol_errors[ProtocolErrorKind.KAD] == 1
+        assert await request(raw, target, KadMessage(MessageType.FIND_NODE, key=KEY)) is not None
+
+
 async def test_a_record_for_another_peer_is_left_out() -> None:
     async with network(2) as peers, Host(listen=["/ip4/127.0.0.1/tcp/0"]) as raw:
         target = peers[0]
@@ -233,7 +249,7 @@ async def test_a_dead_peer_is_pruned_and_lookups_still_converge() -> None:
 async def test_a_peer_naming_endless_fake_peers_does_not_stall_a_lookup() -> None:
     """A hostile DHT server answers every request with 20 fresh peers that do not exist: the lookup ends
     within its bounds and still finds the honest provider."""
-    config = DhtConfig(request_timeout=2.0, lookup=LookupConfig(deadline=10.0, max_asked=40))
+    config = DhtConfig(lookup=LookupConfig(request_timeout=2.0, deadline=10.0, max_asked=40))
 
     async def liar(stream: Stream) -> None:
         while (body := await stream.read_message()) is not None:
@@ -279,4 +295,3 @@ async def _ended(stream: Stream) -> bool:
     except Exception:
         return True
     return True
-
