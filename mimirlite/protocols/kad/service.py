@@ -41,7 +41,15 @@ from mimirlite.protocols.kad.messages import (
     encode_message,
 )
 from mimirlite.protocols.kad.providers import ProviderLimits, ProviderStore, Refusal, Scope, in_scope
-from mimirlite.protocols.kad.routing import AddResult, BucketFull, K, RoutingTable, kad_key
+from mimirlite.protocols.kad.routing import (
+    MAX_REFRESH_CPL,
+    AddResult,
+    BucketFull,
+    K,
+    RoutingTable,
+    kad_key,
+    random_key_at,
+)
 from mimirlite.wire import lp
 from mimirlite.wire.multiaddr import Multiaddr
 
@@ -360,7 +368,7 @@ class KadDht(Service):
                 self.host.metrics.refused[RefusalReason.KAD_FOREIGN_PROVIDER] += 1
                 log.info("%r: %s sent a provider record for %s: left out", self, sender, info.peer)
                 continue
-            result = self.providers.add(request.key, sender, list(info.addrs), now)
+            result = self.providers.add(request.key, sender, _addrs_of(sender, info.addrs), now)
             if isinstance(result, Refusal):
                 self.host.metrics.refused[RefusalReason.KAD_PROVIDER_STORE] += 1
                 log.info("%r: provider record of %s refused: %s", self, sender, result.value)
@@ -461,7 +469,7 @@ class KadDht(Service):
             for info in answer.providers:
                 if len(seen) >= count:
                     break
-                addrs = tuple(a for a in info.addrs if in_scope(a, self.scope))
+                addrs = tuple(a for a in _addrs_of(info.peer, info.addrs) if in_scope(a, self.scope))
                 if info.peer not in seen or (addrs and not seen[info.peer].addrs):
                     seen[info.peer] = PeerInfo(info.peer, addrs)
             return len(seen) >= count
@@ -526,16 +534,38 @@ class KadDht(Service):
         return len(keys)
 
     async def refresh(self) -> int:
-        """A lookup of our own ID, which fills the routing table, and our records published again if our
-        addresses changed (an interface came up or went away); returns the table's size."""
+        """Fill the routing table: a lookup of our own ID, then of a random key at each prefix length up
+        to the deepest of the table's peers (as kad-dht's table refresh; kad-dht answers FIND_NODE with the
+        peers closer to the key than the asker only, so our own ID alone learns nothing from it); and our
+        records published again if our addresses changed (an interface came up or went away); returns the
+        table's size."""
         if len(self.table):
             await self.find_closest(self.host.peer_id.to_bytes())
+            cpl = 0
+            while len(self.table) and cpl <= min(self.table.max_common_prefix(), MAX_REFRESH_CPL):
+                await self.find_closest(random_key_at(self.table.local_key, cpl))
+                cpl += 1
         self.providers.expire(self._now())
         if self._provided and self.own_addrs()[: self.config.messages.max_addrs_per_peer] != self._announced:
             log.info("%r: our addresses changed: publishing our records again", self)
             await self.republish()
         return len(self.table)
 
+
+
+def _addrs_of(peer: PeerId, addrs: Iterable[Multiaddr]) -> list[Multiaddr]:
+    """``peer``'s addresses as a record keeps them: without their trailing ``/p2p/<peer>`` (kad-dht 14.2
+    sends its addresses with it), once each; one ending in another peer's ID does not reach ``peer``."""
+    out: list[Multiaddr] = []
+    for a in addrs:
+        owner = a.peer_id
+        if owner is not None:
+            if owner != peer:
+                continue
+            a = a.without_peer_id()
+        if a not in out:
+            out.append(a)
+    return out
 
 
 def merge_peer_infos(found: Iterable[PeerInfo]) -> list[PeerInfo]:

@@ -172,6 +172,47 @@ async def test_a_record_for_another_peer_is_left_out() -> None:
         assert target.host.metrics.refused[RefusalReason.KAD_FOREIGN_PROVIDER] == 1
 
 
+async def test_a_record_is_kept_without_the_senders_p2p_suffix() -> None:
+    # kad-dht 14.2 sends its addresses in ADD_PROVIDER with /p2p/<its id>: kept (and answered) without it
+    async with network(2) as peers, Host(listen=["/ip4/127.0.0.1/tcp/0"]) as raw:
+        target = peers[0]
+        bare = Multiaddr.parse(raw.listen_addrs[0]).without_peer_id()
+        other = Multiaddr.parse("/ip4/127.0.0.1/tcp/4001").with_peer_id(KeyPair.generate().peer_id)
+        sent = (bare.with_peer_id(raw.peer_id), bare, other)
+        msg = KadMessage(MessageType.ADD_PROVIDER, key=KEY, providers=(PeerInfo(raw.peer_id, sent),))
+        stream = await raw.new_stream(target.addr, LAN_KAD_PROTOCOL)
+        await stream.write(lp.encode_message(encode_message(msg)))
+        await stream.close()
+        now = asyncio.get_running_loop().time()
+        await until(lambda: target.dht.providers.get(KEY, now), 5, "the record is stored")
+        [record] = target.dht.providers.get(KEY, now)
+        assert record.addrs == (bare,)  # once, bare; the address of another peer left out
+        got = await request(raw, target, KadMessage(MessageType.GET_PROVIDERS, key=KEY))
+        assert got is not None and got.providers == (PeerInfo(raw.peer_id, (bare,)),)
+
+
+async def test_providers_found_are_kept_without_their_p2p_suffix() -> None:
+    # kad-dht 14.2 answers GET_PROVIDERS with a provider's addresses both bare and with /p2p/<provider>
+    provider = KeyPair.generate().peer_id
+    bare = Multiaddr.parse("/ip4/127.0.0.1/tcp/4001")
+    other = Multiaddr.parse("/ip4/127.0.0.1/tcp/4002").with_peer_id(KeyPair.generate().peer_id)
+    named = PeerInfo(provider, (bare.with_peer_id(provider), bare, other))
+
+    async def serve(stream: Stream) -> None:
+        while (body := await stream.read_message()) is not None:
+            asked = decode_message(body)[0]
+            answer = KadMessage(asked.type, key=asked.key)
+            if asked.type is MessageType.GET_PROVIDERS:
+                answer = KadMessage(asked.type, key=asked.key, providers=(named,))
+            await stream.write(lp.encode_message(encode_message(answer)))
+
+    async with peer() as seeker, Host(listen=["/ip4/127.0.0.1/tcp/0"]) as fake:
+        fake.set_handler(LAN_KAD_PROTOCOL, serve)
+        seeker.host.add_addrs(fake.peer_id, fake.listen_addrs)
+        seeker.dht.add_peer(fake.peer_id)
+        assert await seeker.dht.find_providers(KEY) == [PeerInfo(provider, (bare,))]
+
+
 async def test_an_add_provider_flood_is_cut_off() -> None:
     config = DhtConfig(add_provider_per_minute=5)
     async with network(2, config) as peers, Host(listen=["/ip4/127.0.0.1/tcp/0"]) as raw:
