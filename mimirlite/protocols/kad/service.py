@@ -298,11 +298,11 @@ class KadDht(Service):
         for info in infos:
             if info.peer == self.host.peer_id:
                 continue
-            for m in info.addrs:
+            for m in _addrs_of(info.peer, info.addrs):
                 if not in_scope(m, self.scope):
                     continue
                 try:
-                    self.host.add_addrs(info.peer, [str(m.without_peer_id())])
+                    self.host.add_addrs(info.peer, [str(m)])
                 except AddressError:
                     continue  # not TCP over IP: nothing we dial
 
@@ -550,7 +550,6 @@ class KadDht(Service):
             log.info("%r: our addresses changed: publishing our records again", self)
             await self.republish()
         return len(self.table)
-
 
 
 def _addrs_of(peer: PeerId, addrs: Iterable[Multiaddr]) -> list[Multiaddr]:
