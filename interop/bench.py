@@ -115,6 +115,9 @@ FIGURES = [
     Figure("e2e_ttfc", "E2E", "added time to first chunk", "ms", False),
     Figure("t1_chunks", "T1", "tunnel: chunks of one streamed answer", "chunks/s", True),
     Figure("t1_ttfc", "T1", "tunnel: time to first chunk", "ms", False),
+    Figure("d1_p50", "D1", "DHT lookup of a provider, p50", "ms", False),
+    Figure("d1_p95", "D1", "DHT lookup of a provider, p95", "ms", False),
+    Figure("d1_rss", "D1", "DHT server RSS growth per 10,000 provider records", "MiB", False),
 ]
 FIG = {f.key: f for f in FIGURES}
 
@@ -176,7 +179,15 @@ TUN_PAIRS = [
 ]
 TUN = {t.key: t for t in TUN_PAIRS}
 TUN_KEYS = ["t1_chunks", "t1_ttfc"]
-SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun"]
+DHT_SEARCHERS = {
+    "mimirlite": "DHT: mimirlite, fresh client",
+    "kad-dht": "DHT: kad-dht 14.2, fresh client",
+    "mimirlite (second lookup)": "DHT: mimirlite, its second lookup",
+    "kad-dht (second lookup)": "DHT: kad-dht 14.2, its second lookup",
+}
+DHT_SERVERS = {"mimirlite": "DHT server: mimirlite", "kad-dht": "DHT server: kad-dht 14.2"}
+DHT_SCRIPT = HERE / "bench_dht.py"
+SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht"]
 
 
 def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -194,6 +205,10 @@ def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
                 rows.append((f.key, IMPL_NAMES[impl], False))
         elif f.workload == "T1":
             rows += [(f.key, t.name, False) for t in TUN_PAIRS]
+        elif f.key == "d1_rss":
+            rows += [(f.key, name, False) for name in DHT_SERVERS.values()]
+        elif f.workload == "D1":
+            rows += [(f.key, name, False) for name in DHT_SEARCHERS.values()]
         else:
             rows.append((f.key, E2E_PEER, False))
             if f.key == "e2e_chunks":
@@ -589,6 +604,33 @@ class Bench:
         else:
             self.fail(E2E_PEER, ["e2e_ttfc"], str(ttfc or results.get("_error", "no result")))
 
+    async def run_dht(self) -> None:
+        """D1, once per bench (the script repeats its lookups itself): interop/bench_dht.py."""
+        self.log("  D1: DHT lookups in a 50-peer DHT, RSS per 10,000 provider records")
+        keys = ["d1_p50", "d1_p95"]
+        if self.env.node is None:
+            for name in DHT_SEARCHERS.values():
+                self.fail(name, keys, self.env.node_reason)
+            return
+        cmd = [sys.executable, str(DHT_SCRIPT), *(["--quick"] if self.cfg.get("quick") else [])]
+        p = await Proc.start("dht", cmd, None, HERE)
+        try:
+            _, ev = await p.next_event(time.perf_counter() + 900)
+            values = ev["values"]
+            for who, name in DHT_SEARCHERS.items():
+                got = values["lookups"][who]
+                self.add(name, "d1_p50", got["p50_ms"])
+                self.add(name, "d1_p95", got["p95_ms"])
+            for who, name in DHT_SERVERS.items():
+                self.add(name, "d1_rss", values["memory"][who]["growth_per_10k_mib"])
+        except (WorkerError, KeyError) as exc:
+            for name in DHT_SEARCHERS.values():
+                self.fail(name, keys, str(exc))
+            for name in DHT_SERVERS.values():
+                self.fail(name, ["d1_rss"], str(exc))
+        finally:
+            await p.stop()
+
     async def start_latest_node(self, backend_url: str) -> tuple[Proc, str]:
         """latest-node.mjs in front of ``backend_url``, serving T1's model; (process, its address)."""
         assert self.env.node is not None
@@ -712,6 +754,11 @@ class Bench:
         if "tun" not in self.sections:
             for t in TUN_PAIRS:
                 self.fail(t.name, TUN_KEYS, "not selected")
+        if "dht" not in self.sections:
+            for name in DHT_SEARCHERS.values():
+                self.fail(name, ["d1_p50", "d1_p95"], "not selected")
+            for name in DHT_SERVERS.values():
+                self.fail(name, ["d1_rss"], "not selected")
         await self.warm_up()
         for r in range(self.cfg["runs"]):
             self.log(f"run {r + 1} of {self.cfg['runs']}")
@@ -725,6 +772,8 @@ class Bench:
                     await self.run_e2e()
                 elif key == "tun":
                     await self.run_tun()
+                elif key == "dht" and r == 0:
+                    await self.run_dht()
         for impl, name in IMPL_NAMES.items():
             why = self.env.available(impl)
             if why is not None:
@@ -853,6 +902,10 @@ def check_targets(bench: Bench) -> list[Target]:
     ratio_target(
         "T1 tunnel chunks/s within 30% of /mimirllm/1.0.0's (>= 0.7x)", "t1_chunks", tun_mm, gen1, 0.7, True
     )
+    dht_m, dht_j = DHT_SEARCHERS["mimirlite"], DHT_SEARCHERS["kad-dht"]
+    ratio_target("D1 lookup p50 no slower than kad-dht's", "d1_p50", dht_m, dht_j, 1.0, False)
+    ratio_target("D1 lookup p95 no slower than kad-dht's", "d1_p95", dht_m, dht_j, 1.0, False)
+    abs_target("D1 RSS growth < 20 MiB per 10,000 records", "d1_rss", DHT_SERVERS["mimirlite"], 20, False)
     return out
 
 
@@ -979,6 +1032,7 @@ def loadavg() -> str:
 
 async def amain(args: argparse.Namespace) -> int:
     cfg = json.loads(json.dumps(QUICK if args.quick else FULL))
+    cfg["quick"] = args.quick
     if args.runs:
         cfg["runs"] = args.runs
     sections = [s for s in SECTIONS if not args.only or s in args.only.split(",")]

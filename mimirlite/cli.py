@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", parents=[common], help="serve the models of a backend")
     node.add_argument("--listen", action="append", metavar="ADDR", help=f"repeatable; {DEFAULT_LISTEN}")
     node.add_argument(
+        "--models-interval",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="ask the backend for its models every S seconds and serve what changed (default 60; 0: never)",
+    )
+    node.add_argument(
         "--dht-server",
         action="store_true",
         help="answer the public DHT's requests too (for a node with a public address; "
@@ -416,6 +423,7 @@ async def _node(args: argparse.Namespace) -> int:
                     dht=not args.no_dht,
                     bootstrap=args.bootstrap,
                     dht_server=args.dht_server,
+                    models_interval=args.models_interval or None,
                 )
             )
             if args.stats_interval:

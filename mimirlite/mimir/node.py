@@ -71,6 +71,7 @@ class MimirNode(Service):
         bootstrap: Sequence[str] = (),
         dht_server: bool = False,
         dht_config: DhtConfig | None = None,
+        models_interval: float | None = None,
     ) -> None:
         self.host = host
         self.backend = backend
@@ -93,6 +94,10 @@ class MimirNode(Service):
         """Tunnel protocol ID -> the served model it carries."""
         self._dht_settings = (dht, tuple(bootstrap), dht_server, dht_config)
         self._providing: set[asyncio.Task[None]] = set()
+        if models_interval is not None and not models_interval > 0:
+            raise LocalError("models_interval must be a positive number of seconds or None")
+        self._models_interval = models_interval
+        self._watching: asyncio.Task[None] | None = None
         self.dht: ModelDht | None = None
         """The DHT the node provides its models on (and the bootstrap peers), while it runs with ``dht``."""
 
@@ -137,6 +142,20 @@ class MimirNode(Service):
             )
             await self.dht.start()
             self._provide_soon(self.models)
+        if self._models_interval is not None:
+            self._watching = self.host.spawn(self._watch_models(self._models_interval), "mimirlite-models")
+
+    async def _watch_models(self, interval: float) -> None:
+        """Ask the backend for its models every ``interval`` s; serve (and provide) what changed."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                models = await self.backend.list_models()
+            except BackendError as exc:
+                log.info("the backend did not list its models: %s", exc)
+                continue
+            if models and set(models) != set(self.models):
+                await self.set_models(models)
 
     def _open_tunnels(self, models: Sequence[str]) -> None:
         for model in models:
@@ -188,6 +207,9 @@ class MimirNode(Service):
 
     async def _stop(self) -> None:
         """Stop answering and release the backend."""
+        if self._watching is not None:
+            self._watching.cancel()
+            self._watching = None
         for task in list(self._providing):
             task.cancel()
         if self.dht is not None:

@@ -20,7 +20,9 @@ import pytest
 from mimirlite import Host
 from mimirlite.errors import LocalError
 from mimirlite.gateway import Gateway
-from mimirlite.mimir import EchoBackend, MimirNode, OpenAIBackend
+from mimirlite.mimir import EchoBackend, MimirClient, MimirNode, OpenAIBackend
+from mimirlite.protocols import identify_service, start_services
+from mimirlite.protocols.kad import Dht
 from tests.helpers.gateway import (
     APP,
     LLAMA,
@@ -751,3 +753,28 @@ async def test_gateway_command_cors_origin() -> None:
             assert status == 401 and headers["access-control-allow-origin"] == APP
         finally:
             await conn.close()
+
+
+@live
+async def test_a_model_served_by_a_node_known_only_through_the_dht() -> None:
+    """The gateway's client knows no node, only a bootstrap peer: a request for a model makes it look the
+    model up in the DHT, and the answer comes from the node found there; an unknown model stays 404."""
+    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as boot:
+        start_services(boot)
+        identify = identify_service(boot)
+        assert identify is not None
+        async with (
+            Dht(boot, identify),
+            Host(listen=["/ip4/127.0.0.1/tcp/0"]) as node_host,
+            MimirNode(node_host, EchoBackend("far-model"), bootstrap=[boot.listen_addrs[0]]),
+        ):
+            client = MimirClient(bootstrap=[boot.listen_addrs[0]], mdns=False)
+            async with client, Gateway(client, port=0) as gw, sdk(gw) as api:
+                assert client.nodes == {}
+                answer = await bounded(
+                    api.chat.completions.create(model="far-model", messages=user("found far away"))
+                )
+                assert answer.choices[0].message.content == "found far away"
+                assert client.nodes_for("far-model") == [node_host.peer_id]
+                with pytest.raises(openai.NotFoundError):
+                    await bounded(api.chat.completions.create(model="nowhere", messages=user("x")))

@@ -7,10 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from mimirlite import Host, MimirClient, MimirNode
-from mimirlite.mimir import EchoBackend
+from mimirlite.mimir import EchoBackend, OpenAIBackend
 from mimirlite.mimir.models import dht_keys
 from mimirlite.protocols import identify_service, start_services
 from mimirlite.protocols.kad.service import KAD_PROTOCOL, LAN_KAD_PROTOCOL, Dht
+from tests.helpers.openai_server import OpenAIServer
 from tests.helpers.waiting import until
 
 
@@ -68,6 +69,21 @@ async def test_a_model_served_later_is_provided() -> None:
         assert n.host.handler("/mimir/first/1.0.0") is None
 
 
+async def test_a_model_the_backend_gains_is_served_and_provided() -> None:
+    """The node asks its backend for its models now and then (``node --models-interval``): a model pulled
+    into the backend is served, provided, and found by a client through the DHT."""
+    async with OpenAIServer(models=["llama3.2:latest"]) as srv, bootstrap_peer() as b:
+        backend = OpenAIBackend(srv.base_url)
+        async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host, MimirNode(
+            host, backend, bootstrap=[b.listen_addrs[0]], models_interval=0.05
+        ) as n, client_of(b) as client:
+            assert n.models == ["llama3.2:latest"]
+            srv.models.append("fresh:1b")
+            await until(lambda: "fresh:1b" in n.models, 10, "the node serves the new model")
+            assert await client.wait_for_nodes("fresh:1b", 10)
+            assert client.nodes_for("fresh:1b") == [host.peer_id]
+
+
 async def test_dht_nodes_lists_the_nodes_among_the_dht_peers() -> None:
     async with bootstrap_peer() as b, node(b.listen_addrs[0]) as n, client_of(b) as client:
         assert await client.dht_nodes(10) == [n.host.peer_id]
@@ -106,3 +122,17 @@ def _kads(host: Host) -> list:  # type: ignore[type-arg]
         if owner is not None:
             found.append(owner)
     return found
+
+
+async def test_a_model_nobody_serves_is_not_looked_up_again_at_once() -> None:
+    """A client (or a gateway's HTTP clients) asking for models nobody serves cannot make it flood the DHT:
+    a lookup that found nothing is not repeated for ``NOT_FOUND_TTL`` seconds."""
+    async with bootstrap_peer() as b, client_of(b) as client:
+        assert client.dht is not None
+        await until(lambda: client.dht is not None and client.dht.dht.peers(), 10, "the client joined")
+        assert await client.find_nodes("nowhere:1b") == []
+        opened = b.metrics.streams_opened
+        assert await client.find_nodes("nowhere:1b") == []
+        assert b.metrics.streams_opened == opened  # no second lookup reached the DHT
+        assert await client.find_nodes("elsewhere:1b") == []
+        assert b.metrics.streams_opened > opened  # another model is looked up

@@ -70,7 +70,7 @@ def table_cells(markdown: str) -> list[list[str]]:
     rows = []
     for line in markdown.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if len(cells) == 6 and cells[0] in ("W1", "W2", "W3", "W4", "W5", "E2E", "T1"):
+        if len(cells) == 6 and cells[0] in ("W1", "W2", "W3", "W4", "W5", "E2E", "T1", "D1"):
             rows.append(cells)
     return rows
 
@@ -102,4 +102,5 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
         assert peer in out
     assert "Targets" in out and "W5 idle RSS <= 40 MiB" in out
     assert "T1 tunnel chunks/s >= 3x the latest JS pair's" in out
+    assert "D1 RSS growth < 20 MiB per 10,000 records" in out
     assert "machine:" in markdown and "Node" in markdown

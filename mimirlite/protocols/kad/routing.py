@@ -9,7 +9,9 @@ answers :class:`BucketFull` naming its least recently seen peer; the service che
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -18,6 +20,8 @@ from mimirlite.identity import PeerId
 K = 20
 """Peers per bucket (the spec's k)."""
 KEY_BITS = 256
+MAX_REFRESH_CPL = 15
+"""Deepest prefix length a table refresh looks up a random key at (kad-dht 14.2's limit)."""
 
 
 def kad_key(data: bytes) -> bytes:
@@ -38,6 +42,21 @@ def distance(a: bytes, b: bytes) -> int:
 def common_prefix_length(a: bytes, b: bytes) -> int:
     """Leading bits ``a`` and ``b`` share (256 for equal keys)."""
     return KEY_BITS - distance(a, b).bit_length()
+
+
+def random_key_at(local_key: bytes, cpl: int, random: Callable[[int], bytes] = os.urandom) -> bytes:
+    """A random DHT key whose place (:func:`kad_key`) shares exactly ``cpl`` leading bits with ``local_key``:
+    what a refresh of that bucket looks up. Found by trying (about ``2 ** (cpl + 1)`` hashes), so ``cpl`` is
+    at most :data:`MAX_REFRESH_CPL`."""
+    if not 0 <= cpl <= MAX_REFRESH_CPL:
+        raise ValueError(f"cpl must be within 0..{MAX_REFRESH_CPL}")
+    prefix = random(24)
+    n = 0
+    while True:
+        key = prefix + n.to_bytes(8, "big")
+        if common_prefix_length(local_key, kad_key(key)) == cpl:
+            return key
+        n += 1
 
 
 class AddResult(Enum):
@@ -84,6 +103,13 @@ class RoutingTable:
     @property
     def bucket_count(self) -> int:
         return len(self._buckets)
+
+    def max_common_prefix(self) -> int:
+        """The longest prefix a peer of the table shares with our key (0 when empty)."""
+        return max(
+            (common_prefix_length(self.local_key, e.key) for b in self._buckets for e in b.values()),
+            default=0,
+        )
 
     def _index(self, key: bytes) -> int:
         return min(common_prefix_length(self.local_key, key), len(self._buckets) - 1)

@@ -41,7 +41,15 @@ from mimirlite.protocols.kad.messages import (
     encode_message,
 )
 from mimirlite.protocols.kad.providers import ProviderLimits, ProviderStore, Refusal, Scope, in_scope
-from mimirlite.protocols.kad.routing import AddResult, BucketFull, K, RoutingTable, kad_key
+from mimirlite.protocols.kad.routing import (
+    MAX_REFRESH_CPL,
+    AddResult,
+    BucketFull,
+    K,
+    RoutingTable,
+    kad_key,
+    random_key_at,
+)
 from mimirlite.wire import lp
 from mimirlite.wire.multiaddr import Multiaddr
 
@@ -65,10 +73,9 @@ REPUBLISH_INTERVAL = 22 * 3600.0
 class DhtConfig:
     """Limits and timings of one DHT; every message and record is a peer's, hence hostile."""
 
-    request_timeout: float = 10.0
-    """Seconds one request (open a stream, send, read the answer) may take."""
     lookup: LookupConfig = field(default_factory=LookupConfig)
-    """An iterative lookup's concurrency (alpha), result size (k), deadline and bound on peers asked."""
+    """An iterative lookup's concurrency (alpha), result size (k), deadline and bound on peers asked, and
+    the seconds one request (dial, open a stream, send, read the answer) may take, lookup or not."""
     messages: MessageLimits = field(default_factory=MessageLimits)
     """Caps on one message: size, peer entries, addresses per entry, key size."""
     providers: ProviderLimits = field(default_factory=ProviderLimits)
@@ -87,7 +94,7 @@ class DhtConfig:
     """Seconds between lookups of our own ID, which keep the routing table filled."""
 
     def __post_init__(self) -> None:
-        for name in ("request_timeout", "stream_idle_timeout", "republish_interval", "refresh_interval"):
+        for name in ("stream_idle_timeout", "republish_interval", "refresh_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("max_requests_per_stream", "add_provider_per_minute", "max_peer_checks"):
@@ -140,6 +147,7 @@ class KadDht(Service):
         self.table = RoutingTable(host.peer_id, k=self.config.lookup.k)
         self.providers = ProviderStore(self.scope, self.config.providers)
         self._provided: set[bytes] = set()
+        self._announced: list[Multiaddr] = []  # the addresses our records carry
         self._add_budget = _RateBudget(self.config.add_provider_per_minute)
         self._checking: set[PeerId] = set()
         self._timers: list[asyncio.Task[None]] = []
@@ -290,11 +298,11 @@ class KadDht(Service):
         for info in infos:
             if info.peer == self.host.peer_id:
                 continue
-            for m in info.addrs:
+            for m in _addrs_of(info.peer, info.addrs):
                 if not in_scope(m, self.scope):
                     continue
                 try:
-                    self.host.add_addrs(info.peer, [str(m.without_peer_id())])
+                    self.host.add_addrs(info.peer, [str(m)])
                 except AddressError:
                     continue  # not TCP over IP: nothing we dial
 
@@ -360,7 +368,7 @@ class KadDht(Service):
                 self.host.metrics.refused[RefusalReason.KAD_FOREIGN_PROVIDER] += 1
                 log.info("%r: %s sent a provider record for %s: left out", self, sender, info.peer)
                 continue
-            result = self.providers.add(request.key, sender, list(info.addrs), now)
+            result = self.providers.add(request.key, sender, _addrs_of(sender, info.addrs), now)
             if isinstance(result, Refusal):
                 self.host.metrics.refused[RefusalReason.KAD_PROVIDER_STORE] += 1
                 log.info("%r: provider record of %s refused: %s", self, sender, result.value)
@@ -371,7 +379,7 @@ class KadDht(Service):
 
     async def _request(self, peer: PeerId, message: KadMessage) -> KadMessage:
         """Send ``message`` to ``peer`` on a new stream and read its answer (request timeout)."""
-        return await asyncio.wait_for(self._exchange(peer, message), self.config.request_timeout)
+        return await asyncio.wait_for(self._exchange(peer, message), self.config.lookup.request_timeout)
 
     async def _exchange(self, peer: PeerId, message: KadMessage) -> KadMessage:
         stream = await self.host.new_stream(peer, self.protocol)
@@ -443,6 +451,7 @@ class KadDht(Service):
         finally:
             for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def find_closest(self, key: bytes) -> list[PeerId]:
         """The k peers closest to ``key`` that answered a lookup, closest first."""
@@ -460,7 +469,7 @@ class KadDht(Service):
             for info in answer.providers:
                 if len(seen) >= count:
                     break
-                addrs = tuple(a for a in info.addrs if in_scope(a, self.scope))
+                addrs = tuple(a for a in _addrs_of(info.peer, info.addrs) if in_scope(a, self.scope))
                 if info.peer not in seen or (addrs and not seen[info.peer].addrs):
                     seen[info.peer] = PeerInfo(info.peer, addrs)
             return len(seen) >= count
@@ -488,6 +497,7 @@ class KadDht(Service):
         """
         self._provided.add(key)
         addrs = self.own_addrs()[: self.config.messages.max_addrs_per_peer]
+        self._announced = addrs
         if not addrs:
             log.debug("%r: no %s address to provide %s with", self, self.scope.value, key.hex())
             return None
@@ -524,12 +534,37 @@ class KadDht(Service):
         return len(keys)
 
     async def refresh(self) -> int:
-        """A lookup of our own ID, which fills the routing table; returns the table's size."""
+        """Fill the routing table: a lookup of our own ID, then of a random key at each prefix length up
+        to the deepest of the table's peers (as kad-dht's table refresh; kad-dht answers FIND_NODE with the
+        peers closer to the key than the asker only, so our own ID alone learns nothing from it); and our
+        records published again if our addresses changed (an interface came up or went away); returns the
+        table's size."""
         if len(self.table):
             await self.find_closest(self.host.peer_id.to_bytes())
+            cpl = 0
+            while len(self.table) and cpl <= min(self.table.max_common_prefix(), MAX_REFRESH_CPL):
+                await self.find_closest(random_key_at(self.table.local_key, cpl))
+                cpl += 1
         self.providers.expire(self._now())
+        if self._provided and self.own_addrs()[: self.config.messages.max_addrs_per_peer] != self._announced:
+            log.info("%r: our addresses changed: publishing our records again", self)
+            await self.republish()
         return len(self.table)
 
+
+def _addrs_of(peer: PeerId, addrs: Iterable[Multiaddr]) -> list[Multiaddr]:
+    """``peer``'s addresses as a record keeps them: without their trailing ``/p2p/<peer>`` (kad-dht 14.2
+    sends its addresses with it), once each; one ending in another peer's ID does not reach ``peer``."""
+    out: list[Multiaddr] = []
+    for a in addrs:
+        owner = a.peer_id
+        if owner is not None:
+            if owner != peer:
+                continue
+            a = a.without_peer_id()
+        if a not in out:
+            out.append(a)
+    return out
 
 
 def merge_peer_infos(found: Iterable[PeerInfo]) -> list[PeerInfo]:

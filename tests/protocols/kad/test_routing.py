@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.protocols.kad.routing import (
+    MAX_REFRESH_CPL,
     AddResult,
     BucketFull,
     K,
@@ -17,6 +19,7 @@ from mimirlite.protocols.kad.routing import (
     distance,
     kad_key,
     peer_key,
+    random_key_at,
 )
 
 PEERS = [KeyPair.generate().peer_id for _ in range(300)]
@@ -113,3 +116,24 @@ def test_a_table_of_single_peer_id_type_never_holds_duplicates() -> None:
             table.add(peer, float(i))
     assert len(table.peers()) == len(set(table.peers())) == len(table)
     assert all(isinstance(p, PeerId) for p in table.peers())
+
+
+def test_random_key_at_each_prefix_length() -> None:
+    local = peer_key(PEERS[0])
+    for cpl in range(MAX_REFRESH_CPL + 1):
+        key = random_key_at(local, cpl)
+        assert common_prefix_length(local, kad_key(key)) == cpl
+    assert random_key_at(local, 3, lambda n: bytes(n)) == random_key_at(local, 3, lambda n: bytes(n))
+    assert random_key_at(local, 3) != random_key_at(local, 3)
+    for bad in (-1, MAX_REFRESH_CPL + 1):
+        with pytest.raises(ValueError):
+            random_key_at(local, bad)
+
+
+def test_max_common_prefix_is_the_deepest_peers() -> None:
+    table = RoutingTable(PEERS[0])
+    assert table.max_common_prefix() == 0
+    for p in PEERS[1:40]:
+        table.add(p, 0.0)
+    deepest = max(common_prefix_length(table.local_key, peer_key(p)) for p in table.peers())
+    assert deepest > 0 and table.max_common_prefix() == deepest

@@ -19,6 +19,7 @@ from mimirlite.protocols import identify_service, start_services
 from mimirlite.protocols.kad.lookup import LookupConfig
 from mimirlite.protocols.kad.messages import (
     KadMessage,
+    MessageLimits,
     MessageType,
     PeerInfo,
     decode_message,
@@ -28,6 +29,8 @@ from mimirlite.protocols.kad.service import LAN_KAD_PROTOCOL, DhtConfig, KadDht
 from mimirlite.wire import lp
 from mimirlite.wire.multiaddr import Multiaddr
 from tests.helpers.waiting import until
+
+pytestmark = pytest.mark.usefixtures("no_tasks_left")  # every task ends once its hosts stopped
 
 KEY = b"\x12\x20" + hashlib.sha256(b"llama3.2:latest").digest()
 
@@ -140,6 +143,19 @@ async def test_malformed_messages_end_only_their_stream(caplog: pytest.LogCaptur
         assert await peers[1].dht.find_closest(KEY)  # the DHT goes on
 
 
+async def test_absurd_counts_end_only_their_stream() -> None:
+    async with network(2) as peers, Host() as raw:
+        target = peers[0]
+        crowd = tuple(PeerInfo(KeyPair.generate().peer_id) for _ in range(MessageLimits().max_peers + 1))
+        stream = await raw.new_stream(target.addr, LAN_KAD_PROTOCOL)
+        await stream.write(
+            lp.encode_message(encode_message(KadMessage(MessageType.FIND_NODE, KEY, closer=crowd)))
+        )
+        assert await _ended(stream)
+        assert target.host.metrics.protocol_errors[ProtocolErrorKind.KAD] == 1
+        assert await request(raw, target, KadMessage(MessageType.FIND_NODE, key=KEY)) is not None
+
+
 async def test_a_record_for_another_peer_is_left_out() -> None:
     async with network(2) as peers, Host(listen=["/ip4/127.0.0.1/tcp/0"]) as raw:
         target = peers[0]
@@ -154,6 +170,47 @@ async def test_a_record_for_another_peer_is_left_out() -> None:
         await until(lambda: target.dht.providers.get(KEY, now), 5, "the sender's own record is stored")
         assert [p.peer for p in target.dht.providers.get(KEY, now)] == [raw.peer_id]
         assert target.host.metrics.refused[RefusalReason.KAD_FOREIGN_PROVIDER] == 1
+
+
+async def test_a_record_is_kept_without_the_senders_p2p_suffix() -> None:
+    # kad-dht 14.2 sends its addresses in ADD_PROVIDER with /p2p/<its id>: kept (and answered) without it
+    async with network(2) as peers, Host(listen=["/ip4/127.0.0.1/tcp/0"]) as raw:
+        target = peers[0]
+        bare = Multiaddr.parse(raw.listen_addrs[0]).without_peer_id()
+        other = Multiaddr.parse("/ip4/127.0.0.1/tcp/4001").with_peer_id(KeyPair.generate().peer_id)
+        sent = (bare.with_peer_id(raw.peer_id), bare, other)
+        msg = KadMessage(MessageType.ADD_PROVIDER, key=KEY, providers=(PeerInfo(raw.peer_id, sent),))
+        stream = await raw.new_stream(target.addr, LAN_KAD_PROTOCOL)
+        await stream.write(lp.encode_message(encode_message(msg)))
+        await stream.close()
+        now = asyncio.get_running_loop().time()
+        await until(lambda: target.dht.providers.get(KEY, now), 5, "the record is stored")
+        [record] = target.dht.providers.get(KEY, now)
+        assert record.addrs == (bare,)  # once, bare; the address of another peer left out
+        got = await request(raw, target, KadMessage(MessageType.GET_PROVIDERS, key=KEY))
+        assert got is not None and got.providers == (PeerInfo(raw.peer_id, (bare,)),)
+
+
+async def test_providers_found_are_kept_without_their_p2p_suffix() -> None:
+    # kad-dht 14.2 answers GET_PROVIDERS with a provider's addresses both bare and with /p2p/<provider>
+    provider = KeyPair.generate().peer_id
+    bare = Multiaddr.parse("/ip4/127.0.0.1/tcp/4001")
+    other = Multiaddr.parse("/ip4/127.0.0.1/tcp/4002").with_peer_id(KeyPair.generate().peer_id)
+    named = PeerInfo(provider, (bare.with_peer_id(provider), bare, other))
+
+    async def serve(stream: Stream) -> None:
+        while (body := await stream.read_message()) is not None:
+            asked = decode_message(body)[0]
+            answer = KadMessage(asked.type, key=asked.key)
+            if asked.type is MessageType.GET_PROVIDERS:
+                answer = KadMessage(asked.type, key=asked.key, providers=(named,))
+            await stream.write(lp.encode_message(encode_message(answer)))
+
+    async with peer() as seeker, Host(listen=["/ip4/127.0.0.1/tcp/0"]) as fake:
+        fake.set_handler(LAN_KAD_PROTOCOL, serve)
+        seeker.host.add_addrs(fake.peer_id, fake.listen_addrs)
+        seeker.dht.add_peer(fake.peer_id)
+        assert await seeker.dht.find_providers(KEY) == [PeerInfo(provider, (bare,))]
 
 
 async def test_an_add_provider_flood_is_cut_off() -> None:
@@ -192,7 +249,7 @@ async def test_a_dead_peer_is_pruned_and_lookups_still_converge() -> None:
 async def test_a_peer_naming_endless_fake_peers_does_not_stall_a_lookup() -> None:
     """A hostile DHT server answers every request with 20 fresh peers that do not exist: the lookup ends
     within its bounds and still finds the honest provider."""
-    config = DhtConfig(request_timeout=2.0, lookup=LookupConfig(deadline=10.0, max_asked=40))
+    config = DhtConfig(lookup=LookupConfig(request_timeout=2.0, deadline=10.0, max_asked=40))
 
     async def liar(stream: Stream) -> None:
         while (body := await stream.read_message()) is not None:
@@ -238,4 +295,3 @@ async def _ended(stream: Stream) -> bool:
     except Exception:
         return True
     return True
-

@@ -1,0 +1,73 @@
+"""A provider's records follow its addresses: a node listening on every interface of a namespace test host
+gains an address, and its next refresh publishes its records again with it."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import subprocess
+from collections.abc import AsyncIterator
+
+from mimirlite import Host
+from mimirlite.protocols import identify_service, start_services
+from mimirlite.protocols.kad.service import KadDht
+from tests.helpers.netns import NetnsLoop, TestNet, require_netns
+from tests.helpers.waiting import until
+
+KEY = b"\x12\x20" + hashlib.sha256(b"a model").digest()
+
+
+@contextlib.asynccontextmanager
+async def dht_on(loop: NetnsLoop, listen: str) -> AsyncIterator[KadDht]:
+    """A Host and its DHT started on ``loop`` (a namespace's thread); stopped there on exit."""
+
+    async def start() -> KadDht:
+        host = Host(listen=[listen])
+        await host.start()
+        start_services(host)
+        identify = identify_service(host)
+        assert identify is not None
+        dht = KadDht(host, identify)
+        await dht.start()
+        return dht
+
+    async def stop(dht: KadDht) -> None:
+        await dht.stop()
+        await dht.host.stop()
+
+    dht = await loop.run(start(), timeout=10)
+    try:
+        yield dht
+    finally:
+        await loop.run(stop(dht), timeout=10)
+
+
+async def test_a_new_address_is_published_at_the_next_refresh() -> None:
+    require_netns()
+    async with TestNet(2) as net:
+        boot_host, node_host = net.hosts
+        async with (
+            dht_on(net.loop(0), f"/ip4/{boot_host.ip}/tcp/4001") as boot,
+            dht_on(net.loop(1), "/ip4/0.0.0.0/tcp/4001") as node,
+        ):
+            loop = net.loop(1)
+            await loop.run(node.host.dial(boot.host.listen_addrs[0]), timeout=10)
+            await until(lambda: len(node.table) == 1, 10, "the node knows its bootstrap peer")
+            assert await loop.run(node.provide(KEY), timeout=10) == 1
+
+            async def held(ip: str) -> bool:  # read on the bootstrap peer's own loop
+                async def addrs() -> list[str]:
+                    return [str(a) for r in boot.providers.get(KEY, 0.0) for a in r.addrs]
+
+                return f"/ip4/{ip}/tcp/4001" in await net.loop(0).run(addrs(), timeout=5)
+
+            await until(lambda: held(node_host.ip), 10, "the record at the bootstrap peer")
+            new_ip = str(ipaddress.IPv4Address(node_host.ip) + 100)
+            subprocess.run(
+                ["ip", "-n", node_host.netns, "addr", "add", f"{new_ip}/24", "dev", "eth0"],
+                check=True,
+                timeout=10,
+            )
+            await loop.run(node.refresh(), timeout=10)
+            await until(lambda: held(new_ip), 10, "the new address in the record")
