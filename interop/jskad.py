@@ -33,8 +33,10 @@ class JsKadPeer(JsPeer):
         key_seed: int | None = None,
         bootstrap: tuple[str, ...] | list[str] = (),
         timeout: float = 30,
+        netns: str | None = None,
     ) -> JsKadPeer:
-        """Spawn the peer (``key_seed``: a fixed Ed25519 identity) and wait for its ready line."""
+        """Spawn the peer (``key_seed``: a fixed Ed25519 identity; ``netns``: in that network namespace, see
+        tests/helpers/netns.py) and wait for its ready line."""
         args: list[str] = ["--protocol", protocol]
         if listen is not None:
             args += ["--listen", listen]
@@ -44,7 +46,7 @@ class JsKadPeer(JsPeer):
             args += ["--key-seed", str(key_seed)]
         for addr in bootstrap:
             args += ["--bootstrap", addr]
-        peer = await cls._spawn(args, timeout=timeout)
+        peer = await cls._spawn(args, timeout=timeout, netns=netns)
         assert isinstance(peer, JsKadPeer)
         return peer
 

@@ -81,7 +81,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="OpenAI-compatible base URL (default: $OLLAMA_ENDPOINT, $OPENAI_BASE_URL, http://localhost:11434/v1)",
     )
-    node.add_argument("--model", action="append", default=[], help="serve only this model (repeatable)")
+    node.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="serve only this model (repeatable); with --backend echo: the echo model's name",
+    )
     node.add_argument(
         "--stats-interval",
         type=_positive_float,
@@ -387,7 +392,9 @@ async def _node(args: argparse.Namespace) -> int:
     backend: Backend
     models: list[str] | None = None  # asked once here; the node takes them instead of asking again
     if args.backend == "echo":
-        backend = EchoBackend()
+        if len(args.model) > 1:
+            return _fail("the echo backend serves one model: give --model at most once")
+        backend = EchoBackend(*args.model)  # --model NAME: the echo model under that name
     else:
         backend = OpenAIBackend(args.backend_url, models=args.model)
         try:

@@ -55,6 +55,18 @@ async def test_node_on_unspecified_address_prints_expanded_addresses(env: dict[s
         assert info.models == ["echo"]
 
 
+async def test_echo_backend_serves_its_model_under_the_name_given(env: dict[str, str]) -> None:
+    async with node("--backend", "echo", "--model", "named/echo:1b", env=env) as (_, info):
+        assert info.models == ["named/echo:1b"]
+        res = await cli(
+            "chat", "--peer", info.local_addr, "--model", "named/echo:1b", "-p", "hi there", env=env
+        )
+        assert (res.rc, res.out) == (0, "hi there\n"), res.err
+    res = await cli("node", "--backend", "echo", "--model", "a", "--model", "b", env=env)
+    assert res.rc == 1
+    assert one_line(res.err) == "mimirlite: the echo backend serves one model: give --model at most once"
+
+
 # ---------------------------------------------------------------- chat and peers
 
 

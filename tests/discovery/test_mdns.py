@@ -41,7 +41,7 @@ from mimirlite.discovery.records import (
 )
 from mimirlite.errors import DecodeError, LocalError, MimirliteError
 from tests.helpers.mdns import JS_NAME, JS_PEER, JS_QUERY, JS_RESPONSE, NsPeer
-from tests.helpers.netns import Inbox, TestNet, require_netns
+from tests.helpers.netns import Inbox, RoutedNet, TestNet, require_netns
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -498,6 +498,46 @@ async def test_two_peers_find_each_other_and_dial() -> None:
             conn = await a.call(lambda: a.host.dial(b.peer_id))
             assert conn.remote_peer == b.peer_id
             await inbox_b.wait_for(lambda _: a.peer_id in inbox_b.found("connected"), DISCOVERY_TIMEOUT)
+
+
+async def test_routed_net_forwards_tcp_but_not_mdns() -> None:
+    """RoutedNet: a host on bridge 0 dials one on bridge 1 over TCP through the router, while mDNS finds
+    only the peers of its own bridge (queries and answers never cross the router)."""
+    require_netns()
+    async with RoutedNet([2, 2]) as net:
+        (h_a, h_c), (h_b, h_d) = net.bridges
+        assert h_a.ip.rsplit(".", 2)[1] != h_b.ip.rsplit(".", 2)[1]  # two subnets
+        inboxes = [Inbox() for _ in range(4)]
+        loops = [net.loop(h) for h in (h_a, h_c, h_b, h_d)]
+        ia, ic, ib, id_ = inboxes
+        async with (
+            NsPeer(loops[0], ia, interval=0.3) as a,
+            NsPeer(loops[1], ic, interval=0.3) as c,
+            NsPeer(loops[2], ib, interval=0.3) as b,
+            NsPeer(loops[3], id_, interval=0.3) as d,
+        ):
+            # TCP across the router, by address
+            conn = await a.call(lambda: a.host.dial(f"/ip4/{h_b.ip}/tcp/{b.port}/p2p/{b.peer_id}"))
+            assert conn.remote_peer == b.peer_id
+            await ib.wait_for(lambda _: a.peer_id in ib.found("connected"), DISCOVERY_TIMEOUT)
+            # and on its own bridge, through the router too: a's only ARP neighbour is the router
+            conn = await a.call(lambda: a.host.dial(f"/ip4/{h_c.ip}/tcp/{c.port}/p2p/{c.peer_id}"))
+            assert conn.remote_peer == c.peer_id
+            neigh = subprocess.run(
+                ["ip", "-n", h_a.netns, "neigh", "show"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+            assert {line.split()[0] for line in neigh.stdout.splitlines()} == {net.router_ip(0)}, neigh.stdout
+
+            # mDNS on each bridge: d started last, and its query found b on its bridge; a and c, answering
+            # as fast as b does, would have been found with it had multicast crossed the router
+            for inbox, own in ((ia, c), (ic, a), (ib, d), (id_, b)):
+                await inbox.wait_for(lambda _, i=inbox, o=own: o.peer_id in i.found(), DISCOVERY_TIMEOUT)
+            for inbox, own in ((ia, c), (ic, a), (ib, d), (id_, b)):
+                assert set(inbox.found()) == {own.peer_id}
 
 
 async def test_interfaces_can_be_chosen() -> None:

@@ -11,6 +11,12 @@ Code runs inside a host namespace in two ways:
 - :meth:`TestNet.loop`: an asyncio event loop on a thread that entered the namespace with
   ``setns``; every socket that thread creates belongs to the namespace (checked on entry).
 
+A :class:`RoutedNet` is a TestNet of several bridges (one /24 each, ``sizes`` hosts on each) joined by a
+router namespace that forwards IPv4 between them: each host routes all of 10.0.0.0/8, its own subnet too,
+via the router (``.254`` of its subnet), so a host has one ARP neighbour, the router (the kernel's ARP table
+is shared by every namespace and holds 1024 entries by default: 50 hosts talking to each other directly
+overflow it). The router forwards no multicast, so mDNS stays on each bridge.
+
 Everything is removed on exit, also when the test fails: processes are stopped (terminate, then
 kill), loops are stopped, namespaces deleted. Each net has unique names. Needs root and ``ip``;
 :func:`require_netns` skips the test with the reason otherwise.
@@ -391,3 +397,110 @@ class TestNet:
                 errors.append(str(exc))
         if errors:
             raise NetnsError("; ".join(errors))
+
+
+class RoutedNet(TestNet):
+    """Hosts on several bridges (``sizes[k]`` hosts on bridge ``k``, subnet ``10.<a>.<b + k>.0/24``), joined
+    by a router namespace that forwards IPv4 (not multicast) between them; all unicast goes through the
+    router, also between hosts of one bridge (see the module's docstring). ``hosts`` lists them all, bridge
+    by bridge; ``bridges[k]`` those of bridge ``k``. A (sync or async) context manager, as TestNet."""
+
+    __test__ = False
+
+    ROUTER_HOST = 254
+    """The router's address on each bridge: ``.254``."""
+
+    def __init__(self, sizes: list[int] | tuple[int, ...] = (25, 25)) -> None:
+        if not sizes or not all(1 <= n < self.ROUTER_HOST - 1 for n in sizes) or sum(sizes) > MAX_HOSTS:
+            raise ValueError(f"1 to {self.ROUTER_HOST - 2} hosts a bridge, {MAX_HOSTS} in all")
+        a, b = secrets.randbelow(200) + 50, secrets.randbelow(256 - len(sizes))
+        super().__init__(1, subnet=f"10.{a}.{b}.0/24")
+        tag = self.bridge_netns.removesuffix("-br")
+        self.networks = [ipaddress.IPv4Network(f"10.{a}.{b + k}.0/24") for k in range(len(sizes))]
+        self.router_netns = f"{tag}-rt"
+        self.bridge_namespaces = [f"{tag}-br{k}" for k in range(len(sizes))]
+        self.bridges: list[list[NetnsHost]] = []
+        self.hosts = []
+        for n, network in zip(sizes, self.networks, strict=True):
+            segment = [
+                NetnsHost(
+                    len(self.hosts) + i, f"{tag}-h{len(self.hosts) + i}", str(network.network_address + i + 1)
+                )
+                for i in range(n)
+            ]
+            self.bridges.append(segment)
+            self.hosts.extend(segment)
+
+    def router_ip(self, bridge: int) -> str:
+        """The router's address on bridge ``bridge``."""
+        return str(self.networks[bridge].network_address + self.ROUTER_HOST)
+
+    def create(self) -> None:
+        try:
+            remove_stale()
+            _ip("netns", "add", self.router_netns)
+            self._created.append(self.router_netns)
+            rt = ("-n", self.router_netns)
+            _ip(*rt, "link", "set", "lo", "up")
+            for k, (brns, network, segment) in enumerate(
+                zip(self.bridge_namespaces, self.networks, self.bridges, strict=True)
+            ):
+                _ip("netns", "add", brns)
+                self._created.append(brns)
+                br = ("-n", brns)
+                _ip(*br, "link", "add", "br0", "type", "bridge")
+                _ip(*br, "link", "set", "br0", "up")
+                _ip(
+                    *br,
+                    "link",
+                    "add",
+                    "up0",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    f"eth{k}",
+                    "netns",
+                    self.router_netns,
+                )
+                _ip(*br, "link", "set", "up0", "master", "br0", "up")
+                _ip(*rt, "addr", "add", f"{self.router_ip(k)}/{network.prefixlen}", "dev", f"eth{k}")
+                _ip(*rt, "link", "set", f"eth{k}", "up")
+                for host in segment:
+                    _ip("netns", "add", host.netns)
+                    self._created.append(host.netns)
+                    port = f"p{host.index}"
+                    h = ("-n", host.netns)
+                    _ip(*br, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
+                    _ip(*br, "link", "set", port, "master", "br0", "up")
+                    _ip(*h, "link", "set", "lo", "up")
+                    _ip(*h, "addr", "add", f"{host.ip}/{network.prefixlen}", "dev", "eth0", "noprefixroute")
+                    _ip(*h, "link", "set", "eth0", "multicast", "on", "up")
+                    _ip(*h, "route", "add", "224.0.0.0/4", "dev", "eth0")
+                    _ip(*h, "route", "add", f"{self.router_ip(k)}/32", "dev", "eth0")
+                    _ip(*h, "route", "add", "10.0.0.0/8", "via", self.router_ip(k), "dev", "eth0")
+            forward = subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.router_netns,
+                    "sh",
+                    "-c",
+                    # forward, also back out of the port it came in by (hosts of one bridge) without
+                    # telling the sender to go direct (an ICMP redirect would bring their ARP entries back)
+                    "echo 1 > /proc/sys/net/ipv4/ip_forward && "
+                    "for f in /proc/sys/net/ipv4/conf/*/send_redirects; do echo 0 > $f; done",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=CMD_TIMEOUT,
+                check=False,
+            )
+            if forward.returncode != 0:
+                raise NetnsError(
+                    f"cannot turn on forwarding in {self.router_netns}: {forward.stderr.strip()}"
+                )
+        except BaseException:
+            self.destroy()
+            raise
