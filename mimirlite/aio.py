@@ -26,6 +26,20 @@ K = TypeVar("K", bound=Hashable)
 S = TypeVar("S", bound="Service")
 
 
+async def wait_for(aw: Awaitable[T], timeout: float | None) -> T:
+    """``asyncio.wait_for``, except that the inner task's exception is always retrieved: cancelled just as
+    that task fails, Python 3.10's and 3.11's ``wait_for`` leave it unretrieved, and asyncio logs "Task
+    exception was never retrieved" (a DHT lookup cancels its requests in flight as a matter of course)."""
+    task = asyncio.ensure_future(aw)
+    task.add_done_callback(_retrieve)
+    return await asyncio.wait_for(task, timeout)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 async def race(*aws: Awaitable[Any]) -> asyncio.Future[Any]:
     """Wait until the first of ``aws`` is done, cancel the others and wait until they have ended; the
     first one done (the earliest given, when several are).

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 
 import pytest
 
+from mimirlite import aio
 from mimirlite.aio import Service, ServiceState, SingleFlight, race
 from mimirlite.errors import ClosedError, ConnectionClosedError, LocalError
 
@@ -279,3 +281,32 @@ async def test_serve_runs_until_cancelled_then_stops() -> None:
         await asyncio.wait_for(serving, BOUND)
     assert svc.calls == ["start", "stop"]
     assert other_tasks() == set()
+
+
+@pytest.mark.parametrize("waiter", ["asyncio", "aio"])
+async def test_wait_for_retrieves_an_inner_exception_raised_while_cancelled(waiter: str) -> None:
+    """Cancelled as its inner task fails instead of ending cancelled, ``asyncio.wait_for`` leaves that
+    task's exception unretrieved (asyncio logs it at ERROR); ``aio.wait_for`` retrieves it."""
+    unretrieved: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context["message"]))
+
+    async def fails_when_cancelled() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise ValueError("failed while being cancelled") from None
+
+    wait = asyncio.wait_for if waiter == "asyncio" else aio.wait_for
+    outer = asyncio.ensure_future(wait(fails_when_cancelled(), 10))
+    await asyncio.sleep(0)
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    gc.collect()
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    if waiter == "aio":
+        assert unretrieved == []
+    elif sys.version_info < (3, 12):  # the problem itself, as CI's Python shows it
+        assert unretrieved == ["Task exception was never retrieved"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mimirlite._version import __version__
-from mimirlite.aio import SingleFlight
+from mimirlite.aio import SingleFlight, wait_for
 from mimirlite.errors import (
     AddressError,
     ConnectionClosedError,
@@ -605,7 +605,7 @@ class Identify:
 
     async def _identify_once(self, conn: Connection) -> IdentifyInfo:
         try:
-            info = await asyncio.wait_for(self._query(conn), self.timeout)
+            info = await wait_for(self._query(conn), self.timeout)
         except asyncio.TimeoutError:
             reason = f"identify of {conn.remote_peer} timed out after {self.timeout:g} s"
             raise IdentifyTimeoutError(reason) from None

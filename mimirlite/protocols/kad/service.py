@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mimirlite.aio import Service
+from mimirlite.aio import Service, wait_for
 from mimirlite.errors import (
     AddressError,
     MimirliteError,
@@ -379,7 +379,7 @@ class KadDht(Service):
 
     async def _request(self, peer: PeerId, message: KadMessage) -> KadMessage:
         """Send ``message`` to ``peer`` on a new stream and read its answer (request timeout)."""
-        return await asyncio.wait_for(self._exchange(peer, message), self.config.lookup.request_timeout)
+        return await wait_for(self._exchange(peer, message), self.config.lookup.request_timeout)
 
     async def _exchange(self, peer: PeerId, message: KadMessage) -> KadMessage:
         stream = await self.host.new_stream(peer, self.protocol)

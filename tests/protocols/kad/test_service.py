@@ -107,6 +107,18 @@ async def test_the_closest_peers_store_the_record() -> None:
             assert [r.peer for r in p.dht.providers.get(KEY, 0.0)] == [provider.host.peer_id]
 
 
+async def test_what_we_provide_is_published_again_on_schedule() -> None:
+    """Every ``republish_interval`` (22 h by default; a fraction of a second here) the provider sends its
+    records again, and the peers holding them renew them."""
+    config = DhtConfig(republish_interval=0.2)
+    async with network(3, config) as peers:
+        provider, holder = peers[1], peers[0]
+        assert await provider.dht.provide(KEY) >= 1
+        await until(lambda: holder.dht.providers.get(KEY, 0.0), 5, "the record at the holder")
+        first = holder.dht.providers.get(KEY, 0.0)[0].expires
+        await until(lambda: holder.dht.providers.get(KEY, 0.0)[0].expires > first, 5, "the record renewed")
+
+
 async def test_a_client_mode_dht_asks_but_is_not_listed() -> None:
     async with network(3) as peers, peer(server=False) as client:
         await client.host.dial(peers[0].addr)

@@ -1,5 +1,6 @@
-"""A provider's records follow its addresses: a node listening on every interface of a namespace test host
-gains an address, and its next refresh publishes its records again with it."""
+"""The DHT on namespace test hosts: a provider's records follow its addresses (a node listening on every
+interface gains one, and its next refresh publishes its records again with it), and peers found by mDNS
+seed the routing table."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import ipaddress
 import subprocess
 from collections.abc import AsyncIterator
 
-from mimirlite import Host
+from mimirlite import Host, MimirClient
 from mimirlite.protocols import identify_service, start_services
 from mimirlite.protocols.kad.service import KadDht
+from tests.helpers.discovery import FIND_TIMEOUT
 from tests.helpers.netns import NetnsLoop, TestNet, require_netns
+from tests.helpers.nodeproc import NodeProc
 from tests.helpers.waiting import until
 
 KEY = b"\x12\x20" + hashlib.sha256(b"a model").digest()
@@ -71,3 +74,30 @@ async def test_a_new_address_is_published_at_the_next_refresh() -> None:
             )
             await loop.run(node.refresh(), timeout=10)
             await until(lambda: held(new_ip), 10, "the new address in the record")
+
+
+async def test_a_node_found_by_mdns_seeds_the_routing_table() -> None:
+    """A client with mDNS on and no bootstrap peer: the node it finds on the LAN is in its DHT table too."""
+    require_netns()
+    async with TestNet(2) as net, contextlib.AsyncExitStack() as stack:
+        node = await NodeProc.serve(stack, "--backend", "echo", net=net, host=net.hosts[0])
+        loop = net.loop(1)
+
+        async def start() -> MimirClient:
+            client = MimirClient(mdns=True)
+            await client.start()
+            return client
+
+        client = await loop.run(start(), timeout=10)
+        try:
+
+            async def in_table() -> bool:
+                async def peers() -> list[str]:
+                    assert client.dht is not None
+                    return [str(p) for p in client.dht.dht.peers()]
+
+                return str(node.peer_id) in await loop.run(peers(), timeout=5)
+
+            await until(in_table, FIND_TIMEOUT, "the node found by mDNS in the client's DHT table")
+        finally:
+            await loop.run(client.stop(), timeout=10)
