@@ -36,6 +36,7 @@ from mimirlite.errors import (
     StreamResetError,
 )
 from mimirlite.identity import PeerId, PublicKey
+from mimirlite.net.rate import PeerRate
 from mimirlite.wire.lp import encode_message
 from mimirlite.wire.multiaddr import Multiaddr, multiaddr_from_bytes, tcp_multiaddr_bytes
 from mimirlite.wire.protobuf import LENGTH_DELIMITED, encode_bytes_field, iter_fields
@@ -340,29 +341,6 @@ def merge_push(old: IdentifyInfo | None, peer_id: PeerId, msg: IdentifyMessage) 
 # --- how often a peer may push (sans-IO) -------------------------------------------------------
 
 
-class PushBudget:
-    """Per-peer token buckets for identify pushes: ``per_minute`` in a burst, refilled at that rate.
-
-    Time is passed in (seconds, any monotonic origin). At most ``max_peers`` buckets are kept; the
-    least recently used is forgotten first (a forgotten peer starts again with a full bucket).
-    """
-
-    def __init__(self, per_minute: int, max_peers: int = MAX_REMEMBERED_PEERS) -> None:
-        self.per_minute = per_minute
-        self.max_peers = max_peers
-        self._buckets: collections.OrderedDict[PeerId, tuple[float, float]] = collections.OrderedDict()
-
-    def take(self, peer: PeerId, now: float) -> bool:
-        """Spend one push of ``peer``'s budget at time ``now``; False when it has none left."""
-        tokens, since = self._buckets.pop(peer, (float(self.per_minute), now))
-        tokens = min(float(self.per_minute), tokens + max(0.0, now - since) * self.per_minute / 60.0)
-        allowed = tokens >= 1.0
-        self._buckets[peer] = (tokens - 1.0 if allowed else tokens, now)
-        while len(self._buckets) > self.max_peers:
-            self._buckets.popitem(last=False)
-        return allowed
-
-
 # --- the asyncio service -----------------------------------------------------------------------
 
 
@@ -406,7 +384,7 @@ class Identify:
             config = dataclasses.replace(config, timeout=timeout)
         self.config = config
         self.timeout = config.timeout
-        self._push_budget = PushBudget(config.pushes_per_minute, config.max_remembered_peers)
+        self._push_budget = PeerRate(config.pushes_per_minute, config.max_remembered_peers)
         self._pushing: set[PeerId] = set()
         self._over_budget: set[PeerId] = set()
         self._infos: collections.OrderedDict[PeerId, IdentifyInfo] = collections.OrderedDict()

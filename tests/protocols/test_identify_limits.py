@@ -12,12 +12,12 @@ import pytest
 
 from mimirlite import Connection, Host, KeyPair, Stream
 from mimirlite.errors import DecodeError, LocalError, MessageTooLargeError, StreamResetError
+from mimirlite.net.rate import PeerRate
 from mimirlite.protocols import IDENTIFY_PROTOCOL, IDENTIFY_PUSH_PROTOCOL, Identify
 from mimirlite.protocols.identify import (
     MAX_IDENTIFY_MESSAGE,
     IdentifyConfig,
     IdentifyMessage,
-    PushBudget,
     decode_identify,
     decode_identify_capped,
     encode_identify,
@@ -254,7 +254,7 @@ def test_decode_skips_entries_over_the_caps_unread() -> None:
 
 def test_push_budget_refills_at_its_rate() -> None:
     peer, other = KeyPair.generate().peer_id, KeyPair.generate().peer_id
-    budget = PushBudget(per_minute=3, max_peers=1)
+    budget = PeerRate(per_minute=3, max_peers=1)
     assert [budget.take(peer, 100.0) for _ in range(4)] == [True, True, True, False]
     assert not budget.take(peer, 119.0)  # 0.95 of a push back after 19 s
     assert budget.take(peer, 120.0) and not budget.take(peer, 120.0)

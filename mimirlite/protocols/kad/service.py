@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -30,6 +29,7 @@ from mimirlite.errors import (
     RefusalReason,
 )
 from mimirlite.identity import PeerId
+from mimirlite.net.rate import PeerRate
 from mimirlite.protocols.kad.lookup import Lookup, LookupConfig, LookupFinished, Query
 from mimirlite.protocols.kad.messages import (
     KadMessage,
@@ -102,24 +102,6 @@ class DhtConfig:
                 raise ValueError(f"{name} must be at least 1")
 
 
-class _RateBudget:
-    """Messages a minute per peer, for a bounded number of peers (the least recently seen is forgotten)."""
-
-    def __init__(self, per_minute: int, max_peers: int = 1024) -> None:
-        self._per_minute = per_minute
-        self._max_peers = max_peers
-        self._seen: OrderedDict[PeerId, tuple[float, int]] = OrderedDict()
-
-    def take(self, peer: PeerId, now: float) -> bool:
-        start, count = self._seen.pop(peer, (now, 0))
-        if now - start >= 60.0:
-            start, count = now, 0
-        self._seen[peer] = (start, count + 1)
-        while len(self._seen) > self._max_peers:
-            self._seen.popitem(last=False)
-        return count < self._per_minute
-
-
 class KadDht(Service):
     """One Kademlia DHT on ``host``: ``async with KadDht(host, identify) as dht``.
 
@@ -148,7 +130,7 @@ class KadDht(Service):
         self.providers = ProviderStore(self.scope, self.config.providers)
         self._provided: set[bytes] = set()
         self._announced: list[Multiaddr] = []  # the addresses our records carry
-        self._add_budget = _RateBudget(self.config.add_provider_per_minute)
+        self._add_budget = PeerRate(self.config.add_provider_per_minute)
         self._checking: set[PeerId] = set()
         self._timers: list[asyncio.Task[None]] = []
         self.on_table_changed: list[Callable[[], None]] = []
