@@ -59,13 +59,19 @@ async def test_a_new_address_is_published_at_the_next_refresh() -> None:
             await until(lambda: len(node.table) == 1, 10, "the node knows its bootstrap peer")
             assert await loop.run(node.provide(KEY), timeout=10) == 1
 
-            async def held(ip: str) -> bool:  # read on the bootstrap peer's own loop
+            async def record() -> list[str]:  # read on the bootstrap peer's own loop
                 async def addrs() -> list[str]:
                     return [str(a) for r in boot.providers.get(KEY, 0.0) for a in r.addrs]
 
-                return f"/ip4/{ip}/tcp/4001" in await net.loop(0).run(addrs(), timeout=5)
+                return await net.loop(0).run(addrs(), timeout=5)
+
+            async def held(ip: str) -> bool:
+                return f"/ip4/{ip}/tcp/4001" in await record()
 
             await until(lambda: held(node_host.ip), 10, "the record at the bootstrap peer")
+            # what a node listening on 0.0.0.0 announces: its interfaces' addresses, each once, never 0.0.0.0
+            announced = await record()
+            assert len(announced) == len(set(announced)) and not any("/0.0.0.0/" in a for a in announced)
             new_ip = str(ipaddress.IPv4Address(node_host.ip) + 100)
             subprocess.run(
                 ["ip", "-n", node_host.netns, "addr", "add", f"{new_ip}/24", "dev", "eth0"],

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -169,15 +169,13 @@ class KadDht(Service):
             if cb in listeners:
                 listeners.remove(cb)  # type: ignore[arg-type]
 
-    async def _every(self, interval: float, job: Callable[[], object]) -> None:
+    async def _every(self, interval: float, job: Callable[[], Awaitable[int]]) -> None:
         while True:
             await asyncio.sleep(interval)
             try:
-                result = job()
-                if asyncio.iscoroutine(result):
-                    await result
+                await job()
             except MimirliteError as exc:
-                log.info("%r: periodic %s failed: %s", self, getattr(job, "__name__", job), exc)
+                log.info("%r: periodic %s failed: %s", self, job.__name__, exc)
 
     # ---- the routing table ----
 
@@ -273,7 +271,7 @@ class KadDht(Service):
 
     def own_addrs(self) -> list[Multiaddr]:
         """Our addresses as this DHT carries them (in its scope)."""
-        return self._scoped([*self.host.dialable_addrs, *self.host.listen_addrs])
+        return list(dict.fromkeys(self._scoped(self.host.dialable_addrs)))
 
     def _learn(self, infos: Iterable[PeerInfo]) -> None:
         """Remember the in-scope TCP addresses of peers a response names, to dial them."""
