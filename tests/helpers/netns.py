@@ -17,6 +17,11 @@ via the router (``.254`` of its subnet), so a host has one ARP neighbour, the ro
 is shared by every namespace and holds 1024 entries by default: 50 hosts talking to each other directly
 overflow it). The router forwards no multicast, so mDNS stays on each bridge.
 
+A :class:`NatLab` is a "wan" bridge (10.x) with public hosts and routers, each router a namespace doing
+Linux NAT (nftables MASQUERADE, optionally symmetric or with port forwards) for its own private LAN
+(192.168.<k>.0/24): hosts behind NATs, for relay, AutoNAT and hole-punching tests (needs ``nft`` too:
+:func:`require_nat`).
+
 Everything is removed on exit, also when the test fails: processes are stopped (terminate, then
 kill), loops are stopped, namespaces deleted. Each net has unique names. Needs root and ``ip``;
 :func:`require_netns` skips the test with the reason otherwise.
@@ -675,7 +680,6 @@ table ip natlab {{
   chain input {{
     type filter hook input priority filter; policy accept;
     iifname "wan0" ct state established,related accept
-    iifname "wan0" icmp type echo-request accept
     iifname "wan0" drop
   }}
 }}
