@@ -17,6 +17,11 @@ via the router (``.254`` of its subnet), so a host has one ARP neighbour, the ro
 is shared by every namespace and holds 1024 entries by default: 50 hosts talking to each other directly
 overflow it). The router forwards no multicast, so mDNS stays on each bridge.
 
+A :class:`NatLab` is a "wan" bridge (10.x) with public hosts and routers, each router a namespace doing
+Linux NAT (nftables MASQUERADE, optionally symmetric or with port forwards) for its own private LAN
+(192.168.<k>.0/24): hosts behind NATs, for relay, AutoNAT and hole-punching tests (needs ``nft`` too:
+:func:`require_nat`).
+
 Everything is removed on exit, also when the test fails: processes are stopped (terminate, then
 kill), loops are stopped, namespaces deleted. Each net has unique names. Needs root and ``ip``;
 :func:`require_netns` skips the test with the reason otherwise.
@@ -48,6 +53,7 @@ import pytest
 from tests.helpers.nodeproc import stop_process
 
 T = TypeVar("T")
+N = TypeVar("N", bound="TestNet")
 
 NAME_PREFIX = "mlt"
 """Namespace names: ``mlt-<pid>-<random>-br`` and ``mlt-<pid>-<random>-h<i>``."""
@@ -340,7 +346,7 @@ class TestNet:
         if errors:
             raise NetnsError("could not delete: " + "; ".join(errors))
 
-    def __enter__(self) -> TestNet:
+    def __enter__(self: N) -> N:
         self.create()
         return self
 
@@ -350,7 +356,7 @@ class TestNet:
         self._stop_loops()
         self.destroy()
 
-    async def __aenter__(self) -> TestNet:
+    async def __aenter__(self: N) -> N:
         await asyncio.to_thread(self.create)
         return self
 
@@ -501,6 +507,233 @@ class RoutedNet(TestNet):
                 raise NetnsError(
                     f"cannot turn on forwarding in {self.router_netns}: {forward.stderr.strip()}"
                 )
+        except BaseException:
+            self.destroy()
+            raise
+
+
+# ---- a lab with NAT routers -------------------------------------------------------------------
+
+
+def nat_unavailable_reason() -> str | None:
+    """Why a :class:`NatLab` cannot be built here (namespaces, or ``nft`` missing), or None."""
+    reason = unavailable_reason()
+    if reason is None and shutil.which("nft") is None:
+        reason = "the nft command (nftables) is not installed"
+    return reason
+
+
+def require_nat() -> None:
+    """Skip the calling test when a :class:`NatLab` cannot be built."""
+    reason = nat_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def _in_netns(netns: str, *cmd: str, stdin: str | None = None) -> None:
+    proc = subprocess.run(
+        ["ip", "netns", "exec", netns, *cmd],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=CMD_TIMEOUT,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise NetnsError(f"{' '.join(cmd)} in {netns}: {proc.stderr.strip() or proc.returncode}")
+
+
+@dataclass(frozen=True)
+class PortForward:
+    """A router's port forward (DNAT): TCP and UDP to ``router_wan_ip(lan):wan_port`` go to
+    ``lans[lan][host]`` port ``port`` (``wan_port`` defaults to ``port``)."""
+
+    lan: int
+    host: int
+    port: int
+    wan_port: int | None = None
+
+
+class NatLab(TestNet):
+    """A "wan" and private LANs behind NAT routers, each part in its own namespace.
+
+    The wan is a bridge on ``10.<a>.<b>.0/24``: ``wan_hosts`` public hosts (``lab.wan[i]``, ``.<i + 1>``)
+    and one leg of each router (``router_wan_ip(k)``, ``.<201 + k>``). Router ``k`` has LAN ``k``, a
+    bridge on ``192.168.<k>.0/24`` (router ``.254``) with ``lans[k]`` private hosts (``lab.lans[k][j]``,
+    ``.<j + 1>``) whose default route is the router. Each router forwards IPv4 (no multicast, so mDNS
+    stays on each LAN) and does what a home router does, with nftables: MASQUERADE of its LAN behind its
+    wan address (the source port kept when free: endpoint-independent mapping, as hole punching needs),
+    or, when ``symmetric[k]``, ``fully-random`` (a random source port for each new connection: hole
+    punching cannot work); forwards to its LAN only replies (conntrack) and its port forwards (``forwards``);
+    drops unsolicited packets to itself from the wan (no RST, no ICMP: a stealth firewall, so an early
+    SYN of a simultaneous open does not kill the dialer's attempt). Wan hosts have no route to the LANs.
+
+    ``hosts`` lists them all (wan first, then LAN by LAN); ``loop``, ``spawn`` and teardown as TestNet
+    (the rules live in the routers' namespaces and go with them).
+    """
+
+    __test__ = False
+
+    ROUTER_WAN_BASE = 201
+    ROUTER_LAN_HOST = 254
+    MAX_ROUTERS = 50
+    MAX_WAN_HOSTS = 200
+
+    def __init__(
+        self,
+        wan_hosts: int = 1,
+        lans: list[int] | tuple[int, ...] = (1, 1),
+        *,
+        symmetric: list[bool] | tuple[bool, ...] | None = None,
+        forwards: list[PortForward] | tuple[PortForward, ...] = (),
+    ) -> None:
+        if not 0 <= wan_hosts <= self.MAX_WAN_HOSTS:
+            raise ValueError(f"0 to {self.MAX_WAN_HOSTS} wan hosts")
+        if not 1 <= len(lans) <= self.MAX_ROUTERS or not all(1 <= n < self.ROUTER_LAN_HOST - 1 for n in lans):
+            raise ValueError(f"1 to {self.MAX_ROUTERS} LANs of 1 to {self.ROUTER_LAN_HOST - 2} hosts")
+        if wan_hosts + sum(lans) > MAX_HOSTS:
+            raise ValueError(f"{MAX_HOSTS} hosts in all")
+        sym = tuple(symmetric) if symmetric is not None else (False,) * len(lans)
+        if len(sym) != len(lans):
+            raise ValueError("one symmetric flag per LAN")
+        for fw in forwards:
+            if not (0 <= fw.lan < len(lans) and 0 <= fw.host < lans[fw.lan]):
+                raise ValueError(f"{fw}: no such LAN host")
+            if not all(1 <= p <= 65535 for p in (fw.port, fw.wan_port or fw.port)):
+                raise ValueError(f"{fw}: ports are 1 to 65535")
+        super().__init__(1)
+        tag = self.bridge_netns.removesuffix("-br")
+        self.tag = tag
+        self.wan_network = self.network
+        self.bridge_netns = f"{tag}-wan"
+        self.symmetric = sym
+        self.forwards = tuple(forwards)
+        self.router_namespaces = [f"{tag}-r{k}" for k in range(len(lans))]
+        self.lan_bridge_namespaces = [f"{tag}-r{k}lan" for k in range(len(lans))]
+        self.lan_networks = [ipaddress.IPv4Network(f"192.168.{k}.0/24") for k in range(len(lans))]
+        base = self.wan_network.network_address
+        self.wan = [NetnsHost(i, f"{tag}-w{i}", str(base + i + 1)) for i in range(wan_hosts)]
+        self.hosts = list(self.wan)
+        self.lans: list[list[NetnsHost]] = []
+        for k, (n, network) in enumerate(zip(lans, self.lan_networks, strict=True)):
+            lan = [
+                NetnsHost(len(self.hosts) + j, f"{tag}-r{k}h{j}", str(network.network_address + j + 1))
+                for j in range(n)
+            ]
+            self.lans.append(lan)
+            self.hosts.extend(lan)
+
+    def router_wan_ip(self, lan: int) -> str:
+        """Router ``lan``'s address on the wan: the source address wan hosts see from its LAN."""
+        return str(self.wan_network.network_address + self.ROUTER_WAN_BASE + lan)
+
+    def router_lan_ip(self, lan: int) -> str:
+        """Router ``lan``'s address on its LAN: the default route of its hosts."""
+        return str(self.lan_networks[lan].network_address + self.ROUTER_LAN_HOST)
+
+    def _add_netns(self, name: str) -> None:
+        _ip("netns", "add", name)
+        self._created.append(name)
+        _ip("-n", name, "link", "set", "lo", "up")
+
+    def _add_bridge(self, name: str) -> None:
+        self._add_netns(name)
+        _ip("-n", name, "link", "add", "br0", "type", "bridge")
+        _ip("-n", name, "link", "set", "br0", "up")
+
+    def _add_host(self, bridge_netns: str, port: str, host: NetnsHost, prefixlen: int) -> None:
+        """``host``'s namespace, its ``eth0`` wired to port ``port`` of the bridge in ``bridge_netns``."""
+        self._add_netns(host.netns)
+        br, h = ("-n", bridge_netns), ("-n", host.netns)
+        _ip(*br, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
+        _ip(*br, "link", "set", port, "master", "br0", "up")
+        _ip(*h, "addr", "add", f"{host.ip}/{prefixlen}", "dev", "eth0")
+        _ip(*h, "link", "set", "eth0", "multicast", "on", "up")
+        _ip(*h, "route", "add", "224.0.0.0/4", "dev", "eth0")
+
+    def _ruleset(self, k: int) -> str:
+        lan = self.lan_networks[k]
+        masq = "masquerade fully-random" if self.symmetric[k] else "masquerade"
+        dnat = []
+        for fw in self.forwards:
+            if fw.lan == k:
+                to = f"{self.lans[k][fw.host].ip}:{fw.port}"
+                for proto in ("tcp", "udp"):
+                    dnat.append(f'iifname "wan0" {proto} dport {fw.wan_port or fw.port} dnat to {to}')
+        nl = "\n    "
+        return f"""
+table ip natlab {{
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    {nl.join(dnat)}
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan0" ip saddr {lan} {masq}
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname "lan0" oifname "wan0" accept
+    iifname "wan0" oifname "lan0" ct status dnat accept
+  }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname "wan0" ct state established,related accept
+    iifname "wan0" drop
+  }}
+}}
+"""
+
+    def create(self) -> None:
+        try:
+            remove_stale()
+            wan_prefix = self.wan_network.prefixlen
+            self._add_bridge(self.bridge_netns)
+            for host in self.wan:
+                self._add_host(self.bridge_netns, f"w{host.index}", host, wan_prefix)
+            for k, (rt, lanbr, lan) in enumerate(
+                zip(self.router_namespaces, self.lan_bridge_namespaces, self.lans, strict=True)
+            ):
+                self._add_netns(rt)
+                r = ("-n", rt)
+                _ip(
+                    "-n",
+                    self.bridge_netns,
+                    "link",
+                    "add",
+                    f"r{k}",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "wan0",
+                    "netns",
+                    rt,
+                )
+                _ip("-n", self.bridge_netns, "link", "set", f"r{k}", "master", "br0", "up")
+                _ip(*r, "addr", "add", f"{self.router_wan_ip(k)}/{wan_prefix}", "dev", "wan0")
+                _ip(*r, "link", "set", "wan0", "up")
+                self._add_bridge(lanbr)
+                _ip("-n", lanbr, "link", "add", "up0", "type", "veth", "peer", "name", "lan0", "netns", rt)
+                _ip("-n", lanbr, "link", "set", "up0", "master", "br0", "up")
+                _ip(*r, "addr", "add", f"{self.router_lan_ip(k)}/24", "dev", "lan0")
+                _ip(*r, "link", "set", "lan0", "up")
+                for host in lan:
+                    self._add_host(lanbr, f"p{host.index}", host, 24)
+                    _ip(
+                        "-n",
+                        host.netns,
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        self.router_lan_ip(k),
+                        "dev",
+                        "eth0",
+                    )
+                _in_netns(rt, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+                _in_netns(rt, "nft", "-f", "-", stdin=self._ruleset(k))
         except BaseException:
             self.destroy()
             raise
