@@ -54,3 +54,19 @@ async def test_a_circuit_dial_without_a_reservation_fails() -> None:
     ):
         with pytest.raises(JsPeerError, match="NO_RESERVATION"):
             await source.dial(f"{relay.addr}/p2p-circuit/p2p/{NOBODY}")
+
+
+async def test_dcutr_and_autonat_peers_relay_and_hang_up() -> None:
+    # DCUtR and AutoNAT in js only use public addresses (not 127.0.0.1): here they just run alongside
+    async with (
+        await JsNatPeer.start(relay_server=True, autonat=True) as relay,
+        await JsNatPeer.start(reserve=[relay.addr], dcutr=True, autonat=True) as target,
+        await JsNatPeer.start(relay_client=True, dcutr=True, autonat=True) as source,
+    ):
+        assert target.addr != relay.addr
+        dialed = await source.dial(f"{relay.addr}/p2p-circuit/p2p/{target.peer_id}")
+        assert dialed["relayed"]
+        assert await source.echo(b"x", addr=f"{relay.addr}/p2p-circuit/p2p/{target.peer_id}") == b"x"
+        await source.hang_up(target.peer_id)
+        assert [c for c in await source.connections() if c["peer"] == target.peer_id] == []
+        assert not (relay.uncaught() or target.uncaught() or source.uncaught())
