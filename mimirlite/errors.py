@@ -177,6 +177,8 @@ class ProtocolErrorKind(StrEnum):
     """An identify message too large, malformed or cut short."""
     KAD = "kad"
     """A Kademlia DHT message too large, malformed, over a cap or of an unknown type."""
+    RELAY = "relay"
+    """A circuit relay v2 message too large, malformed, over a cap or with an unknown type or status."""
 
 
 class EndReason(StrEnum):

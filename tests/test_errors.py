@@ -224,6 +224,7 @@ OLD_PROTOCOL_ERRORS = {
     "negotiation",
     "identify",
     "kad",
+    "relay",
 }
 
 
