@@ -177,6 +177,10 @@ class ProtocolErrorKind(StrEnum):
     """An identify message too large, malformed or cut short."""
     KAD = "kad"
     """A Kademlia DHT message too large, malformed, over a cap or of an unknown type."""
+    AUTONAT = "autonat"
+    """An AutoNAT message too large, malformed, over a cap or with an unknown type or status."""
+    DCUTR = "dcutr"
+    """A DCUtR hole-punch message too large, malformed, over a cap, of an unknown type, or out of turn."""
 
 
 class EndReason(StrEnum):

@@ -224,6 +224,8 @@ OLD_PROTOCOL_ERRORS = {
     "negotiation",
     "identify",
     "kad",
+    "autonat",
+    "dcutr",
 }
 
 
