@@ -20,7 +20,7 @@ const autonat = {
   // autonat.js askPeerToVerify: one address, no /p2p
   'DIAL one address': {
     type: Message.MessageType.DIAL,
-    dial: { peer: { id: JS1.toMultihash().bytes, addrs: [ma('/ip4/203.0.113.7/tcp/4001')] } }
+    dial: { peer: { id: JS1.toMultihash().bytes, addrs: [ma('/ip4/81.2.69.142/tcp/4001')] } }
   },
   'DIAL three addresses': {
     type: Message.MessageType.DIAL,
@@ -28,23 +28,23 @@ const autonat = {
       peer: {
         id: JS1.toMultihash().bytes,
         addrs: [
-          ma('/ip4/203.0.113.7/tcp/4001'),
-          ma('/ip6/2001:db8::7/tcp/4001'),
-          ma(`/ip4/203.0.113.7/tcp/4002/p2p/${JS1}`)
+          ma('/ip4/81.2.69.142/tcp/4001'),
+          ma('/ip6/2a00:1450::7/tcp/4001'),
+          ma(`/ip4/81.2.69.142/tcp/4002/p2p/${JS1}`)
         ]
       }
     }
   },
   'DIAL_RESPONSE OK': {
     type: Message.MessageType.DIAL_RESPONSE,
-    dialResponse: { status: Message.ResponseStatus.OK, addr: ma('/ip4/203.0.113.7/tcp/4001') }
+    dialResponse: { status: Message.ResponseStatus.OK, addr: ma('/ip4/81.2.69.142/tcp/4001') }
   },
   'DIAL_RESPONSE E_DIAL_ERROR': {
     type: Message.MessageType.DIAL_RESPONSE,
     dialResponse: {
       status: Message.ResponseStatus.E_DIAL_ERROR,
       statusText: 'The operation was aborted due to timeout',
-      addr: ma(`/ip4/203.0.113.7/tcp/4001/p2p/${JS1}`)
+      addr: ma(`/ip4/81.2.69.142/tcp/4001/p2p/${JS1}`)
     }
   },
   'DIAL_RESPONSE E_DIAL_ERROR empty text': {
@@ -52,7 +52,7 @@ const autonat = {
     dialResponse: {
       status: Message.ResponseStatus.E_DIAL_ERROR,
       statusText: '',
-      addr: ma('/ip4/203.0.113.7/tcp/4001')
+      addr: ma('/ip4/81.2.69.142/tcp/4001')
     }
   },
   'DIAL_RESPONSE E_DIAL_REFUSED': {
@@ -76,12 +76,12 @@ const dcutr = {
   // dcutr.js: CONNECT carries the address manager's addresses, SYNC an empty list
   'CONNECT': {
     type: HolePunch.Type.CONNECT,
-    observedAddresses: [ma('/ip4/198.51.100.9/tcp/4001'), ma('/ip6/2001:db8::9/tcp/4001')]
+    observedAddresses: [ma('/ip4/93.184.216.34/tcp/4001'), ma('/ip6/2606:4700::1111/tcp/4001')]
   },
   'CONNECT with relay and private addresses': {
     type: HolePunch.Type.CONNECT,
     observedAddresses: [
-      ma('/ip4/198.51.100.9/tcp/4001'),
+      ma('/ip4/93.184.216.34/tcp/4001'),
       ma(`/ip4/192.0.2.1/tcp/4001/p2p/${JS1}/p2p-circuit`),
       ma('/ip4/192.168.1.9/tcp/4001'),
       ma('/ip4/127.0.0.1/tcp/4001')

@@ -6,6 +6,17 @@ Sans-IO: the message codec (``messages.py``); the exchange for both roles (``hol
 
 from __future__ import annotations
 
+from mimirlite.protocols.dcutr.holepunch import (
+    AttemptFailed,
+    DialNow,
+    HolePunchConfig,
+    HolePunchFailed,
+    HolePunchInitiator,
+    HolePunchResponder,
+    HolePunchState,
+    HolePunchSucceeded,
+    dialable_addrs,
+)
 from mimirlite.protocols.dcutr.messages import (
     DCUTR_PROTOCOL,
     DcutrLimits,
@@ -18,10 +29,19 @@ from mimirlite.protocols.dcutr.messages import (
 
 __all__ = [
     "DCUTR_PROTOCOL",
+    "AttemptFailed",
     "DcutrLimits",
     "DcutrMessageError",
+    "DialNow",
     "HolePunch",
+    "HolePunchConfig",
+    "HolePunchFailed",
+    "HolePunchInitiator",
+    "HolePunchResponder",
+    "HolePunchState",
+    "HolePunchSucceeded",
     "HolePunchType",
     "decode_message",
+    "dialable_addrs",
     "encode_message",
 ]

@@ -32,7 +32,7 @@ from mimirlite.wire.multiaddr import Multiaddr
 from mimirlite.wire.protobuf import encode_bytes_field, encode_varint_field
 
 JS1 = PeerId.from_string("12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp")  # kad-peer --key-seed 1
-A = Multiaddr.parse("/ip4/203.0.113.7/tcp/4001")
+A = Multiaddr.parse("/ip4/81.2.69.142/tcp/4001")
 
 
 def addr(text: str) -> Multiaddr:
@@ -45,36 +45,32 @@ def response(status: ResponseStatus, text: str | None = None, at: Multiaddr | No
 
 JS_AUTONAT: dict[str, tuple[str, AutonatMessage]] = {
     "DIAL one address": (
-        "080012340a320a260024080112204cb5abf6ad79fbf5abbccafcc269d85cd2651ed4b885b5869f241aedf0a5ba29120804cb00"
-        "7107060fa1",
+        "080012340a320a260024080112204cb5abf6ad79fbf5abbccafcc269d85cd2651ed4b885b5869f241aedf0a5ba291208045102458e060fa1",
         AutonatMessage(MessageType.DIAL, dial=Dial(PeerInfo(JS1, (A,)))),
     ),
     "DIAL three addresses": (
-        "0800127d0a7b0a260024080112204cb5abf6ad79fbf5abbccafcc269d85cd2651ed4b885b5869f241aedf0a5ba29120804cb00"
-        "7107060fa112142920010db8000000000000000000000007060fa1123104cb007107060fa2a503260024080112204cb5abf6"
-        "ad79fbf5abbccafcc269d85cd2651ed4b885b5869f241aedf0a5ba29",
+        "0800127d0a7b0a260024080112204cb5abf6ad79fbf5abbccafcc269d85cd2651ed4b885b5869f241aedf0a5ba291208045102458e060fa11214292a001450000000000000000000000007060fa11231045102458e060fa2a503260024080112204cb5abf6ad79fbf5abbccafcc269d85cd2651ed4b885b5869f241aedf0a5ba29",
         AutonatMessage(
             MessageType.DIAL,
             dial=Dial(
                 PeerInfo(
                     JS1,
-                    (A, addr("/ip6/2001:db8::7/tcp/4001"), addr(f"/ip4/203.0.113.7/tcp/4002/p2p/{JS1}")),
+                    (A, addr("/ip6/2a00:1450::7/tcp/4001"), addr(f"/ip4/81.2.69.142/tcp/4002/p2p/{JS1}")),
                 )
             ),
         ),
     ),
-    "DIAL_RESPONSE OK": ("08011a0c08001a0804cb007107060fa1", response(ResponseStatus.OK, at=A)),
+    "DIAL_RESPONSE OK": ("08011a0c08001a08045102458e060fa1", response(ResponseStatus.OK, at=A)),
     "DIAL_RESPONSE E_DIAL_ERROR": (
-        "08011a5f08641228546865206f7065726174696f6e207761732061626f727465642064756520746f2074696d656f75741a31"
-        "04cb007107060fa1a503260024080112204cb5abf6ad79fbf5abbccafcc269d85cd2651ed4b885b5869f241aedf0a5ba29",
+        "08011a5f08641228546865206f7065726174696f6e207761732061626f727465642064756520746f2074696d656f75741a31045102458e060fa1a503260024080112204cb5abf6ad79fbf5abbccafcc269d85cd2651ed4b885b5869f241aedf0a5ba29",
         response(
             ResponseStatus.E_DIAL_ERROR,
             "The operation was aborted due to timeout",
-            addr(f"/ip4/203.0.113.7/tcp/4001/p2p/{JS1}"),
+            addr(f"/ip4/81.2.69.142/tcp/4001/p2p/{JS1}"),
         ),
     ),
     "DIAL_RESPONSE E_DIAL_ERROR empty text": (
-        "08011a0e086412001a0804cb007107060fa1",
+        "08011a0e086412001a08045102458e060fa1",
         response(ResponseStatus.E_DIAL_ERROR, "", A),
     ),
     "DIAL_RESPONSE E_DIAL_REFUSED": (
@@ -258,7 +254,7 @@ def test_arbitrary_bytes_raise_only_autonat_message_error(buf: bytes) -> None:
 # ---------------------------------------------------------------- round trip
 
 _PEERS = [JS1, PeerId(b"\x12\x20" + bytes(range(32)))]
-_ADDRS = [A, addr("/ip6/2001:db8::7/tcp/1/p2p/" + str(JS1)), addr("/dns4/example.org/tcp/443/wss")]
+_ADDRS = [A, addr("/ip6/2a00:1450::7/tcp/1/p2p/" + str(JS1)), addr("/dns4/example.org/tcp/443/wss")]
 peer_infos = st.builds(
     PeerInfo, st.none() | st.sampled_from(_PEERS), st.lists(st.sampled_from(_ADDRS), max_size=4).map(tuple)
 )

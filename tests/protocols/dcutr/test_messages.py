@@ -36,18 +36,18 @@ def addr(text: str) -> Multiaddr:
 
 JS_DCUTR: dict[str, tuple[str, HolePunch]] = {
     "CONNECT": (
-        "0864120804c6336409060fa112142920010db8000000000000000000000009060fa1",
+        "08641208045db8d822060fa112142926064700000000000000000000001111060fa1",
         HolePunch(
-            HolePunchType.CONNECT, (addr("/ip4/198.51.100.9/tcp/4001"), addr("/ip6/2001:db8::9/tcp/4001"))
+            HolePunchType.CONNECT,
+            (addr("/ip4/93.184.216.34/tcp/4001"), addr("/ip6/2606:4700::1111/tcp/4001")),
         ),
     ),
     "CONNECT with relay and private addresses": (
-        "0864120804c6336409060fa1123304c0000201060fa1a503260024080112204cb5abf6ad79fbf5abbccafcc269d85cd2651e"
-        "d4b885b5869f241aedf0a5ba29a202120804c0a80109060fa11208047f000001060fa1",
+        "08641208045db8d822060fa1123304c0000201060fa1a503260024080112204cb5abf6ad79fbf5abbccafcc269d85cd2651ed4b885b5869f241aedf0a5ba29a202120804c0a80109060fa11208047f000001060fa1",
         HolePunch(
             HolePunchType.CONNECT,
             (
-                addr("/ip4/198.51.100.9/tcp/4001"),
+                addr("/ip4/93.184.216.34/tcp/4001"),
                 addr(f"/ip4/192.0.2.1/tcp/4001/p2p/{JS1}/p2p-circuit"),
                 addr("/ip4/192.168.1.9/tcp/4001"),
                 addr("/ip4/127.0.0.1/tcp/4001"),
@@ -74,7 +74,7 @@ def test_protocol_id_and_error_kind() -> None:
 
 
 def test_unknown_fields_are_skipped_and_the_last_type_wins() -> None:
-    a = addr("/ip4/198.51.100.9/tcp/4001")
+    a = addr("/ip4/93.184.216.34/tcp/4001")
     body = (
         encode_varint_field(1, 300)
         + encode_bytes_field(7, b"x")
@@ -149,7 +149,7 @@ def test_addresses_past_max_addrs_are_dropped_and_counted_and_an_absurd_list_rai
 
 
 def test_garbage_addresses_are_dropped_and_counted() -> None:
-    good = addr("/ip4/198.51.100.9/tcp/4001")
+    good = addr("/ip4/93.184.216.34/tcp/4001")
     garbage = [b"", b"\x04\xc0", b"\xff\xff\x03", b"\x06", bytes(2000)]
     msg, dropped = decode_message(connect(garbage[0], good.to_bytes(), *garbage[1:]))
     assert (msg, dropped) == (HolePunch(HolePunchType.CONNECT, (good,)), len(garbage))
@@ -168,7 +168,7 @@ def test_arbitrary_bytes_raise_only_dcutr_message_error(buf: bytes) -> None:
 _ADDRS = [
     addr(t)
     for t in (
-        "/ip4/198.51.100.9/tcp/4001",
+        "/ip4/93.184.216.34/tcp/4001",
         "/ip6/2001:db8::1/tcp/1/p2p/" + str(JS1),
         "/dns4/example.org/tcp/443/wss",
     )
