@@ -20,6 +20,15 @@ from mimirlite.protocols.autonat.messages import (
     decode_message,
     encode_message,
 )
+from mimirlite.protocols.autonat.verdict import (
+    DialPolicy,
+    DialPolicyConfig,
+    DialRefusal,
+    Reachability,
+    ReachabilityTracker,
+    TrackerConfig,
+    dial_outcome,
+)
 
 __all__ = [
     "AUTONAT_PROTOCOL",
@@ -27,10 +36,17 @@ __all__ = [
     "AutonatMessage",
     "AutonatMessageError",
     "Dial",
+    "DialPolicy",
+    "DialPolicyConfig",
+    "DialRefusal",
     "DialResponse",
     "MessageType",
     "PeerInfo",
+    "Reachability",
+    "ReachabilityTracker",
     "ResponseStatus",
+    "TrackerConfig",
     "decode_message",
+    "dial_outcome",
     "encode_message",
 ]
