@@ -103,8 +103,8 @@ class AutonatLimits:
     """Caps on one message a peer sent."""
 
     max_message_size: int = 8192
-    """Bytes of one body: @libp2p/autonat's ``MAX_MESSAGE_SIZE`` (its server reads with it). A DIAL with
-    ``max_addrs_listed`` IPv6 addresses fits; go-libp2p reads with a 4 KiB cap."""
+    """Bytes of one body: @libp2p/autonat's ``MAX_MESSAGE_SIZE`` (its server reads with it); a DIAL with
+    ``max_addrs_listed`` IPv6 TCP addresses (about 25 bytes each) fits."""
     max_addrs: int = 16
     """Addresses of a DIAL kept (the rest are dropped and counted): go-libp2p's autonat v1 server's
     ``maxPeerAddresses``."""
