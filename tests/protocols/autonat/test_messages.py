@@ -1,7 +1,7 @@
 """The AutoNAT v1 codec: literal bytes @libp2p/autonat 2.0.16 wrote, hostile input, a round trip.
 
-The literals are what ``cd interop && node nat-encode.mjs`` printed (interop/test_nat_encode_interop.py
-checks they still are) (``autonat``): @libp2p/autonat's own
+The literals are what ``cd interop && node nat-encode.mjs`` printed (its ``autonat`` part;
+interop/test_nat_encode_interop.py checks they still are): @libp2p/autonat's own
 protons encoder (``dist/src/pb/index.js``) on messages shaped as autonat.js sends them: its DIAL
 request (``askPeerToVerify``) and its server's DIAL_RESPONSE answers (``handleAutonatMessage``).
 """

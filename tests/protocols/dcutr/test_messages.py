@@ -1,7 +1,7 @@
 """The DCUtR codec: literal bytes @libp2p/dcutr 2.0.15 wrote, hostile input, a round trip.
 
-The literals are what ``cd interop && node nat-encode.mjs`` printed (interop/test_nat_encode_interop.py
-checks they still are) (``dcutr``): @libp2p/dcutr's own
+The literals are what ``cd interop && node nat-encode.mjs`` printed (its ``dcutr`` part;
+interop/test_nat_encode_interop.py checks they still are): @libp2p/dcutr's own
 protons encoder (``dist/src/pb/message.js``) on messages shaped as dcutr.js sends them (CONNECT with the
 address manager's addresses, SYNC with an empty list).
 """
