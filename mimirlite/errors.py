@@ -179,6 +179,10 @@ class ProtocolErrorKind(StrEnum):
     """A Kademlia DHT message too large, malformed, over a cap or of an unknown type."""
     RELAY = "relay"
     """A circuit relay v2 message too large, malformed, over a cap or with an unknown type or status."""
+    AUTONAT = "autonat"
+    """An AutoNAT message too large, malformed, over a cap or with an unknown type or status."""
+    DCUTR = "dcutr"
+    """A DCUtR hole-punch message too large, malformed, over a cap, of an unknown type, or out of turn."""
 
 
 class EndReason(StrEnum):

@@ -225,6 +225,8 @@ OLD_PROTOCOL_ERRORS = {
     "identify",
     "kad",
     "relay",
+    "autonat",
+    "dcutr",
 }
 
 
