@@ -114,6 +114,8 @@ class Host(Service):
         )
         self._addrs: dict[PeerId, list[TcpAddr]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.circuit_dialer: Callable[[str], Awaitable[Connection]] | None = None
+        """Dials ``.../p2p-circuit/p2p/<peer>`` addresses (a running relay client sets it)."""
         self.on_connected: list[ConnectionListener] = []
         self.on_disconnected: list[ConnectionListener] = []
 
@@ -268,6 +270,10 @@ class Host(Service):
             addrs = self._addrs.get(target, [])
             if not addrs and target not in self._conns:
                 raise DialError(f"no known address for {target}")
+        elif "/p2p-circuit" in target:
+            if self.circuit_dialer is None:
+                raise DialError(f"{target}: a relayed address, and no relay client runs on this host")
+            return await self.circuit_dialer(target)
         else:
             addr = parse_multiaddr(target)
             peer_id = addr.peer_id

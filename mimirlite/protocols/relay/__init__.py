@@ -1,7 +1,7 @@
 """Circuit relay v2 (``/libp2p/circuit/relay/0.2.0/hop`` and ``/stop``), libp2p specs ``relay/circuit-v2.md``.
 
 Sans-IO: the message codec (``messages.py``); what a relay service holds and carries for others, bounded
-(``resources.py``); its asyncio shell, the relay service (``service.py``).
+(``resources.py``); its asyncio shells: the relay service (``service.py``) and the client (``client.py``).
 """
 
 from __future__ import annotations

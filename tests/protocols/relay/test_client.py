@@ -1,0 +1,138 @@
+"""The relay client on real hosts over loopback, with mimirlite's relay service: reservations made, renewed
+and made again when lost; ``Host.dial`` of a circuit address; STOP taken only from our relays; a relayed
+connection ending at the relay's duration limit says so."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mimirlite import Host
+from mimirlite.errors import DialError
+from mimirlite.protocols.relay.client import RelayClient, RelayRefusedError, split_circuit
+from mimirlite.protocols.relay.messages import (
+    STOP_PROTOCOL,
+    RelayPeer,
+    Status,
+    StopMessage,
+    StopType,
+    decode_stop,
+    encode_stop,
+)
+from mimirlite.protocols.relay.resources import RelayResources
+from mimirlite.protocols.relay.service import RelayService
+from mimirlite.wire import lp
+from tests.helpers import ECHO, echo_handler
+from tests.helpers.waiting import until
+
+pytestmark = pytest.mark.usefixtures("no_tasks_left")
+
+
+@contextlib.asynccontextmanager
+async def relay(resources: RelayResources | None = None) -> AsyncIterator[RelayService]:
+    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host, RelayService(host, resources) as service:
+        yield service
+
+
+@contextlib.asynccontextmanager
+async def behind(service: RelayService) -> AsyncIterator[RelayClient]:
+    """A peer that does not listen, reachable only through ``service``'s relay, serving echo."""
+    async with Host() as host, RelayClient(host, [service.host.listen_addrs[0]]) as client:
+        host.set_handler(ECHO, echo_handler)
+        yield client
+
+
+async def echo_via(host: Host, addr: str, data: bytes) -> bytes:
+    stream = await host.new_stream(addr, ECHO)
+    await stream.write(data)
+    await stream.close_write()
+    return await asyncio.wait_for(stream.read_all(), 10)
+
+
+async def test_a_peer_behind_a_relay_is_dialed_by_its_circuit_address() -> None:
+    async with relay() as service, behind(service) as target, Host() as source, RelayClient(source):
+        [addr] = target.circuit_addrs
+        assert addr == f"{service.host.listen_addrs[0]}/p2p-circuit/p2p/{target.host.peer_id}"
+        data = b"dialed through the relay " * 300
+        assert await echo_via(source, addr, data) == data
+        assert source.connections[target.host.peer_id].transport is not None  # one connection, reused
+        assert await echo_via(source, addr, b"again") == b"again"
+        assert service.metrics.circuits == 1
+
+
+async def test_a_circuit_address_needs_a_relay_client_and_a_reservation() -> None:
+    async with relay() as service, Host() as source:
+        stranger = Host().peer_id
+        addr = f"{service.host.listen_addrs[0]}/p2p-circuit/p2p/{stranger}"
+        with pytest.raises(DialError, match="no relay client"):
+            await source.dial(addr)
+        async with RelayClient(source):
+            with pytest.raises(RelayRefusedError) as refused:
+                await source.dial(addr)
+            assert refused.value.status is Status.NO_RESERVATION
+
+
+def test_circuit_addresses_are_checked() -> None:
+    relay_peer, target = Host().peer_id, Host().peer_id
+    assert split_circuit(f"/ip4/10.0.0.1/tcp/4001/p2p/{relay_peer}/p2p-circuit/p2p/{target}") == (
+        f"/ip4/10.0.0.1/tcp/4001/p2p/{relay_peer}",
+        target,
+    )
+    for bad in (
+        f"/ip4/10.0.0.1/tcp/4001/p2p-circuit/p2p/{target}",  # which relay?
+        f"/ip4/10.0.0.1/tcp/4001/p2p/{relay_peer}/p2p-circuit",  # to whom?
+        f"/ip4/10.0.0.1/tcp/4001/p2p/{relay_peer}/p2p-circuit/p2p/{target}/p2p-circuit/p2p/{target}",
+    ):
+        with pytest.raises(DialError):
+            split_circuit(bad)
+
+
+async def test_a_reservation_is_renewed_before_it_expires() -> None:
+    async with relay(RelayResources(reservation_ttl=2.0)) as service, behind(service) as target:
+        first = target.held[service.host.peer_id].expire
+        await until(lambda: service.metrics.reservations >= 2, 10, "the reservation renewed")
+        assert target.held[service.host.peer_id].expire >= first
+
+
+async def test_a_lost_relay_connection_is_reserved_again() -> None:
+    async with relay() as service, behind(service) as target:
+        service.host.connections[target.host.peer_id].close()
+        await until(lambda: service.metrics.reservations >= 2, 10, "reserved again")
+        assert len(service.reservations) == 1 and target.circuit_addrs
+
+
+async def test_stop_is_taken_only_from_our_relays() -> None:
+    async with (
+        Host(listen=["/ip4/127.0.0.1/tcp/0"]) as rogue,
+        Host() as victim_host,
+        RelayClient(victim_host) as victim,
+    ):
+        # a peer that is not our relay offers us a circuit
+        await victim_host.dial(rogue.listen_addrs[0])
+        conn = rogue.connections[victim_host.peer_id]
+        stream = await rogue.open_on(conn, STOP_PROTOCOL)
+        offer = StopMessage(StopType.CONNECT, peer=RelayPeer(rogue.peer_id))
+        await stream.write(lp.encode_message(encode_stop(offer)))
+        body = await asyncio.wait_for(stream.read_message(), 5)
+        assert body is not None and decode_stop(body)[0].status is Status.PERMISSION_DENIED
+        assert not victim.held
+
+
+async def test_a_relayed_connection_ending_at_the_duration_limit_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with (
+        relay(RelayResources(circuit_duration=1.0)) as service,
+        behind(service) as target,
+        Host() as source,
+        RelayClient(source),
+    ):
+        with caplog.at_level(logging.INFO, "mimirlite.protocols.relay"):
+            conn = await source.dial(target.circuit_addrs[0])
+            await asyncio.wait_for(conn.closed, 10)
+            await until(lambda: "duration limit (1 s)" in caplog.text, 5, "the log line")
+        assert service.metrics.ended["duration"] == 1
