@@ -25,6 +25,7 @@ from mimirlite.net.host import Host
 
 if TYPE_CHECKING:
     from mimirlite.mimir.client import ClientConfig
+    from mimirlite.protocols.relay.resources import RelayResources
 
 DEFAULT_LISTEN = "/ip4/0.0.0.0/tcp/0"
 MIB = 1024 * 1024
@@ -54,8 +55,39 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--no-dht", action="store_true", help="do not use the DHT (LAN or public)")
     common.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
 
-    node = sub.add_parser("node", parents=[common], help="serve the models of a backend")
+    relay_limits = argparse.ArgumentParser(add_help=False)
+    limits = relay_limits.add_argument_group("relay service limits (go-libp2p's defaults)")
+    limits.add_argument(
+        "--max-reservations", type=_non_negative_int, default=128, metavar="N", help="reservations held (128)"
+    )
+    limits.add_argument(
+        "--circuit-data",
+        type=_data_cap,
+        default=1 << 17,
+        metavar="SIZE",
+        help="bytes a relayed connection carries each way (128K; 0: no cap, for chats in a community)",
+    )
+    limits.add_argument(
+        "--circuit-duration",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds a relayed connection lasts (120; 0: no cap)",
+    )
+
+    node = sub.add_parser("node", parents=[common, relay_limits], help="serve the models of a backend")
     node.add_argument("--listen", action="append", metavar="ADDR", help=f"repeatable; {DEFAULT_LISTEN}")
+    node.add_argument(
+        "--relay",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="reserve a slot on this relay (repeatable; a multiaddr with /p2p/): reachable through it "
+        "from behind a NAT",
+    )
+    node.add_argument(
+        "--relay-service", action="store_true", help="also relay connections for others (the limits below)"
+    )
     node.add_argument(
         "--models-interval",
         type=float,
@@ -179,6 +211,13 @@ def _parser() -> argparse.ArgumentParser:
     peers.add_argument("--dht", action="store_true", help="also list the nodes found through the DHT")
     peers.add_argument("--model", help="with --dht: the model to look up (default: every DHT peer's)")
 
+    relay = sub.add_parser(
+        "relay",
+        parents=[common, relay_limits],
+        help="relay connections for peers behind NATs (circuit relay v2)",
+    )
+    relay.add_argument("--listen", action="append", metavar="ADDR", help=f"repeatable; {DEFAULT_LISTEN}")
+
     ident = sub.add_parser("id", help="print the peer ID of a key file (created when missing)")
     ident.add_argument("--key-file", metavar="PATH", help="the key file (as node, chat, peers take it)")
     ident.set_defaults(verbose=0)
@@ -236,10 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     # A chat prints its answer and, on failure, one line: library warnings show with -v.
-    quiet = logging.WARNING if args.command in ("node", "gateway") else logging.ERROR
+    quiet = logging.WARNING if args.command in ("node", "gateway", "relay") else logging.ERROR
     level = (quiet, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    run = {"node": _node, "chat": _chat, "peers": _peers, "id": _id, "gateway": _gateway}[args.command]
+    run = {"node": _node, "chat": _chat, "peers": _peers, "id": _id, "gateway": _gateway, "relay": _relay}[
+        args.command
+    ]
     try:
         args.keypair = _load_keypair(args)
     except MimirliteError as exc:  # KeyFileError, InvalidKeyError: one line naming the file
@@ -324,6 +365,25 @@ def _size(text: str) -> int:
     return value
 
 
+def _data_cap(text: str) -> int | None:
+    """A relayed connection's data cap: a size (128K, 1M ...; a bare number is bytes), or 0 for none."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a size (e.g. 128K, 16M, 0): {text!r}")
+    value = int(float(match.group(1)) * (_UNITS[match.group(2).lower()] if match.group(2) else 1))
+    return value or None
+
+
+def _relay_resources(args: argparse.Namespace) -> RelayResources:
+    from mimirlite.protocols.relay.resources import RelayResources
+
+    return RelayResources(
+        max_reservations=args.max_reservations,
+        circuit_data=args.circuit_data,
+        circuit_duration=args.circuit_duration or None,
+    )
+
+
 def _cors_origin(text: str) -> str:
     from mimirlite.gateway.http import cors_origin  # h11 loads only for a gateway
 
@@ -373,6 +433,8 @@ async def _node(args: argparse.Namespace) -> int:
     from mimirlite.mimir import BackendError, EchoBackend, MimirNode, NodeLimits, OpenAIBackend
     from mimirlite.mimir.backends import Backend
     from mimirlite.net.config import allowlist
+    from mimirlite.protocols.relay.client import RelayClient
+    from mimirlite.protocols.relay.service import RelayService
 
     keypair = _keypair(args)  # loaded (or refused in one line) by main() before the command runs
     try:
@@ -433,11 +495,20 @@ async def _node(args: argparse.Namespace) -> int:
                 stack.callback(stats.cancel)
             if not args.no_mdns:
                 await stack.enter_async_context(MdnsDiscovery(host))
+            if args.relay_service:
+                await stack.enter_async_context(RelayService(host, _relay_resources(args)))
+            relays = await stack.enter_async_context(RelayClient(host, args.relay)) if args.relay else None
             print(f"Peer ID: {host.peer_id}")
             print("Listening on:")
             for addr in host.dialable_addrs:
                 print(f"  {addr}")
             print(f"Serving: {', '.join(node.models)}", flush=True)
+            if relays is not None:
+                print("Reachable through relays:" if relays.circuit_addrs else "No relay reservation yet")
+                for addr in relays.circuit_addrs:
+                    print(f"  {addr}", flush=True)
+            if args.relay_service:
+                print("Relaying connections for others", flush=True)
             if allowed is not None:
                 print(f"Allowed peers: {len(allowed)}; any other peer is refused", flush=True)
             for peer in args.peer:
@@ -445,6 +516,35 @@ async def _node(args: argparse.Namespace) -> int:
                     await host.dial(peer)
                 except (MimirliteError, OSError) as exc:
                     logging.getLogger("mimirlite").warning("could not reach peer %s: %s", peer, exc)
+            await asyncio.get_running_loop().create_future()
+    except (MimirliteError, OSError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+async def _relay(args: argparse.Namespace) -> int:
+    from mimirlite.protocols import identify_service, start_services
+    from mimirlite.protocols.kad import Dht
+    from mimirlite.protocols.relay.service import RelayService
+
+    try:
+        host = Host(_keypair(args), listen=args.listen or [DEFAULT_LISTEN])
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(host)
+            start_services(host)
+            identify = identify_service(host)
+            if not args.no_dht and identify is not None:
+                await stack.enter_async_context(Dht(host, identify))
+            relay = await stack.enter_async_context(RelayService(host, _relay_resources(args)))
+            print(f"Peer ID: {host.peer_id}")
+            print("Relaying on:")
+            for addr in host.dialable_addrs:
+                print(f"  {addr}")
+            r = relay.resources
+            data = "no data cap" if r.circuit_data is None else f"{r.circuit_data} bytes each way"
+            duration = "no time cap" if r.circuit_duration is None else f"{r.circuit_duration:g} s"
+            limits = f"a relayed connection: {data}, {duration}"
+            print(f"Up to {r.max_reservations} reservations; {limits}", flush=True)
             await asyncio.get_running_loop().create_future()
     except (MimirliteError, OSError) as exc:
         return _fail(str(exc))

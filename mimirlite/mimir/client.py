@@ -50,6 +50,7 @@ from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream
 from mimirlite.protocols import IdentifyTimeoutError, Ping, identify_service, start_services
 from mimirlite.protocols.kad.service import DhtConfig
+from mimirlite.protocols.relay.client import RelayClient
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionChunk
@@ -242,6 +243,7 @@ class MimirClient(Service):
                 on_lost=self.forget,
             )
         self._changed = asyncio.Event()
+        self._relay: RelayClient | None = None
         self.dht: ModelDht | None = None
         """The DHT and bootstrap peers, while the client runs with ``dht`` on."""
         self._finding: SingleFlight[str, list[PeerId]] = SingleFlight(
@@ -260,6 +262,9 @@ class MimirClient(Service):
         self.host.on_disconnected.append(self._on_disconnected)
         if self.discovery is not None:
             await self.discovery.start()
+        if self.host.circuit_dialer is None:  # --peer may be <relay>/p2p-circuit/p2p/<node>
+            self._relay = RelayClient(self.host)
+            await self._relay.start()
         cfg = self.config
         identify = identify_service(self.host)
         if cfg.dht and identify is not None:
@@ -278,6 +283,8 @@ class MimirClient(Service):
         """Stop discovery, the DHT and the services, and the host if it is ours."""
         if self.dht is not None:
             await self.dht.stop()
+        if self._relay is not None:
+            await self._relay.stop()
         if self.discovery is not None:
             await self.discovery.stop()
         if self._on_disconnected in self.host.on_disconnected:

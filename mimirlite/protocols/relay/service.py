@@ -182,6 +182,7 @@ class RelayService(Service):
             await self._refuse(stream, Status.CONNECTION_FAILED, f"{target} did not take the circuit: {exc}")
             return
         self.metrics.circuits += 1
+        log.info("%r: circuit %s -> %s opened", self, source, target)
         ok = HopMessage(HopType.STATUS, limit=self.resources.limit, status=Status.OK)
         try:
             await stream.write(lp.encode_message(encode_hop(ok)))
