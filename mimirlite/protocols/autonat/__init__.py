@@ -2,7 +2,7 @@
 back to learn whether we are reachable, and dial back the peers that ask.
 
 Sans-IO: the message codec (``messages.py``); the reachability verdict and the server's checks of a DIAL
-request (``verdict.py``).
+request (``verdict.py``); the asyncio shell, both roles on a Host (``service.py``).
 """
 
 from __future__ import annotations
