@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
         "from behind a NAT",
     )
     node.add_argument(
+        "--no-relay",
+        action="store_true",
+        help="never reserve on a relay (by default a node AutoNAT finds private reserves on up to 2: "
+        "the --relay ones, then connected peers that relay)",
+    )
+    node.add_argument(
         "--relay-service", action="store_true", help="also relay connections for others (the limits below)"
     )
     node.add_argument(
@@ -433,10 +439,15 @@ async def _node(args: argparse.Namespace) -> int:
     from mimirlite.mimir import BackendError, EchoBackend, MimirNode, NodeLimits, OpenAIBackend
     from mimirlite.mimir.backends import Backend
     from mimirlite.net.config import allowlist
+    from mimirlite.protocols import identify_service
+    from mimirlite.protocols.autonat.service import AutoNat
+    from mimirlite.protocols.relay.auto import AutoRelay
     from mimirlite.protocols.relay.client import RelayClient
     from mimirlite.protocols.relay.service import RelayService
 
     keypair = _keypair(args)  # loaded (or refused in one line) by main() before the command runs
+    if args.relay and args.no_relay:
+        return _fail("--relay and --no-relay contradict each other")
     try:
         allowed = allowlist(args.allow_peer, args.allow_file) if args.allow_peer or args.allow_file else None
         limits = NodeLimits(
@@ -497,16 +508,25 @@ async def _node(args: argparse.Namespace) -> int:
                 await stack.enter_async_context(MdnsDiscovery(host))
             if args.relay_service:
                 await stack.enter_async_context(RelayService(host, _relay_resources(args)))
-            relays = await stack.enter_async_context(RelayClient(host, args.relay)) if args.relay else None
+            identify = identify_service(host)
+            relays = None
+            if identify is not None:
+                autonat = await stack.enter_async_context(AutoNat(host, identify))
+                if not args.no_relay:
+                    relays = await stack.enter_async_context(RelayClient(host, args.relay))
+                    auto = AutoRelay(host, identify, autonat, relays, relays=args.relay)
+                    await stack.enter_async_context(auto)
             print(f"Peer ID: {host.peer_id}")
             print("Listening on:")
             for addr in host.dialable_addrs:
                 print(f"  {addr}")
             print(f"Serving: {', '.join(node.models)}", flush=True)
-            if relays is not None:
+            if relays is not None and args.relay:
                 print("Reachable through relays:" if relays.circuit_addrs else "No relay reservation yet")
                 for addr in relays.circuit_addrs:
                     print(f"  {addr}", flush=True)
+            if relays is not None:  # later reservations (renewals do not count), as they come
+                relays.on_reserved.append(lambda addr: print(f"Reachable through relay: {addr}", flush=True))
             if args.relay_service:
                 print("Relaying connections for others", flush=True)
             if allowed is not None:

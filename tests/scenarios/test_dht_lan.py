@@ -50,11 +50,11 @@ async def test_a_new_address_is_published_at_the_next_refresh() -> None:
     require_netns()
     async with TestNet(2) as net:
         boot_host, node_host = net.hosts
+        boot_loop, loop = net.loop(boot_host), net.loop(node_host)  # one event loop per namespace host
         async with (
-            dht_on(net.loop(0), f"/ip4/{boot_host.ip}/tcp/4001") as boot,
-            dht_on(net.loop(1), "/ip4/0.0.0.0/tcp/4001") as node,
+            dht_on(boot_loop, f"/ip4/{boot_host.ip}/tcp/4001") as boot,
+            dht_on(loop, "/ip4/0.0.0.0/tcp/4001") as node,
         ):
-            loop = net.loop(1)
             await loop.run(node.host.dial(boot.host.listen_addrs[0]), timeout=10)
             await until(lambda: len(node.table) == 1, 10, "the node knows its bootstrap peer")
             assert await loop.run(node.provide(KEY), timeout=10) == 1
@@ -63,7 +63,7 @@ async def test_a_new_address_is_published_at_the_next_refresh() -> None:
                 async def addrs() -> list[str]:
                     return [str(a) for r in boot.providers.get(KEY, 0.0) for a in r.addrs]
 
-                return await net.loop(0).run(addrs(), timeout=5)
+                return await boot_loop.run(addrs(), timeout=5)
 
             async def held(ip: str) -> bool:
                 return f"/ip4/{ip}/tcp/4001" in await record()

@@ -44,3 +44,10 @@ async def test_a_node_can_relay_for_others() -> None:
         await proc.read_until("Relaying connections for others")
         async with Host() as host, RelayClient(host, [banner.local_addr]) as client:
             assert client.circuit_addrs == [f"{banner.local_addr}/p2p-circuit/p2p/{host.peer_id}"]
+
+
+async def test_relay_and_no_relay_contradict() -> None:
+    result = await cli(
+        "node", "--backend", "echo", "--no-relay", "--relay", "/ip4/127.0.0.1/tcp/1", env=UNBUFFERED
+    )
+    assert result.rc == 1 and "contradict" in result.err

@@ -49,9 +49,12 @@ from mimirlite.wire.multiaddr import Multiaddr
 
 if TYPE_CHECKING:
     from mimirlite.net.stream import Stream
-    from mimirlite.protocols.identify import Identify
+    from mimirlite.protocols.identify import Identify, IdentifyInfo
 
 log = logging.getLogger(__name__)
+
+RECHECK = 30.0
+"""Seconds between checks started by new servers while our reachability is unknown."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class AutoNat(Service):
         self.dialed_back = 0
         """Dial-backs that reached the requester."""
         self._timer: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[None] | None = None
+        self._last_check: float | None = None
 
     @property
     def reachability(self) -> Reachability:
@@ -101,8 +106,14 @@ class AutoNat(Service):
         if self.config.server:
             self.host.set_handler(AUTONAT_PROTOCOL, self._serve)
         self._timer = self.host.spawn(self._every_round(), "mimirlite-autonat")
+        self.identify.on_identified.append(self._on_identified)
 
     async def _stop(self) -> None:
+        if self._on_identified in self.identify.on_identified:
+            self.identify.on_identified.remove(self._on_identified)
+        if self._checking is not None:
+            self._checking.cancel()
+            await asyncio.gather(self._checking, return_exceptions=True)
         if self._timer is not None:
             self._timer.cancel()
             await asyncio.gather(self._timer, return_exceptions=True)
@@ -115,6 +126,21 @@ class AutoNat(Service):
             await self.check()
 
     # ---- client ----
+
+    def _on_identified(self, info: IdentifyInfo) -> None:
+        """A new server while we know nothing yet: ask now (at most once a ``RECHECK`` s), not at the
+        next round."""
+        if AUTONAT_PROTOCOL not in info.protocols or self.reachability is not Reachability.UNKNOWN:
+            return
+        now = self._now()
+        busy = self._checking is not None and not self._checking.done()
+        if busy or (self._last_check is not None and now - self._last_check < RECHECK):
+            return
+        self._last_check = now
+        self._checking = self.host.spawn(self._check_quietly(), "mimirlite-autonat-check")
+
+    async def _check_quietly(self) -> None:
+        await self.check()
 
     def candidate_addrs(self) -> list[Multiaddr]:
         """Where we might be reachable: each IP peers observe us at, with each of our listen ports."""

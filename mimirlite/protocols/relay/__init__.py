@@ -1,7 +1,8 @@
 """Circuit relay v2 (``/libp2p/circuit/relay/0.2.0/hop`` and ``/stop``), libp2p specs ``relay/circuit-v2.md``.
 
 Sans-IO: the message codec (``messages.py``); what a relay service holds and carries for others, bounded
-(``resources.py``); its asyncio shells: the relay service (``service.py``) and the client (``client.py``).
+(``resources.py``). Asyncio shells: the relay service (``service.py``), the client (``client.py``) and
+the choice of relays when AutoNAT finds us private (``auto.py``).
 """
 
 from __future__ import annotations

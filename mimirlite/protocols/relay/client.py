@@ -14,11 +14,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mimirlite.aio import Service
-from mimirlite.errors import DialError, MimirliteError, ProtocolError, ProtocolErrorKind
+from mimirlite.errors import DialError, LocalError, MimirliteError, ProtocolError, ProtocolErrorKind
 from mimirlite.identity import PeerId
 from mimirlite.net.transport import StreamTransport
 from mimirlite.protocols.relay.messages import (
@@ -107,6 +108,8 @@ class RelayClient(Service):
         self.held: dict[PeerId, Held] = {}
         """The reservations we hold, by relay."""
         self._keepers: list[asyncio.Task[None]] = []
+        self.on_reserved: list[Callable[[str], None]] = []
+        """Called with our relayed address (``<relay>/p2p-circuit/p2p/<us>``) at each new reservation."""
 
     def __repr__(self) -> str:
         return f"<RelayClient {len(self.held)} reservations>"
@@ -136,6 +139,13 @@ class RelayClient(Service):
         if self.host.circuit_dialer == self.dial:
             self.host.circuit_dialer = None
 
+    def add_relay(self, addr: str) -> asyncio.Future[None]:
+        """Hold a reservation on the relay at ``addr`` from now on; done after the first attempt."""
+        first = asyncio.get_running_loop().create_future()
+        self.relays.append(addr)
+        self._keepers.append(self.host.spawn(self._keep(addr, first), "mimirlite-relay-reservation"))
+        return first
+
     async def _keep(self, addr: str, first: asyncio.Future[None]) -> None:
         """Hold a reservation on the relay at ``addr``: reserve, renew before it expires, reserve again
         (with backoff) when the relay refuses or its connection ends."""
@@ -143,6 +153,8 @@ class RelayClient(Service):
         while True:
             try:
                 held = await self.reserve(addr)
+            except LocalError:
+                return  # the host is stopping
             except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
                 log.warning("reservation on relay %s failed: %s; trying again in %g s", addr, exc, pause)
                 if not first.done():
@@ -177,9 +189,10 @@ class RelayClient(Service):
         first = relay not in self.held
         self.held[relay] = held
         if first:
-            log.info(
-                "reserved on relay %s: reachable at %s/p2p/%s", relay, held.circuit_addr, self.host.peer_id
-            )
+            ours = f"{held.circuit_addr}/p2p/{self.host.peer_id}"
+            log.info("reserved on relay %s: reachable at %s", relay, ours)
+            for cb in list(self.on_reserved):
+                cb(ours)
         return held
 
     async def _hop(self, conn: Connection, request: HopMessage) -> tuple[Stream, HopMessage]:

@@ -28,6 +28,7 @@ from mimirlite.protocols.autonat.service import AutoNat, AutonatConfig
 from mimirlite.protocols.autonat.verdict import DialPolicyConfig, Reachability, TrackerConfig
 from mimirlite.wire import lp
 from mimirlite.wire.multiaddr import Multiaddr
+from tests.helpers.waiting import until
 
 pytestmark = pytest.mark.usefixtures("no_tasks_left")
 
@@ -54,24 +55,24 @@ async def know(client: AutoNat, server: AutoNat) -> None:
 
 async def test_a_reachable_peer_is_found_public() -> None:
     async with peer() as server, peer() as client:
-        await know(client, server)
-        assert client.servers() == [server.host.peer_id]
-        port = Multiaddr.parse(client.host.listen_addrs[0]).value_for("tcp")
-        assert [str(a) for a in client.candidate_addrs()] == [f"/ip4/127.0.0.1/tcp/{port}"]
         changes: list[Reachability] = []
         client.on_reachability.append(changes.append)
-        assert await client.check() is Reachability.PUBLIC
-        assert changes == [Reachability.PUBLIC] and server.dialed_back == 1
-        assert [str(a) for a in client.tracker.confirmed_addrs(asyncio.get_running_loop().time())] == [
-            f"/ip4/127.0.0.1/tcp/{port}"
-        ]
+        await know(client, server)  # a server identified while we know nothing: the client asks at once
+        await until(lambda: changes == [Reachability.PUBLIC], 10, "the verdict from the first server")
+        assert client.servers() == [server.host.peer_id] and server.dialed_back == 1
+        port = Multiaddr.parse(client.host.listen_addrs[0]).value_for("tcp")
+        ours = f"/ip4/127.0.0.1/tcp/{port}"
+        assert [str(a) for a in client.candidate_addrs()] == [ours]
+        assert [str(a) for a in client.tracker.confirmed_addrs(asyncio.get_running_loop().time())] == [ours]
+        assert await client.check() is Reachability.PUBLIC  # asking again agrees
+        assert server.dialed_back == 2 and changes == [Reachability.PUBLIC]
 
 
 async def test_a_peer_nobody_can_dial_is_found_private() -> None:
     # it listens on 127.0.0.2 but is seen at 127.0.0.1: the dial-back to 127.0.0.1:<its port> fails
     async with peer() as server, peer(listen="/ip4/127.0.0.2/tcp/0") as client:
         await know(client, server)
-        assert await client.check() is Reachability.PRIVATE
+        await until(lambda: client.reachability is Reachability.PRIVATE, 10, "the verdict")
         assert server.dialed_back == 0
 
 

@@ -1,0 +1,115 @@
+"""The NAT lab: a node behind a MASQUERADE router learns it is private (the server's dial-back to the
+router's address is dropped), and public once the router forwards its port; a private node picks a relay
+and is reached through it. The lab's wan is a
+private range (the network rules), so the servers allow private addresses; one server decides (the lab
+has one wan segment; the segment rule is tested in tests/protocols/autonat/test_verdict.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mimirlite import Host
+from mimirlite.protocols import identify_service, start_services
+from mimirlite.protocols.autonat.service import AutoNat, AutonatConfig
+from mimirlite.protocols.autonat.verdict import DialPolicyConfig, Reachability, TrackerConfig
+from mimirlite.protocols.relay.auto import AutoRelay
+from mimirlite.protocols.relay.client import RelayClient
+from mimirlite.protocols.relay.service import RelayService
+from tests.helpers import ECHO, echo_handler
+from tests.helpers.netns import NatLab, NetnsLoop, PortForward, require_nat
+from tests.helpers.waiting import until
+
+PORT = 4001
+LAB = AutonatConfig(
+    dial_timeout=2.0, policy=DialPolicyConfig(allow_private=True), tracker=TrackerConfig(required=1)
+)
+
+
+@contextlib.asynccontextmanager
+async def autonat_on(loop: NetnsLoop, listen: str) -> AsyncIterator[AutoNat]:
+    """A host with identify and AutoNAT started on ``loop`` (a namespace's thread); stopped there."""
+
+    async def start() -> AutoNat:
+        host = Host(listen=[listen])
+        await host.start()
+        start_services(host)
+        identify = identify_service(host)
+        assert identify is not None
+        autonat = AutoNat(host, identify, LAB)
+        await autonat.start()
+        return autonat
+
+    async def stop(autonat: AutoNat) -> None:
+        await autonat.stop()
+        await autonat.host.stop()
+
+    autonat = await loop.run(start(), timeout=10)
+    try:
+        yield autonat
+    finally:
+        await loop.run(stop(autonat), timeout=10)
+
+
+@pytest.mark.parametrize("forwarded", [False, True], ids=["behind-nat", "port-forward"])
+async def test_a_node_behind_nat_learns_its_reachability(forwarded: bool) -> None:
+    require_nat()
+    forwards = [PortForward(lan=0, host=0, port=PORT)] if forwarded else []
+    async with NatLab(wan_hosts=1, lans=[1], forwards=forwards) as lab:
+        (wan,), ((private,),) = lab.wan, lab.lans
+        loop = lab.loop(private)  # one event loop per namespace host: the node's objects live on it
+        async with (
+            autonat_on(lab.loop(wan), f"/ip4/{wan.ip}/tcp/{PORT}") as server,
+            autonat_on(loop, f"/ip4/0.0.0.0/tcp/{PORT}") as node,
+        ):
+
+            async def ask() -> tuple[list[str], Reachability]:
+                conn = await node.host.dial(server.host.listen_addrs[0])
+                await node.identify.identify(conn)
+                candidates = [str(a) for a in node.candidate_addrs()]
+                return candidates, await node.check()
+
+            candidates, verdict = await loop.run(ask(), timeout=20)
+            # the server saw the router's address: that is the candidate, with the node's listen port
+            assert candidates == [f"/ip4/{lab.router_wan_ip(0)}/tcp/{PORT}"]
+            assert verdict is (Reachability.PUBLIC if forwarded else Reachability.PRIVATE)
+
+
+async def test_a_private_node_picks_a_relay_and_is_reached_through_it() -> None:
+    """Behind NAT, with no relay given: AutoNAT says private, the node reserves on a connected peer that
+    serves HOP, and a peer elsewhere on the wan reaches it through that relay."""
+    require_nat()
+    async with NatLab(wan_hosts=2, lans=[1]) as lab:
+        (relay_host, far_host), ((private,),) = lab.wan, lab.lans
+        relay_loop, node_loop, far_loop = lab.loop(relay_host), lab.loop(private), lab.loop(far_host)
+        async with autonat_on(relay_loop, f"/ip4/{relay_host.ip}/tcp/{PORT}") as relay_side:
+            relay = RelayService(relay_side.host)
+            await relay_loop.run(relay.start(), timeout=10)
+            async with autonat_on(node_loop, f"/ip4/0.0.0.0/tcp/{PORT}") as node:
+
+                async def go_private() -> list[str]:
+                    node.host.set_handler(ECHO, echo_handler)
+                    client = RelayClient(node.host)
+                    await client.start()
+                    auto = AutoRelay(node.host, node.identify, node, client)
+                    await auto.start()
+                    conn = await node.host.dial(relay_side.host.listen_addrs[0])
+                    await node.identify.identify(conn)
+                    assert await node.check() is Reachability.PRIVATE
+                    await until(lambda: client.circuit_addrs, 10, "a reservation on the relay picked")
+                    return client.circuit_addrs
+
+                [circuit] = await node_loop.run(go_private(), timeout=30)
+                assert circuit.startswith(relay_side.host.listen_addrs[0])
+
+                async def reach() -> bytes:
+                    async with Host() as far, RelayClient(far):
+                        stream = await far.new_stream(circuit, ECHO)
+                        await stream.write(b"found behind the NAT")
+                        await stream.close_write()
+                        return await stream.read_all()
+
+                assert await far_loop.run(reach(), timeout=20) == b"found behind the NAT"
+            await relay_loop.run(relay.stop(), timeout=10)
