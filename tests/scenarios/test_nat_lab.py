@@ -7,6 +7,7 @@ has one wan segment; the segment rule is tested in tests/protocols/autonat/test_
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,6 +21,7 @@ from mimirlite.protocols.relay.client import RelayClient
 from mimirlite.protocols.relay.service import RelayService
 from tests.helpers import ECHO, echo_handler
 from tests.helpers.netns import NatLab, NetnsLoop, PortForward, require_nat
+from tests.helpers.nodeproc import MIMIRLITE, REPO, RUN_TIMEOUT, UNBUFFERED, NodeProc, Proc, run_cli
 from tests.helpers.waiting import until
 
 PORT = 4001
@@ -113,3 +115,33 @@ async def test_a_private_node_picks_a_relay_and_is_reached_through_it() -> None:
 
                 assert await far_loop.run(reach(), timeout=20) == b"found behind the NAT"
             await relay_loop.run(relay.stop(), timeout=10)
+
+
+async def test_chat_through_a_relay_across_two_nats_from_the_command_line() -> None:
+    """``mimirlite relay`` on the wan; ``node --relay`` behind NAT A prints its relayed address; ``chat
+    --peer <that address>`` behind NAT B gets the node's answer through the relay."""
+    require_nat()
+    async with NatLab(wan_hosts=1, lans=[1, 1]) as lab, contextlib.AsyncExitStack() as stack:
+        (wan,), ((node_host,), (chat_host,)) = lab.wan, lab.lans
+        relay = await Proc.start(
+            *MIMIRLITE,
+            *("relay", "--no-mdns", "--no-dht", "--listen", f"/ip4/{wan.ip}/tcp/{PORT}"),
+            spawn=functools.partial(lab.spawn, wan),
+            cwd=str(REPO),
+            env=UNBUFFERED,
+        )
+        stack.push_async_callback(relay.stop)
+        await relay.read_until("Relaying on:")
+        relay_addr = (await relay.readline()).strip()
+        node = await NodeProc.serve(
+            stack,
+            *("--no-mdns", "--no-dht", "--backend", "echo", "--model", "behind-nat", "--relay", relay_addr),
+            net=lab,
+            host=node_host,
+        )
+        at = await node.wait_line(lambda line: "/p2p-circuit/p2p/" in line, RUN_TIMEOUT)
+        circuit = node.out[at].strip()
+        assert circuit == f"{relay_addr}/p2p-circuit/p2p/{node.peer_id}"
+        asked = ("--no-mdns", "--no-dht", "--peer", circuit, "--model", "behind-nat", "-p", "across two NATs")
+        rc, out, err = await run_cli(lab, chat_host, "chat", *asked, timeout=RUN_TIMEOUT)
+        assert (rc, out) == (0, "across two NATs\n"), f"{err}\n--- node:\n{node.output}"
