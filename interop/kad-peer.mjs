@@ -40,8 +40,7 @@ import { tcp } from '@libp2p/tcp'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { CID } from 'multiformats/cid'
-import { createInterface } from 'node:readline'
-import { emit, errorMessage, log, setLogTag, withTimeout } from './mimir-common.mjs'
+import { emit, errorMessage, log, runCommandLoop, setLogTag } from './mimir-common.mjs'
 
 setLogTag('kad')
 const DEFAULT_TIMEOUT_MS = 30_000
@@ -206,72 +205,13 @@ const commands = {
   async exit () { return {} }
 }
 
-async function runCommand (line) {
-  let req
-  try {
-    req = JSON.parse(line)
-  } catch (err) {
-    await emit({ id: null, ok: false, error: `bad JSON: ${errorMessage(err)}` })
-    return
-  }
-  const id = req?.id ?? null
-  try {
-    const fn = Object.hasOwn(commands, req?.cmd) ? commands[req.cmd] : undefined
-    if (fn == null) throw new Error(`unknown cmd ${JSON.stringify(req?.cmd)}`)
-    const result = await fn(req)
-    await emit({ id, ok: true, ...result })
-    if (req.cmd === 'exit' || req.cmd === 'stop') void shutdown(0, `${req.cmd} command`)
-  } catch (err) {
-    log(`cmd ${req?.cmd} (id ${id}) failed:`, err)
-    await emit({ id, ok: false, error: errorMessage(err), error_name: err?.name ?? null })
-  }
-}
-
-let stopping = null
-function shutdown (code, why) {
-  if (stopping != null) return stopping
-  log(`stopping (${why})`)
-  stopping = (async () => {
+await runCommandLoop(node, commands, async () => {
+  for (const addr of opts.bootstrap) {
     try {
-      await withTimeout(node.stop(), 5000, 'libp2p stop')
+      await node.dial(multiaddr(addr), { signal: AbortSignal.timeout(DEFAULT_TIMEOUT_MS) })
     } catch (err) {
-      log('stop failed', err)
+      log(`bootstrap dial ${addr} failed:`, err)
+      await emit({ event: 'bootstrap-failed', addr, error: errorMessage(err) })
     }
-    process.exit(code)
-  })()
-  return stopping
-}
-
-process.on('SIGTERM', () => { void shutdown(0, 'SIGTERM') })
-process.on('SIGINT', () => { void shutdown(0, 'SIGINT') })
-process.on('uncaughtException', (err) => {
-  log('uncaughtException', err)
-  void emit({ event: 'uncaught', kind: 'uncaughtException', error: errorMessage(err) })
-})
-process.on('unhandledRejection', (err) => {
-  log('unhandledRejection', err)
-  void emit({ event: 'uncaught', kind: 'unhandledRejection', error: errorMessage(err) })
-})
-
-await node.start()
-for (const addr of opts.bootstrap) {
-  try {
-    await node.dial(multiaddr(addr), { signal: AbortSignal.timeout(DEFAULT_TIMEOUT_MS) })
-  } catch (err) {
-    log(`bootstrap dial ${addr} failed:`, err)
-    await emit({ event: 'bootstrap-failed', addr, error: errorMessage(err) })
   }
-}
-
-await emit({
-  event: 'ready',
-  peerId: node.peerId.toString(),
-  addrs: node.getMultiaddrs().map(ma => ma.toString())
 })
-
-const rl = createInterface({ input: process.stdin, crlfDelay: Infinity })
-rl.on('line', (line) => {
-  if (line.trim() === '') return
-  void runCommand(line)
-})
-rl.on('close', () => { void shutdown(0, 'stdin EOF') })

@@ -138,9 +138,9 @@ export function reportUncaught () {
   })
 }
 
-// Start `node`, print its `ready` event (`fields` after its peer ID and addresses), then stop it (within
-// 5 s) and exit once: on SIGTERM, SIGINT, an `exit` line on stdin or the end of stdin.
-export async function serveUntilStopped (node, fields) {
+// A function that stops `node` (within 5 s) and exits with `code`, once however often it is called; it is
+// also called on SIGTERM and SIGINT.
+function stopOnSignals (node) {
   let stopping = null
   function shutdown (code, why) {
     if (stopping != null) return stopping
@@ -155,9 +155,16 @@ export async function serveUntilStopped (node, fields) {
     })()
     return stopping
   }
-
   process.on('SIGTERM', () => { void shutdown(0, 'SIGTERM') })
   process.on('SIGINT', () => { void shutdown(0, 'SIGINT') })
+  return shutdown
+}
+
+// Start `node`, print its `ready` event (`fields` after its peer ID and addresses), then stop it (within
+// 5 s) and exit once: on SIGTERM, SIGINT, an `exit` line on stdin or the end of stdin.
+export async function serveUntilStopped (node, fields) {
+  const shutdown = stopOnSignals(node)
+
 
   await node.start()
 
@@ -170,5 +177,58 @@ export async function serveUntilStopped (node, fields) {
 
   const rl = createInterface({ input: process.stdin, crlfDelay: Infinity })
   rl.on('line', (line) => { if (line.trim() === 'exit') void shutdown(0, 'exit command') })
+  rl.on('close', () => { void shutdown(0, 'stdin EOF') })
+}
+
+// A scriptable peer's driver (kad-peer.mjs, nat-peer.mjs): `node` is started, `afterStart` runs (its
+// bootstrap dials or reservations), the ready line is printed, then each JSON line on stdin runs
+// `commands[cmd](req)` concurrently and is answered {id, ok: true, ...result} or {id, ok: false, error};
+// `stop`/`exit`, SIGTERM, SIGINT and the end of stdin stop the node (within 5 s) and the process.
+export async function runCommandLoop (node, commands, afterStart = async () => {}) {
+  const shutdown = stopOnSignals(node)
+
+  async function runCommand (line) {
+    let req
+    try {
+      req = JSON.parse(line)
+    } catch (err) {
+      await emit({ id: null, ok: false, error: `bad JSON: ${errorMessage(err)}` })
+      return
+    }
+    const id = req?.id ?? null
+    try {
+      const fn = Object.hasOwn(commands, req?.cmd) ? commands[req.cmd] : undefined
+      if (fn == null) throw new Error(`unknown cmd ${JSON.stringify(req?.cmd)}`)
+      const result = await fn(req)
+      await emit({ id, ok: true, ...result })
+      if (req.cmd === 'exit' || req.cmd === 'stop') void shutdown(0, `${req.cmd} command`)
+    } catch (err) {
+      log(`cmd ${req?.cmd} (id ${id}) failed:`, err)
+      await emit({ id, ok: false, error: errorMessage(err), error_name: err?.name ?? null })
+    }
+  }
+
+  process.on('uncaughtException', (err) => {
+    log('uncaughtException', err)
+    void emit({ event: 'uncaught', kind: 'uncaughtException', error: errorMessage(err) })
+  })
+  process.on('unhandledRejection', (err) => {
+    log('unhandledRejection', err)
+    void emit({ event: 'uncaught', kind: 'unhandledRejection', error: errorMessage(err) })
+  })
+
+  await node.start()
+  await afterStart()
+  await emit({
+    event: 'ready',
+    peerId: node.peerId.toString(),
+    addrs: node.getMultiaddrs().map(ma => ma.toString())
+  })
+
+  const rl = createInterface({ input: process.stdin, crlfDelay: Infinity })
+  rl.on('line', (line) => {
+    if (line.trim() === '') return
+    void runCommand(line)
+  })
   rl.on('close', () => { void shutdown(0, 'stdin EOF') })
 }
