@@ -13,6 +13,7 @@ from typing import Any
 
 from mimirlite.aio import Service, ServiceState, SingleFlight
 from mimirlite.errors import (
+    AddressError,
     CloseKind,
     ConnectionClosedError,
     DialError,
@@ -38,6 +39,7 @@ from mimirlite.net.pending import YOUNG, LogThrottle, PendingHandshakes, source_
 from mimirlite.net.shares import StreamShares
 from mimirlite.net.stream import Stream
 from mimirlite.net.transport import ByteTransport
+from mimirlite.wire.multiaddr import Multiaddr
 from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,10 @@ class Host(Service):
             lambda coro: self.spawn(coro, "mimirlite-dial"), cancelled=lambda _: LocalError("host is stopped")
         )
         self._addrs: dict[PeerId, list[TcpAddr]] = {}
+        self._relayed: dict[PeerId, list[str]] = {}  # others' <relay>/p2p/<relay>/p2p-circuit addresses
+        self._own_relayed: list[str] = []  # ours, the same shape
+        self.on_addrs_changed: list[Callable[[], None]] = []
+        """Called when the addresses we announce change (a relay reservation made or lost)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self.circuit_dialer: Callable[[str], Awaitable[Connection]] | None = None
         """Dials ``.../p2p-circuit/p2p/<peer>`` addresses (a running relay client sets it)."""
@@ -175,6 +181,25 @@ class Host(Service):
     def dialable_addrs(self) -> list[str]:
         """Like :attr:`listen_addrs`, with 0.0.0.0 and :: expanded to this machine's addresses."""
         return [e.multiaddr(self.peer_id) for a in self._listen_addrs for e in expand_unspecified(a)]
+
+    @property
+    def relayed_addrs(self) -> list[str]:
+        """Where we are reachable through relays: ``<relay addr>/p2p-circuit/p2p/<our peer ID>``."""
+        return [f"{a}/p2p/{self.peer_id}" for a in self._own_relayed]
+
+    @property
+    def announced_addrs(self) -> list[str]:
+        """What we tell others (identify, the DHT): :attr:`dialable_addrs`, then :attr:`relayed_addrs`."""
+        return [*self.dialable_addrs, *self.relayed_addrs]
+
+    def set_relayed_addrs(self, addrs: Iterable[str]) -> None:
+        """Our relayed addresses now (``<relay addr>/p2p/<relay>/p2p-circuit`` each), as a relay client
+        holds reservations; :attr:`on_addrs_changed` is called when they changed."""
+        new = list(dict.fromkeys(addrs))
+        if new != self._own_relayed:
+            self._own_relayed = new
+            for cb in list(self.on_addrs_changed):
+                cb()
 
     @property
     def metrics(self) -> HostMetrics:
@@ -242,20 +267,38 @@ class Host(Service):
             if len(self._addrs) > self.config.max_known_peers:
                 self._forget_a_peer(peer_id)
         for a in addrs:
+            if isinstance(a, str) and "/p2p-circuit" in a:
+                self._add_relayed(peer_id, a)
+                continue
             parsed = a if isinstance(a, TcpAddr) else parse_multiaddr(a)
             plain = TcpAddr(parsed.host, parsed.port)
             if plain not in known and len(known) < self.config.max_addrs_per_peer:
                 known.append(plain)
+
+    def _add_relayed(self, peer_id: PeerId, text: str) -> None:
+        """Remember ``<relay addr>/p2p/<relay>/p2p-circuit[/p2p/<peer_id>]`` for ``peer_id``."""
+        addr = Multiaddr.parse(text)
+        if addr.peer_id == peer_id and addr.protocols[-1] == "p2p":
+            addr = addr.without_peer_id()
+        codes = addr.protocols
+        if codes.count("p2p-circuit") != 1 or codes[-1] != "p2p-circuit" or codes[-2:-1] != ("p2p",):
+            raise AddressError(f"{text}: not <relay addr>/p2p/<relay>/p2p-circuit")
+        relayed = self._relayed.setdefault(peer_id, [])
+        if str(addr) not in relayed and len(relayed) < self.config.max_addrs_per_peer:
+            relayed.append(str(addr))
 
     def _forget_a_peer(self, newcomer: PeerId) -> None:
         """Forget the addresses of the least recently added peer that has no open connection."""
         for peer in self._addrs:
             if peer != newcomer and peer not in self._conns:
                 del self._addrs[peer]
+                self._relayed.pop(peer, None)
                 return
 
     def addrs_of(self, peer_id: PeerId) -> list[str]:
-        return [a.multiaddr(peer_id) for a in self._addrs.get(peer_id, [])]
+        """The addresses we know for ``peer_id``: direct ones first, then through relays."""
+        direct = [a.multiaddr(peer_id) for a in self._addrs.get(peer_id, [])]
+        return direct + [f"{r}/p2p/{peer_id}" for r in self._relayed.get(peer_id, [])]
 
     async def dial(self, target: str | PeerId) -> Connection:
         """Connect to a multiaddr (with /p2p/ it is verified) or to a peer whose addresses we know.
@@ -268,8 +311,14 @@ class Host(Service):
         if isinstance(target, PeerId):
             peer_id: PeerId | None = target
             addrs = self._addrs.get(target, [])
-            if not addrs and target not in self._conns:
+            relayed = [f"{r}/p2p/{target}" for r in self._relayed.get(target, [])]
+            if not addrs and not relayed and target not in self._conns:
                 raise DialError(f"no known address for {target}")
+            if relayed:
+                conn = self._conns.get(target)
+                if conn is not None and conn.is_open:
+                    return conn
+                return await self._dialing.run(target, lambda: self._dial_peer(addrs, relayed, target))
         elif "/p2p-circuit" in target:
             if self.circuit_dialer is None:
                 raise DialError(f"{target}: a relayed address, and no relay client runs on this host")
@@ -285,6 +334,26 @@ class Host(Service):
             known = peer_id
             return await self._dialing.run(peer_id, lambda: self._dial_addrs(addrs, known))
         return await self._dial_addrs(addrs, None)
+
+    async def _dial_peer(
+        self, addrs: Sequence[TcpAddr], relayed: Sequence[str], peer_id: PeerId
+    ) -> Connection:
+        """Dial ``peer_id`` directly, then through its relays (when a relay client runs on this host)."""
+        errors: list[str] = []
+        if addrs:
+            try:
+                return await self._dial_addrs(addrs, peer_id)
+            except DialError as exc:
+                errors.append(str(exc))
+        if self.circuit_dialer is None:
+            errors.append(f"{len(relayed)} relayed addresses, and no relay client runs on this host")
+        else:
+            for addr in relayed:
+                try:
+                    return await self.circuit_dialer(addr)
+                except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
+                    errors.append(f"{addr}: {exc or type(exc).__name__}")
+        raise DialError(f"could not dial {peer_id}: " + "; ".join(errors))
 
     async def _dial_addrs(self, addrs: Sequence[TcpAddr], peer_id: PeerId | None) -> Connection:
         errors: list[str] = []

@@ -447,7 +447,7 @@ class Identify:
     def message_for(self, conn: Connection) -> IdentifyMessage:
         """Our Identify message for the peer at the other end of ``conn``."""
         listen: list[bytes] = []
-        for text in self.host.dialable_addrs:
+        for text in self.host.announced_addrs:
             try:
                 listen.append(Multiaddr.parse(text).without_peer_id().to_bytes())
             except AddressError as exc:

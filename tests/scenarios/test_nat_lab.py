@@ -145,3 +145,41 @@ async def test_chat_through_a_relay_across_two_nats_from_the_command_line() -> N
         asked = ("--no-mdns", "--no-dht", "--peer", circuit, "--model", "behind-nat", "-p", "across two NATs")
         rc, out, err = await run_cli(lab, chat_host, "chat", *asked, timeout=RUN_TIMEOUT)
         assert (rc, out) == (0, "across two NATs\n"), f"{err}\n--- node:\n{node.output}"
+
+
+async def test_chat_finds_a_node_behind_nat_through_the_dht_and_reaches_it_through_its_relay() -> None:
+    """No address given to the client but the relay's: the node behind NAT A provides its model in the DHT
+    with its relayed address; ``chat --bootstrap R --model M`` behind NAT B finds it there and reaches it
+    through the relay."""
+    require_nat()
+    async with NatLab(wan_hosts=1, lans=[1, 1]) as lab, contextlib.AsyncExitStack() as stack:
+        (wan,), ((node_host,), (chat_host,)) = lab.wan, lab.lans
+        relay = await Proc.start(
+            *MIMIRLITE,
+            *("relay", "--no-mdns", "--listen", f"/ip4/{wan.ip}/tcp/{PORT}"),
+            spawn=functools.partial(lab.spawn, wan),
+            cwd=str(REPO),
+            env=UNBUFFERED,
+        )
+        stack.push_async_callback(relay.stop)
+        await relay.read_until("Relaying on:")
+        relay_addr = (await relay.readline()).strip()
+        node = await NodeProc.serve(
+            stack,
+            *("--no-mdns", "--backend", "echo", "--model", "found-far"),
+            *("--relay", relay_addr, "--bootstrap", relay_addr),
+            net=lab,
+            host=node_host,
+        )
+        await node.wait_line(lambda line: "/p2p-circuit/p2p/" in line, RUN_TIMEOUT)
+        asked = (
+            "--no-mdns",
+            "--bootstrap",
+            relay_addr,
+            "--model",
+            "found-far",
+            "-p",
+            "found through the DHT",
+        )
+        rc, out, err = await run_cli(lab, chat_host, "chat", "-v", *asked, timeout=RUN_TIMEOUT)
+        assert (rc, out) == (0, "found through the DHT\n"), f"{err}\n--- node:\n{node.output}"

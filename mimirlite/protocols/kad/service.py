@@ -146,6 +146,7 @@ class KadDht(Service):
             self.host.set_handler(self.protocol, self._serve)
         self.identify.on_identified.append(self._on_identified)
         self.host.on_connected.append(self._on_connected)
+        self.host.on_addrs_changed.append(self._on_addrs_changed)
         for conn in self.host.connections.values():
             self._on_connected(conn)
         cfg = self.config
@@ -165,6 +166,7 @@ class KadDht(Service):
         for listeners, cb in (
             (self.identify.on_identified, self._on_identified),
             (self.host.on_connected, self._on_connected),
+            (self.host.on_addrs_changed, self._on_addrs_changed),
         ):
             if cb in listeners:
                 listeners.remove(cb)  # type: ignore[arg-type]
@@ -192,6 +194,17 @@ class KadDht(Service):
             await self.identify.identify(conn)
         except (MimirliteError, asyncio.TimeoutError) as exc:
             log.debug("%r: %s did not answer identify: %s", self, conn.remote_peer, exc)
+
+    def _on_addrs_changed(self) -> None:
+        """Our addresses changed (a relay reservation): publish our records with them now."""
+        if self._provided and len(self.table):
+            self.host.spawn(self._republish_quietly(), "mimirlite-kad-republish")
+
+    async def _republish_quietly(self) -> None:
+        try:
+            await self.republish()
+        except MimirliteError as exc:
+            log.info("%r: publishing our records again failed: %s", self, exc)
 
     def _on_identified(self, info: IdentifyInfo) -> None:
         if self.protocol in info.protocols:
@@ -271,7 +284,7 @@ class KadDht(Service):
 
     def own_addrs(self) -> list[Multiaddr]:
         """Our addresses as this DHT carries them (in its scope)."""
-        return list(dict.fromkeys(self._scoped(self.host.dialable_addrs)))
+        return list(dict.fromkeys(self._scoped(self.host.announced_addrs)))
 
     def _learn(self, infos: Iterable[PeerInfo]) -> None:
         """Remember the in-scope TCP addresses of peers a response names, to dial them."""

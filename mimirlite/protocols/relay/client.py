@@ -138,6 +138,8 @@ class RelayClient(Service):
             self.host.remove_handler(STOP_PROTOCOL)
         if self.host.circuit_dialer == self.dial:
             self.host.circuit_dialer = None
+        self.held.clear()
+        self.host.set_relayed_addrs(())
 
     def add_relay(self, addr: str) -> asyncio.Future[None]:
         """Hold a reservation on the relay at ``addr`` from now on; done after the first attempt."""
@@ -174,6 +176,7 @@ class RelayClient(Service):
                 await asyncio.wait_for(asyncio.shield(closed), lifetime * RENEW_AT)
                 log.info("connection to relay %s ended: reserving again", held.relay)
             self.held.pop(held.relay, None)
+            self.host.set_relayed_addrs(h.circuit_addr for h in self.held.values())
 
     async def reserve(self, addr: str) -> Held:
         """Reserve a slot on the relay at ``addr`` (with ``/p2p/``); the reservation."""
@@ -188,6 +191,7 @@ class RelayClient(Service):
         held = Held(relay, f"{plain}/p2p/{relay}", answer.reservation.expire, answer.limit)
         first = relay not in self.held
         self.held[relay] = held
+        self.host.set_relayed_addrs(h.circuit_addr for h in self.held.values())
         if first:
             ours = f"{held.circuit_addr}/p2p/{self.host.peer_id}"
             log.info("reserved on relay %s: reachable at %s", relay, ours)

@@ -13,6 +13,8 @@ import pytest
 
 from mimirlite import Host
 from mimirlite.errors import DialError
+from mimirlite.protocols import identify_service, start_services
+from mimirlite.protocols.kad.service import KadDht
 from mimirlite.protocols.relay.client import RelayClient, RelayRefusedError, split_circuit
 from mimirlite.protocols.relay.messages import (
     STOP_PROTOCOL,
@@ -136,3 +138,47 @@ async def test_a_relayed_connection_ending_at_the_duration_limit_says_so(
             await asyncio.wait_for(conn.closed, 10)
             await until(lambda: "duration limit (1 s)" in caplog.text, 5, "the log line")
         assert service.metrics.ended["duration"] == 1
+
+
+async def test_relayed_addresses_are_announced_and_dialed_by_peer_id() -> None:
+    """A peer that does not listen, behind the relay: identify and its DHT provider record carry its
+    relayed address, and a peer that found it in the DHT dials it by peer ID, through the relay."""
+    key = b"\x12\x20" + bytes(range(32))
+    async with contextlib.AsyncExitStack() as stack:
+        service = await stack.enter_async_context(relay())
+        relay_kad = await stack.enter_async_context(kad_on(service.host))
+        target = await stack.enter_async_context(behind(service))
+        target_kad = await stack.enter_async_context(kad_on(target.host))
+        [relayed] = target.host.relayed_addrs
+        assert target.host.announced_addrs == [relayed]  # it listens nowhere: only through the relay
+        await until(lambda: len(target_kad.table) == 1, 10, "the target's DHT knows the relay")
+        assert await target_kad.provide(key) == 1
+        record = [relayed.removesuffix(f"/p2p/{target.host.peer_id}")]
+        await until(
+            lambda: [str(a) for r in relay_kad.providers.get(key, 0.0) for a in r.addrs] == record,
+            5,
+            "the record at the relay, with the relayed address",
+        )
+        source = await stack.enter_async_context(Host())
+        await stack.enter_async_context(RelayClient(source))
+        source_kad = await stack.enter_async_context(kad_on(source))
+        await source.dial(service.host.listen_addrs[0])
+        await until(lambda: len(source_kad.table) == 1, 10, "the source's DHT knows the relay")
+        [found] = await source_kad.find_providers(key)
+        assert found.peer == target.host.peer_id
+        assert source.addrs_of(target.host.peer_id) == [relayed]
+        stream = await source.new_stream(target.host.peer_id, ECHO)  # by peer ID: through the relay
+        await stream.write(b"found in the DHT, reached through the relay")
+        await stream.close_write()
+        assert await stream.read_all() == b"found in the DHT, reached through the relay"
+        info = await source_kad.identify.identify(source.connections[target.host.peer_id])
+        assert relayed.removesuffix(f"/p2p/{target.host.peer_id}") in info.listen_addrs
+
+
+@contextlib.asynccontextmanager
+async def kad_on(host: Host) -> AsyncIterator[KadDht]:
+    start_services(host)
+    identify = identify_service(host)
+    assert identify is not None
+    async with KadDht(host, identify) as dht:
+        yield dht
