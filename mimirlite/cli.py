@@ -441,6 +441,7 @@ async def _node(args: argparse.Namespace) -> int:
     from mimirlite.net.config import allowlist
     from mimirlite.protocols import identify_service
     from mimirlite.protocols.autonat.service import AutoNat
+    from mimirlite.protocols.dcutr.service import HolePuncher
     from mimirlite.protocols.relay.auto import AutoRelay
     from mimirlite.protocols.relay.client import RelayClient
     from mimirlite.protocols.relay.service import RelayService
@@ -516,6 +517,9 @@ async def _node(args: argparse.Namespace) -> int:
                     relays = await stack.enter_async_context(RelayClient(host, args.relay))
                     auto = AutoRelay(host, identify, autonat, relays, relays=args.relay)
                     await stack.enter_async_context(auto)
+                    # a peer that reached us through a relay: punch a hole to it (DCUtR)
+                    puncher = await stack.enter_async_context(HolePuncher(host, autonat.candidate_addrs))
+                    relays.on_relayed.append(puncher.on_relayed)
             print(f"Peer ID: {host.peer_id}")
             print("Listening on:")
             for addr in host.dialable_addrs:

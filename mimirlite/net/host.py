@@ -38,7 +38,7 @@ from mimirlite.net.heap import TRIM_INTERVAL, TRIM_RELEASED, malloc_trim
 from mimirlite.net.pending import YOUNG, LogThrottle, PendingHandshakes, source_of
 from mimirlite.net.shares import StreamShares
 from mimirlite.net.stream import Stream
-from mimirlite.net.transport import ByteTransport
+from mimirlite.net.transport import ByteTransport, StreamTransport
 from mimirlite.wire.multiaddr import Multiaddr
 from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
 
@@ -392,6 +392,40 @@ class Host(Service):
         self._register(conn)
         return conn
 
+    async def dial_from_listen_port(
+        self, addr: str | Multiaddr, peer_id: PeerId, *, initiator: bool, timeout: float
+    ) -> Connection:
+        """A direct connection to ``peer_id`` at ``addr`` from our listen port (a hole punch: both peers
+        dial at once, TCP simultaneous open, and each NAT lets the other's SYN in). Both ends dialed, so
+        the roles are given: ``initiator`` runs the handshake as the dialer (DCUtR's initiator does)."""
+        self.check_running()
+        target = parse_multiaddr(str(addr))
+        source = next((a for a in self._listen_addrs if a.is_ip6 == target.is_ip6), None)
+        if source is None:
+            raise DialError(f"no listen address to punch from toward {addr}")
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET6 if target.is_ip6 else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((source.host, source.port))
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, (target.host, target.port)), timeout)
+            _, conn = await loop.create_connection(
+                lambda: self._new_connection(initiator=initiator, expected_peer=peer_id), sock=sock
+            )
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            await asyncio.wait_for(conn.upgrade(), self.config.handshake_timeout)
+        except BaseException as exc:
+            conn.fail(exc)
+            raise
+        self._register(conn)
+        return conn
+
     def _new_connection(self, *, initiator: bool, expected_peer: PeerId | None = None) -> Connection:
         return Connection(
             self.keypair,
@@ -704,8 +738,8 @@ class Host(Service):
         m.connections_opened += 1
         m.connections_current += 1
         current = self._conns.get(peer)
-        if current is None or not current.is_open:
-            self._conns[peer] = conn
+        if current is None or not current.is_open or (_relayed(current) and not _relayed(conn)):
+            self._conns[peer] = conn  # a direct connection takes over from a relayed one
         log.debug("connected %r", conn)
         for cb in self.on_connected:
             cb(conn)
@@ -850,11 +884,17 @@ def _has_bytes(sock: socket.socket) -> bool:
         return False
 
 
+def _relayed(conn: Connection) -> bool:
+    return isinstance(conn.transport, StreamTransport)
+
+
 def _listen_socket(addr: TcpAddr) -> socket.socket:
     """A non-blocking listening TCP socket bound to ``addr`` (IPv6 sockets are IPv6 only)."""
     family = socket.AF_INET6 if addr.is_ip6 else socket.AF_INET
     info = socket.getaddrinfo(addr.host, addr.port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
-    sock = socket.create_server(info[0][4], family=family, backlog=LISTEN_BACKLOG)
+    # SO_REUSEPORT: a hole punch dials from the listen port (Host.dial_from_listen_port)
+    reuse_port = hasattr(socket, "SO_REUSEPORT")
+    sock = socket.create_server(info[0][4], family=family, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
     sock.setblocking(False)
     return sock
 

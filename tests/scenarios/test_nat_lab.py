@@ -13,9 +13,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from mimirlite import Host
+from mimirlite.net.transport import StreamTransport
 from mimirlite.protocols import identify_service, start_services
 from mimirlite.protocols.autonat.service import AutoNat, AutonatConfig
 from mimirlite.protocols.autonat.verdict import DialPolicyConfig, Reachability, TrackerConfig
+from mimirlite.protocols.dcutr.holepunch import HolePunchConfig
+from mimirlite.protocols.dcutr.service import HolePuncher
 from mimirlite.protocols.relay.auto import AutoRelay
 from mimirlite.protocols.relay.client import RelayClient
 from mimirlite.protocols.relay.service import RelayService
@@ -183,3 +186,65 @@ async def test_chat_finds_a_node_behind_nat_through_the_dht_and_reaches_it_throu
         )
         rc, out, err = await run_cli(lab, chat_host, "chat", "-v", *asked, timeout=RUN_TIMEOUT)
         assert (rc, out) == (0, "found through the DHT\n"), f"{err}\n--- node:\n{node.output}"
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["cone-nats", "symmetric-nat"])
+async def test_a_relayed_connection_is_upgraded_by_a_hole_punch(symmetric: bool) -> None:
+    """A behind NAT A dials B behind NAT B through a relay on the wan; B punches (DCUtR): both dial each
+    other from their listen ports at once, and a direct connection takes over from the relayed one. Behind
+    a symmetric NAT the punch fails and they stay relayed, still talking."""
+    require_nat()
+    punch = HolePunchConfig(allow_private=True, timeout=3.0)
+    async with NatLab(wan_hosts=1, lans=[1, 1], symmetric=[False, symmetric]) as lab:
+        (wan,), ((a_host,), (b_host,)) = lab.wan, lab.lans
+        relay_loop, a_loop, b_loop = lab.loop(wan), lab.loop(a_host), lab.loop(b_host)
+        async with autonat_on(relay_loop, f"/ip4/{wan.ip}/tcp/{PORT}") as relay_side:
+            relay = RelayService(relay_side.host)
+            await relay_loop.run(relay.start(), timeout=10)
+            relay_addr = relay_side.host.listen_addrs[0]
+            async with (
+                autonat_on(a_loop, f"/ip4/0.0.0.0/tcp/{PORT}") as a,
+                autonat_on(b_loop, f"/ip4/0.0.0.0/tcp/{PORT}") as b,
+            ):
+
+                async def b_behind_relay() -> tuple[str, HolePuncher]:
+                    b.host.set_handler(ECHO, echo_handler)
+                    client = RelayClient(b.host, [relay_addr])
+                    await client.start()
+                    await b.identify.identify(b.host.connections[relay_side.host.peer_id])
+                    puncher = HolePuncher(b.host, b.candidate_addrs, punch)
+                    await puncher.start()
+                    client.on_relayed.append(puncher.on_relayed)
+                    [addr] = client.circuit_addrs
+                    return addr, puncher
+
+                circuit, b_puncher = await b_loop.run(b_behind_relay(), timeout=20)
+
+                async def a_dials() -> tuple[bool, bytes]:
+                    await RelayClient(a.host).start()
+                    await HolePuncher(a.host, a.candidate_addrs, punch).start()
+                    await a.identify.identify(await a.host.dial(relay_addr))
+                    relayed = await a.host.dial(circuit)
+                    assert isinstance(relayed.transport, StreamTransport)
+                    b_id = relayed.remote_peer
+                    assert b_id is not None
+
+                    def direct() -> bool:
+                        conn = a.host.connections.get(b_id)
+                        return conn is not None and not isinstance(conn.transport, StreamTransport)
+
+                    with contextlib.suppress(AssertionError):
+                        await until(direct, 10, "a direct connection")
+                    stream = await a.host.new_stream(b_id, ECHO)  # direct when punched, else relayed
+                    await stream.write(b"after the hole punch")
+                    await stream.close_write()
+                    return direct(), await stream.read_all()
+
+                went_direct, echoed = await a_loop.run(a_dials(), timeout=40)
+                assert echoed == b"after the hole punch"
+                assert went_direct is not symmetric
+                if symmetric:
+                    await until(lambda: b_puncher.failed == 1, 20, "the punch given up")
+                else:
+                    assert b_puncher.succeeded == 1
+            await relay_loop.run(relay.stop(), timeout=10)

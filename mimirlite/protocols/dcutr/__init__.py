@@ -1,7 +1,8 @@
 """DCUtR (``/libp2p/dcutr``), libp2p specs ``relay/DCUtR.md``: over a relayed connection, agree with the
 peer on when both dial each other directly, so that both NATs open at once (TCP simultaneous open).
 
-Sans-IO: the message codec (``messages.py``); the exchange for both roles (``holepunch.py``).
+Sans-IO: the message codec (``messages.py``); the exchange for both roles (``holepunch.py``). Its asyncio
+shell: ``service.py`` (``HolePuncher``).
 """
 
 from __future__ import annotations

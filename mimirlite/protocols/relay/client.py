@@ -109,6 +109,8 @@ class RelayClient(Service):
         """The reservations we hold, by relay."""
         self._keepers: list[asyncio.Task[None]] = []
         self.on_reserved: list[Callable[[str], None]] = []
+        self.on_relayed: list[Callable[[Connection], None]] = []
+        """Called with each connection a peer opened to us through a relay (DCUtR punches from there)."""
         """Called with our relayed address (``<relay>/p2p-circuit/p2p/<us>``) at each new reservation."""
 
     def __repr__(self) -> str:
@@ -263,6 +265,8 @@ class RelayClient(Service):
         inner = await self.host.upgrade_over(StreamTransport(stream), initiator=False, expected_peer=source)
         log.info("%s connected through relay %s (limit %s)", source, relay, _limit_text(offer.limit))
         self._watch(inner, relay, offer.limit)
+        for cb in list(self.on_relayed):
+            cb(inner)
         await inner.closed  # the stream carries the connection until it ends
 
     async def _answer_stop(self, stream: Stream, status: Status) -> None:
