@@ -334,12 +334,7 @@ class MimirClient(Service):
         async with self._lookups:
             providers = await self.dht.find(name)
         fresh = [p.peer for p in providers if p.peer not in self._nodes and p.peer != self.host.peer_id]
-        outcomes = await asyncio.gather(*(self.identify(p) for p in fresh), return_exceptions=True)
-        for peer, outcome in zip(fresh, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                if not isinstance(outcome, (MimirliteError, OSError, asyncio.TimeoutError)):
-                    raise outcome
-                log.info("provider %s of %s did not answer identify: %s", peer, name, outcome)
+        await asyncio.gather(*(self._identify_quietly(p) for p in fresh))
         return self.nodes_for(name)
 
     async def dht_nodes(self, timeout: float = 10.0) -> list[PeerId]:
@@ -370,7 +365,7 @@ class MimirClient(Service):
             try:
                 await self.identify(peer)
             except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
-                log.debug("DHT peer %s is not a node we can use: %s", peer, exc or type(exc).__name__)
+                log.info("DHT peer %s is not a node we can use: %s", peer, exc or type(exc).__name__)
 
     async def add_peer(self, addr: str) -> list[str]:
         """Dial a node at ``addr``, ask its models and remember them."""

@@ -314,11 +314,6 @@ class Host(Service):
             relayed = [f"{r}/p2p/{target}" for r in self._relayed.get(target, [])]
             if not addrs and not relayed and target not in self._conns:
                 raise DialError(f"no known address for {target}")
-            if relayed:
-                conn = self._conns.get(target)
-                if conn is not None and conn.is_open:
-                    return conn
-                return await self._dialing.run(target, lambda: self._dial_peer(addrs, relayed, target))
         elif "/p2p-circuit" in target:
             if self.circuit_dialer is None:
                 raise DialError(f"{target}: a relayed address, and no relay client runs on this host")
@@ -327,11 +322,14 @@ class Host(Service):
             addr = parse_multiaddr(target)
             peer_id = addr.peer_id
             addrs = [addr]
+            relayed = []
         if peer_id is not None:
             conn = self._conns.get(peer_id)
             if conn is not None and conn.is_open:
                 return conn
             known = peer_id
+            if relayed:
+                return await self._dialing.run(peer_id, lambda: self._dial_peer(addrs, relayed, known))
             return await self._dialing.run(peer_id, lambda: self._dial_addrs(addrs, known))
         return await self._dial_addrs(addrs, None)
 

@@ -23,7 +23,7 @@ from mimirlite.protocols.relay.auto import AutoRelay
 from mimirlite.protocols.relay.client import RelayClient
 from mimirlite.protocols.relay.service import RelayService
 from tests.helpers import ECHO, echo_handler
-from tests.helpers.netns import NatLab, NetnsLoop, PortForward, require_nat
+from tests.helpers.netns import NatLab, NetnsHost, NetnsLoop, PortForward, require_nat
 from tests.helpers.nodeproc import MIMIRLITE, REPO, RUN_TIMEOUT, UNBUFFERED, NodeProc, Proc, run_cli
 from tests.helpers.waiting import until
 
@@ -120,22 +120,27 @@ async def test_a_private_node_picks_a_relay_and_is_reached_through_it() -> None:
             await relay_loop.run(relay.stop(), timeout=10)
 
 
+async def relay_command(lab: NatLab, stack: contextlib.AsyncExitStack, wan: NetnsHost, *args: str) -> str:
+    """``mimirlite relay ARGS`` on the wan host ``wan`` (stopped with ``stack``); the address it relays on."""
+    relay = await Proc.start(
+        *MIMIRLITE,
+        *("relay", "--no-mdns", "--listen", f"/ip4/{wan.ip}/tcp/{PORT}", *args),
+        spawn=functools.partial(lab.spawn, wan),
+        cwd=str(REPO),
+        env=UNBUFFERED,
+    )
+    stack.push_async_callback(relay.stop)
+    await relay.read_until("Relaying on:")
+    return (await relay.readline()).strip()
+
+
 async def test_chat_through_a_relay_across_two_nats_from_the_command_line() -> None:
     """``mimirlite relay`` on the wan; ``node --relay`` behind NAT A prints its relayed address; ``chat
     --peer <that address>`` behind NAT B gets the node's answer through the relay."""
     require_nat()
     async with NatLab(wan_hosts=1, lans=[1, 1]) as lab, contextlib.AsyncExitStack() as stack:
         (wan,), ((node_host,), (chat_host,)) = lab.wan, lab.lans
-        relay = await Proc.start(
-            *MIMIRLITE,
-            *("relay", "--no-mdns", "--no-dht", "--listen", f"/ip4/{wan.ip}/tcp/{PORT}"),
-            spawn=functools.partial(lab.spawn, wan),
-            cwd=str(REPO),
-            env=UNBUFFERED,
-        )
-        stack.push_async_callback(relay.stop)
-        await relay.read_until("Relaying on:")
-        relay_addr = (await relay.readline()).strip()
+        relay_addr = await relay_command(lab, stack, wan, "--no-dht")
         node = await NodeProc.serve(
             stack,
             *("--no-mdns", "--no-dht", "--backend", "echo", "--model", "behind-nat", "--relay", relay_addr),
@@ -157,16 +162,7 @@ async def test_chat_finds_a_node_behind_nat_through_the_dht_and_reaches_it_throu
     require_nat()
     async with NatLab(wan_hosts=1, lans=[1, 1]) as lab, contextlib.AsyncExitStack() as stack:
         (wan,), ((node_host,), (chat_host,)) = lab.wan, lab.lans
-        relay = await Proc.start(
-            *MIMIRLITE,
-            *("relay", "--no-mdns", "--listen", f"/ip4/{wan.ip}/tcp/{PORT}"),
-            spawn=functools.partial(lab.spawn, wan),
-            cwd=str(REPO),
-            env=UNBUFFERED,
-        )
-        stack.push_async_callback(relay.stop)
-        await relay.read_until("Relaying on:")
-        relay_addr = (await relay.readline()).strip()
+        relay_addr = await relay_command(lab, stack, wan)
         node = await NodeProc.serve(
             stack,
             *("--no-mdns", "--backend", "echo", "--model", "found-far"),
