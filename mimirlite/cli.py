@@ -55,6 +55,23 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--no-dht", action="store_true", help="do not use the DHT (LAN or public)")
     common.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
 
+    nat = argparse.ArgumentParser(add_help=False)
+    nat.add_argument(
+        "--private-addrs",
+        action="store_true",
+        help="take private addresses as reachable in AutoNAT and hole punching (a network whose outside "
+        "is itself private: a campus, a lab)",
+    )
+    listening = argparse.ArgumentParser(add_help=False)
+    listening.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="listen here too, so that a node reached through a relay can punch a direct connection to us "
+        f"(repeatable; default: {DEFAULT_LISTEN} with --bootstrap or a relayed --peer, else none)",
+    )
+
     relay_limits = argparse.ArgumentParser(add_help=False)
     limits = relay_limits.add_argument_group("relay service limits (go-libp2p's defaults)")
     limits.add_argument(
@@ -75,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a relayed connection lasts (120; 0: no cap)",
     )
 
-    node = sub.add_parser("node", parents=[common, relay_limits], help="serve the models of a backend")
+    node = sub.add_parser("node", parents=[common, nat, relay_limits], help="serve the models of a backend")
     node.add_argument("--listen", action="append", metavar="ADDR", help=f"repeatable; {DEFAULT_LISTEN}")
     node.add_argument(
         "--relay",
@@ -206,13 +223,14 @@ def _parser() -> argparse.ArgumentParser:
         "when a peer asks none (default: no cap)",
     )
 
-    chat = sub.add_parser("chat", parents=[common], help="chat with a model on the network")
+    clients = [common, listening, nat]
+    chat = sub.add_parser("chat", parents=clients, help="chat with a model on the network")
     chat.add_argument("-p", "--prompt", help="answer this once and exit")
     chat.add_argument("--model", help="the model to ask (default: the node's default)")
     chat.add_argument("--system", help="a system message")
     chat.add_argument("--wait", type=float, default=10.0, metavar="S", help="how long to look for a node")
 
-    peers = sub.add_parser("peers", parents=[common], help="list the nodes found and their models")
+    peers = sub.add_parser("peers", parents=clients, help="list the nodes found and their models")
     peers.add_argument("--wait", type=float, default=3.0, metavar="S", help="how long to look for nodes")
     peers.add_argument("--dht", action="store_true", help="also list the nodes found through the DHT")
     peers.add_argument("--model", help="with --dht: the model to look up (default: every DHT peer's)")
@@ -230,7 +248,7 @@ def _parser() -> argparse.ArgumentParser:
 
     gateway = sub.add_parser(
         "gateway",
-        parents=[common],
+        parents=clients,
         help="the network as an OpenAI-compatible API",
         description="Serve the models of the nodes found as an OpenAI-compatible HTTP API. To require an "
         "API key, set it in the MIMIRLITE_API_KEY environment variable rather than with --api-key: "
@@ -319,12 +337,17 @@ def _client_config(args: argparse.Namespace, peers: Sequence[str]) -> ClientConf
     """The client's settings from the command line (``peers`` dialed when it starts)."""
     from mimirlite.mimir import ClientConfig
 
+    listen = args.listen
+    if not listen and ((args.bootstrap and not args.no_dht) or any("/p2p-circuit" in a for a in args.peer)):
+        listen = [DEFAULT_LISTEN]  # nodes behind NATs are likely: be ready for their hole punches
     return ClientConfig(
         peers=tuple(peers),
         keypair=_keypair(args),
         mdns=not args.no_mdns,
         dht=not args.no_dht,
         bootstrap=tuple(args.bootstrap),
+        listen=tuple(listen),
+        private_addrs=args.private_addrs,
     )
 
 
@@ -440,7 +463,9 @@ async def _node(args: argparse.Namespace) -> int:
     from mimirlite.mimir.backends import Backend
     from mimirlite.net.config import allowlist
     from mimirlite.protocols import identify_service
-    from mimirlite.protocols.autonat.service import AutoNat
+    from mimirlite.protocols.autonat.service import AutoNat, AutonatConfig
+    from mimirlite.protocols.autonat.verdict import DialPolicyConfig
+    from mimirlite.protocols.dcutr.holepunch import HolePunchConfig
     from mimirlite.protocols.dcutr.service import HolePuncher
     from mimirlite.protocols.relay.auto import AutoRelay
     from mimirlite.protocols.relay.client import RelayClient
@@ -512,13 +537,19 @@ async def _node(args: argparse.Namespace) -> int:
             identify = identify_service(host)
             relays = None
             if identify is not None:
-                autonat = await stack.enter_async_context(AutoNat(host, identify))
+                identify.identify_on_connect()  # what peers see of us: AutoNAT's and DCUtR's addresses
+                private = args.private_addrs
+                autonat_config = AutonatConfig(policy=DialPolicyConfig(allow_private=private))
+                autonat = await stack.enter_async_context(AutoNat(host, identify, autonat_config))
                 if not args.no_relay:
                     relays = await stack.enter_async_context(RelayClient(host, args.relay))
                     auto = AutoRelay(host, identify, autonat, relays, relays=args.relay)
                     await stack.enter_async_context(auto)
                     # a peer that reached us through a relay: punch a hole to it (DCUtR)
-                    puncher = await stack.enter_async_context(HolePuncher(host, autonat.candidate_addrs))
+                    punch = HolePunchConfig(allow_private=private)
+                    puncher = await stack.enter_async_context(
+                        HolePuncher(host, autonat.candidate_addrs, punch)
+                    )
                     relays.on_relayed.append(puncher.on_relayed)
             print(f"Peer ID: {host.peer_id}")
             print("Listening on:")
@@ -650,10 +681,15 @@ async def _peers(args: argparse.Namespace) -> int:
             nodes = client.nodes
             if not nodes:
                 return _fail("; ".join(problems) or f"no node found within {args.wait:g} s")
+            if client.puncher is not None:  # say how each node is reached once its hole punch is over
+                relayed = [p for p, c in client.host.connections.items() if p in nodes and c.relayed]
+                await asyncio.gather(*(client.puncher.wait_direct(p, limit=args.wait) for p in relayed))
             for peer, models in nodes.items():
                 addrs = client.host.addrs_of(peer)
                 generation = client.generation(peer) or "?"
-                print(f"{peer}  {', '.join(models) or '-'}  {' '.join(addrs)}  [{generation}]")
+                conn = client.host.connections.get(peer)
+                path = "not connected" if conn is None else "relayed" if conn.relayed else "direct"
+                print(f"{peer}  {', '.join(models) or '-'}  {' '.join(addrs)}  [{generation}, {path}]")
             for problem in problems:
                 print(f"mimirlite: {problem}", file=sys.stderr)
     except MimirliteError as exc:

@@ -49,6 +49,8 @@ from mimirlite.net.connection import Connection
 from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream
 from mimirlite.protocols import IdentifyTimeoutError, Ping, identify_service, start_services
+from mimirlite.protocols.dcutr.holepunch import HolePunchConfig
+from mimirlite.protocols.dcutr.service import HolePuncher
 from mimirlite.protocols.kad.service import DhtConfig
 from mimirlite.protocols.relay.client import RelayClient
 
@@ -105,9 +107,15 @@ class ClientConfig:
     """Run the public DHT in server mode (answer others); the LAN DHT always is."""
     dht_config: DhtConfig | None = None
     """The DHT's limits and timings (None: the defaults)."""
+    listen: Sequence[str] = ()
+    """Multiaddrs the client's own Host listens on (``/ip4/0.0.0.0/tcp/0``: any port). A client that
+    listens takes hole punches (DCUtR) from nodes it reaches through a relay, and waits for one before
+    chatting over a relay that limits its connections."""
+    private_addrs: bool = False
+    """Offer and dial private addresses in hole punches (a network whose outside is itself private)."""
 
     def __post_init__(self) -> None:
-        for name in ("peers", "probe_models", "bootstrap"):
+        for name in ("peers", "probe_models", "bootstrap", "listen"):
             value = getattr(self, name)
             if isinstance(value, str):
                 raise LocalError(f"{name} is a list of strings, not one string")
@@ -220,7 +228,7 @@ class MimirClient(Service):
         cfg = self.config
         self._own_host = host is None
         self.prefer_tunnel = cfg.prefer_tunnel
-        self.host = host or Host(cfg.keypair, config=cfg.host_config)
+        self.host = host or Host(cfg.keypair, cfg.listen, config=cfg.host_config)
         self._static = list(cfg.peers)
         self.identify_timeout = cfg.identify_timeout
         self.read_timeout = cfg.read_timeout
@@ -244,6 +252,8 @@ class MimirClient(Service):
             )
         self._changed = asyncio.Event()
         self._relay: RelayClient | None = None
+        self.puncher: HolePuncher | None = None
+        """DCUtR: hole punches from nodes reached through a relay, while the client listens."""
         self.dht: ModelDht | None = None
         """The DHT and bootstrap peers, while the client runs with ``dht`` on."""
         self._finding: SingleFlight[str, list[PeerId]] = SingleFlight(
@@ -262,11 +272,17 @@ class MimirClient(Service):
         self.host.on_disconnected.append(self._on_disconnected)
         if self.discovery is not None:
             await self.discovery.start()
+        cfg = self.config
+        identify = identify_service(self.host)
         if self.host.circuit_dialer is None:  # --peer may be <relay>/p2p-circuit/p2p/<node>
             self._relay = RelayClient(self.host)
             await self._relay.start()
-        cfg = self.config
-        identify = identify_service(self.host)
+            if self.host.listen_addrs and identify is not None:
+                identify.identify_on_connect()  # what peers see of us: the addresses a punch offers
+                config = HolePunchConfig(allow_private=cfg.private_addrs)
+                self.puncher = HolePuncher(self.host, identify.candidate_addrs, config)
+                await self.puncher.start()
+                self._relay.on_relayed.append(self.puncher.on_relayed)
         if cfg.dht and identify is not None:
             self.dht = ModelDht(
                 self.host,
@@ -283,6 +299,8 @@ class MimirClient(Service):
         """Stop discovery, the DHT and the services, and the host if it is ours."""
         if self.dht is not None:
             await self.dht.stop()
+        if self.puncher is not None:
+            await self.puncher.stop()
         if self._relay is not None:
             await self._relay.stop()
         if self.discovery is not None:
@@ -673,6 +691,16 @@ class MimirClient(Service):
             )
         raise NoNodeError(f"no known node serves {model} on a tunnel")  # pragma: no cover
 
+    async def _chat_stream(self, peer: PeerId, protocol: str) -> Stream:
+        """A new stream for a chat: over a relayed connection the relay limits, first wait for a hole
+        punch under way to give a direct one (a long answer would end at the relay's limit)."""
+        conn = self.host.connections.get(peer)
+        relay, puncher = self._relay, self.puncher
+        limited = conn is not None and relay is not None and relay.limit_of(conn) is not None
+        if limited and puncher is not None and not await puncher.wait_direct(peer):
+            log.info("no direct connection to %s: chatting through the relay, within its limits", peer)
+        return await self.host.new_stream(peer, protocol)
+
     async def _read(self, stream: Stream, peer: PeerId) -> bytes:
         try:
             return await asyncio.wait_for(stream.read(), self.read_timeout)
@@ -684,7 +712,7 @@ class MimirClient(Service):
     ) -> tuple[Stream, ResponseReader, bytes]:
         """Write one request on a new tunnel stream, close our side, read the answer's head.
         Returns the stream, its reader (head decoded) and the first body bytes."""
-        stream = await self.host.new_stream(peer, protocol)
+        stream = await self._chat_stream(peer, protocol)
         try:
             await stream.write(encode_request(method, path, body))
             await stream.close_write()
@@ -897,7 +925,7 @@ class _Answer:
         finished = False
         stream = None
         try:
-            stream = await client.host.new_stream(self.peer, packets.CHAT_PROTOCOL)
+            stream = await client._chat_stream(self.peer, packets.CHAT_PROTOCOL)
             await stream.write_json(Packet(packets.MESSAGE, self.data, request_id).to_json())
             await stream.close_write()
             while True:

@@ -44,6 +44,7 @@ from mimirlite.net.budget import CHUNK_OVERHEAD, BufferAccount, BufferBudget
 from mimirlite.net.shares import StreamShares
 from mimirlite.net.sockopts import DEAD_LINK_ERRNOS, tune_tcp_socket
 from mimirlite.net.stream import Stream, StreamState
+from mimirlite.net.transport import StreamTransport
 from mimirlite.wire import yamux
 from mimirlite.wire.noise import NoiseTransport
 from mimirlite.wire.upgrade import (
@@ -191,6 +192,11 @@ class Connection(asyncio.BufferedProtocol):
     def transport(self) -> ByteTransport | None:
         """The byte stream the connection runs over, once made."""
         return self._transport
+
+    @property
+    def relayed(self) -> bool:
+        """The connection runs inside a stream of another one (through a relay)."""
+        return isinstance(self._transport, StreamTransport)
 
     @property
     def input_ended(self) -> bool:

@@ -38,7 +38,7 @@ from mimirlite.net.heap import TRIM_INTERVAL, TRIM_RELEASED, malloc_trim
 from mimirlite.net.pending import YOUNG, LogThrottle, PendingHandshakes, source_of
 from mimirlite.net.shares import StreamShares
 from mimirlite.net.stream import Stream
-from mimirlite.net.transport import ByteTransport, StreamTransport
+from mimirlite.net.transport import ByteTransport
 from mimirlite.wire.multiaddr import Multiaddr
 from mimirlite.wire.multistream import MultistreamDialer, MultistreamListener
 
@@ -736,7 +736,7 @@ class Host(Service):
         m.connections_opened += 1
         m.connections_current += 1
         current = self._conns.get(peer)
-        if current is None or not current.is_open or (_relayed(current) and not _relayed(conn)):
+        if current is None or not current.is_open or (current.relayed and not conn.relayed):
             self._conns[peer] = conn  # a direct connection takes over from a relayed one
         log.debug("connected %r", conn)
         for cb in self.on_connected:
@@ -880,10 +880,6 @@ def _has_bytes(sock: socket.socket) -> bool:
         return bool(sock.recv(1, socket.MSG_PEEK))
     except OSError:  # nothing to read (BlockingIOError), or the socket failed
         return False
-
-
-def _relayed(conn: Connection) -> bool:
-    return isinstance(conn.transport, StreamTransport)
 
 
 def _listen_socket(addr: TcpAddr) -> socket.socket:

@@ -416,6 +416,28 @@ class Identify:
         """The latest identify result (or push) from ``peer``, if any."""
         return self._infos.get(peer)
 
+    def candidate_addrs(self, limit: int = 8) -> list[Multiaddr]:
+        """Where we might be reachable from outside: each IP peers observe us at over direct connections,
+        with each of our TCP listen ports (AutoNAT's candidates, DCUtR's offer); at most ``limit``."""
+        ports = [Multiaddr.parse(a).value_for("tcp") for a in self.host.listen_addrs]
+        out: list[Multiaddr] = []
+        for peer, conn in self.host.connections.items():
+            info = self._infos.get(peer)
+            if conn.relayed or info is None or info.observed_addr is None:
+                continue  # through a relay a peer sees the relay's side, not ours
+            try:
+                ip = Multiaddr.parse(info.observed_addr).ip
+            except AddressError:
+                continue
+            if ip is None:
+                continue
+            family = "ip4" if ip.version == 4 else "ip6"
+            for port in ports:
+                addr = Multiaddr.parse(f"/{family}/{ip}/tcp/{port}")
+                if addr not in out:
+                    out.append(addr)
+        return out[:limit]
+
     def _remember(self, info: IdentifyInfo) -> None:
         self._infos[info.peer_id] = info
         self._infos.move_to_end(info.peer_id)
@@ -562,6 +584,12 @@ class Identify:
         if conn not in self._inflight:
             self.host.check_running()
         return self._inflight.start(conn, lambda: self._identify_once(conn))
+
+    def identify_on_connect(self) -> None:
+        """From now on, also identify every new connection's peer in the background."""
+        if not self._run_on_connect:
+            self._run_on_connect = True
+            self.host.on_connected.append(self._on_connected)
 
     def _on_connected(self, conn: Connection) -> None:
         try:

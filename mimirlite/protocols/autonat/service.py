@@ -144,24 +144,7 @@ class AutoNat(Service):
 
     def candidate_addrs(self) -> list[Multiaddr]:
         """Where we might be reachable: each IP peers observe us at, with each of our listen ports."""
-        ports = [Multiaddr.parse(a).value_for("tcp") for a in self.host.listen_addrs]
-        out: list[Multiaddr] = []
-        for conn in self.host.connections.values():
-            info = self.identify.info_of(conn.remote_peer) if conn.remote_peer is not None else None
-            if info is None or info.observed_addr is None:
-                continue
-            try:
-                observed = Multiaddr.parse(info.observed_addr)
-            except MimirliteError:
-                continue
-            if observed.ip is None:
-                continue
-            for port in ports:
-                family = "ip4" if observed.ip.version == 4 else "ip6"
-                addr = Multiaddr.parse(f"/{family}/{observed.ip}/tcp/{port}")
-                if addr not in out:
-                    out.append(addr)
-        return out[: self.config.max_candidates]
+        return self.identify.candidate_addrs(self.config.max_candidates)
 
     def servers(self) -> list[PeerId]:
         """Connected peers that say (identify) they serve AutoNAT, over direct connections."""

@@ -58,6 +58,8 @@ class HolePuncher(Service):
         """Hole punches that gave a direct connection."""
         self.failed = 0
         """Hole punches we initiated that left the peers relayed."""
+        self._running: dict[PeerId, int] = {}  # exchanges under way, by peer
+        self._changed: dict[PeerId, asyncio.Event] = {}  # set when one starts or ends, or a direct one opens
 
     def on_relayed(self, conn: Connection) -> None:
         """A peer reached us through a relay (``RelayClient.on_relayed``): punch a hole to it."""
@@ -71,10 +73,47 @@ class HolePuncher(Service):
 
     async def _start(self) -> None:
         self.host.set_handler(DCUTR_PROTOCOL, self._serve)
+        self.host.on_connected.append(self._on_connected)
 
     async def _stop(self) -> None:
+        if self._on_connected in self.host.on_connected:
+            self.host.on_connected.remove(self._on_connected)
         if self.host.handler(DCUTR_PROTOCOL) == self._serve:
             self.host.remove_handler(DCUTR_PROTOCOL)
+
+    def _on_connected(self, conn: Connection) -> None:
+        if not conn.relayed and conn.remote_peer is not None:
+            self._notify(conn.remote_peer)
+
+    def _notify(self, peer: PeerId) -> None:
+        event = self._changed.pop(peer, None)
+        if event is not None:
+            event.set()
+
+    def _direct(self, peer: PeerId) -> bool:
+        conn = self.host.connections.get(peer)
+        return conn is not None and conn.is_open and not conn.relayed
+
+    async def wait_direct(self, peer: PeerId, *, start_within: float = 2.0, limit: float = 20.0) -> bool:
+        """Wait for a hole punch with ``peer`` (reached through a relay) to give a direct connection: True
+        once one is open; False when no exchange is under way and none began within ``start_within`` s,
+        or after ``limit`` s. For streams that a relay's limit would cut, as go-libp2p waits before
+        opening a stream on a limited connection."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit
+        while not self._direct(peer):
+            left = end - loop.time()
+            busy = self._running.get(peer, 0) > 0
+            wait = left if busy else min(start_within, left)
+            if wait <= 0:
+                return False
+            changed = self._changed.setdefault(peer, asyncio.Event())
+            try:
+                await asyncio.wait_for(changed.wait(), wait)
+            except asyncio.TimeoutError:
+                if not busy:
+                    return self._direct(peer)
+        return True
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -112,6 +151,19 @@ class HolePuncher(Service):
 
     async def _run(self, stream: Stream, core: Exchange, peer: PeerId, *, initiator: bool) -> bool | None:
         """Drive one attempt on ``stream``: True (direct), False (given up), None (try again)."""
+        self._running[peer] = self._running.get(peer, 0) + 1
+        self._notify(peer)
+        try:
+            return await self._exchange(stream, core, peer, initiator=initiator)
+        finally:
+            left = self._running.pop(peer) - 1
+            if left:
+                self._running[peer] = left
+            self._notify(peer)
+
+    async def _exchange(
+        self, stream: Stream, core: Exchange, peer: PeerId, *, initiator: bool
+    ) -> bool | None:
         try:
             events: list[HolePunchEvent] = []
             while True:

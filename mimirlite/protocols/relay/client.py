@@ -11,7 +11,6 @@ says so in the log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -109,9 +108,10 @@ class RelayClient(Service):
         """The reservations we hold, by relay."""
         self._keepers: list[asyncio.Task[None]] = []
         self.on_reserved: list[Callable[[str], None]] = []
+        """Called with our relayed address (``<relay>/p2p-circuit/p2p/<us>``) at each new reservation."""
         self.on_relayed: list[Callable[[Connection], None]] = []
         """Called with each connection a peer opened to us through a relay (DCUtR punches from there)."""
-        """Called with our relayed address (``<relay>/p2p-circuit/p2p/<us>``) at each new reservation."""
+        self._limited: dict[Connection, Limit] = {}  # open relayed connections the relay limits
 
     def __repr__(self) -> str:
         return f"<RelayClient {len(self.held)} reservations>"
@@ -154,6 +154,7 @@ class RelayClient(Service):
         """Hold a reservation on the relay at ``addr``: reserve, renew before it expires, reserve again
         (with backoff) when the relay refuses or its connection ends."""
         pause = RETRY[0]
+        held: Held | None = None
         while True:
             try:
                 held = await self.reserve(addr)
@@ -161,6 +162,9 @@ class RelayClient(Service):
                 return  # the host is stopping
             except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
                 log.warning("reservation on relay %s failed: %s; trying again in %g s", addr, exc, pause)
+                if held is not None:  # the renewal failed: the reservation is not ours to announce
+                    self._drop(held)
+                    held = None
                 if not first.done():
                     first.set_result(None)
                 await asyncio.sleep(pause)
@@ -174,10 +178,17 @@ class RelayClient(Service):
             closed: asyncio.Future[None] = (
                 conn.closed if conn is not None else asyncio.get_running_loop().create_future()
             )
-            with contextlib.suppress(asyncio.TimeoutError):
+            try:
                 await asyncio.wait_for(asyncio.shield(closed), lifetime * RENEW_AT)
-                log.info("connection to relay %s ended: reserving again", held.relay)
-            self.held.pop(held.relay, None)
+            except asyncio.TimeoutError:
+                continue  # renew: the reservation stays announced until the answer replaces it
+            log.info("connection to relay %s ended: reserving again", held.relay)
+            self._drop(held)
+            held = None
+
+    def _drop(self, held: Held) -> None:
+        if self.held.get(held.relay) is held:
+            del self.held[held.relay]
             self.host.set_relayed_addrs(h.circuit_addr for h in self.held.values())
 
     async def reserve(self, addr: str) -> Held:
@@ -272,14 +283,20 @@ class RelayClient(Service):
     async def _answer_stop(self, stream: Stream, status: Status) -> None:
         await stream.write(lp.encode_message(encode_stop(StopMessage(StopType.STATUS, status=status))))
 
+    def limit_of(self, conn: Connection) -> Limit | None:
+        """The relay's limit on ``conn``, a relayed connection of ours (None: unlimited, or not relayed)."""
+        return self._limited.get(conn)
+
     def _watch(self, inner: Connection, relay: PeerId, limit: Limit | None) -> None:
-        """Log, when ``inner`` ends, whether it ended at the relay's limit."""
+        """Keep ``inner``'s limit while it is open, and log, when it ends, whether it ended at the limit."""
         if limit is None or (limit.duration is None and limit.data is None):
             return
         loop = asyncio.get_running_loop()
         opened = loop.time()
+        self._limited[inner] = limit
 
         def ended(_: object) -> None:
+            self._limited.pop(inner, None)
             lasted = loop.time() - opened
             if limit.duration is not None and lasted >= limit.duration * 0.95:
                 why = f"at the relay's duration limit ({limit.duration} s)"

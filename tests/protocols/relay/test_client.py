@@ -94,10 +94,20 @@ def test_circuit_addresses_are_checked() -> None:
 
 
 async def test_a_reservation_is_renewed_before_it_expires() -> None:
+    """Renewed while still held: our relayed address is announced all along (no gap at each renewal)."""
     async with relay(RelayResources(reservation_ttl=2.0)) as service, behind(service) as target:
-        first = target.held[service.host.peer_id].expire
-        await until(lambda: service.metrics.reservations >= 2, 10, "the reservation renewed")
-        assert target.held[service.host.peer_id].expire >= first
+        relay_peer = service.host.peer_id
+        first = target.held[relay_peer].expire
+        announced: list[list[str]] = []
+        target.host.on_addrs_changed.append(lambda: announced.append(target.host.relayed_addrs))
+        await until(
+            lambda: relay_peer in target.held and target.held[relay_peer].expire > first,
+            10,
+            "the reservation renewed",
+        )
+        assert service.metrics.reservations >= 2
+        assert all(announced), announced
+        assert target.host.relayed_addrs == target.circuit_addrs
 
 
 async def test_a_lost_relay_connection_is_reserved_again() -> None:
