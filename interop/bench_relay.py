@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -66,8 +67,8 @@ SINK = "/bench/relay-sink/1.0.0"
 CHUNK = 64 * 1024
 STEP_TIMEOUT = 60.0
 LAB_PORT = 4001
-FULL = {"mib": 256, "warmup_mib": 32, "min_cpu_s": 1.0, "rounds": 5, "chats": 10}
-QUICK = {"mib": 16, "warmup_mib": 4, "min_cpu_s": 0.2, "rounds": 1, "chats": 3}
+FULL: dict[str, Any] = {"mib": 256, "warmup_mib": 32, "min_cpu_s": 1.0, "rounds": 5, "chats": 10}
+QUICK: dict[str, Any] = {"mib": 16, "warmup_mib": 4, "min_cpu_s": 0.2, "rounds": 1, "chats": 3}
 MAX_PUSHES = 64
 """R1a pushes ``mib`` MiB again until the relay used ``min_cpu_s`` (its CPU time comes in 10 ms ticks)."""
 
@@ -403,19 +404,21 @@ async def nat_lab(rounds: int, chats: int, delay_ms: float) -> dict[str, Any]:
             got = await client_loop.run(client_round(port, direct=False), STEP_TIMEOUT)
             result["ttfc_relayed_ms"].append(got["ttfc_ms"])
             punching[0] = True
-            seen = len([i for i in inbox.items if i[0] == "punched"])
+            seen = len(punches(inbox.items))
             got = await client_loop.run(client_round(port + 1, direct=True), STEP_TIMEOUT)
             port += 2
-            punched = await inbox.wait_for(
-                lambda items, n=seen: [i for i in items if i[0] == "punched"][n:], STEP_TIMEOUT
-            )
-            _, ok, ms = punched[0]
+            _, ok, ms = (await inbox.wait_for(functools.partial(punches, skip=seen), STEP_TIMEOUT))[0]
             if not ok:
                 raise RuntimeError(f"the hole punch failed: {ms}")
             result["dcutr_ms"].append(ms)
             result["ttfc_direct_ms"].append(got["ttfc_ms"])
             result["rtt_ms"].append(got["rtt_ms"])
     return result
+
+
+def punches(items: list[tuple[str, Any, Any]], skip: int = 0) -> list[tuple[str, Any, Any]]:
+    """The node's hole punches so far, but the first ``skip``: ``("punched", ok, ms or why not)``."""
+    return [i for i in items if i[0] == "punched"][skip:]
 
 
 async def _started(service: Any) -> Any:

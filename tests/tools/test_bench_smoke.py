@@ -41,10 +41,10 @@ def load_bench() -> ModuleType:
     return module
 
 
-def run_quick(tmp_path: Path) -> tuple[str, str, str]:
+def run_quick(tmp_path: Path, *args: str) -> tuple[str, str, str]:
     md = tmp_path / "bench.md"
     proc = subprocess.Popen(
-        [sys.executable, str(BENCH), "--quick", "--markdown", str(md)],
+        [sys.executable, str(BENCH), "--quick", "--markdown", str(md), *args],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -109,3 +109,27 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
     assert "R1 relay MiB per CPU second >= 2x js-libp2p's relay" in out
     assert "R1 DCUtR within 2 RTT + 100 ms in the NAT lab" in out
     assert "machine:" in markdown and "Node" in markdown
+
+
+def test_quick_relay_section_alone(tmp_path: Path) -> None:
+    """``--only relay``: R1's rows have figures (the NAT lab's may say why no lab could be built here), every
+    other row says it was not selected, and R1's targets are judged."""
+    bench = load_bench()
+    out, _err, markdown = run_quick(tmp_path, "--only", "relay")
+    rows = table_cells(markdown)
+    expected = bench.table_rows(bench.QUICK["params"])
+    assert [(c[0], c[2]) for c in rows] == [(bench.FIG[k].workload, p) for k, p, _ in expected], markdown
+    no_lab = "R1b needs a NAT lab: " in markdown
+    r1 = [c for c in rows if c[0] == "R1"]
+    assert {c[2] for c in r1} == {*bench.RELAYS.values(), bench.LAB_PEER}
+    for _workload, _figure, peer, median, _spread, _ratio in r1:
+        if peer == bench.LAB_PEER and no_lab:
+            assert median.startswith("n/a")
+        else:
+            assert median[:1].isdigit(), f"no figure for {peer}:\n{markdown}"
+    for cells in rows:
+        if cells[0] != "R1":
+            assert cells[3].startswith("n/a"), cells
+    assert "not selected" in markdown
+    targets = [line for line in out.splitlines() if "R1 " in line and ("met" in line or "MISSED" in line)]
+    assert len(targets) == (1 if no_lab else 2), out
