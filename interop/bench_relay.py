@@ -447,6 +447,9 @@ async def amain(args: argparse.Namespace) -> int:
         values["cpu"] = await guarded("R1a", relay_cpu(sizes["mib"], sizes["warmup_mib"], sizes["min_cpu_s"]))
     if "b" in args.parts:
         values["lab"] = await guarded("R1b", nat_lab(sizes["rounds"], sizes["chats"], args.delay_ms))
+        for note in (values["lab"].get("skipped"), values["lab"].get("no_delay")):
+            if note:
+                print(note, file=sys.stderr, flush=True)
     emit({"event": "result", "values": values})
     return 0
 
