@@ -11,7 +11,9 @@ echo model, and a MimirClient) and T1, the latest MimirLLM generation's ``/mimir
 tunnel (``--only tun``): one answer of 20,000 streamed chunks from tests/helpers/openai_server.py (its own
 process) through a node, for mimirlite and the latest-generation JS peers (``latest-node.mjs``,
 ``latest-client.mjs``) both ways, beside mimirlite's first generation (``/mimirllm/1.0.0``) through the
-same node and backend. Peers:
+same node and backend. R1 (``--only relay``, interop/bench_relay.py): a circuit relay's CPU per relayed
+MiB, mimirlite's relay vs js-libp2p's, on loopback; time to first chunk through a relay and once a DCUtR
+hole punch made the connection direct, in the NAT lab (root; skipped with the reason otherwise). Peers:
 
 - mimirlite -> mimirlite, js-libp2p -> js-libp2p, mimirlite -> js-libp2p, js-libp2p -> mimirlite
   (``A -> B``: A dials, B listens); the JS side is ``bench-peer.mjs`` on interop/'s pinned stack;
@@ -1087,11 +1089,11 @@ def header_lines(
     if "sizes" in r1:
         z = r1["sizes"]
         text = (
-            f"R1: R1a {z['mib']} MiB pushed through each relay on 127.0.0.1 (after {z['warmup_mib']} MiB "
-            "untimed) by one pair of mimirlite peers in one process, the relay process's CPU (user+sys) from "
-            "/proc; R1b the NAT lab (tests/helpers/netns.py), "
-            f"{z['rounds']} round{'s' * (z['rounds'] != 1)} of a relayed and a punched client, "
-            f"{z['chats']} chats each"
+            f"R1: R1a pushes of {z['mib']} MiB through each relay on 127.0.0.1 (after {z['warmup_mib']} MiB "
+            f"untimed) until the relay used {z['min_cpu_s']:g} CPU s, by one pair of mimirlite peers in one "
+            "process, the relay process's CPU (user+sys) from /proc; R1b the NAT lab "
+            f"(tests/helpers/netns.py), {z['rounds']} round{'s' * (z['rounds'] != 1)} of a relayed and a "
+            f"punched client, {z['chats']} chats each"
         )
         if r1.get("rtt_ms"):
             added = r1["no_delay"] or f"{fmt(2 * r1['delay_ms'])} ms added by the routers (tc netem)"
