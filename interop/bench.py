@@ -11,7 +11,9 @@ echo model, and a MimirClient) and T1, the latest MimirLLM generation's ``/mimir
 tunnel (``--only tun``): one answer of 20,000 streamed chunks from tests/helpers/openai_server.py (its own
 process) through a node, for mimirlite and the latest-generation JS peers (``latest-node.mjs``,
 ``latest-client.mjs``) both ways, beside mimirlite's first generation (``/mimirllm/1.0.0``) through the
-same node and backend. Peers:
+same node and backend. R1 (``--only relay``, interop/bench_relay.py): a circuit relay's CPU per relayed
+MiB, mimirlite's relay vs js-libp2p's, on loopback; time to first chunk through a relay and once a DCUtR
+hole punch made the connection direct, in the NAT lab (root; skipped with the reason otherwise). Peers:
 
 - mimirlite -> mimirlite, js-libp2p -> js-libp2p, mimirlite -> js-libp2p, js-libp2p -> mimirlite
   (``A -> B``: A dials, B listens); the JS side is ``bench-peer.mjs`` on interop/'s pinned stack;
@@ -118,6 +120,11 @@ FIGURES = [
     Figure("d1_p50", "D1", "DHT lookup of a provider, p50", "ms", False),
     Figure("d1_p95", "D1", "DHT lookup of a provider, p95", "ms", False),
     Figure("d1_rss", "D1", "DHT server RSS growth per 10,000 provider records", "MiB", False),
+    Figure("r1_cpu", "R1", "relay: relayed MiB per relay CPU second", "MiB/CPU-s", True),
+    Figure("r1_mib_s", "R1", "relay: relayed MiB/s (wall clock)", "MiB/s", True),
+    Figure("r1_ttfc_relayed", "R1", "NAT lab: time to first chunk through the relay", "ms", False),
+    Figure("r1_dcutr", "R1", "NAT lab: DCUtR, relayed connection open to direct", "ms", False),
+    Figure("r1_ttfc_direct", "R1", "NAT lab: time to first chunk once direct", "ms", False),
 ]
 FIG = {f.key: f for f in FIGURES}
 
@@ -187,7 +194,16 @@ DHT_SEARCHERS = {
 }
 DHT_SERVERS = {"mimirlite": "DHT server: mimirlite", "kad-dht": "DHT server: kad-dht 14.2"}
 DHT_SCRIPT = HERE / "bench_dht.py"
-SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht"]
+RELAYS = {
+    "mimirlite": "relay: mimirlite (python -m mimirlite relay)",
+    "js-libp2p": "relay: js-libp2p (circuit-relay-v2 3.1.7)",
+}
+RELAY_KEYS = ["r1_cpu", "r1_mib_s"]
+LAB_PEER = "NAT lab: MimirClient → MimirNode (echo), relay on the wan"
+LAB_KEYS = ["r1_ttfc_relayed", "r1_dcutr", "r1_ttfc_direct"]
+RELAY_SCRIPT = HERE / "bench_relay.py"
+DCUTR_SLACK_MS = 100.0  # the target: DCUtR within 2 RTT plus this
+SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht", "relay"]
 
 
 def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -209,6 +225,10 @@ def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
             rows += [(f.key, name, False) for name in DHT_SERVERS.values()]
         elif f.workload == "D1":
             rows += [(f.key, name, False) for name in DHT_SEARCHERS.values()]
+        elif f.key in RELAY_KEYS:
+            rows += [(f.key, name, False) for name in RELAYS.values()]
+        elif f.key in LAB_KEYS:
+            rows.append((f.key, LAB_PEER, False))
         else:
             rows.append((f.key, E2E_PEER, False))
             if f.key == "e2e_chunks":
@@ -462,6 +482,7 @@ class Bench:
         self.errors: Errors = collections.defaultdict(dict)
         self.extra: dict[str, list[float]] = collections.defaultdict(list)
         self.capped: dict[str, list[int]] = collections.defaultdict(list)  # W3 runs stopped at the cap
+        self.relay_info: dict[str, Any] = {}  # R1's sizes, the lab's added delay and measured round trips
 
     def add(self, peer: str, key: str, value: float) -> None:
         self.samples[peer][key].append(float(value))
@@ -631,6 +652,45 @@ class Bench:
         finally:
             await p.stop()
 
+    async def run_relay(self) -> None:
+        """R1, once per run: interop/bench_relay.py (R1a the relays' CPU per MiB on loopback, R1b the NAT
+        lab, skipped with its reason when no lab can be built here, e.g. not root)."""
+        self.log("  R1: relay CPU per relayed MiB; time to first chunk through a relay and after DCUtR")
+        cmd = [sys.executable, str(RELAY_SCRIPT), *(["--quick"] if self.cfg.get("quick") else [])]
+        if self.env.node is None:
+            self.fail(RELAYS["js-libp2p"], RELAY_KEYS, self.env.node_reason)
+        p = await Proc.start("relay", cmd, None, HERE)
+        try:
+            _, ev = await p.next_event(time.perf_counter() + 600)
+            values = ev["values"]
+        except (WorkerError, KeyError) as exc:
+            for name in RELAYS.values():
+                self.fail(name, RELAY_KEYS, str(exc))
+            self.fail(LAB_PEER, LAB_KEYS, str(exc))
+            return
+        finally:
+            await p.stop()
+        self.relay_info["sizes"] = values["sizes"]
+        cpu = values.get("cpu", {})
+        for who, name in RELAYS.items():
+            got = cpu.get(who, cpu)  # R1a's own error, when it failed as a whole
+            if "mib_per_cpu_s" in got:
+                self.add(name, "r1_cpu", got["mib_per_cpu_s"])
+                self.add(name, "r1_mib_s", got["mib_s"])
+            else:
+                self.fail(name, RELAY_KEYS, str(got.get("error", "no result")))
+        lab = values.get("lab", {})
+        if lab.get("dcutr_ms"):
+            for key in LAB_KEYS:
+                self.add(LAB_PEER, key, statistics.median(lab[key.removeprefix("r1_") + "_ms"]))
+            self.relay_info.setdefault("rtt_ms", []).extend(lab["rtt_ms"])
+            self.relay_info["delay_ms"] = lab["delay_ms"]
+            self.relay_info["no_delay"] = lab.get("no_delay", "")
+        else:
+            why = str(lab.get("skipped") or lab.get("error") or "no result")
+            self.log(f"    {why}")
+            self.fail(LAB_PEER, LAB_KEYS, why)
+
     async def start_latest_node(self, backend_url: str) -> tuple[Proc, str]:
         """latest-node.mjs in front of ``backend_url``, serving T1's model; (process, its address)."""
         assert self.env.node is not None
@@ -759,6 +819,10 @@ class Bench:
                 self.fail(name, ["d1_p50", "d1_p95"], "not selected")
             for name in DHT_SERVERS.values():
                 self.fail(name, ["d1_rss"], "not selected")
+        if "relay" not in self.sections:
+            for name in RELAYS.values():
+                self.fail(name, RELAY_KEYS, "not selected")
+            self.fail(LAB_PEER, LAB_KEYS, "not selected")
         await self.warm_up()
         for r in range(self.cfg["runs"]):
             self.log(f"run {r + 1} of {self.cfg['runs']}")
@@ -774,6 +838,8 @@ class Bench:
                     await self.run_tun()
                 elif key == "dht" and r == 0:
                     await self.run_dht()
+                elif key == "relay":
+                    await self.run_relay()
         for impl, name in IMPL_NAMES.items():
             why = self.env.available(impl)
             if why is not None:
@@ -906,6 +972,16 @@ def check_targets(bench: Bench) -> list[Target]:
     ratio_target("D1 lookup p50 no slower than kad-dht's", "d1_p50", dht_m, dht_j, 1.0, False)
     ratio_target("D1 lookup p95 no slower than kad-dht's", "d1_p95", dht_m, dht_j, 1.0, False)
     abs_target("D1 RSS growth < 20 MiB per 10,000 records", "d1_rss", DHT_SERVERS["mimirlite"], 20, False)
+    relay_m, relay_j = RELAYS["mimirlite"], RELAYS["js-libp2p"]
+    ratio_target("R1 relay MiB per CPU second >= 2x js-libp2p's relay", "r1_cpu", relay_m, relay_j, 2.0, True)
+    rtts = bench.relay_info.get("rtt_ms")
+    if rtts:
+        rtt = statistics.median(rtts)
+        limit = 2 * rtt + DCUTR_SLACK_MS
+        text = f"R1 DCUtR within 2 RTT + 100 ms in the NAT lab (RTT {fmt(rtt)} ms: <= {fmt(limit)} ms)"
+        abs_target(text, "r1_dcutr", LAB_PEER, limit, False)
+    else:
+        out.append(Target("R1 DCUtR within 2 RTT + 100 ms in the NAT lab", "no figure", "n/a"))
     return out
 
 
@@ -1009,6 +1085,20 @@ def header_lines(
             f"{fmt(statistics.median(bench.extra['inprocess_ms']))} ms "
             "calling EchoBackend.stream_chat in-process"
         )
+    r1 = bench.relay_info
+    if "sizes" in r1:
+        z = r1["sizes"]
+        text = (
+            f"R1: R1a pushes of {z['mib']} MiB through each relay on 127.0.0.1 (after {z['warmup_mib']} MiB "
+            f"untimed) until the relay used {z['min_cpu_s']:g} CPU s, by one pair of mimirlite peers in one "
+            "process, the relay process's CPU (user+sys) from /proc; R1b the NAT lab "
+            f"(tests/helpers/netns.py), {z['rounds']} round{'s' * (z['rounds'] != 1)} of a relayed and a "
+            f"punched client, {z['chats']} chats each"
+        )
+        if r1.get("rtt_ms"):
+            added = r1["no_delay"] or f"{fmt(2 * r1['delay_ms'])} ms added by the routers (tc netem)"
+            text += f"; RTT between the peers {fmt(statistics.median(r1['rtt_ms']))} ms ({added})"
+        lines.append(text)
     if "tun" in bench.sections:
         lines.append(
             "T1: tests/helpers/openai_server.py streams the answer (its own process) to the node; a "

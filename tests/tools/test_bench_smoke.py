@@ -1,7 +1,8 @@
 """CI's smoke run of the benchmark runner: ``python interop/bench.py --quick`` prints a complete table.
 
 No speed is asserted: the run only has to finish, with a figure in every row (py-libp2p's rows may
-instead say why they were skipped: ``--quick`` never builds py-libp2p's environment).
+instead say why they were skipped: ``--quick`` never builds py-libp2p's environment; R1's NAT lab rows
+may say why no lab could be built here, e.g. not root).
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ def load_bench() -> ModuleType:
     return module
 
 
-def run_quick(tmp_path: Path) -> tuple[str, str, str]:
+def run_quick(tmp_path: Path, *args: str) -> tuple[str, str, str]:
     md = tmp_path / "bench.md"
     proc = subprocess.Popen(
-        [sys.executable, str(BENCH), "--quick", "--markdown", str(md)],
+        [sys.executable, str(BENCH), "--quick", "--markdown", str(md), *args],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -70,7 +71,7 @@ def table_cells(markdown: str) -> list[list[str]]:
     rows = []
     for line in markdown.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if len(cells) == 6 and cells[0] in ("W1", "W2", "W3", "W4", "W5", "E2E", "T1", "D1"):
+        if len(cells) == 6 and cells[0] in ("W1", "W2", "W3", "W4", "W5", "E2E", "T1", "D1", "R1"):
             rows.append(cells)
     return rows
 
@@ -91,6 +92,8 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
         assert by_key[key].unit in figure, cells
         if peer in pylibp2p and median.startswith("n/a"):
             continue  # no py-libp2p environment yet: the note says so (checked below)
+        if peer == bench.LAB_PEER and median.startswith("n/a") and "R1b needs a NAT lab: " in markdown:
+            continue  # no NAT lab here (not root, no nft): the note says why
         assert median[:1].isdigit(), f"no figure in row {cells}\n{markdown}"
         assert ratio, f"no ratio in row {cells}"
 
@@ -103,4 +106,30 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
     assert "Targets" in out and "W5 idle RSS <= 40 MiB" in out
     assert "T1 tunnel chunks/s >= 3x the latest JS pair's" in out
     assert "D1 RSS growth < 20 MiB per 10,000 records" in out
+    assert "R1 relay MiB per CPU second >= 2x js-libp2p's relay" in out
+    assert "R1 DCUtR within 2 RTT + 100 ms in the NAT lab" in out
     assert "machine:" in markdown and "Node" in markdown
+
+
+def test_quick_relay_section_alone(tmp_path: Path) -> None:
+    """``--only relay``: R1's rows have figures (the NAT lab's may say why no lab could be built here), every
+    other row says it was not selected, and R1's targets are judged."""
+    bench = load_bench()
+    out, _err, markdown = run_quick(tmp_path, "--only", "relay")
+    rows = table_cells(markdown)
+    expected = bench.table_rows(bench.QUICK["params"])
+    assert [(c[0], c[2]) for c in rows] == [(bench.FIG[k].workload, p) for k, p, _ in expected], markdown
+    no_lab = "R1b needs a NAT lab: " in markdown
+    r1 = [c for c in rows if c[0] == "R1"]
+    assert {c[2] for c in r1} == {*bench.RELAYS.values(), bench.LAB_PEER}
+    for _workload, _figure, peer, median, _spread, _ratio in r1:
+        if peer == bench.LAB_PEER and no_lab:
+            assert median.startswith("n/a")
+        else:
+            assert median[:1].isdigit(), f"no figure for {peer}:\n{markdown}"
+    for cells in rows:
+        if cells[0] != "R1":
+            assert cells[3].startswith("n/a"), cells
+    assert "not selected" in markdown
+    targets = [line for line in out.splitlines() if "R1 " in line and ("met" in line or "MISSED" in line)]
+    assert len(targets) == (1 if no_lab else 2), out
