@@ -191,7 +191,7 @@ async def test_mimirlite_chats_with_a_js_node_behind_nat(relay_kind: str, genera
         assert await relay.circuits_opened() in (None, 1)
 
         # teardown: the client left, so the JS node sees the relayed connection close, and the circuit ends
-        await until(lambda: _closed(node, got.peer_id), 30, f"the JS node saw the close: {node.all_events}")
+        await until(lambda: _closed(node, got.peer_id), 30, "the JS node saw the relayed connection close")
         assert all(e["relayed"] for e in _closed(node, got.peer_id))
         if relay.service is not None:
             await until(lambda: _no_circuit(relay), 10, "the circuit closed")
