@@ -72,6 +72,11 @@ class JsLatestNode(JsProcess):
     def protocols(self) -> list[str]:
         return [str(p) for p in self.ready.get("protocols", [])]
 
+    @property
+    def circuit_addrs(self) -> list[str]:
+        """Its relayed addresses (``<relay addr>/p2p-circuit/p2p/<id>``) once ``reserve`` succeeded."""
+        return [str(a) for a in self.ready.get("circuitAddrs", [])]
+
     @classmethod
     async def start(
         cls,
@@ -82,15 +87,20 @@ class JsLatestNode(JsProcess):
         env: Mapping[str, str] | None = None,
         timeout: float = 30,
         netns: str | None = None,
+        reserve: Sequence[str] = (),
     ) -> JsLatestNode:
         """Start a node in front of ``backend_url`` (an Ollama-like root such as ``OpenAIServer.url``; a
         trailing ``/v1`` is dropped). ``models``: serve these instead of the backend's ``/api/tags``.
         ``args``: further flags of latest-node.mjs (``--dht``, ``--max-streams N``, ``--mdns`` with
         ``--mdns-interval-ms N``: @libp2p/mdns as the original, only inside test namespaces, ...).
-        ``netns``: run it in that network namespace (``ip netns exec``; needs root)."""
+        ``netns``: run it in that network namespace (``ip netns exec``; needs root).
+        ``reserve``: circuit relay v2 addresses (with /p2p/) it reserves a slot on before it is ready (its
+        tunnels then run on relayed connections too); see ``circuit_addrs``."""
         argv = ["--listen", listen, "--backend-url", backend_url]
         for m in models:
             argv += ["--model", m]
+        for relay in reserve:
+            argv += ["--reserve", relay]
         argv += list(args)
         return await cls._spawn(argv, env=env, timeout=timeout, netns=netns)
 
@@ -107,6 +117,12 @@ class LatestClientResult(ClientResult):
     def http(self) -> list[dict[str, Any]]:
         """One event per tunnel exchange: status, reason, headers, body_bytes, frame_sizes."""
         return [e for e in self.events if e.get("event") == "http"]
+
+    @property
+    def relayed(self) -> bool | None:
+        """With the relay transport (a circuit ``--peer``): whether the connection went through a relay."""
+        relayed = self.result.get("relayed")
+        return None if relayed is None else bool(relayed)
 
     @property
     def probes(self) -> dict[str, bool]:

@@ -60,6 +60,11 @@ class JsMimirNode(JsProcess):
     def models(self) -> list[str]:
         return [str(m) for m in self.ready.get("models", [])]
 
+    @property
+    def circuit_addrs(self) -> list[str]:
+        """Its relayed addresses (``<relay addr>/p2p-circuit/p2p/<id>``) once ``reserve`` succeeded."""
+        return [str(a) for a in self.ready.get("circuitAddrs", [])]
+
     @classmethod
     async def start(
         cls,
@@ -71,6 +76,7 @@ class JsMimirNode(JsProcess):
         env: Mapping[str, str] | None = None,
         timeout: float = 30,
         netns: str | None = None,
+        reserve: Sequence[str] = (),
     ) -> JsMimirNode:
         """Start a node whose backend is ``backend_url`` (e.g. ``OpenAIServer.base_url``).
 
@@ -78,10 +84,14 @@ class JsMimirNode(JsProcess):
         ``max_retries``: the openai SDK's retries (0 here for fast tests; None keeps the SDK default 2).
         ``args``: further flags of mimir-node.mjs (``--dht``, ``--on-backend-error close``, ``--mdns``, ...).
         ``netns``: run it in that network namespace (``ip netns exec``; needs root).
+        ``reserve``: circuit relay v2 addresses (with /p2p/) it reserves a slot on before it is ready (its
+        mimir handlers then run on relayed connections too); see ``circuit_addrs``.
         """
         argv = ["--listen", listen, "--backend-url", backend_url]
         for m in models:
             argv += ["--model", m]
+        for relay in reserve:
+            argv += ["--reserve", relay]
         if max_retries is not None:
             argv += ["--max-retries", str(max_retries)]
         argv += list(args)
@@ -109,6 +119,12 @@ class JsClientResult(ClientResult):
     @property
     def packets(self) -> list[dict[str, Any]]:
         return [e["packet"] for e in self.deltas]
+
+    @property
+    def relayed(self) -> bool | None:
+        """With the relay transport (a circuit ``--peer``): whether the connection went through a relay."""
+        relayed = self.result.get("relayed")
+        return None if relayed is None else bool(relayed)
 
     @property
     def frame_sizes(self) -> list[int]:

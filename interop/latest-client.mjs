@@ -18,7 +18,8 @@
 //   {"event":"http","protocol":..,"request_bytes":n,"status":n,"reason":..,"headers":[[k,v]..],
 //    "body_bytes":n,"frame_sizes":[..]}                                          per tunnel exchange
 //   {"event":"chunk","index":i,"content":..,"finish_reason":..,"chunk":{..}}     per streamed chunk
-//   {"event":"result","ok":bool,"text":..,"chunks":n,"finish_reason":..,"status"?:n,"body"?:..,"error"?:..}
+//   {"event":"result","ok":bool,"text":..,"chunks":n,"finish_reason":..,"status"?:n,"body"?:..,"error"?:..,
+//    and with the relay transport "relayed":bool, "limited":bool}
 // exit codes: 0 done, 1 anything else (an HTTP error status from the node included), 3 model not served.
 //
 // Flags:
@@ -35,10 +36,13 @@
 //   --dht                     add the latest generation's two kad-dht instances (amino + LAN)
 //   --bootstrap <multiaddr>   repeatable: @libp2p/bootstrap discovery of that peer (loaded only when given)
 //   --no-monitor, --monitor-interval-ms <n>
+//   --relay-client            the circuit relay v2 transport: --peer may be <relay addr>/p2p-circuit/p2p/<node>
+//                             and the tunnel streams run on limited (relayed) connections; implied by a
+//                             --peer with /p2p-circuit (as mimir-client.mjs)
 import { multiaddr } from '@multiformats/multiaddr'
 import OpenAI from 'openai'
 import {
-  DEFAULT_MODEL, emit, errorMessage, log, reportUncaught, setLogTag, takeFlag, tapSizes, withTimeout
+  DEFAULT_MODEL, RELAYED_OPTIONS, emit, isRelayed, errorMessage, log, reportUncaught, setLogTag, takeFlag, tapSizes, withTimeout
 } from './mimir-common.mjs'
 import { buildLatestNode, readAll, splitHttp, tunnelProtocol } from './latest-common.mjs'
 
@@ -60,7 +64,8 @@ function parseArgs (argv) {
     dht: false,
     bootstrap: [],
     monitor: true,
-    monitorIntervalMs: undefined
+    monitorIntervalMs: undefined,
+    relay: false
   }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
@@ -80,9 +85,11 @@ function parseArgs (argv) {
     else if (a === '--bootstrap') opts.bootstrap.push(next())
     else if (a === '--no-monitor') opts.monitor = false
     else if (a === '--monitor-interval-ms') opts.monitorIntervalMs = Number(next())
+    else if (a === '--relay-client') opts.relay = true
     else throw new Error(`unknown argument ${a}`)
   }
   if (opts.peer == null) throw new Error('--peer <multiaddr> is required')
+  if (opts.peer.includes('/p2p-circuit')) opts.relay = true
   if (opts.listen.length === 0) opts.listen.push('/ip4/127.0.0.1/tcp/0')
   opts.chat = opts.raw == null && (opts.prompt != null || opts.messages != null || opts.probes.length === 0)
   if (opts.messages == null) {
@@ -104,7 +111,7 @@ class ExitError extends Error {
 async function probe (conn, model, signal) {
   const protocol = tunnelProtocol(model)
   try {
-    const stream = await conn.newStream(protocol, { signal })
+    const stream = await conn.newStream(protocol, { signal, ...streamOptions })
     await stream.close()
     await emit({ event: 'probe', model, protocol, served: true })
     return true
@@ -132,7 +139,7 @@ async function exchange (conn, model, method, url, headers, body, signal) {
   }
   head += `Connection: close\r\nContent-Length: ${bodyBytes.byteLength}\r\n\r\n`
   const request = Buffer.concat([Buffer.from(head, 'latin1'), bodyBytes])
-  const stream = await conn.newStream(protocol, { signal })
+  const stream = await conn.newStream(protocol, { signal, ...streamOptions })
   const onAbort = () => stream.abort(new Error('request aborted'))
   signal?.addEventListener('abort', onAbort)
   const frameSizes = []
@@ -208,8 +215,9 @@ function notServed (err) {
 }
 
 const opts = parseArgs(process.argv.slice(2))
+const streamOptions = opts.relay ? RELAYED_OPTIONS : {}
 reportUncaught()
-const node = await buildLatestNode({ listen: opts.listen, dht: opts.dht, bootstrap: opts.bootstrap, monitor: opts.monitor, monitorIntervalMs: opts.monitorIntervalMs })
+const node = await buildLatestNode({ listen: opts.listen, dht: opts.dht, bootstrap: opts.bootstrap, monitor: opts.monitor, monitorIntervalMs: opts.monitorIntervalMs, relay: opts.relay })
 await node.start()
 await emit({ event: 'ready', peerId: node.peerId.toString(), addrs: node.getMultiaddrs().map(ma => ma.toString()) })
 
@@ -219,6 +227,7 @@ const signal = AbortSignal.timeout(opts.timeoutMs)
 try {
   const conn = await node.dial(multiaddr(opts.peer), { signal })
   result.peerId = conn.remotePeer.toString()
+  if (opts.relay) Object.assign(result, { relayed: isRelayed(conn.remoteAddr), limited: conn.limits != null })
   if (opts.probes.length > 0) {
     result.probes = {}
     for (const model of opts.probes) result.probes[model] = await probe(conn, model, signal)

@@ -8,8 +8,8 @@ import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify, identifyPush } from '@libp2p/identify'
 import { kadDHT, removePrivateAddressesMapper } from '@libp2p/kad-dht'
 import { mdns as mdnsDiscovery } from '@libp2p/mdns'
-import { tcp } from '@libp2p/tcp'
 import { createLibp2p } from 'libp2p'
+import { transportsFor } from './mimir-common.mjs'
 
 export const TUNNEL_PREFIX = '/mimir/'
 export const TUNNEL_VERSION = '/1.0.0'
@@ -60,9 +60,10 @@ export function splitHttp (bytes) {
  * it has a public address) and `/ipfs/lan/kad/1.0.0` (server mode, kad-dht's default peer mapper, as the
  * original keeps it). bootstrap: multiaddrs (with /p2p/) dialed at start by @libp2p/bootstrap (the original
  * lists the public IPFS bootstrap peers; tests give local ones); the module is only loaded when asked.
- * mdns: @libp2p/mdns discovery (mdnsIntervalMs: its query interval, default 10000).
+ * mdns: @libp2p/mdns discovery (mdnsIntervalMs: its query interval, default 10000). relay: the circuit relay
+ * v2 transport too (as mimir-common.mjs buildNode).
  */
-export async function buildLatestNode ({ listen, dht = false, bootstrap = [], monitor = true, monitorIntervalMs, mdns = false, mdnsIntervalMs }) {
+export async function buildLatestNode ({ listen, dht = false, bootstrap = [], monitor = true, monitorIntervalMs, mdns = false, mdnsIntervalMs, relay = false }) {
   const services = {
     identify: identify(),
     identifyPush: identifyPush()
@@ -80,7 +81,7 @@ export async function buildLatestNode ({ listen, dht = false, bootstrap = [], mo
   return await createLibp2p({
     start: false,
     addresses: { listen },
-    transports: [tcp()],
+    transports: transportsFor(relay),
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     peerDiscovery,

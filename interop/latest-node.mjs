@@ -14,8 +14,9 @@
 //   - a request without an empty line after its head, or a backend fetch that fails, resets the stream.
 // Two served names that sanitize to the same protocol ID: the first wins (the other is logged).
 //
-// stdout: JSON lines: one "ready" event ({peerId, addrs, models, protocols, backend}), then events:
-//   connection:open / connection:close,
+// stdout: JSON lines: one "ready" event ({peerId, addrs, models, protocols, backend, circuitAddrs}), then
+//   events: connection:open / connection:close ({peerId, remoteAddr, relayed, limited}; direction on open),
+//   reserve-failed ({addr, error}),
 //   probe    {peerId, protocol}
 //   request  {peerId, protocol, method, path, headers, body_bytes, frame_sizes}
 //   response {peerId, protocol, ok, status, headers, body_bytes, error?}
@@ -35,8 +36,12 @@
 //   --max-streams <n>           inbound/outbound stream limits of the tunnel handlers (libp2p defaults)
 //   --no-monitor, --monitor-interval-ms <n>
 //   --mdns, --mdns-interval-ms <n>   @libp2p/mdns discovery (only inside network namespaces in tests)
+//   --reserve <multiaddr>       repeatable: reserve a slot on that circuit relay v2 (ADDR ends in /p2p/<relay>)
+//                               before "ready" (listen on ADDR/p2p-circuit); the tunnel handlers then also run
+//                               on limited (relayed) connections. As mimir-node.mjs --reserve.
 import {
-  emit, errorMessage, log, reportUncaught, setLogTag, takeFlag, tapSizes, serveUntilStopped
+  RELAYED_OPTIONS, connectionFields, emit, errorMessage, log, reportUncaught, reserveOn, serveUntilStopped,
+  setLogTag, takeFlag, tapSizes
 } from './mimir-common.mjs'
 import { buildLatestNode, readAll, splitHttp, tunnelProtocol } from './latest-common.mjs'
 
@@ -54,7 +59,8 @@ function parseArgs (argv) {
     monitor: true,
     monitorIntervalMs: undefined,
     mdns: false,
-    mdnsIntervalMs: undefined
+    mdnsIntervalMs: undefined,
+    reserve: []
   }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
@@ -70,6 +76,7 @@ function parseArgs (argv) {
     else if (a === '--monitor-interval-ms') opts.monitorIntervalMs = Number(next())
     else if (a === '--mdns') opts.mdns = true
     else if (a === '--mdns-interval-ms') opts.mdnsIntervalMs = Number(next())
+    else if (a === '--reserve') opts.reserve.push(next())
     else throw new Error(`unknown argument ${a}`)
   }
   if (opts.listen.length === 0) opts.listen.push('/ip4/127.0.0.1/tcp/0')
@@ -99,17 +106,20 @@ const node = await buildLatestNode({
   monitor: opts.monitor,
   monitorIntervalMs: opts.monitorIntervalMs,
   mdns: opts.mdns,
-  mdnsIntervalMs: opts.mdnsIntervalMs
+  mdnsIntervalMs: opts.mdnsIntervalMs,
+  relay: opts.reserve.length > 0
 })
-const handlerOptions = opts.maxStreams != null ? { maxInboundStreams: opts.maxStreams, maxOutboundStreams: opts.maxStreams } : {}
+const handlerOptions = {
+  ...(opts.maxStreams != null ? { maxInboundStreams: opts.maxStreams, maxOutboundStreams: opts.maxStreams } : {}),
+  ...(opts.reserve.length > 0 ? RELAYED_OPTIONS : {})
+}
 
 node.addEventListener('connection:open', (evt) => {
   const c = evt.detail
-  void emit({ event: 'connection:open', peerId: c.remotePeer.toString(), remoteAddr: c.remoteAddr.toString(), direction: c.direction })
+  void emit({ event: 'connection:open', ...connectionFields(c), direction: c.direction })
 })
 node.addEventListener('connection:close', (evt) => {
-  const c = evt.detail
-  void emit({ event: 'connection:close', peerId: c.remotePeer.toString(), remoteAddr: c.remoteAddr.toString() })
+  void emit({ event: 'connection:close', ...connectionFields(evt.detail) })
 })
 
 // ---------------------------------------------------------------- /mimir/<model>/1.0.0
@@ -196,4 +206,4 @@ await serveUntilStopped(node, {
   models,
   protocols,
   backend: opts.backendUrl
-})
+}, async () => ({ circuitAddrs: await reserveOn(node, opts.reserve) }))

@@ -17,7 +17,8 @@
 //   {"event":"delta","index":i,"content":<string|null>,"finish_reason":<string|null>,"packet":{..}}  per packet
 //   {"event":"result","ok":true|false,"text":..,"models":[..],"packets":n,"finish_reason":..,
 //    "frame_sizes":[..] (byte length of each data chunk the chat stream delivered, one per yamux frame),
-//    "aborted"?:true, "error"?:..}
+//    "aborted"?:true, "error"?:.., and with the relay transport "relayed":bool, "limited":bool (the
+//    connection to the node went through a relay / carries a relay's limits)}
 // exit codes: 0 answer complete (or --identify-only / --abort-after done), 2 truncated answer,
 //             3 identify failed or the node does not serve the model, 1 anything else.
 //
@@ -43,11 +44,16 @@
 //   --timeout-ms <n>          bound on dial + chat (default 60000)
 //   --listen <multiaddr>      repeatable; default /ip4/127.0.0.1/tcp/0
 //   --dht, --no-monitor, --monitor-interval-ms <n>
+//   --relay-client            the circuit relay v2 transport (@libp2p/circuit-relay-v2): --peer may be a
+//                             relayed address <relay addr>/p2p-circuit/p2p/<node>, and the mimir streams
+//                             run on limited (relayed) connections. Implied by a --peer with /p2p-circuit.
+//                             A relay's limits (js-libp2p's: 128 KiB both ways, 2 min) end the connection
+//                             when reached: the answer is then truncated (exit 2).
 import { randomUUID } from 'node:crypto'
 import { multiaddr } from '@multiformats/multiaddr'
 import {
-  CHAT_PROTOCOL, DEFAULT_CID, IDENTIFY_PROTOCOL, MODEL_CIDS,
-  buildNode, emit, errorMessage, framed, log, packetsOf, reportUncaught, setLogTag, takeFlag, tapSizes, withTimeout
+  CHAT_PROTOCOL, DEFAULT_CID, IDENTIFY_PROTOCOL, MODEL_CIDS, RELAYED_OPTIONS,
+  buildNode, isRelayed, emit, errorMessage, framed, log, packetsOf, reportUncaught, setLogTag, takeFlag, tapSizes, withTimeout
 } from './mimir-common.mjs'
 
 setLogTag('mimir-client')
@@ -72,7 +78,8 @@ function parseArgs (argv) {
     monitor: true,
     monitorIntervalMs: undefined,
     mdns: false,
-    mdnsIntervalMs: undefined
+    mdnsIntervalMs: undefined,
+    relay: false
   }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
@@ -95,9 +102,11 @@ function parseArgs (argv) {
     else if (a === '--monitor-interval-ms') opts.monitorIntervalMs = Number(next())
     else if (a === '--mdns') opts.mdns = true
     else if (a === '--mdns-interval-ms') opts.mdnsIntervalMs = Number(next())
+    else if (a === '--relay-client') opts.relay = true
     else throw new Error(`unknown argument ${a}`)
   }
   if (opts.peer == null && !opts.mdns) throw new Error('--peer <multiaddr> (or --mdns) is required')
+  if (opts.peer?.includes('/p2p-circuit') === true) opts.relay = true
   if (opts.listen.length === 0) opts.listen.push('/ip4/127.0.0.1/tcp/0')
   if (opts.writeChunkBytes != null && !(Number.isInteger(opts.writeChunkBytes) && opts.writeChunkBytes > 0)) {
     throw new Error('--write-chunk-bytes needs a positive integer')
@@ -121,7 +130,7 @@ class ExitError extends Error {
 /** The identify handshake; returns the model names the node listed. */
 async function identifyNode (conn, cid) {
   const signal = AbortSignal.timeout(IDENTIFY_TIMEOUT_MS)
-  const stream = await conn.newStream(IDENTIFY_PROTOCOL, { signal })
+  const stream = await conn.newStream(IDENTIFY_PROTOCOL, { signal, ...streamOptions })
   const requestId = randomUUID()
   try {
     const writing = stream.sink(framed([{ event: 'query', request_id: requestId, data: cid }]))
@@ -155,7 +164,7 @@ async function * rechunked (source, n) {
 
 /** The chat; returns {text, packets, finish_reason}; throws ExitError(2) on a truncated answer. */
 async function chat (conn, messages, abortAfter, signal, writeChunkBytes) {
-  const stream = await conn.newStream(CHAT_PROTOCOL, { signal })
+  const stream = await conn.newStream(CHAT_PROTOCOL, { signal, ...streamOptions })
   const request = framed([{ event: 'message', data: { messages } }])
   const writing = stream.sink(writeChunkBytes != null ? rechunked(request, writeChunkBytes) : request)
   const frameSizes = []
@@ -245,6 +254,7 @@ function discoverNodes (node) {
 }
 
 const opts = parseArgs(process.argv.slice(2))
+const streamOptions = opts.relay ? RELAYED_OPTIONS : {}
 reportUncaught()
 const node = await buildNode({
   listen: opts.listen,
@@ -252,7 +262,8 @@ const node = await buildNode({
   monitor: opts.monitor,
   monitorIntervalMs: opts.monitorIntervalMs,
   mdns: opts.mdns,
-  mdnsIntervalMs: opts.mdnsIntervalMs
+  mdnsIntervalMs: opts.mdnsIntervalMs,
+  relay: opts.relay
 })
 const discovery = opts.peer == null ? discoverNodes(node) : null // listening before mDNS starts
 await node.start()
@@ -271,6 +282,7 @@ try {
     conn = await node.dial(multiaddr(opts.peer), { signal })
   }
   result.peerId = conn.remotePeer.toString()
+  if (opts.relay) Object.assign(result, { relayed: isRelayed(conn.remoteAddr), limited: conn.limits != null })
   if (opts.identify && discovery == null) {
     let found
     try {

@@ -2,13 +2,17 @@
 // The libp2p stack and the framing are those of the original MimirLLM peers (see /work/shared/WIRE.md):
 // TCP, Noise, yamux, identify (+ identify push), optional kad-dht; packets are UTF-8 JSON
 // framed by it-length-prefixed's streaming encoder (varint and body go out as two chunks).
+// On request (relay: true) the circuit relay v2 transport too, for peers behind NATs: `--reserve ADDR`
+// on the nodes, circuit `--peer` addresses on the clients (see reserveOn, RELAYED_OPTIONS).
 import { createInterface } from 'node:readline'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
+import { circuitRelayTransport } from '@libp2p/circuit-relay-v2'
 import { identify, identifyPush } from '@libp2p/identify'
 import { kadDHT } from '@libp2p/kad-dht'
 import { mdns as mdnsDiscovery } from '@libp2p/mdns'
 import { tcp } from '@libp2p/tcp'
+import { multiaddr } from '@multiformats/multiaddr'
 import * as lp from 'it-length-prefixed'
 import { createLibp2p } from 'libp2p'
 
@@ -96,12 +100,59 @@ export function takeFlag (argv, i, name) {
   return argv[i + 1]
 }
 
+// ---------------------------------------------------------------- relayed connections
+
+/** Options of handle()/newStream() that let a protocol run on limited (relayed) connections. */
+export const RELAYED_OPTIONS = Object.freeze({ runOnLimitedConnection: true })
+
+const P2P_CIRCUIT = 290
+
+/** True for an address through a relay (it has /p2p-circuit). */
+export function isRelayed (ma) {
+  return ma.protoCodes().includes(P2P_CIRCUIT)
+}
+
+/** A connection's fields for the connection:open / connection:close events. */
+export function connectionFields (c) {
+  return {
+    peerId: c.remotePeer.toString(),
+    remoteAddr: c.remoteAddr.toString(),
+    relayed: isRelayed(c.remoteAddr),
+    limited: c.limits != null
+  }
+}
+
+/**
+ * Reserve a slot on each relay of `relays` (multiaddrs ending in /p2p/<relay>): listen on
+ * ADDR/p2p-circuit (needs a node built with relay: true). A reservation that fails within timeoutMs is
+ * logged and reported as a {"event":"reserve-failed",addr,error} line; the others go on.
+ * Returns the node's relayed addresses (<relay addr>/p2p-circuit/p2p/<its id>) afterwards.
+ */
+export async function reserveOn (node, relays, timeoutMs = 30_000) {
+  for (const addr of relays) {
+    try {
+      await withTimeout(node.components.transportManager.listen([multiaddr(addr).encapsulate('/p2p-circuit')]),
+        timeoutMs, `reservation on ${addr}`)
+    } catch (err) {
+      log(`reserve on ${addr} failed:`, err)
+      await emit({ event: 'reserve-failed', addr, error: errorMessage(err) })
+    }
+  }
+  return circuitAddrs(node)
+}
+
+/** The node's relayed addresses now. */
+export function circuitAddrs (node) {
+  return node.getMultiaddrs().filter(isRelayed).map(ma => ma.toString())
+}
+
 /**
  * libp2p as the original peers build it (plus test-friendly connection limits, as in peer.mjs).
  * mdns: add @libp2p/mdns discovery like the original's config (mdnsIntervalMs: its query interval,
- * default 10000); discovered peers come as 'peer:discovery' events.
+ * default 10000); discovered peers come as 'peer:discovery' events. relay: add the circuit relay v2
+ * transport (dial .../p2p-circuit/p2p/<peer> addresses, accept relayed connections, reserve with reserveOn).
  */
-export async function buildNode ({ listen, dht = false, monitor = true, monitorIntervalMs, mdns = false, mdnsIntervalMs }) {
+export async function buildNode ({ listen, dht = false, monitor = true, monitorIntervalMs, mdns = false, mdnsIntervalMs, relay = false }) {
   const services = {
     identify: identify(),
     identifyPush: identifyPush()
@@ -111,7 +162,7 @@ export async function buildNode ({ listen, dht = false, monitor = true, monitorI
   return await createLibp2p({
     start: false,
     addresses: { listen },
-    transports: [tcp()],
+    transports: transportsFor(relay),
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     connectionManager: {
@@ -124,6 +175,11 @@ export async function buildNode ({ listen, dht = false, monitor = true, monitorI
     },
     services
   })
+}
+
+/** TCP, plus the circuit relay v2 transport when `relay`. */
+export function transportsFor (relay) {
+  return relay ? [tcp(), circuitRelayTransport()] : [tcp()]
 }
 
 /** Report crashes instead of dying silently (a test can assert there were none). */
@@ -160,19 +216,21 @@ function stopOnSignals (node) {
   return shutdown
 }
 
-// Start `node`, print its `ready` event (`fields` after its peer ID and addresses), then stop it (within
-// 5 s) and exit once: on SIGTERM, SIGINT, an `exit` line on stdin or the end of stdin.
-export async function serveUntilStopped (node, fields) {
+// Start `node`, run `afterStart` (its reservations: it returns further fields of the ready event), print
+// its `ready` event (`fields` after its peer ID and addresses), then stop it (within 5 s) and exit once:
+// on SIGTERM, SIGINT, an `exit` line on stdin or the end of stdin.
+export async function serveUntilStopped (node, fields, afterStart = async () => ({})) {
   const shutdown = stopOnSignals(node)
 
-
   await node.start()
+  const more = await afterStart()
 
   await emit({
     event: 'ready',
     peerId: node.peerId.toString(),
     addrs: node.getMultiaddrs().map(ma => ma.toString()),
-    ...fields
+    ...fields,
+    ...more
   })
 
   const rl = createInterface({ input: process.stdin, crlfDelay: Infinity })

@@ -18,9 +18,10 @@
 //                                       a protocol handler rejects without ending the stream).
 // Nothing crashes: such errors become "completion" events with ok false.
 //
-// stdout: JSON lines: one "ready" event ({peerId, addrs, models, backend}), then events:
-//   connection:open / connection:close, identify_query and message (with frame_sizes: the byte length
-//   of each data chunk received on that stream up to that packet), completion, uncaught.
+// stdout: JSON lines: one "ready" event ({peerId, addrs, models, backend, circuitAddrs}), then events:
+//   connection:open / connection:close ({peerId, remoteAddr, relayed, limited}; direction on open),
+//   identify_query and message (with frame_sizes: the byte length of each data chunk received on that
+//   stream up to that packet), completion, uncaught, reserve-failed ({addr, error}).
 // stderr: diagnostics.  stdin: EOF or a line "exit" stops the node.
 //
 // Flags:
@@ -38,10 +39,18 @@
 //   --mdns                        add @libp2p/mdns discovery like the original (with --listen
 //                                 /ip4/0.0.0.0/tcp/0, as the original listens, it is announced on the LAN)
 //   --mdns-interval-ms <n>        mDNS query interval (@libp2p/mdns default 10000)
+//   --reserve <multiaddr>         repeatable: reserve a slot on that circuit relay v2 (an address ending in
+//                                 /p2p/<relay>) before "ready", i.e. listen on ADDR/p2p-circuit (the
+//                                 @libp2p/circuit-relay-v2 transport); the relayed addresses
+//                                 (<relay addr>/p2p-circuit/p2p/<id>) are the ready event's circuitAddrs.
+//                                 With it the mimir handlers also run on limited (relayed) connections;
+//                                 a relay's limits (js-libp2p's: 128 KiB both ways, 2 min) end the
+//                                 connection, hence the answer, when reached.
 import OpenAI from 'openai'
 import {
   CHAT_PROTOCOL, DEFAULT_MODEL, IDENTIFY_PROTOCOL,
-  buildNode, emit, errorMessage, framed, log, packetsOf, reportUncaught, setLogTag, takeFlag, tapSizes, serveUntilStopped
+  RELAYED_OPTIONS, buildNode, connectionFields, emit, errorMessage, framed, log, packetsOf, reportUncaught,
+  reserveOn, serveUntilStopped, setLogTag, takeFlag, tapSizes
 } from './mimir-common.mjs'
 
 setLogTag('mimir-node')
@@ -60,7 +69,8 @@ function parseArgs (argv) {
     monitor: true,
     monitorIntervalMs: undefined,
     mdns: false,
-    mdnsIntervalMs: undefined
+    mdnsIntervalMs: undefined,
+    reserve: []
   }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
@@ -78,6 +88,7 @@ function parseArgs (argv) {
     else if (a === '--monitor-interval-ms') opts.monitorIntervalMs = Number(next())
     else if (a === '--mdns') opts.mdns = true
     else if (a === '--mdns-interval-ms') opts.mdnsIntervalMs = Number(next())
+    else if (a === '--reserve') opts.reserve.push(next())
     else throw new Error(`unknown argument ${a}`)
   }
   if (opts.listen.length === 0) opts.listen.push('/ip4/127.0.0.1/tcp/0')
@@ -103,17 +114,20 @@ const node = await buildNode({
   monitor: opts.monitor,
   monitorIntervalMs: opts.monitorIntervalMs,
   mdns: opts.mdns,
-  mdnsIntervalMs: opts.mdnsIntervalMs
+  mdnsIntervalMs: opts.mdnsIntervalMs,
+  relay: opts.reserve.length > 0
 })
-const handlerOptions = opts.maxStreams != null ? { maxInboundStreams: opts.maxStreams, maxOutboundStreams: opts.maxStreams } : {}
+const handlerOptions = {
+  ...(opts.maxStreams != null ? { maxInboundStreams: opts.maxStreams, maxOutboundStreams: opts.maxStreams } : {}),
+  ...(opts.reserve.length > 0 ? RELAYED_OPTIONS : {})
+}
 
 node.addEventListener('connection:open', (evt) => {
   const c = evt.detail
-  void emit({ event: 'connection:open', peerId: c.remotePeer.toString(), remoteAddr: c.remoteAddr.toString(), direction: c.direction })
+  void emit({ event: 'connection:open', ...connectionFields(c), direction: c.direction })
 })
 node.addEventListener('connection:close', (evt) => {
-  const c = evt.detail
-  void emit({ event: 'connection:close', peerId: c.remotePeer.toString(), remoteAddr: c.remoteAddr.toString() })
+  void emit({ event: 'connection:close', ...connectionFields(evt.detail) })
 })
 
 // ---------------------------------------------------------------- /mimirllm/1.0.0/identify
@@ -221,4 +235,4 @@ await node.handle(CHAT_PROTOCOL, (data) => { void handleChat(data) }, handlerOpt
 await serveUntilStopped(node, {
   models: opts.models,
   backend: opts.backendUrl
-})
+}, async () => ({ circuitAddrs: await reserveOn(node, opts.reserve) }))
