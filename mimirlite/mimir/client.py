@@ -50,6 +50,7 @@ from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream
 from mimirlite.protocols import IdentifyTimeoutError, Ping, identify_service, start_services
 from mimirlite.protocols.dcutr.holepunch import HolePunchConfig
+from mimirlite.protocols.dcutr.messages import DCUTR_PROTOCOL
 from mimirlite.protocols.dcutr.service import HolePuncher
 from mimirlite.protocols.kad.service import DhtConfig
 from mimirlite.protocols.relay.client import RelayClient
@@ -697,7 +698,10 @@ class MimirClient(Service):
         conn = self.host.connections.get(peer)
         relay, puncher = self._relay, self.puncher
         limited = conn is not None and relay is not None and relay.limit_of(conn) is not None
-        if limited and puncher is not None and not await puncher.wait_direct(peer):
+        identify = identify_service(self.host)
+        info = identify.info_of(peer) if identify is not None else None
+        punches = info is None or DCUTR_PROTOCOL in info.protocols
+        if limited and punches and puncher is not None and not await puncher.wait_direct(peer):
             log.info("no direct connection to %s: chatting through the relay, within its limits", peer)
         return await self.host.new_stream(peer, protocol)
 
