@@ -5,13 +5,16 @@ js-libp2p skips private addresses in both protocols and the lab has only private
 take the lab's wan for the public internet (``lab_public``: interop/lab-public-hook.mjs); mimirlite allows
 private addresses (``allow_private``). Needs root (network namespaces, nftables).
 
-- AutoNAT: a mimirlite client asks a JS server and learns PUBLIC (on the wan, or behind a port forward) or
-  PRIVATE (behind MASQUERADE); a JS client asks a mimirlite server, which dials it back, and JS marks its
-  address verified.
+- AutoNAT: a JS client on the wan asks a mimirlite server, which dials it back, and JS marks its address
+  verified (and announces it). A mimirlite client asks a JS server: JS takes the request and the address,
+  but @libp2p/autonat 2.0.16 answers from the request's own connection and closes it before it answers, so
+  mimirlite gets no vote (UNKNOWN), on the wan as behind NAT (see that test).
 - DCUtR, JS initiating: a JS peer on the wan reserves on a relay, mimirlite behind NAT dials it through the
-  relay; JS sends CONNECT, mimirlite answers CONNECT, JS sends SYNC and mimirlite dials (from its listen
-  port, as the handshake's responder: JS's listener takes the connection as responder too, so it forms no
-  direct connection: the exchange only, each side's record of it asserted).
+  relay; JS sends CONNECT, mimirlite answers CONNECT, JS sends SYNC and mimirlite dials from its listen port,
+  as the handshake's responder (the DCUtR responder's role in a simultaneous open, as go-libp2p's). Its SYN
+  reaches JS's listener, which takes the connection as responder too, and JS's own dial (from another
+  port than the one the NAT opened) is dropped: no direct connection, the exchange only, each side's
+  record of it asserted. They stay relayed and talk.
 - DCUtR, mimirlite initiating: mimirlite behind NAT reserves, the JS peer on the wan dials it through the
   relay; mimirlite sends CONNECT, JS answers CONNECT, mimirlite sends SYNC and dials JS's listener from its
   listen port (as the handshake's initiator): a direct connection forms through the NAT.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from jsnat import ECHO_PROTOCOL, JsNatPeer
@@ -88,9 +92,9 @@ async def lab_relay(loop: NetnsLoop, host: NetnsHost) -> AsyncIterator[AutoNat]:
             await loop.run(relay.stop(), timeout=10)
 
 
-async def js_on(lab: NatLab, host: NetnsHost, **kwargs: object) -> JsNatPeer:
+async def js_on(lab: NatLab, host: NetnsHost, **kwargs: Any) -> JsNatPeer:
     """A JS NAT peer in ``host``'s namespace, listening there on PORT, the lab's wan public to it."""
-    return await JsNatPeer.start(  # type: ignore[arg-type]
+    return await JsNatPeer.start(
         listen=f"/ip4/{'0.0.0.0' if host not in lab.wan else host.ip}/tcp/{PORT}",
         lab_public=[str(lab.wan_network)],
         netns=host.netns,
@@ -258,7 +262,9 @@ async def test_dcutr_js_initiates_and_mimirlite_answers(caplog: pytest.LogCaptur
                         for r in caplog.records
                         if r.getMessage().startswith("dcutr: direct dial of")
                     ][:1]
-                    assert f"at {own}/p2p/{js.peer_id} failed: nothing received" in dial, dial
+                    # whichever side's first-byte timer (3 s both) ends the silent connection first
+                    silent = ("failed: nothing received", "failed: connection closed during the upgrade")
+                    assert any(f"at {own}/p2p/{js.peer_id} {why}" in dial for why in silent), dial
                     # JS's side: it sent CONNECT, read ours (with dialable addresses), sent SYNC and dialed
                     err = js.stderr_tail()
                     for line in ("B sending connect", "B receiving connect", "A sending sync", "B dialing"):
