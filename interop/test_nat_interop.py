@@ -318,25 +318,30 @@ async def test_dcutr_mimirlite_initiates_and_punches_to_js(caplog: pytest.LogCap
                 async def punched() -> bool:
                     return puncher.succeeded + puncher.failed > 0
 
-                async def outcome() -> tuple[int, int, bool]:
+                async def outcome() -> tuple[int, int, bool, bytes]:
                     await until(punched, 30, "mimirlite's hole punch over")
-                    conn = node.host.connections.get(PeerId.from_string(js.peer_id))
+                    js_id = PeerId.from_string(js.peer_id)
+                    conn = node.host.connections.get(js_id)
                     direct = conn is not None and not isinstance(conn.transport, StreamTransport)
-                    return puncher.succeeded, puncher.failed, direct
+                    stream = await node.host.new_stream(js_id, ECHO_PROTOCOL)  # on the direct connection
+                    direct = direct and stream.connection is conn
+                    await stream.write(b"punched through")
+                    await stream.close_write()
+                    return puncher.succeeded, puncher.failed, direct, await stream.read_all()
 
-                succeeded, failed, direct = await loop.run(outcome(), timeout=40)
+                succeeded, failed, direct, echoed = await loop.run(outcome(), timeout=40)
                 states = dcutr_states(caplog, "initiator")
                 assert states[:2] == ["idle -> connect_sent", "connect_sent -> dialing"], states
                 err = js.stderr_tail()
                 for line in ("A receiving connect", "A sending connect", "A receiving sync", "A dialing"):
                     assert line in err, f"{line!r} not in JS's log:\n{err}"
-                assert (succeeded, failed, direct) == (1, 0, True)
+                assert (succeeded, failed, direct, echoed) == (1, 0, True, b"punched through")
 
-                # JS sees the direct connection too (inbound from the router's address) and echoes over it
+                # JS sees it too: inbound from the router's address, with our listen port (the NAT kept it)
                 async def js_direct() -> bool:
                     conns = [c for c in await js.connections() if c["peer"] == str(node.host.peer_id)]
                     return any(
-                        not c["relayed"] and c["addr"].startswith(f"/ip4/{lab.router_wan_ip(0)}/")
+                        not c["relayed"] and c["addr"].startswith(f"/ip4/{lab.router_wan_ip(0)}/tcp/{PORT}/")
                         for c in conns
                     )
 
