@@ -92,8 +92,12 @@ class JsNatPeer(JsPeer):
 
     @property
     def addr(self) -> str:
-        """The first direct (not ``/p2p-circuit``) listen address, with /p2p/."""
-        return next(a for a in self.addrs if "/p2p-circuit" not in a)
+        """The first direct (not ``/p2p-circuit``) listen address, with /p2p/. With ``lab_public`` a
+        peer announces a lab-public address only once AutoNAT verified it: build that one from its IP."""
+        for a in self.addrs:
+            if "/p2p-circuit" not in a:
+                return a
+        raise LookupError(f"{self.what} announced no direct address at start (addrs {self.addrs})")
 
     # every command's answer comes within its own timeout plus this margin
     _MARGIN = 10.0
