@@ -14,7 +14,8 @@ private addresses (``allow_private``). Needs root (network namespaces, nftables)
   as the handshake's responder (the DCUtR responder's role in a simultaneous open, as go-libp2p's). Its SYN
   reaches JS's listener, which takes the connection as responder too, and JS's own dial (from another
   port than the one the NAT opened) is dropped: no direct connection, the exchange only, each side's
-  record of it asserted. They stay relayed and talk.
+  record of it asserted; they stay relayed and talk. With mimirlite's listen port forwarded by its router,
+  JS's dial reaches mimirlite's listener: a direct connection after the exchange (JS's dial, not a punch).
 - DCUtR, mimirlite initiating: mimirlite behind NAT reserves, the JS peer on the wan dials it through the
   relay; mimirlite sends CONNECT, JS answers CONNECT, mimirlite sends SYNC and dials JS's listener from its
   listen port (as the handshake's initiator): a direct connection forms through the NAT.
@@ -40,7 +41,7 @@ from mimirlite.protocols.dcutr.service import HolePuncher
 from mimirlite.protocols.relay.client import RelayClient
 from mimirlite.protocols.relay.service import RelayService
 from tests.helpers import echo_handler
-from tests.helpers.netns import NatLab, NetnsHost, NetnsLoop, require_nat
+from tests.helpers.netns import NatLab, NetnsHost, NetnsLoop, PortForward, require_nat
 from tests.helpers.waiting import until
 
 PORT = 4001
@@ -207,13 +208,19 @@ async def _dialed_back(node: AutoNat) -> int:
 # ---- DCUtR ----
 
 
-async def test_dcutr_js_initiates_and_mimirlite_answers(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("forwarded", [False, True], ids=["behind-nat", "port-forward"])
+async def test_dcutr_js_initiates_and_mimirlite_answers(
+    caplog: pytest.LogCaptureFixture, forwarded: bool
+) -> None:
     """JS on the wan took mimirlite's relayed connection (mimirlite behind NAT dialed its circuit
     address): JS sends CONNECT, mimirlite's responder answers CONNECT, JS sends SYNC, and mimirlite dials
-    JS from its listen port. The two stay relayed (see the module docstring) and keep talking."""
+    JS from its listen port, in vain (see the module docstring). Behind MASQUERADE alone JS's dial is
+    dropped too: the two stay relayed and keep talking. Behind a port forward of mimirlite's listen port,
+    JS's dial reaches mimirlite's listener: a direct connection, JS's."""
     require_nat()
     caplog.set_level(logging.DEBUG, logger=DCUTR_LOG)
-    async with NatLab(wan_hosts=2, lans=[1]) as lab:
+    forwards = [PortForward(lan=0, host=0, port=PORT)] if forwarded else []
+    async with NatLab(wan_hosts=2, lans=[1], forwards=forwards) as lab:
         (relay_host, js_host), ((node_host,),) = lab.wan, lab.lans
         loop = lab.loop(node_host)
         async with lab_relay(lab.loop(relay_host), relay_host) as relay:
@@ -269,10 +276,22 @@ async def test_dcutr_js_initiates_and_mimirlite_answers(caplog: pytest.LogCaptur
                     err = js.stderr_tail()
                     for line in ("B sending connect", "B receiving connect", "A sending sync", "B dialing"):
                         assert line in err, f"{line!r} not in JS's log:\n{err}"
-                    # still talking, through the relay
-                    assert await js.echo(b"still relayed", peer_id=str(node.host.peer_id)) == (
-                        b"still relayed"
-                    )
+                    js_id = PeerId.from_string(js.peer_id)
+
+                    async def direct() -> bool:
+                        conn = node.host.connections.get(js_id)
+                        return conn is not None and not isinstance(conn.transport, StreamTransport)
+
+                    if forwarded:
+                        await loop.run(until(direct, 20, "JS's direct connection"), timeout=30)
+                        # JS's dial to the router's forwarded port, our listener's
+                        at = f"/ip4/{lab.router_wan_ip(0)}/tcp/{PORT}/p2p/{node.host.peer_id}"
+                        punched = f"succeeded to address {at}, closing relayed connection"
+                        await until(lambda: punched in js.stderr_tail(), 10, "JS's DCUtR success")
+                    else:
+                        assert not await loop.run(direct(), timeout=5)
+                    # still talking (through the relay, or directly)
+                    assert await js.echo(b"still talking", peer_id=str(node.host.peer_id)) == b"still talking"
                     assert not js.uncaught()
 
 
