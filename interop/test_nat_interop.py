@@ -16,9 +16,11 @@ private addresses (``allow_private``). Needs root (network namespaces, nftables)
   port than the one the NAT opened) is dropped: no direct connection, the exchange only, each side's
   record of it asserted; they stay relayed and talk. With mimirlite's listen port forwarded by its router,
   JS's dial reaches mimirlite's listener: a direct connection after the exchange (JS's dial, not a punch).
-- DCUtR, mimirlite initiating: mimirlite behind NAT reserves, the JS peer on the wan dials it through the
-  relay; mimirlite sends CONNECT, JS answers CONNECT, mimirlite sends SYNC and dials JS's listener from its
-  listen port (as the handshake's initiator): a direct connection forms through the NAT.
+- DCUtR, mimirlite initiating: mimirlite behind NAT reserves, the JS peer dials it through the relay;
+  mimirlite sends CONNECT, JS answers CONNECT, mimirlite sends SYNC and dials JS's listener from its listen
+  port (as the handshake's initiator). JS on the wan: a direct connection forms through the NAT. JS behind
+  a NAT of its own: no direct connection after three exchanges (JS's TCP neither learns the address it is
+  observed at nor dials from its listen port, so a JS peer behind NAT cannot be punched to).
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ async def lab_relay(loop: NetnsLoop, host: NetnsHost) -> AsyncIterator[AutoNat]:
 async def js_on(lab: NatLab, host: NetnsHost, **kwargs: Any) -> JsNatPeer:
     """A JS NAT peer in ``host``'s namespace, listening there on PORT, the lab's wan public to it."""
     return await JsNatPeer.start(
-        listen=f"/ip4/{'0.0.0.0' if host not in lab.wan else host.ip}/tcp/{PORT}",
+        listen=f"/ip4/{host.ip}/tcp/{PORT}",
         lab_public=[str(lab.wan_network)],
         netns=host.netns,
         **kwargs,
@@ -295,14 +297,21 @@ async def test_dcutr_js_initiates_and_mimirlite_answers(
                     assert not js.uncaught()
 
 
-async def test_dcutr_mimirlite_initiates_and_punches_to_js(caplog: pytest.LogCaptureFixture) -> None:
-    """mimirlite behind NAT took JS's relayed connection (it reserved on the relay; JS on the wan dialed
-    its circuit address): mimirlite sends CONNECT, JS answers CONNECT, mimirlite sends SYNC and, half a
-    round trip later, dials JS from its listen port: a direct connection through the NAT."""
+@pytest.mark.parametrize("js_behind_nat", [False, True], ids=["js-on-the-wan", "js-behind-nat"])
+async def test_dcutr_mimirlite_initiates_and_punches_to_js(
+    caplog: pytest.LogCaptureFixture, js_behind_nat: bool
+) -> None:
+    """mimirlite behind NAT took JS's relayed connection (it reserved on the relay; JS dialed its circuit
+    address): mimirlite sends CONNECT, JS answers CONNECT, mimirlite sends SYNC and, half a round trip
+    later, dials JS from its listen port. JS on the wan: a direct connection through mimirlite's NAT.
+    JS behind a NAT of its own: JS offers only its LAN address (it takes no TCP address it is observed at,
+    and its dial, from another port than its listen port, opens its NAT for no answer), so the three
+    attempts fail and the two stay relayed, still talking."""
     require_nat()
     caplog.set_level(logging.DEBUG, logger=DCUTR_LOG)
-    async with NatLab(wan_hosts=2, lans=[1]) as lab:
-        (relay_host, js_host), ((node_host,),) = lab.wan, lab.lans
+    async with NatLab(wan_hosts=2, lans=[1, 1]) as lab:
+        (relay_host, wan_js_host), ((node_host,), (lan_js_host,)) = lab.wan, lab.lans
+        js_host = lan_js_host if js_behind_nat else wan_js_host
         loop = lab.loop(node_host)
         async with lab_relay(lab.loop(relay_host), relay_host) as relay:
             relay_addr = relay.host.listen_addrs[0]
@@ -318,7 +327,9 @@ async def test_dcutr_mimirlite_initiates_and_punches_to_js(caplog: pytest.LogCap
                 async def js_verified() -> bool:
                     return await verified(js, own)
 
-                await until(js_verified, 30, "JS's address verified by the relay")
+                # on the wan, the relay's AutoNAT server verifies JS's address (JS offers it in its
+                # CONNECT then); behind NAT it is a LAN address, which JS takes as verified at once
+                await until(js_verified, 30, "JS's address verified")
 
                 async def reserve() -> tuple[str, HolePuncher]:
                     client = RelayClient(node.host, [relay_addr])
@@ -338,23 +349,31 @@ async def test_dcutr_mimirlite_initiates_and_punches_to_js(caplog: pytest.LogCap
                     return puncher.succeeded + puncher.failed > 0
 
                 async def outcome() -> tuple[int, int, bool, bytes]:
-                    await until(punched, 30, "mimirlite's hole punch over")
+                    await until(punched, 60, "mimirlite's hole punch over")
                     js_id = PeerId.from_string(js.peer_id)
                     conn = node.host.connections.get(js_id)
                     direct = conn is not None and not isinstance(conn.transport, StreamTransport)
-                    stream = await node.host.new_stream(js_id, ECHO_PROTOCOL)  # on the direct connection
+                    stream = await node.host.new_stream(js_id, ECHO_PROTOCOL)  # direct when there is one
                     direct = direct and stream.connection is conn
-                    await stream.write(b"punched through")
+                    await stream.write(b"after the hole punch")
                     await stream.close_write()
                     return puncher.succeeded, puncher.failed, direct, await stream.read_all()
 
-                succeeded, failed, direct, echoed = await loop.run(outcome(), timeout=40)
+                succeeded, failed, direct, echoed = await loop.run(outcome(), timeout=80)
                 states = dcutr_states(caplog, "initiator")
                 assert states[:2] == ["idle -> connect_sent", "connect_sent -> dialing"], states
                 err = js.stderr_tail()
                 for line in ("A receiving connect", "A sending connect", "A receiving sync", "A dialing"):
                     assert line in err, f"{line!r} not in JS's log:\n{err}"
-                assert (succeeded, failed, direct, echoed) == (1, 0, True, b"punched through")
+                assert echoed == b"after the hole punch"
+                if js_behind_nat:
+                    # three attempts, each a full exchange, each dial to JS's LAN address in vain
+                    assert (succeeded, failed, direct) == (0, 1, False)
+                    assert states.count("connect_sent -> dialing") == PUNCH.max_attempts, states
+                    assert err.count("A receiving sync") == PUNCH.max_attempts, err
+                    assert not js.uncaught()
+                    return
+                assert (succeeded, failed, direct) == (1, 0, True)
 
                 # JS sees it too: inbound from the router's address, with our listen port (the NAT kept it)
                 async def js_direct() -> bool:
