@@ -26,7 +26,8 @@
 //                           (@libp2p/utils/private-ip), and the lab has only private ones (10.x wan,
 //                           192.168.x LANs in network namespaces): with this flag the whole peer takes the
 //                           IPv4 addresses in CIDR for public (its own ones then need AutoNAT to verify them
-//                           before it announces them, as on the internet). Needs the resolve hook loaded
+//                           before it announces them, as on the internet: until then they are missing from
+//                           the ready line's and addrs' lists). Needs the resolve hook loaded
 //                           first: node --import ./lab-public-hook.mjs nat-peer.mjs --lab-public CIDR
 //                           (jsnat.py does it through NODE_OPTIONS); see lab-public-hook.mjs.
 //
