@@ -7,6 +7,7 @@ the script; every wait is bounded and the process is always stopped (stdin EOF, 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from jspeer import JsPeer
 
 HERE = Path(__file__).resolve().parent
 NAT_SCRIPT = HERE / "nat-peer.mjs"
+LAB_PUBLIC_HOOK = HERE / "lab-public-hook.mjs"
 ECHO_PROTOCOL = "/mimirlite-test/echo/1.0.0"
 
 
@@ -39,6 +41,8 @@ class JsNatPeer(JsPeer):
         reserve: tuple[str, ...] | list[str] = (),
         dcutr: bool = False,
         autonat: bool = False,
+        lab_public: tuple[str, ...] | list[str] = (),
+        debug: str | None = None,
         timeout: float = 30,
         netns: str | None = None,
     ) -> JsNatPeer:
@@ -48,7 +52,10 @@ class JsNatPeer(JsPeer):
         ``max_reservations``, ``data_limit`` (bytes, both directions together), ``duration_limit``
         (seconds) or ``no_limit``; ``relay_client``: the circuit transport; ``reserve``: relay addresses
         (with /p2p/) to reserve a slot on at start (implies the client); ``dcutr``, ``autonat``: those
-        services; ``netns``: in that network namespace (tests/helpers/netns.py)."""
+        services; ``lab_public``: IPv4 CIDRs the peer takes for public (the NAT lab's stand-in for the
+        internet: js-libp2p's DCUtR and AutoNAT skip private addresses; ``lab-public-hook.mjs`` is loaded
+        through NODE_OPTIONS); ``debug``: js-libp2p's DEBUG namespaces (e.g. ``libp2p:dcutr*``), logged to
+        its stderr (``stderr_tail``); ``netns``: in that network namespace (tests/helpers/netns.py)."""
         args: list[str] = []
         for addr in [listen] if isinstance(listen, str) else (listen or ()):
             args += ["--listen", addr]
@@ -72,14 +79,25 @@ class JsNatPeer(JsPeer):
             args.append("--dcutr")
         if autonat:
             args.append("--autonat")
-        peer = await cls._spawn(args, timeout=timeout, netns=netns)
+        env: dict[str, str] = {}
+        for cidr in lab_public:
+            args += ["--lab-public", cidr]
+        if lab_public:
+            env["NODE_OPTIONS"] = f"{os.environ.get('NODE_OPTIONS', '')} --import={LAB_PUBLIC_HOOK}".strip()
+        if debug is not None:
+            env["DEBUG"] = debug
+        peer = await cls._spawn(args, timeout=timeout, netns=netns, env=env or None)
         assert isinstance(peer, JsNatPeer)
         return peer
 
     @property
     def addr(self) -> str:
-        """The first direct (not ``/p2p-circuit``) listen address, with /p2p/."""
-        return next(a for a in self.addrs if "/p2p-circuit" not in a)
+        """The first direct (not ``/p2p-circuit``) listen address, with /p2p/. With ``lab_public`` a
+        peer announces a lab-public address only once AutoNAT verified it: build that one from its IP."""
+        for a in self.addrs:
+            if "/p2p-circuit" not in a:
+                return a
+        raise LookupError(f"{self.what} announced no direct address at start (addrs {self.addrs})")
 
     # every command's answer comes within its own timeout plus this margin
     _MARGIN = 10.0
@@ -128,3 +146,14 @@ class JsNatPeer(JsPeer):
         """A relay server's reservations: the peer IDs holding one."""
         reply = await self.call("reservations", timeout=timeout)
         return [str(p) for p in reply["reservations"]]
+
+    async def address_metadata(self, timeout: float = 10) -> list[dict[str, Any]]:
+        """Its address manager's addresses: ``[{addr, type, verified}]`` (``verified``: AutoNAT confirmed
+        it, or js-libp2p takes it for private and needs no check)."""
+        reply = await self.call("addressMetadata", timeout=timeout)
+        return list(reply["addrs"])
+
+    async def lab_public(self, ips: list[str] | tuple[str, ...] = (), timeout: float = 10) -> dict[str, Any]:
+        """``{cidrs, private: {ip: bool}}``: the ``--lab-public`` CIDRs in effect, and what js-libp2p's
+        ``isPrivateIp`` says of each of ``ips``."""
+        return await self.call("labPublic", timeout=timeout, ips=list(ips))

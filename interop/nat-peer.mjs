@@ -21,6 +21,15 @@
 //                           slot on that relay (ADDR must end in /p2p/<relay>)
 //   --dcutr                 the DCUtR service (implies identify, already there)
 //   --autonat               the AutoNAT v1 service
+//   --lab-public CIDR       repeatable: the NAT lab's stand-in for the public internet. js-libp2p's DCUtR,
+//                           AutoNAT, identify and address manager skip private addresses
+//                           (@libp2p/utils/private-ip), and the lab has only private ones (10.x wan,
+//                           192.168.x LANs in network namespaces): with this flag the whole peer takes the
+//                           IPv4 addresses in CIDR for public (its own ones then need AutoNAT to verify them
+//                           before it announces them, as on the internet: until then they are missing from
+//                           the ready line's and addrs' lists). Needs the resolve hook loaded
+//                           first: node --import ./lab-public-hook.mjs nat-peer.mjs --lab-public CIDR
+//                           (jsnat.py does it through NODE_OPTIONS); see lab-public-hook.mjs.
 //
 // Every peer serves /mimirlite-test/echo/1.0.0 (also on limited, i.e. relayed, connections): it echoes
 // the bytes it reads until EOF, then closes.
@@ -33,6 +42,10 @@
 //   echo {addr | peerId, hex, timeoutMs?} -> {hex} (opens the echo protocol, writes, closes, reads to EOF)
 //   hangUp {peerId}                   -> {}
 //   reservations                      -> {reservations: [peer id, ...]} (a relay server's)
+//   addressMetadata                   -> {addrs: [{addr, type, verified}]} (the address manager's view:
+//                                        AutoNAT marks an address verified once a server dialed it back)
+//   labPublic {ips?}                  -> {cidrs, private: {ip: bool}} (the --lab-public CIDRs in effect,
+//                                        and what isPrivateIp, the one js-libp2p uses, says of each ip)
 //   stop / exit                       -> {} then the process stops
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
@@ -44,6 +57,7 @@ import { identify, identifyPush } from '@libp2p/identify'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
+import { isPrivateIp } from '@libp2p/utils/private-ip'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { emit, errorMessage, log, runCommandLoop, setLogTag, withTimeout } from './mimir-common.mjs'
@@ -64,7 +78,8 @@ function parseArgs (argv) {
     relayClient: false,
     reserve: [],
     dcutr: false,
-    autonat: false
+    autonat: false,
+    labPublic: []
   }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
@@ -85,9 +100,14 @@ function parseArgs (argv) {
       opts.relayClient = true
     } else if (a === '--dcutr') opts.dcutr = true
     else if (a === '--autonat') opts.autonat = true
+    else if (a === '--lab-public') opts.labPublic.push(next())
     else throw new Error(`unknown argument ${a}`)
   }
   if (opts.listen.length === 0) opts.listen.push('/ip4/127.0.0.1/tcp/0')
+  const hooked = globalThis[Symbol.for('mimirlite.labPublic')] ?? []
+  if (opts.labPublic.length > 0 && hooked.length !== opts.labPublic.length) {
+    throw new Error('--lab-public needs the resolve hook: node --import ./lab-public-hook.mjs nat-peer.mjs ...')
+  }
   return opts
 }
 
@@ -203,6 +223,18 @@ const commands = {
     const relay = node.services.relay
     if (relay == null) throw new Error('reservations needs --relay-server')
     return { reservations: [...relay.reservations.keys()].map(p => p.toString()) }
+  },
+
+  async addressMetadata () {
+    const addrs = node.components.addressManager.getAddressesWithMetadata()
+      .map(a => ({ addr: a.multiaddr.toString(), type: a.type, verified: a.verified }))
+    return { addrs }
+  },
+
+  async labPublic (req) {
+    const checked = {}
+    for (const ip of req.ips ?? []) checked[ip] = isPrivateIp(ip) ?? null
+    return { cidrs: opts.labPublic, private: checked }
   },
 
   async stop () { return {} },

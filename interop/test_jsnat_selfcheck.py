@@ -1,12 +1,16 @@
 """Self-check of the JS NAT traversal peer (nat-peer.mjs, jsnat.py): a JS relay, a JS peer reserving a slot
-on it, a third JS peer echoing through the circuit."""
+on it, a third JS peer echoing through the circuit; the NAT lab's ``--lab-public`` shim in effect (js-libp2p's
+isPrivateIp, and a JS AutoNAT server that takes a 10.x address it refuses without it)."""
 
 from __future__ import annotations
 
 import pytest
 from jsnat import JsNatPeer
 from jspeer import JsPeerError
+from test_nat_interop import PORT, lab_node, wan_addr
 
+from mimirlite import PeerId
+from tests.helpers.netns import NatLab, require_nat
 from tests.helpers.waiting import until
 
 NOBODY = "12D3KooWHdiAxVd8uMQR1hGWXccidmfCwLqcMpGwR6QcTP6QRMuD"  # --key-seed 2, not started here
@@ -70,3 +74,55 @@ async def test_dcutr_and_autonat_peers_relay_and_hang_up() -> None:
         await source.hang_up(target.peer_id)
         assert [c for c in await source.connections() if c["peer"] == target.peer_id] == []
         assert not (relay.uncaught() or target.uncaught() or source.uncaught())
+
+
+async def test_lab_public_makes_js_take_a_range_for_public() -> None:
+    ips = ["127.0.0.1", "10.1.2.3", "192.168.0.1"]
+    async with await JsNatPeer.start(lab_public=["127.0.0.0/8"]) as lab:
+        assert await lab.lab_public(ips) == {
+            "cidrs": ["127.0.0.0/8"],
+            "private": {"127.0.0.1": False, "10.1.2.3": True, "192.168.0.1": True},
+        }
+        # its own address is now public, hence unverified until AutoNAT checks it: not announced
+        assert await lab.current_addrs() == []
+        [meta] = await lab.address_metadata()
+        assert (meta["type"], meta["verified"]) == ("transport", False)
+    async with await JsNatPeer.start() as plain:
+        assert (await plain.lab_public(ips))["private"] == dict.fromkeys(ips, True)
+        assert [m["verified"] for m in await plain.address_metadata()] == [True]
+
+
+async def test_lab_public_without_the_hook_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="needs the resolve hook"):
+        await JsNatPeer._spawn(["--lab-public", "10.0.0.0/8"], timeout=20)
+
+
+@pytest.mark.parametrize("shim", [True, False], ids=["lab-public", "plain"])
+async def test_a_js_autonat_server_dials_a_lab_address_only_with_the_shim(shim: bool) -> None:
+    """A mimirlite node on the lab's wan asks a JS AutoNAT server there: with the wan public to JS, JS takes
+    the 10.x address to dial; without, it refuses it ("no dialable addresses")."""
+    require_nat()
+    async with NatLab(wan_hosts=2, lans=[1]) as lab:
+        (js_host, node_host), _ = lab.wan, lab.lans
+        loop = lab.loop(node_host)
+        async with (
+            await JsNatPeer.start(
+                listen=f"/ip4/{js_host.ip}/tcp/{PORT}",
+                autonat=True,
+                lab_public=[str(lab.wan_network)] if shim else [],
+                debug="libp2p:auto-nat*",
+                netns=js_host.netns,
+            ) as server,
+            lab_node(loop, f"/ip4/{node_host.ip}/tcp/{PORT}") as node,
+        ):
+            server_id = PeerId.from_string(server.peer_id)
+
+            async def ask() -> None:
+                await node.identify.identify(await node.host.dial(wan_addr(server, js_host)))
+                await node.probe(server_id)
+
+            await loop.run(ask(), timeout=30)
+            err = server.stderr_tail()
+            ours = f"/ip4/{node_host.ip}/tcp/{PORT}/p2p/{node.host.peer_id}"
+            assert (f"dial multiaddrs {ours}" in err) is shim, err
+            assert ("refused to dial all multiaddrs" in err) is not shim, err
