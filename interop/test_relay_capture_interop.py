@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from jsnat import ECHO_PROTOCOL, JsNatPeer
 
 from mimirlite import Host, KeyPair, PeerId, Stream
-from mimirlite.errors import ClosedError
+from mimirlite.errors import ClosedError, StreamResetError
 from mimirlite.identity import PublicKey
 from mimirlite.net.connection import Connection
 from mimirlite.net.stream import StreamState
@@ -345,10 +345,17 @@ async def test_mimirlite_connects_through_a_js_relay(host: Host) -> None:
         assert answer == HopMessage(HopType.STATUS, status=Status.NO_RESERVATION)
         await stream.close()
 
-        # an empty body (no type): MALFORMED_MESSAGE, then the relay resets the stream
-        stream, answer = await hop_request(host, conn, b"", "js_relay_malformed")
+        # an empty body (no type): MALFORMED_MESSAGE, then the relay resets the stream; a reset that comes
+        # in before we read drops the answer (as yamux does), so a few tries on new streams
+        for attempt in range(1, 6):
+            try:
+                stream, answer = await hop_request(host, conn, b"", "js_relay_malformed")
+                break
+            except StreamResetError:
+                assert attempt < 5, "the relay reset every stream before its answer could be read"
         assert answer == HopMessage(HopType.STATUS, status=Status.MALFORMED_MESSAGE)
-        await stream.close()
+        with contextlib.suppress(StreamResetError):
+            await stream.close()
 
         # a reserved peer: STATUS OK with the limit (the duration in milliseconds), then the stream
         # is the circuit: mimirlite upgrades it and echoes over it
