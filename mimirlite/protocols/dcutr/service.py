@@ -215,13 +215,32 @@ class HolePuncher(Service):
         return core.receive_data(data, self._now())
 
     async def _dial(self, peer: PeerId, addrs: tuple[Multiaddr, ...], *, initiator: bool) -> bool:
+        """Dial ``addrs`` in turn until one connects, or until the peer's own dial reached us (a peer that
+        is reachable: then two connections form, not one, and ours, both ends in the same role, is left)."""
         for addr in addrs:
+            if self._direct(peer):
+                break
+            dial = asyncio.ensure_future(
+                self.host.dial_from_listen_port(addr, peer, initiator=initiator, timeout=self.config.timeout)
+            )
             try:
-                await self.host.dial_from_listen_port(
-                    addr, peer, initiator=initiator, timeout=self.config.timeout
-                )
-            except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
-                log.debug("dcutr: direct dial of %s at %s failed: %s", peer, addr, exc or type(exc).__name__)
-                continue
-            return True
-        return False
+                while not dial.done() and not self._direct(peer):
+                    changed = asyncio.ensure_future(self._changed.setdefault(peer, asyncio.Event()).wait())
+                    try:
+                        await asyncio.wait((dial, changed), return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        changed.cancel()
+            finally:
+                if not dial.done():
+                    dial.cancel()
+                    await asyncio.gather(dial, return_exceptions=True)
+            if dial.cancelled():
+                log.debug("dcutr: %s reached us directly while we dialed it", peer)
+                break
+            exc = dial.exception()
+            if exc is None:
+                return True
+            if not isinstance(exc, (MimirliteError, OSError, asyncio.TimeoutError)):
+                raise exc
+            log.debug("dcutr: direct dial of %s at %s failed: %s", peer, addr, exc or type(exc).__name__)
+        return self._direct(peer)
