@@ -11,6 +11,7 @@ says so in the log.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -19,7 +20,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mimirlite.aio import Service
-from mimirlite.errors import DialError, LocalError, MimirliteError, ProtocolError, ProtocolErrorKind
+from mimirlite.errors import (
+    CloseKind,
+    DialError,
+    LocalError,
+    MimirliteError,
+    ProtocolError,
+    ProtocolErrorKind,
+    StreamResetError,
+)
 from mimirlite.identity import PeerId
 from mimirlite.net.transport import StreamTransport
 from mimirlite.protocols.relay.messages import (
@@ -54,6 +63,9 @@ RENEW_AT = 0.75
 """A reservation is renewed when this share of its lifetime has passed."""
 RETRY = (1.0, 60.0)
 """First and longest wait, in seconds, before reserving again on a relay that failed; it doubles."""
+DATA_SHARE = 0.9
+"""A relayed connection reset by the relay after carrying this share of its data limit (both ways)
+ended at that limit: what we count and what the relay counted differ by what was in flight."""
 
 
 class RelayRefusedError(DialError):
@@ -109,9 +121,12 @@ class RelayClient(Service):
         """The reservations we hold, by relay."""
         self._keepers: list[asyncio.Task[None]] = []
         self.on_reserved: list[Callable[[str], None]] = []
+        """Called with our relayed address (``<relay>/p2p-circuit/p2p/<us>``) at each new reservation."""
         self.on_relayed: list[Callable[[Connection], None]] = []
         """Called with each connection a peer opened to us through a relay (DCUtR punches from there)."""
-        """Called with our relayed address (``<relay>/p2p-circuit/p2p/<us>``) at each new reservation."""
+        self.ended: collections.Counter[str] = collections.Counter()
+        """Our relayed connections (dialed or taken) that ended at a relay's limit, by which
+        (``duration``, ``data``)."""
 
     def __repr__(self) -> str:
         return f"<RelayClient {len(self.held)} reservations>"
@@ -273,23 +288,38 @@ class RelayClient(Service):
         await stream.write(lp.encode_message(encode_stop(StopMessage(StopType.STATUS, status=status))))
 
     def _watch(self, inner: Connection, relay: PeerId, limit: Limit | None) -> None:
-        """Log, when ``inner`` ends, whether it ended at the relay's limit."""
+        """When ``inner`` ends, tell whether it ended at the relay's limit: at WARNING with the limit
+        named, counted in :attr:`ended`. The relay does not say why it reset the circuit, so it is read
+        from what we saw: the duration (its announced limit is in whole seconds) or the bytes carried,
+        both ways (JS circuit-relay-v2 counts both directions together, mimirlite's relay each way: a
+        circuit at either cap carried at least ``limit.data`` in all), with its stream reset by the relay."""
         if limit is None or (limit.duration is None and limit.data is None):
             return
         loop = asyncio.get_running_loop()
         opened = loop.time()
+        transport = inner.transport
 
         def ended(_: object) -> None:
             lasted = loop.time() - opened
+            carried = 0
+            if isinstance(transport, StreamTransport):
+                carried = transport.bytes_in + transport.bytes_out
+            reset = inner.close_kind is CloseKind.REMOTE and isinstance(inner.close_reason, StreamResetError)
+            end = None
             if limit.duration is not None and lasted >= limit.duration * 0.95:
-                why = f"at the relay's duration limit ({limit.duration} s)"
+                end, why = "duration", f"at the relay's duration limit ({limit.duration} s)"
+            elif limit.data is not None and reset and carried >= limit.data * DATA_SHARE:
+                end, why = "data", f"at the relay's data limit ({limit.data} bytes; {carried} carried)"
+            if end is not None:
+                self.ended[end] += 1
                 log.warning("relayed connection to %s through %s ended %s", inner.remote_peer, relay, why)
             else:
                 log.info(
-                    "relayed connection to %s through %s ended after %.1f s (the relay's limits: %s)",
+                    "relayed connection to %s through %s ended after %.1f s and %d bytes (its limits: %s)",
                     inner.remote_peer,
                     relay,
                     lasted,
+                    carried,
                     _limit_text(limit),
                 )
 
