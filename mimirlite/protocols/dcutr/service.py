@@ -10,13 +10,16 @@ peers stay relayed, and the log says so.
 
 Every exchange is a peer's, so the shell bounds what one may cost us: exchanges only over relayed
 connections, one inbound exchange at a time per connection (as @libp2p/dcutr's ``maxInboundStreams``
-1), ``PER_PEER_PER_MINUTE`` inbound exchanges a peer may start (a punch takes at most
-``HolePunchConfig.max_attempts`` of them), and at most ``MAX_DIALS`` of the peer's addresses dialed per
-attempt, all within the attempt's dial phase (``HolePunchConfig.timeout``). The spec lets a peer name
-any address it says it is observed at (over a relay there is no IP to check them against, unlike
-AutoNAT), so a hostile peer can point our dials at a third party: these caps bound how many, and how
-often. Refused streams are reset unread and counted in :attr:`HolePuncher.refused`; a peer breaking
-the exchange counts in ``host.metrics.protocol_errors[ProtocolErrorKind.DCUTR]``.
+1; a new one is taken once the peer ended the running one's stream, as an initiator retrying does),
+``PER_PEER_PER_MINUTE`` inbound exchanges a peer may start (a punch takes at most
+``HolePunchConfig.max_attempts`` of them), one punch of ours at a time per peer and
+``PUNCHES_PER_MINUTE`` (a peer reaching us through a relay again and again), and at most
+``MAX_DIALS`` of the peer's addresses dialed per attempt, all within the attempt's dial phase
+(``HolePunchConfig.timeout``). The spec lets a peer name any address it says it is observed at (over a
+relay there is no IP to check them against, unlike AutoNAT), so a hostile peer can point our dials at
+a third party: these caps bound how many, and how often. Refused streams are reset unread and counted
+in :attr:`HolePuncher.refused`, punches not started in :attr:`HolePuncher.skipped`; a peer breaking the
+exchange counts in ``host.metrics.protocol_errors[ProtocolErrorKind.DCUTR]``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ Exchange = HolePunchInitiator | HolePunchResponder
 
 PER_PEER_PER_MINUTE = 6
 """Inbound exchanges (streams) one peer may start a minute: two whole punches of 3 attempts."""
+PUNCHES_PER_MINUTE = 2
+"""Hole punches we start to one peer a minute (each up to ``HolePunchConfig.max_attempts`` attempts)."""
 MAX_DIALS = 4
 """Addresses of the peer dialed in one attempt, at most (the core keeps up to ``limits.max_addrs``)."""
 LOG_INTERVAL = 10.0
@@ -86,18 +91,38 @@ class HolePuncher(Service):
         connection), ``busy`` (an exchange already runs on that connection), ``rate`` (over
         ``PER_PEER_PER_MINUTE``), ``no_addrs`` (we have no address to offer)."""
         self._rate = PeerRate(PER_PEER_PER_MINUTE)
-        self._serving: set[Connection] = set()  # connections with an inbound exchange running
+        self._serving: dict[Connection, Stream] = {}  # the inbound exchange running on a connection
+        self._punching: set[PeerId] = set()  # peers we run a hole punch to
+        self._punch_rate = PeerRate(PUNCHES_PER_MINUTE)
+        self.skipped: collections.Counter[str] = collections.Counter()
+        """Relayed connections we did not punch from, by why: ``punching`` (a punch to that peer
+        runs), ``rate`` (over ``PUNCHES_PER_MINUTE`` to that peer)."""
         self._throttle = LogThrottle(LOG_INTERVAL)
 
     def on_relayed(self, conn: Connection) -> None:
-        """A peer reached us through a relay (``RelayClient.on_relayed``): punch a hole to it."""
-        self.host.spawn(self._punch_quietly(conn), "mimirlite-dcutr")
+        """A peer reached us through a relay (``RelayClient.on_relayed``): punch a hole to it, unless a
+        punch to it runs or it had its ``PUNCHES_PER_MINUTE`` (a peer reconnecting through the relay
+        again and again must not have us dial again and again)."""
+        peer = conn.remote_peer
+        assert peer is not None
+        reason = "punching" if peer in self._punching else None
+        if reason is None and not self._punch_rate.take(peer, self._now()):
+            reason = "rate"
+        if reason is not None:
+            self.skipped[reason] += 1
+            level = logging.INFO if self._throttle.allow("skip-" + reason, self._now()) else logging.DEBUG
+            log.log(level, "dcutr: no hole punch to %s (%s)", peer, reason)
+            return
+        self._punching.add(peer)
+        self.host.spawn(self._punch_quietly(conn, peer), "mimirlite-dcutr")
 
-    async def _punch_quietly(self, conn: Connection) -> None:
+    async def _punch_quietly(self, conn: Connection, peer: PeerId) -> None:
         try:
             await self.punch(conn)
         except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
-            log.info("dcutr: hole punch with %s failed: %s", conn.remote_peer, exc)
+            log.info("dcutr: hole punch with %s failed: %s", peer, exc)
+        finally:
+            self._punching.discard(peer)
 
     async def _start(self) -> None:
         self.host.set_handler(DCUTR_PROTOCOL, self._serve)
@@ -133,7 +158,8 @@ class HolePuncher(Service):
         if not isinstance(conn.transport, StreamTransport):
             await self._refuse(stream, "direct", "a hole punch over a direct connection")
             return
-        if conn in self._serving:
+        running = self._serving.get(conn)
+        if running is not None and not running.read_ended:  # the peer may move on from one it ended
             await self._refuse(stream, "busy", "a second exchange while one runs on the connection")
             return
         if not self._rate.take(peer, now):
@@ -144,11 +170,12 @@ class HolePuncher(Service):
         except MimirliteError as exc:
             await self._refuse(stream, "no_addrs", str(exc))
             return
-        self._serving.add(conn)
+        self._serving[conn] = stream
         try:
             await self._run(stream, core, peer, initiator=False)
         finally:
-            self._serving.discard(conn)
+            if self._serving.get(conn) is stream:
+                del self._serving[conn]
 
     async def _refuse(self, stream: Stream, reason: str, why: str) -> None:
         """Reset an inbound stream unread: counted, logged (throttled per reason)."""

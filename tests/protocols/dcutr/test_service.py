@@ -378,3 +378,75 @@ async def test_our_hole_punch_to_a_peer_that_never_answers_gives_up(caplog: pyte
         await stream.write(b"still relayed")
         await stream.close_write()
         assert await asyncio.wait_for(stream.read_all(), 5) == b"still relayed"
+
+
+async def test_a_peer_may_start_again_once_it_ended_its_stream(caplog: pytest.LogCaptureFixture) -> None:
+    """An initiator retrying (its attempt over: it reset the stream) is not refused as busy while our
+    dial of the old attempt still runs; one that holds its stream open is."""
+    caplog.set_level(logging.INFO, LOGGER)
+    async with lab() as lab_, relayed_peer(lab_) as (peer, conn), listening(stall=True) as target:
+        old = await peer.open_on(conn, DCUTR_PROTOCOL)
+        await old.write(frame(connect_with([addr_bytes(target.addr)])))
+        assert await asyncio.wait_for(old.read_message(), 5) is not None
+        await old.write(frame(b"\x08\xac\x02"))  # SYNC: the victim dials the stalling target
+        await until(lambda: target.sources, 5, "the victim's dial")
+        await old.reset()
+        retry = await peer.open_on(conn, DCUTR_PROTOCOL)
+        await retry.write(frame(connect_with([addr_bytes("/ip4/127.0.0.1/tcp/9")])))
+        assert await asyncio.wait_for(retry.read_message(), 5) is not None  # answered, not refused
+        held = await peer.open_on(conn, DCUTR_PROTOCOL)
+        await ends(held)
+        assert lab_.victim.refused == {"busy": 1}
+        await ends(retry)  # no SYNC: timed out
+        await until(lambda: target.eofs == 1, 5, "the old attempt's dial given up")
+        await honest_exchange(lab_)
+        await victim_settles(lab_)
+
+
+async def test_our_punches_to_a_hostile_responder_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    """The initiator side: a peer that reached us through the relay answers our CONNECT with garbage
+    (each attempt fails, counted as a protocol error; we stay relayed); a punch to a peer is not started
+    while one runs, nor past ``PUNCHES_PER_MINUTE``."""
+    caplog.set_level(logging.INFO, LOGGER)
+    async with (
+        Host(listen=[LOOPBACK]) as relay_host,
+        RelayService(relay_host),
+        Host(listen=[LOOPBACK]) as host,
+        RelayClient(host, [relay_host.listen_addrs[0]]) as client,
+        HolePuncher(host, lambda: [Multiaddr.parse(a) for a in host.listen_addrs], LAB) as puncher,
+        Host() as hostile,
+        RelayClient(hostile),
+    ):
+        host.set_handler(ECHO, echo_handler)
+        client.on_relayed.append(puncher.on_relayed)
+
+        async def garbage(stream: Stream) -> None:
+            await stream.read_message()
+            await stream.write(frame(b"\xff\xff\xff\xff"))
+            await ends(stream)
+
+        hostile.set_handler(DCUTR_PROTOCOL, garbage)
+        conn = await hostile.dial(client.circuit_addrs[0])
+        await until(lambda: puncher.failed == 1, 10, "the first hole punch given up")
+        assert host.metrics.protocol_errors[ProtocolErrorKind.DCUTR] == 3  # one per attempt
+        logged(caplog, "dcutr: attempt 1 with", str(hostile.peer_id), "failed")
+        logged(caplog, "no direct connection to", "staying relayed")
+        relayed = host.connections[hostile.peer_id]
+        puncher.on_relayed(relayed)  # as if it reached us again: the second punch this minute
+        puncher.on_relayed(relayed)  # while that one runs
+        await until(lambda: puncher.failed == 2, 10, "the second hole punch given up")
+        puncher.on_relayed(relayed)  # a third this minute
+        assert puncher.skipped == {"punching": 1, "rate": 1}
+        logged(caplog, "no hole punch to", "(rate)")
+        assert host.metrics.protocol_errors[ProtocolErrorKind.DCUTR] == 6
+        await until(
+            lambda: (
+                not [t for t in asyncio.all_tasks() if t.get_name() == "mimirlite-dcutr" and not t.done()]
+            ),
+            5,
+            "the punches' tasks done",
+        )
+        stream = await hostile.open_on(conn, ECHO)  # the relayed connection still carries streams
+        await stream.write(b"still relayed")
+        await stream.close_write()
+        assert await asyncio.wait_for(stream.read_all(), 5) == b"still relayed"
