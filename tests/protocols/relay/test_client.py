@@ -237,3 +237,21 @@ async def kad_on(host: Host) -> AsyncIterator[KadDht]:
     assert identify is not None
     async with KadDht(host, identify) as dht:
         yield dht
+
+
+async def test_a_relayed_connection_ends_at_once_when_the_far_side_vanishes() -> None:
+    """The source stops (its connection to the relay ends without a word on the circuit): the relay resets
+    the circuit's other stream, and the target's relayed connection ends then, not at a limit."""
+    async with relay() as service, behind(service) as target:
+        source = Host()
+        await source.start()
+        try:
+            await RelayClient(source).start()
+            assert await echo_via(source, target.circuit_addrs[0], b"hello") == b"hello"
+            inner = target.host.connections[source.peer_id]
+        finally:
+            await source.stop()
+        await asyncio.wait_for(inner.closed, 5)
+        await until(lambda: len(service.circuits) == 0, 5, "the circuit gone at the relay")
+        assert not target.ended and not service.metrics.ended
+        assert target.circuit_addrs  # the reservation holds
