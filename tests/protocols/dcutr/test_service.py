@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -178,6 +178,35 @@ async def victim_settles(lab: Lab) -> None:
     for conn in lab.victim.host.connections.values():
         if isinstance(conn.transport, StreamTransport):
             assert conn.stream_count == 0, conn
+
+
+def honest_responder(addr: str) -> Callable[[Stream], Awaitable[None]]:
+    """A well-behaved responder's handler: answers CONNECT with ``addr``, takes SYNC."""
+
+    async def respond(stream: Stream) -> None:
+        body = await stream.read_message()
+        assert body is not None and decode_message(body)[0].type is HolePunchType.CONNECT
+        await stream.write(frame(encode_message(HolePunch(HolePunchType.CONNECT, (Multiaddr.parse(addr),)))))
+        sync = await stream.read_message()
+        assert sync is not None and decode_message(sync)[0].type is HolePunchType.SYNC
+        await ends(stream)
+
+    return respond
+
+
+async def honest_punch_served(circuit_addr: str, victim: Host) -> None:
+    """A well-behaved peer reaches the victim through the relay (at ``circuit_addr``) and answers its hole
+    punch: the victim completes the exchange and dials the address offered, from its listen port."""
+    async with Host() as honest, RelayClient(honest), listening() as listener:
+        honest.set_handler(DCUTR_PROTOCOL, honest_responder(listener.addr))
+        await honest.dial(circuit_addr)
+        await until(lambda: listener.sources, 10, "the victim's dial to the honest peer")
+        port = int(Multiaddr.parse(victim.listen_addrs[0]).value_for("tcp"))
+        assert set(listener.sources) == {port}
+
+
+def no_punch_running() -> bool:
+    return not [t for t in asyncio.all_tasks() if t.get_name() == "mimirlite-dcutr" and not t.done()]
 
 
 ABSURD = {
@@ -372,8 +401,9 @@ async def test_our_hole_punch_to_a_peer_that_never_answers_gives_up(caplog: pyte
         await until(lambda: puncher.failed == 1, TIMEOUT * 10, "the hole punch given up")
         assert len(taken) == 3 and puncher.timeouts == 3 and puncher.succeeded == 0
         logged(caplog, "no direct connection to", "staying relayed", "timed out")
-        dcutr_tasks = [t for t in asyncio.all_tasks() if t.get_name() == "mimirlite-dcutr" and not t.done()]
-        assert not dcutr_tasks
+        assert no_punch_running()
+        await honest_punch_served(client.circuit_addrs[0], host)
+        await until(no_punch_running, 10, "the punches' tasks done")
         stream = await hostile.open_on(conn, ECHO)  # the relayed connection still carries streams
         await stream.write(b"still relayed")
         await stream.close_write()
@@ -439,13 +469,9 @@ async def test_our_punches_to_a_hostile_responder_are_bounded(caplog: pytest.Log
         assert puncher.skipped == {"punching": 1, "rate": 1}
         logged(caplog, "no hole punch to", "(rate)")
         assert host.metrics.protocol_errors[ProtocolErrorKind.DCUTR] == 6
-        await until(
-            lambda: (
-                not [t for t in asyncio.all_tasks() if t.get_name() == "mimirlite-dcutr" and not t.done()]
-            ),
-            5,
-            "the punches' tasks done",
-        )
+        await honest_punch_served(client.circuit_addrs[0], host)  # another peer: its own budget
+        await until(no_punch_running, 10, "the punches' tasks done")
+        assert puncher.skipped == {"punching": 1, "rate": 1}
         stream = await hostile.open_on(conn, ECHO)  # the relayed connection still carries streams
         await stream.write(b"still relayed")
         await stream.close_write()
