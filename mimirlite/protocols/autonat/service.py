@@ -162,10 +162,7 @@ class AutoNat(Service):
         if busy or (self._last_check is not None and now - self._last_check < RECHECK):
             return
         self._last_check = now
-        self._checking = self.host.spawn(self._check_quietly(), "mimirlite-autonat-check")
-
-    async def _check_quietly(self) -> None:
-        await self.check()
+        self._checking = self.host.spawn(self._round(), "mimirlite-autonat-check")
 
     def candidate_addrs(self) -> list[Multiaddr]:
         """Where we might be reachable: each IP peers observe us at, with each of our listen ports."""
@@ -199,16 +196,22 @@ class AutoNat(Service):
         return out
 
     async def check(self) -> Reachability:
-        """Ask up to ``servers_per_round`` servers to dial us back; the verdict after their answers."""
+        """Ask up to ``servers_per_round`` servers to dial us back; the verdict after their answers. A
+        check already running is joined, not doubled: a server takes one request of ours at a time."""
+        if self._checking is None or self._checking.done():
+            self._checking = self.host.spawn(self._round(), "mimirlite-autonat-check")
+        await asyncio.shield(self._checking)
+        return self.reachability
+
+    async def _round(self) -> None:
         addrs = self.candidate_addrs()
         servers = self.servers()[: self.config.servers_per_round]
         if not addrs or not servers:
             log.debug(
                 "autonat: nothing to ask (%d candidate addresses, %d servers)", len(addrs), len(servers)
             )
-            return self.reachability
+            return
         await asyncio.gather(*(self.probe(s, addrs) for s in servers))
-        return self.reachability
 
     async def probe(self, server: PeerId, addrs: list[Multiaddr] | None = None) -> bool | None:
         """Ask ``server`` to dial us back; True (it reached us), False (it could not), None (no vote)."""

@@ -295,3 +295,15 @@ async def test_a_dial_back_target_that_stalls_is_ended_by_the_dial_timeout(
         assert (first.accepted, second.accepted) == (1, 0) and server.dial_failed == 1
         logged(caplog, "could not dial", str(asker.peer_id), "back")
         await server_idle(server)
+
+
+async def test_our_client_sends_a_server_one_request_at_a_time() -> None:
+    """The other side of the bound: checks that overlap (a new server identified, the periodic round, an
+    explicit check) join the running one, so a server that takes one request per peer refuses none."""
+    async with peer() as server, peer() as client:
+        conn = await client.host.dial(server.host.listen_addrs[0])
+        await client.identify.identify(conn)  # starts a check
+        verdicts = await asyncio.gather(client.check(), client.check())
+        assert verdicts == [Reachability.PUBLIC] * 2
+        assert not server.refused and server.dialed_back == 1
+        await server_idle(server)
