@@ -41,7 +41,7 @@ from mimirlite.wire.multiaddr import Multiaddr
 from tests.helpers import logged
 from tests.helpers.waiting import until
 
-pytestmark = pytest.mark.usefixtures("no_tasks_left")
+pytestmark = pytest.mark.usefixtures("no_leaks", "no_tasks_left")
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 DIAL_TIMEOUT = 1.0

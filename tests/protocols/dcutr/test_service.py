@@ -37,7 +37,7 @@ from tests.helpers import ECHO, echo_handler, logged
 from tests.helpers.rawpeer import settled
 from tests.helpers.waiting import until
 
-pytestmark = pytest.mark.usefixtures("no_tasks_left")
+pytestmark = pytest.mark.usefixtures("no_leaks", "no_tasks_left")
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 TIMEOUT = 1.0
