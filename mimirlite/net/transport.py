@@ -72,6 +72,10 @@ class StreamTransport:
         self._writer: asyncio.Task[None] | None = None
         self._wake_writer: asyncio.Future[None] | None = None
         self._resetting: asyncio.Task[None] | None = None
+        self.bytes_in = 0
+        """Bytes the stream delivered (what a relay's data limit counts, with :attr:`bytes_out`)."""
+        self.bytes_out = 0
+        """Bytes the connection wrote, queued or gone."""
 
     def __repr__(self) -> str:
         return f"<StreamTransport over {self._stream!r}>"
@@ -100,6 +104,7 @@ class StreamTransport:
             return
         self._queue.append(bytes(data))
         self._queued += len(data)
+        self.bytes_out += len(data)
         self._wake()
         if not self._paused and self._queued > self._high and self._protocol is not None:
             self._paused = True
@@ -151,6 +156,7 @@ class StreamTransport:
                 data = await stream.read()
                 if not data:
                     break
+                self.bytes_in += len(data)
                 view = memoryview(data)
                 while view and not self._lost:
                     buf = memoryview(protocol.get_buffer(len(view)))

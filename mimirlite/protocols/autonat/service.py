@@ -6,11 +6,18 @@ third party, rates), from a throwaway dialer: the connection the request came on
 dial-back. As a client it asks connected peers that serve AutoNAT to dial us back on our candidate
 addresses (the IPs peers observe us at, from identify, with our listen ports) and keeps the verdict
 (``ReachabilityTracker``): PUBLIC, PRIVATE or UNKNOWN.
+
+Every request is a peer's, so the server bounds what one may cost: one request at a time per peer
+(further streams are reset unread, ``busy``), ``dial_timeout`` to send the request and for the whole
+dial-back, the policy's per-peer and global rates (see ``verdict.py`` for who a flood may starve).
+Refusals are counted in :attr:`AutoNat.refused` and logged (at INFO once per reason per
+``LOG_INTERVAL``, then at DEBUG); bad messages also in ``host.metrics.protocol_errors[AUTONAT]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -18,10 +25,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mimirlite.aio import Service
-from mimirlite.errors import MimirliteError, ProtocolError, ProtocolErrorKind
+from mimirlite.errors import ClosedError, MimirliteError, ProtocolError, ProtocolErrorKind
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.net.config import HostConfig
 from mimirlite.net.host import Host
+from mimirlite.net.pending import LogThrottle
 from mimirlite.net.transport import StreamTransport
 from mimirlite.protocols.autonat.messages import (
     AUTONAT_PROTOCOL,
@@ -55,6 +63,8 @@ log = logging.getLogger(__name__)
 
 RECHECK = 30.0
 """Seconds between checks started by new servers while our reachability is unknown."""
+LOG_INTERVAL = 10.0
+"""A server's refusals are logged at INFO once per reason per this many seconds, the rest at DEBUG."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,8 @@ class AutonatConfig:
     server: bool = True
     """Dial others back when they ask."""
     dial_timeout: float = 5.0
-    """Seconds one dial-back may take."""
+    """Seconds a requester has to send its request, and one dial-back may take in all (each address
+    tried gets what is left; go-libp2p bounds its whole dial-back so too)."""
     request_timeout: float = 30.0
     """Seconds a server has to answer our request (it may try several of our addresses)."""
     probe_interval: float = 900.0
@@ -94,6 +105,15 @@ class AutoNat(Service):
         self.on_reachability: list[Callable[[Reachability], None]] = []
         self.dialed_back = 0
         """Dial-backs that reached the requester."""
+        self.refused: collections.Counter[str] = collections.Counter()
+        """Requests refused, by the status answered (``e_dial_refused``, ``e_bad_request``), and
+        ``busy``: streams reset unread while the peer had a request being served."""
+        self.dial_failed = 0
+        """Dial-backs that reached none of the requester's addresses (answered E_DIAL_ERROR)."""
+        self.timeouts = 0
+        """Requesters that sent no request within ``dial_timeout``."""
+        self._serving: collections.Counter[PeerId] = collections.Counter()
+        self._throttle = LogThrottle(LOG_INTERVAL)
         self._timer: asyncio.Task[None] | None = None
         self._checking: asyncio.Task[None] | None = None
         self._last_check: float | None = None
@@ -101,6 +121,11 @@ class AutoNat(Service):
     @property
     def reachability(self) -> Reachability:
         return self.tracker.reachability
+
+    @property
+    def serving(self) -> int:
+        """Requests being served now (read, checked, dialed back, answered)."""
+        return sum(self._serving.values())
 
     async def _start(self) -> None:
         if self.config.server:
@@ -137,10 +162,7 @@ class AutoNat(Service):
         if busy or (self._last_check is not None and now - self._last_check < RECHECK):
             return
         self._last_check = now
-        self._checking = self.host.spawn(self._check_quietly(), "mimirlite-autonat-check")
-
-    async def _check_quietly(self) -> None:
-        await self.check()
+        self._checking = self.host.spawn(self._round(), "mimirlite-autonat-check")
 
     def candidate_addrs(self) -> list[Multiaddr]:
         """Where we might be reachable: each IP peers observe us at, with each of our listen ports."""
@@ -157,16 +179,22 @@ class AutoNat(Service):
         return out
 
     async def check(self) -> Reachability:
-        """Ask up to ``servers_per_round`` servers to dial us back; the verdict after their answers."""
+        """Ask up to ``servers_per_round`` servers to dial us back; the verdict after their answers. A
+        check already running is joined, not doubled: a server takes one request of ours at a time."""
+        if self._checking is None or self._checking.done():
+            self._checking = self.host.spawn(self._round(), "mimirlite-autonat-check")
+        await asyncio.shield(self._checking)
+        return self.reachability
+
+    async def _round(self) -> None:
         addrs = self.candidate_addrs()
         servers = self.servers()[: self.config.servers_per_round]
         if not addrs or not servers:
             log.debug(
                 "autonat: nothing to ask (%d candidate addresses, %d servers)", len(addrs), len(servers)
             )
-            return self.reachability
+            return
         await asyncio.gather(*(self.probe(s, addrs) for s in servers))
-        return self.reachability
 
     async def probe(self, server: PeerId, addrs: list[Multiaddr] | None = None) -> bool | None:
         """Ask ``server`` to dial us back; True (it reached us), False (it could not), None (no vote)."""
@@ -218,6 +246,20 @@ class AutoNat(Service):
 
     async def _serve(self, stream: Stream) -> None:
         peer = stream.remote_peer
+        if self._serving[peer]:
+            self.refused["busy"] += 1
+            self._log_refusal("busy", "autonat: dial request from %s refused: one is being served", peer)
+            await stream.reset()
+            return
+        self._serving[peer] += 1
+        try:
+            await self._serve_one(stream, peer)
+        finally:
+            self._serving[peer] -= 1
+            if not self._serving[peer]:
+                del self._serving[peer]
+
+    async def _serve_one(self, stream: Stream, peer: PeerId) -> None:
         limits = self.config.limits
         try:
             body = await asyncio.wait_for(
@@ -227,10 +269,18 @@ class AutoNat(Service):
                 return
             request, _ = decode_message(body, limits)
         except asyncio.TimeoutError:
+            self.timeouts += 1
+            self._log_refusal(
+                "timeout", "autonat: %s sent no dial request in %g s", peer, self.config.dial_timeout
+            )
             return
         except ProtocolError as exc:
             self.host.metrics.protocol_errors[ProtocolErrorKind.AUTONAT] += 1
-            await self._answer(stream, DialRefusal(ResponseStatus.E_BAD_REQUEST, str(exc)).response())
+            self._log_refusal("bad", "autonat: bad dial request from %s: %s", peer, exc)
+            await self._refuse(stream, DialRefusal(ResponseStatus.E_BAD_REQUEST, str(exc)))
+            return
+        except ClosedError as exc:
+            log.debug("autonat: %s ended its request early: %s", peer, exc)
             return
         conn = stream.connection
         observed = None
@@ -238,28 +288,43 @@ class AutoNat(Service):
             observed = ipaddress.ip_address(conn.remote_address[0])
         checked = self.policy.check_dial(request, peer, observed, self._now())
         if isinstance(checked, DialRefusal):
-            log.info("autonat: dial request from %s refused: %s", peer, checked.text)
-            await self._answer(stream, checked.response())
+            self._log_refusal(checked.text, "autonat: dial request from %s refused: %s", peer, checked.text)
+            await self._refuse(stream, checked)
             return
         await self._answer(stream, await self._dial_back(peer, checked))
+
+    def _log_refusal(self, reason: str, msg: str, *args: object) -> None:
+        level = logging.INFO if self._throttle.allow(reason, self._now()) else logging.DEBUG
+        log.log(level, msg, *args)
+
+    async def _refuse(self, stream: Stream, refusal: DialRefusal) -> None:
+        self.refused[refusal.status.name.lower()] += 1
+        await self._answer(stream, refusal.response())
 
     async def _dial_back(self, peer: PeerId, addrs: list[Multiaddr]) -> AutonatMessage:
         """Dial ``peer`` at each of ``addrs`` in turn from a throwaway host; the answer to send."""
         last: Multiaddr | None = None
         why = "no address answered"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.dial_timeout
         async with Host(
             KeyPair.generate(), config=HostConfig(dial_timeout=self.config.dial_timeout)
         ) as dialer:
             for addr in addrs:
+                left = deadline - loop.time()
+                if left <= 0:  # an earlier address took the whole dial_timeout
+                    why = f"no answer in {self.config.dial_timeout:g} s"
+                    break
                 last = addr
                 try:
-                    await asyncio.wait_for(dialer.dial(str(addr)), self.config.dial_timeout)
+                    await asyncio.wait_for(dialer.dial(str(addr)), left)
                 except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
                     why = str(exc) or type(exc).__name__
                     continue
                 self.dialed_back += 1
                 log.info("autonat: dialed %s back at %s", peer, addr)
                 return _response(ResponseStatus.OK, addr.without_peer_id(), None)
+        self.dial_failed += 1
         log.info("autonat: could not dial %s back: %s", peer, why)
         return _response(ResponseStatus.E_DIAL_ERROR, None if last is None else last.without_peer_id(), why)
 

@@ -13,7 +13,11 @@ verdict holds until the other one has its votes, and is UNKNOWN once no vote is 
 Server side, :class:`DialPolicy`: the spec's rule against using a server to dial third parties: no
 request over a relay, only addresses on the IP the requester is observed on, its own peer ID only, no
 private, loopback or link-local address for a public server, a capped count, and a per-peer and a
-global rate (go-libp2p's autonat v1 server's: 3 per peer and 30 in all per minute).
+global rate (go-libp2p's autonat v1 server's: 3 per peer and 30 in all per minute). The global rate is
+the server's own budget of dial-backs, spent only by requests it will dial: the per-peer rate and the
+address checks refuse the others first. So one peer (or a few) cannot starve the others; a flood of
+valid requests from more than ``global_per_minute / per_peer_per_minute`` peer IDs can, and is refused
+as such (E_DIAL_REFUSED: no vote, never a wrong verdict, for whoever is refused).
 """
 
 from __future__ import annotations
@@ -228,11 +232,13 @@ class DialPolicy:
             return DialRefusal(ResponseStatus.E_BAD_REQUEST, "peer id mismatch")
         if not self._per_peer.take(sender, now):
             return DialRefusal(ResponseStatus.E_DIAL_REFUSED, "too many dial requests from this peer")
-        if not self._take_global(now):
-            return DialRefusal(ResponseStatus.E_DIAL_REFUSED, "too many dial requests")
         addrs = self._dialable(dial.peer.addrs, sender, observed_ip)
         if not addrs:
             return DialRefusal(ResponseStatus.E_DIAL_REFUSED, "no dialable addresses")
+        # Only a request we will dial spends the global budget: the per-peer rate and the checks above
+        # refuse the rest first, so a flood of bad requests from many peers leaves others their share.
+        if not self._take_global(now):
+            return DialRefusal(ResponseStatus.E_DIAL_REFUSED, "too many dial requests")
         return addrs
 
     def _take_global(self, now: float) -> bool:

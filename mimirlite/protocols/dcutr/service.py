@@ -7,17 +7,33 @@ same moment (TCP simultaneous open), so that each NAT sees the other's SYN as th
 direct connection that forms takes over from the relayed one for new streams (``Host`` prefers it); the
 relayed one ends with its last stream or at the relay's limit. When punching fails (a symmetric NAT), the
 peers stay relayed, and the log says so.
+
+Every exchange is a peer's, so the shell bounds what one may cost us: exchanges only over relayed
+connections, one inbound exchange at a time per connection (as @libp2p/dcutr's ``maxInboundStreams``
+1; a new one is taken once the peer ended the running one's stream, as an initiator retrying does),
+``PER_PEER_PER_MINUTE`` inbound exchanges a peer may start (a punch takes at most
+``HolePunchConfig.max_attempts`` of them), one punch of ours at a time per peer and
+``PUNCHES_PER_MINUTE`` (a peer reaching us through a relay again and again), and at most
+``MAX_DIALS`` of the peer's addresses dialed per attempt, all within the attempt's dial phase
+(``HolePunchConfig.timeout``). The spec lets a peer name any address it says it is observed at (over a
+relay there is no IP to check them against, unlike AutoNAT), so a hostile peer can point our dials at
+a third party: these caps bound how many, and how often. Refused streams are reset unread and counted
+in :attr:`HolePuncher.refused`, punches not started in :attr:`HolePuncher.skipped`; a peer breaking the
+exchange counts in ``host.metrics.protocol_errors[ProtocolErrorKind.DCUTR]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mimirlite.aio import Service
 from mimirlite.errors import MimirliteError, ProtocolErrorKind
+from mimirlite.net.pending import LogThrottle
+from mimirlite.net.rate import PeerRate
 from mimirlite.net.transport import StreamTransport
 from mimirlite.protocols.dcutr.holepunch import (
     AttemptFailed,
@@ -42,6 +58,15 @@ log = logging.getLogger(__name__)
 
 Exchange = HolePunchInitiator | HolePunchResponder
 
+PER_PEER_PER_MINUTE = 6
+"""Inbound exchanges (streams) one peer may start a minute: two whole punches of 3 attempts."""
+PUNCHES_PER_MINUTE = 2
+"""Hole punches we start to one peer a minute (each up to ``HolePunchConfig.max_attempts`` attempts)."""
+MAX_DIALS = 4
+"""Addresses of the peer dialed in one attempt, at most (the core keeps up to ``limits.max_addrs``)."""
+LOG_INTERVAL = 10.0
+"""Refused streams are logged at INFO once per reason per this many seconds, the rest at DEBUG."""
+
 
 class HolePuncher(Service):
     """DCUtR on ``host``: answers hole punches on relayed connections, and starts one (:meth:`punch`) for
@@ -60,16 +85,46 @@ class HolePuncher(Service):
         """Hole punches we initiated that left the peers relayed."""
         self._running: dict[PeerId, int] = {}  # exchanges under way, by peer
         self._changed: dict[PeerId, asyncio.Event] = {}  # set when one starts or ends, or a direct one opens
+        self.timeouts = 0
+        """Attempts (either role) ended by ``HolePunchConfig.timeout``: the peer too slow to answer, or
+        the direct dial not done by the dial phase's end."""
+        self.refused: collections.Counter[str] = collections.Counter()
+        """Inbound ``/libp2p/dcutr`` streams reset unread, by why: ``direct`` (not over a relayed
+        connection), ``busy`` (an exchange already runs on that connection), ``rate`` (over
+        ``PER_PEER_PER_MINUTE``), ``no_addrs`` (we have no address to offer)."""
+        self._rate = PeerRate(PER_PEER_PER_MINUTE)
+        self._serving: dict[Connection, Stream] = {}  # the inbound exchange running on a connection
+        self._punching: set[PeerId] = set()  # peers we run a hole punch to
+        self._punch_rate = PeerRate(PUNCHES_PER_MINUTE)
+        self.skipped: collections.Counter[str] = collections.Counter()
+        """Relayed connections we did not punch from, by why: ``punching`` (a punch to that peer
+        runs), ``rate`` (over ``PUNCHES_PER_MINUTE`` to that peer)."""
+        self._throttle = LogThrottle(LOG_INTERVAL)
 
     def on_relayed(self, conn: Connection) -> None:
-        """A peer reached us through a relay (``RelayClient.on_relayed``): punch a hole to it."""
-        self.host.spawn(self._punch_quietly(conn), "mimirlite-dcutr")
+        """A peer reached us through a relay (``RelayClient.on_relayed``): punch a hole to it, unless a
+        punch to it runs or it had its ``PUNCHES_PER_MINUTE`` (a peer reconnecting through the relay
+        again and again must not have us dial again and again)."""
+        peer = conn.remote_peer
+        assert peer is not None
+        reason = "punching" if peer in self._punching else None
+        if reason is None and not self._punch_rate.take(peer, self._now()):
+            reason = "rate"
+        if reason is not None:
+            self.skipped[reason] += 1
+            level = logging.INFO if self._throttle.allow("skip-" + reason, self._now()) else logging.DEBUG
+            log.log(level, "dcutr: no hole punch to %s (%s)", peer, reason)
+            return
+        self._punching.add(peer)
+        self.host.spawn(self._punch_quietly(conn, peer), "mimirlite-dcutr")
 
-    async def _punch_quietly(self, conn: Connection) -> None:
+    async def _punch_quietly(self, conn: Connection, peer: PeerId) -> None:
         try:
             await self.punch(conn)
         except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
-            log.info("dcutr: hole punch with %s failed: %s", conn.remote_peer, exc)
+            log.info("dcutr: hole punch with %s failed: %s", peer, exc)
+        finally:
+            self._punching.discard(peer)
 
     async def _start(self) -> None:
         self.host.set_handler(DCUTR_PROTOCOL, self._serve)
@@ -137,17 +192,36 @@ class HolePuncher(Service):
 
     async def _serve(self, stream: Stream) -> None:
         conn = stream.connection
+        peer = stream.remote_peer
+        now = self._now()
         if not isinstance(conn.transport, StreamTransport):
-            log.info("dcutr: %s asked for a hole punch over a direct connection", stream.remote_peer)
-            await stream.reset()
+            await self._refuse(stream, "direct", "a hole punch over a direct connection")
+            return
+        running = self._serving.get(conn)
+        if running is not None and not running.read_ended:  # the peer may move on from one it ended
+            await self._refuse(stream, "busy", "a second exchange while one runs on the connection")
+            return
+        if not self._rate.take(peer, now):
+            await self._refuse(stream, "rate", f"over {PER_PEER_PER_MINUTE} exchanges a minute")
             return
         try:
-            core = HolePunchResponder(self.own_addrs(), self._now(), self.config)
+            core = HolePunchResponder(self.own_addrs(), now, self.config)
         except MimirliteError as exc:
-            log.info("dcutr: no hole punch with %s: %s", stream.remote_peer, exc)
-            await stream.reset()
+            await self._refuse(stream, "no_addrs", str(exc))
             return
-        await self._run(stream, core, stream.remote_peer, initiator=False)
+        self._serving[conn] = stream
+        try:
+            await self._run(stream, core, peer, initiator=False)
+        finally:
+            if self._serving.get(conn) is stream:
+                del self._serving[conn]
+
+    async def _refuse(self, stream: Stream, reason: str, why: str) -> None:
+        """Reset an inbound stream unread: counted, logged (throttled per reason)."""
+        self.refused[reason] += 1
+        level = logging.INFO if self._throttle.allow(reason, self._now()) else logging.DEBUG
+        log.log(level, "dcutr: stream from %s refused (%s): %s", stream.remote_peer, reason, why)
+        await stream.reset()
 
     async def _run(self, stream: Stream, core: Exchange, peer: PeerId, *, initiator: bool) -> bool | None:
         """Drive one attempt on ``stream``: True (direct), False (given up), None (try again)."""
@@ -172,9 +246,7 @@ class HolePuncher(Service):
                     await stream.write(out)
                 for event in events:
                     if isinstance(event, DialNow):
-                        await asyncio.sleep(max(0.0, event.at - self._now()))
-                        ok = await self._dial(peer, event.addrs, initiator=initiator)
-                        events = core.dial_result(ok, self._now())
+                        events = await self._dial_phase(core, peer, event, initiator=initiator)
                         break
                     if isinstance(event, HolePunchSucceeded):
                         self.succeeded += 1
@@ -185,8 +257,13 @@ class HolePuncher(Service):
                             self.host.metrics.protocol_errors[ProtocolErrorKind.DCUTR] += 1
                         await stream.reset()
                         if isinstance(event, AttemptFailed) or not initiator:  # the initiator retries
-                            log.debug(
-                                "dcutr: attempt %d with %s failed: %s", event.attempt, peer, event.reason
+                            level = logging.INFO if event.protocol_error or not initiator else logging.DEBUG
+                            log.log(
+                                level,
+                                "dcutr: attempt %d with %s failed: %s",
+                                event.attempt,
+                                peer,
+                                event.reason,
                             )
                             return None
                         self.failed += 1
@@ -209,10 +286,29 @@ class HolePuncher(Service):
         try:
             data = await asyncio.wait_for(stream.read(), wait)
         except asyncio.TimeoutError:
-            return core.handle_timer(self._now())
+            events = core.handle_timer(self._now())
+            self.timeouts += bool(events)
+            return events
         if not data:
             return core.handle_timer(float("inf"))  # the peer ended the stream: the phase is over
         return core.receive_data(data, self._now())
+
+    async def _dial_phase(
+        self, core: Exchange, peer: PeerId, event: DialNow, *, initiator: bool
+    ) -> list[HolePunchEvent]:
+        """Wait for ``event.at``, dial (at most ``MAX_DIALS`` addresses) until the core's deadline; the
+        core's events for the outcome."""
+        await asyncio.sleep(max(0.0, event.at - self._now()))
+        deadline = core.get_timer()
+        left = None if deadline is None else max(0.0, deadline - self._now())
+        addrs = event.addrs[:MAX_DIALS]
+        try:
+            ok = await asyncio.wait_for(self._dial(peer, addrs, initiator=initiator), left)
+        except asyncio.TimeoutError:
+            assert deadline is not None
+            self.timeouts += 1
+            return core.handle_timer(max(deadline, self._now()))
+        return core.dial_result(ok, self._now())
 
     async def _dial(self, peer: PeerId, addrs: tuple[Multiaddr, ...], *, initiator: bool) -> bool:
         """Dial ``addrs`` in turn until one connects, or until the peer's own dial reached us (a peer that

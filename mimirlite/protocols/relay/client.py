@@ -11,6 +11,7 @@ says so in the log.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -18,7 +19,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mimirlite.aio import Service
-from mimirlite.errors import DialError, LocalError, MimirliteError, ProtocolError, ProtocolErrorKind
+from mimirlite.errors import (
+    CloseKind,
+    DialError,
+    LocalError,
+    MimirliteError,
+    ProtocolError,
+    ProtocolErrorKind,
+    StreamResetError,
+)
 from mimirlite.identity import PeerId
 from mimirlite.net.transport import StreamTransport
 from mimirlite.protocols.relay.messages import (
@@ -53,6 +62,9 @@ RENEW_AT = 0.75
 """A reservation is renewed when this share of its lifetime has passed."""
 RETRY = (1.0, 60.0)
 """First and longest wait, in seconds, before reserving again on a relay that failed; it doubles."""
+DATA_SHARE = 0.9
+"""A relayed connection reset by the relay after carrying this share of its data limit (both ways)
+ended at that limit: what we count and what the relay counted differ by what was in flight."""
 
 
 class RelayRefusedError(DialError):
@@ -112,6 +124,9 @@ class RelayClient(Service):
         self.on_relayed: list[Callable[[Connection], None]] = []
         """Called with each connection a peer opened to us through a relay (DCUtR punches from there)."""
         self._limited: dict[Connection, Limit] = {}  # open relayed connections the relay limits
+        self.ended: collections.Counter[str] = collections.Counter()
+        """Our relayed connections (dialed or taken) that ended at a relay's limit, by which
+        (``duration``, ``data``)."""
 
     def __repr__(self) -> str:
         return f"<RelayClient {len(self.held)} reservations>"
@@ -288,25 +303,41 @@ class RelayClient(Service):
         return self._limited.get(conn)
 
     def _watch(self, inner: Connection, relay: PeerId, limit: Limit | None) -> None:
-        """Keep ``inner``'s limit while it is open, and log, when it ends, whether it ended at the limit."""
+        """Keep ``inner``'s limit while it is open. When it ends, tell whether it ended at the relay's
+        limit: at WARNING with the limit named, counted in :attr:`ended`. The relay does not say why it
+        reset the circuit, so it is read from what we saw: the duration (its announced limit is in whole
+        seconds) or the bytes carried, both ways (JS circuit-relay-v2 counts both directions together,
+        mimirlite's relay each way: a circuit at either cap carried at least ``limit.data`` in all), with
+        its stream reset by the relay."""
         if limit is None or (limit.duration is None and limit.data is None):
             return
         loop = asyncio.get_running_loop()
         opened = loop.time()
         self._limited[inner] = limit
+        transport = inner.transport
 
         def ended(_: object) -> None:
             self._limited.pop(inner, None)
             lasted = loop.time() - opened
+            carried = 0
+            if isinstance(transport, StreamTransport):
+                carried = transport.bytes_in + transport.bytes_out
+            reset = inner.close_kind is CloseKind.REMOTE and isinstance(inner.close_reason, StreamResetError)
+            end = None
             if limit.duration is not None and lasted >= limit.duration * 0.95:
-                why = f"at the relay's duration limit ({limit.duration} s)"
+                end, why = "duration", f"at the relay's duration limit ({limit.duration} s)"
+            elif limit.data is not None and reset and carried >= limit.data * DATA_SHARE:
+                end, why = "data", f"at the relay's data limit ({limit.data} bytes; {carried} carried)"
+            if end is not None:
+                self.ended[end] += 1
                 log.warning("relayed connection to %s through %s ended %s", inner.remote_peer, relay, why)
             else:
                 log.info(
-                    "relayed connection to %s through %s ended after %.1f s (the relay's limits: %s)",
+                    "relayed connection to %s through %s ended after %.1f s and %d bytes (its limits: %s)",
                     inner.remote_peer,
                     relay,
                     lasted,
+                    carried,
                     _limit_text(limit),
                 )
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -208,24 +207,35 @@ class RelayService(Service):
         return far
 
     async def _carry(self, circuit: Circuit, near: Stream, far: Stream) -> None:
-        """Carry bytes both ways until both sides end, or a limit ends the circuit (both streams reset)."""
+        """Carry bytes both ways until both sides end, or a limit ends the circuit, or one side breaks
+        (reset, or its connection lost): then both streams are reset, so the other side learns at once
+        that the connection it carried is gone."""
         pending = {
             asyncio.ensure_future(self._pump(circuit, near, far, Direction.TO_DESTINATION)),
             asyncio.ensure_future(self._pump(circuit, far, near, Direction.TO_SOURCE)),
         }
         end: CircuitEnd | None = None
+        broken: MimirliteError | None = None
         try:
-            while pending and end is None:
+            while pending and end is None and broken is None:
                 left = None if circuit.deadline is None else max(0.0, circuit.deadline - self._now())
                 done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
                 if not done:
                     end = CircuitEnd.DURATION
                 for pump in done:
-                    end = end or pump.result()
+                    exc = pump.exception()
+                    if isinstance(exc, MimirliteError):
+                        broken = broken or exc
+                    else:
+                        end = end or pump.result()
         finally:
             for pump in pending:
                 pump.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if end is None and broken is not None:
+            log.debug("%r: circuit %s -> %s broken: %s", self, circuit.source, circuit.destination, broken)
+            await near.reset()
+            await far.reset()
         if end is not None:
             self.metrics.ended[end.value] += 1
             log.info(
@@ -241,14 +251,14 @@ class RelayService(Service):
     async def _pump(
         self, circuit: Circuit, src: Stream, dst: Stream, direction: Direction
     ) -> CircuitEnd | None:
-        """Copy ``src`` to ``dst`` within the circuit's data cap; the limit it hit, or None at the end."""
-        with contextlib.suppress(MimirliteError):
-            while data := await src.read(CHUNK):
-                carried = circuit.carry(direction, len(data))
-                if carried:
-                    await dst.write(data[:carried])
-                    self.metrics.relayed_bytes += carried
-                if carried < len(data):
-                    return CircuitEnd.DATA
-            await dst.close_write()
+        """Copy ``src`` to ``dst`` within the circuit's data cap; the limit it hit, or None at the end.
+        Raises what a reset or a lost connection on either side raises."""
+        while data := await src.read(CHUNK):
+            carried = circuit.carry(direction, len(data))
+            if carried:
+                await dst.write(data[:carried])
+                self.metrics.relayed_bytes += carried
+            if carried < len(data):
+                return CircuitEnd.DATA
+        await dst.close_write()
         return None

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from mimirlite import Host
-from mimirlite.errors import DialError
+from mimirlite.errors import DialError, MimirliteError
 from mimirlite.protocols import identify_service, start_services
 from mimirlite.protocols.kad.service import KadDht
 from mimirlite.protocols.relay.client import RelayClient, RelayRefusedError, split_circuit
@@ -134,6 +134,16 @@ async def test_stop_is_taken_only_from_our_relays() -> None:
         assert not victim.held
 
 
+def limit_warnings(caplog: pytest.LogCaptureFixture, fragment: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+        and r.name.startswith("mimirlite.protocols.relay")
+        and fragment in r.getMessage()
+    ]
+
+
 async def test_a_relayed_connection_ending_at_the_duration_limit_says_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -141,13 +151,58 @@ async def test_a_relayed_connection_ending_at_the_duration_limit_says_so(
         relay(RelayResources(circuit_duration=1.0)) as service,
         behind(service) as target,
         Host() as source,
-        RelayClient(source),
+        RelayClient(source) as client,
     ):
         with caplog.at_level(logging.INFO, "mimirlite.protocols.relay"):
             conn = await source.dial(target.circuit_addrs[0])
             await asyncio.wait_for(conn.closed, 10)
-            await until(lambda: "duration limit (1 s)" in caplog.text, 5, "the log line")
+            await until(
+                lambda: len(limit_warnings(caplog, "duration limit (1 s)")) == 2, 5, "both ends' warnings"
+            )
         assert service.metrics.ended["duration"] == 1
+        assert client.ended == {"duration": 1} and target.ended == {"duration": 1}
+        assert await echo_via(source, target.circuit_addrs[0], b"dialed again") == b"dialed again"
+        assert service.metrics.circuits == 2
+
+
+async def test_a_relayed_connection_ending_at_the_data_limit_says_so_and_a_new_dial_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with (
+        relay(RelayResources(circuit_data=64 * 1024)) as service,
+        behind(service) as target,
+        Host() as source,
+        RelayClient(source) as client,
+    ):
+        addr = target.circuit_addrs[0]
+        with caplog.at_level(logging.INFO, "mimirlite.protocols.relay"):
+            assert await echo_via(source, addr, b"small") == b"small"
+            with pytest.raises(MimirliteError):  # the relay resets the circuit at 64 KiB
+                await echo_via(source, addr, b"x" * 200_000)
+            await until(lambda: service.metrics.ended["data"] == 1, 5, "the circuit ended at its data limit")
+            await until(
+                lambda: client.ended == {"data": 1} and target.ended == {"data": 1}, 5, "both ends count it"
+            )
+            assert len(limit_warnings(caplog, "data limit (65536 bytes")) == 2  # both ends, the limit named
+        assert await echo_via(source, addr, b"dialed again") == b"dialed again"
+        assert service.metrics.circuits == 2 and not client.ended["duration"]
+
+
+async def test_a_relayed_connection_closed_below_its_limits_is_not_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with (
+        relay(RelayResources(circuit_data=64 * 1024)) as service,
+        behind(service) as target,
+        Host() as source,
+        RelayClient(source) as client,
+    ):
+        with caplog.at_level(logging.INFO, "mimirlite.protocols.relay"):
+            conn = await source.dial(target.circuit_addrs[0])
+            assert await echo_via(source, target.circuit_addrs[0], b"y" * 40_000) == b"y" * 40_000
+            conn.close()
+            await until(lambda: target.host.connections.get(source.peer_id) is None, 5, "closed at both ends")
+        assert not client.ended and not target.ended and not limit_warnings(caplog, "limit")
 
 
 async def test_relayed_addresses_are_announced_and_dialed_by_peer_id() -> None:
@@ -192,3 +247,21 @@ async def kad_on(host: Host) -> AsyncIterator[KadDht]:
     assert identify is not None
     async with KadDht(host, identify) as dht:
         yield dht
+
+
+async def test_a_relayed_connection_ends_at_once_when_the_far_side_vanishes() -> None:
+    """The source stops (its connection to the relay ends without a word on the circuit): the relay resets
+    the circuit's other stream, and the target's relayed connection ends then, not at a limit."""
+    async with relay() as service, behind(service) as target:
+        source = Host()
+        await source.start()
+        try:
+            await RelayClient(source).start()
+            assert await echo_via(source, target.circuit_addrs[0], b"hello") == b"hello"
+            inner = target.host.connections[source.peer_id]
+        finally:
+            await source.stop()
+        await asyncio.wait_for(inner.closed, 5)
+        await until(lambda: len(service.circuits) == 0, 5, "the circuit gone at the relay")
+        assert not target.ended and not service.metrics.ended
+        assert target.circuit_addrs  # the reservation holds
