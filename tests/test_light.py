@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+from mimirlite.mimir.http import PROXY_VARS
 from tests.helpers.nodeproc import cli, make_env, started
 from tests.helpers.openai_server import OpenAIServer
 
@@ -27,9 +28,10 @@ def test_import_loads_no_heavy_dependency() -> None:
 
 def test_heavy_dependencies_load_where_used() -> None:
     # The probe itself must see them, or the test above proves nothing.
-    assert "httpx" in loaded_after(
-        "from mimirlite.mimir import OpenAIBackend\nOpenAIBackend('http://127.0.0.1:9/v1')._client()"
-    )
+    backend = "from mimirlite.mimir import OpenAIBackend\nOpenAIBackend('http://127.0.0.1:9/v1')._client()"
+    no_proxy = "".join(f"os.environ.pop({n!r}, None)\n" for v in PROXY_VARS for n in (v, v.upper()))
+    assert loaded_after(f"import os\n{no_proxy}{backend}") == ["h11"]
+    assert "httpx" in loaded_after(f"import os\nos.environ['HTTP_PROXY'] = 'http://127.0.0.1:9'\n{backend}")
     assert "h11" in loaded_after("import mimirlite.gateway")
     # dnspython loads on the first lookup (a closed port: the lookup fails fast or times out)
     assert loaded_after("import mimirlite.discovery") == []
@@ -59,9 +61,12 @@ raise SystemExit(main())
 
 
 async def test_a_node_with_an_openai_compatible_backend_serves_without_the_openai_sdk() -> None:
-    """Its backend path is httpx and the project's SSE decoder: neither openai nor pydantic is loaded,
-    at start or after a chat streamed through it (httpx is, which shows the probe sees that path)."""
+    """Its backend path is h11 and the project's SSE decoder: neither openai, pydantic nor httpx is
+    loaded, at start or after a chat streamed through it (h11 is, which shows the probe sees that path)."""
     env = make_env(PYTHONUNBUFFERED="1")
+    for name in PROXY_VARS:  # a proxy would take httpx's way (tested above)
+        env.pop(name, None)
+        env.pop(name.upper(), None)
     async with OpenAIServer(models=["m:1"]) as srv:
         args = ("node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--backend-url", srv.base_url)
         async with started("-c", _PROBED_NODE, *args, env=env) as proc:
@@ -71,8 +76,8 @@ async def test_a_node_with_an_openai_compatible_backend_serves_without_the_opena
             assert srv.streams_completed == 1
             proc.proc.send_signal(signal.SIGUSR1)
             loaded = json.loads((await proc.read_until("LOADED ")).removeprefix("LOADED "))
-    assert "httpx" in loaded
-    assert "openai" not in loaded and "pydantic" not in loaded, loaded
+    assert "h11" in loaded
+    assert {"openai", "pydantic", "httpx"}.isdisjoint(loaded), loaded
 
 
 PUBLIC = ("MimirClient", "MimirNode", "OpenAIBackend", "EchoBackend", "NodeLimits", "ClientConfig", "Host")

@@ -14,14 +14,17 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mimirlite.errors import LocalError, MimirliteError
 from mimirlite.mimir import packets
 from mimirlite.mimir.params import ALLOWED, MAX_NAME
 from mimirlite.mimir.sse import SSEDecoder, SSEError
+
+if TYPE_CHECKING:
+    from mimirlite.mimir import http
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +221,8 @@ async def _json_answer(status: int, obj: Any) -> AsyncGenerator[HttpHead | bytes
 
 class OpenAIBackend:
     """Any OpenAI-compatible server (Ollama, vLLM, llama.cpp, OpenAI): its ``GET /models`` and its streamed
-    ``POST /chat/completions`` over ``httpx`` (loaded at the first request, never at import), the event
-    stream read by :class:`~mimirlite.mimir.sse.SSEDecoder`; the openai SDK is not used."""
+    ``POST /chat/completions`` through :mod:`mimirlite.mimir.http` (h11, loaded at the first request), the
+    event stream read by :class:`~mimirlite.mimir.sse.SSEDecoder`; the openai SDK is not used."""
 
     def __init__(
         self,
@@ -235,15 +238,13 @@ class OpenAIBackend:
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "unused"
         self._wanted = list(models)
         self._timeout = timeout
-        self._http: Any = None  # an httpx.AsyncClient, made at the first request
+        self._http: http.Client | None = None  # made at the first request
 
-    def _client(self) -> Any:
+    def _client(self) -> http.Client:
         if self._http is None:
-            import httpx  # loaded only when a backend is used
+            from mimirlite.mimir.http import http_client  # h11 (httpx behind a proxy): loaded when used
 
-            # as many connections as the openai SDK allows itself (a node may run many chats at once)
-            limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-            self._http = httpx.AsyncClient(timeout=self._timeout, limits=limits)
+            self._http = http_client(self._timeout)
         return self._http
 
     def _api_headers(self) -> list[tuple[str, str]]:
@@ -251,47 +252,46 @@ class OpenAIBackend:
 
     async def _send(
         self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, where: str, *, api: bool
-    ) -> Any:
-        """The response (its head read, its body streamed) or BackendError: timed out, or unreachable.
-        ``api``: an OpenAI API call (redirects followed, as the openai SDK does), else a raw forward."""
-        import httpx
+    ) -> http.Response:
+        """The response (its head read, its body to come) or BackendError: timed out, or unreachable.
+        ``api``: an OpenAI API call (its message says why), else a raw forward (its message shows the
+        error's repr)."""
+        from mimirlite.mimir.http import HttpError, HttpTimeoutError
 
-        http = self._client()
         try:
-            request = http.build_request(method, url, headers=headers, content=body)
-            return await http.send(request, stream=True, follow_redirects=api)
-        except httpx.TimeoutException as exc:
+            return await self._client().request(method, url, headers, body)
+        except HttpTimeoutError as exc:
             raise BackendError(packets.BACKEND_TIMEOUT, f"backend at {where} timed out") from exc
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            reason = (str(exc) or type(exc).__name__) if api else repr(exc)
+        except HttpError as exc:
+            reason = str(exc) if api else repr(exc)
             message = f"backend at {where} is unreachable: {reason}"
             raise BackendError(packets.BACKEND_UNAVAILABLE, message) from exc
 
-    async def _read_all(self, response: Any, limit: int) -> bytes:
+    async def _read_all(self, response: http.Response, limit: int) -> bytes:
         """The whole body (at most ``limit`` bytes); BackendError when it is larger or its reading fails."""
-        import httpx
+        from mimirlite.mimir.http import HttpError, HttpTimeoutError
 
         parts: list[bytes] = []
         size = 0
         try:
-            async for data in response.aiter_bytes():
+            while data := await response.receive():
                 size += len(data)
                 if size > limit:
                     raise BackendError(packets.BACKEND_ERROR, f"backend answer larger than {limit} bytes")
                 parts.append(data)
-        except httpx.TimeoutException as exc:
+        except HttpTimeoutError as exc:
             raise BackendError(packets.BACKEND_TIMEOUT, f"backend at {self.base_url} timed out") from exc
-        except httpx.HTTPError as exc:
+        except HttpError as exc:
             raise BackendError(packets.BACKEND_ERROR, f"backend answer broke off: {exc!r}") from exc
         return b"".join(parts)
 
-    async def _status_error(self, response: Any) -> BackendError:
+    async def _status_error(self, response: http.Response) -> BackendError:
         """The BackendError for an answer that is not 2xx (404: model_not_found), with its message."""
         try:
             body = await self._read_all(response, MAX_ERROR_BODY)
         except BackendError as exc:
             body = str(exc).encode()
-        status = response.status_code
+        status = response.status
         kind = packets.MODEL_NOT_FOUND if status == 404 else packets.BACKEND_ERROR
         return BackendError(kind, f"backend answered HTTP {status}: {_status_message(status, body)}")
 
@@ -299,7 +299,7 @@ class OpenAIBackend:
         url = self.base_url.rstrip("/") + "/models"
         response = await self._send("GET", url, self._api_headers(), b"", self.base_url, api=True)
         try:
-            if not response.is_success:
+            if not 200 <= response.status < 300:
                 raise await self._status_error(response)
             page = _json_or_none(await self._read_all(response, MAX_MODELS_BODY))
         finally:
@@ -330,22 +330,20 @@ class OpenAIBackend:
             body = json.dumps(fields, allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
             raise BackendError(packets.BAD_REQUEST, f"bad request parameters: {exc}") from exc
-        import httpx
+        from mimirlite.mimir.http import HttpError
 
         url = self.base_url.rstrip("/") + "/chat/completions"
         headers = [*self._api_headers(), ("content-type", "application/json")]
         response = await self._send("POST", url, headers, body, self.base_url, api=True)
         try:
-            if not response.is_success:
+            if not 200 <= response.status < 300:
                 raise await self._status_error(response)
             decoder = SSEDecoder()
-            received = response.aiter_bytes()
+            receive = response.receive
             while True:
                 try:
-                    data = await received.__anext__()
-                except StopAsyncIteration:
-                    data = b""
-                except httpx.HTTPError as exc:
+                    data = await receive()
+                except HttpError as exc:
                     raise BackendError(packets.BACKEND_ERROR, f"backend stream broke off: {exc!r}") from exc
                 try:
                     events = decoder.receive_data(data)
@@ -354,7 +352,7 @@ class OpenAIBackend:
                 for event in events:
                     text = event.data
                     if text.startswith("[DONE]"):
-                        await _drain(received)  # so that the connection is kept for the next request
+                        await _drain(response)  # so that the connection is kept for the next request
                         return
                     try:
                         chunk = json.loads(text)
@@ -377,18 +375,20 @@ class OpenAIBackend:
     async def forward(
         self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes
     ) -> AsyncGenerator[HttpHead | bytes, None]:
-        import httpx  # loaded only when the tunnel is used
+        from mimirlite.mimir.http import HttpError
 
         sent = [*headers, ("authorization", f"Bearer {self._api_key}"), ("accept-encoding", "identity")]
         response = await self._send(method, self.root_url + target, sent, body, self.root_url, api=False)
         try:
-            head = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers.raw]
-            yield HttpHead(response.status_code, head, response.reason_phrase)
-            try:
-                async for data in response.aiter_raw():
-                    yield data
-            except httpx.HTTPError as exc:
-                raise BackendError(packets.BACKEND_ERROR, f"backend answer broke off: {exc!r}") from exc
+            yield HttpHead(response.status, response.headers, response.reason)
+            while True:
+                try:
+                    data = await response.receive()
+                except HttpError as exc:
+                    raise BackendError(packets.BACKEND_ERROR, f"backend answer broke off: {exc!r}") from exc
+                if not data:
+                    return
+                yield data
         finally:
             await response.aclose()
 
@@ -406,17 +406,17 @@ MAX_DRAINED = 64 * 1024
 """How much of a streamed answer is read after its ``[DONE]`` to keep the connection; more: it is closed."""
 
 
-async def _drain(received: AsyncIterator[bytes]) -> None:
+async def _drain(response: http.Response) -> None:
     """Read what is left of an answer (normally nothing but the end of its chunked body)."""
-    import httpx
+    from mimirlite.mimir.http import HttpError
 
     size = 0
     try:
-        async for data in received:
+        while data := await response.receive():
             size += len(data)
             if size > MAX_DRAINED:
                 return
-    except httpx.HTTPError as exc:
+    except HttpError as exc:
         log.debug("backend answer's end not read: %r", exc)
 
 
