@@ -46,13 +46,12 @@ def test_heavy_dependencies_load_where_used() -> None:
     assert "dns" in loaded_after(lookup)
 
 
-# A node process that prints the top-level modules it has loaded when it gets SIGUSR1 (the handler runs
-# in its event loop's thread between two bytecodes: the node goes on serving).
+# A node process that prints the modules it has loaded when it gets SIGUSR1 (the handler runs in its
+# event loop's thread between two bytecodes: the node goes on serving).
 _PROBED_NODE = """
 import json, signal, sys
 def loaded(signum, frame):
-    names = sorted({m.split('.')[0] for m in sys.modules})
-    print('LOADED ' + json.dumps(names), flush=True)
+    print('LOADED ' + json.dumps(sorted(sys.modules)), flush=True)
 signal.signal(signal.SIGUSR1, loaded)
 sys.argv[0] = 'mimirlite'
 from mimirlite.cli import main
@@ -62,7 +61,8 @@ raise SystemExit(main())
 
 async def test_a_node_with_an_openai_compatible_backend_serves_without_the_openai_sdk() -> None:
     """Its backend path is h11 and the project's SSE decoder: neither openai, pydantic nor httpx is
-    loaded, at start or after a chat streamed through it (h11 is, which shows the probe sees that path)."""
+    loaded, at start or after a chat streamed through it (h11 is, which shows the probe sees that path),
+    nor the client's modules."""
     env = make_env(PYTHONUNBUFFERED="1")
     for name in PROXY_VARS:  # a proxy would take httpx's way (tested above)
         env.pop(name, None)
@@ -75,9 +75,11 @@ async def test_a_node_with_an_openai_compatible_backend_serves_without_the_opena
             assert res.rc == 0 and res.out == "streamed through the node\n", res
             assert srv.streams_completed == 1
             proc.proc.send_signal(signal.SIGUSR1)
-            loaded = json.loads((await proc.read_until("LOADED ")).removeprefix("LOADED "))
-    assert "h11" in loaded
-    assert {"openai", "pydantic", "httpx"}.isdisjoint(loaded), loaded
+            modules = json.loads((await proc.read_until("LOADED ")).removeprefix("LOADED "))
+    loaded = {m.split(".")[0] for m in modules}
+    assert "h11" in loaded and "mimirlite.mimir.sse" in modules and "mimirlite.mimir.node" in modules
+    assert {"openai", "pydantic", "httpx"}.isdisjoint(loaded), sorted(loaded)
+    assert {"mimirlite.mimir.client", "mimirlite.mimir.tunnel_client"}.isdisjoint(modules)
 
 
 PUBLIC = ("MimirClient", "MimirNode", "OpenAIBackend", "EchoBackend", "NodeLimits", "ClientConfig", "Host")
