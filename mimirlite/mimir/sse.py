@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mimirlite.errors import ProtocolError
+from mimirlite.errors import LocalError, MessageTooLargeError
 
 MAX_LINE = 1024 * 1024
 """Default bound on one line, in bytes (without its line end)."""
@@ -21,8 +21,8 @@ MAX_EVENT = 4 * 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
 
 
-class SSEError(ProtocolError):
-    """The event stream broke a bound (a line or an event too long) or went on after its end."""
+class SSEError(MessageTooLargeError):
+    """The event stream broke a bound: a line or an event too long."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +56,15 @@ class SSEDecoder:
 
     def receive_data(self, data: bytes) -> list[Event]:
         """The events that ``data`` completes, in order; ``b""`` ends the stream (an unfinished event is
-        dropped, as the standard says). SSEError when a bound is broken or data comes after the end."""
+        dropped, as the standard says). SSEError when a bound is broken; LocalError for data after
+        the end."""
         if not data:
             self._ended = True
             self._buf = b""
             self._data = []
             return []
         if self._ended:
-            raise SSEError("event stream data after its end")
+            raise LocalError("event stream data after its end")
         if self._skip_lf:
             self._skip_lf = False
             if data[:1] == b"\n":

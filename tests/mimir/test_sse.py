@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mimirlite.errors import ProtocolError
+from mimirlite.errors import LocalError, MessageTooLargeError
 from mimirlite.mimir.sse import MAX_EVENT, MAX_LINE, Event, SSEDecoder, SSEError
 
 OPENAI_LIKE = (
@@ -119,11 +119,11 @@ def test_bounds() -> None:
     assert decoder.receive_data(b"data: 1234\ndata: 1234\n\n") == [Event("1234\n1234")]
     with pytest.raises(SSEError, match="event larger than 10 bytes"):
         decoder.receive_data(b"data: 1234\ndata: 12345\n")
-    assert issubclass(SSEError, ProtocolError)
+    assert issubclass(SSEError, MessageTooLargeError)
 
 
 def test_data_after_the_end_is_refused() -> None:
     decoder = SSEDecoder()
     assert decoder.receive_data(b"") == []
-    with pytest.raises(SSEError, match="after its end"):
+    with pytest.raises(LocalError, match="after its end"):
         decoder.receive_data(b"data: a\n\n")
