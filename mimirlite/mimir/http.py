@@ -4,7 +4,8 @@ What a node asks of an OpenAI-compatible server: a request, its answer's head, t
 (its transfer coding undone), with connections kept alive and reused, ``timeout`` bounding connecting,
 sending and each wait for data. ``http://`` and ``https://`` (certificates verified: ``SSL_CERT_FILE`` /
 ``SSL_CERT_DIR`` when set, else certifi's bundle when installed, else the system's). Redirects are not
-followed and no content coding is asked for (requests say ``Accept-Encoding: identity`` unless given).
+followed and no content coding is asked for (requests say ``Accept-Encoding: identity`` unless given); an
+idle connection is kept :data:`KEEPALIVE_EXPIRY` seconds.
 
 :func:`http_client` gives this client, or one over ``httpx`` with the same calls where the environment
 names an HTTP proxy (httpx honours ``HTTP_PROXY`` and its kin; this client does not). Failures raise
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 
 import h11
 
+from mimirlite._version import __version__
 from mimirlite.errors import MimirliteError
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,13 @@ READ_SIZE_HIGH = 256 * 1024
 MAX_HEAD = 64 * 1024
 """Bound on an answer's status line and headers, in bytes."""
 MAX_IDLE = 100
-"""Idle connections kept per client (as the openai SDK keeps)."""
+"""Idle connections kept per origin (as the openai SDK keeps)."""
+KEEPALIVE_EXPIRY = 5.0
+"""Seconds an idle connection is kept for reuse (httpx's default): a server or a middlebox may drop it
+silently after a while."""
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy")
+USER_AGENT = f"mimirlite/{__version__}"
+"""Sent unless a request names its own (some servers refuse requests without one)."""
 
 Headers = Sequence[tuple[str, str]]
 
@@ -115,6 +122,7 @@ class _Connection(asyncio.Protocol):
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.transport: asyncio.Transport | None = None
         self.answered = False  # a byte of an answer came on this connection's current request
+        self.idle_since = 0.0
         self._chunks: list[bytes] = []
         self._size = 0
         self._eof = False
@@ -278,8 +286,11 @@ class HttpClient:
     async def request(self, method: str, url: str, headers: Headers, body: bytes) -> Response:
         origin, target, host = _split(url)
         sent = [("host", host), *headers]
-        if not any(name.lower() == "accept-encoding" for name, _ in headers):
+        given = {name.lower() for name, _ in headers}
+        if "accept-encoding" not in given:
             sent.append(("accept-encoding", "identity"))
+        if "user-agent" not in given:
+            sent.append(("user-agent", USER_AGENT))
         if body or method not in ("GET", "HEAD"):
             sent.append(("content-length", str(len(body))))
         for attempt in range(2):
@@ -317,10 +328,11 @@ class HttpClient:
     async def _connection(self, origin: tuple[str, str, int]) -> tuple[_Connection, bool]:
         if self._closed:
             raise HttpConnectError("the client is closed")
+        loop = asyncio.get_running_loop()
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
-            if conn.reusable:
+            if conn.reusable and loop.time() - conn.idle_since <= KEEPALIVE_EXPIRY:
                 conn.answered = False
                 return conn, True
             conn.close()
@@ -330,7 +342,6 @@ class HttpClient:
             if self._ssl is None:
                 self._ssl = _ssl_context(self._env)
             context = self._ssl
-        loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
@@ -356,6 +367,7 @@ class HttpClient:
             conn.close()
             return
         h.start_next_cycle()
+        conn.idle_since = asyncio.get_running_loop().time()
         idle = self._idle.setdefault(conn.origin, [])
         if len(idle) >= MAX_IDLE:
             conn.close()

@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from mimirlite.mimir import BackendError, OpenAIBackend, packets
+from mimirlite import __version__
+from mimirlite.mimir import BackendError, OpenAIBackend, http, packets
 from mimirlite.mimir.http import (
+    USER_AGENT,
     HttpBrokenError,
     HttpClient,
     HttpConnectError,
@@ -115,6 +117,7 @@ async def test_what_is_sent() -> None:
         assert request.headers["authorization"] == "Bearer sk-test"
         assert request.headers["content-type"] == "application/json"
         assert request.headers["accept-encoding"] == "identity"
+        assert request.headers["user-agent"] == USER_AGENT == f"mimirlite/{__version__}"
         assert int(request.headers["content-length"]) == len(request.body)
         assert request.json == {"temperature": 0.5, "model": LLAMA, "messages": HELLO, "stream": True}
 
@@ -136,6 +139,26 @@ async def test_a_kept_connection_the_server_closed_is_not_used_again() -> None:
                 await until(lambda: taken[-1].transport.is_closing(), what="the server closing")
                 # its EOF reaches the kept connection: the next request takes a new one
                 await until(lambda: not next(iter(client._idle.values()))[0].reusable, what="EOF seen")
+        finally:
+            await client.aclose()
+
+
+async def test_an_idle_connection_is_kept_for_a_while_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def answer_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answer(b"{}"))
+            await writer.drain()
+
+    async with raw_server(answer_all) as (url, taken):
+        client = HttpClient(5.0)
+        try:
+            for _ in range(2):
+                assert await read_body(await client.request("GET", url + "/x", [], b"")) == b"{}"
+            assert len(taken) == 1
+            monkeypatch.setattr(http, "KEEPALIVE_EXPIRY", -1.0)  # every kept connection has expired
+            assert await read_body(await client.request("GET", url + "/x", [], b"")) == b"{}"
+            assert len(taken) == 2
         finally:
             await client.aclose()
 
