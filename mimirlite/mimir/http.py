@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import h11
 
 from mimirlite._version import __version__
-from mimirlite.errors import MimirliteError
+from mimirlite.errors import MimirliteError, MimirliteTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class HttpError(MimirliteError):
     """An HTTP request to the backend failed."""
 
 
-class HttpTimeoutError(HttpError):
+class HttpTimeoutError(HttpError, MimirliteTimeoutError):
     """Connecting, sending or a wait for data took longer than the timeout."""
 
 
