@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import ipaddress
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -35,9 +39,11 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 @contextlib.asynccontextmanager
-async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[asyncio.StreamWriter]]]:
-    """A TCP server on 127.0.0.1 running ``handler`` for each connection: its base URL and the
-    connections it took (their writers)."""
+async def raw_server(
+    handler: Handler, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[str, list[asyncio.StreamWriter]]]:
+    """A TCP server on 127.0.0.1 (with ``tls``: TLS) running ``handler`` for each connection: its base
+    URL and the connections it took (their writers)."""
     taken: list[asyncio.StreamWriter] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -49,10 +55,10 @@ async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[asyncio.
         finally:
             writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}", taken
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}", taken
     finally:
         server.close()
         for writer in taken:
@@ -296,6 +302,63 @@ async def test_unreachable_and_bad_urls() -> None:
         await client.aclose()
     with pytest.raises(HttpConnectError, match="closed"):
         await client.request("GET", url + "/x", [], b"")
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key: (certificate file, key file), PEM."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(san, False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_https_verifies_the_certificate(tmp_path: Path) -> None:
+    cert_file, key_file = self_signed(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert_file, key_file)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer(b"over TLS"))
+        await writer.drain()
+
+    async with raw_server(serve, tls) as (url, _):
+        trusting = HttpClient(5.0, env={"SSL_CERT_FILE": str(cert_file)})
+        try:
+            assert await read_body(await trusting.request("GET", url + "/x", [], b"")) == b"over TLS"
+        finally:
+            await trusting.aclose()
+        default = HttpClient(5.0, env={})  # certifi's bundle (or the system's): not that certificate
+        try:
+            with pytest.raises(HttpConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await default.request("GET", url + "/x", [], b"")
+        finally:
+            await default.aclose()
 
 
 async def test_a_proxy_in_the_environment_takes_httpx() -> None:
