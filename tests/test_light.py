@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+
+from mimirlite.mimir.http import PROXY_VARS
+from tests.helpers.nodeproc import cli, make_env, started
+from tests.helpers.openai_server import OpenAIServer
 
 HEAVY = ("openai", "httpx", "zeroconf", "pydantic", "h11", "dns")
 
@@ -23,9 +28,10 @@ def test_import_loads_no_heavy_dependency() -> None:
 
 def test_heavy_dependencies_load_where_used() -> None:
     # The probe itself must see them, or the test above proves nothing.
-    assert "openai" in loaded_after(
-        "from mimirlite.mimir import OpenAIBackend\nOpenAIBackend('http://127.0.0.1:9/v1')._sdk()"
-    )
+    backend = "from mimirlite.mimir import OpenAIBackend\nOpenAIBackend('http://127.0.0.1:9/v1')._client()"
+    no_proxy = "".join(f"os.environ.pop({n!r}, None)\n" for v in PROXY_VARS for n in (v, v.upper()))
+    assert loaded_after(f"import os\n{no_proxy}{backend}") == ["h11"]
+    assert "httpx" in loaded_after(f"import os\nos.environ['HTTP_PROXY'] = 'http://127.0.0.1:9'\n{backend}")
     assert "h11" in loaded_after("import mimirlite.gateway")
     # dnspython loads on the first lookup (a closed port: the lookup fails fast or times out)
     assert loaded_after("import mimirlite.discovery") == []
@@ -38,6 +44,42 @@ def test_heavy_dependencies_load_where_used() -> None:
         "    pass"
     )
     assert "dns" in loaded_after(lookup)
+
+
+# A node process that prints the modules it has loaded when it gets SIGUSR1 (the handler runs in its
+# event loop's thread between two bytecodes: the node goes on serving).
+_PROBED_NODE = """
+import json, signal, sys
+def loaded(signum, frame):
+    print('LOADED ' + json.dumps(sorted(sys.modules)), flush=True)
+signal.signal(signal.SIGUSR1, loaded)
+sys.argv[0] = 'mimirlite'
+from mimirlite.cli import main
+raise SystemExit(main())
+"""
+
+
+async def test_a_node_with_an_openai_compatible_backend_serves_without_the_openai_sdk() -> None:
+    """Its backend path is h11 and the project's SSE decoder: neither openai, pydantic nor httpx is
+    loaded, at start or after a chat streamed through it (h11 is, which shows the probe sees that path),
+    nor the client's modules."""
+    env = make_env(PYTHONUNBUFFERED="1")
+    for name in PROXY_VARS:  # a proxy would take httpx's way (tested above)
+        env.pop(name, None)
+        env.pop(name.upper(), None)
+    async with OpenAIServer(models=["m:1"]) as srv:
+        args = ("node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--backend-url", srv.base_url)
+        async with started("-c", _PROBED_NODE, *args, env=env) as proc:
+            banner = await proc.read_banner()
+            res = await cli("chat", "--peer", banner.local_addr, "-p", "streamed through the node", env=env)
+            assert res.rc == 0 and res.out == "streamed through the node\n", res
+            assert srv.streams_completed == 1
+            proc.proc.send_signal(signal.SIGUSR1)
+            modules = json.loads((await proc.read_until("LOADED ")).removeprefix("LOADED "))
+    loaded = {m.split(".")[0] for m in modules}
+    assert "h11" in loaded and "mimirlite.mimir.sse" in modules and "mimirlite.mimir.node" in modules
+    assert {"openai", "pydantic", "httpx"}.isdisjoint(loaded), sorted(loaded)
+    assert {"mimirlite.mimir.client", "mimirlite.mimir.tunnel_client"}.isdisjoint(modules)
 
 
 PUBLIC = ("MimirClient", "MimirNode", "OpenAIBackend", "EchoBackend", "NodeLimits", "ClientConfig", "Host")

@@ -1,4 +1,5 @@
-"""Where answers come from: any OpenAI-compatible server (through the ``openai`` SDK), or ``echo``.
+"""Where answers come from: any OpenAI-compatible server (over ``httpx``, its event stream read by
+:mod:`mimirlite.mimir.sse`), or ``echo``.
 
 A backend lists the models it serves and streams chat completion chunks as plain dicts, shaped
 exactly as the OpenAI API streams them (``object: "chat.completion.chunk"``).
@@ -15,11 +16,15 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mimirlite.errors import LocalError, MimirliteError
 from mimirlite.mimir import packets
 from mimirlite.mimir.params import ALLOWED, MAX_NAME
+from mimirlite.mimir.sse import SSEDecoder, SSEError
+
+if TYPE_CHECKING:
+    from mimirlite.mimir import http
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +220,9 @@ async def _json_answer(status: int, obj: Any) -> AsyncGenerator[HttpHead | bytes
 
 
 class OpenAIBackend:
-    """Any OpenAI-compatible server (Ollama, vLLM, llama.cpp, OpenAI) through ``openai.AsyncOpenAI``."""
+    """Any OpenAI-compatible server (Ollama, vLLM, llama.cpp, OpenAI): its ``GET /models`` and its streamed
+    ``POST /chat/completions`` through :mod:`mimirlite.mimir.http` (h11, loaded at the first request), the
+    event stream read by :class:`~mimirlite.mimir.sse.SSEDecoder`; the openai SDK is not used."""
 
     def __init__(
         self,
@@ -231,23 +238,75 @@ class OpenAIBackend:
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or "unused"
         self._wanted = list(models)
         self._timeout = timeout
-        self._client: Any = None
-        self._http: Any = None
+        self._http: http.Client | None = None  # made at the first request
 
-    def _sdk(self) -> Any:
-        if self._client is None:
-            import openai  # heavy: loaded only when a backend is used
+    def _client(self) -> http.Client:
+        if self._http is None:
+            from mimirlite.mimir.http import http_client  # h11 (httpx behind a proxy): loaded when used
 
-            self._client = openai.AsyncOpenAI(
-                base_url=self.base_url, api_key=self._api_key, max_retries=0, timeout=self._timeout
-            )
-        return self._client
+            self._http = http_client(self._timeout)
+        return self._http
+
+    def _api_headers(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self._api_key}"), ("accept", "application/json")]
+
+    async def _send(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, where: str, *, api: bool
+    ) -> http.Response:
+        """The response (its head read, its body to come) or BackendError: timed out, or unreachable.
+        ``api``: an OpenAI API call (its message says why), else a raw forward (its message shows the
+        error's repr)."""
+        from mimirlite.mimir.http import HttpError, HttpTimeoutError
+
+        try:
+            return await self._client().request(method, url, headers, body)
+        except HttpTimeoutError as exc:
+            raise BackendError(packets.BACKEND_TIMEOUT, f"backend at {where} timed out") from exc
+        except HttpError as exc:
+            reason = str(exc) if api else repr(exc)
+            message = f"backend at {where} is unreachable: {reason}"
+            raise BackendError(packets.BACKEND_UNAVAILABLE, message) from exc
+
+    async def _read_all(self, response: http.Response, limit: int) -> bytes:
+        """The whole body (at most ``limit`` bytes); BackendError when it is larger or its reading fails."""
+        from mimirlite.mimir.http import HttpError, HttpTimeoutError
+
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while data := await response.receive():
+                size += len(data)
+                if size > limit:
+                    raise BackendError(packets.BACKEND_ERROR, f"backend answer larger than {limit} bytes")
+                parts.append(data)
+        except HttpTimeoutError as exc:
+            raise BackendError(packets.BACKEND_TIMEOUT, f"backend at {self.base_url} timed out") from exc
+        except HttpError as exc:
+            raise BackendError(packets.BACKEND_ERROR, f"backend answer broke off: {exc!r}") from exc
+        return b"".join(parts)
+
+    async def _status_error(self, response: http.Response) -> BackendError:
+        """The BackendError for an answer that is not 2xx (404: model_not_found), with its message."""
+        try:
+            body = await self._read_all(response, MAX_ERROR_BODY)
+        except BackendError as exc:
+            body = str(exc).encode()
+        status = response.status
+        kind = packets.MODEL_NOT_FOUND if status == 404 else packets.BACKEND_ERROR
+        return BackendError(kind, f"backend answered HTTP {status}: {_status_message(status, body)}")
 
     async def list_models(self) -> list[str]:
+        url = self.base_url.rstrip("/") + "/models"
+        response = await self._send("GET", url, self._api_headers(), b"", self.base_url, api=True)
         try:
-            offered = [m.id async for m in self._sdk().models.list()]
-        except Exception as exc:
-            raise _backend_error(exc, self.base_url) from exc
+            if not 200 <= response.status < 300:
+                raise await self._status_error(response)
+            page = _json_or_none(await self._read_all(response, MAX_MODELS_BODY))
+        finally:
+            await response.aclose()
+        offered = _model_ids(page)
+        if offered is None:
+            raise BackendError(packets.BACKEND_ERROR, f"backend at {self.base_url} sent no list of models")
         if not self._wanted:
             return offered
         missing = [m for m in self._wanted if m not in offered]
@@ -260,28 +319,53 @@ class OpenAIBackend:
     async def stream_chat(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> AsyncGenerator[dict[str, Any], None]:
-        # Only allowlisted names reach the SDK, whatever the caller checked: never extra_body,
-        # extra_headers, extra_query or timeout (they would pick the model, headers, URL, timeout).
+        # Only allowlisted names reach the backend, whatever the caller checked; model, messages and
+        # stream are this call's own (ALLOWED has none of them, and they are set last all the same).
         refused = sorted(str(name) for name in params if name not in ALLOWED)
         if refused:
             raise BackendError(packets.BAD_REQUEST, f"parameter {refused[0][:MAX_NAME]!r} is not allowed")
-        kwargs = {name: value for name, value in params.items() if name in ALLOWED}
+        fields = {name: value for name, value in params.items() if name in ALLOWED}
+        fields.update(model=model, messages=messages, stream=True)
         try:
-            stream = await self._sdk().chat.completions.create(
-                model=model, messages=messages, stream=True, **kwargs
-            )
-        except TypeError as exc:  # a parameter this SDK version does not know
+            body = json.dumps(fields, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
             raise BackendError(packets.BAD_REQUEST, f"bad request parameters: {exc}") from exc
-        except Exception as exc:
-            raise _backend_error(exc, self.base_url) from exc
+        from mimirlite.mimir.http import HttpError
+
+        url = self.base_url.rstrip("/") + "/chat/completions"
+        headers = [*self._api_headers(), ("content-type", "application/json")]
+        response = await self._send("POST", url, headers, body, self.base_url, api=True)
         try:
-            async for chunk in stream:
-                yield chunk.model_dump(mode="json", exclude_unset=True)
-        except Exception as exc:
-            cause = exc.__cause__ or exc
-            raise BackendError(packets.BACKEND_ERROR, f"backend stream broke off: {cause!r}") from exc
+            if not 200 <= response.status < 300:
+                raise await self._status_error(response)
+            decoder = SSEDecoder()
+            receive = response.receive
+            while True:
+                try:
+                    data = await receive()
+                except HttpError as exc:
+                    raise BackendError(packets.BACKEND_ERROR, f"backend stream broke off: {exc!r}") from exc
+                try:
+                    events = decoder.receive_data(data)
+                except SSEError as exc:
+                    raise BackendError(packets.BACKEND_ERROR, f"backend stream broke off: {exc}") from exc
+                for event in events:
+                    text = event.data
+                    if text.startswith("[DONE]"):
+                        await _drain(response)  # so that the connection is kept for the next request
+                        return
+                    try:
+                        chunk = json.loads(text)
+                    except ValueError as exc:
+                        message = f"backend stream broke off: {exc!r}"
+                        raise BackendError(packets.BACKEND_ERROR, message) from exc
+                    if type(chunk) is not dict or "error" in chunk or event.event == "error":
+                        raise _stream_error(chunk)
+                    yield chunk
+                if not data:
+                    return
         finally:
-            await stream.close()
+            await response.aclose()
 
     @property
     def root_url(self) -> str:
@@ -291,57 +375,100 @@ class OpenAIBackend:
     async def forward(
         self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes
     ) -> AsyncGenerator[HttpHead | bytes, None]:
-        import httpx  # loaded only when the tunnel is used
+        from mimirlite.mimir.http import HttpError
 
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self._timeout)
         sent = [*headers, ("authorization", f"Bearer {self._api_key}"), ("accept-encoding", "identity")]
-        request = self._http.build_request(method, self.root_url + target, headers=sent, content=body)
+        response = await self._send(method, self.root_url + target, sent, body, self.root_url, api=False)
         try:
-            response = await self._http.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise BackendError(packets.BACKEND_TIMEOUT, f"backend at {self.root_url} timed out") from exc
-        except httpx.HTTPError as exc:
-            message = f"backend at {self.root_url} is unreachable: {exc!r}"
-            raise BackendError(packets.BACKEND_UNAVAILABLE, message) from exc
-        try:
-            head = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers.raw]
-            yield HttpHead(response.status_code, head, response.reason_phrase)
-            try:
-                async for data in response.aiter_raw():
-                    yield data
-            except httpx.HTTPError as exc:
-                raise BackendError(packets.BACKEND_ERROR, f"backend answer broke off: {exc!r}") from exc
+            yield HttpHead(response.status, response.headers, response.reason)
+            while True:
+                try:
+                    data = await response.receive()
+                except HttpError as exc:
+                    raise BackendError(packets.BACKEND_ERROR, f"backend answer broke off: {exc!r}") from exc
+                if not data:
+                    return
+                yield data
         finally:
             await response.aclose()
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
         if self._http is not None:
             await self._http.aclose()
             self._http = None
 
 
-def _backend_error(exc: Exception, base_url: str) -> BackendError:
-    """Map an openai SDK (or transport) failure to a BackendError with a clear message."""
-    import openai
-
-    if isinstance(exc, openai.APITimeoutError):
-        return BackendError(packets.BACKEND_TIMEOUT, f"backend at {base_url} timed out")
-    if isinstance(exc, openai.APIConnectionError):
-        return BackendError(packets.BACKEND_UNAVAILABLE, f"backend at {base_url} is unreachable: {exc}")
-    if isinstance(exc, openai.APIStatusError):
-        kind = packets.MODEL_NOT_FOUND if exc.status_code == 404 else packets.BACKEND_ERROR
-        return BackendError(kind, f"backend answered HTTP {exc.status_code}: {_status_message(exc)}")
-    return BackendError(packets.BACKEND_ERROR, f"backend failed: {exc!r}")
+MAX_ERROR_BODY = 64 * 1024
+"""How much of an error answer's body is read for its message."""
+MAX_MODELS_BODY = 8 * 1024 * 1024
+"""Bound on the backend's model list (``GET /models``), in bytes."""
+MAX_DRAINED = 64 * 1024
+"""How much of a streamed answer is read after its ``[DONE]`` to keep the connection; more: it is closed."""
 
 
-def _status_message(exc: Any) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-    return str(exc.message)
+async def _drain(response: http.Response) -> None:
+    """Read what is left of an answer (normally nothing but the end of its chunked body)."""
+    from mimirlite.mimir.http import HttpError
+
+    size = 0
+    try:
+        while data := await response.receive():
+            size += len(data)
+            if size > MAX_DRAINED:
+                return
+    except HttpError as exc:
+        log.debug("backend answer's end not read: %r", exc)
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _model_ids(page: Any) -> list[str] | None:
+    """The ids of an OpenAI model list (``{"data": [{"id": ...}, ...]}``), None when it is not one."""
+    data = page.get("data") if isinstance(page, dict) else None
+    if not isinstance(data, list):
+        return None
+    ids: list[str] = []
+    for model in data:
+        name = model.get("id") if isinstance(model, dict) else None
+        if not isinstance(name, str):
+            return None
+        ids.append(name)
+    return ids
+
+
+def _error_text(obj: Any) -> str | None:
+    """The message of an OpenAI error object (``{"error": {"message": ...}}``) or an Ollama one
+    (``{"error": "..."}``), None when ``obj`` is neither."""
+    if not isinstance(obj, dict):
+        return None
+    err = obj.get("error", obj)
+    if isinstance(err, dict) and err.get("message"):
+        return str(err["message"])
+    if isinstance(err, str) and err:
+        return err
+    return None
+
+
+def _status_message(status: int, body: bytes) -> str:
+    message = _error_text(_json_or_none(body))
+    if message is not None:
+        return message
+    text = body[:MAX_SHOWN].decode("utf-8", "replace").strip()
+    return f"Error code: {status}" + (f" - {text}" if text else "")
+
+
+MAX_SHOWN = 512
+"""How much of a backend's unparsed error body a message shows."""
+
+
+def _stream_error(chunk: Any) -> BackendError:
+    if type(chunk) is not dict:
+        message = "backend stream broke off: a chunk that is not a JSON object"
+        return BackendError(packets.BACKEND_ERROR, message)
+    message = _error_text(chunk) or "an error occurred during streaming"
+    return BackendError(packets.BACKEND_ERROR, f"backend failed mid-answer: {message}")

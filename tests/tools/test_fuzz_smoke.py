@@ -52,6 +52,7 @@ def test_every_decoder_has_a_harness_and_seeds() -> None:
         "params",
         "gateway_http",
         "tunnel",
+        "sse",
     }
     assert expected <= set(HARNESSES)
     total = 0
