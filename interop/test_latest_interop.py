@@ -209,9 +209,9 @@ async def test_peers_cli_shows_real_names_and_generation(srv: OpenAIServer) -> N
     lines = {line.split()[0]: line for line in res.out.splitlines()}
     assert set(lines) == {js.peer_id, str(host.peer_id)}
     _, models, rest = lines[js.peer_id].split("  ", 2)
-    assert models == f"{DEFAULT_MODEL}, {OTHER}" and rest.endswith("  [latest]")
+    assert models == f"{DEFAULT_MODEL}, {OTHER}" and rest.endswith("  [latest, direct]")
     _, models, rest = lines[str(host.peer_id)].split("  ", 2)
-    assert models == "echo" and rest.endswith("  [first]")
+    assert models == "echo" and rest.endswith("  [first, direct]")
 
 
 async def test_node_speaking_both_generations_is_reached_on_the_first() -> None:

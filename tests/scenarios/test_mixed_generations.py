@@ -11,7 +11,7 @@ all announcing themselves with mDNS (@libp2p/mdns for the JS nodes, as the origi
 front of its own tests/helpers/openai_server.py on 127.0.0.1 of its namespace, with its own model and its own
 reply, so an answer tells which node gave it. From a fourth namespace, given no address,
 ``python -m mimirlite peers`` lists the three with their models and generation (the mimirlite node as
-``[first]``: it serves both and the client prefers the first), and ``python -m mimirlite chat --model M``
+``[first, direct]``: it serves both and the client prefers the first), and ``python -m mimirlite chat --model M``
 reaches each one.
 """
 
@@ -99,9 +99,9 @@ async def test_peers_and_chat_in_a_mixed_network() -> None:
         assert code == 0, f"{err}\n{js_logs()}"
         listed = parse_peers(out)
         expected = {
-            first.peer_id: ([FIRST_MODEL], first_host, "[first]"),
-            latest.peer_id: ([LATEST_MODEL], latest_host, "[latest]"),
-            lite.peer_id: ([ECHO_MODEL], lite_host, "[first]"),
+            first.peer_id: ([FIRST_MODEL], first_host, "[first, direct]"),
+            latest.peer_id: ([LATEST_MODEL], latest_host, "[latest, direct]"),
+            lite.peer_id: ([ECHO_MODEL], lite_host, "[first, direct]"),
         }
         assert set(listed) == set(expected), f"{out}\n{err}\n{js_logs()}"
         for peer, (models, host, generation) in expected.items():
