@@ -635,8 +635,9 @@ async def _chat(args: argparse.Namespace) -> int:
 
 async def _print_answer(client: Any, messages: list[dict[str, Any]], model: str | None) -> str:
     parts: list[str] = []
-    async for chunk in client.chat(messages, model=model):
-        text = chunk.choices[0].delta.content if chunk.choices else None
+    async for chunk in client.chat_raw(messages, model=model):  # checked dicts: no openai, no pydantic
+        choices = chunk["choices"]
+        text = choices[0]["delta"].get("content") if choices else None
         if text:
             parts.append(text)
             sys.stdout.write(text)

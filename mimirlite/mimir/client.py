@@ -25,6 +25,7 @@ from mimirlite.errors import (
 )
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.mimir import packets
+from mimirlite.mimir.chunks import CHUNK_OBJECT, check_chunk, is_finished, loads_event
 from mimirlite.mimir.dht import ModelDht
 from mimirlite.mimir.models import (
     DEFAULT_MODEL,
@@ -617,13 +618,39 @@ class MimirClient(Service):
     async def chat(
         self, messages: list[dict[str, Any]], model: str | None = None, **params: Any
     ) -> AsyncIterator[ChatCompletionChunk]:
-        """Stream the answer as openai ``ChatCompletionChunk`` objects.
+        """Stream the answer as openai ``ChatCompletionChunk`` objects (loads the openai SDK; see
+        :meth:`chat_raw` for the same chunks as plain dicts, without it).
 
         Raises NoNodeError, RemoteError (the node's completionStop error; HttpRemoteError, with the
         ``status``, when a latest-generation node answers an HTTP error), TruncatedAnswerError,
         AnswerTimeoutError (nothing came for ``read_timeout`` s; also an ``asyncio.TimeoutError``).
         A node that fails before its first chunk is replaced by another serving the model.
         """
+        from openai.types.chat import ChatCompletionChunk  # heavy: loaded only when chatting
+
+        async with contextlib.aclosing(self.chat_raw(messages, model, **params)) as chunks:
+            async for chunk in chunks:
+                try:
+                    yield ChatCompletionChunk.model_validate(chunk)
+                except ValueError as exc:
+                    raise PacketError(f"not a chat completion chunk: {exc}") from None
+
+    async def chat_raw(
+        self, messages: list[dict[str, Any]], model: str | None = None, **params: Any
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Stream the answer as the chunk dicts the node sent (``chat.completion.chunk`` objects), each
+        checked as :meth:`chat` checks it (:func:`~mimirlite.mimir.chunks.check_chunk`: every field the
+        openai SDK declares has its type), without loading ``openai`` or ``pydantic``. Raises as
+        :meth:`chat`; a node that fails before its first chunk is replaced by another serving the model."""
+        async with contextlib.aclosing(self.chat_wire(messages, model, **params)) as chunks:
+            async for chunk in chunks:
+                yield chunk.data
+
+    async def chat_wire(
+        self, messages: list[dict[str, Any]], model: str | None = None, **params: Any
+    ) -> AsyncGenerator[WireChunk, None]:
+        """As :meth:`chat_raw`, each chunk with the JSON text the node sent for it, when that text may be
+        passed on as it is (:class:`WireChunk`; a proxy writes it without encoding the chunk again)."""
         candidates = self._candidates(model)
         if not candidates and self.dht is not None:
             await self.find_nodes(model)
@@ -806,6 +833,16 @@ class TunnelBody:
         await self.aclose()
 
 
+class WireChunk(NamedTuple):
+    """One chunk of an answer, checked (:meth:`MimirClient.chat_wire`)."""
+
+    data: dict[str, Any]
+    """The chunk as the node sent it (a ``chat.completion.chunk`` object)."""
+    json: str | None
+    """The node's own JSON text of the chunk, when it may be passed on as it is (one line, no duplicate
+    key, nothing but JSON: :func:`~mimirlite.mimir.chunks.loads_event`); None: encode ``data``."""
+
+
 class TunnelResponse(NamedTuple):
     """A tunnel answer: status, headers (lowercase names, as sent) and the body as it arrives."""
 
@@ -826,9 +863,7 @@ class _TunnelAnswer:
         self.data = {**data, "model": self.model, "stream": True}
         self.started = False
 
-    async def chunks(self) -> AsyncGenerator[ChatCompletionChunk, None]:
-        from openai.types.chat import ChatCompletionChunk  # heavy: loaded only when chatting
-
+    async def chunks(self) -> AsyncGenerator[WireChunk, None]:
         client = self.client
         inflight = client._inflight
         inflight[self.peer] = inflight.get(self.peer, 0) + 1
@@ -843,9 +878,9 @@ class _TunnelAnswer:
                 raise HttpRemoteError(reader.head.status, *error_message(reader.head.status, raw))
             kind = (reader.head.header("content-type") or "").split(";")[0].strip().lower()
             if kind == "application/json":  # a backend that does not stream: one whole completion
-                chunk = self._whole(ChatCompletionChunk, await client._read_body(stream, reader, first))
+                whole = self._whole(await client._read_body(stream, reader, first))
                 self.started = True
-                yield chunk
+                yield WireChunk(whole, None)
                 return
             sse = SseDecoder()
             finished = done = False
@@ -855,16 +890,16 @@ class _TunnelAnswer:
                         if event.strip() == "[DONE]":
                             done = True  # read on to the node's close, so the stream ends cleanly
                             break
-                        chunk = self._chunk(ChatCompletionChunk, event)
-                        finished = finished or any(c.finish_reason for c in chunk.choices)
+                        chunk = self._chunk(event)
+                        finished = finished or is_finished(chunk.data)
                         self.started = True
                         yield chunk
                 for event in [] if done else sse.eof():
                     if event.strip() == "[DONE]":
                         done = True
                         break
-                    chunk = self._chunk(ChatCompletionChunk, event)
-                    finished = finished or any(c.finish_reason for c in chunk.choices)
+                    chunk = self._chunk(event)
+                    finished = finished or is_finished(chunk.data)
                     self.started = True
                     yield chunk
             if not (finished or done):
@@ -874,7 +909,7 @@ class _TunnelAnswer:
             if not inflight[self.peer]:
                 del inflight[self.peer]
 
-    def _whole(self, kind: type[ChatCompletionChunk], body: bytes) -> ChatCompletionChunk:
+    def _whole(self, body: bytes) -> dict[str, Any]:
         """A ``chat.completion`` answered instead of a stream, as one chunk carrying all of it."""
         try:
             obj = json.loads(body)
@@ -889,21 +924,18 @@ class _TunnelAnswer:
             fields = {
                 k: obj[k] for k in ("id", "created", "model", "system_fingerprint", "usage") if k in obj
             }
-            return kind.model_validate({**fields, "object": "chat.completion.chunk", "choices": choices})
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise PacketError(f"tunnel answer is not a chat completion: {exc}") from None
+        chunk = {**fields, "object": CHUNK_OBJECT, "choices": choices}
+        check_chunk(chunk)
+        return chunk
 
-    def _chunk(self, kind: type[ChatCompletionChunk], event: str) -> ChatCompletionChunk:
-        try:
-            obj = json.loads(event)
-        except ValueError:
-            raise PacketError("SSE event is not JSON") from None
+    def _chunk(self, event: str) -> WireChunk:
+        obj, verbatim = loads_event(event)
         if isinstance(obj, dict) and "error" in obj and "choices" not in obj:
             raise HttpRemoteError(200, *error_message(200, event.encode()))
-        try:
-            return kind.model_validate(obj)
-        except ValueError as exc:
-            raise PacketError(f"SSE event is not a chat completion chunk: {exc}") from None
+        check_chunk(obj)
+        return WireChunk(obj, event if verbatim else None)
 
 
 class _Answer:
@@ -915,9 +947,7 @@ class _Answer:
         self.data = data
         self.started = False
 
-    async def chunks(self) -> AsyncGenerator[ChatCompletionChunk, None]:
-        from openai.types.chat import ChatCompletionChunk  # heavy: loaded only when chatting
-
+    async def chunks(self) -> AsyncGenerator[WireChunk, None]:
         client = self.client
         request_id = str(uuid.uuid4())
         inflight = client._inflight
@@ -952,14 +982,10 @@ class _Answer:
                         raise error
                     finished = True
                 elif packet.event == packets.COMPLETION_PACKET:
-                    try:
-                        chunk = ChatCompletionChunk.model_validate(packet.data)
-                    except ValueError as exc:
-                        raise PacketError(f"completionPacket is not a chat completion chunk: {exc}") from None
-                    if any(c.finish_reason for c in chunk.choices):
+                    if check_chunk(packet.data):
                         finished = True
                     self.started = True
-                    yield chunk
+                    yield WireChunk(packet.data, None)
         finally:
             inflight[self.peer] -= 1
             if not inflight[self.peer]:
