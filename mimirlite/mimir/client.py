@@ -13,8 +13,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mimirlite.aio import Service, SingleFlight
-from mimirlite.discovery import MdnsDiscovery
-from mimirlite.discovery.mdns import DEFAULT_INTERVAL as MDNS_INTERVAL
 from mimirlite.errors import (
     LocalError,
     MimirliteError,
@@ -26,7 +24,6 @@ from mimirlite.errors import (
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.mimir import packets
 from mimirlite.mimir.chunks import CHUNK_OBJECT, check_chunk, is_finished, loads_event
-from mimirlite.mimir.dht import ModelDht
 from mimirlite.mimir.models import (
     DEFAULT_MODEL,
     model_cid,
@@ -50,13 +47,15 @@ from mimirlite.net.connection import Connection
 from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream
 from mimirlite.protocols import IdentifyTimeoutError, Ping, identify_service, start_services
-from mimirlite.protocols.dcutr.holepunch import HolePunchConfig
-from mimirlite.protocols.dcutr.service import HolePuncher
-from mimirlite.protocols.kad.service import DhtConfig
 from mimirlite.protocols.relay.client import RelayClient
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionChunk
+
+    from mimirlite.discovery.mdns import MdnsDiscovery
+    from mimirlite.mimir.dht import ModelDht
+    from mimirlite.protocols.dcutr.service import HolePuncher
+    from mimirlite.protocols.kad.service import DhtConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +71,9 @@ MAX_LOOKUPS = 4
 """DHT lookups of models run at once; more wait their turn."""
 MAX_NOT_FOUND = 1024
 """Models remembered as not found (the least recently missed is forgotten first)."""
+MDNS_INTERVAL = 10.0
+"""Seconds between mDNS queries by default (``mimirlite.discovery.mdns.DEFAULT_INTERVAL``, not imported:
+discovery, the DHT and hole punching load only for a client that uses them)."""
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,8 @@ class MimirClient(Service):
         self._ping = Ping(self.host, serve=False)
         self.discovery: MdnsDiscovery | None = None
         if cfg.mdns:
+            from mimirlite.discovery.mdns import MdnsDiscovery
+
             self.discovery = MdnsDiscovery(
                 self.host,
                 interval=cfg.mdns_interval,
@@ -280,11 +284,16 @@ class MimirClient(Service):
             await self._relay.start()
             if self.host.listen_addrs and identify is not None:
                 identify.identify_on_connect()  # what peers see of us: the addresses a punch offers
+                from mimirlite.protocols.dcutr.holepunch import HolePunchConfig
+                from mimirlite.protocols.dcutr.service import HolePuncher
+
                 config = HolePunchConfig(allow_private=cfg.private_addrs)
                 self.puncher = HolePuncher(self.host, identify.candidate_addrs, config)
                 await self.puncher.start()
                 self._relay.on_relayed.append(self.puncher.on_relayed)
         if cfg.dht and identify is not None:
+            from mimirlite.mimir.dht import ModelDht
+
             self.dht = ModelDht(
                 self.host,
                 identify,
