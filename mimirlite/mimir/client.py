@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
+import os
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -128,6 +128,15 @@ class ClientConfig:
         for name in ("identify_timeout", "read_timeout", "mdns_interval"):
             if not getattr(self, name) > 0:
                 raise LocalError(f"{name} must be a positive number of seconds")
+
+
+def _request_id() -> str:
+    """A random UUID (version 4) as text: the ``requestId`` of a packet (without the ``uuid`` module)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class ChatError(MimirliteError):
@@ -526,7 +535,7 @@ class MimirClient(Service):
 
     async def _identify_first(self, peer: PeerId) -> list[str]:
         """Ask ``/mimirllm/1.0.0/identify`` for the models a first-generation node serves."""
-        request_id = str(uuid.uuid4())
+        request_id = _request_id()
         stream = await self.host.new_stream(peer, packets.MIMIR_IDENTIFY_PROTOCOL)
         async with stream:
             await stream.write_json(Packet(packets.QUERY, model_cid(DEFAULT_MODEL), request_id).to_json())
@@ -958,7 +967,7 @@ class _Answer:
 
     async def chunks(self) -> AsyncGenerator[WireChunk, None]:
         client = self.client
-        request_id = str(uuid.uuid4())
+        request_id = _request_id()
         inflight = client._inflight
         inflight[self.peer] = inflight.get(self.peer, 0) + 1
         finished = False
