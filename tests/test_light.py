@@ -117,11 +117,16 @@ PROBE = (
 ``MODULES: [...]`` on stdout, at its exit and at each SIGUSR1."""
 
 
+NOT_LOADED = ("noise", "uuid", "datetime")
+"""Neither the ``noiseprotocol`` package (mimirlite does the Noise handshake itself) nor the ``uuid`` and
+``datetime`` modules (random request IDs and Ollama's times need neither) load in a chat or a gateway."""
+
+
 def modules_line(line: str) -> list[str]:
     assert line.startswith("MODULES: "), line
     names: list[str] = json.loads(line.removeprefix("MODULES: "))
     assert {"mimirlite", "asyncio", "cryptography"} <= set(names), names  # the probe saw a real process
-    return [m for m in names if m in HEAVY]
+    return [m for m in names if m in HEAVY or m in NOT_LOADED]
 
 
 async def test_a_one_shot_chat_loads_neither_openai_nor_pydantic() -> None:
@@ -134,7 +139,7 @@ async def test_a_one_shot_chat_loads_neither_openai_nor_pydantic() -> None:
     assert res.rc == 0, res.err
     answer, probe = res.out.splitlines()
     assert answer == "light words"
-    assert modules_line(probe) == []  # no openai, pydantic, httpx, zeroconf, h11, dnspython
+    assert modules_line(probe) == []  # no openai, pydantic, httpx, zeroconf, h11, dnspython, noise...
 
 
 async def test_a_gateway_answering_chats_loads_neither_openai_nor_pydantic() -> None:
@@ -183,4 +188,23 @@ async def test_a_gateway_answering_chats_loads_neither_openai_nor_pydantic() -> 
             assert "".join(x["message"]["content"] for x in lines) == "as ollama" and lines[-1]["done"]
             proc.proc.send_signal(signal.SIGUSR1)
             loaded = modules_line(await proc.read_until("MODULES: ", RUN_TIMEOUT))
-    assert loaded == ["h11"]  # the gateway's HTTP: no openai, pydantic, httpx, zeroconf, dnspython
+    assert loaded == ["h11"]  # the gateway's HTTP: no openai, pydantic, httpx, zeroconf, dnspython, noise...
+
+
+def test_request_ids_and_ollama_times_keep_their_formats() -> None:
+    import datetime
+    import uuid
+
+    from mimirlite.gateway.gateway import _now
+    from mimirlite.mimir.client import _request_id
+
+    ids = {_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+    before = datetime.datetime.now(datetime.timezone.utc)
+    stamp = _now()
+    after = datetime.datetime.now(datetime.timezone.utc)
+    assert stamp.endswith("Z") and len(stamp) == len("2026-01-01T00:00:00.000000Z"), stamp
+    assert before <= datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= after
