@@ -74,6 +74,10 @@ def _stage() -> memoryview:
     return stage
 
 
+_new_ephemeral = X25519PrivateKey.generate
+"""A fresh ephemeral key (bound here: a harness that fixes the static key, fuzz/fuzzlib.py, fixes only it)."""
+
+
 def _frame(message: bytes | bytearray) -> bytes:
     return _pack_length(len(message)) + message
 
@@ -176,7 +180,7 @@ class NoiseHandshake:
         )
         self._static = static
         self._static_public = static_public
-        self._ephemeral = X25519PrivateKey.generate()
+        self._ephemeral = _new_ephemeral()
         self._remote_ephemeral: X25519PublicKey | None = None
         self._symmetric: _Symmetric | None = _Symmetric()
         self._step = HandshakeState.MESSAGE_1
