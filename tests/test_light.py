@@ -208,3 +208,24 @@ def test_request_ids_and_ollama_times_keep_their_formats() -> None:
     after = datetime.datetime.now(datetime.timezone.utc)
     assert stamp.endswith("Z") and len(stamp) == len("2026-01-01T00:00:00.000000Z"), stamp
     assert before <= datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= after
+
+
+def test_the_command_lines_copies_of_library_defaults_are_equal() -> None:
+    from mimirlite import cli
+    from mimirlite.mimir import limits
+
+    assert (cli._MAX_CONCURRENT, cli._QUEUE, cli._STALL_TIMEOUT) == (
+        limits.MAX_CONCURRENT,
+        limits.QUEUE,
+        limits.STALL_TIMEOUT,
+    )
+    assert "mimirlite.mimir.limits" not in loaded_modules("import mimirlite.cli")
+
+
+def loaded_modules(code: str) -> list[str]:
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    names: list[str] = json.loads(out.stdout.splitlines()[-1])
+    return names
