@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from mimirlite._version import __version__
 from mimirlite.errors import MimirliteError
 from mimirlite.identity import KeyPair
-from mimirlite.mimir.limits import MAX_CONCURRENT, QUEUE, STALL_TIMEOUT
 from mimirlite.net.config import HostConfig
 from mimirlite.net.host import Host
 
@@ -33,6 +32,9 @@ MIB = 1024 * 1024
 _GATEWAY_PER_IP = 1024
 """The default of ``gateway --max-connections-per-ip`` (``mimirlite.gateway.MAX_CONNECTIONS_PER_IP``,
 not imported: h11 loads only for a gateway)."""
+_MAX_CONCURRENT, _QUEUE, _STALL_TIMEOUT = 256, 1024, 30.0
+"""The defaults of ``node --max-concurrent``, ``--queue`` and ``--stall-timeout`` (those of
+``mimirlite.mimir.limits``, not imported: a chat or a gateway does not load the node's modules)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -184,16 +186,16 @@ def _parser() -> argparse.ArgumentParser:
     access.add_argument(
         "--max-concurrent",
         type=_positive_int,
-        default=MAX_CONCURRENT,
+        default=_MAX_CONCURRENT,
         metavar="N",
-        help=f"chat requests answered at once (default {MAX_CONCURRENT}); more wait in the queue",
+        help=f"chat requests answered at once (default {_MAX_CONCURRENT}); more wait in the queue",
     )
     access.add_argument(
         "--queue",
         type=_non_negative_int,
-        default=QUEUE,
+        default=_QUEUE,
         metavar="N",
-        help=f"chat requests that may wait, in arrival order (default {QUEUE}); more are refused",
+        help=f"chat requests that may wait, in arrival order (default {_QUEUE}); more are refused",
     )
     access.add_argument(
         "--max-per-peer",
@@ -210,10 +212,10 @@ def _parser() -> argparse.ArgumentParser:
     access.add_argument(
         "--stall-timeout",
         type=_stall_timeout,
-        default=STALL_TIMEOUT,
+        default=_STALL_TIMEOUT,
         metavar="SECONDS",
         help="while other chats wait, end (as overloaded) a chat whose reader took nothing for this long "
-        f"(default {STALL_TIMEOUT:g}; 0: never)",
+        f"(default {_STALL_TIMEOUT:g}; 0: never)",
     )
     access.add_argument(
         "--max-tokens",
@@ -635,8 +637,9 @@ async def _chat(args: argparse.Namespace) -> int:
 
 async def _print_answer(client: Any, messages: list[dict[str, Any]], model: str | None) -> str:
     parts: list[str] = []
-    async for chunk in client.chat(messages, model=model):
-        text = chunk.choices[0].delta.content if chunk.choices else None
+    async for chunk in client.chat_raw(messages, model=model):  # checked dicts: no openai, no pydantic
+        choices = chunk["choices"]
+        text = choices[0]["delta"].get("content") if choices else None
         if text:
             parts.append(text)
             sys.stdout.write(text)

@@ -17,8 +17,7 @@ import stat
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from mimirlite.errors import DecodeError, InvalidKeyError, LocalError
 from mimirlite.wire.multibase import b32encode, b58decode, b58encode, multibase_decode
@@ -41,7 +40,6 @@ MAX_INLINE_KEY_LENGTH = 42
 _MIN_RSA_BITS = 2048
 _MAX_RSA_BITS = 8192
 _MAX_PEER_ID_TEXT = 128
-_ECDSA_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 
 
 class KeyType(enum.IntEnum):
@@ -99,19 +97,32 @@ def _verify_ed25519(key_data: bytes, data: bytes, signature: bytes) -> None:
     ed25519.Ed25519PublicKey.from_public_bytes(key_data).verify(signature, data)
 
 
+# RSA and ECDSA keys are rare (Ed25519 is libp2p's default): their modules load at the first one seen.
+
+
 def _verify_secp256k1(key_data: bytes, data: bytes, signature: bytes) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), key_data)
     key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
 
 
 def _verify_ecdsa(key_data: bytes, data: bytes, signature: bytes) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = serialization.load_der_public_key(key_data)
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, _ECDSA_CURVES):
+    curves = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, curves):
         raise ValueError("not a NIST P-256/P-384/P-521 key")
     key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
 
 
 def _verify_rsa(key_data: bytes, data: bytes, signature: bytes) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
     key = serialization.load_der_public_key(key_data)
     if not isinstance(key, rsa.RSAPublicKey) or not _MIN_RSA_BITS <= key.key_size <= _MAX_RSA_BITS:
         raise ValueError(f"RSA keys must have {_MIN_RSA_BITS} to {_MAX_RSA_BITS} bits")

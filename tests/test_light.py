@@ -141,3 +141,133 @@ def test_every_config_field_has_a_docstring() -> None:
         }
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in documented]
         assert missing == [], f"{cls.__name__}: no docstring for {missing}"
+
+
+# ---- the processes of the command line: a one-shot chat and a gateway answering chats
+
+PROBE = (
+    "import atexit, json, signal, sys\n"
+    "def dump(*_):\n"
+    "    names = sorted({m.split('.')[0] for m in sys.modules})\n"
+    "    print('MODULES: ' + json.dumps(names), flush=True)\n"
+    "signal.signal(signal.SIGUSR1, dump)\n"
+    "atexit.register(dump)\n"
+    "from mimirlite.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+"""``python -c PROBE ARGS`` runs ``mimirlite ARGS`` and prints the top-level modules it loaded, as a line
+``MODULES: [...]`` on stdout, at its exit and at each SIGUSR1."""
+
+
+NOT_LOADED = ("noise", "uuid", "datetime")
+"""Neither the ``noiseprotocol`` package (mimirlite does the Noise handshake itself) nor the ``uuid`` and
+``datetime`` modules (random request IDs and Ollama's times need neither) load in a chat or a gateway."""
+
+
+def modules_line(line: str) -> list[str]:
+    assert line.startswith("MODULES: "), line
+    names: list[str] = json.loads(line.removeprefix("MODULES: "))
+    assert {"mimirlite", "asyncio", "cryptography"} <= set(names), names  # the probe saw a real process
+    return [m for m in names if m in HEAVY or m in NOT_LOADED]
+
+
+async def test_a_one_shot_chat_loads_neither_openai_nor_pydantic() -> None:
+    from mimirlite.mimir import EchoBackend
+    from tests.helpers.gateway import mimir_node
+    from tests.helpers.nodeproc import make_env, run
+
+    async with mimir_node(EchoBackend()) as (_, addr):
+        res = await run("-c", PROBE, "chat", "--no-mdns", "--peer", addr, "-p", "light words", env=make_env())
+    assert res.rc == 0, res.err
+    answer, probe = res.out.splitlines()
+    assert answer == "light words"
+    assert modules_line(probe) == []  # no openai, pydantic, httpx, zeroconf, h11, dnspython, noise...
+
+
+async def test_a_gateway_answering_chats_loads_neither_openai_nor_pydantic() -> None:
+    import asyncio
+    import re
+    import signal
+
+    import openai
+
+    from mimirlite.mimir import EchoBackend
+    from tests.helpers.gateway import WAIT, bounded, curl, mimir_node, sse_data, user
+    from tests.helpers.nodeproc import RUN_TIMEOUT, make_env, started
+
+    async with mimir_node(EchoBackend()) as (_, addr):
+        args = ("gateway", "--no-mdns", "--port", "0", "--peer", addr)
+        async with started("-c", PROBE, *args, env=make_env()) as proc:
+            line = await proc.read_until("OpenAI-compatible API at ", RUN_TIMEOUT)
+            found = re.fullmatch(r"OpenAI-compatible API at (http://[^ ]+/v1)", line)
+            assert found, line
+            base_url = found.group(1)
+
+            def use_sdk() -> tuple[str, str]:
+                with openai.OpenAI(base_url=base_url, api_key="-", max_retries=0, timeout=WAIT) as client:
+                    whole = client.chat.completions.create(model="echo", messages=user("all at once"))
+                    stream = client.chat.completions.create(
+                        model="echo", messages=user("a stream"), stream=True
+                    )
+                    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+                return whole.choices[0].message.content or "", text
+
+            assert await bounded(asyncio.to_thread(use_sdk)) == ("all at once", "a stream")
+            raw = await curl(
+                f"{base_url}/chat/completions",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                json.dumps({"model": "echo", "messages": user("by curl"), "stream": True}),
+            )
+            *chunks, done = sse_data(raw)
+            deltas = [c["delta"] for e in chunks for c in json.loads(e)["choices"]]
+            assert (done, "".join(d.get("content") or "" for d in deltas)) == ("[DONE]", "by curl")
+            ollama = base_url.removesuffix("/v1") + "/api/chat"
+            body = json.dumps({"model": "echo", "messages": user("as ollama")})
+            raw = await curl(ollama, "-H", "content-type: application/json", "-d", body)
+            lines = [json.loads(line) for line in raw.splitlines()]
+            assert "".join(x["message"]["content"] for x in lines) == "as ollama" and lines[-1]["done"]
+            proc.proc.send_signal(signal.SIGUSR1)
+            loaded = modules_line(await proc.read_until("MODULES: ", RUN_TIMEOUT))
+    assert loaded == ["h11"]  # the gateway's HTTP: no openai, pydantic, httpx, zeroconf, dnspython, noise...
+
+
+def test_request_ids_and_ollama_times_keep_their_formats() -> None:
+    import datetime
+    import uuid
+
+    from mimirlite.gateway.gateway import _now
+    from mimirlite.mimir.client import _request_id
+
+    ids = {_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (str(parsed), parsed.version, parsed.variant) == (text, 4, uuid.RFC_4122)
+    before = datetime.datetime.now(datetime.timezone.utc)
+    stamp = _now()
+    after = datetime.datetime.now(datetime.timezone.utc)
+    assert stamp.endswith("Z") and len(stamp) == len("2026-01-01T00:00:00.000000Z"), stamp
+    assert before <= datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= after
+
+
+def test_the_command_lines_copies_of_library_defaults_are_equal() -> None:
+    from mimirlite import cli
+    from mimirlite.mimir import limits
+
+    assert (cli._MAX_CONCURRENT, cli._QUEUE, cli._STALL_TIMEOUT) == (
+        limits.MAX_CONCURRENT,
+        limits.QUEUE,
+        limits.STALL_TIMEOUT,
+    )
+    assert "mimirlite.mimir.limits" not in loaded_modules("import mimirlite.cli")
+
+
+def loaded_modules(code: str) -> list[str]:
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    names: list[str] = json.loads(out.stdout.splitlines()[-1])
+    return names

@@ -2,21 +2,42 @@
 and /dns* multiaddrs resolved through DNS.
 
 Importing this package loads neither ``zeroconf`` nor ``dnspython``: they load when the first mDNS
-packet is built or read, and at the first DNS lookup.
+packet is built or read, and at the first DNS lookup. Its names load on first use (a module
+``__getattr__``, PEP 562), each from its module: the DHT's bootstrap does not load mDNS, nor mDNS DNS.
 """
 
 from __future__ import annotations
 
-from mimirlite.discovery.bootstrap import IPFS_BOOTSTRAP, Bootstrap, expand_bootstrap, resolve_bootstrap
-from mimirlite.discovery.dnsaddr import DnsResolver
-from mimirlite.discovery.mdns import (
-    DEFAULT_INTERVAL,
-    DEFAULT_LOST_AFTER,
-    LostCallback,
-    MdnsDiscovery,
-    PeerCallback,
-)
-from mimirlite.discovery.records import SERVICE_TAG, Announcement
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mimirlite.discovery.bootstrap import IPFS_BOOTSTRAP, Bootstrap, expand_bootstrap, resolve_bootstrap
+    from mimirlite.discovery.dnsaddr import DnsResolver
+    from mimirlite.discovery.mdns import (
+        DEFAULT_INTERVAL,
+        DEFAULT_LOST_AFTER,
+        LostCallback,
+        MdnsDiscovery,
+        PeerCallback,
+    )
+    from mimirlite.discovery.records import SERVICE_TAG, Announcement
+
+_LAZY = {
+    "DEFAULT_INTERVAL": "mimirlite.discovery.mdns",
+    "DEFAULT_LOST_AFTER": "mimirlite.discovery.mdns",
+    "IPFS_BOOTSTRAP": "mimirlite.discovery.bootstrap",
+    "SERVICE_TAG": "mimirlite.discovery.records",
+    "Announcement": "mimirlite.discovery.records",
+    "Bootstrap": "mimirlite.discovery.bootstrap",
+    "DnsResolver": "mimirlite.discovery.dnsaddr",
+    "LostCallback": "mimirlite.discovery.mdns",
+    "MdnsDiscovery": "mimirlite.discovery.mdns",
+    "PeerCallback": "mimirlite.discovery.mdns",
+    "expand_bootstrap": "mimirlite.discovery.bootstrap",
+    "resolve_bootstrap": "mimirlite.discovery.bootstrap",
+}
+"""Names loaded on first use, by the module that defines them."""
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -32,3 +53,16 @@ __all__ = [
     "expand_bootstrap",
     "resolve_bootstrap",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mimirlite.discovery' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

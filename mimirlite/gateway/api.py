@@ -41,12 +41,27 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def dumps(obj: Any) -> bytes:
     """``obj`` as compact UTF-8 JSON. A lone surrogate (a node may send ``"\\ud800"`` in a string) has no
-    UTF-8 form: it becomes U+FFFD, the replacement character, so the answer stays valid UTF-8 JSON."""
-    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    UTF-8 form: it becomes U+FFFD, the replacement character, so the answer stays valid UTF-8 JSON; a
+    float that JSON cannot hold (``NaN``, ``Infinity``, which a node may send too) becomes null."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite_only(obj), separators=(",", ":"), ensure_ascii=False)
     try:
         return text.encode()
     except UnicodeEncodeError:
         return _SURROGATE.sub("\ufffd", text).encode()
+
+
+def _finite_only(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (as pydantic writes them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_only(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_only(v) for v in obj]
+    return obj
 
 
 def _no_constant(name: str) -> Any:

@@ -16,13 +16,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from mimirlite.aio import Service, race
 from mimirlite.errors import LocalError, MimirliteError, RefusalReason
@@ -39,12 +38,9 @@ from mimirlite.gateway.http import (
     ServerConnection,
 )
 from mimirlite.metrics import plain_counts
-from mimirlite.mimir.client import HttpRemoteError, MimirClient, NoNodeError, TruncatedAnswerError
+from mimirlite.mimir.client import HttpRemoteError, MimirClient, NoNodeError, TruncatedAnswerError, WireChunk
 from mimirlite.mimir.packets import RemoteError
 from mimirlite.mimir.params import MAX_NAME
-
-if TYPE_CHECKING:
-    from openai.types.chat import ChatCompletionChunk
 
 log = logging.getLogger(__name__)
 
@@ -489,17 +485,14 @@ class Gateway(Service):
             await out.send_json(200, answer.loaded(_now()))
             return
         started = time.monotonic_ns()
-        chunks = cast(
-            "AsyncGenerator[ChatCompletionChunk, None]",
-            self.client.chat(call.messages, model=model, **call.params),
-        )
+        chunks = self.client.chat_raw(call.messages, model=model, **call.params)
         async with contextlib.aclosing(chunks):
             if call.stream:
                 await self._ollama_stream(chunks, answer, out, started)
             else:
                 try:
                     async for chunk in chunks:
-                        answer.add(chunk.model_dump(mode="json", exclude_unset=True), "")
+                        answer.add(chunk, "")
                 except _UPSTREAM_ERRORS as exc:
                     raise _upstream_error(exc) from None
                 await out.send_json(200, answer.complete(_now(), time.monotonic_ns() - started))
@@ -507,7 +500,7 @@ class Gateway(Service):
 
     async def _ollama_stream(
         self,
-        chunks: AsyncIterator[ChatCompletionChunk],
+        chunks: AsyncIterator[dict[str, Any]],
         answer: api.OllamaAnswer,
         out: _Connection,
         started: int,
@@ -522,7 +515,7 @@ class Gateway(Service):
         except _UPSTREAM_ERRORS as exc:
             raise _upstream_error(exc) from None
         http.start_response(200, NDJSON_HEADERS)
-        line = answer.add(first.model_dump(mode="json", exclude_unset=True), _now())
+        line = answer.add(first, _now())
         while True:
             if line:
                 http.send_data(line)
@@ -538,7 +531,7 @@ class Gateway(Service):
                 http.close_after_response()
                 await out.flush()
                 return
-            line = answer.add(chunk.model_dump(mode="json", exclude_unset=True), _now())
+            line = answer.add(chunk, _now())
         http.send_data(answer.done(_now(), time.monotonic_ns() - started))
         http.end_response()
         await out.flush()
@@ -606,12 +599,9 @@ class Gateway(Service):
             raise ApiError(503, "No mimir node is reachable.", api.SERVER_ERROR, code="no_node")
         if not self.client.nodes_for(call.model):
             raise api.model_not_found(call.model)
-        # an async generator (its annotation says AsyncIterator): closing it resets the mimir stream;
-        # call.params holds allowlisted names only, none of them an argument of chat()
-        chunks = cast(
-            "AsyncGenerator[ChatCompletionChunk, None]",
-            self.client.chat(call.messages, model=call.model, **call.params),
-        )
+        # closing the generator resets the mimir stream;
+        # call.params holds allowlisted names only, none of them an argument of chat_wire()
+        chunks = self.client.chat_wire(call.messages, model=call.model, **call.params)
         async with contextlib.aclosing(chunks):
             if call.stream:
                 await self._stream(chunks, out)
@@ -619,7 +609,7 @@ class Gateway(Service):
                 await self._complete(chunks, out)
         log.info("%s %s %s stream=%s", req.method, req.path, call.model, call.stream)
 
-    async def _stream(self, chunks: AsyncIterator[ChatCompletionChunk], out: _Connection) -> None:
+    async def _stream(self, chunks: AsyncIterator[WireChunk], out: _Connection) -> None:
         """Server-Sent Events as OpenAI sends them; headers only once the first chunk came, so that a
         failure before it is an HTTP error status."""
         http = out.http
@@ -651,28 +641,30 @@ class Gateway(Service):
         http.end_response()
         await out.flush()
 
-    async def _complete(self, chunks: AsyncIterator[ChatCompletionChunk], out: _Connection) -> None:
+    async def _complete(self, chunks: AsyncIterator[WireChunk], out: _Connection) -> None:
         """One ``chat.completion`` assembled from the streamed chunks."""
         builder = api.CompletionBuilder()
         try:
             async for chunk in chunks:
-                builder.add(chunk.model_dump(mode="json", exclude_unset=True))
+                builder.add(chunk.data)
         except _UPSTREAM_ERRORS as exc:
             raise _upstream_error(exc) from None
         await out.send_json(200, builder.result())
 
 
-def _chunk_json(chunk: ChatCompletionChunk) -> bytes:
-    """``chunk`` as JSON; a lone surrogate a node sent becomes U+FFFD (as :func:`api.dumps` does)."""
-    try:
-        return chunk.model_dump_json(exclude_unset=True).encode()
-    except ValueError:  # pydantic's serializer refuses lone surrogates
-        return api.dumps(chunk.model_dump(mode="json", exclude_unset=True))
+def _chunk_json(chunk: WireChunk) -> bytes:
+    """``chunk`` as JSON: the node's own text when it may be passed on as it is (checked, one line, no
+    duplicate key, nothing but JSON), else its checked data encoded (:func:`api.dumps`: a lone surrogate
+    becomes U+FFFD, a number beyond a float null)."""
+    text = chunk.json
+    return api.dumps(chunk.data) if text is None else text.encode()
 
 
 def _now() -> str:
-    """The time now as Ollama writes ``created_at`` (RFC 3339, UTC)."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    """The time now as Ollama writes ``created_at`` (RFC 3339, UTC, in microseconds; without the
+    ``datetime`` module, which an idle gateway need not hold)."""
+    seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{micros:06d}Z"
 
 
 def _show_model(body: bytes) -> str:

@@ -1,8 +1,8 @@
 """The MimirLLM protocols: a node that serves a backend's models and a client that uses them.
 
-Importing this package loads neither ``openai``, ``httpx`` nor ``h11``: they load when a backend or a
-chat first needs them. The client's names (:class:`MimirClient`, its config and errors) load on first
-use, so that a node never loads the client.
+Importing this package loads neither ``openai``, ``httpx`` nor ``h11``: they load when a backend or a chat
+first needs them. Its names load on first use (a module ``__getattr__``, PEP 562), each from the module
+that defines it: a client process never loads the node's modules, nor a node the client's.
 """
 
 from __future__ import annotations
@@ -10,13 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from mimirlite.mimir.backends import Backend, BackendError, EchoBackend, OpenAIBackend
-from mimirlite.mimir.limits import NodeLimits
-from mimirlite.mimir.models import DEFAULT_MODEL, MODEL_CIDS
-from mimirlite.mimir.node import MimirNode
-from mimirlite.mimir.packets import CHAT_PROTOCOL, MIMIR_IDENTIFY_PROTOCOL, RemoteError
-
 if TYPE_CHECKING:
+    from mimirlite.mimir.backends import Backend, BackendError, EchoBackend, OpenAIBackend
     from mimirlite.mimir.client import (
         AnswerTimeoutError,
         ChatError,
@@ -25,11 +20,31 @@ if TYPE_CHECKING:
         NoNodeError,
         TruncatedAnswerError,
     )
+    from mimirlite.mimir.limits import NodeLimits
+    from mimirlite.mimir.models import DEFAULT_MODEL, MODEL_CIDS
+    from mimirlite.mimir.node import MimirNode
+    from mimirlite.mimir.packets import CHAT_PROTOCOL, MIMIR_IDENTIFY_PROTOCOL, RemoteError
 
-_LAZY = frozenset(
-    {"AnswerTimeoutError", "ChatError", "ClientConfig", "MimirClient", "NoNodeError", "TruncatedAnswerError"}
-)
-"""The client's names, loaded from :mod:`mimirlite.mimir.client` on first use (PEP 562)."""
+_LAZY = {
+    "CHAT_PROTOCOL": "mimirlite.mimir.packets",
+    "DEFAULT_MODEL": "mimirlite.mimir.models",
+    "MIMIR_IDENTIFY_PROTOCOL": "mimirlite.mimir.packets",
+    "MODEL_CIDS": "mimirlite.mimir.models",
+    "AnswerTimeoutError": "mimirlite.mimir.client",
+    "Backend": "mimirlite.mimir.backends",
+    "BackendError": "mimirlite.mimir.backends",
+    "ChatError": "mimirlite.mimir.client",
+    "ClientConfig": "mimirlite.mimir.client",
+    "EchoBackend": "mimirlite.mimir.backends",
+    "MimirClient": "mimirlite.mimir.client",
+    "MimirNode": "mimirlite.mimir.node",
+    "NoNodeError": "mimirlite.mimir.client",
+    "NodeLimits": "mimirlite.mimir.limits",
+    "OpenAIBackend": "mimirlite.mimir.backends",
+    "RemoteError": "mimirlite.mimir.packets",
+    "TruncatedAnswerError": "mimirlite.mimir.client",
+}
+"""Names loaded on first use, by the module that defines them."""
 
 __all__ = [
     "CHAT_PROTOCOL",
@@ -53,8 +68,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    if name not in _LAZY:
+    module = _LAZY.get(name)
+    if module is None:
         raise AttributeError(f"module 'mimirlite.mimir' has no attribute {name!r}")
-    value = getattr(importlib.import_module("mimirlite.mimir.client"), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -6,15 +6,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
+import os
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mimirlite.aio import Service, SingleFlight
-from mimirlite.discovery import MdnsDiscovery
-from mimirlite.discovery.mdns import DEFAULT_INTERVAL as MDNS_INTERVAL
 from mimirlite.errors import (
     LocalError,
     MimirliteError,
@@ -25,7 +23,7 @@ from mimirlite.errors import (
 )
 from mimirlite.identity import KeyPair, PeerId
 from mimirlite.mimir import packets
-from mimirlite.mimir.dht import ModelDht
+from mimirlite.mimir.chunks import CHUNK_OBJECT, check_chunk, is_finished, loads_event
 from mimirlite.mimir.models import (
     DEFAULT_MODEL,
     model_cid,
@@ -49,14 +47,15 @@ from mimirlite.net.connection import Connection
 from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream
 from mimirlite.protocols import IdentifyTimeoutError, Ping, identify_service, start_services
-from mimirlite.protocols.dcutr.holepunch import HolePunchConfig
-from mimirlite.protocols.dcutr.messages import DCUTR_PROTOCOL
-from mimirlite.protocols.dcutr.service import HolePuncher
-from mimirlite.protocols.kad.service import DhtConfig
 from mimirlite.protocols.relay.client import RelayClient
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionChunk
+
+    from mimirlite.discovery.mdns import MdnsDiscovery
+    from mimirlite.mimir.dht import ModelDht
+    from mimirlite.protocols.dcutr.service import HolePuncher
+    from mimirlite.protocols.kad.service import DhtConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +71,9 @@ MAX_LOOKUPS = 4
 """DHT lookups of models run at once; more wait their turn."""
 MAX_NOT_FOUND = 1024
 """Models remembered as not found (the least recently missed is forgotten first)."""
+MDNS_INTERVAL = 10.0
+"""Seconds between mDNS queries by default (``mimirlite.discovery.mdns.DEFAULT_INTERVAL``, not imported:
+discovery, the DHT and hole punching load only for a client that uses them)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,15 @@ class ClientConfig:
         for name in ("identify_timeout", "read_timeout", "mdns_interval"):
             if not getattr(self, name) > 0:
                 raise LocalError(f"{name} must be a positive number of seconds")
+
+
+def _request_id() -> str:
+    """A random UUID (version 4) as text: the ``requestId`` of a packet (without the ``uuid`` module)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class ChatError(MimirliteError):
@@ -244,6 +255,8 @@ class MimirClient(Service):
         self._ping = Ping(self.host, serve=False)
         self.discovery: MdnsDiscovery | None = None
         if cfg.mdns:
+            from mimirlite.discovery.mdns import MdnsDiscovery
+
             self.discovery = MdnsDiscovery(
                 self.host,
                 interval=cfg.mdns_interval,
@@ -280,11 +293,16 @@ class MimirClient(Service):
             await self._relay.start()
             if self.host.listen_addrs and identify is not None:
                 identify.identify_on_connect()  # what peers see of us: the addresses a punch offers
+                from mimirlite.protocols.dcutr.holepunch import HolePunchConfig
+                from mimirlite.protocols.dcutr.service import HolePuncher
+
                 config = HolePunchConfig(allow_private=cfg.private_addrs)
                 self.puncher = HolePuncher(self.host, identify.candidate_addrs, config)
                 await self.puncher.start()
                 self._relay.on_relayed.append(self.puncher.on_relayed)
         if cfg.dht and identify is not None:
+            from mimirlite.mimir.dht import ModelDht
+
             self.dht = ModelDht(
                 self.host,
                 identify,
@@ -517,7 +535,7 @@ class MimirClient(Service):
 
     async def _identify_first(self, peer: PeerId) -> list[str]:
         """Ask ``/mimirllm/1.0.0/identify`` for the models a first-generation node serves."""
-        request_id = str(uuid.uuid4())
+        request_id = _request_id()
         stream = await self.host.new_stream(peer, packets.MIMIR_IDENTIFY_PROTOCOL)
         async with stream:
             await stream.write_json(Packet(packets.QUERY, model_cid(DEFAULT_MODEL), request_id).to_json())
@@ -618,13 +636,39 @@ class MimirClient(Service):
     async def chat(
         self, messages: list[dict[str, Any]], model: str | None = None, **params: Any
     ) -> AsyncIterator[ChatCompletionChunk]:
-        """Stream the answer as openai ``ChatCompletionChunk`` objects.
+        """Stream the answer as openai ``ChatCompletionChunk`` objects (loads the openai SDK; see
+        :meth:`chat_raw` for the same chunks as plain dicts, without it).
 
         Raises NoNodeError, RemoteError (the node's completionStop error; HttpRemoteError, with the
         ``status``, when a latest-generation node answers an HTTP error), TruncatedAnswerError,
         AnswerTimeoutError (nothing came for ``read_timeout`` s; also an ``asyncio.TimeoutError``).
         A node that fails before its first chunk is replaced by another serving the model.
         """
+        from openai.types.chat import ChatCompletionChunk  # heavy: loaded only when chatting
+
+        async with contextlib.aclosing(self.chat_raw(messages, model, **params)) as chunks:
+            async for chunk in chunks:
+                try:
+                    yield ChatCompletionChunk.model_validate(chunk)
+                except ValueError as exc:
+                    raise PacketError(f"not a chat completion chunk: {exc}") from None
+
+    async def chat_raw(
+        self, messages: list[dict[str, Any]], model: str | None = None, **params: Any
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Stream the answer as the chunk dicts the node sent (``chat.completion.chunk`` objects), each
+        checked as :meth:`chat` checks it (:func:`~mimirlite.mimir.chunks.check_chunk`: every field the
+        openai SDK declares has its type), without loading ``openai`` or ``pydantic``. Raises as
+        :meth:`chat`; a node that fails before its first chunk is replaced by another serving the model."""
+        async with contextlib.aclosing(self.chat_wire(messages, model, **params)) as chunks:
+            async for chunk in chunks:
+                yield chunk.data
+
+    async def chat_wire(
+        self, messages: list[dict[str, Any]], model: str | None = None, **params: Any
+    ) -> AsyncGenerator[WireChunk, None]:
+        """As :meth:`chat_raw`, each chunk with the JSON text the node sent for it, when that text may be
+        passed on as it is (:class:`WireChunk`; a proxy writes it without encoding the chunk again)."""
         candidates = self._candidates(model)
         if not candidates and self.dht is not None:
             await self.find_nodes(model)
@@ -698,12 +742,17 @@ class MimirClient(Service):
         conn = self.host.connections.get(peer)
         relay, puncher = self._relay, self.puncher
         limited = conn is not None and relay is not None and relay.limit_of(conn) is not None
-        identify = identify_service(self.host)
-        info = identify.info_of(peer) if identify is not None else None
-        punches = info is None or DCUTR_PROTOCOL in info.protocols
-        if limited and punches and puncher is not None and not await puncher.wait_direct(peer):
+        if limited and puncher is not None and self._punches(peer) and not await puncher.wait_direct(peer):
             log.info("no direct connection to %s: chatting through the relay, within its limits", peer)
         return await self.host.new_stream(peer, protocol)
+
+    def _punches(self, peer: PeerId) -> bool:
+        """Whether ``peer`` may punch a hole to us: it serves DCUtR, or we do not know yet."""
+        from mimirlite.protocols.dcutr.messages import DCUTR_PROTOCOL
+
+        identify = identify_service(self.host)
+        info = identify.info_of(peer) if identify is not None else None
+        return info is None or DCUTR_PROTOCOL in info.protocols
 
     async def _read(self, stream: Stream, peer: PeerId) -> bytes:
         try:
@@ -810,6 +859,16 @@ class TunnelBody:
         await self.aclose()
 
 
+class WireChunk(NamedTuple):
+    """One chunk of an answer, checked (:meth:`MimirClient.chat_wire`)."""
+
+    data: dict[str, Any]
+    """The chunk as the node sent it (a ``chat.completion.chunk`` object)."""
+    json: str | None
+    """The node's own JSON text of the chunk, when it may be passed on as it is (one line, no duplicate
+    key, nothing but JSON: :func:`~mimirlite.mimir.chunks.loads_event`); None: encode ``data``."""
+
+
 class TunnelResponse(NamedTuple):
     """A tunnel answer: status, headers (lowercase names, as sent) and the body as it arrives."""
 
@@ -830,9 +889,7 @@ class _TunnelAnswer:
         self.data = {**data, "model": self.model, "stream": True}
         self.started = False
 
-    async def chunks(self) -> AsyncGenerator[ChatCompletionChunk, None]:
-        from openai.types.chat import ChatCompletionChunk  # heavy: loaded only when chatting
-
+    async def chunks(self) -> AsyncGenerator[WireChunk, None]:
         client = self.client
         inflight = client._inflight
         inflight[self.peer] = inflight.get(self.peer, 0) + 1
@@ -847,9 +904,9 @@ class _TunnelAnswer:
                 raise HttpRemoteError(reader.head.status, *error_message(reader.head.status, raw))
             kind = (reader.head.header("content-type") or "").split(";")[0].strip().lower()
             if kind == "application/json":  # a backend that does not stream: one whole completion
-                chunk = self._whole(ChatCompletionChunk, await client._read_body(stream, reader, first))
+                whole = self._whole(await client._read_body(stream, reader, first))
                 self.started = True
-                yield chunk
+                yield WireChunk(whole, None)
                 return
             sse = SseDecoder()
             finished = done = False
@@ -859,16 +916,16 @@ class _TunnelAnswer:
                         if event.strip() == "[DONE]":
                             done = True  # read on to the node's close, so the stream ends cleanly
                             break
-                        chunk = self._chunk(ChatCompletionChunk, event)
-                        finished = finished or any(c.finish_reason for c in chunk.choices)
+                        chunk = self._chunk(event)
+                        finished = finished or is_finished(chunk.data)
                         self.started = True
                         yield chunk
                 for event in [] if done else sse.eof():
                     if event.strip() == "[DONE]":
                         done = True
                         break
-                    chunk = self._chunk(ChatCompletionChunk, event)
-                    finished = finished or any(c.finish_reason for c in chunk.choices)
+                    chunk = self._chunk(event)
+                    finished = finished or is_finished(chunk.data)
                     self.started = True
                     yield chunk
             if not (finished or done):
@@ -878,7 +935,7 @@ class _TunnelAnswer:
             if not inflight[self.peer]:
                 del inflight[self.peer]
 
-    def _whole(self, kind: type[ChatCompletionChunk], body: bytes) -> ChatCompletionChunk:
+    def _whole(self, body: bytes) -> dict[str, Any]:
         """A ``chat.completion`` answered instead of a stream, as one chunk carrying all of it."""
         try:
             obj = json.loads(body)
@@ -893,21 +950,18 @@ class _TunnelAnswer:
             fields = {
                 k: obj[k] for k in ("id", "created", "model", "system_fingerprint", "usage") if k in obj
             }
-            return kind.model_validate({**fields, "object": "chat.completion.chunk", "choices": choices})
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise PacketError(f"tunnel answer is not a chat completion: {exc}") from None
+        chunk = {**fields, "object": CHUNK_OBJECT, "choices": choices}
+        check_chunk(chunk)
+        return chunk
 
-    def _chunk(self, kind: type[ChatCompletionChunk], event: str) -> ChatCompletionChunk:
-        try:
-            obj = json.loads(event)
-        except ValueError:
-            raise PacketError("SSE event is not JSON") from None
+    def _chunk(self, event: str) -> WireChunk:
+        obj, verbatim = loads_event(event)
         if isinstance(obj, dict) and "error" in obj and "choices" not in obj:
             raise HttpRemoteError(200, *error_message(200, event.encode()))
-        try:
-            return kind.model_validate(obj)
-        except ValueError as exc:
-            raise PacketError(f"SSE event is not a chat completion chunk: {exc}") from None
+        check_chunk(obj)
+        return WireChunk(obj, event if verbatim else None)
 
 
 class _Answer:
@@ -919,11 +973,9 @@ class _Answer:
         self.data = data
         self.started = False
 
-    async def chunks(self) -> AsyncGenerator[ChatCompletionChunk, None]:
-        from openai.types.chat import ChatCompletionChunk  # heavy: loaded only when chatting
-
+    async def chunks(self) -> AsyncGenerator[WireChunk, None]:
         client = self.client
-        request_id = str(uuid.uuid4())
+        request_id = _request_id()
         inflight = client._inflight
         inflight[self.peer] = inflight.get(self.peer, 0) + 1
         finished = False
@@ -956,14 +1008,10 @@ class _Answer:
                         raise error
                     finished = True
                 elif packet.event == packets.COMPLETION_PACKET:
-                    try:
-                        chunk = ChatCompletionChunk.model_validate(packet.data)
-                    except ValueError as exc:
-                        raise PacketError(f"completionPacket is not a chat completion chunk: {exc}") from None
-                    if any(c.finish_reason for c in chunk.choices):
+                    if check_chunk(packet.data):
                         finished = True
                     self.started = True
-                    yield chunk
+                    yield WireChunk(packet.data, None)
         finally:
             inflight[self.peer] -= 1
             if not inflight[self.peer]:

@@ -1,7 +1,10 @@
 """libp2p Noise secure channel (``/noise``), sans-IO.
 
 ``Noise_XX_25519_ChaChaPoly_SHA256`` with an empty prologue; every Noise message travels behind a
-2-byte big-endian length. The handshake runs on ``noiseprotocol``; each side proves its libp2p
+2-byte big-endian length. The handshake is the Noise specification's own (its SymmetricState, here
+:class:`_Symmetric`, on ``cryptography``'s X25519 and ChaCha20-Poly1305 and the standard library's
+SHA-256 and HMAC: the ``noiseprotocol`` package, and the 38 modules it loads, stay out of every
+process); each side proves its libp2p
 identity by signing ``"noise-libp2p-static-key:" + static X25519 public key`` in a
 ``NoiseHandshakePayload`` (responder in message 2, initiator in message 3). :class:`NoiseHandshake` walks
 the :class:`HandshakeState` steps and reports :class:`HandshakeComplete` once the remote is verified.
@@ -11,24 +14,18 @@ per-message cost low.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from noise.connection import Keypair, NoiseConnection
-from noise.exceptions import (
-    NoiseHandshakeError,
-    NoiseInvalidMessage,
-    NoiseMaxNonceError,
-    NoiseValueError,
-)
 
 from mimirlite.errors import DecodeError, HandshakeError, InvalidKeyError, LocalError, PeerIdMismatchError
 from mimirlite.identity import KeyPair, PeerId, PublicKey
@@ -56,14 +53,8 @@ _MESSAGE_BOUNDS = {
     3: (_ENCRYPTED_KEY + TAG_SIZE, _ENCRYPTED_KEY + TAG_SIZE + MAX_HANDSHAKE_PAYLOAD),
 }
 _PAYLOAD_SCHEMA = {1: LENGTH_DELIMITED, 2: LENGTH_DELIMITED}
-_NOISE_FAILURES = (
-    ValueError,
-    InvalidTag,
-    NoiseValueError,
-    NoiseHandshakeError,
-    NoiseInvalidMessage,
-    NoiseMaxNonceError,
-)
+_NOISE_FAILURES = (ValueError, InvalidTag)
+"""What a bad handshake message raises: a key that is not one (or a DH result of all zeros), a bad tag."""
 
 _MAX_NONCE = 2**64 - 1  # reserved by Noise; the last usable nonce is one below
 _pack_nonce = struct.Struct("<4xQ").pack
@@ -83,8 +74,65 @@ def _stage() -> memoryview:
     return stage
 
 
+_new_ephemeral = X25519PrivateKey.generate
+"""A fresh ephemeral key (bound here: a harness that fixes the static key, fuzz/fuzzlib.py, fixes only it)."""
+
+
 def _frame(message: bytes | bytearray) -> bytes:
     return _pack_length(len(message)) + message
+
+
+def _hkdf(chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
+    """Noise's ``HKDF(chaining_key, input_key_material, 2)`` on HMAC-SHA256."""
+    temp = hmac.digest(chaining_key, ikm, "sha256")
+    first = hmac.digest(temp, b"\x01", "sha256")
+    return first, hmac.digest(temp, first + b"\x02", "sha256")
+
+
+class _Symmetric:
+    """The Noise specification's SymmetricState (section 5.2) with its CipherState (5.1), for
+    ``Noise_XX_25519_ChaChaPoly_SHA256`` and an empty prologue; only the handshake uses it (the
+    transport's keys come from :meth:`split`)."""
+
+    __slots__ = ("_aead", "_n", "ck", "h")
+
+    def __init__(self) -> None:
+        self.h = NOISE_PROTOCOL_NAME  # exactly HASHLEN (32) bytes long: taken as it is
+        self.ck = self.h
+        self._aead: ChaCha20Poly1305 | None = None
+        self._n = 0
+        self.mix_hash(b"")  # the prologue
+
+    def mix_hash(self, data: bytes) -> None:
+        self.h = hashlib.sha256(self.h + data).digest()
+
+    def mix_key(self, ikm: bytes) -> None:
+        self.ck, key = _hkdf(self.ck, ikm)
+        self._aead = ChaCha20Poly1305(key)
+        self._n = 0
+
+    def encrypt_and_hash(self, plaintext: bytes) -> bytes:
+        if self._aead is None:
+            out = plaintext
+        else:
+            out = self._aead.encrypt(_pack_nonce(self._n), plaintext, self.h)
+            self._n += 1
+        self.mix_hash(out)
+        return out
+
+    def decrypt_and_hash(self, data: bytes) -> bytes:
+        """The plaintext of ``data``; InvalidTag when it was not encrypted with this state's key and hash."""
+        if self._aead is None:
+            out = data
+        else:
+            out = self._aead.decrypt(_pack_nonce(self._n), data, self.h)
+            self._n += 1
+        self.mix_hash(data)
+        return out
+
+    def split(self) -> tuple[bytes, bytes]:
+        """The initiator's sending key and the responder's."""
+        return _hkdf(self.ck, b"")
 
 
 class HandshakeState(Enum):
@@ -130,16 +178,11 @@ class NoiseHandshake:
         self._payload = encode_bytes_field(1, keypair.public_key.to_protobuf()) + encode_bytes_field(
             2, keypair.sign(STATIC_KEY_PREFIX + static_public)
         )
-        conn = NoiseConnection.from_name(NOISE_PROTOCOL_NAME)
-        conn.set_keypair_from_private_bytes(Keypair.STATIC, static.private_bytes_raw())
-        if initiator:
-            conn.set_as_initiator()
-        else:
-            conn.set_as_responder()
-        conn.start_handshake()
-        self._conn: Any = conn
-        # Kept here because noiseprotocol drops its handshake state (and the remote static key) at split.
-        self._hs_state: Any = conn.noise_protocol.handshake_state
+        self._static = static
+        self._static_public = static_public
+        self._ephemeral = _new_ephemeral()
+        self._remote_ephemeral: X25519PublicKey | None = None
+        self._symmetric: _Symmetric | None = _Symmetric()
         self._step = HandshakeState.MESSAGE_1
         self._buffer = bytearray()
         self._outgoing: list[bytes] = []
@@ -217,20 +260,39 @@ class NoiseHandshake:
         if self._transport_taken:
             raise LocalError("noise transport already taken")
         self._transport_taken = True
-        protocol = self._conn.noise_protocol
-        transport = NoiseTransport(
-            bytes(protocol.cipher_state_encrypt.k), bytes(protocol.cipher_state_decrypt.k), self._buffer
-        )
+        assert self._symmetric is not None
+        initiator_key, responder_key = self._symmetric.split()
+        if self._initiator:
+            transport = NoiseTransport(initiator_key, responder_key, self._buffer)
+        else:
+            transport = NoiseTransport(responder_key, initiator_key, self._buffer)
         self._buffer = bytearray()
-        self._conn = self._hs_state = None
+        self._symmetric = None  # the handshake's keys are forgotten
         return transport
 
     def _write(self) -> None:
         # Message 1 carries no payload; messages 2 and 3 carry our signed identity.
         step = self._step
-        payload = b"" if step is HandshakeState.MESSAGE_1 else self._payload
+        sym = self._symmetric
+        assert sym is not None
         try:
-            message = self._conn.write_message(payload)
+            if step is HandshakeState.MESSAGE_1:  # -> e
+                e = self._ephemeral.public_key().public_bytes_raw()
+                sym.mix_hash(e)
+                message = e + sym.encrypt_and_hash(b"")
+            elif step is HandshakeState.MESSAGE_2:  # <- e, ee, s, es
+                assert self._remote_ephemeral is not None
+                e = self._ephemeral.public_key().public_bytes_raw()
+                sym.mix_hash(e)
+                sym.mix_key(self._ephemeral.exchange(self._remote_ephemeral))
+                s = sym.encrypt_and_hash(self._static_public)
+                sym.mix_key(self._static.exchange(self._remote_ephemeral))
+                message = e + s + sym.encrypt_and_hash(self._payload)
+            else:  # -> s, se
+                assert self._remote_ephemeral is not None
+                s = sym.encrypt_and_hash(self._static_public)
+                sym.mix_key(self._static.exchange(self._remote_ephemeral))
+                message = s + sym.encrypt_and_hash(self._payload)
         except _NOISE_FAILURES as exc:
             raise HandshakeError(f"noise handshake message {step.value} could not be built: {exc!r}") from exc
         self._outgoing.append(_frame(message))
@@ -238,12 +300,29 @@ class NoiseHandshake:
 
     def _read(self, message: bytes) -> None:
         step = self._step
+        sym = self._symmetric
+        assert sym is not None
         try:
-            payload = bytes(self._conn.read_message(message))
+            if step is HandshakeState.MESSAGE_3:  # -> s, se
+                remote_static = sym.decrypt_and_hash(message[:_ENCRYPTED_KEY])
+                sym.mix_key(self._ephemeral.exchange(X25519PublicKey.from_public_bytes(remote_static)))
+                payload = sym.decrypt_and_hash(message[_ENCRYPTED_KEY:])
+            else:
+                e = message[:_DH_LEN]
+                self._remote_ephemeral = X25519PublicKey.from_public_bytes(e)
+                sym.mix_hash(e)
+                if step is HandshakeState.MESSAGE_1:  # -> e (its payload is not used)
+                    sym.decrypt_and_hash(message[_DH_LEN:])
+                    self._set_state(_AFTER[step])
+                    return
+                # <- e, ee, s, es
+                sym.mix_key(self._ephemeral.exchange(self._remote_ephemeral))
+                remote_static = sym.decrypt_and_hash(message[_DH_LEN : _DH_LEN + _ENCRYPTED_KEY])
+                sym.mix_key(self._ephemeral.exchange(X25519PublicKey.from_public_bytes(remote_static)))
+                payload = sym.decrypt_and_hash(message[_DH_LEN + _ENCRYPTED_KEY :])
         except _NOISE_FAILURES as exc:
             raise HandshakeError(f"noise handshake message {step.value} rejected: {exc!r}") from exc
-        if step is not HandshakeState.MESSAGE_1:
-            self._verify(payload, bytes(self._hs_state.rs.public_bytes))
+        self._verify(payload, remote_static)
         self._set_state(_AFTER[step])
 
     def _verify(self, payload: bytes, remote_static: bytes) -> None:

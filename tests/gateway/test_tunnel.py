@@ -385,3 +385,58 @@ async def test_a_hostile_latest_node_gets_only_its_status_content_type_and_body_
         finally:
             await conn.close()
         assert [r.split(b" ", 2)[:2] for r in seen[-3:]] == [[b"POST", b"/v1/embeddings"]] * 3
+
+
+# ====================================================================== chats from a latest node, as sent
+
+
+def _event(text: str) -> bytes:
+    return b"".join(b"data: " + line.encode() + b"\n" for line in text.split("\n")) + b"\n"
+
+
+@live
+async def test_chunks_of_a_latest_node_pass_as_sent_only_when_every_parser_reads_them_alike() -> None:
+    from mimirlite import Stream
+    from mimirlite.mimir import DEFAULT_MODEL as MODEL
+    from tests.helpers.gateway import sse_data, user
+    from tests.helpers.mimir import latest_node
+
+    head = (
+        '{"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": ' + json.dumps(MODEL) + ", "
+    )
+    clean = head + '"choices": [{"index": 0, "delta": {"content": "as sent"}}], "x_node": "kept"}'
+    twice = (  # Python reads the last "choices", the one checked; a parser keeping the first would not
+        head + '"choices": [{"index": 0, "delta": {"content": "unchecked", "role": 5}}], '
+        '"choices": [{"index": 0, "delta": {"content": " checked"}}]}'
+    )
+    nan = head + '"choices": [{"index": 0, "delta": {"content": " nan"}}], "x_score": NaN}'
+    lines = head + '\n"choices": [{"index": 0, "delta": {"content": " lines"}}]}'
+    surrogate = head + '"choices": [{"index": 0, "delta": {"content": " \\ud800"}}]}'
+    last = head + '"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}'
+
+    async def answer(stream: Stream, request: bytes) -> None:
+        await stream.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+        for text in (clean, twice, nan, lines, surrogate, last, "[DONE]"):
+            await stream.write(_event(text))
+        await stream.close()
+
+    async with latest_node(answer) as (host, _), gateway_for(host.listen_addrs[0]) as gw:
+        body = json.dumps({"model": MODEL, "messages": user("hi"), "stream": True}).encode()
+        raw = await bounded(
+            curl(
+                f"{gw.base_url}/chat/completions",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                body.decode(),
+            )
+        )
+    *events, done = sse_data(raw)  # one line each, OpenAI's framing
+    assert done == "[DONE]" and len(events) == 6
+    assert events[0] == clean and events[5] == last  # as the node wrote them, spaces and all
+    assert events[1].count('"choices"') == 1 and json.loads(events[1]) == json.loads(twice)
+    assert '"x_score":null' in events[2] and "NaN" not in events[2]
+    assert json.loads(events[3]) == json.loads(lines)
+    assert "\\ud800" not in events[4] and json.loads(events[4])["choices"][0]["delta"]["content"] == " \ufffd"
+    texts = [json.loads(e)["choices"][0]["delta"].get("content") for e in events]
+    assert texts == ["as sent", " checked", " nan", " lines", " \ufffd", None]

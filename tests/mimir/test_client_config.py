@@ -19,6 +19,13 @@ def test_the_top_level_name_is_the_same_class() -> None:
     assert TopClientConfig is ClientConfig
 
 
+def test_the_mdns_interval_default_is_discoverys_own() -> None:
+    # the client keeps its own copy, so that a client without mDNS never loads discovery.mdns
+    from mimirlite.discovery import DEFAULT_INTERVAL
+
+    assert ClientConfig().mdns_interval == DEFAULT_INTERVAL
+
+
 async def test_a_config_round_trips_through_the_client() -> None:
     keypair = KeyPair.generate()
     host_config = HostConfig(dial_timeout=3.0)

@@ -10,9 +10,9 @@ address:
 all announcing themselves with mDNS (@libp2p/mdns for the JS nodes, as the original). Each JS node sits in
 front of its own tests/helpers/openai_server.py on 127.0.0.1 of its namespace, with its own model and its own
 reply, so an answer tells which node gave it. From a fourth namespace, given no address,
-``python -m mimirlite peers`` lists the three with their models and generation (the mimirlite node as
-``[first, direct]``: it serves both and the client prefers the first), and ``python -m mimirlite chat --model M``
-reaches each one.
+``python -m mimirlite peers`` lists the three with their models, generation and path (the mimirlite node
+as ``[first, direct]``: it serves both and the client prefers the first), and ``python -m mimirlite chat
+--model M`` reaches each one.
 """
 
 from __future__ import annotations
