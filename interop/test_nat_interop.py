@@ -15,7 +15,8 @@ private addresses (``allow_private``). Needs root (network namespaces, nftables)
   reaches JS's listener, which takes the connection as responder too, and JS's own dial (from another
   port than the one the NAT opened) is dropped: no direct connection, the exchange only, each side's
   record of it asserted; they stay relayed and talk. With mimirlite's listen port forwarded by its router,
-  JS's dial reaches mimirlite's listener: a direct connection after the exchange (JS's dial, not a punch).
+  JS's dial reaches mimirlite's listener: a direct connection after the exchange (JS's dial, not a punch),
+  and mimirlite's own dial gives way to it (the punch counts as succeeded).
 - DCUtR, mimirlite initiating: mimirlite behind NAT reserves, the JS peer dials it through the relay;
   mimirlite sends CONNECT, JS answers CONNECT, mimirlite sends SYNC and dials JS's listener from its listen
   port (as the handshake's initiator). JS on the wan: a direct connection forms through the NAT. JS behind
