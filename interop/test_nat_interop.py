@@ -7,7 +7,8 @@ private addresses (``allow_private``). Needs root (network namespaces, nftables)
 
 - AutoNAT: a JS client on the wan asks a mimirlite server, which dials it back, and JS marks its address
   verified (and announces it). A mimirlite client asks a JS server: JS takes the request and the address,
-  but @libp2p/autonat 2.0.16 answers from the request's own connection and closes it before it answers, so
+  but @libp2p/autonat 2.0.16 (and 2.0.38, the last 2.x) answers from the request's own connection and
+  closes it before it answers, so
   mimirlite gets no vote (UNKNOWN), on the wan as behind NAT (see that test).
 - DCUtR, JS initiating: a JS peer on the wan reserves on a relay, mimirlite behind NAT dials it through the
   relay; JS sends CONNECT, mimirlite answers CONNECT, JS sends SYNC and mimirlite dials from its listen port,
