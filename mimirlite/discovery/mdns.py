@@ -182,7 +182,7 @@ class MdnsDiscovery(Service):
         sender.deferred = None
         if self._stopped:
             return
-        packet = self._core.response(self.host.dialable_addrs)
+        packet = self._core.response(self.host.announced_addrs)  # relayed ones too, when on the LAN
         if packet is not None:
             sender.transport.sendto(packet, (MDNS_GROUP, MDNS_PORT))
             sender.last_answer = asyncio.get_running_loop().time()

@@ -118,6 +118,9 @@ def _ip_of(addr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+CIRCUIT = "/p2p-circuit"
+
+
 def is_announceable(addr: str) -> bool:
     """Whether a multiaddr starts with a private or loopback IP (the ones mDNS may carry)."""
     ip = _ip_of(addr)
@@ -153,10 +156,15 @@ def _split_peer_id(value: str) -> tuple[str, PeerId]:
 
 
 def _dialable(base: str) -> str | None:
-    """The canonical TCP multiaddr text of ``base``, or None when mimirlite cannot dial it."""
+    """The canonical text of ``base``, a TCP multiaddr or a relayed one (``<relay's TCP multiaddr>/p2p/
+    <relay>/p2p-circuit``), or None when mimirlite cannot dial it."""
     from mimirlite.net.addr import parse_multiaddr
 
+    relay, circuit, rest = base.rpartition(CIRCUIT)
     try:
+        if circuit and not rest:
+            relay_part, relay_id = _split_peer_id(relay)
+            return f"{parse_multiaddr(relay_part).multiaddr()}/p2p/{relay_id}{CIRCUIT}"
         return parse_multiaddr(base).multiaddr()
     except (MimirliteError, ValueError):
         return None
@@ -281,7 +289,7 @@ def decode_packet(data: bytes) -> Query | Announcement | None:
             continue
         addr = _dialable(base)
         if addr is None:
-            log.debug("skipping %s from %s: not a TCP address", base, peer_id)
+            log.debug("skipping %s from %s: neither a TCP address nor one through a relay", base, peer_id)
         elif addr not in addrs:
             if len(addrs) >= MAX_ADDRS_PER_PEER:
                 log.debug("dropping addresses of %s beyond %d", peer_id, MAX_ADDRS_PER_PEER)

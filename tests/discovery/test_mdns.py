@@ -149,6 +149,36 @@ def test_answer_carries_only_private_and_short_addresses(peer: PeerId) -> None:
     assert encode_response("x", []) is None
 
 
+def test_relayed_addresses_through_a_lan_relay_are_announced_and_read(peer: PeerId) -> None:
+    """A node's ``<relay>/p2p-circuit`` address goes out as its direct ones do when the relay is on the LAN
+    (mDNS carries private and loopback addresses only, as @libp2p/mdns); it is read back for dialing."""
+    relay = KeyPair.generate().peer_id
+    lan = f"/ip4/10.1.2.3/tcp/4001/p2p/{relay}/p2p-circuit"
+    addrs = [
+        f"/ip4/192.168.1.5/tcp/2/p2p/{peer}",
+        f"{lan}/p2p/{peer}",
+        f"/ip4/8.8.8.8/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{peer}",  # a public relay: not on mDNS
+    ]
+    packet = encode_response("x", addrs)
+    assert packet is not None
+    assert decode_packet(packet) == Announcement("x", peer, ("/ip4/192.168.1.5/tcp/2", lan))
+    host = Host()
+    host.add_addrs(peer, decode_packet(packet).addrs)
+    assert host.addrs_of(peer) == [addrs[0], addrs[1]]
+
+
+def test_unusable_relayed_addresses_are_skipped(peer: PeerId) -> None:
+    relay = KeyPair.generate().peer_id
+    bad = [
+        f"/ip4/10.1.2.3/tcp/4001/p2p-circuit/p2p/{peer}",  # which relay?
+        f"/ip4/10.1.2.3/udp/4001/quic-v1/p2p/{relay}/p2p-circuit/p2p/{peer}",  # not TCP
+        f"/ip4/10.1.2.3/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{relay}/p2p-circuit/p2p/{peer}",
+    ]
+    packet = encode_response("x", [f"/ip4/192.168.1.5/tcp/2/p2p/{peer}", *bad])
+    assert packet is not None
+    assert decode_packet(packet) == Announcement("x", peer, ("/ip4/192.168.1.5/tcp/2",))
+
+
 @pytest.mark.parametrize("name", ["", "a" * 64, "bad.name", "bad name", "é"])
 def test_peer_name_must_be_one_label(name: str, peer: PeerId) -> None:
     with pytest.raises(LocalError):
@@ -395,7 +425,7 @@ class FakeTransport:
 class FakeHost:
     def __init__(self) -> None:
         self.peer_id = KeyPair.generate().peer_id
-        self.dialable_addrs = [
+        self.announced_addrs = [
             f"/ip4/10.0.0.1/tcp/4001/p2p/{self.peer_id}",
             f"/ip4/127.0.0.1/tcp/4001/p2p/{self.peer_id}",
         ]
