@@ -255,3 +255,27 @@ async def test_node_asks_the_backend_for_its_models_once(env: dict[str, str], ba
         # the check at start and the node's start share one GET /v1/models
         assert srv.models_requests == 1, [(r.method, r.path) for r in srv.requests]
         assert len(srv.chat_requests) == 1
+
+
+@pytest.mark.parametrize("command", ["chat", "peers", "gateway"])
+def test_clients_listen_for_hole_punches_when_a_relay_or_the_dht_is_in_play(command: str) -> None:
+    """``--listen`` is taken as given; without it a client listens on any port when it may reach nodes
+    through a relay (a relayed ``--peer``, or ``--bootstrap``), and not otherwise."""
+    from mimirlite.cli import DEFAULT_LISTEN, _client_config, _parser
+
+    relayed = f"/ip4/10.0.0.1/tcp/4001/p2p/{PEER_ID}/p2p-circuit/p2p/{PEER_ID}"
+    direct = f"/ip4/10.0.0.1/tcp/4001/p2p/{PEER_ID}"
+
+    def listen(*argv: str) -> tuple[str, ...]:
+        args = _parser().parse_args([command, *argv])
+        args.keypair = None
+        return tuple(_client_config(args, peers=args.peer).listen)
+
+    assert listen("--peer", direct) == ()
+    assert listen("--peer", relayed) == (DEFAULT_LISTEN,)
+    assert listen("--bootstrap", direct) == (DEFAULT_LISTEN,)
+    assert listen("--bootstrap", direct, "--no-dht") == ()
+    assert listen("--peer", relayed, "--listen", "/ip4/127.0.0.1/tcp/4002") == ("/ip4/127.0.0.1/tcp/4002",)
+    args = _parser().parse_args([command, "--private-addrs"])
+    args.keypair = None
+    assert _client_config(args, peers=()).private_addrs
