@@ -125,6 +125,10 @@ FIGURES = [
     Figure("r1_ttfc_relayed", "R1", "NAT lab: time to first chunk through the relay", "ms", False),
     Figure("r1_dcutr", "R1", "NAT lab: DCUtR, relayed connection open to direct", "ms", False),
     Figure("r1_ttfc_direct", "R1", "NAT lab: time to first chunk once direct", "ms", False),
+    Figure("f1_start", "F1", "node with an OpenAI-compatible backend: start to listening", "s", False),
+    Figure("f1_rss", "F1", "node with an OpenAI-compatible backend: idle RSS", "MiB", False),
+    Figure("f2_chat", "F2", "one-shot chat against a node on 127.0.0.1: start to exit", "s", False),
+    Figure("f3_rss", "F3", "gateway idle RSS", "MiB", False),
 ]
 FIG = {f.key: f for f in FIGURES}
 
@@ -203,7 +207,17 @@ LAB_PEER = "NAT lab: MimirClient → MimirNode (echo), relay on the wan"
 LAB_KEYS = ["r1_ttfc_relayed", "r1_dcutr", "r1_ttfc_direct"]
 RELAY_SCRIPT = HERE / "bench_relay.py"
 DCUTR_SLACK_MS = 100.0  # the target: DCUtR within 2 RTT plus this
-SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht", "relay"]
+FOOT_NODES = {
+    "mimirlite": "mimirlite: python -m mimirlite node",
+    "js": "js-libp2p: first-generation node",
+}
+FOOT_CHATS = {
+    "mimirlite": "mimirlite: python -m mimirlite chat -p",
+    "js": "js-libp2p: first-generation client",
+}
+FOOT_GATEWAY = "mimirlite: python -m mimirlite gateway"
+FOOT_SCRIPT = HERE / "bench_footprint.py"
+SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht", "relay", "foot"]
 
 
 def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -229,6 +243,12 @@ def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
             rows += [(f.key, name, False) for name in RELAYS.values()]
         elif f.key in LAB_KEYS:
             rows.append((f.key, LAB_PEER, False))
+        elif f.workload == "F1":
+            rows += [(f.key, name, False) for name in FOOT_NODES.values()]
+        elif f.workload == "F2":
+            rows += [(f.key, name, False) for name in FOOT_CHATS.values()]
+        elif f.workload == "F3":
+            rows.append((f.key, FOOT_GATEWAY, False))
         else:
             rows.append((f.key, E2E_PEER, False))
             if f.key == "e2e_chunks":
@@ -483,6 +503,7 @@ class Bench:
         self.extra: dict[str, list[float]] = collections.defaultdict(list)
         self.capped: dict[str, list[int]] = collections.defaultdict(list)  # W3 runs stopped at the cap
         self.relay_info: dict[str, Any] = {}  # R1's sizes, the lab's added delay and measured round trips
+        self.foot_info: dict[str, Any] = {}  # F1-F3: whether the nodes ran in a namespace of their own
 
     def add(self, peer: str, key: str, value: float) -> None:
         self.samples[peer][key].append(float(value))
@@ -691,6 +712,40 @@ class Bench:
             self.log(f"    {why}")
             self.fail(LAB_PEER, LAB_KEYS, why)
 
+    async def run_foot(self) -> None:
+        """F1-F3, once per run: interop/bench_footprint.py (its own network namespace as root, for mDNS)."""
+        self.log("  F1-F3: node start and idle RSS with an OpenAI-compatible backend, chat -p, gateway RSS")
+        cmd = [sys.executable, str(FOOT_SCRIPT), *(["--quick"] if self.cfg.get("quick") else [])]
+        p = await Proc.start("footprint", cmd, None, HERE)
+        try:
+            _, ev = await p.next_event(time.perf_counter() + 900)
+            values = ev["values"]
+        except (WorkerError, KeyError) as exc:
+            values = {"error": str(exc)}
+        finally:
+            await p.stop()
+        why = str(values.get("error", ""))
+        self.foot_info["netns"] = values.get("netns")
+        self.foot_info["runs"] = values.get("runs")
+        for who, name in FOOT_NODES.items():
+            got = values.get("node", {}).get(who)
+            if got:
+                self.add(name, "f1_start", got["start_s"])
+                self.add(name, "f1_rss", got["rss_mib"])
+            else:
+                self.fail(name, ["f1_start", "f1_rss"], why or str(values.get("js_skipped", "no result")))
+        for who, name in FOOT_CHATS.items():
+            took = values.get("chat", {}).get(who)
+            if took is not None:
+                self.add(name, "f2_chat", took)
+            else:
+                self.fail(name, ["f2_chat"], why or str(values.get("js_skipped", "no result")))
+        gateway = values.get("gateway", {}).get("mimirlite")
+        if gateway is not None:
+            self.add(FOOT_GATEWAY, "f3_rss", gateway)
+        else:
+            self.fail(FOOT_GATEWAY, ["f3_rss"], why or "no result")
+
     async def start_latest_node(self, backend_url: str) -> tuple[Proc, str]:
         """latest-node.mjs in front of ``backend_url``, serving T1's model; (process, its address)."""
         assert self.env.node is not None
@@ -823,6 +878,12 @@ class Bench:
             for name in RELAYS.values():
                 self.fail(name, RELAY_KEYS, "not selected")
             self.fail(LAB_PEER, LAB_KEYS, "not selected")
+        if "foot" not in self.sections:
+            for name in FOOT_NODES.values():
+                self.fail(name, ["f1_start", "f1_rss"], "not selected")
+            for name in FOOT_CHATS.values():
+                self.fail(name, ["f2_chat"], "not selected")
+            self.fail(FOOT_GATEWAY, ["f3_rss"], "not selected")
         await self.warm_up()
         for r in range(self.cfg["runs"]):
             self.log(f"run {r + 1} of {self.cfg['runs']}")
@@ -840,6 +901,8 @@ class Bench:
                     await self.run_dht()
                 elif key == "relay":
                     await self.run_relay()
+                elif key == "foot" and r == 0:
+                    await self.run_foot()
         for impl, name in IMPL_NAMES.items():
             why = self.env.available(impl)
             if why is not None:
@@ -982,6 +1045,12 @@ def check_targets(bench: Bench) -> list[Target]:
         abs_target(text, "r1_dcutr", LAB_PEER, limit, False)
     else:
         out.append(Target("R1 DCUtR within 2 RTT + 100 ms in the NAT lab", "no figure", "n/a"))
+    node_m = FOOT_NODES["mimirlite"]
+    abs_target("F1 node with an OpenAI-compatible backend: idle RSS <= 40 MiB", "f1_rss", node_m, 40, False)
+    abs_target("F1 node with an OpenAI-compatible backend: start <= 0.3 s", "f1_start", node_m, 0.3, False)
+    chat_m = FOOT_CHATS["mimirlite"]
+    abs_target("F2 chat -p against a node on 127.0.0.1 <= 0.4 s", "f2_chat", chat_m, 0.4, False)
+    abs_target("F3 gateway idle RSS <= 35 MiB", "f3_rss", FOOT_GATEWAY, 35, False)
     return out
 
 
@@ -1106,6 +1175,19 @@ def header_lines(
             "first and last chunk; the latest JS client (one chat a process, as it is) from its probe of the "
             "tunnel, on the connection it then chats over, to its first and last chunk line: it buffers "
             "the whole answer, so its first chunk comes with its last"
+        )
+    if "netns" in bench.foot_info:
+        where = (
+            "in a network namespace of their own, mDNS on (the defaults)"
+            if bench.foot_info["netns"]
+            else "with mDNS off (not root: no namespace of their own to run it in)"
+        )
+        lines.append(
+            f"F1-F3 (interop/bench_footprint.py): medians of {bench.foot_info.get('runs')} processes each, "
+            "bytecode cached as an "
+            f"installed package has it, nodes {where}; F1 in front of tests/helpers/openai_server.py, "
+            "RSS 1 s after listening; F2 from process start to exit, a one-word answer; F3 1 s after the URL "
+            "is printed"
         )
     return lines
 

@@ -71,7 +71,7 @@ def table_cells(markdown: str) -> list[list[str]]:
     rows = []
     for line in markdown.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if len(cells) == 6 and cells[0] in ("W1", "W2", "W3", "W4", "W5", "E2E", "T1", "D1", "R1"):
+        if len(cells) == 6 and cells[0] in {f.workload for f in load_bench().FIGURES}:
             rows.append(cells)
     return rows
 
@@ -108,6 +108,8 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
     assert "D1 RSS growth < 20 MiB per 10,000 records" in out
     assert "R1 relay MiB per CPU second >= 2x js-libp2p's relay" in out
     assert "R1 DCUtR within 2 RTT + 100 ms in the NAT lab" in out
+    assert "F1 node with an OpenAI-compatible backend: idle RSS <= 40 MiB" in out
+    assert "F3 gateway idle RSS <= 35 MiB" in out
     assert "machine:" in markdown and "Node" in markdown
 
 
