@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bench_backend  # this directory: W6 and W8
 import bench_worker  # this directory: the workers' default sizes are the full run's
 
 HERE = Path(__file__).resolve().parent
@@ -125,6 +126,7 @@ FIGURES = [
     Figure("r1_ttfc_relayed", "R1", "NAT lab: time to first chunk through the relay", "ms", False),
     Figure("r1_dcutr", "R1", "NAT lab: DCUtR, relayed connection open to direct", "ms", False),
     Figure("r1_ttfc_direct", "R1", "NAT lab: time to first chunk once direct", "ms", False),
+    *(Figure(*f) for f in bench_backend.FIGURES),
 ]
 FIG = {f.key: f for f in FIGURES}
 
@@ -202,8 +204,9 @@ RELAY_KEYS = ["r1_cpu", "r1_mib_s"]
 LAB_PEER = "NAT lab: MimirClient → MimirNode (echo), relay on the wan"
 LAB_KEYS = ["r1_ttfc_relayed", "r1_dcutr", "r1_ttfc_direct"]
 RELAY_SCRIPT = HERE / "bench_relay.py"
+BACKEND_SCRIPT = HERE / "bench_backend.py"
 DCUTR_SLACK_MS = 100.0  # the target: DCUtR within 2 RTT plus this
-SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht", "relay"]
+SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht", "relay", "backend"]
 
 
 def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -229,6 +232,8 @@ def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
             rows += [(f.key, name, False) for name in RELAYS.values()]
         elif f.key in LAB_KEYS:
             rows.append((f.key, LAB_PEER, False))
+        elif f.key in bench_backend.ROWS:
+            rows += [(f.key, name, False) for name in bench_backend.ROWS[f.key]]
         else:
             rows.append((f.key, E2E_PEER, False))
             if f.key == "e2e_chunks":
@@ -483,6 +488,7 @@ class Bench:
         self.extra: dict[str, list[float]] = collections.defaultdict(list)
         self.capped: dict[str, list[int]] = collections.defaultdict(list)  # W3 runs stopped at the cap
         self.relay_info: dict[str, Any] = {}  # R1's sizes, the lab's added delay and measured round trips
+        self.backend_info: dict[str, list[str]] = {}  # W6/W8: how each run went (bench_backend.notes)
 
     def add(self, peer: str, key: str, value: float) -> None:
         self.samples[peer][key].append(float(value))
@@ -691,6 +697,20 @@ class Bench:
             self.log(f"    {why}")
             self.fail(LAB_PEER, LAB_KEYS, why)
 
+    async def run_backend(self) -> None:
+        """W6 and W8, once per run: interop/bench_backend.py."""
+        self.log("  W6/W8: a node in front of a fast OpenAI-compatible server; the SDK through the gateway")
+        cmd = [sys.executable, str(BACKEND_SCRIPT), *(["--quick"] if self.cfg.get("quick") else [])]
+        p = await Proc.start("backend", cmd, None, HERE)
+        try:
+            _, ev = await p.next_event(time.perf_counter() + 600)
+            values = ev["values"]
+        except (WorkerError, KeyError) as exc:
+            values = {"error": str(exc)}
+        finally:
+            await p.stop()
+        bench_backend.collect(values, self.add, self.fail, self.backend_info)
+
     async def start_latest_node(self, backend_url: str) -> tuple[Proc, str]:
         """latest-node.mjs in front of ``backend_url``, serving T1's model; (process, its address)."""
         assert self.env.node is not None
@@ -823,6 +843,8 @@ class Bench:
             for name in RELAYS.values():
                 self.fail(name, RELAY_KEYS, "not selected")
             self.fail(LAB_PEER, LAB_KEYS, "not selected")
+        if "backend" not in self.sections:
+            bench_backend.collect({"error": "not selected"}, self.add, self.fail, {})
         await self.warm_up()
         for r in range(self.cfg["runs"]):
             self.log(f"run {r + 1} of {self.cfg['runs']}")
@@ -840,6 +862,8 @@ class Bench:
                     await self.run_dht()
                 elif key == "relay":
                     await self.run_relay()
+                elif key == "backend":
+                    await self.run_backend()
         for impl, name in IMPL_NAMES.items():
             why = self.env.available(impl)
             if why is not None:
@@ -982,6 +1006,10 @@ def check_targets(bench: Bench) -> list[Target]:
         abs_target(text, "r1_dcutr", LAB_PEER, limit, False)
     else:
         out.append(Target("R1 DCUtR within 2 RTT + 100 ms in the NAT lab", "no figure", "n/a"))
+    for text, key, peer, other, factor, higher in bench_backend.RATIO_TARGETS:
+        ratio_target(text, key, peer, other, factor, higher)
+    for text, key, peer, limit, higher in bench_backend.ABS_TARGETS:
+        abs_target(text, key, peer, limit, higher)
     return out
 
 
@@ -1099,6 +1127,8 @@ def header_lines(
             added = r1["no_delay"] or f"{fmt(2 * r1['delay_ms'])} ms added by the routers (tc netem)"
             text += f"; RTT between the peers {fmt(statistics.median(r1['rtt_ms']))} ms ({added})"
         lines.append(text)
+    if "backend" in bench.sections:
+        lines += bench_backend.header(bench.backend_info)
     if "tun" in bench.sections:
         lines.append(
             "T1: tests/helpers/openai_server.py streams the answer (its own process) to the node; a "
