@@ -20,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "interop" / "bench.py"
 TIMEOUT = 240
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "E2E", "T1", "D1", "R1", "W6", "W8")
 
 pytestmark = [
     pytest.mark.interop,
@@ -71,7 +72,7 @@ def table_cells(markdown: str) -> list[list[str]]:
     rows = []
     for line in markdown.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if len(cells) == 6 and cells[0] in ("W1", "W2", "W3", "W4", "W5", "E2E", "T1", "D1", "R1"):
+        if len(cells) == 6 and cells[0] in WORKLOADS:
             rows.append(cells)
     return rows
 
@@ -108,6 +109,7 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
     assert "D1 RSS growth < 20 MiB per 10,000 records" in out
     assert "R1 relay MiB per CPU second >= 2x js-libp2p's relay" in out
     assert "R1 DCUtR within 2 RTT + 100 ms in the NAT lab" in out
+    assert "W6 node chunks/s >= 3x the first-generation JS node's" in out
     assert "machine:" in markdown and "Node" in markdown
 
 
@@ -133,3 +135,25 @@ def test_quick_relay_section_alone(tmp_path: Path) -> None:
     assert "not selected" in markdown
     targets = [line for line in out.splitlines() if "R1 " in line and ("met" in line or "MISSED" in line)]
     assert len(targets) == (1 if no_lab else 2), out
+
+
+def test_quick_backend_section_alone(tmp_path: Path) -> None:
+    """``--only backend``: W6's and W8's rows (the CLI node, the first-generation JS node, the openai SDK's
+    direct read, the SDK through the gateway) have figures, every other row says it was not selected, and
+    the four W6/W8 targets are judged."""
+    bench = load_bench()
+    out, _err, markdown = run_quick(tmp_path, "--only", "backend")
+    rows = table_cells(markdown)
+    expected = bench.table_rows(bench.QUICK["params"])
+    assert [(c[0], c[2]) for c in rows] == [(bench.FIG[k].workload, p) for k, p, _ in expected], markdown
+    ours = [c for c in rows if c[0] in ("W6", "W8")]
+    assert {c[2] for c in ours} == {*(p for names in bench.bench_backend.ROWS.values() for p in names)}
+    for cells in rows:
+        if cells[0] in ("W6", "W8"):
+            assert cells[3][:1].isdigit(), f"no figure in row {cells}\n{markdown}"
+            assert cells[5], f"no ratio in row {cells}"
+        else:
+            assert cells[3].startswith("n/a"), cells
+    assert "W6/W8 reader CPU per chunk" in markdown
+    targets = [line.split()[:2] for line in out.splitlines() if line.split()[1:2] in (["W6"], ["W8"])]
+    assert len(targets) == 4 and all(t[0] in ("met", "MISSED") for t in targets), out
