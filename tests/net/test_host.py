@@ -126,6 +126,25 @@ async def test_na_then_next_protocol(listener: Host, dialer: Host) -> None:
     assert await stream.read_exactly(2) == b"ok"
 
 
+async def test_early_data_goes_with_the_proposal(listener: Host, dialer: Host) -> None:
+    """``early``: the first bytes ride with the proposal; the handler reads them as stream data, after the
+    negotiation, and a refused protocol loses them with the stream."""
+    stream = await dialer.new_stream(listener.listen_addrs[0], ECHO, early=b"early bird")
+    assert stream.protocol == ECHO
+    assert await stream.read_exactly(10) == b"early bird"
+    await stream.write(b"!")
+    await stream.close_write()
+    assert await stream.read() == b"!"
+    assert await stream.read() == b""
+    with pytest.raises((ProtocolNotSupportedError, StreamResetError)):
+        await dialer.new_stream(listener.listen_addrs[0], "/nope/1", early=b"lost")
+    with pytest.raises(ValueError):
+        await dialer.new_stream(listener.listen_addrs[0], ["/nope/1", ECHO], early=b"x")
+    # the connection survives
+    again = await dialer.new_stream(listener.listen_addrs[0], ECHO, early=b"ok")
+    assert await again.read_exactly(2) == b"ok"
+
+
 async def test_wrong_peer_id_is_refused(listener: Host, dialer: Host) -> None:
     port = listener.listen_addrs[0].split("/")[4]
     other = KeyPair.generate().peer_id
