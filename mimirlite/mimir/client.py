@@ -988,7 +988,11 @@ class _Answer:
             await stream.close_write()
             while True:
                 try:
-                    obj = await asyncio.wait_for(stream.read_json(), client.read_timeout)
+                    body = stream.read_message_nowait()  # a chunk already here: no timer, no task
+                    if body is not None:
+                        obj = lp.decode_json(body)
+                    else:
+                        obj = await asyncio.wait_for(stream.read_json(), client.read_timeout)
                 except StreamResetError as exc:  # reset, or the node's connection dropped
                     if finished:
                         return
