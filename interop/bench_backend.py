@@ -128,6 +128,8 @@ def collect(
         ):
             if isinstance(got, dict) and "reader_cpu_us" in got:
                 info.setdefault(name, []).append(f"{got['reader_cpu_us']:.0f}")
+            if isinstance(got, dict) and "server_cpu_us" in got:
+                info.setdefault(f"server, {name}", []).append(f"{got['server_cpu_us']:.0f}")
         gw = values.get("gateway")
         if isinstance(gw, dict) and "ttfc_ms" in gw:
             info.setdefault("ttfc", []).append(f"{gw['ttfc_ms']:.2f} vs {gw['direct_ttfc_ms']:.2f}")
@@ -143,12 +145,18 @@ def header(info: dict[str, list[str]]) -> list[str]:
         for name in ("SDK direct", "mimirlite node", "JS node")
         if name in info
     )
+    servers = "; ".join(
+        f"{name} {', '.join(info[f'server, {name}'])}"
+        for name in ("mimirlite node", "JS node")
+        if f"server, {name}" in info
+    )
     lines = [
         f"W6/W8 (interop/bench_backend.py): the T1 server streams answers of {sizes['chunks']:,} chunks as "
         "fast as it can (its own process); W6 nodes are read over /mimirllm/1.0.0 by MimirClient.chat_raw() "
         "in the runner's process; node/gateway CPU = user+sys from /proc/<pid>/stat over the answer; "
         f"{sizes['ttfc_runs']} one-token answers per path timed to their first chunk",
         f"W6/W8 reader CPU per chunk (µs, per run): {readers}",
+        f"W6 test server CPU per chunk (µs, per run): {servers}",
     ]
     if "ttfc" in info:
         lines.append(
@@ -325,7 +333,7 @@ def check(count: int, chunks: int, who: str) -> None:
         raise RuntimeError(f"{who}: {count} chunks, expected {chunks}")
 
 
-async def node_answer(addr: str, pid: int, chunks: int, runs: int) -> dict[str, float]:
+async def node_answer(addr: str, pid: int, chunks: int, runs: int, server: int) -> dict[str, float]:
     """``runs`` one-token answers then one long answer from the node at ``addr`` over /mimirllm/1.0.0,
     read with chat_raw()."""
     async with MimirClient(peers=[addr], mdns=False, dht=False, prefer_tunnel=False) as client:
@@ -341,17 +349,19 @@ async def node_answer(addr: str, pid: int, chunks: int, runs: int) -> dict[str, 
                     ttfc.append((time.perf_counter() - t0) * 1000)
                     break
         count = 0
-        node0, me0 = cpu_seconds(pid), time.process_time()
+        node0, me0, server0 = cpu_seconds(pid), time.process_time(), cpu_seconds(server)
         t0 = time.perf_counter()
         async for _ in client.chat_raw(messages(PROMPT), model=TUN_MODEL):
             count += 1
         took = time.perf_counter() - t0
         node_cpu, reader_cpu = cpu_seconds(pid) - node0, time.process_time() - me0
+        server_cpu = cpu_seconds(server) - server0
     check(count, chunks, f"node at {addr}")
     return {
         "chunks_s": count / took,
         "node_cpu_us": node_cpu / count * 1e6,
         "reader_cpu_us": reader_cpu / count * 1e6,
+        "server_cpu_us": server_cpu / count * 1e6,
         "ttfc_ms": statistics.median(ttfc),
     }
 
@@ -361,7 +371,7 @@ async def run(params: dict[str, Any]) -> dict[str, Any]:
 
     chunks = params["chunks"]
     out: dict[str, Any] = {"sizes": params}
-    async with test_server(chunks) as (url, _):
+    async with test_server(chunks) as (url, server):
         base = f"{url}/v1"
         direct = AsyncOpenAI(base_url=base, api_key="bench", max_retries=0, timeout=STEP_TIMEOUT)
         await sdk_answer(direct, TUN_WARMUP)
@@ -377,7 +387,7 @@ async def run(params: dict[str, Any]) -> dict[str, Any]:
 
         async with mimirlite_node(base) as (addr, pid):
             try:
-                out["mimirlite"] = await node_answer(addr, pid, chunks, params["ttfc_runs"])
+                out["mimirlite"] = await node_answer(addr, pid, chunks, params["ttfc_runs"], server)
             except Exception as exc:
                 out["mimirlite"] = {"error": f"{type(exc).__name__}: {exc}"}
             try:
@@ -390,7 +400,7 @@ async def run(params: dict[str, Any]) -> dict[str, Any]:
         else:
             try:
                 async with await JsMimirNode.start(base, "--no-monitor", models=[TUN_MODEL]) as js:
-                    out["js"] = await node_answer(js.addr, js.pid, chunks, params["ttfc_runs"])
+                    out["js"] = await node_answer(js.addr, js.pid, chunks, params["ttfc_runs"], server)
             except Exception as exc:
                 out["js"] = {"error": f"{type(exc).__name__}: {exc}"}
         await direct.close()
