@@ -13,7 +13,10 @@ process) through a node, for mimirlite and the latest-generation JS peers (``lat
 ``latest-client.mjs``) both ways, beside mimirlite's first generation (``/mimirllm/1.0.0``) through the
 same node and backend. R1 (``--only relay``, interop/bench_relay.py): a circuit relay's CPU per relayed
 MiB, mimirlite's relay vs js-libp2p's, on loopback; time to first chunk through a relay and once a DCUtR
-hole punch made the connection direct, in the NAT lab (root; skipped with the reason otherwise). Peers:
+hole punch made the connection direct, in the NAT lab (root; skipped with the reason otherwise). W6 and W8
+(``--only backend``, interop/bench_backend.py): ``python -m mimirlite node`` and the first-generation JS
+node in front of T1's test server against the openai SDK reading it directly; the SDK through
+``python -m mimirlite gateway``. Peers:
 
 - mimirlite -> mimirlite, js-libp2p -> js-libp2p, mimirlite -> js-libp2p, js-libp2p -> mimirlite
   (``A -> B``: A dials, B listens); the JS side is ``bench-peer.mjs`` on interop/'s pinned stack;
@@ -50,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bench_backend  # this directory: W6 and W8
 import bench_worker  # this directory: the workers' default sizes are the full run's
 
 HERE = Path(__file__).resolve().parent
@@ -129,6 +133,7 @@ FIGURES = [
     Figure("f1_rss", "F1", "node with an OpenAI-compatible backend: idle RSS", "MiB", False),
     Figure("f2_chat", "F2", "one-shot chat against a node on 127.0.0.1: start to exit", "s", False),
     Figure("f3_rss", "F3", "gateway idle RSS", "MiB", False),
+    *(Figure(*f) for f in bench_backend.FIGURES),
 ]
 FIG = {f.key: f for f in FIGURES}
 
@@ -206,6 +211,7 @@ RELAY_KEYS = ["r1_cpu", "r1_mib_s"]
 LAB_PEER = "NAT lab: MimirClient → MimirNode (echo), relay on the wan"
 LAB_KEYS = ["r1_ttfc_relayed", "r1_dcutr", "r1_ttfc_direct"]
 RELAY_SCRIPT = HERE / "bench_relay.py"
+BACKEND_SCRIPT = HERE / "bench_backend.py"
 DCUTR_SLACK_MS = 100.0  # the target: DCUtR within 2 RTT plus this
 FOOT_NODES = {
     "mimirlite": "mimirlite: python -m mimirlite node",
@@ -217,7 +223,7 @@ FOOT_CHATS = {
 }
 FOOT_GATEWAY = "mimirlite: python -m mimirlite gateway"
 FOOT_SCRIPT = HERE / "bench_footprint.py"
-SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht", "relay", "foot"]
+SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht", "relay", "backend", "foot"]
 
 
 def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -249,6 +255,8 @@ def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
             rows += [(f.key, name, False) for name in FOOT_CHATS.values()]
         elif f.workload == "F3":
             rows.append((f.key, FOOT_GATEWAY, False))
+        elif f.key in bench_backend.ROWS:
+            rows += [(f.key, name, False) for name in bench_backend.ROWS[f.key]]
         else:
             rows.append((f.key, E2E_PEER, False))
             if f.key == "e2e_chunks":
@@ -504,6 +512,7 @@ class Bench:
         self.capped: dict[str, list[int]] = collections.defaultdict(list)  # W3 runs stopped at the cap
         self.relay_info: dict[str, Any] = {}  # R1's sizes, the lab's added delay and measured round trips
         self.foot_info: dict[str, Any] = {}  # F1-F3: whether the nodes ran in a namespace of their own
+        self.backend_info: dict[str, list[str]] = {}  # W6/W8: how each run went (bench_backend.notes)
 
     def add(self, peer: str, key: str, value: float) -> None:
         self.samples[peer][key].append(float(value))
@@ -746,6 +755,20 @@ class Bench:
         else:
             self.fail(FOOT_GATEWAY, ["f3_rss"], why or "no result")
 
+    async def run_backend(self) -> None:
+        """W6 and W8, once per run: interop/bench_backend.py."""
+        self.log("  W6/W8: a node in front of a fast OpenAI-compatible server; the SDK through the gateway")
+        cmd = [sys.executable, str(BACKEND_SCRIPT), *(["--quick"] if self.cfg.get("quick") else [])]
+        p = await Proc.start("backend", cmd, None, HERE)
+        try:
+            _, ev = await p.next_event(time.perf_counter() + 600)
+            values = ev["values"]
+        except (WorkerError, KeyError) as exc:
+            values = {"error": str(exc)}
+        finally:
+            await p.stop()
+        bench_backend.collect(values, self.add, self.fail, self.backend_info)
+
     async def start_latest_node(self, backend_url: str) -> tuple[Proc, str]:
         """latest-node.mjs in front of ``backend_url``, serving T1's model; (process, its address)."""
         assert self.env.node is not None
@@ -884,6 +907,8 @@ class Bench:
             for name in FOOT_CHATS.values():
                 self.fail(name, ["f2_chat"], "not selected")
             self.fail(FOOT_GATEWAY, ["f3_rss"], "not selected")
+        if "backend" not in self.sections:
+            bench_backend.collect({"error": "not selected"}, self.add, self.fail, {})
         await self.warm_up()
         for r in range(self.cfg["runs"]):
             self.log(f"run {r + 1} of {self.cfg['runs']}")
@@ -903,6 +928,8 @@ class Bench:
                     await self.run_relay()
                 elif key == "foot" and r == 0:
                     await self.run_foot()
+                elif key == "backend":
+                    await self.run_backend()
         for impl, name in IMPL_NAMES.items():
             why = self.env.available(impl)
             if why is not None:
@@ -1051,6 +1078,10 @@ def check_targets(bench: Bench) -> list[Target]:
     chat_m = FOOT_CHATS["mimirlite"]
     abs_target("F2 chat -p against a node on 127.0.0.1 <= 0.4 s", "f2_chat", chat_m, 0.4, False)
     abs_target("F3 gateway idle RSS <= 35 MiB", "f3_rss", FOOT_GATEWAY, 35, False)
+    for text, key, peer, other, factor, higher in bench_backend.RATIO_TARGETS:
+        ratio_target(text, key, peer, other, factor, higher)
+    for text, key, peer, limit, higher in bench_backend.ABS_TARGETS:
+        abs_target(text, key, peer, limit, higher)
     return out
 
 
@@ -1168,6 +1199,8 @@ def header_lines(
             added = r1["no_delay"] or f"{fmt(2 * r1['delay_ms'])} ms added by the routers (tc netem)"
             text += f"; RTT between the peers {fmt(statistics.median(r1['rtt_ms']))} ms ({added})"
         lines.append(text)
+    if "backend" in bench.sections:
+        lines += bench_backend.header(bench.backend_info)
     if "tun" in bench.sections:
         lines.append(
             "T1: tests/helpers/openai_server.py streams the answer (its own process) to the node; a "

@@ -48,6 +48,7 @@ from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream
 from mimirlite.protocols import IdentifyTimeoutError, Ping, identify_service, start_services
 from mimirlite.protocols.relay.client import RelayClient
+from mimirlite.wire import lp
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionChunk
@@ -736,15 +737,16 @@ class MimirClient(Service):
             )
         raise NoNodeError(f"no known node serves {model} on a tunnel")  # pragma: no cover
 
-    async def _chat_stream(self, peer: PeerId, protocol: str) -> Stream:
+    async def _chat_stream(self, peer: PeerId, protocol: str, early: bytes = b"") -> Stream:
         """A new stream for a chat: over a relayed connection the relay limits, first wait for a hole
-        punch under way to give a direct one (a long answer would end at the relay's limit)."""
+        punch under way to give a direct one (a long answer would end at the relay's limit). ``early``:
+        the request, sent with the protocol's proposal (:meth:`Host.open_on`)."""
         conn = self.host.connections.get(peer)
         relay, puncher = self._relay, self.puncher
         limited = conn is not None and relay is not None and relay.limit_of(conn) is not None
         if limited and puncher is not None and self._punches(peer) and not await puncher.wait_direct(peer):
             log.info("no direct connection to %s: chatting through the relay, within its limits", peer)
-        return await self.host.new_stream(peer, protocol)
+        return await self.host.new_stream(peer, protocol, early=early)
 
     def _punches(self, peer: PeerId) -> bool:
         """Whether ``peer`` may punch a hole to us: it serves DCUtR, or we do not know yet."""
@@ -981,12 +983,16 @@ class _Answer:
         finished = False
         stream = None
         try:
-            stream = await client._chat_stream(self.peer, packets.CHAT_PROTOCOL)
-            await stream.write_json(Packet(packets.MESSAGE, self.data, request_id).to_json())
+            request = lp.encode_json(Packet(packets.MESSAGE, self.data, request_id).to_json())
+            stream = await client._chat_stream(self.peer, packets.CHAT_PROTOCOL, request)
             await stream.close_write()
             while True:
                 try:
-                    obj = await asyncio.wait_for(stream.read_json(), client.read_timeout)
+                    body = stream.read_message_nowait()  # a chunk already here: no timer, no task
+                    if body is not None:
+                        obj = lp.decode_json(body)
+                    else:
+                        obj = await asyncio.wait_for(stream.read_json(), client.read_timeout)
                 except StreamResetError as exc:  # reset, or the node's connection dropped
                     if finished:
                         return

@@ -129,6 +129,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._can_write: asyncio.Future[None] | None = None
+        self._pending: Any = None  # an event read ahead of a body's data (more_data), for next_event
 
     # -- asyncio.Protocol
 
@@ -195,6 +196,10 @@ class _Connection(asyncio.Protocol):
 
     async def next_event(self, timeout: float) -> Any:
         """h11's next event, reading as much as it needs; HttpBrokenError when it cannot."""
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            return pending
         conn = self.h11
         while True:
             try:
@@ -204,6 +209,27 @@ class _Connection(asyncio.Protocol):
             if event is not h11.NEED_DATA:
                 return event
             conn.receive_data(await self._receive(timeout))
+
+    def more_data(self, data: bytes) -> bytes:
+        """``data`` with the body bytes of the Data events that follow it in what came already, without
+        waiting: one read for many small HTTP chunks (an SSE stream sends each event as one). The first
+        other event is kept for :meth:`next_event`; an error is raised there again."""
+        conn = self.h11
+        parts: list[bytes] | None = None
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                break  # h11 is in its ERROR state now: next_event raises again
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                break
+            if type(event) is not h11.Data:
+                self._pending = event
+                break
+            if parts is None:
+                parts = [data]
+            parts.append(bytes(event.data))
+        return data if parts is None else b"".join(parts)
 
     async def _receive(self, timeout: float) -> bytes:
         """What came, waiting for it (bounded); ``b""`` once the connection ended."""
@@ -259,7 +285,7 @@ class _Answer:
             kind = type(event)
             if kind is h11.Data:
                 if event.data:
-                    return bytes(event.data)
+                    return conn.more_data(bytes(event.data))
             elif kind is h11.EndOfMessage:
                 self._conn = None
                 self._client._release(conn)

@@ -777,29 +777,41 @@ class Host(Service):
 
     # ---- streams ----
 
-    async def new_stream(self, target: str | PeerId, protocols: str | Sequence[str]) -> Stream:
+    async def new_stream(
+        self, target: str | PeerId, protocols: str | Sequence[str], *, early: bytes = b""
+    ) -> Stream:
         """Open a stream to ``target`` (multiaddr or known peer) for the first protocol it accepts.
 
-        Raises ProtocolNotSupportedError when the remote refuses them all.
+        Raises ProtocolNotSupportedError when the remote refuses them all. ``early``: see :meth:`open_on`.
         """
         conn = await self.dial(target)
-        return await self.open_on(conn, protocols)
+        return await self.open_on(conn, protocols, early=early)
 
-    async def open_on(self, conn: Connection, protocols: str | Sequence[str]) -> Stream:
-        """Open a stream on ``conn`` and negotiate one of ``protocols``."""
+    async def open_on(
+        self, conn: Connection, protocols: str | Sequence[str], *, early: bytes = b""
+    ) -> Stream:
+        """Open a stream on ``conn`` and negotiate one of ``protocols``.
+
+        ``early``: the first bytes of the protocol, written with the proposal instead of after its
+        acceptance (one protocol only): the request of a protocol whose listener waits for it reaches the
+        handler a round trip sooner. When the protocol is refused they are lost with the stream."""
         protos = [protocols] if isinstance(protocols, str) else list(protocols)
+        if early and len(protos) != 1:
+            raise ValueError("early data goes with one protocol only")
         stream = conn.open_stream()
         ms = MultistreamDialer(protos)
         try:
-            await asyncio.wait_for(self._negotiate(stream, ms), self.config.negotiate_timeout)
+            await asyncio.wait_for(self._negotiate(stream, ms, early), self.config.negotiate_timeout)
         except BaseException:
             await stream.reset()
             raise
         stream.protocol = ms.selected
         return stream
 
-    async def _negotiate(self, stream: Stream, ms: MultistreamDialer | MultistreamListener) -> None:
-        out = ms.data_to_send()
+    async def _negotiate(
+        self, stream: Stream, ms: MultistreamDialer | MultistreamListener, early: bytes = b""
+    ) -> None:
+        out = ms.data_to_send() + early
         if out:
             await stream.write(out)
         while ms.selected is None:

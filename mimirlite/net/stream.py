@@ -384,6 +384,11 @@ class Stream(LPDecoder):
                     return None
                 raise IncompleteReadError(need or 1, self._peek())
 
+    def read_message_nowait(self, max_size: int = lp.MAX_MESSAGE) -> bytes | None:
+        """The next length-prefixed message body when it is whole in the buffer already, else None
+        (never waits: :meth:`read_message` does). Raises as :meth:`read_message`."""
+        return self._next_message(max_size)
+
     async def read_json(self, max_size: int = lp.MAX_MESSAGE) -> Any:
         """One LP-JSON message; None at a clean end of stream (a JSON ``null`` reads as None too)."""
         body = await self.read_message(max_size)

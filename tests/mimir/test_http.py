@@ -252,6 +252,40 @@ async def test_a_body_cut_short_is_broken() -> None:
             await client.aclose()
 
 
+async def test_small_chunks_already_here_come_in_one_read_and_the_connection_is_kept() -> None:
+    """An SSE answer sends each event as one HTTP chunk: what came already is taken in one receive(), the
+    end of the body is still seen (the connection kept for the next request), and a bad chunk after good
+    ones is broken at the next receive()."""
+    events = [b"data: %d\n\n" % i for i in range(50)]
+    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+
+    async def sse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        await read_request(reader)
+        writer.write(head + body + b"0\r\n\r\n")  # the whole answer at once
+        await read_request(reader)
+        writer.write(head + body + b"zz\r\n")  # then a broken chunk
+        await writer.drain()
+
+    async with raw_server(sse) as (url, taken):
+        client = HttpClient(5.0)
+        try:
+            response = await client.request("GET", url + "/x", [], b"")
+            got = [await response.receive()]
+            while got[-1]:
+                got.append(await response.receive())
+            assert b"".join(got) == b"".join(events)
+            assert len(got) < len(events)  # the chunks that had come were joined
+            second = await client.request("GET", url + "/x", [], b"")
+            assert len(taken) == 1  # the connection was kept: the end of the first body was seen
+            assert await second.receive() == b"".join(events)
+            with pytest.raises(HttpBrokenError, match="bad HTTP answer"):
+                await second.receive()
+            await second.aclose()
+        finally:
+            await client.aclose()
+
+
 async def test_not_http_is_broken() -> None:
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)

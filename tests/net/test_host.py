@@ -126,6 +126,45 @@ async def test_na_then_next_protocol(listener: Host, dialer: Host) -> None:
     assert await stream.read_exactly(2) == b"ok"
 
 
+async def test_early_data_goes_with_the_proposal(listener: Host, dialer: Host) -> None:
+    """``early``: the first bytes ride with the proposal; the handler reads them as stream data, after the
+    negotiation, and a refused protocol loses them with the stream."""
+    stream = await dialer.new_stream(listener.listen_addrs[0], ECHO, early=b"early bird")
+    assert stream.protocol == ECHO
+    assert await stream.read_exactly(10) == b"early bird"
+    await stream.write(b"!")
+    await stream.close_write()
+    assert await stream.read() == b"!"
+    assert await stream.read() == b""
+    with pytest.raises((ProtocolNotSupportedError, StreamResetError)):
+        await dialer.new_stream(listener.listen_addrs[0], "/nope/1", early=b"lost")
+    with pytest.raises(ValueError):
+        await dialer.new_stream(listener.listen_addrs[0], ["/nope/1", ECHO], early=b"x")
+    # the connection survives
+    again = await dialer.new_stream(listener.listen_addrs[0], ECHO, early=b"ok")
+    assert await again.read_exactly(2) == b"ok"
+
+
+async def test_read_message_nowait_takes_only_whole_buffered_messages(listener: Host, dialer: Host) -> None:
+    """read_message_nowait: the next message when it is whole in the buffer, None otherwise (a part of
+    one stays for read_message), never waiting."""
+    from mimirlite.wire import lp
+
+    stream = await dialer.new_stream(listener.listen_addrs[0], ECHO)
+    assert stream.read_message_nowait() is None  # nothing yet
+    two = lp.encode_message(b"one") + lp.encode_message(b"two")
+    part = lp.encode_message(b"three")
+    await stream.write(two + part[:3])
+    await until(lambda: stream.held > 0)  # one write: one frame back from the echo
+    assert stream.read_message_nowait() == b"one"
+    assert stream.read_message_nowait() == b"two"
+    assert stream.read_message_nowait() is None  # "three" is not whole yet
+    await stream.write(part[3:])
+    assert await stream.read_message() == b"three"
+    await stream.close_write()
+    assert await stream.read_message() is None
+
+
 async def test_wrong_peer_id_is_refused(listener: Host, dialer: Host) -> None:
     port = listener.listen_addrs[0].split("/")[4]
     other = KeyPair.generate().peer_id

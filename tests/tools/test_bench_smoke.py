@@ -110,6 +110,7 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
     assert "R1 DCUtR within 2 RTT + 100 ms in the NAT lab" in out
     assert "F1 node with an OpenAI-compatible backend: idle RSS <= 40 MiB" in out
     assert "F3 gateway idle RSS <= 35 MiB" in out
+    assert "W6 node chunks/s >= 3x the first-generation JS node's" in out
     assert "machine:" in markdown and "Node" in markdown
 
 
@@ -135,3 +136,25 @@ def test_quick_relay_section_alone(tmp_path: Path) -> None:
     assert "not selected" in markdown
     targets = [line for line in out.splitlines() if "R1 " in line and ("met" in line or "MISSED" in line)]
     assert len(targets) == (1 if no_lab else 2), out
+
+
+def test_quick_backend_section_alone(tmp_path: Path) -> None:
+    """``--only backend``: W6's and W8's rows (the CLI node, the first-generation JS node, the openai SDK's
+    direct read, the SDK through the gateway) have figures, every other row says it was not selected, and
+    the four W6/W8 targets are judged."""
+    bench = load_bench()
+    out, _err, markdown = run_quick(tmp_path, "--only", "backend")
+    rows = table_cells(markdown)
+    expected = bench.table_rows(bench.QUICK["params"])
+    assert [(c[0], c[2]) for c in rows] == [(bench.FIG[k].workload, p) for k, p, _ in expected], markdown
+    ours = [c for c in rows if c[0] in ("W6", "W8")]
+    assert {c[2] for c in ours} == {*(p for names in bench.bench_backend.ROWS.values() for p in names)}
+    for cells in rows:
+        if cells[0] in ("W6", "W8"):
+            assert cells[3][:1].isdigit(), f"no figure in row {cells}\n{markdown}"
+            assert cells[5], f"no ratio in row {cells}"
+        else:
+            assert cells[3].startswith("n/a"), cells
+    assert "W6/W8 reader CPU per chunk" in markdown
+    targets = [line.split()[:2] for line in out.splitlines() if line.split()[1:2] in (["W6"], ["W8"])]
+    assert len(targets) == 4 and all(t[0] in ("met", "MISSED") for t in targets), out
