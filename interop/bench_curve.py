@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """W7 (bench/WORKLOADS.md): the concurrency curve, 1, 10, 100 and 1,000 concurrent chats through one node.
 
-    python interop/bench_curve.py            # full: 100-word answers, >= 600 chats a level
+    python interop/bench_curve.py            # full: 100-word answers, 3,000 chats a level (echo)
     python interop/bench_curve.py --quick    # seconds: 5-word answers, the same levels, one chat a stream
 
 The node under test is ``python -m mimirlite node`` (the CLI as users start it: ``--no-mdns --no-dht
@@ -17,8 +17,8 @@ server (it has no echo model).
 The load: ``clients`` client processes (one MimirClient each, so one connection each; the node's default
 512 inbound streams per connection are enough), pinned to the other CPUs, with the streams split among
 them. Each stream runs chats one after the other (each answer ``words`` words: ``words + 2`` chunks,
-counted and checked by MimirClient.chat_wire), ``chats`` chats in all at each level (at least one per
-stream). Every client connects and makes one warm-up chat, then waits; all start on one signal. Measured:
+counted and checked, see :func:`client`), ``chats[backend]`` chats in all at each level (at least one
+per stream). Every client connects and makes one warm-up chat, then waits; all start on one signal. Measured:
 aggregate chunks/s (all chunks / from the first client's start to the last one's end, CLOCK_MONOTONIC,
 one clock for all processes) and the node's CPU (user + system, ``/proc/<pid>/stat``, all its threads)
 over the same span, per chunk. On a shared machine the wall figure is noisy; CPU per chunk is fairer.
@@ -46,8 +46,20 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MODEL = "llama3.2:latest"
 LEVELS = [1, 10, 100, 1000]
-FULL: dict[str, Any] = {"levels": LEVELS, "words": 100, "chats": 600, "clients": 4}
-QUICK: dict[str, Any] = {"levels": LEVELS, "words": 5, "chats": 1, "clients": 2}
+FULL: dict[str, Any] = {
+    "levels": LEVELS,
+    "words": 100,
+    "chats": {"echo": 3000, "fast": 1000, "fast-js": 200},  # at each level, at least one a stream
+    "clients": 4,
+    "reader": "raw",
+}
+QUICK: dict[str, Any] = {
+    "levels": LEVELS,
+    "words": 5,
+    "chats": {"echo": 1, "fast": 1, "fast-js": 1},
+    "clients": 2,
+    "reader": "raw",
+}
 MAX_CONCURRENT = 1000
 QUEUE = 1024
 STEP_TIMEOUT = 120.0
@@ -230,16 +242,16 @@ async def start_node(backend: str, url: str, cpus: set[int] | None, js: str | No
 
 
 async def run_level(
-    addr: str, node_pid: int, streams: int, cfg: dict[str, Any], cpus: set[int] | None
+    addr: str, node_pid: int, streams: int, chats: int, cfg: dict[str, Any], cpus: set[int] | None
 ) -> dict[str, Any]:
     """``streams`` concurrent chats through the node at ``addr``: chunks/s and node CPU per chunk."""
     nproc = min(streams, cfg["clients"])
     per = [streams // nproc + (i < streams % nproc) for i in range(nproc)]
-    rounds = max(1, math.ceil(cfg["chats"] / streams))
+    rounds = max(1, math.ceil(chats / streams))
     clients: list[Child] = []
     try:
         for n in per:
-            params = {"streams": n, "rounds": rounds, "words": cfg["words"]}
+            params = {"streams": n, "rounds": rounds, "words": cfg["words"], "reader": cfg["reader"]}
             cmd = [sys.executable, str(Path(__file__).resolve()), "client", "--addr", addr,
                    "--params", json.dumps(params)]
             clients.append(await Child.start(f"client of {n}", cmd, cpus, ROOT, py_env()))
@@ -292,7 +304,9 @@ async def run_backend(
             for streams in cfg["levels"]:
                 log(f"    {backend}: {streams} stream{'s' * (streams != 1)}")
                 try:
-                    out[str(streams)] = await run_level(addr, node.proc.pid, streams, cfg, load_cpus)
+                    out[str(streams)] = await run_level(
+                        addr, node.proc.pid, streams, cfg["chats"][backend], cfg, load_cpus
+                    )
                 except Exception as exc:
                     out[str(streams)] = {"error": f"{type(exc).__name__}: {exc}"}
         finally:
@@ -335,27 +349,61 @@ async def runner(cfg: dict[str, Any], backends: Sequence[str]) -> None:
 
 
 async def client(addr: str, params: dict[str, Any]) -> None:
-    """``streams`` chat loops on one MimirClient; ready after a warm-up chat, then go on stdin's line."""
-    from mimirlite.mimir import MimirClient
+    """``streams`` chat loops on one connection; ready after a warm-up chat, then go on stdin's line.
+
+    ``reader``: ``"raw"`` (the default: the load should cost less than the node it measures) opens each
+    chat's /mimirllm/1.0.0 stream on a Host, sends the request packet MimirClient sends, and counts the
+    length-prefixed packets of the answer, decoding only the last (the chunk with finish_reason "stop");
+    ``"client"``: MimirClient.chat_wire, every chunk decoded and checked."""
+    from mimirlite import Host
+    from mimirlite.mimir import MimirClient, packets
 
     words = params["words"]
-    expected = words + 2
     messages = [{"role": "user", "content": prompt(words)}]
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    async with MimirClient(peers=[addr], mdns=False, dht=False) as mc:
-        if not mc.nodes:
-            emit({"event": "error", "error": f"node at {addr} could not be identified"})
-            return
+    async with contextlib.AsyncExitStack() as stack:
+        if params.get("reader", "raw") == "client":
+            mc = await stack.enter_async_context(MimirClient(peers=[addr], mdns=False, dht=False))
+            if not mc.nodes:
+                emit({"event": "error", "error": f"node at {addr} could not be identified"})
+                return
 
-        async def one() -> int:
-            count = 0
-            async for _chunk in mc.chat_wire(messages, model=MODEL):
-                count += 1
-            if count != expected:
-                raise ValueError(f"{count} chunks, expected {expected}")
-            return count
+            async def one() -> int:
+                count = 0
+                async for _chunk in mc.chat_wire(messages, model=MODEL):
+                    count += 1
+                if count != words + 2:
+                    raise ValueError(f"{count} chunks, expected {words + 2}")
+                return count
+
+        else:
+            host = await stack.enter_async_context(Host())
+            peer = (await host.dial(addr)).remote_peer
+            request = {"event": packets.MESSAGE, "data": {"messages": messages, "model": MODEL}}
+            loads = json.loads
+
+            async def one() -> int:
+                stream = await host.new_stream(peer, packets.CHAT_PROTOCOL)
+                await stream.write_json(request)
+                await stream.close_write()
+                count = 0
+                last = b""
+                while (body := await stream.read_message()) is not None:
+                    count += 1
+                    last = body
+                await stream.close()
+                end = loads(last) if last else None
+                try:
+                    finish = end["data"]["choices"][0]["finish_reason"]
+                except (TypeError, KeyError, IndexError):
+                    finish = None
+                if finish != "stop":
+                    raise ValueError(f"the answer did not end with its finish chunk: {last[:300]!r}")
+                if count != words + 2:  # the role chunk, a chunk a word, the finish chunk
+                    raise ValueError(f"{count} packets, expected {words + 2}")
+                return count
 
         await one()
         emit({"event": "ready"})
