@@ -48,6 +48,7 @@ from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream
 from mimirlite.protocols import IdentifyTimeoutError, Ping, identify_service, start_services
 from mimirlite.protocols.relay.client import RelayClient
+from mimirlite.wire import lp
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionChunk
@@ -986,7 +987,12 @@ class _Answer:
             await stream.close_write()
             while True:
                 try:
-                    obj = await asyncio.wait_for(stream.read_json(), client.read_timeout)
+                    # a message already here needs no timer: asyncio.wait_for costs a task a call
+                    body = stream.read_message_nowait()
+                    if body is not None:
+                        obj = lp.decode_json(body)
+                    else:
+                        obj = await asyncio.wait_for(stream.read_json(), client.read_timeout)
                 except StreamResetError as exc:  # reset, or the node's connection dropped
                     if finished:
                         return

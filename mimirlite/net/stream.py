@@ -384,6 +384,11 @@ class Stream(LPDecoder):
                     return None
                 raise IncompleteReadError(need or 1, self._peek())
 
+    def read_message_nowait(self, max_size: int = lp.MAX_MESSAGE) -> bytes | None:
+        """A whole length-prefixed message already received, without waiting; None when none is here
+        (:meth:`read_message` then waits for one, or tells the end of the stream). Raises as it does."""
+        return self._next_message(max_size)
+
     async def read_json(self, max_size: int = lp.MAX_MESSAGE) -> Any:
         """One LP-JSON message; None at a clean end of stream (a JSON ``null`` reads as None too)."""
         body = await self.read_message(max_size)

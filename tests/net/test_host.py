@@ -203,6 +203,29 @@ async def test_reads_across_frame_boundaries(dialer: Host) -> None:
         assert await stream.read_message() is None
 
 
+async def test_read_message_nowait_takes_only_what_is_here(dialer: Host) -> None:
+    """read_message_nowait: a whole message already received, never a part, never a wait; the rest of
+    the stream reads on as before (the client's chat loop reads this way before it arms a timer)."""
+    release = asyncio.Event()
+
+    async def handler(stream: Stream) -> None:
+        await stream.write(b"\x02hi\x03you\x04pa")  # one frame: two whole messages, half a third
+        await release.wait()
+        await stream.write(b"rt")
+        await stream.close_write()
+
+    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as server:
+        server.set_handler("/nowait/1", handler)
+        stream = await dialer.new_stream(server.listen_addrs[0], "/nowait/1")
+        assert await stream.read_message() == b"hi"
+        assert stream.read_message_nowait() == b"you"  # came in the same frame
+        assert stream.read_message_nowait() is None  # only "pa" of the third is here
+        release.set()
+        assert await stream.read_message() == b"part"
+        assert stream.read_message_nowait() is None
+        assert await stream.read_message() is None
+
+
 async def test_backpressure_bounds_what_a_slow_reader_buffers(dialer: Host) -> None:
     window = HostConfig().yamux.initial_window
     started = asyncio.Event()
