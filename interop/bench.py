@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bench_curve  # this directory: W7's backends and levels
 import bench_worker  # this directory: the workers' default sizes are the full run's
 
 HERE = Path(__file__).resolve().parent
@@ -125,6 +126,8 @@ FIGURES = [
     Figure("r1_ttfc_relayed", "R1", "NAT lab: time to first chunk through the relay", "ms", False),
     Figure("r1_dcutr", "R1", "NAT lab: DCUtR, relayed connection open to direct", "ms", False),
     Figure("r1_ttfc_direct", "R1", "NAT lab: time to first chunk once direct", "ms", False),
+    Figure("w7_chunks", "W7", "concurrent streams through one node: aggregate", "chunks/s", True),
+    Figure("w7_cpu", "W7", "concurrent streams through one node: node CPU per chunk", "µs", False),
 ]
 FIG = {f.key: f for f in FIGURES}
 
@@ -203,7 +206,22 @@ LAB_PEER = "NAT lab: MimirClient → MimirNode (echo), relay on the wan"
 LAB_KEYS = ["r1_ttfc_relayed", "r1_dcutr", "r1_ttfc_direct"]
 RELAY_SCRIPT = HERE / "bench_relay.py"
 DCUTR_SLACK_MS = 100.0  # the target: DCUtR within 2 RTT plus this
-SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht", "relay"]
+CURVE_NODES = {
+    "echo": "mimirlite node, echo",
+    "fast": "mimirlite node, fast server",
+    "fast-js": "first-gen JS node, fast server",
+}
+CURVE_KEYS = ["w7_chunks", "w7_cpu"]
+CURVE_SCRIPT = HERE / "bench_curve.py"
+
+
+def curve_peer(backend: str, streams: int) -> str:
+    """W7's row name for ``backend`` at ``streams`` concurrent streams."""
+    return f"{CURVE_NODES[backend]}, {streams:,} stream{'s' * (streams != 1)}"
+
+
+CURVE_PEERS = [curve_peer(b, n) for b in CURVE_NODES for n in bench_curve.LEVELS]
+SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht", "relay", "curve"]
 
 
 def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -229,6 +247,8 @@ def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
             rows += [(f.key, name, False) for name in RELAYS.values()]
         elif f.key in LAB_KEYS:
             rows.append((f.key, LAB_PEER, False))
+        elif f.key in CURVE_KEYS:
+            rows += [(f.key, name, False) for name in CURVE_PEERS]
         else:
             rows.append((f.key, E2E_PEER, False))
             if f.key == "e2e_chunks":
@@ -483,6 +503,7 @@ class Bench:
         self.extra: dict[str, list[float]] = collections.defaultdict(list)
         self.capped: dict[str, list[int]] = collections.defaultdict(list)  # W3 runs stopped at the cap
         self.relay_info: dict[str, Any] = {}  # R1's sizes, the lab's added delay and measured round trips
+        self.curve_info: dict[str, Any] = {}  # W7's sizes, how the node was pinned, its limits
 
     def add(self, peer: str, key: str, value: float) -> None:
         self.samples[peer][key].append(float(value))
@@ -691,6 +712,34 @@ class Bench:
             self.log(f"    {why}")
             self.fail(LAB_PEER, LAB_KEYS, why)
 
+    async def run_curve(self) -> None:
+        """W7, once per bench (interop/bench_curve.py): 1 to 1,000 concurrent streams through one node
+        pinned to a core, with the echo model and the fast server; the first-generation JS node too."""
+        self.log("  W7: 1, 10, 100, 1,000 concurrent streams through one node")
+        cmd = [sys.executable, str(CURVE_SCRIPT), *(["--quick"] if self.cfg.get("quick") else [])]
+        p = await Proc.start("curve", cmd, None, HERE)
+        try:
+            _, ev = await p.next_event(time.perf_counter() + 1200)
+            values = ev["values"]
+        except (WorkerError, KeyError) as exc:
+            for name in CURVE_PEERS:
+                self.fail(name, CURVE_KEYS, str(exc))
+            return
+        finally:
+            await p.stop()
+        self.curve_info = {k: values[k] for k in ("sizes", "pinning", "max_concurrent", "queue")}
+        for backend in CURVE_NODES:
+            got = values.get(backend, {"error": "no result"})
+            for n in bench_curve.LEVELS:
+                name = curve_peer(backend, n)
+                level = got.get(str(n), got)
+                if "chunks_s" in level:
+                    self.add(name, "w7_chunks", level["chunks_s"])
+                    self.add(name, "w7_cpu", level["cpu_us_per_chunk"])
+                    self.extra[f"w7_share {name}"].append(level["node_cpu_share"])
+                else:
+                    self.fail(name, CURVE_KEYS, str(level.get("error", "no result")))
+
     async def start_latest_node(self, backend_url: str) -> tuple[Proc, str]:
         """latest-node.mjs in front of ``backend_url``, serving T1's model; (process, its address)."""
         assert self.env.node is not None
@@ -823,6 +872,9 @@ class Bench:
             for name in RELAYS.values():
                 self.fail(name, RELAY_KEYS, "not selected")
             self.fail(LAB_PEER, LAB_KEYS, "not selected")
+        if "curve" not in self.sections:
+            for name in CURVE_PEERS:
+                self.fail(name, CURVE_KEYS, "not selected")
         await self.warm_up()
         for r in range(self.cfg["runs"]):
             self.log(f"run {r + 1} of {self.cfg['runs']}")
@@ -840,6 +892,8 @@ class Bench:
                     await self.run_dht()
                 elif key == "relay":
                     await self.run_relay()
+                elif key == "curve" and r == 0:
+                    await self.run_curve()
         for impl, name in IMPL_NAMES.items():
             why = self.env.available(impl)
             if why is not None:
@@ -982,6 +1036,15 @@ def check_targets(bench: Bench) -> list[Target]:
         abs_target(text, "r1_dcutr", LAB_PEER, limit, False)
     else:
         out.append(Target("R1 DCUtR within 2 RTT + 100 ms in the NAT lab", "no figure", "n/a"))
+    for backend in ("echo", "fast"):
+        ratio_target(
+            f"W7 {CURVE_NODES[backend]}: 1,000 streams >= 80% of 10 streams' chunks/s",
+            "w7_chunks", curve_peer(backend, 1000), curve_peer(backend, 10), 0.8, True,
+        )
+    abs_target(
+        "W7 mimirlite node, echo: >= 30,000 chunks/s at 1,000 streams, node on one core",
+        "w7_chunks", curve_peer("echo", 1000), 30_000, True,
+    )
     return out
 
 
@@ -1099,6 +1162,26 @@ def header_lines(
             added = r1["no_delay"] or f"{fmt(2 * r1['delay_ms'])} ms added by the routers (tc netem)"
             text += f"; RTT between the peers {fmt(statistics.median(r1['rtt_ms']))} ms ({added})"
         lines.append(text)
+    w7 = bench.curve_info
+    if w7:
+        z = w7["sizes"]
+        chats = ", ".join(f"{b} {n:,}" for b, n in z["chats"].items())
+        lines.append(
+            f"W7 (once a bench): python -m mimirlite node --max-concurrent {w7['max_concurrent']} --queue "
+            f"{w7['queue']} (the JS node mimir-node.mjs --max-streams {w7['max_concurrent'] + 100}); "
+            f"{w7['pinning']}; answers of {z['words']} words ({z['words'] + 2} chunks), chats a level "
+            f"({chats}; at least one a stream) from {z['clients']} client processes (a connection each) "
+            "reading the /mimirllm/1.0.0 packets raw; chunks/s from the first chat's start to the last one's "
+            "end, the node's CPU (user+sys, /proc) over that span per chunk"
+        )
+        busy = [
+            f"{CURVE_NODES[b]} {statistics.median(bench.extra[key]):.2f}"
+            for b in CURVE_NODES
+            if (key := f"w7_share {curve_peer(b, 1000)}") in bench.extra
+        ]
+        if busy:
+            lines.append("W7 node busy at 1,000 streams (its CPU s per wall s; 1.00 = its core full): "
+                         + "; ".join(busy))
     if "tun" in bench.sections:
         lines.append(
             "T1: tests/helpers/openai_server.py streams the answer (its own process) to the node; a "

@@ -14,11 +14,11 @@ core), streaming as fast as it can (``--backend openai``). The first-generation 
 (interop/mimir-node.mjs, ``--max-streams 1100``), pinned the same way, stands in front of the same fast
 server (it has no echo model).
 
-The load: ``clients`` client processes (one MimirClient each, so one connection each; the node's default
-512 inbound streams per connection are enough), pinned to the other CPUs, with the streams split among
-them. Each stream runs chats one after the other (each answer ``words`` words: ``words + 2`` chunks,
-counted and checked, see :func:`client`), ``chats[backend]`` chats in all at each level (at least one
-per stream). Every client connects and makes one warm-up chat, then waits; all start on one signal. Measured:
+The load: ``clients`` client processes (one connection each; the node's default 512 inbound streams per
+connection are enough), pinned to the other CPUs, started once a node, each connected and past one
+warm-up chat, then told each level's streams, split among them, all at once. Each stream runs chats one
+after the other (each answer ``words`` words: ``words + 2`` chunks, counted and checked, see
+:func:`client`), ``chats[backend]`` chats in all at each level (at least one per stream). Measured:
 aggregate chunks/s (all chunks / from the first client's start to the last one's end, CLOCK_MONOTONIC,
 one clock for all processes) and the node's CPU (user + system, ``/proc/<pid>/stat``, all its threads)
 over the same span, per chunk. On a shared machine the wall figure is noisy; CPU per chunk is fairer.
@@ -241,36 +241,41 @@ async def start_node(backend: str, url: str, cpus: set[int] | None, js: str | No
         raise
 
 
-async def run_level(
-    addr: str, node_pid: int, streams: int, chats: int, cfg: dict[str, Any], cpus: set[int] | None
-) -> dict[str, Any]:
-    """``streams`` concurrent chats through the node at ``addr``: chunks/s and node CPU per chunk."""
-    nproc = min(streams, cfg["clients"])
-    per = [streams // nproc + (i < streams % nproc) for i in range(nproc)]
-    rounds = max(1, math.ceil(chats / streams))
+async def start_clients(addr: str, cfg: dict[str, Any], cpus: set[int] | None) -> list[Child]:
+    """``clients`` load processes, each connected to the node at ``addr`` and past a warm-up chat."""
     clients: list[Child] = []
     try:
-        for n in per:
-            params = {"streams": n, "rounds": rounds, "words": cfg["words"], "reader": cfg["reader"]}
+        params = {"words": cfg["words"], "reader": cfg["reader"]}
+        for i in range(cfg["clients"]):
             cmd = [sys.executable, str(Path(__file__).resolve()), "client", "--addr", addr,
                    "--params", json.dumps(params)]
-            clients.append(await Child.start(f"client of {n}", cmd, cpus, ROOT, py_env()))
+            clients.append(await Child.start(f"client {i + 1}", cmd, cpus, ROOT, py_env()))
         for c in clients:
             ev = await c.event()
             if ev.get("event") != "ready":
                 raise RuntimeError(f"{c.name}: {ev.get('error', ev)}")
-        cpu0 = cpu_seconds(node_pid)
-        for c in clients:
-            c.send("go")
-            assert c.proc.stdin is not None
-            await c.proc.stdin.drain()
-        results = [await c.event(STEP_TIMEOUT * 3) for c in clients]
-        cpu1 = cpu_seconds(node_pid)
-    finally:
+    except BaseException:
         await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)
-    for r in results:
+        raise
+    return clients
+
+
+async def run_level(clients: list[Child], node_pid: int, streams: int, chats: int) -> dict[str, Any]:
+    """``streams`` concurrent chats (split among ``clients``), ``chats`` in all at least: chunks/s and the
+    node's CPU per chunk."""
+    busy = clients[: min(streams, len(clients))]
+    per = [streams // len(busy) + (i < streams % len(busy)) for i in range(len(busy))]
+    rounds = max(1, math.ceil(chats / streams))
+    cpu0 = cpu_seconds(node_pid)
+    for c, n in zip(busy, per, strict=True):
+        c.send(f"{n} {rounds}")
+        assert c.proc.stdin is not None
+        await c.proc.stdin.drain()
+    results = [await c.event(STEP_TIMEOUT * 3) for c in busy]
+    cpu1 = cpu_seconds(node_pid)
+    for c, r in zip(busy, results, strict=True):
         if r.get("event") != "done":
-            raise RuntimeError(str(r.get("error", r)))
+            raise RuntimeError(f"{c.name}: {r.get('error', r)}")
     chunks = sum(r["chunks"] for r in results)
     span = max(r["end"] for r in results) - min(r["start"] for r in results)
     cpu = cpu1 - cpu0
@@ -301,14 +306,21 @@ async def run_backend(
             url = f"{ev['addr']}/v1"
         node, addr = await start_node(backend, url, node_cpus, js)
         try:
+            clients = await start_clients(addr, cfg, load_cpus)
+            try:
+                for streams in cfg["levels"]:
+                    log(f"    {backend}: {streams} stream{'s' * (streams != 1)}")
+                    try:
+                        out[str(streams)] = await run_level(
+                            clients, node.proc.pid, streams, cfg["chats"][backend]
+                        )
+                    except Exception as exc:
+                        out[str(streams)] = {"error": f"{type(exc).__name__}: {exc}"}
+                        break  # the clients are in an unknown state: the next levels say so
+            finally:
+                await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)
             for streams in cfg["levels"]:
-                log(f"    {backend}: {streams} stream{'s' * (streams != 1)}")
-                try:
-                    out[str(streams)] = await run_level(
-                        addr, node.proc.pid, streams, cfg["chats"][backend], cfg, load_cpus
-                    )
-                except Exception as exc:
-                    out[str(streams)] = {"error": f"{type(exc).__name__}: {exc}"}
+                out.setdefault(str(streams), {"error": "not run: an earlier level failed"})
         finally:
             await node.stop()
     except Exception as exc:
@@ -349,7 +361,8 @@ async def runner(cfg: dict[str, Any], backends: Sequence[str]) -> None:
 
 
 async def client(addr: str, params: dict[str, Any]) -> None:
-    """``streams`` chat loops on one connection; ready after a warm-up chat, then go on stdin's line.
+    """Chat loops on one connection: ready after a warm-up chat, then for each stdin line ``<streams>
+    <rounds>``, ``streams`` loops of ``rounds`` chats at once, and a ``done`` line (its monotonic span).
 
     ``reader``: ``"raw"`` (the default: the load should cost less than the node it measures) opens each
     chat's /mimirllm/1.0.0 stream on a Host, sends the request packet MimirClient sends, and counts the
@@ -407,26 +420,25 @@ async def client(addr: str, params: dict[str, Any]) -> None:
 
         await one()
         emit({"event": "ready"})
-        if not await reader.readline():
-            return
-        chunks = chats = 0
+        while line := await reader.readline():  # "<streams> <rounds>": one level
+            streams, rounds = map(int, line.split())
+            chunks = chats = 0
 
-        async def loop_chats() -> None:
-            nonlocal chunks, chats
-            for _ in range(params["rounds"]):
-                got = await one()  # not chunks += await ...: that reads chunks before the await
-                chunks += got
-                chats += 1
+            async def loop_chats(rounds: int) -> None:
+                nonlocal chunks, chats
+                for _ in range(rounds):
+                    got = await one()  # not chunks += await ...: that reads chunks before the await
+                    chunks += got
+                    chats += 1
 
-        start = time.monotonic()
-        try:
-            await asyncio.gather(*(loop_chats() for _ in range(params["streams"])))
-        except Exception as exc:
-            emit({"event": "error", "error": f"{type(exc).__name__}: {exc}"})
-            return
-        end = time.monotonic()
-        emit({"event": "done", "start": start, "end": end, "chunks": chunks, "chats": chats})
-        await reader.read()  # until the runner closes stdin
+            start = time.monotonic()
+            try:
+                await asyncio.gather(*(loop_chats(rounds) for _ in range(streams)))
+            except Exception as exc:
+                emit({"event": "error", "error": f"{type(exc).__name__}: {exc}"})
+                return
+            end = time.monotonic()
+            emit({"event": "done", "start": start, "end": end, "chunks": chunks, "chats": chats})
 
 
 async def server(params: dict[str, Any]) -> None:

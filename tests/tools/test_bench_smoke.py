@@ -71,7 +71,7 @@ def table_cells(markdown: str) -> list[list[str]]:
     rows = []
     for line in markdown.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if len(cells) == 6 and cells[0] in ("W1", "W2", "W3", "W4", "W5", "E2E", "T1", "D1", "R1"):
+        if len(cells) == 6 and cells[0] in ("W1", "W2", "W3", "W4", "W5", "E2E", "T1", "D1", "R1", "W7"):
             rows.append(cells)
     return rows
 
@@ -108,6 +108,7 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
     assert "D1 RSS growth < 20 MiB per 10,000 records" in out
     assert "R1 relay MiB per CPU second >= 2x js-libp2p's relay" in out
     assert "R1 DCUtR within 2 RTT + 100 ms in the NAT lab" in out
+    assert "W7 mimirlite node, echo: >= 30,000 chunks/s at 1,000 streams, node on one core" in out
     assert "machine:" in markdown and "Node" in markdown
 
 
@@ -133,3 +134,23 @@ def test_quick_relay_section_alone(tmp_path: Path) -> None:
     assert "not selected" in markdown
     targets = [line for line in out.splitlines() if "R1 " in line and ("met" in line or "MISSED" in line)]
     assert len(targets) == (1 if no_lab else 2), out
+
+
+def test_quick_curve_section_alone(tmp_path: Path) -> None:
+    """``--only curve`` (W7): a figure in each of its rows (every backend, every level), every other row
+    says it was not selected, and its three targets are judged."""
+    bench = load_bench()
+    out, _err, markdown = run_quick(tmp_path, "--only", "curve")
+    rows = table_cells(markdown)
+    expected = bench.table_rows(bench.QUICK["params"])
+    assert [(c[0], c[2]) for c in rows] == [(bench.FIG[k].workload, p) for k, p, _ in expected], markdown
+    w7 = [c for c in rows if c[0] == "W7"]
+    assert len(w7) == 2 * len(bench.CURVE_PEERS) == 2 * 3 * 4
+    for _workload, _figure, peer, median, _spread, _ratio in w7:
+        assert median[:1].isdigit(), f"no figure for {peer}:\n{markdown}"
+    for cells in rows:
+        if cells[0] != "W7":
+            assert cells[3].startswith("n/a"), cells
+    assert "os.sched_setaffinity" in markdown and "--max-concurrent 1000" in markdown
+    targets = [line for line in out.splitlines() if "W7 " in line and ("met" in line or "MISSED" in line)]
+    assert len(targets) == 3, out
