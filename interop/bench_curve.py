@@ -6,13 +6,13 @@
 
 The node under test is ``python -m mimirlite node`` (the CLI as users start it: ``--no-mdns --no-dht
 --no-relay``, ``--max-concurrent 1000 --queue 1024``, so that 1,000 chats are answered at once, none
-queued; every other limit its default), in its own process, pinned to one core with
-``os.sched_setaffinity`` (the first CPU this runner may use) right after it is spawned, before it imports
-anything; its threads inherit it. Its backend is the echo model at zero delay (``--backend echo``), then
-tests/helpers/openai_server.py, the fast OpenAI-compatible test server (its own process, on the load's
-core), streaming as fast as it can (``--backend openai``). The first-generation JS node
-(interop/mimir-node.mjs, ``--max-streams 1100``), pinned the same way, stands in front of the same fast
-server (it has no echo model).
+queued; every other limit its default), in its own process, pinned to one core (the first CPU this runner
+may use) with ``taskset -c`` (so every thread it starts inherits it), or where there is no taskset with
+``os.sched_setaffinity`` on its pid right after it is spawned. Its backend is the echo model at zero
+delay (``--backend echo``), then tests/helpers/openai_server.py, the fast OpenAI-compatible test server
+(its own process, on the load's core), streaming as fast as it can (``--backend openai``). The
+first-generation JS node (interop/mimir-node.mjs, ``--max-streams 1100``), pinned the same way, stands
+in front of the same fast server (it has no echo model).
 
 The load: ``clients`` client processes (one connection each; the node's default 512 inbound streams per
 connection are enough), pinned to the other CPUs, started once a node, each connected and past one
@@ -35,6 +35,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -102,6 +103,7 @@ class Child:
         self.proc = proc
         self.lines: asyncio.Queue[str | None] = asyncio.Queue()
         self.err: list[str] = []
+        self.interrupt_first = False
         self._tasks = [asyncio.ensure_future(self._pump()), asyncio.ensure_future(self._pump_err())]
         Child.live.add(self)
 
@@ -114,11 +116,14 @@ class Child:
         cwd: Path = ROOT,
         env: dict[str, str] | None = None,
     ) -> Child:
+        taskset = shutil.which("taskset")
+        if cpus and taskset:  # before exec: every thread the process starts inherits it
+            cmd = [taskset, "-c", ",".join(map(str, sorted(cpus))), *cmd]
         proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, cwd=str(cwd), env=env, start_new_session=True, limit=1 << 20,
         )
-        if cpus:
+        if cpus and not taskset:  # its main thread, as soon as it exists (threads started before keep theirs)
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(proc.pid, cpus)
         return cls(name, proc)
@@ -166,6 +171,11 @@ class Child:
     async def stop(self) -> None:
         proc = self.proc
         try:
+            if self.interrupt_first and proc.returncode is None:  # cProfile writes its file on the way out
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGINT)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 30)
             if proc.returncode is None and proc.stdin is not None:
                 with contextlib.suppress(Exception):
                     proc.stdin.close()
@@ -196,8 +206,9 @@ def split_cpus() -> tuple[set[int] | None, set[int] | None, str]:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None, None, f"not pinned: this runner may use {len(cpus)} CPU"
+    how = "taskset -c" if shutil.which("taskset") else "os.sched_setaffinity"
     return {cpus[0]}, set(cpus[1:]), (
-        f"node pinned to CPU {cpus[0]} (os.sched_setaffinity), load and backend on CPU "
+        f"node pinned to CPU {cpus[0]} ({how}), load processes and the fast server on CPU "
         + ",".join(map(str, cpus[1:]))
     )
 
@@ -227,6 +238,7 @@ async def start_node(backend: str, url: str, cpus: set[int] | None, js: str | No
     if os.environ.get("MIMIRLITE_CURVE_PROFILE"):  # a cProfile of the node, written when it exits
         cmd[1:3] = ["-m", "cProfile", "-o", os.environ["MIMIRLITE_CURVE_PROFILE"], "-m", "mimirlite"]
     node = await Child.start("mimirlite node", cmd, cpus, ROOT, py_env())
+    node.interrupt_first = bool(os.environ.get("MIMIRLITE_CURVE_PROFILE"))
     try:
         peer = ""
         while True:
@@ -332,8 +344,6 @@ async def run_backend(
 
 
 def find_js() -> tuple[str | None, str]:
-    import shutil
-
     node = shutil.which("node")
     if node is None:
         return None, "unavailable: node is not on PATH"

@@ -151,6 +151,6 @@ def test_quick_curve_section_alone(tmp_path: Path) -> None:
     for cells in rows:
         if cells[0] != "W7":
             assert cells[3].startswith("n/a"), cells
-    assert "os.sched_setaffinity" in markdown and "--max-concurrent 1000" in markdown
+    assert "node pinned to CPU" in markdown and "--max-concurrent 1000" in markdown
     targets = [line for line in out.splitlines() if "W7 " in line and ("met" in line or "MISSED" in line)]
     assert len(targets) == 3, out
