@@ -1172,7 +1172,7 @@ def header_lines(
             f"{w7['pinning']}; answers of {z['words']} words ({z['words'] + 2} chunks), chats a level "
             f"({chats}; at least one a stream) from {z['clients']} client processes (a connection each) "
             "reading the /mimirllm/1.0.0 packets raw; chunks/s from the first chat's start to the last one's "
-            "end, the node's CPU (user+sys, /proc) over that span per chunk"
+            "end; the node's CPU (user+sys, all threads, /proc/<pid>/task/*/schedstat) then, per chunk"
         )
         busy = [
             f"{CURVE_NODES[b]} {statistics.median(bench.extra[key]):.2f}"

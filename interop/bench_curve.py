@@ -20,8 +20,9 @@ warm-up chat, then told each level's streams, split among them, all at once. Eac
 after the other (each answer ``words`` words: ``words + 2`` chunks, counted and checked, see
 :func:`client`), ``chats[backend]`` chats in all at each level (at least one per stream). Measured:
 aggregate chunks/s (all chunks / from the first client's start to the last one's end, CLOCK_MONOTONIC,
-one clock for all processes) and the node's CPU (user + system, ``/proc/<pid>/stat``, all its threads)
-over the same span, per chunk. On a shared machine the wall figure is noisy; CPU per chunk is fairer.
+one clock for all processes) and the node's CPU over the same span (user + system, all its threads: the
+sum of their run times in /proc/<pid>/task/*/schedstat, in ns), per chunk. On a shared machine the wall
+figure is noisy; CPU per chunk is fairer.
 
 Prints one JSON line, ``{"event": "result", "values": {...}}``; interop/bench.py runs this as its ``curve``
 section. Every process it starts is stopped however the run ends (stdin closed, SIGTERM, SIGKILL).
@@ -80,7 +81,16 @@ def log(text: str) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (all its threads), from /proc/<pid>/stat."""
+    """CPU seconds ``pid`` ran (user + system, all its threads): the sum of its threads' run time in
+    /proc/<pid>/task/*/schedstat (nanoseconds), else /proc/<pid>/stat's utime + stime (clock ticks)."""
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
