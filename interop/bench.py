@@ -713,7 +713,7 @@ class Bench:
             self.fail(LAB_PEER, LAB_KEYS, why)
 
     async def run_curve(self) -> None:
-        """W7, once per bench (interop/bench_curve.py): 1 to 1,000 concurrent streams through one node
+        """W7, once per run (interop/bench_curve.py): 1 to 1,000 concurrent streams through one node
         pinned to a core, with the echo model and the fast server; the first-generation JS node too."""
         self.log("  W7: 1, 10, 100, 1,000 concurrent streams through one node")
         cmd = [sys.executable, str(CURVE_SCRIPT), *(["--quick"] if self.cfg.get("quick") else [])]
@@ -737,6 +737,8 @@ class Bench:
                     self.add(name, "w7_chunks", level["chunks_s"])
                     self.add(name, "w7_cpu", level["cpu_us_per_chunk"])
                     self.extra[f"w7_share {name}"].append(level["node_cpu_share"])
+                    load = level.get("clients_cpu_share", 0.0) + level.get("server_cpu_share", 0.0)
+                    self.extra[f"w7_load {name}"].append(load)
                 else:
                     self.fail(name, CURVE_KEYS, str(level.get("error", "no result")))
 
@@ -892,7 +894,7 @@ class Bench:
                     await self.run_dht()
                 elif key == "relay":
                     await self.run_relay()
-                elif key == "curve" and r == 0:
+                elif key == "curve":
                     await self.run_curve()
         for impl, name in IMPL_NAMES.items():
             why = self.env.available(impl)
@@ -1167,7 +1169,7 @@ def header_lines(
         z = w7["sizes"]
         chats = ", ".join(f"{b} {n:,}" for b, n in z["chats"].items())
         lines.append(
-            f"W7 (once a bench): python -m mimirlite node --max-concurrent {w7['max_concurrent']} --queue "
+            f"W7: python -m mimirlite node --max-concurrent {w7['max_concurrent']} --queue "
             f"{w7['queue']} (the JS node mimir-node.mjs --max-streams {w7['max_concurrent'] + 100}); "
             f"{w7['pinning']}; answers of {z['words']} words ({z['words'] + 2} chunks), chats a level "
             f"({chats}; at least one a stream) from {z['clients']} client processes (a connection each) "
@@ -1175,13 +1177,16 @@ def header_lines(
             "end; the node's CPU (user+sys, all threads, /proc/<pid>/task/*/schedstat) then, per chunk"
         )
         busy = [
-            f"{CURVE_NODES[b]} {statistics.median(bench.extra[key]):.2f}"
+            f"{CURVE_NODES[b]} {statistics.median(bench.extra[key]):.2f}, the load's core "
+            f"{statistics.median(bench.extra[key.replace('w7_share', 'w7_load')]):.2f}"
             for b in CURVE_NODES
             if (key := f"w7_share {curve_peer(b, 1000)}") in bench.extra
         ]
         if busy:
-            lines.append("W7 node busy at 1,000 streams (its CPU s per wall s; 1.00 = its core full): "
-                         + "; ".join(busy))
+            lines.append(
+                "W7 at 1,000 streams, CPU s per wall s (1.00 = a core full) of the node, and of the load "
+                "processes and the fast server together: " + "; ".join(busy)
+            )
     if "tun" in bench.sections:
         lines.append(
             "T1: tests/helpers/openai_server.py streams the answer (its own process) to the node; a "

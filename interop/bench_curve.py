@@ -282,19 +282,25 @@ async def start_clients(addr: str, cfg: dict[str, Any], cpus: set[int] | None) -
     return clients
 
 
-async def run_level(clients: list[Child], node_pid: int, streams: int, chats: int) -> dict[str, Any]:
+async def run_level(
+    clients: list[Child], node_pid: int, server_pid: int | None, streams: int, chats: int
+) -> dict[str, Any]:
     """``streams`` concurrent chats (split among ``clients``), ``chats`` in all at least: chunks/s and the
-    node's CPU per chunk."""
+    node's CPU per chunk; the CPU the load processes and the fast server used meanwhile."""
     busy = clients[: min(streams, len(clients))]
     per = [streams // len(busy) + (i < streams % len(busy)) for i in range(len(busy))]
     rounds = max(1, math.ceil(chats / streams))
     cpu0 = cpu_seconds(node_pid)
+    load0 = sum(cpu_seconds(c.proc.pid) for c in busy)
+    server0 = cpu_seconds(server_pid) if server_pid else 0.0
     for c, n in zip(busy, per, strict=True):
         c.send(f"{n} {rounds}")
         assert c.proc.stdin is not None
         await c.proc.stdin.drain()
     results = [await c.event(STEP_TIMEOUT * 3) for c in busy]
     cpu1 = cpu_seconds(node_pid)
+    load1 = sum(cpu_seconds(c.proc.pid) for c in busy)
+    server1 = cpu_seconds(server_pid) if server_pid else 0.0
     for c, r in zip(busy, results, strict=True):
         if r.get("event") != "done":
             raise RuntimeError(f"{c.name}: {r.get('error', r)}")
@@ -310,6 +316,8 @@ async def run_level(clients: list[Child], node_pid: int, streams: int, chats: in
         "node_cpu_s": cpu,
         "cpu_us_per_chunk": cpu / chunks * 1e6,
         "node_cpu_share": cpu / span,
+        "clients_cpu_share": (load1 - load0) / span,
+        "server_cpu_share": (server1 - server0) / span,
     }
 
 
@@ -334,7 +342,8 @@ async def run_backend(
                     log(f"    {backend}: {streams} stream{'s' * (streams != 1)}")
                     try:
                         out[str(streams)] = await run_level(
-                            clients, node.proc.pid, streams, cfg["chats"][backend]
+                            clients, node.proc.pid, server.proc.pid if server else None, streams,
+                            cfg["chats"][backend],
                         )
                     except Exception as exc:
                         out[str(streams)] = {"error": f"{type(exc).__name__}: {exc}"}
