@@ -13,7 +13,10 @@ process) through a node, for mimirlite and the latest-generation JS peers (``lat
 ``latest-client.mjs``) both ways, beside mimirlite's first generation (``/mimirllm/1.0.0``) through the
 same node and backend. R1 (``--only relay``, interop/bench_relay.py): a circuit relay's CPU per relayed
 MiB, mimirlite's relay vs js-libp2p's, on loopback; time to first chunk through a relay and once a DCUtR
-hole punch made the connection direct, in the NAT lab (root; skipped with the reason otherwise). Peers:
+hole punch made the connection direct, in the NAT lab (root; skipped with the reason otherwise). W7
+(``--only curve``, interop/bench_curve.py): 1, 10, 100 and 1,000 concurrent streams through one node pinned
+to a core (echo model; the fast test server; the first-generation JS node before that server): aggregate
+chunks/s and the node's CPU per chunk at each. Peers:
 
 - mimirlite -> mimirlite, js-libp2p -> js-libp2p, mimirlite -> js-libp2p, js-libp2p -> mimirlite
   (``A -> B``: A dials, B listens); the JS side is ``bench-peer.mjs`` on interop/'s pinned stack;
