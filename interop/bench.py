@@ -16,7 +16,10 @@ MiB, mimirlite's relay vs js-libp2p's, on loopback; time to first chunk through 
 hole punch made the connection direct, in the NAT lab (root; skipped with the reason otherwise). W6 and W8
 (``--only backend``, interop/bench_backend.py): ``python -m mimirlite node`` and the first-generation JS
 node in front of T1's test server against the openai SDK reading it directly; the SDK through
-``python -m mimirlite gateway``. Peers:
+``python -m mimirlite gateway``. W7
+(``--only curve``, interop/bench_curve.py): 1, 10, 100 and 1,000 concurrent streams through one node pinned
+to a core (echo model; the fast test server; the first-generation JS node before that server): aggregate
+chunks/s and the node's CPU per chunk at each. Peers:
 
 - mimirlite -> mimirlite, js-libp2p -> js-libp2p, mimirlite -> js-libp2p, js-libp2p -> mimirlite
   (``A -> B``: A dials, B listens); the JS side is ``bench-peer.mjs`` on interop/'s pinned stack;
@@ -54,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_backend  # this directory: W6 and W8
+import bench_curve  # this directory: W7's backends and levels
 import bench_worker  # this directory: the workers' default sizes are the full run's
 
 HERE = Path(__file__).resolve().parent
@@ -134,6 +138,8 @@ FIGURES = [
     Figure("f2_chat", "F2", "one-shot chat against a node on 127.0.0.1: start to exit", "s", False),
     Figure("f3_rss", "F3", "gateway idle RSS", "MiB", False),
     *(Figure(*f) for f in bench_backend.FIGURES),
+    Figure("w7_chunks", "W7", "concurrent streams through one node: aggregate", "chunks/s", True),
+    Figure("w7_cpu", "W7", "concurrent streams through one node: node CPU per chunk", "µs", False),
 ]
 FIG = {f.key: f for f in FIGURES}
 
@@ -223,7 +229,25 @@ FOOT_CHATS = {
 }
 FOOT_GATEWAY = "mimirlite: python -m mimirlite gateway"
 FOOT_SCRIPT = HERE / "bench_footprint.py"
-SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht", "relay", "backend", "foot"]
+CURVE_NODES = {
+    "echo": "mimirlite node, echo",
+    "fast": "mimirlite node, fast server",
+    "fast-js": "first-gen JS node, fast server",
+}
+CURVE_KEYS = ["w7_chunks", "w7_cpu"]
+CURVE_SCRIPT = HERE / "bench_curve.py"
+
+
+def curve_peer(backend: str, streams: int) -> str:
+    """W7's row name for ``backend`` at ``streams`` concurrent streams."""
+    return f"{CURVE_NODES[backend]}, {streams:,} stream{'s' * (streams != 1)}"
+
+
+CURVE_PEERS = [curve_peer(b, n) for b in CURVE_NODES for n in bench_curve.LEVELS]
+SECTIONS = [
+    *("mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht", "relay"),
+    *("backend", "curve", "foot"),
+]
 
 
 def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -257,6 +281,8 @@ def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
             rows.append((f.key, FOOT_GATEWAY, False))
         elif f.key in bench_backend.ROWS:
             rows += [(f.key, name, False) for name in bench_backend.ROWS[f.key]]
+        elif f.key in CURVE_KEYS:
+            rows += [(f.key, name, False) for name in CURVE_PEERS]
         else:
             rows.append((f.key, E2E_PEER, False))
             if f.key == "e2e_chunks":
@@ -513,6 +539,7 @@ class Bench:
         self.relay_info: dict[str, Any] = {}  # R1's sizes, the lab's added delay and measured round trips
         self.foot_info: dict[str, Any] = {}  # F1-F3: whether the nodes ran in a namespace of their own
         self.backend_info: dict[str, list[str]] = {}  # W6/W8: how each run went (bench_backend.notes)
+        self.curve_info: dict[str, Any] = {}  # W7's sizes, how the node was pinned, its limits
 
     def add(self, peer: str, key: str, value: float) -> None:
         self.samples[peer][key].append(float(value))
@@ -769,6 +796,36 @@ class Bench:
             await p.stop()
         bench_backend.collect(values, self.add, self.fail, self.backend_info)
 
+    async def run_curve(self) -> None:
+        """W7, once per run (interop/bench_curve.py): 1 to 1,000 concurrent streams through one node
+        pinned to a core, with the echo model and the fast server; the first-generation JS node too."""
+        self.log("  W7: 1, 10, 100, 1,000 concurrent streams through one node")
+        cmd = [sys.executable, str(CURVE_SCRIPT), *(["--quick"] if self.cfg.get("quick") else [])]
+        p = await Proc.start("curve", cmd, None, HERE)
+        try:
+            _, ev = await p.next_event(time.perf_counter() + 1200)
+            values = ev["values"]
+        except (WorkerError, KeyError) as exc:
+            for name in CURVE_PEERS:
+                self.fail(name, CURVE_KEYS, str(exc))
+            return
+        finally:
+            await p.stop()
+        self.curve_info = {k: values[k] for k in ("sizes", "pinning", "max_concurrent", "queue")}
+        for backend in CURVE_NODES:
+            got = values.get(backend, {"error": "no result"})
+            for n in bench_curve.LEVELS:
+                name = curve_peer(backend, n)
+                level = got.get(str(n), got)
+                if "chunks_s" in level:
+                    self.add(name, "w7_chunks", level["chunks_s"])
+                    self.add(name, "w7_cpu", level["cpu_us_per_chunk"])
+                    self.extra[f"w7_share {name}"].append(level["node_cpu_share"])
+                    load = level.get("clients_cpu_share", 0.0) + level.get("server_cpu_share", 0.0)
+                    self.extra[f"w7_load {name}"].append(load)
+                else:
+                    self.fail(name, CURVE_KEYS, str(level.get("error", "no result")))
+
     async def start_latest_node(self, backend_url: str) -> tuple[Proc, str]:
         """latest-node.mjs in front of ``backend_url``, serving T1's model; (process, its address)."""
         assert self.env.node is not None
@@ -909,6 +966,9 @@ class Bench:
             self.fail(FOOT_GATEWAY, ["f3_rss"], "not selected")
         if "backend" not in self.sections:
             bench_backend.collect({"error": "not selected"}, self.add, self.fail, {})
+        if "curve" not in self.sections:
+            for name in CURVE_PEERS:
+                self.fail(name, CURVE_KEYS, "not selected")
         await self.warm_up()
         for r in range(self.cfg["runs"]):
             self.log(f"run {r + 1} of {self.cfg['runs']}")
@@ -930,6 +990,8 @@ class Bench:
                     await self.run_foot()
                 elif key == "backend":
                     await self.run_backend()
+                elif key == "curve":
+                    await self.run_curve()
         for impl, name in IMPL_NAMES.items():
             why = self.env.available(impl)
             if why is not None:
@@ -1082,6 +1144,15 @@ def check_targets(bench: Bench) -> list[Target]:
         ratio_target(text, key, peer, other, factor, higher)
     for text, key, peer, limit, higher in bench_backend.ABS_TARGETS:
         abs_target(text, key, peer, limit, higher)
+    for backend in ("echo", "fast"):
+        ratio_target(
+            f"W7 {CURVE_NODES[backend]}: 1,000 streams >= 80% of 10 streams' chunks/s",
+            "w7_chunks", curve_peer(backend, 1000), curve_peer(backend, 10), 0.8, True,
+        )
+    abs_target(
+        "W7 mimirlite node, echo: >= 30,000 chunks/s at 1,000 streams, node on one core",
+        "w7_chunks", curve_peer("echo", 1000), 30_000, True,
+    )
     return out
 
 
@@ -1201,6 +1272,29 @@ def header_lines(
         lines.append(text)
     if "backend" in bench.sections:
         lines += bench_backend.header(bench.backend_info)
+    w7 = bench.curve_info
+    if w7:
+        z = w7["sizes"]
+        chats = ", ".join(f"{b} {n:,}" for b, n in z["chats"].items())
+        lines.append(
+            f"W7: python -m mimirlite node --max-concurrent {w7['max_concurrent']} --queue "
+            f"{w7['queue']} (the JS node mimir-node.mjs --max-streams {w7['max_concurrent'] + 100}); "
+            f"{w7['pinning']}; answers of {z['words']} words ({z['words'] + 2} chunks), chats a level "
+            f"({chats}; at least one a stream) from {z['clients']} client processes (a connection each) "
+            "reading the /mimirllm/1.0.0 packets raw; chunks/s from the first chat's start to the last one's "
+            "end; the node's CPU (user+sys, all threads, /proc/<pid>/task/*/schedstat) then, per chunk"
+        )
+        busy = [
+            f"{CURVE_NODES[b]} {statistics.median(bench.extra[key]):.2f}, the load's core "
+            f"{statistics.median(bench.extra[key.replace('w7_share', 'w7_load')]):.2f}"
+            for b in CURVE_NODES
+            if (key := f"w7_share {curve_peer(b, 1000)}") in bench.extra
+        ]
+        if busy:
+            lines.append(
+                "W7 at 1,000 streams, CPU s per wall s (1.00 = a core full) of the node, and of the load "
+                "processes and the fast server together: " + "; ".join(busy)
+            )
     if "tun" in bench.sections:
         lines.append(
             "T1: tests/helpers/openai_server.py streams the answer (its own process) to the node; a "

@@ -111,6 +111,7 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
     assert "F1 node with an OpenAI-compatible backend: idle RSS <= 40 MiB" in out
     assert "F3 gateway idle RSS <= 35 MiB" in out
     assert "W6 node chunks/s >= 3x the first-generation JS node's" in out
+    assert "W7 mimirlite node, echo: >= 30,000 chunks/s at 1,000 streams, node on one core" in out
     assert "machine:" in markdown and "Node" in markdown
 
 
