@@ -19,7 +19,9 @@ node in front of T1's test server against the openai SDK reading it directly; th
 ``python -m mimirlite gateway``. W7
 (``--only curve``, interop/bench_curve.py): 1, 10, 100 and 1,000 concurrent streams through one node pinned
 to a core (echo model; the fast test server; the first-generation JS node before that server): aggregate
-chunks/s and the node's CPU per chunk at each. Peers:
+chunks/s and the node's CPU per chunk at each. F1-F3 (``--only foot``, interop/bench_footprint.py): a node
+in front of the fast test server (start to listening, idle RSS) against the first-generation JS node, a
+one-shot ``chat -p`` against the JS client, the gateway's idle RSS. Peers:
 
 - mimirlite -> mimirlite, js-libp2p -> js-libp2p, mimirlite -> js-libp2p, js-libp2p -> mimirlite
   (``A -> B``: A dials, B listens); the JS side is ``bench-peer.mjs`` on interop/'s pinned stack;
