@@ -125,6 +125,9 @@ FIGURES = [
     Figure("r1_ttfc_relayed", "R1", "NAT lab: time to first chunk through the relay", "ms", False),
     Figure("r1_dcutr", "R1", "NAT lab: DCUtR, relayed connection open to direct", "ms", False),
     Figure("r1_ttfc_direct", "R1", "NAT lab: time to first chunk once direct", "ms", False),
+    Figure("w9_rss", "W9", "node RSS per idle connection held", "KiB", False),
+    Figure("w9_chat_p50", "W9", "a new client's chat while they are held, p50", "ms", False),
+    Figure("w9_first", "W9", "a new client's connection and first chat while they are held", "ms", False),
 ]
 FIG = {f.key: f for f in FIGURES}
 
@@ -203,7 +206,10 @@ LAB_PEER = "NAT lab: MimirClient → MimirNode (echo), relay on the wan"
 LAB_KEYS = ["r1_ttfc_relayed", "r1_dcutr", "r1_ttfc_direct"]
 RELAY_SCRIPT = HERE / "bench_relay.py"
 DCUTR_SLACK_MS = 100.0  # the target: DCUtR within 2 RTT plus this
-SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht", "relay"]
+IDLE_PEER = "mimirlite: MimirNode (echo), client processes' connections"
+IDLE_KEYS = ["w9_rss", "w9_chat_p50", "w9_first"]
+IDLE_SCRIPT = HERE / "bench_idle.py"
+SECTIONS = ["mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht", "relay", "idle"]
 
 
 def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -229,6 +235,8 @@ def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
             rows += [(f.key, name, False) for name in RELAYS.values()]
         elif f.key in LAB_KEYS:
             rows.append((f.key, LAB_PEER, False))
+        elif f.key in IDLE_KEYS:
+            rows.append((f.key, IDLE_PEER, False))
         else:
             rows.append((f.key, E2E_PEER, False))
             if f.key == "e2e_chunks":
@@ -483,6 +491,7 @@ class Bench:
         self.extra: dict[str, list[float]] = collections.defaultdict(list)
         self.capped: dict[str, list[int]] = collections.defaultdict(list)  # W3 runs stopped at the cap
         self.relay_info: dict[str, Any] = {}  # R1's sizes, the lab's added delay and measured round trips
+        self.idle_info: dict[str, Any] = {}  # W9's sizes and measurements
 
     def add(self, peer: str, key: str, value: float) -> None:
         self.samples[peer][key].append(float(value))
@@ -691,6 +700,25 @@ class Bench:
             self.log(f"    {why}")
             self.fail(LAB_PEER, LAB_KEYS, why)
 
+    async def run_idle(self) -> None:
+        """W9, once per bench: interop/bench_idle.py (client processes holding idle connections to a node)."""
+        self.log("  W9: a node holding idle connections: its RSS per connection, a new chat meanwhile")
+        cmd = [sys.executable, str(IDLE_SCRIPT), *(["--quick"] if self.cfg.get("quick") else [])]
+        p = await Proc.start("idle", cmd, None, HERE)
+        try:
+            _, ev = await p.next_event(time.perf_counter() + 1200)
+            values = ev["values"]
+            if "error" in values:
+                raise WorkerError(values["error"])
+            self.add(IDLE_PEER, "w9_rss", values["rss_per_conn_kib"])
+            self.add(IDLE_PEER, "w9_chat_p50", values["chat_held"]["p50_ms"])
+            self.add(IDLE_PEER, "w9_first", values["chat_held"]["first_ms"])
+            self.idle_info = values
+        except (WorkerError, KeyError) as exc:
+            self.fail(IDLE_PEER, IDLE_KEYS, str(exc))
+        finally:
+            await p.stop()
+
     async def start_latest_node(self, backend_url: str) -> tuple[Proc, str]:
         """latest-node.mjs in front of ``backend_url``, serving T1's model; (process, its address)."""
         assert self.env.node is not None
@@ -823,6 +851,8 @@ class Bench:
             for name in RELAYS.values():
                 self.fail(name, RELAY_KEYS, "not selected")
             self.fail(LAB_PEER, LAB_KEYS, "not selected")
+        if "idle" not in self.sections:
+            self.fail(IDLE_PEER, IDLE_KEYS, "not selected")
         await self.warm_up()
         for r in range(self.cfg["runs"]):
             self.log(f"run {r + 1} of {self.cfg['runs']}")
@@ -840,6 +870,8 @@ class Bench:
                     await self.run_dht()
                 elif key == "relay":
                     await self.run_relay()
+                elif key == "idle" and r == 0:
+                    await self.run_idle()
         for impl, name in IMPL_NAMES.items():
             why = self.env.available(impl)
             if why is not None:
@@ -982,6 +1014,9 @@ def check_targets(bench: Bench) -> list[Target]:
         abs_target(text, "r1_dcutr", LAB_PEER, limit, False)
     else:
         out.append(Target("R1 DCUtR within 2 RTT + 100 ms in the NAT lab", "no figure", "n/a"))
+    abs_target("W9 node RSS <= 30 KiB per idle connection", "w9_rss", IDLE_PEER, 30, False)
+    text = "W9 a new chat answered in < 50 ms while they are held (p50)"
+    abs_target(text, "w9_chat_p50", IDLE_PEER, 50, False)
     return out
 
 
@@ -1099,6 +1134,21 @@ def header_lines(
             added = r1["no_delay"] or f"{fmt(2 * r1['delay_ms'])} ms added by the routers (tc netem)"
             text += f"; RTT between the peers {fmt(statistics.median(r1['rtt_ms']))} ms ({added})"
         lines.append(text)
+    w9 = bench.idle_info
+    if w9:
+        z, held, before = w9["sizes"], w9["chat_held"], w9["chat_before"]
+        lines.append(
+            f"W9: {w9['connections']:,} idle connections held ({z['clients']} client processes x "
+            f"{z['per_client']:,}, one Host and key pair each, {w9['failed']} failed, "
+            f"{w9['dial_retries']} dials retried) by a MimirNode (echo) on 127.0.0.1, its caps raised "
+            "(HostConfig max_connections, max_connections_per_ip, max_pending_per_ip), RLIMIT_NOFILE soft "
+            f"{w9['node_nofile']:,} (setrlimit, hard {w9['nofile_hard']:,}; {w9['ephemeral_ports']:,} "
+            f"ephemeral ports); node RSS {w9['rss_before_kib'] / 1024:.1f} -> "
+            f"{w9['rss_after_kib'] / 1024:.1f} MiB, {w9['node_cpu_s']:.2f} CPU s and {w9['connect_s']:.1f} s "
+            f"to take them; {z['chats']} chats "
+            f"p50/p95 {fmt(held['p50_ms'])}/{fmt(held['p95_ms'])} ms while held vs "
+            f"{fmt(before['p50_ms'])}/{fmt(before['p95_ms'])} ms before; JS node not measured"
+        )
     if "tun" in bench.sections:
         lines.append(
             "T1: tests/helpers/openai_server.py streams the answer (its own process) to the node; a "

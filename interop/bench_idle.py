@@ -58,6 +58,9 @@ NOFILE_SPARE = 256
 CONNECT_BUDGET = 600.0
 """Seconds all clients may take to connect."""
 STEP_TIMEOUT = 60.0
+DIAL_RETRIES = 2
+"""A client dials again (a new Host) after a failed dial, at most this often (a node under a burst of
+handshakes may close an upgrading connection that fell behind: ``first_byte_timeout``)."""
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
 
@@ -71,7 +74,9 @@ def raise_nofile(need: int) -> int:
     RuntimeError when the hard limit is below ``need``."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < need:
-        raise RuntimeError(f"RLIMIT_NOFILE hard limit {hard} < {need} descriptors needed (raise it: ulimit -Hn)")
+        raise RuntimeError(
+            f"RLIMIT_NOFILE hard limit {hard} < {need} descriptors needed (raise it: ulimit -Hn)"
+        )
     if soft != resource.RLIM_INFINITY and soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -129,7 +134,12 @@ async def node_role(args: argparse.Namespace) -> None:
 
         tracemalloc.start(args.tracemalloc)
     cap = args.conns + 64  # the bench's chat clients too
-    config = HostConfig(max_connections=cap, max_connections_per_ip=cap)
+    # every client is on 127.0.0.1, standing for as many addresses: one address may upgrade as many
+    # connections at once as all may (max_pending_handshakes, left at its default)
+    defaults = HostConfig()
+    config = HostConfig(
+        max_connections=cap, max_connections_per_ip=cap, max_pending_per_ip=defaults.max_pending_handshakes
+    )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     lines: asyncio.Queue[str] = asyncio.Queue()
@@ -167,7 +177,11 @@ async def node_role(args: argparse.Namespace) -> None:
                 now = tracemalloc.take_snapshot()
                 stats = now.compare_to(snapshot, "traceback" if args.tracemalloc > 1 else "lineno")
                 top = [
-                    {"where": "\n".join(s.traceback.format()), "size_diff": s.size_diff, "count_diff": s.count_diff}
+                    {
+                        "where": "\n".join(s.traceback.format()),
+                        "size_diff": s.size_diff,
+                        "count_diff": s.count_diff,
+                    }
                     for s in stats[:40]
                 ]
                 emit({"event": "diff", "top": top, "total": sum(s.size_diff for s in stats)})
@@ -188,22 +202,39 @@ async def clients_role(args: argparse.Namespace) -> None:
     failed: list[str] = []
     sem = asyncio.Semaphore(args.concurrency)
 
+    retries = 0
+
     async def one() -> None:
+        nonlocal retries
         async with sem:
-            host = Host(KeyPair.generate())
-            try:
-                await host.start()
-                start_services(host)
-                await host.dial(args.addr)
-            except Exception as exc:  # noqa: BLE001  # counted and reported
-                failed.append(str(exc) or type(exc).__name__)
-                await host.stop()
+            for attempt in range(1 + DIAL_RETRIES):
+                host = Host(KeyPair.generate())
+                try:
+                    await host.start()
+                    start_services(host)
+                    await host.dial(args.addr)
+                except Exception as exc:  # counted and reported
+                    await host.stop()
+                    if attempt == DIAL_RETRIES:
+                        failed.append(str(exc) or type(exc).__name__)
+                    else:
+                        retries += 1
+                        await asyncio.sleep(0.1 * (attempt + 1))
+                    continue
+                hosts.append(host)
                 return
-            hosts.append(host)
 
     try:
         await asyncio.gather(*(one() for _ in range(args.count)))
-        emit({"event": "ready", "connected": len(hosts), "failed": len(failed), "errors": failed[:3]})
+        emit(
+            {
+                "event": "ready",
+                "connected": len(hosts),
+                "failed": len(failed),
+                "retries": retries,
+                "errors": failed[:3],
+            }
+        )
         await stop.wait()
     finally:
         await asyncio.gather(*(h.stop() for h in hosts), return_exceptions=True)
@@ -333,10 +364,14 @@ async def run(sizes: dict[str, Any], tracemalloc: int) -> dict[str, Any]:
         free = ports[1] - ports[0] + 1
         values["ephemeral_ports"] = free
         if free < total + 100:
-            raise RuntimeError(f"ephemeral port range {ports[0]}-{ports[1]} has {free} ports < {total} connections")
+            raise RuntimeError(
+                f"ephemeral port range {ports[0]}-{ports[1]} has {free} ports < {total} connections"
+            )
     values["nofile_hard"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     async with processes() as procs:
-        node = await Proc.start("node", "--role", "node", "--conns", str(total), "--tracemalloc", str(tracemalloc))
+        node = await Proc.start(
+            "node", "--role", "node", "--conns", str(total), "--tracemalloc", str(tracemalloc)
+        )
         procs.append(node)
         ready = await node.event(STEP_TIMEOUT)
         addr, pid = ready["addr"], ready["pid"]
@@ -359,6 +394,7 @@ async def run(sizes: dict[str, Any], tracemalloc: int) -> dict[str, Any]:
         results = await asyncio.gather(*(c.event(CONNECT_BUDGET) for c in clients))
         connected = sum(r["connected"] for r in results)
         failed = sum(r["failed"] for r in results)
+        values["dial_retries"] = sum(r["retries"] for r in results)
         values["connect_s"] = time.perf_counter() - t0
         errors = [e for r in results for e in r["errors"]][:3]
         if failed:
@@ -396,7 +432,7 @@ async def amain(args: argparse.Namespace) -> None:
             sizes[key] = getattr(args, key)
     try:
         values = await run(sizes, args.tracemalloc)
-    except Exception as exc:  # noqa: BLE001  # reported as the section's result
+    except Exception as exc:  # reported as the section's result
         values = {"sizes": sizes, "error": f"{type(exc).__name__}: {exc}"}
     emit({"event": "result", "values": values})
 
@@ -407,7 +443,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=0, help="client processes (10)")
     parser.add_argument("--per-client", type=int, default=0, help="connections per client process (1,000)")
     parser.add_argument("--chats", type=int, default=0, help="chats timed (50)")
-    parser.add_argument("--tracemalloc", type=int, default=0, help="frames tracemalloc keeps in the node (0: off)")
+    parser.add_argument(
+        "--tracemalloc", type=int, default=0, help="frames tracemalloc keeps in the node (0: off)"
+    )
     parser.add_argument("--role", choices=["run", "node", "clients"], default="run", help=argparse.SUPPRESS)
     parser.add_argument("--conns", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--addr", default="", help=argparse.SUPPRESS)

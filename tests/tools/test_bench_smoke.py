@@ -8,6 +8,7 @@ may say why no lab could be built here, e.g. not root).
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import signal
 import subprocess
@@ -71,7 +72,7 @@ def table_cells(markdown: str) -> list[list[str]]:
     rows = []
     for line in markdown.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if len(cells) == 6 and cells[0] in ("W1", "W2", "W3", "W4", "W5", "E2E", "T1", "D1", "R1"):
+        if len(cells) == 6 and cells[0] in ("W1", "W2", "W3", "W4", "W5", "E2E", "T1", "D1", "R1", "W9"):
             rows.append(cells)
     return rows
 
@@ -108,6 +109,7 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
     assert "D1 RSS growth < 20 MiB per 10,000 records" in out
     assert "R1 relay MiB per CPU second >= 2x js-libp2p's relay" in out
     assert "R1 DCUtR within 2 RTT + 100 ms in the NAT lab" in out
+    assert "W9 node RSS <= 30 KiB per idle connection" in out
     assert "machine:" in markdown and "Node" in markdown
 
 
@@ -133,3 +135,23 @@ def test_quick_relay_section_alone(tmp_path: Path) -> None:
     assert "not selected" in markdown
     targets = [line for line in out.splitlines() if "R1 " in line and ("met" in line or "MISSED" in line)]
     assert len(targets) == (1 if no_lab else 2), out
+
+
+def test_quick_idle_section_alone(tmp_path: Path) -> None:
+    """``--only idle``: W9's rows have figures (a node held the client processes' connections), every other
+    row says it was not selected, and W9's targets are judged."""
+    bench = load_bench()
+    out, _err, markdown = run_quick(tmp_path, "--only", "idle")
+    rows = table_cells(markdown)
+    expected = bench.table_rows(bench.QUICK["params"])
+    assert [(c[0], c[2]) for c in rows] == [(bench.FIG[k].workload, p) for k, p, _ in expected], markdown
+    w9 = [c for c in rows if c[0] == "W9"]
+    assert [c[2] for c in w9] == [bench.IDLE_PEER] * len(bench.IDLE_KEYS)
+    for cells in rows:
+        if cells[0] == "W9":
+            assert cells[3][:1].isdigit(), f"no figure in row {cells}:\n{markdown}"
+        else:
+            assert cells[3].startswith("n/a"), cells
+    assert re.search(r"W9: [0-9,]+ idle connections held", markdown), markdown
+    targets = [line for line in out.splitlines() if "W9 " in line and ("met" in line or "MISSED" in line)]
+    assert len(targets) == 2, out
