@@ -6,24 +6,33 @@ chat's latency while they are held.
     python interop/bench_idle.py --quick         # 2 client processes x 100 connections
     python interop/bench_idle.py --tracemalloc   # also: what the node allocated per connection (slower)
 
-A node process (this script, ``--role node``): a Host on 127.0.0.1 with a MimirNode serving the echo model
-(no DHT, no mDNS), identifying every new connection's peer as ``mimirlite node`` does; the Host's connection
-caps raised to hold them all (``max_connections`` and ``max_connections_per_ip``: every client is on
-127.0.0.1), the other limits left at their defaults. Its RLIMIT_NOFILE soft limit is raised (``resource.
-setrlimit``) to the connections plus 256, up to the hard limit; the run fails, saying so, when the hard
-limit is too low. Client processes (``--role clients``), each raising its own soft limit the same way, hold
-``count`` connections each: one Host per connection (its own key pair, so a peer of its own, serving
-identify and ping) dialing the node, ``--concurrency`` dials at a time: real TCP + Noise + yamux
-connections, identified by the node, kept open with the dialer's default keepalive pings (30 s).
+Two nodes in turn (``--node``), each answering through the same backend (tests/helpers/openai_server.py,
+in this process, echoing the prompt word by word over HTTP):
+
+- mimirlite (this script, ``--role node``): a Host on 127.0.0.1 and a MimirNode with its OpenAIBackend
+  (no DHT, no mDNS), identifying every new connection's peer as ``mimirlite node`` does. Its caps raised
+  to hold them all: ``max_connections`` and ``max_connections_per_ip`` (every client is on 127.0.0.1), and
+  ``max_pending_per_ip`` to ``max_pending_handshakes`` (127.0.0.1 stands for the clients' many addresses);
+  the other limits at their defaults. It raises its RLIMIT_NOFILE soft limit (``resource.setrlimit``) to
+  the connections plus 256; the run fails, saying so, when the hard limit is lower;
+- the first-generation JS node, ``mimir-node.mjs --max-connections`` (js-libp2p's connection manager
+  keeps 300 otherwise), inheriting this process's soft limit, raised the same way.
+
+Client processes (``--role clients``), each raising its own soft limit the same way, hold ``count``
+connections each: one Host per connection (its own key pair, so a peer of its own, serving identify and
+ping) dialing the node, ``--concurrency`` dials at a time, a failed dial retried (``DIAL_RETRIES``): real
+TCP + Noise + yamux connections, identified by the node, kept open with the dialer's keepalive pings (30 s).
 
 Measured, in this process: the node's VmRSS (``/proc/<pid>/status``) once it answered warm-up chats and the
-warm-up client left (its baseline), and again once the clients connected and the node counted them all
-(``Host.connections``) and its identify exchanges ended; per connection = the difference / connections.
-The node's CPU seconds spent taking the connections (``/proc/<pid>/stat``). Then a new MimirClient: its
-connection and first chat, then ``chats`` chats (one short echo answer each, timed to its last chunk): p50
-and p95, beside the same figures taken before the connections were there. Loopback ports: the clients'
-ephemeral ports (``/proc/sys/net/ipv4/ip_local_port_range``) all go to one node port, so each connection
-needs one port of that range: checked before the run.
+warm-up client left (its baseline), and again once it holds the clients' connections (mimirlite:
+``Host.connections``, and no stream open, so its identify exchanges ended; JS: its connection:open minus
+connection:close events, then a second) and a second more; per connection = the growth / connections held.
+The node's CPU seconds spent taking them (``/proc/<pid>/stat``). Then a new MimirClient: its connection and
+first chat, then ``chats`` chats (one short answer each, timed to its last chunk): p50 and p95, beside the
+same taken before the connections were there. Loopback ports: every connection takes one port of the
+ephemeral range (``/proc/sys/net/ipv4/ip_local_port_range``) toward the node's one port: checked first.
+``--tracemalloc N``: the mimirlite node traces allocations (N frames) and the result lists what grew most
+while the connections came (slower, and tracemalloc's own memory inflates the RSS figures).
 
 Prints one JSON line, ``{"event": "result", "values": {...}}``; interop/bench.py runs this as its ``idle``
 section. Every process it starts is stopped however the run ends.
@@ -62,6 +71,7 @@ DIAL_RETRIES = 2
 """A client dials again (a new Host) after a failed dial, at most this often (a node under a burst of
 handshakes may close an upgrading connection that fell behind: ``first_byte_timeout``)."""
 MESSAGES = [{"role": "user", "content": "hello there"}]
+MODEL = "echo"
 
 
 def emit(obj: dict[str, Any]) -> None:
@@ -125,7 +135,7 @@ def watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, lines: asy
 
 async def node_role(args: argparse.Namespace) -> None:
     from mimirlite import Host, HostConfig
-    from mimirlite.mimir import EchoBackend, MimirNode
+    from mimirlite.mimir import MimirNode, OpenAIBackend
     from mimirlite.protocols import identify_service
 
     nofile = raise_nofile(args.conns + NOFILE_SPARE)
@@ -144,7 +154,10 @@ async def node_role(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     lines: asyncio.Queue[str] = asyncio.Queue()
     watch_stdin(loop, stop, lines)
-    async with Host(listen=[LOCAL], config=config) as host, MimirNode(host, EchoBackend(), dht=False):
+    async with (
+        Host(listen=[LOCAL], config=config) as host,
+        MimirNode(host, OpenAIBackend(args.backend_url, models=[MODEL]), dht=False),
+    ):
         identify = identify_service(host)
         assert identify is not None
         identify.identify_on_connect()  # as `mimirlite node` does
@@ -346,19 +359,136 @@ async def time_chats(addr: str, chats: int) -> dict[str, float]:
     }
 
 
-async def wait_count(node: Proc, want: int, timeout: float) -> dict[str, Any]:
-    """Ask the node for its connections until it holds ``want`` with no stream open (identify done)."""
+class NodeUnderTest:
+    """The node the clients connect to: its address, pid, and how many connections (and streams) it holds."""
+
+    addr = ""
+    pid = 0
+    nofile = 0
+
+    async def count(self) -> tuple[int, int | None]:
+        raise NotImplementedError
+
+    async def ask(self, cmd: str, timeout: float = STEP_TIMEOUT) -> dict[str, Any]:
+        raise RuntimeError(f"{cmd}: only the mimirlite node answers it")
+
+
+class MimirliteNode(NodeUnderTest):
+    """This script's ``--role node``."""
+
+    def __init__(self, proc: Proc, ready: dict[str, Any]) -> None:
+        self.proc = proc
+        self.addr, self.pid, self.nofile = ready["addr"], ready["pid"], ready["nofile"]
+
+    async def count(self) -> tuple[int, int | None]:
+        got = await self.proc.ask("count")
+        return got["connections"], got["streams"]
+
+    async def ask(self, cmd: str, timeout: float = STEP_TIMEOUT) -> dict[str, Any]:
+        return await self.proc.ask(cmd, timeout)
+
+
+class JsNode(NodeUnderTest):
+    """``mimir-node.mjs`` (the first-generation JS node) with ``--max-connections``; its connections counted
+    from its connection:open and connection:close events."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.addr, self.pid = node.addr, node.pid
+        self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # inherited from this process
+
+    async def count(self) -> tuple[int, int | None]:
+        await asyncio.sleep(0)
+        events = [e.get("event") for e in self.node.all_events]
+        return events.count("connection:open") - events.count("connection:close"), None
+
+
+async def wait_count(node: NodeUnderTest, want: int, timeout: float) -> int:
+    """Ask the node for its connections until it holds ``want`` with no stream open (identify done; for
+    the JS node, which does not say, a second after it holds them); the connections it holds then."""
     deadline = time.monotonic() + timeout
     while True:
-        got = await node.ask("count")
-        if (got["connections"] >= want and got["streams"] == 0) or time.monotonic() > deadline:
-            return got
+        conns, streams = await node.count()
+        if conns >= want and streams in (0, None):
+            if streams is None:
+                await asyncio.sleep(1.0)
+                conns, _ = await node.count()
+            return conns
+        if time.monotonic() > deadline:
+            return conns
         await asyncio.sleep(0.2)
 
 
-async def run(sizes: dict[str, Any], tracemalloc: int) -> dict[str, Any]:
+async def measure(node: NodeUnderTest, sizes: dict[str, Any], tracemalloc: int) -> dict[str, Any]:
+    """The clients' connections to ``node``: its RSS and CPU, a new chat's latency, before and while held."""
+    values: dict[str, Any] = {"node_nofile": node.nofile}
+    addr, pid = node.addr, node.pid
+    values["chat_before"] = await time_chats(addr, sizes["chats"])  # also warms the node's chat path up
+    await wait_count(node, 0, 10)
+    await asyncio.sleep(0.5)
+    if tracemalloc:
+        await node.ask("snapshot")
+    rss0 = rss_kib(pid)
+    cpu0 = cpu_seconds(pid)
+    t0 = time.perf_counter()
+    async with processes() as clients:
+        for i in range(sizes["clients"]):
+            args = ["--role", "clients", "--addr", addr, "--count", str(sizes["per_client"])]
+            clients.append(await Proc.start(f"client {i}", *args, "--concurrency", str(sizes["concurrency"])))
+        results = await asyncio.gather(*(c.event(CONNECT_BUDGET) for c in clients))
+        connected = sum(r["connected"] for r in results)
+        failed = sum(r["failed"] for r in results)
+        values["dial_retries"] = sum(r["retries"] for r in results)
+        values["connect_s"] = time.perf_counter() - t0
+        if failed:
+            values["connect_errors"] = [e for r in results for e in r["errors"]][:3]
+        held = await wait_count(node, connected, 60)
+        values["node_cpu_s"] = cpu_seconds(pid) - cpu0
+        await asyncio.sleep(1.0)
+        rss1 = rss_kib(pid)
+        values.update(
+            connections=held,
+            failed=failed,
+            rss_before_kib=rss0,
+            rss_after_kib=rss1,
+            rss_per_conn_kib=(rss1 - rss0) / max(1, held),
+        )
+        if tracemalloc:
+            diff = await node.ask("diff", 300)
+            values["tracemalloc"] = {"total": diff["total"], "top": diff["top"]}
+        values["chat_held"] = await time_chats(addr, sizes["chats"])
+        await asyncio.sleep(0.5)  # the chat client's connection is gone
+        values["connections_after_chats"], _ = await node.count()
+    return values
+
+
+async def run_mimirlite(sizes: dict[str, Any], tracemalloc: int, backend_url: str) -> dict[str, Any]:
     total = sizes["clients"] * sizes["per_client"]
-    values: dict[str, Any] = {"sizes": sizes}
+    async with processes() as procs:
+        args = ["--role", "node", "--conns", str(total), "--tracemalloc", str(tracemalloc)]
+        args += ["--backend-url", backend_url]
+        procs.append(await Proc.start("node", *args))
+        ready = await procs[0].event(STEP_TIMEOUT)
+        return await measure(MimirliteNode(procs[0], ready), sizes, tracemalloc)
+
+
+async def run_js(sizes: dict[str, Any], backend_url: str) -> dict[str, Any]:
+    sys.path.append(str(HERE))  # jsmimir, jspeer
+    from jsmimir import JsMimirNode, node_available
+
+    if not node_available():
+        return {"skipped": "needs node and interop/node_modules with openai (npm ci in interop/)"}
+    total = sizes["clients"] * sizes["per_client"]
+    node = await JsMimirNode.start(backend_url, "--max-connections", str(total + 64), models=[MODEL])
+    try:
+        return await measure(JsNode(node), sizes, 0)
+    finally:
+        await node.stop()
+
+
+async def run(sizes: dict[str, Any], tracemalloc: int, nodes: list[str]) -> dict[str, Any]:
+    total = sizes["clients"] * sizes["per_client"]
+    values: dict[str, Any] = {"sizes": sizes, "nodes": {}}
     ports = port_range()
     if ports is not None:
         free = ports[1] - ports[0] + 1
@@ -368,54 +498,19 @@ async def run(sizes: dict[str, Any], tracemalloc: int) -> dict[str, Any]:
                 f"ephemeral port range {ports[0]}-{ports[1]} has {free} ports < {total} connections"
             )
     values["nofile_hard"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    async with processes() as procs:
-        node = await Proc.start(
-            "node", "--role", "node", "--conns", str(total), "--tracemalloc", str(tracemalloc)
-        )
-        procs.append(node)
-        ready = await node.event(STEP_TIMEOUT)
-        addr, pid = ready["addr"], ready["pid"]
-        values["node_nofile"] = ready["nofile"]
-        before = await time_chats(addr, sizes["chats"])  # also warms the node's chat path up
-        values["chat_before"] = before
-        await wait_count(node, 0, 10)
-        await asyncio.sleep(0.5)
-        if tracemalloc:
-            await node.ask("snapshot")
-        rss0 = rss_kib(pid)
-        cpu0 = cpu_seconds(pid)
-        t0 = time.perf_counter()
-        clients = []
-        for i in range(sizes["clients"]):
-            args = ["--role", "clients", "--addr", addr, "--count", str(sizes["per_client"])]
-            p = await Proc.start(f"client {i}", *args, "--concurrency", str(sizes["concurrency"]))
-            procs.append(p)
-            clients.append(p)
-        results = await asyncio.gather(*(c.event(CONNECT_BUDGET) for c in clients))
-        connected = sum(r["connected"] for r in results)
-        failed = sum(r["failed"] for r in results)
-        values["dial_retries"] = sum(r["retries"] for r in results)
-        values["connect_s"] = time.perf_counter() - t0
-        errors = [e for r in results for e in r["errors"]][:3]
-        if failed:
-            values["connect_errors"] = errors
-        held = await wait_count(node, connected, 60)
-        values["node_cpu_s"] = cpu_seconds(pid) - cpu0
-        await asyncio.sleep(1.0)
-        rss1 = rss_kib(pid)
-        values.update(
-            connections=held["connections"],
-            failed=failed,
-            rss_before_kib=rss0,
-            rss_after_kib=rss1,
-            rss_per_conn_kib=(rss1 - rss0) / max(1, held["connections"]),
-        )
-        if tracemalloc:
-            diff = await node.ask("diff", 300)
-            values["tracemalloc"] = {"total": diff["total"], "top": diff["top"]}
-        values["chat_held"] = await time_chats(addr, sizes["chats"])
-        after = await node.ask("count")
-        values["connections_after_chats"] = after["connections"]
+    raise_nofile(total + NOFILE_SPARE)  # the JS node inherits it
+    from tests.helpers.openai_server import OpenAIServer
+
+    async with OpenAIServer([MODEL]) as server:  # both nodes' backend, in this process
+        for kind in nodes:
+            try:
+                if kind == "mimirlite":
+                    got = await run_mimirlite(sizes, tracemalloc, server.base_url)
+                else:
+                    got = await run_js(sizes, server.base_url)
+            except Exception as exc:  # reported as this node's result
+                got = {"error": f"{type(exc).__name__}: {exc}"}
+            values["nodes"][kind] = got
     return values
 
 
@@ -431,7 +526,7 @@ async def amain(args: argparse.Namespace) -> None:
         if getattr(args, key):
             sizes[key] = getattr(args, key)
     try:
-        values = await run(sizes, args.tracemalloc)
+        values = await run(sizes, args.tracemalloc, args.node.split(","))
     except Exception as exc:  # reported as the section's result
         values = {"sizes": sizes, "error": f"{type(exc).__name__}: {exc}"}
     emit({"event": "result", "values": values})
@@ -446,9 +541,11 @@ def main() -> None:
     parser.add_argument(
         "--tracemalloc", type=int, default=0, help="frames tracemalloc keeps in the node (0: off)"
     )
+    parser.add_argument("--node", default="mimirlite,js", help="the nodes measured: mimirlite,js")
     parser.add_argument("--role", choices=["run", "node", "clients"], default="run", help=argparse.SUPPRESS)
     parser.add_argument("--conns", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--addr", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--backend-url", default="", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
