@@ -47,11 +47,12 @@ import json
 import os
 import resource
 import signal
+import stat
 import statistics
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +114,14 @@ def port_range() -> tuple[int, int] | None:
         return None
 
 
-def watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, lines: asyncio.Queue[str]) -> None:
-    """Feed stdin's lines to ``lines``; set ``stop`` at its end (the runner went away or wants us gone)."""
+def watch_stdin(
+    loop: asyncio.AbstractEventLoop,
+    stop: asyncio.Event,
+    lines: asyncio.Queue[str],
+    on_eof: Callable[[], object] | None = None,
+) -> None:
+    """Feed stdin's lines to ``lines``; set ``stop`` (and call ``on_eof``) at its end (the runner went
+    away or wants us gone)."""
 
     def run() -> None:
         with contextlib.suppress(Exception):
@@ -126,6 +133,8 @@ def watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, lines: asy
                     loop.call_soon_threadsafe(lines.put_nowait, line.decode())
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(stop.set)
+            if on_eof is not None:
+                loop.call_soon_threadsafe(on_eof)
 
     threading.Thread(target=run, daemon=True, name="stdin-watch").start()
 
@@ -514,6 +523,17 @@ async def run(sizes: dict[str, Any], tracemalloc: int, nodes: list[str]) -> dict
     return values
 
 
+def stop_on_eof_or_sigterm() -> None:
+    """Cancel the run (its finally blocks stop every process it started) on SIGTERM, and at the end of
+    stdin when stdin is a pipe (interop/bench.py holds it open and closes it to stop us)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    if stat.S_ISFIFO(os.fstat(0).st_mode):
+        watch_stdin(loop, asyncio.Event(), asyncio.Queue(), on_eof=task.cancel)
+
+
 async def amain(args: argparse.Namespace) -> None:
     if args.role == "node":
         await node_role(args)
@@ -525,6 +545,7 @@ async def amain(args: argparse.Namespace) -> None:
     for key in ("clients", "per_client", "chats"):
         if getattr(args, key):
             sizes[key] = getattr(args, key)
+    stop_on_eof_or_sigterm()
     try:
         values = await run(sizes, args.tracemalloc, args.node.split(","))
     except Exception as exc:  # reported as the section's result
@@ -549,7 +570,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(amain(args))
 
 
