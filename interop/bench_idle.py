@@ -65,8 +65,9 @@ FULL: dict[str, Any] = {"clients": 10, "per_client": 1000, "concurrency": 4, "ch
 QUICK: dict[str, Any] = {"clients": 2, "per_client": 100, "concurrency": 4, "chats": 10}
 NOFILE_SPARE = 256
 """Descriptors a process needs beside its connections (listeners, pipes, the event loop, the reserve)."""
-CONNECT_BUDGET = 600.0
-"""Seconds all clients may take to connect."""
+CONNECT_BUDGET = 300.0
+"""Seconds the clients may take to connect: then each holds the connections it has (a dial still under
+way then is given up and counted as ``late``)."""
 STEP_TIMEOUT = 60.0
 DIAL_RETRIES = 2
 """A client dials again (a new Host) after a failed dial, at most this often (a node under a burst of
@@ -235,6 +236,9 @@ async def clients_role(args: argparse.Namespace) -> None:
                     await host.start()
                     start_services(host)
                     await host.dial(args.addr)
+                except asyncio.CancelledError:  # out of time
+                    await host.stop()
+                    raise
                 except Exception as exc:  # counted and reported
                     await host.stop()
                     if attempt == DIAL_RETRIES:
@@ -247,11 +251,24 @@ async def clients_role(args: argparse.Namespace) -> None:
                 return
 
     try:
-        await asyncio.gather(*(one() for _ in range(args.count)))
+        dials = asyncio.gather(*(one() for _ in range(args.count)))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({dials, stopping}, timeout=args.budget, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():  # the runner is gone or wants us gone
+            dials.cancel()
+            await asyncio.gather(dials, return_exceptions=True)
+            return
+        stopping.cancel()
+        late = 0
+        if not dials.done():  # the node took them too slowly: hold what it took
+            dials.cancel()
+            await asyncio.gather(dials, return_exceptions=True)
+            late = args.count - len(hosts) - len(failed)
         emit(
             {
                 "event": "ready",
                 "connected": len(hosts),
+                "late": late,
                 "failed": len(failed),
                 "retries": retries,
                 "errors": failed[:3],
@@ -324,7 +341,7 @@ class Proc:
             with contextlib.suppress(Exception):
                 self.proc.stdin.close()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.proc.wait(), 10)
+                await asyncio.wait_for(self.proc.wait(), 3)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             if self.proc.returncode is not None:
                 break
@@ -443,9 +460,11 @@ async def measure(node: NodeUnderTest, sizes: dict[str, Any], tracemalloc: int) 
     async with processes() as clients:
         for i in range(sizes["clients"]):
             args = ["--role", "clients", "--addr", addr, "--count", str(sizes["per_client"])]
-            clients.append(await Proc.start(f"client {i}", *args, "--concurrency", str(sizes["concurrency"])))
-        results = await asyncio.gather(*(c.event(CONNECT_BUDGET) for c in clients))
+            args += ["--concurrency", str(sizes["concurrency"]), "--budget", str(sizes["budget"])]
+            clients.append(await Proc.start(f"client {i}", *args))
+        results = await asyncio.gather(*(c.event(sizes["budget"] + 60) for c in clients))
         connected = sum(r["connected"] for r in results)
+        values["late"] = sum(r["late"] for r in results)
         failed = sum(r["failed"] for r in results)
         values["dial_retries"] = sum(r["retries"] for r in results)
         values["connect_s"] = time.perf_counter() - t0
@@ -542,6 +561,7 @@ async def amain(args: argparse.Namespace) -> None:
         await clients_role(args)
         return
     sizes = dict(QUICK if args.quick else FULL)
+    sizes["budget"] = args.budget
     for key in ("clients", "per_client", "chats"):
         if getattr(args, key):
             sizes[key] = getattr(args, key)
@@ -569,6 +589,9 @@ def main() -> None:
     parser.add_argument("--backend-url", default="", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--budget", type=float, default=CONNECT_BUDGET, help="seconds the clients may take to connect (300)"
+    )
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(amain(args))
