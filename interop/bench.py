@@ -1167,7 +1167,8 @@ def header_lines(
                 continue
             held, before = got["chat_held"], got["chat_before"]
             text += (
-                f"; {who}: {got['connections']:,} held ({got['failed']} failed, {got['late']:,} not taken "
+                f"; {who}: {got['connections']:,} held ({got['open_at_clients']:,} open at the clients, "
+                f"{got['failed']} failed, {got['late']:,} not taken "
                 f"within {z['budget']:g} s, {got['dial_retries']} dials retried), "
                 f"RSS {got['rss_before_kib'] / 1024:.1f} -> {got['rss_after_kib'] / 1024:.1f} MiB, "
                 f"{got['node_cpu_s']:.2f} CPU s and {got['connect_s']:.1f} s to take them, chat p50/p95 "
