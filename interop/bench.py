@@ -142,6 +142,9 @@ FIGURES = [
     *(Figure(*f) for f in bench_backend.FIGURES),
     Figure("w7_chunks", "W7", "concurrent streams through one node: aggregate", "chunks/s", True),
     Figure("w7_cpu", "W7", "concurrent streams through one node: node CPU per chunk", "µs", False),
+    Figure("w9_rss", "W9", "node RSS per idle connection held", "KiB", False),
+    Figure("w9_chat_p50", "W9", "a new client's chat while they are held, p50", "ms", False),
+    Figure("w9_first", "W9", "a new client's connection and first chat while they are held", "ms", False),
 ]
 FIG = {f.key: f for f in FIGURES}
 
@@ -248,8 +251,14 @@ def curve_peer(backend: str, streams: int) -> str:
 CURVE_PEERS = [curve_peer(b, n) for b in CURVE_NODES for n in bench_curve.LEVELS]
 SECTIONS = [
     *("mm", "jj", "mj", "jm", "pp", "raw", "aead", "e2e", "tun", "dht", "relay"),
-    *("backend", "curve", "foot"),
+    *("backend", "curve", "idle", "foot"),
 ]
+IDLE_PEERS = {
+    "mimirlite": "idle: mimirlite node (MimirNode, OpenAIBackend)",
+    "js": "idle: JS node (mimir-node.mjs, first generation)",
+}
+IDLE_KEYS = ["w9_rss", "w9_chat_p50", "w9_first"]
+IDLE_SCRIPT = HERE / "bench_idle.py"
 
 
 def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -285,6 +294,8 @@ def table_rows(params: dict[str, Any]) -> list[tuple[str, str, bool]]:
             rows += [(f.key, name, False) for name in bench_backend.ROWS[f.key]]
         elif f.key in CURVE_KEYS:
             rows += [(f.key, name, False) for name in CURVE_PEERS]
+        elif f.key in IDLE_KEYS:
+            rows += [(f.key, name, False) for name in IDLE_PEERS.values()]
         else:
             rows.append((f.key, E2E_PEER, False))
             if f.key == "e2e_chunks":
@@ -542,6 +553,7 @@ class Bench:
         self.foot_info: dict[str, Any] = {}  # F1-F3: whether the nodes ran in a namespace of their own
         self.backend_info: dict[str, list[str]] = {}  # W6/W8: how each run went (bench_backend.notes)
         self.curve_info: dict[str, Any] = {}  # W7's sizes, how the node was pinned, its limits
+        self.idle_info: dict[str, Any] = {}  # W9's sizes and measurements
 
     def add(self, peer: str, key: str, value: float) -> None:
         self.samples[peer][key].append(float(value))
@@ -828,6 +840,35 @@ class Bench:
                 else:
                     self.fail(name, CURVE_KEYS, str(level.get("error", "no result")))
 
+    async def run_idle(self) -> None:
+        """W9, once per bench: interop/bench_idle.py (client processes holding idle connections to a node)."""
+        self.log("  W9: a node holding idle connections: its RSS per connection, a new chat meanwhile")
+        cmd = [sys.executable, str(IDLE_SCRIPT), *(["--quick"] if self.cfg.get("quick") else [])]
+        if self.env.node is None:
+            cmd += ["--node", "mimirlite"]
+            self.fail(IDLE_PEERS["js"], IDLE_KEYS, self.env.node_reason)
+        p = await Proc.start("idle", cmd, None, HERE)
+        try:
+            _, ev = await p.next_event(time.perf_counter() + 1800)
+            values = ev["values"]
+            if "error" in values:
+                raise WorkerError(values["error"])
+        except (WorkerError, KeyError) as exc:
+            for name in IDLE_PEERS.values():
+                self.fail(name, IDLE_KEYS, str(exc))
+            return
+        finally:
+            await p.stop()
+        self.idle_info = values
+        for who, got in values["nodes"].items():
+            name = IDLE_PEERS[who]
+            if "chat_held" in got:
+                self.add(name, "w9_rss", got["rss_per_conn_kib"])
+                self.add(name, "w9_chat_p50", got["chat_held"]["p50_ms"])
+                self.add(name, "w9_first", got["chat_held"]["first_ms"])
+            else:
+                self.fail(name, IDLE_KEYS, str(got.get("error") or got.get("skipped") or "no result"))
+
     async def start_latest_node(self, backend_url: str) -> tuple[Proc, str]:
         """latest-node.mjs in front of ``backend_url``, serving T1's model; (process, its address)."""
         assert self.env.node is not None
@@ -971,6 +1012,9 @@ class Bench:
         if "curve" not in self.sections:
             for name in CURVE_PEERS:
                 self.fail(name, CURVE_KEYS, "not selected")
+        if "idle" not in self.sections:
+            for name in IDLE_PEERS.values():
+                self.fail(name, IDLE_KEYS, "not selected")
         await self.warm_up()
         for r in range(self.cfg["runs"]):
             self.log(f"run {r + 1} of {self.cfg['runs']}")
@@ -994,6 +1038,8 @@ class Bench:
                     await self.run_backend()
                 elif key == "curve":
                     await self.run_curve()
+                elif key == "idle" and r == 0:
+                    await self.run_idle()
         for impl, name in IMPL_NAMES.items():
             why = self.env.available(impl)
             if why is not None:
@@ -1155,6 +1201,10 @@ def check_targets(bench: Bench) -> list[Target]:
         "W7 mimirlite node, echo: >= 30,000 chunks/s at 1,000 streams, node on one core",
         "w7_chunks", curve_peer("echo", 1000), 30_000, True,
     )
+    idle_m = IDLE_PEERS["mimirlite"]
+    abs_target("W9 node RSS <= 30 KiB per idle connection", "w9_rss", idle_m, 30, False)
+    text = "W9 a new chat answered in < 50 ms while they are held (p50)"
+    abs_target(text, "w9_chat_p50", idle_m, 50, False)
     return out
 
 
@@ -1297,6 +1347,33 @@ def header_lines(
                 "W7 at 1,000 streams, CPU s per wall s (1.00 = a core full) of the node, and of the load "
                 "processes and the fast server together: " + "; ".join(busy)
             )
+    w9 = bench.idle_info
+    if w9:
+        z = w9["sizes"]
+        text = (
+            f"W9: {z['clients']} client processes x {z['per_client']:,} connections (one Host and key pair "
+            f"each, TCP + Noise + yamux, identified by the node) to a node on 127.0.0.1 with its caps raised "
+            "(mimirlite: HostConfig max_connections, max_connections_per_ip, max_pending_per_ip; JS: "
+            "--max-connections), RLIMIT_NOFILE soft limit raised by setrlimit (hard "
+            f"{w9['nofile_hard']:,}; {w9.get('ephemeral_ports', 0):,} ephemeral ports); RSS per "
+            f"connection = VmRSS growth / connections held; {z['chats']} chats of a new client timed to "
+            "their last chunk, both nodes in front of tests/helpers/openai_server.py (in the section's "
+            "runner process)"
+        )
+        for who, got in w9["nodes"].items():
+            if "chat_held" not in got:
+                continue
+            held, before = got["chat_held"], got["chat_before"]
+            text += (
+                f"; {who}: {got['connections']:,} held ({got['open_at_clients']:,} open at the clients, "
+                f"{got['failed']} failed, {got['late']:,} not taken "
+                f"within {z['budget']:g} s, {got['dial_retries']} dials retried), "
+                f"RSS {got['rss_before_kib'] / 1024:.1f} -> {got['rss_after_kib'] / 1024:.1f} MiB, "
+                f"{got['node_cpu_s']:.2f} CPU s and {got['connect_s']:.1f} s to take them, chat p50/p95 "
+                f"{fmt(held['p50_ms'])}/{fmt(held['p95_ms'])} ms while held vs "
+                f"{fmt(before['p50_ms'])}/{fmt(before['p95_ms'])} ms before"
+            )
+        lines.append(text)
     if "tun" in bench.sections:
         lines.append(
             "T1: tests/helpers/openai_server.py streams the answer (its own process) to the node; a "

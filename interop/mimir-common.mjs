@@ -151,8 +151,9 @@ export function circuitAddrs (node) {
  * mdns: add @libp2p/mdns discovery like the original's config (mdnsIntervalMs: its query interval,
  * default 10000); discovered peers come as 'peer:discovery' events. relay: add the circuit relay v2
  * transport (dial .../p2p-circuit/p2p/<peer> addresses, accept relayed connections, reserve with reserveOn).
+ * maxConnections: the connection manager's cap (libp2p's default otherwise).
  */
-export async function buildNode ({ listen, dht = false, monitor = true, monitorIntervalMs, mdns = false, mdnsIntervalMs, relay = false }) {
+export async function buildNode ({ listen, dht = false, monitor = true, monitorIntervalMs, mdns = false, mdnsIntervalMs, relay = false, maxConnections }) {
   const services = {
     identify: identify(),
     identifyPush: identifyPush()
@@ -167,7 +168,8 @@ export async function buildNode ({ listen, dht = false, monitor = true, monitorI
     streamMuxers: [yamux()],
     connectionManager: {
       inboundConnectionThreshold: 1_000_000,
-      maxIncomingPendingConnections: 1024
+      maxIncomingPendingConnections: 1024,
+      ...(maxConnections != null ? { maxConnections } : {})
     },
     connectionMonitor: {
       enabled: monitor,

@@ -35,6 +35,7 @@
 //   --on-backend-error reset|close|hang
 //   --dht                         add kad-dht like the original
 //   --max-streams <n>             inbound/outbound stream limits of the mimir handlers (libp2p defaults)
+//   --max-connections <n>         the connection manager's maxConnections (libp2p default)
 //   --no-monitor, --monitor-interval-ms <n>
 //   --mdns                        add @libp2p/mdns discovery like the original (with --listen
 //                                 /ip4/0.0.0.0/tcp/0, as the original listens, it is announced on the LAN)
@@ -66,6 +67,7 @@ function parseArgs (argv) {
     onBackendError: 'reset',
     dht: false,
     maxStreams: undefined,
+    maxConnections: undefined,
     monitor: true,
     monitorIntervalMs: undefined,
     mdns: false,
@@ -84,6 +86,7 @@ function parseArgs (argv) {
     else if (a === '--on-backend-error') opts.onBackendError = next()
     else if (a === '--dht') opts.dht = true
     else if (a === '--max-streams') opts.maxStreams = Number(next())
+    else if (a === '--max-connections') opts.maxConnections = Number(next())
     else if (a === '--no-monitor') opts.monitor = false
     else if (a === '--monitor-interval-ms') opts.monitorIntervalMs = Number(next())
     else if (a === '--mdns') opts.mdns = true
@@ -115,7 +118,8 @@ const node = await buildNode({
   monitorIntervalMs: opts.monitorIntervalMs,
   mdns: opts.mdns,
   mdnsIntervalMs: opts.mdnsIntervalMs,
-  relay: opts.reserve.length > 0
+  relay: opts.reserve.length > 0,
+  maxConnections: opts.maxConnections
 })
 const handlerOptions = {
   ...(opts.maxStreams != null ? { maxInboundStreams: opts.maxStreams, maxOutboundStreams: opts.maxStreams } : {}),

@@ -8,6 +8,7 @@ may say why no lab could be built here, e.g. not root).
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import signal
 import subprocess
@@ -112,6 +113,7 @@ def test_quick_run_prints_every_row(tmp_path: Path) -> None:
     assert "F3 gateway idle RSS <= 35 MiB" in out
     assert "W6 node chunks/s >= 3x the first-generation JS node's" in out
     assert "W7 mimirlite node, echo: >= 30,000 chunks/s at 1,000 streams, node on one core" in out
+    assert "W9 node RSS <= 30 KiB per idle connection" in out
     assert "machine:" in markdown and "Node" in markdown
 
 
@@ -159,3 +161,43 @@ def test_quick_backend_section_alone(tmp_path: Path) -> None:
     assert "W6/W8 reader CPU per chunk" in markdown
     targets = [line.split()[:2] for line in out.splitlines() if line.split()[1:2] in (["W6"], ["W8"])]
     assert len(targets) == 4 and all(t[0] in ("met", "MISSED") for t in targets), out
+
+
+def test_quick_curve_section_alone(tmp_path: Path) -> None:
+    """``--only curve`` (W7): a figure in each of its rows (every backend, every level), every other row
+    says it was not selected, and its three targets are judged."""
+    bench = load_bench()
+    out, _err, markdown = run_quick(tmp_path, "--only", "curve")
+    rows = table_cells(markdown)
+    expected = bench.table_rows(bench.QUICK["params"])
+    assert [(c[0], c[2]) for c in rows] == [(bench.FIG[k].workload, p) for k, p, _ in expected], markdown
+    w7 = [c for c in rows if c[0] == "W7"]
+    assert len(w7) == 2 * len(bench.CURVE_PEERS) == 2 * 3 * 4
+    for _workload, _figure, peer, median, _spread, _ratio in w7:
+        assert median[:1].isdigit(), f"no figure for {peer}:\n{markdown}"
+    for cells in rows:
+        if cells[0] != "W7":
+            assert cells[3].startswith("n/a"), cells
+    assert "node pinned to CPU" in markdown and "--max-concurrent 1000" in markdown
+    targets = [line for line in out.splitlines() if "W7 " in line and ("met" in line or "MISSED" in line)]
+    assert len(targets) == 3, out
+
+
+def test_quick_idle_section_alone(tmp_path: Path) -> None:
+    """``--only idle``: W9's rows have figures (a node held the client processes' connections), every other
+    row says it was not selected, and W9's targets are judged."""
+    bench = load_bench()
+    out, _err, markdown = run_quick(tmp_path, "--only", "idle")
+    rows = table_cells(markdown)
+    expected = bench.table_rows(bench.QUICK["params"])
+    assert [(c[0], c[2]) for c in rows] == [(bench.FIG[k].workload, p) for k, p, _ in expected], markdown
+    w9 = [c for c in rows if c[0] == "W9"]
+    assert {c[2] for c in w9} == set(bench.IDLE_PEERS.values())
+    for cells in rows:
+        if cells[0] == "W9":
+            assert cells[3][:1].isdigit(), f"no figure in row {cells}:\n{markdown}"
+        else:
+            assert cells[3].startswith("n/a"), cells
+    assert re.search(r"mimirlite: [0-9,]+ held \(", markdown), markdown
+    targets = [line for line in out.splitlines() if "W9 " in line and ("met" in line or "MISSED" in line)]
+    assert len(targets) == 2, out
