@@ -577,9 +577,13 @@ class Connection(asyncio.BufferedProtocol):
 
     def stream_consumed(self, stream_id: int, n: int) -> None:
         """The application read ``n`` bytes of stream ``stream_id``: credit its receive window."""
-        if self._session is not None and self._state is not CLOSED:
-            self._session.consumed(stream_id, n, self._loop.time())
-            self._schedule_flush()
+        session = self._session
+        if session is None or self._state is CLOSED:
+            return
+        if session.consumed(stream_id, n, self._loop.time()):
+            # At once, not at the next loop turn: a reader holding a backlog turns the loop only once
+            # it has read it all, and the remote's writer would idle until then.
+            self._flush()
 
     def stream_close_write(self, stream_id: int) -> None:
         """Send stream ``stream_id``'s FIN."""

@@ -665,16 +665,18 @@ class YamuxSession:
             self._out.append(frames.window_update(stream_id, 0, _RST))
         self._forget(stream)
 
-    def consumed(self, stream_id: int, n: int, now: float | None = None) -> None:
+    def consumed(self, stream_id: int, n: int, now: float | None = None) -> bool:
         """The application read ``n`` received bytes of ``stream_id``; grant them back in batches.
 
         A window update goes out once half the window has been consumed; ``now`` (seconds, any
         monotonic clock) lets the window grow (module docstring), None keeps it fixed. No-op for
         unknown streams; after the remote's FIN (it sends no more data) only the buffered count goes down.
+        Returns True when a window update was queued: send it now, not once the reader has drained what
+        it holds, or the remote's writer idles while we read (W3 ran at half speed that way).
         """
         stream = self._streams.get(stream_id)
         if stream is None or n <= 0:
-            return
+            return False
         window = stream.window
         held = window - stream.recv_window - stream.unacked
         if n > held:  # never grant more than was received
@@ -684,13 +686,13 @@ class YamuxSession:
         unacked = stream.unacked + n
         if not stream.state.receiving:
             stream.unacked = unacked
-            return
+            return False
         epoch = stream.epoch
         if epoch is None and now is not None:
             stream.epoch = epoch = now
         if unacked < window >> 1 or self._state is _FAILED:
             stream.unacked = unacked
-            return
+            return False
         grant = unacked
         if epoch is not None and now is not None:
             if window < self._max_window and now - epoch < max(self._growth_time, 4 * self.rtt):
@@ -703,6 +705,7 @@ class YamuxSession:
         stream.recv_window += grant
         stream.unacked = 0
         self._out.append(_pack(0, _WINDOW_UPDATE, 0, stream_id, grant))
+        return True
 
     def ping(self) -> int:
         """Queue a ping and return its opaque value (the matching :class:`PongReceived` carries it)."""

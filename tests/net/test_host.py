@@ -305,3 +305,28 @@ async def test_yamux_ping_and_clean_shutdown(listener: Host) -> None:
     # the listener notices and forgets the connection
     await asyncio.wait_for(gone, TIMEOUT)
     assert dialer.peer_id not in listener.connections
+
+
+async def test_window_update_leaves_while_the_reader_still_holds_data(listener: Host, dialer: Host) -> None:
+    """A reader with a backlog sends its window update as soon as it has read half the window, not
+    once it has read everything it holds (its event loop turns only then): the remote's writer goes
+    on meanwhile. Without this W3 ran at half speed whenever the window had not grown (issue 16)."""
+    message = "x" * 198  # 200-byte LP-JSON messages, like W3's
+    count = 2000  # about 400 KiB: the writer fills the 256 KiB window, then waits for its update
+
+    async def tokens(stream: Stream) -> None:
+        for _ in range(count):
+            await stream.write_json(message)
+        await stream.close_write()
+
+    listener.set_handler("/test/tokens/1.0.0", tokens)
+    stream = await dialer.new_stream(listener.listen_addrs[0], "/test/tokens/1.0.0")
+    await until(lambda: stream.held >= 250_000, TIMEOUT)  # a window's worth arrived, unread
+    before = dialer.metrics.bytes_out
+    for _ in range(count // 2):  # 200 KiB, none of these reads suspends: the loop does not turn
+        assert await stream.read_json() == message
+    assert dialer.metrics.bytes_out > before, "the window update waited for the loop to turn"
+    got = count // 2
+    while await stream.read_json() is not None:
+        got += 1
+    assert got == count

@@ -363,10 +363,10 @@ def test_flow_control_partial_write_and_window_update() -> None:
     assert client.send_data(sid, blob[sent:]) == 0
     _, s_events = pump(client, server)
     assert received(s_events, sid) == blob[:sent]
-    # consuming less than half the window sends nothing yet
-    server.consumed(sid, INITIAL_WINDOW // 2 - 1)
+    # consuming less than half the window sends nothing yet (consumed says whether it queued an update)
+    assert server.consumed(sid, INITIAL_WINDOW // 2 - 1) is False
     assert server.data_to_send() == b""
-    server.consumed(sid, 1)
+    assert server.consumed(sid, 1) is True
     assert server.data_to_send() == frame(WINDOW_UPDATE, 0, sid, INITIAL_WINDOW // 2)
     server.receive_data(b"")
     c_events = client.receive_data(frame(WINDOW_UPDATE, 0, sid, INITIAL_WINDOW // 2))
