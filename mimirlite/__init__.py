@@ -10,9 +10,9 @@ The public API in one import::
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from mimirlite._lazy import lazy_names
 from mimirlite._version import __version__
 from mimirlite.errors import (
     ClosedError,
@@ -70,14 +70,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mimirlite' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

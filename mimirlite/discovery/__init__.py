@@ -8,8 +8,9 @@ packet is built or read, and at the first DNS lookup. Its names load on first us
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from mimirlite._lazy import lazy_names
 
 if TYPE_CHECKING:
     from mimirlite.discovery.bootstrap import IPFS_BOOTSTRAP, Bootstrap, expand_bootstrap, resolve_bootstrap
@@ -55,14 +56,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mimirlite.discovery' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

@@ -7,8 +7,9 @@ that defines it: a client process never loads the node's modules, nor a node the
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from mimirlite._lazy import lazy_names
 
 if TYPE_CHECKING:
     from mimirlite.mimir.backends import Backend, BackendError, EchoBackend, OpenAIBackend
@@ -67,14 +68,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mimirlite.mimir' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
