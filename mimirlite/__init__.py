@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mimirlite._lazy import lazy_names
+from mimirlite._lazy import lazy_names as _lazy_names
 from mimirlite._version import __version__
 from mimirlite.errors import (
     ClosedError,
@@ -70,4 +70,4 @@ __all__ = [
 ]
 
 
-__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
+__getattr__, __dir__ = _lazy_names(__name__, _LAZY, globals())

@@ -110,7 +110,7 @@ def test_all_is_complete_and_each_name_is_the_defining_modules() -> None:
         for n in dir(mimirlite)
         if not n.startswith("_") and not isinstance(getattr(mimirlite, n), type(mimir))
     }
-    assert public - {"annotations", "importlib", "TYPE_CHECKING"} <= set(mimirlite.__all__)
+    assert public - {"annotations", "TYPE_CHECKING"} <= set(mimirlite.__all__)
     try:
         mimirlite.NoSuchName  # type: ignore[attr-defined]  # noqa: B018
     except AttributeError as exc:
