@@ -59,7 +59,6 @@ from jsnat import JsNatPeer  # noqa: E402
 
 from mimirlite import Host  # noqa: E402
 from mimirlite.net.stream import Stream  # noqa: E402
-from mimirlite.net.transport import StreamTransport  # noqa: E402
 from mimirlite.protocols.relay.client import RelayClient  # noqa: E402
 
 LOCAL = "/ip4/127.0.0.1/tcp/0"
@@ -202,7 +201,7 @@ async def through(
             wall += await asyncio.wait_for(push(sender, circuit, mib << 20), STEP_TIMEOUT * 5)
             pushed += mib
             cpu = cpu_seconds(pid) - cpu0
-        if not isinstance(sender.connections[receiver.peer_id].transport, StreamTransport):
+        if not sender.connections[receiver.peer_id].relayed:
             raise RuntimeError("the sender reached the receiver directly, not through the relay")
     if cpu < min_cpu_s:
         raise RuntimeError(f"the relay used {cpu:g} CPU seconds for {pushed} MiB: too little to measure")
@@ -371,7 +370,7 @@ async def nat_lab(rounds: int, chats: int, delay_ms: float) -> dict[str, Any]:
                 peer = next(iter(client.nodes))
 
                 def relayed() -> bool:
-                    return isinstance(host.connections[peer].transport, StreamTransport)
+                    return host.connections[peer].relayed
 
                 out: dict[str, Any] = {}
                 if direct:

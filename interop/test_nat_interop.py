@@ -36,7 +36,6 @@ import pytest
 from jsnat import ECHO_PROTOCOL, JsNatPeer
 
 from mimirlite import Host, PeerId
-from mimirlite.net.transport import StreamTransport
 from mimirlite.protocols import identify_service, start_services
 from mimirlite.protocols.autonat.service import AutoNat, AutonatConfig
 from mimirlite.protocols.autonat.verdict import DialPolicyConfig, Reachability, TrackerConfig
@@ -248,7 +247,7 @@ async def test_dcutr_js_initiates_and_mimirlite_answers(
                         await puncher.start()
                         await node.identify.identify(await node.host.dial(relay_addr))
                         relayed = await node.host.dial(f"{relay_addr}/p2p-circuit/p2p/{js.peer_id}")
-                        return isinstance(relayed.transport, StreamTransport)
+                        return relayed.relayed
 
                     assert await loop.run(dial_through_relay(), timeout=20)
                     await until(
@@ -286,7 +285,7 @@ async def test_dcutr_js_initiates_and_mimirlite_answers(
 
                     async def direct() -> bool:
                         conn = node.host.connections.get(js_id)
-                        return conn is not None and not isinstance(conn.transport, StreamTransport)
+                        return conn is not None and not conn.relayed
 
                     if forwarded:
                         await loop.run(until(direct, 20, "JS's direct connection"), timeout=30)
@@ -356,7 +355,7 @@ async def test_dcutr_mimirlite_initiates_and_punches_to_js(
                     await until(punched, 60, "mimirlite's hole punch over")
                     js_id = PeerId.from_string(js.peer_id)
                     conn = node.host.connections.get(js_id)
-                    direct = conn is not None and not isinstance(conn.transport, StreamTransport)
+                    direct = conn is not None and not conn.relayed
                     stream = await node.host.new_stream(js_id, ECHO_PROTOCOL)  # direct when there is one
                     direct = direct and stream.connection is conn
                     await stream.write(b"after the hole punch")

@@ -30,7 +30,6 @@ from mimirlite.mimir.backends import EchoBackend
 from mimirlite.mimir.client import MimirClient
 from mimirlite.mimir.node import MimirNode
 from mimirlite.net.connection import Connection
-from mimirlite.net.transport import StreamTransport
 from mimirlite.protocols.relay.client import RelayClient
 from mimirlite.protocols.relay.service import RelayService
 from tests.helpers.discovery import openai_server_in
@@ -155,7 +154,7 @@ async def chat_through(circuit: str, node_id: str) -> Chat:
         node = PeerId.from_string(node_id)
         await until(lambda: node in client.nodes, 20, "the node behind NAT A identified")
         conn = client.host.connections.get(node)
-        relayed = conn is not None and isinstance(conn.transport, StreamTransport)
+        relayed = conn is not None and conn.relayed
         text, error = "", None
         try:
             async for chunk in client.chat([{"role": "user", "content": "hello"}], model=MODEL):
@@ -271,7 +270,7 @@ class LiteNode:
 
     async def relayed_from(self, peer: PeerId) -> bool:
         """Whether ``peer`` reached us through a relay, over a connection upgraded on a relayed stream."""
-        return any(c.remote_peer == peer and isinstance(c.transport, StreamTransport) for c in self.relayed)
+        return any(c.remote_peer == peer and c.relayed for c in self.relayed)
 
     async def stop(self) -> None:
         await self.relay.stop()

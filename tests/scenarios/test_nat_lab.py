@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 import pytest
 
 from mimirlite import Host
-from mimirlite.net.transport import StreamTransport
 from mimirlite.protocols import identify_service, start_services
 from mimirlite.protocols.autonat.service import AutoNat, AutonatConfig
 from mimirlite.protocols.autonat.verdict import DialPolicyConfig, Reachability, TrackerConfig
@@ -221,13 +220,13 @@ async def test_a_relayed_connection_is_upgraded_by_a_hole_punch(symmetric: bool)
                     await HolePuncher(a.host, a.candidate_addrs, punch).start()
                     await a.identify.identify(await a.host.dial(relay_addr))
                     relayed = await a.host.dial(circuit)
-                    assert isinstance(relayed.transport, StreamTransport)
+                    assert relayed.relayed
                     b_id = relayed.remote_peer
                     assert b_id is not None
 
                     def direct() -> bool:
                         conn = a.host.connections.get(b_id)
-                        return conn is not None and not isinstance(conn.transport, StreamTransport)
+                        return conn is not None and not conn.relayed
 
                     with contextlib.suppress(AssertionError):
                         await until(direct, 10, "a direct connection")

@@ -30,7 +30,6 @@ from mimirlite.identity import KeyPair, PeerId
 from mimirlite.net.config import HostConfig
 from mimirlite.net.host import Host
 from mimirlite.net.pending import LogThrottle
-from mimirlite.net.transport import StreamTransport
 from mimirlite.protocols.autonat.messages import (
     AUTONAT_PROTOCOL,
     AutonatLimits,
@@ -173,8 +172,7 @@ class AutoNat(Service):
         out = []
         for peer, conn in self.host.connections.items():
             info = self.identify.info_of(peer)
-            relayed = isinstance(conn.transport, StreamTransport)
-            if info is not None and AUTONAT_PROTOCOL in info.protocols and not relayed:
+            if info is not None and AUTONAT_PROTOCOL in info.protocols and not conn.relayed:
                 out.append(peer)
         return out
 
@@ -284,7 +282,7 @@ class AutoNat(Service):
             return
         conn = stream.connection
         observed = None
-        if not isinstance(conn.transport, StreamTransport) and conn.remote_address is not None:
+        if not conn.relayed and conn.remote_address is not None:
             observed = ipaddress.ip_address(conn.remote_address[0])
         checked = self.policy.check_dial(request, peer, observed, self._now())
         if isinstance(checked, DialRefusal):

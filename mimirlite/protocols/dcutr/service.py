@@ -34,7 +34,6 @@ from mimirlite.aio import Service
 from mimirlite.errors import MimirliteError, ProtocolErrorKind
 from mimirlite.net.pending import LogThrottle
 from mimirlite.net.rate import PeerRate
-from mimirlite.net.transport import StreamTransport
 from mimirlite.protocols.dcutr.holepunch import (
     AttemptFailed,
     DialNow,
@@ -194,7 +193,7 @@ class HolePuncher(Service):
         conn = stream.connection
         peer = stream.remote_peer
         now = self._now()
-        if not isinstance(conn.transport, StreamTransport):
+        if not conn.relayed:
             await self._refuse(stream, "direct", "a hole punch over a direct connection")
             return
         running = self._serving.get(conn)

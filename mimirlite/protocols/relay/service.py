@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 from mimirlite.aio import Service
 from mimirlite.errors import MimirliteError, ProtocolError, ProtocolErrorKind
 from mimirlite.identity import PeerId
-from mimirlite.net.transport import StreamTransport
 from mimirlite.protocols.relay.messages import (
     HOP_PROTOCOL,
     STOP_PROTOCOL,
@@ -129,7 +128,7 @@ class RelayService(Service):
             self.host.metrics.protocol_errors[ProtocolErrorKind.RELAY] += 1
             await self._refuse(stream, Status.MALFORMED_MESSAGE, str(exc))
             return
-        if isinstance(stream.connection.transport, StreamTransport):
+        if stream.connection.relayed:
             await self._refuse(stream, Status.PERMISSION_DENIED, "the request came over a relayed connection")
             return
         if request.type is HopType.RESERVE:

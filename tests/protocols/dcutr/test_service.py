@@ -18,7 +18,6 @@ from mimirlite import Host
 from mimirlite.errors import MimirliteError, ProtocolErrorKind
 from mimirlite.net.connection import Connection
 from mimirlite.net.stream import Stream
-from mimirlite.net.transport import StreamTransport
 from mimirlite.protocols.dcutr.holepunch import HolePunchConfig
 from mimirlite.protocols.dcutr.messages import (
     DCUTR_PROTOCOL,
@@ -145,7 +144,7 @@ async def relayed_peer(lab: Lab) -> AsyncIterator[tuple[Host, Connection]]:
         await victim.dial(client.circuit_addrs[0])
         await until(lambda: victim.peer_id in host.connections, 5, "the relayed connection at the peer")
         conn = host.connections[victim.peer_id]
-        assert isinstance(conn.transport, StreamTransport)
+        assert conn.relayed
         yield host, conn
 
 
@@ -176,7 +175,7 @@ async def victim_settles(lab: Lab) -> None:
     carry no stream."""
     await settled(lab.victim.host)
     for conn in lab.victim.host.connections.values():
-        if isinstance(conn.transport, StreamTransport):
+        if conn.relayed:
             assert conn.stream_count == 0, conn
 
 
