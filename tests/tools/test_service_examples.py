@@ -1,24 +1,28 @@
 """The operators' examples: ``examples/systemd/mimirlite-node.service`` and ``examples/docker/Dockerfile``.
 
-Neither systemd (no init here) nor Docker (no engine) runs them; instead, what can be checked is, with the
-real tools where they exist: ``systemd-analyze verify`` and ``security --offline`` on the unit, hadolint
-on the Dockerfile; the hardening keys read from the unit; the unit's command line, expanded as systemd
-expands it (%S, ``Environment=``, the env file), run as a real node on 127.0.0.1 under the kernel's
-own "memory deny write execute" (PR_SET_MDWE, what MemoryDenyWriteExecute= asks of it) with the unit's
-umask; the image's CMD run as a node and its HEALTHCHECK command against it; the Dockerfile's stages,
-user and ``pip install`` lines; what ``.dockerignore`` lets into the build context.
+Neither systemd (no init here) nor Docker (no engine) runs them; instead, with the real tools where they
+exist: ``systemd-analyze verify`` and ``security --offline`` on the unit, hadolint on the Dockerfile; the
+hardening keys read from the unit; the unit's command line, expanded as systemd expands it (%S,
+``Environment=``, the env file), run as a real node under the unit's restrictions (tests/helpers/sandbox.py:
+its umask, PR_SET_MDWE for MemoryDenyWriteExecute=, seccomp filters for RestrictAddressFamilies= and
+SystemCallFilter= built from systemd's own syscall groups); the image's CMD run as a node and its
+HEALTHCHECK command against it; the Dockerfile's stages, user and ``pip install`` lines; what
+``.dockerignore`` lets into the build context.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
+import errno
 import json
 import os
 import re
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -31,13 +35,14 @@ from tests.helpers.nodeproc import (
     PEER_ID,
     REPO,
     RUN_TIMEOUT,
-    Banner,
     Proc,
     Result,
     cli,
     make_env,
+    one_line,
 )
 from tests.helpers.openai_server import OpenAIServer
+from tests.helpers.sandbox import PR_MDWE_REFUSE_EXEC_GAIN, PR_SET_MDWE, expand, syscall_groups
 
 UNIT = REPO / "examples/systemd/mimirlite-node.service"
 ENV_FILE = REPO / "examples/systemd/node.env"
@@ -45,7 +50,6 @@ DOCKERFILE = REPO / "examples/docker/Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 INSTALLED = "/opt/mimirlite/bin/mimirlite"
 """Where the unit expects mimirlite (the README's venv); the tests put this checkout's in its place."""
-PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
 
 # ---------------------------------------------------------------- reading a unit as systemd does
 
@@ -196,12 +200,15 @@ def test_systemd_analyze_security_rates_the_unit_ok(tmp_path: Path) -> None:
     assert score is not None and float(score[1]) <= 1.5, res.stdout
 
 
-def mdwe_works() -> bool:
-    """Whether this kernel has PR_SET_MDWE (Linux 6.3) and refuses writable+executable memory under it,
-    tried in a child process."""
+def sandbox_missing() -> str | None:
+    """Why the unit's restrictions cannot be applied here (None: they can)."""
+    if shutil.which("systemd-analyze") is None:
+        return "systemd-analyze is not installed (Debian: systemd; .ci/run installs it)"
+    if ctypes.util.find_library("seccomp") is None:
+        return "libseccomp is not installed (Debian: libseccomp2, a dependency of systemd)"
     probe = (
         "import ctypes, mmap, sys\n"
-        f"libc = ctypes.CDLL(None, use_errno=True)\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
         f"if libc.prctl({PR_SET_MDWE}, {PR_MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0) != 0: sys.exit(2)\n"
         "try:\n"
         "    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
@@ -211,48 +218,82 @@ def mdwe_works() -> bool:
     )
     rc = subprocess.run([sys.executable, "-c", probe], timeout=RUN_TIMEOUT).returncode
     assert rc in (0, 2), "PR_SET_MDWE was accepted but a writable executable mapping was not refused"
-    return rc == 0
+    return "this kernel has no PR_SET_MDWE (Linux 6.3 or newer)" if rc == 2 else None
 
 
-def as_the_unit_runs_it() -> None:
-    """In the child before exec: the unit's UMask= and MemoryDenyWriteExecute= (kept across exec)."""
-    os.umask(0o077)
-    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "PR_SET_MDWE refused")
+def unit_policy(path: Path, *, without: str | None = None) -> list[str]:
+    """The unit's UMask=, MemoryDenyWriteExecute=, RestrictAddressFamilies= (less ``without``),
+    SystemCallFilter= and SystemCallErrorNumber= as a tests/helpers/sandbox.py policy in ``path``; the
+    command prefix that runs a program under it."""
+    if (why := sandbox_missing()) is not None:
+        pytest.skip(why)
+    svc = service()
+    allow, *deny = values(svc, "SystemCallFilter")
+    assert not allow.startswith("~") and all(d.startswith("~") for d in deny)
+    groups = syscall_groups()
+    syscalls = expand(allow.split(), groups) - expand(" ".join(deny).replace("~", "").split(), groups)
+    families = [getattr(socket, f) for f in one(svc, "RestrictAddressFamilies").split() if f != without]
+    policy = {
+        "umask": int(one(svc, "UMask"), 8),
+        "mdwe": one(svc, "MemoryDenyWriteExecute") == "yes",
+        "families": families,
+        "syscalls": sorted(syscalls),
+        "errno": getattr(errno, one(svc, "SystemCallErrorNumber")),
+    }
+    path.write_text(json.dumps(policy))
+    return [sys.executable, "-m", "tests.helpers.sandbox", str(path), "--"]
+
+
+async def test_the_sandbox_enforces_the_units_restrictions(tmp_path: Path) -> None:
+    """What the node tests below run under does refuse what the unit forbids."""
+    sandbox = unit_policy(tmp_path / "policy.json")
+    probe = (
+        "import errno, mmap, os, socket\n"
+        "def fails(call):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except OSError as exc:\n"
+        "        return errno.errorcode[exc.errno]\n"
+        "    return 'allowed'\n"
+        "print(fails(lambda: os.setpriority(os.PRIO_PROCESS, 0, 5)))\n"  # @resources: denied
+        "print(fails(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW)))\n"  # not a family listed
+        "print(fails(lambda: mmap.mmap(-1, 4096, prot=7)))\n"  # writable and executable
+        "print(fails(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW).close()))\n"
+        "print(fails(lambda: socket.socket(socket.AF_INET6).close()))\n"
+        "print(oct(os.umask(0)))\n"
+    )
+    proc = await Proc.start(*sandbox, sys.executable, "-c", probe, cwd=REPO, env=make_env())
+    async with proc:
+        rc, out, err = await proc.finish(timeout=RUN_TIMEOUT)
+    assert rc == 0, err
+    assert out.split() == ["EPERM", "EAFNOSUPPORT", "EACCES", "allowed", "allowed", "0o77"]
 
 
 @contextlib.asynccontextmanager
-async def unit_node(state: Path, backend: str) -> AsyncIterator[Banner]:
+async def unit_node(state: Path, backend: str, sandbox: list[str]) -> AsyncIterator[Proc]:
     """The unit's ExecStart, expanded with its Environment= defaults under the example env file, this
-    test's settings on top (127.0.0.1, no mDNS, the test backend), run as systemd would run it."""
+    test's settings on top (any port, no mDNS, the test backend), run under ``sandbox``."""
     svc = service()
     env = dict(v.split("=", 1) for v in values(svc, "Environment"))
     env.update(read_env_file(ENV_FILE.read_text()))
+    # 0.0.0.0 as the unit's default: the node lists the machine's interfaces (netlink) to print them
     env.update(
-        MIMIRLITE_LISTEN="/ip4/127.0.0.1/tcp/0", OLLAMA_ENDPOINT=backend, MIMIRLITE_NODE_ARGS="--no-mdns"
+        MIMIRLITE_LISTEN="/ip4/0.0.0.0/tcp/0", OLLAMA_ENDPOINT=backend, MIMIRLITE_NODE_ARGS="--no-mdns"
     )
     argv = expand_exec(one(svc, "ExecStart"), env, state)
     assert argv[0] == INSTALLED
     (state / one(svc, "StateDirectory")).mkdir(mode=0o700, exist_ok=True)  # what StateDirectory= makes
-    proc = await Proc.start(
-        sys.executable,
-        "-m",
-        "mimirlite",
-        *argv[1:],
-        cwd=REPO,
-        env=make_env(**env),
-        preexec_fn=as_the_unit_runs_it,
-    )
-    async with proc:
-        yield await proc.read_banner()
+    command = [*sandbox, sys.executable, "-m", "mimirlite", *argv[1:]]
+    async with await Proc.start(*command, cwd=REPO, env=make_env(**env)) as proc:
+        yield proc
 
 
 async def test_the_units_command_line_serves_under_its_restrictions(tmp_path: Path) -> None:
-    if not mdwe_works():
-        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3 or newer)")
+    sandbox = unit_policy(tmp_path / "policy.json")
     reply = ["Served", " by", " the", " unit."]
     async with OpenAIServer(models=["llama3.2:latest", "qwen:7b"], reply=reply) as srv:
-        async with unit_node(tmp_path, srv.base_url) as info:
+        async with unit_node(tmp_path, srv.base_url, sandbox) as node:
+            info = await node.read_banner()
             assert info.models == ["llama3.2:latest", "qwen:7b"]
             res = await cli(
                 "chat", "--peer", info.local_addr, "--model", "qwen:7b", "-p", "hi", env=make_env()
@@ -260,9 +301,20 @@ async def test_the_units_command_line_serves_under_its_restrictions(tmp_path: Pa
             assert (res.rc, res.out) == (0, "Served by the unit.\n"), res
         key = tmp_path / "mimirlite" / "node.key"
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
-        async with unit_node(tmp_path, srv.base_url) as again:  # a restart keeps the identity
-            assert again.peer_id == info.peer_id
+        async with unit_node(tmp_path, srv.base_url, sandbox) as again:  # a restart keeps the identity
+            assert (await again.read_banner()).peer_id == info.peer_id
     assert [r["model"] for r in srv.chat_requests] == ["qwen:7b"]
+    assert not [line for line in node.err if "WARNING" in line or "ERROR" in line], node.err
+
+
+async def test_the_node_needs_netlink(tmp_path: Path) -> None:
+    """Why RestrictAddressFamilies= lists AF_NETLINK: without it the node cannot list the interfaces
+    behind 0.0.0.0 (getifaddrs() asks the kernel over netlink) and stops at once."""
+    sandbox = unit_policy(tmp_path / "policy.json", without="AF_NETLINK")
+    async with OpenAIServer(models=["m:1"]) as srv, unit_node(tmp_path, srv.base_url, sandbox) as node:
+        rc, out, err = await node.finish(timeout=RUN_TIMEOUT)
+    assert rc == 1 and "Peer ID" not in out, out
+    assert one_line(err) == f"mimirlite: [Errno {errno.EAFNOSUPPORT}] {os.strerror(errno.EAFNOSUPPORT)}"
 
 
 # ---------------------------------------------------------------- the Dockerfile
