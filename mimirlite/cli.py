@@ -1,5 +1,6 @@
 """The command line: ``node`` shares a backend's models, ``chat`` talks to them, ``peers`` lists nodes,
-``gateway`` serves them as an OpenAI-compatible HTTP API, ``id`` prints the peer ID of a key file.
+``models`` the models they serve, ``gateway`` serves them as an OpenAI-compatible HTTP API, ``id`` prints
+the peer ID of a key file.
 
 Each subcommand is a thin layer over the library; only this module prints.
 """
@@ -9,11 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mimirlite._version import __version__
@@ -23,6 +25,7 @@ from mimirlite.net.config import HostConfig
 from mimirlite.net.host import Host
 
 if TYPE_CHECKING:
+    from mimirlite.mimir.census import NodeView
     from mimirlite.mimir.client import ClientConfig
     from mimirlite.protocols.relay.resources import RelayResources
 
@@ -232,10 +235,17 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="a system message")
     chat.add_argument("--wait", type=float, default=10.0, metavar="S", help="how long to look for a node")
 
-    peers = sub.add_parser("peers", parents=clients, help="list the nodes found and their models")
-    peers.add_argument("--wait", type=float, default=3.0, metavar="S", help="how long to look for nodes")
-    peers.add_argument("--dht", action="store_true", help="also list the nodes found through the DHT")
+    listing = argparse.ArgumentParser(add_help=False)
+    listing.add_argument("--wait", type=float, default=3.0, metavar="S", help="how long to look for nodes")
+    listing.add_argument("--dht", action="store_true", help="also list the nodes found through the DHT")
+    listing.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
+    peers = sub.add_parser("peers", parents=[*clients, listing], help="list the nodes found and their models")
     peers.add_argument("--model", help="with --dht: the model to look up (default: every DHT peer's)")
+    sub.add_parser(
+        "models",
+        parents=[*clients, listing],
+        help="list the models the nodes found serve, with how many nodes serve each",
+    ).set_defaults(model=None)
 
     relay = sub.add_parser(
         "relay",
@@ -304,9 +314,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = logging.WARNING if args.command in ("node", "gateway", "relay") else logging.ERROR
     level = (quiet, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    run = {"node": _node, "chat": _chat, "peers": _peers, "id": _id, "gateway": _gateway, "relay": _relay}[
-        args.command
-    ]
+    run = {
+        "node": _node,
+        "chat": _chat,
+        "peers": _peers,
+        "models": _models,
+        "id": _id,
+        "gateway": _gateway,
+        "relay": _relay,
+    }[args.command]
     try:
         args.keypair = _load_keypair(args)
     except MimirliteError as exc:  # KeyFileError, InvalidKeyError: one line naming the file
@@ -669,7 +685,19 @@ async def _interactive(client: Any, messages: list[dict[str, Any]], model: str |
 
 
 async def _peers(args: argparse.Namespace) -> int:
+    return await _survey(args, _print_peers)
+
+
+async def _models(args: argparse.Namespace) -> int:
+    return await _survey(args, _print_models)
+
+
+async def _survey(args: argparse.Namespace, show: Callable[[list[NodeView], bool], None]) -> int:
+    """Look for nodes as ``peers`` and ``models`` do (``--peer``, mDNS, ``--dht``) for ``--wait`` s, then
+    ``show`` them (as JSON with ``--json``). None found: exit status 1 and one line on stderr (with
+    ``--json``, the empty document on stdout first)."""
     from mimirlite.mimir import MimirClient
+    from mimirlite.mimir.census import node_views
 
     try:
         client = MimirClient(config=_client_config(args, peers=()))
@@ -681,23 +709,49 @@ async def _peers(args: argparse.Namespace) -> int:
                 await client.dht_nodes(args.wait)
             if client.discovery is not None:
                 await asyncio.sleep(args.wait)  # listen for every node on the LAN, not just the first
-            nodes = client.nodes
-            if not nodes:
+            if not client.nodes:
+                if args.json:
+                    show([], True)
                 return _fail("; ".join(problems) or f"no node found within {args.wait:g} s")
             if client.puncher is not None:  # say how each node is reached once its hole punch is over
-                relayed = [p for p, c in client.host.connections.items() if p in nodes and c.relayed]
+                relayed = [p for p, c in client.host.connections.items() if p in client.nodes and c.relayed]
                 await asyncio.gather(*(client.puncher.wait_direct(p, limit=args.wait) for p in relayed))
-            for peer, models in nodes.items():
-                addrs = client.host.addrs_of(peer)
-                generation = client.generation(peer) or "?"
-                conn = client.host.connections.get(peer)
-                path = "not connected" if conn is None else "relayed" if conn.relayed else "direct"
-                print(f"{peer}  {', '.join(models) or '-'}  {' '.join(addrs)}  [{generation}, {path}]")
+            show(node_views(client), args.json)
             for problem in problems:
                 print(f"mimirlite: {problem}", file=sys.stderr)
     except MimirliteError as exc:
         return _fail(str(exc))
     return 0
+
+
+def _print_peers(nodes: list[NodeView], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"peers": [n.to_json() for n in nodes]}, indent=2), flush=True)
+        return
+    for n in nodes:
+        models = ", ".join(_printable(m) for m in n.models) or "-"
+        print(f"{n.peer_id}  {models}  {' '.join(n.addrs)}  [{n.generation or '?'}, {n.connection}]")
+
+
+def _print_models(nodes: list[NodeView], as_json: bool) -> None:
+    from mimirlite.mimir.census import model_views
+
+    models = model_views(nodes)
+    if as_json:
+        print(json.dumps({"models": [m.to_json() for m in models]}, indent=2), flush=True)
+        return
+    names = [_printable(m.model) for m in models]
+    width = max((len(name) for name in names), default=0)
+    for name, m in zip(names, models, strict=True):
+        print(f"{name:<{width}}  {m.nodes} node{'' if m.nodes == 1 else 's'}")
+
+
+def _printable(text: str) -> str:
+    """``text`` (a name a peer chose) safe on a terminal: control, format and other unprintable
+    characters (escape sequences, newlines, bidi overrides) as Python escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 async def _gateway(args: argparse.Namespace) -> int:
