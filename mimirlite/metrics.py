@@ -37,6 +37,7 @@ __all__ = [
     "ProtocolErrorKind",
     "RefusalReason",
     "log_stats",
+    "outcome_of",
     "plain_counts",
     "stats_line",
 ]
@@ -269,6 +270,20 @@ class ChatOutcome(StrEnum):
     """Gateway: no node could be reached for it."""
     UPSTREAM_ERROR = "upstream_error"
     """Gateway: the network failed it (a node's answer broke off, timed out, or was unusable)."""
+
+
+_OUTCOME_OF_TYPE = {
+    "rate_limited": ChatOutcome.REFUSED,
+    "overloaded": ChatOutcome.REFUSED,
+    "model_not_found": ChatOutcome.MODEL_NOT_FOUND,
+    "bad_request": ChatOutcome.BAD_REQUEST,
+}
+
+
+def outcome_of(error_type: str) -> ChatOutcome:
+    """The outcome of a chat that ended with a completionStop error of ``error_type`` (any other type,
+    ``backend_error`` and the like: :attr:`ChatOutcome.BACKEND_ERROR`)."""
+    return _OUTCOME_OF_TYPE.get(error_type, ChatOutcome.BACKEND_ERROR)
 
 
 class ChatMetrics:

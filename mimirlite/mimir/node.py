@@ -20,7 +20,7 @@ from mimirlite.errors import (
     RefusalReason,
     StreamResetError,
 )
-from mimirlite.metrics import ChatOutcome, ChatTally, NodeMetrics
+from mimirlite.metrics import ChatOutcome, ChatTally, NodeMetrics, outcome_of
 from mimirlite.mimir import packets, tunnel
 from mimirlite.mimir.backends import Backend, BackendError, HttpHead
 from mimirlite.mimir.dht import ModelDht
@@ -308,7 +308,7 @@ class MimirNode(Service):
             await _send_error(stream, packets.BAD_REQUEST, str(exc), request_id)
         except BackendError as exc:
             log.warning("%r: %s", stream, exc)
-            tally.outcome = _outcome_of(exc.type)
+            tally.outcome = outcome_of(exc.type)
             metrics.backend_errors[exc.type] += 1
             await _send_error(stream, exc.type, str(exc), request_id)
         finally:
@@ -539,7 +539,7 @@ class MimirNode(Service):
         tally.outcome = ChatOutcome.ENDED if ticket.ended is not None else ChatOutcome.BACKEND_ERROR
         if isinstance(exc, tunnel.TunnelError):  # before the status line: an HTTP answer
             if ticket.ended is None:
-                tally.outcome = _outcome_of(exc.reason)
+                tally.outcome = outcome_of(exc.reason)
             metrics.backend_errors[exc.reason] += 1
             log.warning("%r: tunnel: %s", stream, exc.message)
             await _send_raw(stream, tunnel.error_answer(exc.status, exc.message, exc.reason))
@@ -588,17 +588,6 @@ class MimirNode(Service):
         if not started:
             raise tunnel.TunnelError(502, "the backend sent no answer", packets.BACKEND_ERROR)
         await stream.close_write()
-
-
-def _outcome_of(error_type: str) -> ChatOutcome:
-    """The chat outcome of a completionStop error type (or a tunnel error's reason)."""
-    if error_type in (packets.RATE_LIMITED, packets.OVERLOADED):
-        return ChatOutcome.REFUSED
-    if error_type == packets.MODEL_NOT_FOUND:
-        return ChatOutcome.MODEL_NOT_FOUND
-    if error_type == packets.BAD_REQUEST:
-        return ChatOutcome.BAD_REQUEST
-    return ChatOutcome.BACKEND_ERROR
 
 
 async def _send_raw(stream: Stream, data: bytes) -> None:
