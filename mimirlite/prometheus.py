@@ -31,7 +31,15 @@ if TYPE_CHECKING:
 
     from mimirlite.gateway.gateway import GatewayMetrics
 
-__all__ = ["CONTENT_TYPE", "PREFIX", "MetricsCollector"]
+__all__ = [
+    "CONTENT_TYPE",
+    "PREFIX",
+    "ClientSource",
+    "GatewaySource",
+    "HostSource",
+    "MetricsCollector",
+    "NodeSource",
+]
 
 PREFIX = "mimirlite_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -39,12 +47,16 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Prometheus reads (mimirlite's names and labels are plain ASCII, so the body is the same in 1.0.0)."""
 
 
-class _HostLike(Protocol):
+class HostSource(Protocol):
+    """What the collector reads of a host (a :class:`~mimirlite.net.host.Host`)."""
+
     @property
     def metrics(self) -> HostMetrics: ...
 
 
-class _NodeLike(Protocol):
+class NodeSource(Protocol):
+    """What the collector reads of a node (a :class:`~mimirlite.mimir.node.MimirNode`)."""
+
     @property
     def metrics(self) -> NodeMetrics: ...
 
@@ -52,7 +64,9 @@ class _NodeLike(Protocol):
     def models(self) -> Sequence[str]: ...
 
 
-class _GatewayLike(Protocol):
+class GatewaySource(Protocol):
+    """What the collector reads of a gateway (a :class:`~mimirlite.gateway.Gateway`)."""
+
     @property
     def metrics(self) -> GatewayMetrics: ...
 
@@ -63,7 +77,9 @@ class _GatewayLike(Protocol):
     def open_connections(self) -> int: ...
 
 
-class _ClientLike(Protocol):
+class ClientSource(Protocol):
+    """What the collector reads of a client (a :class:`~mimirlite.mimir.client.MimirClient`)."""
+
     @property
     def nodes(self) -> Mapping[Any, Sequence[str]]: ...
 
@@ -76,10 +92,10 @@ class MetricsCollector(Collector):
     def __init__(
         self,
         *,
-        host: _HostLike | None = None,
-        node: _NodeLike | None = None,
-        gateway: _GatewayLike | None = None,
-        client: _ClientLike | None = None,
+        host: HostSource | None = None,
+        node: NodeSource | None = None,
+        gateway: GatewaySource | None = None,
+        client: ClientSource | None = None,
     ) -> None:
         self.host = host
         self.node = node
@@ -213,7 +229,7 @@ def _chats(prefix: str, chats: ChatMetrics, doc: str) -> Iterator[Metric]:
     )
 
 
-def _gateway(gateway: _GatewayLike) -> Iterator[Metric]:
+def _gateway(gateway: GatewaySource) -> Iterator[Metric]:
     m = gateway.metrics
     p = "gateway_"
     yield _counter(p + "connections_opened", "HTTP connections accepted.", m.connections_opened)
