@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import openai
@@ -16,7 +16,7 @@ from mimirlite import Host
 from mimirlite.errors import LocalError
 from mimirlite.metrics import MAX_MODEL_LABELS, OTHER_MODEL, ChatMetrics, ChatOutcome, Histogram
 from mimirlite.metrics_server import MetricsServer, parse_address
-from mimirlite.mimir import EchoBackend, MimirNode, NodeLimits, OpenAIBackend, packets
+from mimirlite.mimir import EchoBackend, MimirClient, MimirNode, NodeLimits, OpenAIBackend, packets
 from mimirlite.prometheus import CONTENT_TYPE, MetricsCollector
 from tests.helpers import until
 from tests.helpers.gateway import WAIT, RawHttp, bounded, gateway_for, live, mimir_node, sdk, user
@@ -149,6 +149,63 @@ async def test_a_backend_error_counts_under_its_type() -> None:
         assert delta(s1, s2, TTFC) == 0 and delta(s1, s2, DURATION) == 0
 
 
+class SlowEcho(EchoBackend):
+    """The echo model, one word every ``pause`` seconds."""
+
+    def __init__(self, pause: float) -> None:
+        super().__init__()
+        self.pause = pause
+
+    async def stream_chat(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        async for chunk in super().stream_chat(model, messages, params):
+            await asyncio.sleep(self.pause)
+            yield chunk
+
+
+@live
+async def test_a_chat_the_client_leaves_counts_as_cancelled() -> None:
+    async with served_node(SlowEcho(0.05)) as (host, node, server), Host() as client:
+        s1 = await scrape(server)
+        stream = await client.new_stream(host.listen_addrs[0], packets.CHAT_PROTOCOL)
+        words = " ".join(f"w{i}" for i in range(100))
+        await stream.write_json({"event": "message", "data": {"messages": user(words)}})
+        assert (await bounded(stream.read_json()))["event"] == "completionPacket"
+        s2 = await scrape(server)
+        assert val(s2, "mimirlite_node_chats_in_flight") == 1
+        await stream.reset()
+        await until(lambda: node.metrics.in_flight == 0, WAIT)
+        s3 = await scrape(server)
+        assert delta(s1, s3, CHATS, model="echo", outcome="cancelled") == 1
+        assert delta(s1, s3, CHATS, model="echo", outcome="ok") == 0
+        assert delta(s1, s3, TTFC) == 1 and delta(s1, s3, DURATION) == 0  # it started, never ended
+        assert val(s3, "mimirlite_node_chats_in_flight") == 0
+
+
+@live
+async def test_tunnel_requests_count_as_the_models_chats() -> None:
+    """The latest generation's tunnel (here embeddings, through a client's request()) counts as well."""
+    async with (
+        OpenAIServer(models=["m:1"]) as srv,
+        served_node(OpenAIBackend(srv.base_url, timeout=5.0), models=["m:1"]) as (host, node, server),
+        MimirClient([host.listen_addrs[0]], mdns=False) as client,
+    ):
+        s1 = await scrape(server)
+        answer = await client.request("m:1", "POST", "/v1/embeddings", {"model": "m:1", "input": "hello"})
+        async with answer.body:
+            body = b"".join([part async for part in answer.body])
+        assert answer.status == 200 and b"embedding" in body
+        bad = await client.request("m:1", "DELETE", "/api/delete", {"model": "m:1"})
+        async with bad.body:
+            assert bad.status == 403
+        await until(lambda: sum(node.metrics.chats.counts.values()) == 2, WAIT)  # counted once answered
+        s2 = await scrape(server)
+        assert delta(s1, s2, CHATS, model="m:1", outcome="ok") == 1
+        assert delta(s1, s2, CHATS, model="m:1", outcome="bad_request") == 1
+        assert delta(s1, s2, TTFC) == 1 and delta(s1, s2, DURATION) == 1
+
+
 @live
 async def test_a_hostile_peer_cannot_make_model_labels() -> None:
     """Chats naming 150 made-up models all count under "other"; the label set stays the served ones."""
@@ -198,13 +255,20 @@ async def test_the_gateway_serves_its_metrics_behind_its_key() -> None:
             assert text == "one two three"
             with pytest.raises(openai.NotFoundError):
                 await client.chat.completions.create(model="nobody-serves-it", messages=user("x"))
+        conn = await RawHttp.open(gw)
+        try:
+            ollama = b'{"model": "echo", "messages": [{"role": "user", "content": "as ollama"}]}'
+            status, _, body = await conn.request("POST", "/api/chat", ollama, headers=auth)
+            assert status == 200 and b'"done":true' in body.replace(b" ", b"")
+        finally:
+            await conn.close()
         s2 = await scrape_gw()
         chats = "mimirlite_gateway_chats_total"
-        assert delta(s1, s2, chats, model="echo", outcome="ok") == 1
+        assert delta(s1, s2, chats, model="echo", outcome="ok") == 2  # OpenAI's and Ollama's
         assert delta(s1, s2, chats, model=OTHER_MODEL, outcome="model_not_found") == 1
-        assert delta(s1, s2, "mimirlite_gateway_time_to_first_chunk_seconds_count") == 1
-        assert delta(s1, s2, "mimirlite_gateway_chat_duration_seconds_count") == 1
-        assert delta(s1, s2, "mimirlite_gateway_requests_total") == 3  # two chats and this scrape
+        assert delta(s1, s2, "mimirlite_gateway_time_to_first_chunk_seconds_count") == 2
+        assert delta(s1, s2, "mimirlite_gateway_chat_duration_seconds_count") == 2
+        assert delta(s1, s2, "mimirlite_gateway_requests_total") == 4  # three chats and this scrape
         assert val(s2, "mimirlite_gateway_refused_total", reason="auth") == 1
         assert delta(s1, s2, "mimirlite_host_streams_opened_total", direction="outbound") >= 1
         assert delta(s1, s2, "mimirlite_host_received_bytes_total") > 0
