@@ -217,7 +217,7 @@ class MetricsServer(Service):
         *,
         head_only: bool = False,
     ) -> None:
-        """The response (its headers only with ``head_only``), then the end of our side."""
+        """The response (its headers only with ``head_only``), then close once it is sent."""
         if conn.our_state is h11.SEND_RESPONSE:  # a request head was read: answer it through h11
             fields = [*headers, ("content-length", str(len(body))), ("connection", "close")]
             reason = HTTPStatus(status).phrase.encode()
@@ -228,9 +228,8 @@ class MetricsServer(Service):
         else:  # refused before a whole request head
             data = _plain_response(status, body)
         writer.write(data)
-        await asyncio.wait_for(writer.drain(), self.write_timeout)
-        if writer.can_write_eof():
-            writer.write_eof()
+        writer.close()  # once what is buffered is sent; a client that does not take it is dropped
+        await asyncio.wait_for(writer.wait_closed(), self.write_timeout)
 
 
 async def _read_head(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:
