@@ -110,11 +110,20 @@ async def test_a_chat_moves_the_node_counters_by_exactly_one() -> None:
         assert delta(s2, s3, TTFC) == 0 and delta(s2, s3, DURATION) == 0
         assert not any(("model", "not-served-here") in labels for _, labels in s3)
 
-        # the client leaves: the connection closes, counted by reason
+        # the client leaves with a stream open: the connection closes, counted by reason, and the
+        # streams it carried are no longer open on either side
+        await client.new_stream(host.listen_addrs[0], packets.CHAT_PROTOCOL)
+        await until(lambda: host.metrics.streams_current == 1, WAIT)
+        s3 = await scrape(server)
+        assert val(s3, "mimirlite_host_streams_open", direction="inbound") == 1
         client.connections[host.peer_id].close()
         await until(lambda: host.metrics.connections_current == 0, WAIT)
         s4 = await scrape(server)
         assert val(s4, "mimirlite_host_connections_open", direction="inbound") == 0
+        assert val(s4, "mimirlite_host_streams_open", direction="inbound") == 0
+        assert val(s4, "mimirlite_host_streams_open", direction="outbound") == 0
+        assert set(client.metrics.streams_current_by_direction.values()) <= {0}
+        assert set(client.metrics.connections_current_by_direction.values()) <= {0}
         closed = [v for (name, _), v in s4.items() if name == "mimirlite_host_connections_closed_total"]
         assert sum(closed) == 1
 
