@@ -392,3 +392,18 @@ def test_chat_models_are_bounded() -> None:
     assert len(models) == MAX_MODEL_LABELS + 1 and OTHER_MODEL in models
     assert chats.counts[OTHER_MODEL, ChatOutcome.OK] == 50
     assert chats.counts["m0", ChatOutcome.OK] == 1  # the first ones keep their names
+
+
+@live
+async def test_model_names_from_nodes_are_escaped_in_labels() -> None:
+    """A node may name its model anything: the label carries it escaped, and the scrape still parses."""
+    name = 'a "quoted" \\ name {with} braces\nand a line'
+    async with mimir_node(EchoBackend(name)) as (_, addr), gateway_for(addr) as gw:
+        conn = await RawHttp.open(gw)
+        try:
+            status, _, body = await conn.request("GET", "/metrics")
+        finally:
+            await conn.close()
+        assert status == 200
+        samples = parse(body.decode())
+        assert val(samples, "mimirlite_client_model_nodes", model=name) == 1
