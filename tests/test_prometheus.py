@@ -407,3 +407,21 @@ async def test_model_names_from_nodes_are_escaped_in_labels() -> None:
         assert status == 200
         samples = parse(body.decode())
         assert val(samples, "mimirlite_client_model_nodes", model=name) == 1
+
+
+class KnownNodes:
+    """What the collector reads of a client: the nodes it knows and their models."""
+
+    def __init__(self, nodes: dict[str, list[str]]) -> None:
+        self.nodes = nodes
+
+
+def test_nodes_announcing_ever_more_models_count_under_other() -> None:
+    nodes = {f"peer{i}": [f"model-{i}", "shared"] for i in range(MAX_MODEL_LABELS + 20)}
+    samples = parse(MetricsCollector(client=KnownNodes(nodes)).render()[0].decode())
+    family = "mimirlite_client_model_nodes"
+    per_model = {dict(labels)["model"]: v for (name, labels), v in samples.items() if name == family}
+    assert len(per_model) == MAX_MODEL_LABELS + 1
+    assert per_model["shared"] == MAX_MODEL_LABELS + 20  # the most served first
+    assert per_model[OTHER_MODEL] == 21  # the rest summed under one label
+    assert val(samples, "mimirlite_client_nodes") == MAX_MODEL_LABELS + 20
