@@ -22,8 +22,10 @@ from mimirlite.errors import CloseKind, EndReason, ProtocolErrorKind, RefusalRea
 __all__ = [
     "DURATION_BUCKETS",
     "FIRST_CHUNK_BUCKETS",
+    "INBOUND",
     "MAX_MODEL_LABELS",
     "OTHER_MODEL",
+    "OUTBOUND",
     "STATS_LOGGER",
     "ChatMetrics",
     "ChatOutcome",
