@@ -8,7 +8,8 @@
 It answers one request per connection and closes it. Every input is bounded: the request head
 (:data:`MAX_HEAD`, 431 past it), the time to send it (:data:`REQUEST_TIMEOUT`, 408), the time to take
 the answer (:data:`WRITE_TIMEOUT`), the connections at once (:data:`MAX_CONNECTIONS`, 503 past it); any
-other path is 404, any other method 405, a body is never read. Bound to a loopback address (the
+other path is 404, any other method 405; a body is never parsed (what the client sends after its head is
+dropped, bounded, until it closes). Bound to a loopback address (the
 default), a request must name the machine by a loopback ``Host`` (``localhost``, ``127.0.0.1``,
 ``[::1]``; 403 otherwise), so that no web page can read it through DNS rebinding. Bound to another
 address, a warning says that anyone who can reach it can read the counters.
@@ -54,8 +55,12 @@ WRITE_TIMEOUT = 10.0
 """Seconds a client has to take the answer; dropped after."""
 MAX_CONNECTIONS = 16
 """Connections at once (a scraper needs one); a new one past it is answered 503 and closed."""
+LINGER_TIMEOUT = 2.0
+"""Seconds spent, after an answer, dropping what the client still sends until it closes."""
+LINGER_BYTES = 1024 * 1024
+"""Bytes dropped at most while lingering."""
 PATH = "/metrics"
-READ_SIZE = 4096
+READ_SIZE = 16384
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -174,62 +179,66 @@ class MetricsServer(Service):
                 request = await asyncio.wait_for(_read_head(conn, reader), self.request_timeout)
             except asyncio.TimeoutError:
                 log.info("metrics: no request within %g s", self.request_timeout)
-                await self._send(writer, conn, 408, b"request timeout\n")
-                return
+                data = _plain_response(408, b"request timeout\n")
             except h11.RemoteProtocolError as exc:
                 log.info("metrics: bad request: %s", exc)
-                await self._send(writer, conn, exc.error_status_hint, b"bad request\n")
-                return
-            if request is None:
-                return  # closed before a request
-            await self._answer(writer, conn, request)
+                data = _plain_response(exc.error_status_hint, b"bad request\n")
+            else:
+                if request is None:
+                    return  # closed before a request
+                status, headers, body = self.answer(request)
+                data = _response(conn, status, headers, b"" if request.method == b"HEAD" else body, len(body))
+            await self._reply(reader, writer, data)
         except (ConnectionError, OSError, asyncio.TimeoutError, h11.LocalProtocolError) as exc:
             log.debug("metrics: connection ended: %s", exc or type(exc).__name__)
         finally:
             writer.transport.abort()
 
-    async def _answer(self, writer: asyncio.StreamWriter, conn: h11.Connection, request: h11.Request) -> None:
-        path = request.target.partition(b"?")[0]
-        head_only = request.method == b"HEAD"
+    def answer(self, request: h11.Request) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Status, headers and body for ``request`` (the body also in answer to ``HEAD``: its length)."""
+        text = [("content-type", "text/plain; charset=utf-8")]
         if self.loopback_only:
             host = next((v for k, v in request.headers if k == b"host"), b"")
             if _host_name(host) not in LOOPBACK_NAMES:
                 log.info("metrics: refused a request naming %r (loopback names only)", host[:100])
-                body = b"name this machine: localhost, 127.0.0.1 or [::1]\n"
-                await self._send(writer, conn, 403, body, head_only=head_only)
-                return
-        if path != PATH.encode():
-            body = b"not found: the counters are at /metrics\n"
-            await self._send(writer, conn, 404, body, head_only=head_only)
-        elif request.method not in (b"GET", b"HEAD"):
-            await self._send(writer, conn, 405, b"method not allowed\n", [("allow", "GET, HEAD")])
-        else:
-            body, content_type = self.collector.render()
-            await self._send(writer, conn, 200, body, [("content-type", content_type)], head_only=head_only)
+                return 403, text, b"name this machine: localhost, 127.0.0.1 or [::1]\n"
+        if request.target.partition(b"?")[0] != PATH.encode():
+            return 404, text, b"not found: the counters are at /metrics\n"
+        if request.method not in (b"GET", b"HEAD"):
+            return 405, [*text, ("allow", "GET, HEAD")], b"method not allowed\n"
+        body, content_type = self.collector.render()
+        return 200, [("content-type", content_type)], body
 
-    async def _send(
-        self,
-        writer: asyncio.StreamWriter,
-        conn: h11.Connection,
-        status: int,
-        body: bytes,
-        headers: Sequence[tuple[str, str]] = (("content-type", "text/plain; charset=utf-8"),),
-        *,
-        head_only: bool = False,
-    ) -> None:
-        """The response (its headers only with ``head_only``), then close once it is sent."""
-        if conn.our_state is h11.SEND_RESPONSE:  # a request head was read: answer it through h11
-            fields = [*headers, ("content-length", str(len(body))), ("connection", "close")]
-            reason = HTTPStatus(status).phrase.encode()
-            data = conn.send(h11.Response(status_code=status, headers=fields, reason=reason)) or b""
-            if body and not head_only:
-                data += conn.send(h11.Data(data=body)) or b""
-            data += conn.send(h11.EndOfMessage()) or b""
-        else:  # refused before a whole request head
-            data = _plain_response(status, body)
+    async def _reply(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> None:
+        """Send ``data`` and end our side; then drop what the client still sends until it closes (at most
+        :data:`LINGER_BYTES` for :data:`LINGER_TIMEOUT`), so that closing does not reset the connection
+        before the client read the answer; then close (a client that does not take it is dropped)."""
         writer.write(data)
-        writer.close()  # once what is buffered is sent; a client that does not take it is dropped
+        if writer.can_write_eof():
+            writer.write_eof()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER_TIMEOUT
+        dropped = 0
+        with contextlib.suppress(asyncio.TimeoutError):
+            while dropped < LINGER_BYTES:
+                got = await asyncio.wait_for(reader.read(READ_SIZE), max(0.0, deadline - loop.time()))
+                if not got:
+                    break
+                dropped += len(got)
+        writer.close()
         await asyncio.wait_for(writer.wait_closed(), self.write_timeout)
+
+
+def _response(
+    conn: h11.Connection, status: int, headers: Sequence[tuple[str, str]], body: bytes, length: int
+) -> bytes:
+    """A whole response to the request ``conn`` read, announcing ``length`` bytes, closing."""
+    fields = [*headers, ("content-length", str(length)), ("connection", "close")]
+    reason = HTTPStatus(status).phrase.encode()
+    data = conn.send(h11.Response(status_code=status, headers=fields, reason=reason)) or b""
+    if body:
+        data += conn.send(h11.Data(data=body)) or b""
+    return data + (conn.send(h11.EndOfMessage()) or b"")
 
 
 async def _read_head(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:

@@ -304,47 +304,63 @@ async def test_the_metrics_server_answers_only_get_and_head_of_metrics() -> None
         assert (await http_get(server.port, headers="Host: [::1]:9\r\n"))[0] == 200
 
 
+async def close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await bounded(writer.wait_closed())
+
+
 @live
-async def test_the_metrics_server_bounds_heads_time_and_connections() -> None:
+async def test_the_metrics_server_bounds_heads_and_their_time() -> None:
     async with (
         Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host,
-        MetricsServer(
-            host=host, address=("127.0.0.1", 0), max_connections=2, request_timeout=0.5, write_timeout=1.0
-        ) as server,
+        MetricsServer(host=host, address=("127.0.0.1", 0), request_timeout=0.5) as server,
     ):
-        # a huge head: 431, closed, before the server buffers it all
+        # a huge head: 431 once 8 KiB are read, never buffered whole; what follows is dropped
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Junk: " + b"a" * 100_000)
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
+        assert split_response(await bounded(reader.read()))[0] == 431
+        await close(writer)
+        # a head that never ends (a slow client): 408 after request_timeout, then closed
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /metr")
+        assert split_response(await bounded(reader.read()))[0] == 408
+        await close(writer)
+        # garbage instead of HTTP: 400
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"\x00\x01\x02 not http\r\n\r\n")
+        assert split_response(await bounded(reader.read()))[0] == 400
+        await close(writer)
+        # a body sent with a refused method: answered, the body dropped, not read as a request
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        smuggled = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        head = b"POST /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
+        writer.write(head + smuggled)
         raw = await bounded(reader.read())
-        assert split_response(raw)[0] == 431
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+        assert split_response(raw)[0] == 405 and raw.count(b"HTTP/1.1") == 1
+        await close(writer)
+        await until(lambda: server.open_connections == 0, WAIT)
+        assert (await http_get(server.port))[0] == 200
 
+
+@live
+async def test_the_metrics_server_caps_its_connections() -> None:
+    async with (
+        Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host,
+        MetricsServer(host=host, address=("127.0.0.1", 0), max_connections=2, request_timeout=30) as server,
+    ):
         # two slow clients hold both places: a third is refused 503 at once
         slow = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
         for _, w in slow:
             w.write(b"GET /metr")  # and nothing more
         await until(lambda: server.open_connections == 2, WAIT)
         assert (await http_get(server.port))[0] == 503
-        # they are answered 408 and closed after request_timeout, and the places free up
-        for r, w in slow:
-            assert split_response(await bounded(r.read()))[0] == 408
-            w.close()
-            with contextlib.suppress(ConnectionError):
-                await w.wait_closed()
+        assert (await http_get(server.port))[0] == 503
+        # once they leave, their places are free again
+        for _, w in slow:
+            await close(w)
         await until(lambda: server.open_connections == 0, WAIT)
         assert (await http_get(server.port))[0] == 200
-
-        # garbage instead of HTTP: 400
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"\x00\x01\x02 not http\r\n\r\n")
-        assert split_response(await bounded(reader.read()))[0] == 400
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
 
 
 async def test_a_metrics_server_beyond_loopback_warns(caplog: pytest.LogCaptureFixture) -> None:
