@@ -155,6 +155,12 @@ def _parser() -> argparse.ArgumentParser:
         "on one line every S seconds",
     )
     node.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help="serve the counters to Prometheus at http://ADDR:PORT/metrics (PORT or :PORT alone: "
+        "on 127.0.0.1; off by default)",
+    )
+    node.add_argument(
         "--dead-link-timeout",
         type=_dead_link_timeout,
         default=HostConfig.dead_link_timeout,
@@ -548,6 +554,12 @@ async def _node(args: argparse.Namespace) -> int:
                 logging.getLogger(STATS_LOGGER).setLevel(logging.INFO)
                 stats = asyncio.ensure_future(log_stats(args.stats_interval, host=host, node=node))
                 stack.callback(stats.cancel)
+            metrics_url = None
+            if args.metrics is not None:
+                from mimirlite.metrics_server import MetricsServer
+
+                served = MetricsServer(host=host, node=node, address=args.metrics)
+                metrics_url = (await stack.enter_async_context(served)).url
             if not args.no_mdns:
                 await stack.enter_async_context(MdnsDiscovery(host))
             if args.relay_service:
@@ -574,6 +586,8 @@ async def _node(args: argparse.Namespace) -> int:
             for addr in host.dialable_addrs:
                 print(f"  {addr}")
             print(f"Serving: {', '.join(node.models)}", flush=True)
+            if metrics_url is not None:
+                print(f"Metrics at {metrics_url}", flush=True)
             if relays is not None and args.relay:
                 print("Reachable through relays:" if relays.circuit_addrs else "No relay reservation yet")
                 for addr in relays.circuit_addrs:

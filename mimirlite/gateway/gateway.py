@@ -27,6 +27,7 @@ from mimirlite.aio import Service, race
 from mimirlite.errors import LocalError, MimirliteError, RefusalReason
 from mimirlite.gateway import api
 from mimirlite.gateway.api import ApiError
+from mimirlite.gateway.chats import GatewayChat
 from mimirlite.gateway.http import (
     LOOPBACK_HOSTS,
     MAX_REQUEST_BODY,
@@ -37,7 +38,7 @@ from mimirlite.gateway.http import (
     Request,
     ServerConnection,
 )
-from mimirlite.metrics import plain_counts
+from mimirlite.metrics import ChatMetrics, plain_counts
 from mimirlite.mimir.client import HttpRemoteError, MimirClient, NoNodeError, TruncatedAnswerError, WireChunk
 from mimirlite.mimir.packets import RemoteError
 from mimirlite.mimir.params import MAX_NAME
@@ -112,9 +113,11 @@ class GatewayMetrics:
     with none idle, 503), ``connections_per_ip`` (at ``max_connections_per_ip`` with none idle, 429),
     ``forbidden_path`` (an Ollama path that manages models, or any other outside :data:`OLLAMA_PATHS`,
     403) and ``idle_evicted`` (an idle keep-alive connection closed to make room for a new one).
+    ``chats`` (not in :meth:`as_dict`): chat requests by model and outcome, and their times (see
+    :mod:`mimirlite.gateway.chats`).
     """
 
-    __slots__ = ("bytes_in", "connections_opened", "refused", "requests")
+    __slots__ = ("bytes_in", "chats", "connections_opened", "refused", "requests")
 
     def __init__(self) -> None:
         self.connections_opened = 0
@@ -124,6 +127,7 @@ class GatewayMetrics:
         self.bytes_in = 0
         """Bytes read from clients, including what was read and dropped after a refusal."""
         self.refused: collections.Counter[str] = collections.Counter()
+        self.chats = ChatMetrics()
 
     def as_dict(self) -> dict[str, int | dict[str, int]]:
         """A snapshot: every counter, the Counter as a plain dict."""
@@ -418,6 +422,9 @@ class Gateway(Service):
                 await self._tunnel(req, path, out)
             elif path == "/api" or path.startswith("/api/"):
                 await self._ollama(req, path, out)
+            elif path == "/metrics":
+                _allow(req, "GET", "HEAD")
+                await self._serve_metrics(out)
             elif path == "" and req.method in ("GET", "HEAD"):  # Ollama's "is it up?" (its CLI's heartbeat)
                 out.http.respond(200, TEXT_HEADERS, b"Ollama is running")
                 await out.flush()
@@ -427,6 +434,16 @@ class Gateway(Service):
             await out.send_error(err)
         finally:
             self.active_requests -= 1
+
+    async def _serve_metrics(self, out: _Connection) -> None:
+        """The gateway's counters, its client's host's and the nodes it knows per model, in Prometheus'
+        text format (``prometheus_client`` loads at the first scrape)."""
+        from mimirlite.prometheus import MetricsCollector
+
+        collector = MetricsCollector(host=self.client.host, gateway=self, client=self.client)
+        body, content_type = collector.render()
+        out.http.respond(200, [("content-type", content_type)], body)
+        await out.flush()
 
     # ---- Ollama's native API ----
 
@@ -475,17 +492,24 @@ class Gateway(Service):
         raise api.ollama_model_not_found(model)
 
     async def _ollama_chat(self, req: Request, kind: str, out: _Connection) -> None:
+        with GatewayChat(self.metrics.chats) as chat:
+            await self._ollama_chat_counted(req, kind, out, chat)
+
+    async def _ollama_chat_counted(
+        self, req: Request, kind: str, out: _Connection, chat: GatewayChat
+    ) -> None:
         call = api.parse_ollama_body(req.body, kind)
         await self._find(call.model, ollama=True)
         if not self.client.nodes:
             raise ApiError(503, "No mimir node is reachable.", api.SERVER_ERROR, code="no_node")
         model = self._ollama_model(call.model)
+        chat.model = model
         answer = api.OllamaAnswer(call)
         if not call.messages:  # nothing to ask: Ollama only loads the model
             await out.send_json(200, answer.loaded(_now()))
             return
         started = time.monotonic_ns()
-        chunks = self.client.chat_raw(call.messages, model=model, **call.params)
+        chunks = chat.watch(self.client.chat_raw(call.messages, model=model, **call.params))
         async with contextlib.aclosing(chunks):
             if call.stream:
                 await self._ollama_stream(chunks, answer, out, started)
@@ -593,15 +617,20 @@ class Gateway(Service):
     # ---- chat ----
 
     async def _chat(self, req: Request, out: _Connection) -> None:
+        with GatewayChat(self.metrics.chats) as chat:
+            await self._chat_counted(req, out, chat)
+
+    async def _chat_counted(self, req: Request, out: _Connection, chat: GatewayChat) -> None:
         call = api.parse_chat_body(req.body)
         await self._find(call.model)
         if not self.client.nodes:
             raise ApiError(503, "No mimir node is reachable.", api.SERVER_ERROR, code="no_node")
         if not self.client.nodes_for(call.model):
             raise api.model_not_found(call.model)
+        chat.model = call.model
         # closing the generator resets the mimir stream;
         # call.params holds allowlisted names only, none of them an argument of chat_wire()
-        chunks = self.client.chat_wire(call.messages, model=call.model, **call.params)
+        chunks = chat.watch(self.client.chat_wire(call.messages, model=call.model, **call.params))
         async with contextlib.aclosing(chunks):
             if call.stream:
                 await self._stream(chunks, out)

@@ -20,7 +20,7 @@ from mimirlite.errors import (
     RefusalReason,
     StreamResetError,
 )
-from mimirlite.metrics import NodeMetrics
+from mimirlite.metrics import ChatOutcome, ChatTally, NodeMetrics, outcome_of
 from mimirlite.mimir import packets, tunnel
 from mimirlite.mimir.backends import Backend, BackendError, HttpHead
 from mimirlite.mimir.dht import ModelDht
@@ -261,15 +261,19 @@ class MimirNode(Service):
     async def _serve_chat(self, stream: Stream) -> None:
         request_id: str | None = None
         metrics = self._metrics
+        tally = ChatTally(metrics.chats, time.perf_counter())
         try:
             packet, size = await self._read_request(stream, packets.MESSAGE)
             metrics.requests += 1
+            tally.started = time.perf_counter()
             request_id = packet.request_id
             request = packets.parse_chat_request(packet.data)
             model = model_name(request.model) if request.model else self.default_model
             if model not in self.models:
                 raise BackendError(packets.MODEL_NOT_FOUND, f"model {model!r} is not served here")
+            tally.model = model
             if not stream.hold(_kept_for(size, request)):
+                tally.outcome = ChatOutcome.REFUSED
                 self.refused[RefusalReason.OVERLOADED] += 1
                 log.info("%r: refused (overloaded): %s", stream, HOLDING_TOO_MUCH)
                 await _send_error(stream, packets.OVERLOADED, HOLDING_TOO_MUCH, request_id)
@@ -279,6 +283,7 @@ class MimirNode(Service):
             ticket = self.admission.arrive(stream.remote_peer, self._clock(), ip)
             if isinstance(ticket, Refusal):
                 stream.release()
+                tally.outcome = ChatOutcome.REFUSED
                 self.refused[ticket.type] += 1
                 log.info("%r: refused (%s): %s", stream, ticket.type, ticket.message)
                 await _send_error(stream, ticket.type, ticket.message, request_id)
@@ -286,7 +291,9 @@ class MimirNode(Service):
             try:
                 if ticket.admitted or await self._wait_turn(stream, ticket):
                     self._running[ticket] = (stream, request_id)
-                    await self._answer_until_done(stream, model, request, request_id, ticket)
+                    await self._answer_until_done(stream, model, request, request_id, ticket, tally)
+                else:
+                    tally.outcome = ChatOutcome.CANCELLED
             finally:
                 self._running.pop(ticket, None)
                 ending = self._ending.pop(ticket, None)
@@ -296,12 +303,16 @@ class MimirNode(Service):
                 stream.release()
         except BadRequestError as exc:
             log.warning("%r: bad request: %s", stream, exc)
+            tally.outcome = ChatOutcome.BAD_REQUEST
             metrics.bad_requests += 1
             await _send_error(stream, packets.BAD_REQUEST, str(exc), request_id)
         except BackendError as exc:
             log.warning("%r: %s", stream, exc)
+            tally.outcome = outcome_of(exc.type)
             metrics.backend_errors[exc.type] += 1
             await _send_error(stream, exc.type, str(exc), request_id)
+        finally:
+            tally.end(time.perf_counter())
 
     async def _wait_turn(self, stream: Stream, ticket: Ticket) -> bool:
         """Wait in the queue until ``ticket`` is admitted (True) or the client leaves (False)."""
@@ -363,33 +374,50 @@ class MimirNode(Service):
             task.add_done_callback(self._resets.discard)
 
     async def _answer_until_done(
-        self, stream: Stream, model: str, request: ChatRequest, request_id: str | None, ticket: Ticket
+        self,
+        stream: Stream,
+        model: str,
+        request: ChatRequest,
+        request_id: str | None,
+        ticket: Ticket,
+        tally: ChatTally,
     ) -> None:
         """Stream the backend's answer; BackendError to report, quiet when the client left."""
-        answer = asyncio.ensure_future(self._answer(stream, model, request, request_id, ticket))
+        answer = asyncio.ensure_future(self._answer(stream, model, request, request_id, ticket, tally))
         await _until_done_or_reset(stream, answer)
         metrics = self._metrics
         end = ticket.ended
         if end is not None and (answer.cancelled() or answer.exception() is not None or not answer.result()):
+            tally.outcome = ChatOutcome.ENDED
             await _send_error(stream, end.type, end.message, request_id)  # counted when it was ended
             return
         if answer.cancelled():
+            tally.outcome = ChatOutcome.CANCELLED
             metrics.cancelled += 1
             return
         exc = answer.exception()
         if exc is None:
+            tally.outcome = ChatOutcome.OK
             metrics.served += 1
         elif isinstance(exc, BackendError):
             raise exc
         elif isinstance(exc, MimirliteError):
             log.info("%r: client went away mid-answer: %s", stream, exc)
+            tally.outcome = ChatOutcome.CANCELLED
             metrics.cancelled += 1
         else:
+            tally.outcome = ChatOutcome.BACKEND_ERROR
             metrics.backend_errors["unexpected"] += 1
             raise exc
 
     async def _answer(
-        self, stream: Stream, model: str, request: ChatRequest, request_id: str | None, ticket: Ticket
+        self,
+        stream: Stream,
+        model: str,
+        request: ChatRequest,
+        request_id: str | None,
+        ticket: Ticket,
+        tally: ChatTally,
     ) -> bool:
         """Write the answer's chunks; False when the chat was ended (see ``_review``) before its end."""
         finished = False
@@ -402,6 +430,7 @@ class MimirNode(Service):
                     out["request_id"] = request_id
                 out["data"] = chunk
                 await stream.write_json(out)
+                tally.first_chunk(time.perf_counter())
                 choices = chunk.get("choices")
                 if choices and isinstance(choices[0], dict) and choices[0].get("finish_reason"):
                     finished = True
@@ -437,6 +466,14 @@ class MimirNode(Service):
             stream.release()
 
     async def _serve_tunnel_request(self, stream: Stream, model: str) -> None:
+        tally = ChatTally(self._metrics.chats, time.perf_counter())
+        tally.model = model
+        try:
+            await self._serve_tunnel_tallied(stream, model, tally)
+        finally:
+            tally.end(time.perf_counter())
+
+    async def _serve_tunnel_tallied(self, stream: Stream, model: str, tally: ChatTally) -> None:
         metrics = self._metrics
         try:
             try:
@@ -449,11 +486,14 @@ class MimirNode(Service):
                 log.debug("%r: tunnel probe for %s", stream, model)
                 return
             metrics.requests += 1
+            tally.started = time.perf_counter()
             request = tunnel.admit(got, model, max_tokens=self.limits.max_tokens)
         except (StreamResetError, ConnectionClosedError):
             return  # gone (reset by its peer or at a limit, logged there): nobody to answer
         except tunnel.TunnelError as exc:
             log.warning("%r: tunnel request refused (%d %s): %s", stream, exc.status, exc.reason, exc.message)
+            refused = exc.reason == packets.OVERLOADED
+            tally.outcome = ChatOutcome.REFUSED if refused else ChatOutcome.BAD_REQUEST
             metrics.bad_requests += 1
             await _send_raw(stream, tunnel.error_answer(exc.status, exc.message, exc.reason))
             return
@@ -462,6 +502,7 @@ class MimirNode(Service):
         ip = None if address is None else address[0]
         ticket = self.admission.arrive(stream.remote_peer, self._clock(), ip)
         if isinstance(ticket, Refusal):
+            tally.outcome = ChatOutcome.REFUSED
             self.refused[ticket.type] += 1
             log.info("%r: tunnel request refused (%s): %s", stream, ticket.type, ticket.message)
             status = 429 if ticket.type == packets.RATE_LIMITED else 503
@@ -470,7 +511,9 @@ class MimirNode(Service):
         try:
             if ticket.admitted or await self._wait_turn(stream, ticket):
                 self._running[ticket] = (stream, None)
-                await self._forward_until_done(stream, request, ticket)
+                await self._forward_until_done(stream, request, ticket, tally)
+            else:
+                tally.outcome = ChatOutcome.CANCELLED
         finally:
             self._running.pop(ticket, None)
             ending = self._ending.pop(ticket, None)
@@ -479,19 +522,24 @@ class MimirNode(Service):
             self._let_in(self.admission.leave(ticket))
 
     async def _forward_until_done(
-        self, stream: Stream, request: tunnel.TunnelRequest, ticket: Ticket
+        self, stream: Stream, request: tunnel.TunnelRequest, ticket: Ticket, tally: ChatTally
     ) -> None:
-        answer = asyncio.ensure_future(self._forward(stream, request, ticket))
+        answer = asyncio.ensure_future(self._forward(stream, request, ticket, tally))
         await _until_done_or_reset(stream, answer)
         metrics = self._metrics
         if answer.cancelled():
+            tally.outcome = ChatOutcome.CANCELLED
             metrics.cancelled += 1
             return
         exc = answer.exception()
         if exc is None:
+            tally.outcome = ChatOutcome.OK
             metrics.served += 1
             return
+        tally.outcome = ChatOutcome.ENDED if ticket.ended is not None else ChatOutcome.BACKEND_ERROR
         if isinstance(exc, tunnel.TunnelError):  # before the status line: an HTTP answer
+            if ticket.ended is None:
+                tally.outcome = outcome_of(exc.reason)
             metrics.backend_errors[exc.reason] += 1
             log.warning("%r: tunnel: %s", stream, exc.message)
             await _send_raw(stream, tunnel.error_answer(exc.status, exc.message, exc.reason))
@@ -503,6 +551,7 @@ class MimirNode(Service):
                 await stream.reset()
         elif isinstance(exc, MimirliteError):
             log.info("%r: client went away mid-answer: %s", stream, exc)
+            tally.outcome = ChatOutcome.CANCELLED
             metrics.cancelled += 1
         else:
             metrics.backend_errors["unexpected"] += 1
@@ -510,7 +559,9 @@ class MimirNode(Service):
                 await stream.reset()
             raise exc
 
-    async def _forward(self, stream: Stream, request: tunnel.TunnelRequest, ticket: Ticket) -> None:
+    async def _forward(
+        self, stream: Stream, request: tunnel.TunnelRequest, ticket: Ticket, tally: ChatTally
+    ) -> None:
         """Pass the backend's answer on as it comes, then close. TunnelError (502; 503 when the request
         was ended, see ``_review``) when it fails before its status line, BackendError after it."""
         answer = self.backend.forward(request.method, request.target, request.headers, request.body)
@@ -526,6 +577,7 @@ class MimirNode(Service):
                         started = True
                     elif part:
                         await stream.write(part)
+                        tally.first_chunk(time.perf_counter())
                     if ticket.ended is not None:
                         raise BackendError(ticket.ended.type, ticket.ended.message)
             except BackendError as exc:

@@ -39,7 +39,7 @@ from mimirlite.errors import (
     RefusalReason,
     StreamResetError,
 )
-from mimirlite.metrics import HostMetrics
+from mimirlite.metrics import INBOUND, OUTBOUND, HostMetrics
 from mimirlite.net.budget import CHUNK_OVERHEAD, BufferAccount, BufferBudget
 from mimirlite.net.shares import StreamShares
 from mimirlite.net.sockopts import DEAD_LINK_ERRNOS, tune_tcp_socket
@@ -613,14 +613,20 @@ class Connection(asyncio.BufferedProtocol):
         m = self._metrics
         m.streams_opened += 1
         m.streams_current += 1
+        direction = INBOUND if self._is_inbound(st.stream_id) else OUTBOUND
+        m.streams_opened_by_direction[direction] += 1
+        m.streams_current_by_direction[direction] += 1
 
     def _drop_stream(self, sid: int) -> Stream | None:
         st = self._streams.pop(sid, None)
         if st is not None:
             self._metrics.streams_current -= 1
             if self._is_inbound(sid):
+                self._metrics.streams_current_by_direction[INBOUND] -= 1
                 self._inbound -= 1
                 self._shares.remove(self.remote_peer, self._ip)
+            else:
+                self._metrics.streams_current_by_direction[OUTBOUND] -= 1
             if self._state is DRAINING and not self._streams:
                 self._loop.call_soon(self._close_if_drained)
         return st
@@ -803,6 +809,9 @@ class Connection(asyncio.BufferedProtocol):
         exc = reason if isinstance(reason, MimirliteError) else ConnectionClosedError(str(reason))
         streams, self._streams = self._streams, {}
         self._metrics.streams_current -= len(streams)
+        by_direction = self._metrics.streams_current_by_direction
+        by_direction[INBOUND] -= self._inbound
+        by_direction[OUTBOUND] -= len(streams) - self._inbound
         if self._inbound:
             self._shares.remove(self.remote_peer, self._ip, self._inbound)
             self._inbound = 0

@@ -29,7 +29,7 @@ from mimirlite.errors import (
     StreamResetError,
 )
 from mimirlite.identity import KeyPair, PeerId
-from mimirlite.metrics import HostMetrics
+from mimirlite.metrics import INBOUND, OUTBOUND, HostMetrics
 from mimirlite.net.addr import TcpAddr, expand_unspecified, parse_multiaddr
 from mimirlite.net.budget import BufferBudget
 from mimirlite.net.config import HostConfig
@@ -735,6 +735,9 @@ class Host(Service):
         m = self._metrics
         m.connections_opened += 1
         m.connections_current += 1
+        direction = OUTBOUND if conn.initiator else INBOUND
+        m.connections_opened_by_direction[direction] += 1
+        m.connections_current_by_direction[direction] += 1
         current = self._conns.get(peer)
         if current is None or not current.is_open or (current.relayed and not conn.relayed):
             self._conns[peer] = conn  # a direct connection takes over from a relayed one
@@ -758,6 +761,7 @@ class Host(Service):
         m = self._metrics
         m.connections_closed += 1
         m.connections_current -= 1
+        m.connections_current_by_direction[OUTBOUND if conn.initiator else INBOUND] -= 1
         m.closed[conn.close_kind or CloseKind.LOCAL] += 1
         peer = conn.remote_peer
         if peer is not None and self._conns.get(peer) is conn:
