@@ -11,7 +11,7 @@ from mimirlite.mimir.http import PROXY_VARS
 from tests.helpers.nodeproc import cli, make_env, started
 from tests.helpers.openai_server import OpenAIServer
 
-HEAVY = ("openai", "httpx", "zeroconf", "pydantic", "h11", "dns")
+HEAVY = ("openai", "httpx", "zeroconf", "pydantic", "h11", "dns", "prometheus_client", "playwright")
 
 
 def loaded_after(code: str) -> list[str]:
