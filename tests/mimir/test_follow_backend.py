@@ -1,0 +1,209 @@
+"""A node follows its backend's model list, on real parts: a MimirNode in front of the test OpenAI server
+(tests/helpers/openai_server.py) polling it every fraction of a second, a MimirClient connected to it, a
+Gateway in front of the client (the openai SDK talks to it), and a bare DHT peer both join. Models the
+backend gains and loses reach the client (identify push), the gateway and the DHT; a backend that stops is
+retried with growing waits, its models stay listed for the grace period while chats get ``backend_error``,
+then drop (the node serves none, and runs on) and come back with it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import openai
+import pytest
+
+from mimirlite import Host, MimirClient, MimirNode
+from mimirlite.gateway import Gateway
+from mimirlite.identity import PeerId
+from mimirlite.mimir import OpenAIBackend, RemoteError, packets
+from mimirlite.mimir.follow import BackendState, FollowConfig
+from mimirlite.mimir.models import dht_keys
+from mimirlite.protocols import identify_service, start_services
+from mimirlite.protocols.kad.service import Dht
+from tests.helpers import until
+from tests.helpers.gateway import sdk, user
+from tests.helpers.mimir import request
+from tests.helpers.openai_server import OpenAIServer
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+LLAMA = "llama3.2:latest"
+FRESH = "fresh:1b"
+WAIT = 10.0
+"""Bound of every wait on a condition: a healthy run takes a fraction of it."""
+INTERVAL = 0.5
+FIRST_RETRY = 0.03
+GRACE = 3.0
+FOLLOW = FollowConfig(interval=INTERVAL, grace=GRACE, first_retry=FIRST_RETRY, jitter=0.0)
+
+
+@contextlib.asynccontextmanager
+async def bootstrap_peer() -> AsyncIterator[Host]:
+    """A bare DHT server: identify, ping and both DHTs, no mimir protocol."""
+    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host:
+        start_services(host)
+        identify = identify_service(host)
+        assert identify is not None
+        async with Dht(host, identify):
+            yield host
+
+
+def self_records(node: MimirNode, model: str) -> list[bool]:
+    """For each key of ``model``: whether the node's own DHT stores (LAN first) hold its record."""
+    assert node.dht is not None
+    me = node.host.peer_id
+    return [
+        any(p.peer == me for p in d.providers.get(key, asyncio.get_running_loop().time()))
+        for key in dht_keys(model)
+        for d in node.dht.dht.dhts
+        if d.server
+    ]
+
+
+async def chat_text(client: MimirClient, model: str, text: str) -> str:
+    chunks = client.chat_raw([{"role": "user", "content": text}], model=model)
+    parts = [c["choices"][0]["delta"].get("content") or "" async for c in chunks if c["choices"]]
+    return "".join(parts)
+
+
+async def listed(gw: Gateway) -> list[str]:
+    async with sdk(gw) as api:
+        return [m.id async for m in api.models.list()]
+
+
+async def test_the_network_follows_what_the_backend_serves(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "mimirlite.mimir")
+    async with contextlib.AsyncExitStack() as stack:
+        srv = await stack.enter_async_context(OpenAIServer(models=[LLAMA]))
+        boot = (await stack.enter_async_context(bootstrap_peer())).listen_addrs[0]
+        host = await stack.enter_async_context(Host(listen=["/ip4/127.0.0.1/tcp/0"]))
+        backend = OpenAIBackend(srv.base_url, timeout=5.0)
+        node = await stack.enter_async_context(MimirNode(host, backend, bootstrap=[boot], follow=FOLLOW))
+        me: PeerId = host.peer_id
+        client = await stack.enter_async_context(MimirClient([host.listen_addrs[0]], mdns=False, dht=False))
+        gw = await stack.enter_async_context(Gateway(client, port=0))
+        other = await stack.enter_async_context(MimirClient(bootstrap=[boot], mdns=False))
+        assert client.nodes == {me: [LLAMA]}
+
+        # a model pulled into the backend: served, pushed to the client, listed by the gateway, provided
+        srv.models.append(FRESH)
+        await until(lambda: FRESH in client.nodes.get(me, []), WAIT, "the client learns the new model")
+        assert sorted(client.tunnels(me)) == [FRESH, LLAMA]  # both generations
+        assert FRESH in await listed(gw)
+        async with sdk(gw) as api:
+            answer = await api.chat.completions.create(model=FRESH, messages=user("a fresh model"))  # type: ignore[arg-type]
+        assert answer.choices[0].message.content == "a fresh model"
+        assert srv.chat_requests[-1]["model"] == FRESH
+        assert await other.wait_for_nodes(FRESH, WAIT)  # a DHT lookup from another peer finds the node
+        assert other.nodes_for(FRESH) == [me]
+        assert all(self_records(node, FRESH))
+
+        # a model removed from the backend: gone from the client, the gateway and the node's own records
+        srv.models.remove(FRESH)
+        await until(lambda: client.nodes.get(me) == [LLAMA], WAIT, "the client drops the removed model")
+        assert FRESH not in await listed(gw)
+        assert host.handler("/mimir/fresh-1b/1.0.0") is None
+        assert not any(self_records(node, FRESH))
+        await until(lambda: other.nodes_for(FRESH) == [], WAIT, "the other peer hears it too")
+
+        # the backend stops: retried with growing waits, models still listed, chats get backend_error
+        down_at = asyncio.get_running_loop().time()
+        await srv.close()
+        follower = node.follower
+        assert follower is not None
+        await until(lambda: node.backend_state is BackendState.DOWN, WAIT, "the node sees the backend gone")
+        with pytest.raises(RemoteError) as caught:
+            await chat_text(client, LLAMA, "anyone there")
+        assert caught.value.type == packets.BACKEND_ERROR
+        assert "backend is not answering" in caught.value.message
+        assert "withdrawn in" in caught.value.message
+        async with sdk(gw) as api:
+            with pytest.raises(openai.APIStatusError) as failed:
+                await api.chat.completions.create(model=LLAMA, messages=user("still there?"))  # type: ignore[arg-type]
+        assert failed.value.status_code == 502 and "not answering" in str(failed.value)
+        assert client.nodes == {me: [LLAMA]} and await listed(gw) == [LLAMA]
+        await until(lambda: follower.failures >= 5, WAIT, "five retries")
+        assert node.backend_state is BackendState.DOWN
+        tries = [t for t in follower.attempts if t >= down_at]
+        gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)][:4]
+        assert len(gaps) == 4
+        # each wait at least doubles the one before (from FIRST_RETRY up), the first far below the interval
+        for i, gap in enumerate(gaps):
+            assert gap >= FIRST_RETRY * 2**i * 0.99, gaps
+        assert gaps[0] < INTERVAL, gaps
+
+        # the grace period ends: the node serves no model (and runs on); the client and gateway see none
+        await until(lambda: node.backend_state is BackendState.GONE, WAIT, "the grace period ends")
+        assert follower.down_since is not None
+        assert follower.attempts[-1] >= follower.down_since + GRACE
+        assert node.models == [] and host.handler(packets.CHAT_PROTOCOL) is not None
+        await until(lambda: client.nodes == {me: []}, WAIT, "the client sees the node serve nothing")
+        assert await listed(gw) == []
+        assert not any(self_records(node, LLAMA))
+        async with Host() as asker:
+            asked = {"event": "message", "data": {"model": LLAMA, "messages": user("hi")}}
+            stop = (await request(asker, node, packets.CHAT_PROTOCOL, asked))[-1]
+            models = await request(asker, node, packets.MIMIR_IDENTIFY_PROTOCOL, {"event": "query"})
+        assert stop["data"]["error"]["type"] == packets.MODEL_NOT_FOUND
+        assert "backend is gone" in stop["data"]["error"]["message"]
+        assert models[0]["data"] == []
+
+        # the backend comes back: its models are served, pushed and provided again
+        await srv.start()
+        await until(lambda: client.nodes == {me: [LLAMA]}, WAIT, "the client sees the model again")
+        assert node.backend_state is BackendState.UP
+        assert await chat_text(client, LLAMA, "welcome back") == "welcome back"
+        assert await listed(gw) == [LLAMA]
+        await until(lambda: all(self_records(node, LLAMA)), WAIT, "provided again")
+
+    went = [r for r in caplog.records if "stopped answering" in r.getMessage()]
+    back = [r for r in caplog.records if "answers again" in r.getMessage()]
+    assert len(went) == 1 and went[0].levelno == logging.WARNING
+    assert len(back) == 1 and back[0].levelno == logging.INFO
+
+
+async def test_a_model_change_reaches_a_client_the_node_never_identified() -> None:
+    """Without the DHT nobody identifies the node's peers; the push goes to them all the same."""
+    async with OpenAIServer(models=[LLAMA]) as srv, Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host:
+        backend = OpenAIBackend(srv.base_url, timeout=5.0)
+        async with MimirNode(host, backend, dht=False, follow=FOLLOW), MimirClient(
+            [host.listen_addrs[0]], mdns=False, dht=False
+        ) as client:
+            identify = identify_service(host)
+            assert identify is not None
+            assert all(identify.info_of(p) is None for p in host.connections)
+            srv.models.append(FRESH)
+            await until(lambda: client.nodes.get(host.peer_id) == [LLAMA, FRESH], WAIT, "the push")
+
+
+async def test_set_models_serves_no_model_and_back() -> None:
+    """``set_models([])`` leaves the node running with nothing served; the models return with a call."""
+    async with OpenAIServer(models=[LLAMA]) as srv, Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host:
+        backend = OpenAIBackend(srv.base_url, timeout=5.0)
+        async with MimirNode(host, backend, dht=False, models_interval=0) as node, MimirClient(
+            [host.listen_addrs[0]], mdns=False, dht=False
+        ) as client:
+            assert node.follower is None and node.backend_state is BackendState.UP
+            await node.set_models([])
+            await until(lambda: client.nodes == {host.peer_id: []}, WAIT, "no model")
+            assert [p for p in host.protocols if p.startswith("/mimir/")] == []
+            await node.set_models([LLAMA])
+            await until(lambda: client.nodes == {host.peer_id: [LLAMA]}, WAIT, "the model again")
+            assert await chat_text(client, LLAMA, "here again") == "here again"
+
+
+async def test_a_backend_that_lists_no_model_is_treated_as_gone() -> None:
+    async with OpenAIServer(models=[LLAMA]) as srv, Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host:
+        follow = FollowConfig(interval=0.2, grace=0.5, first_retry=0.05, jitter=0.0)
+        backend = OpenAIBackend(srv.base_url, timeout=5.0)
+        async with MimirNode(host, backend, dht=False, follow=follow) as node:
+            srv.models.clear()
+            await until(lambda: node.backend_state is BackendState.DOWN, WAIT, "down")
+            assert node.models == [LLAMA]
+            await until(lambda: node.models == [], WAIT, "the grace ends")
+            assert node.follower is not None and node.follower.reason == "the backend lists no model"
+            srv.models.append(LLAMA)
+            await until(lambda: node.models == [LLAMA], WAIT, "served again")
