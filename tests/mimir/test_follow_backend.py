@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncIterator
 
 import openai
 import pytest
 
-from mimirlite import Host, MimirClient, MimirNode
+from mimirlite import Host, MimirClient, MimirNode, Stream
+from mimirlite.errors import MimirliteError, ProtocolErrorKind, RefusalReason, StreamResetError
 from mimirlite.gateway import Gateway
 from mimirlite.identity import PeerId
-from mimirlite.mimir import OpenAIBackend, RemoteError, packets
+from mimirlite.mimir import EchoBackend, OpenAIBackend, RemoteError, packets
 from mimirlite.mimir.follow import BackendState, FollowConfig
 from mimirlite.mimir.models import dht_keys
-from mimirlite.protocols import identify_service, start_services
+from mimirlite.mimir.packets import Packet
+from mimirlite.protocols import IDENTIFY_PUSH_PROTOCOL, identify_service, start_services
 from mimirlite.protocols.kad.service import Dht
+from mimirlite.wire.lp import encode_message
+from mimirlite.wire.protobuf import encode_bytes_field
 from tests.helpers import until
 from tests.helpers.gateway import sdk, user
 from tests.helpers.mimir import request
@@ -128,7 +133,7 @@ async def test_the_network_follows_what_the_backend_serves(caplog: pytest.LogCap
         await until(lambda: follower.failures >= 5, WAIT, "five retries")
         assert node.backend_state is BackendState.DOWN
         tries = [t for t in follower.attempts if t >= down_at]
-        gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)][:4]
+        gaps = [b - a for a, b in itertools.pairwise(tries)][:4]
         assert len(gaps) == 4
         # each wait at least doubles the one before (from FIRST_RETRY up), the first far below the interval
         for i, gap in enumerate(gaps):
@@ -207,3 +212,83 @@ async def test_a_backend_that_lists_no_model_is_treated_as_gone() -> None:
             assert node.follower is not None and node.follower.reason == "the backend lists no model"
             srv.models.append(LLAMA)
             await until(lambda: node.models == [LLAMA], WAIT, "served again")
+
+
+async def push_raw(hostile: Host, client_peer: PeerId, body: bytes) -> bool:
+    """One identify push of ``body`` (any size) to the client; whether the client took it (read it whole
+    and closed its side) rather than resetting it."""
+    stream = await hostile.open_on(hostile.connections[client_peer], IDENTIFY_PUSH_PROTOCOL)
+    try:
+        await stream.write(encode_message(body))
+        await stream.close_write()
+        await asyncio.wait_for(stream.read_all(limit=0), WAIT)
+    except (StreamResetError, MimirliteError):
+        await stream.reset()
+        return False
+    await stream.close()
+    return True
+
+
+def identify_body(protocols: list[str]) -> bytes:
+    return b"".join(encode_bytes_field(3, p.encode()) for p in protocols)  # field 3: protocols
+
+
+async def test_a_hostile_node_pushing_identify_cannot_make_the_client_misbehave() -> None:
+    """A known node that pushes identify over and over, each time with other protocols (hundreds of fake
+    tunnels), and once a message over the size cap: the client re-learns its models one run at a time
+    (a flood while a run is under way leaves one more run, with the latest list), its tunnel list stays
+    within identify's cap, its pushes over the rate are refused, and the other node is untouched."""
+    queries = 0
+    active = 0
+    most = 0
+    hold = asyncio.Event()
+    hold.set()
+
+    async def answer(stream: Stream) -> None:
+        nonlocal queries, active, most
+        queries += 1
+        active += 1
+        most = max(most, active)
+        try:
+            query = await stream.read_json()
+            await asyncio.wait_for(hold.wait(), WAIT)
+            request_id = query.get("request_id") if isinstance(query, dict) else None
+            await stream.write_json(Packet(packets.RESPONSE, ["bad"], request_id).to_json())
+        finally:
+            active -= 1
+
+    async with contextlib.AsyncExitStack() as stack:
+        good = await stack.enter_async_context(Host(listen=["/ip4/127.0.0.1/tcp/0"]))
+        await stack.enter_async_context(MimirNode(good, EchoBackend(), dht=False, models_interval=0))
+        hostile = await stack.enter_async_context(Host(listen=["/ip4/127.0.0.1/tcp/0"]))
+        for service in start_services(hostile):
+            stack.callback(service.close)
+        hostile.set_handler(packets.MIMIR_IDENTIFY_PROTOCOL, answer)
+        hostile.set_handler(packets.CHAT_PROTOCOL, answer)
+        addrs = [good.listen_addrs[0], hostile.listen_addrs[0]]
+        client = await stack.enter_async_context(MimirClient(addrs, mdns=False, dht=False))
+        assert client.nodes == {good.peer_id: ["echo"], hostile.peer_id: ["bad"]}
+        first = queries
+        me = client.host.peer_id
+
+        too_big = identify_body([f"/mimir/big{i:05d}/1.0.0" for i in range(600)])
+        assert len(too_big) > 8 * 1024
+        assert not await push_raw(hostile, me, too_big)
+        assert client.host.metrics.protocol_errors[ProtocolErrorKind.IDENTIFY] == 1
+
+        hold.clear()  # the re-learning runs wait in the hostile node's identify answer
+        taken = 0
+        for i in range(40):
+            fake = [f"/mimir/f{i}-{j}/1.0.0" for j in range(300)]
+            mimir = [packets.MIMIR_IDENTIFY_PROTOCOL, packets.CHAT_PROTOCOL, "/mimir/bad/1.0.0"]
+            taken += await push_raw(hostile, me, identify_body([*mimir, *fake]))
+        assert 0 < taken < 40
+        assert client.host.metrics.refused[RefusalReason.IDENTIFY_PUSH] == 40 - taken
+        await until(lambda: queries == first + 1, WAIT, "one re-learning run")
+        assert active == 1
+        hold.set()
+        await until(lambda: client.tunnels(hostile.peer_id) == {"bad": "/mimir/bad/1.0.0"}, WAIT, "learnt")
+        await until(lambda: active == 0, WAIT, "the runs end")
+        assert most == 1 and queries <= first + 2  # one run, then one for the latest push
+        assert client.nodes == {good.peer_id: ["echo"], hostile.peer_id: ["bad"]}
+        assert await chat_text(client, "echo", "still here") == "still here"
