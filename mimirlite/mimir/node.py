@@ -181,17 +181,15 @@ class MimirNode(Service):
                     log.debug("the backend did not list its models (attempt %d): %s", follower.failures, exc)
             else:
                 step = follower.listed(models, loop.time())
-            self._report(step, follower)
+            self._report(step)
             if step.serve is not None:
                 await self.set_models(step.serve)
             delay = step.delay
 
-    def _report(self, step: Step, follower: ModelFollower) -> None:
-        if step.news is None:
-            return
-        if follower.state is BackendState.UP:
-            log.info("%s", step.news)
-        else:
+    def _report(self, step: Step) -> None:
+        """A change of the backend's state, said once (a WARNING, its return too: it ends the incident
+        an operator saw begin); each retry only at DEBUG."""
+        if step.news is not None:
             log.warning("%s", step.news)
 
     def _open_tunnels(self, models: Sequence[str]) -> None:

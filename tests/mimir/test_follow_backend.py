@@ -167,7 +167,7 @@ async def test_the_network_follows_what_the_backend_serves(caplog: pytest.LogCap
     went = [r for r in caplog.records if "stopped answering" in r.getMessage()]
     back = [r for r in caplog.records if "answers again" in r.getMessage()]
     assert len(went) == 1 and went[0].levelno == logging.WARNING
-    assert len(back) == 1 and back[0].levelno == logging.INFO
+    assert len(back) == 1 and back[0].levelno == logging.WARNING
 
 
 async def test_a_model_change_reaches_a_client_the_node_never_identified() -> None:
