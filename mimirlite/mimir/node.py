@@ -175,8 +175,8 @@ class MimirNode(Service):
             await asyncio.sleep(delay)
             try:
                 models = await self.backend.list_models()
-            except BackendError as exc:
-                step = follower.failed(str(exc), loop.time())
+            except (MimirliteError, OSError) as exc:  # BackendError, or a backend of one's own failing
+                step = follower.failed(str(exc) or type(exc).__name__, loop.time())
                 if step.news is None:
                     log.debug("the backend did not list its models (attempt %d): %s", follower.failures, exc)
             else:

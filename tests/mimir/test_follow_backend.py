@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -22,14 +23,14 @@ from mimirlite.gateway import Gateway
 from mimirlite.identity import PeerId
 from mimirlite.mimir import EchoBackend, OpenAIBackend, RemoteError, packets
 from mimirlite.mimir.follow import BackendState, FollowConfig
-from mimirlite.mimir.models import dht_keys
+from mimirlite.mimir.models import dht_keys, tunnel_protocol
 from mimirlite.mimir.packets import Packet
 from mimirlite.protocols import IDENTIFY_PUSH_PROTOCOL, identify_service, start_services
 from mimirlite.protocols.kad.service import Dht
 from mimirlite.wire.lp import encode_message
 from mimirlite.wire.protobuf import encode_bytes_field
 from tests.helpers import until
-from tests.helpers.gateway import sdk, user
+from tests.helpers.gateway import RawHttp, sdk, user
 from tests.helpers.mimir import request
 from tests.helpers.openai_server import OpenAIServer
 
@@ -75,8 +76,17 @@ async def chat_text(client: MimirClient, model: str, text: str) -> str:
 
 
 async def listed(gw: Gateway) -> list[str]:
+    """The models the gateway lists on ``/v1/models`` (the openai SDK), checked against ``/api/tags``."""
     async with sdk(gw) as api:
-        return [m.id async for m in api.models.list()]
+        ids = [m.id async for m in api.models.list()]
+    http = await RawHttp.open(gw)
+    try:
+        status, _, body = await http.request("GET", "/api/tags")
+    finally:
+        await http.close()
+    assert status == 200
+    assert sorted(m["name"] for m in json.loads(body)["models"]) == sorted(ids)
+    return ids
 
 
 async def test_the_network_follows_what_the_backend_serves(caplog: pytest.LogCaptureFixture) -> None:
@@ -129,6 +139,10 @@ async def test_the_network_follows_what_the_backend_serves(caplog: pytest.LogCap
             with pytest.raises(openai.APIStatusError) as failed:
                 await api.chat.completions.create(model=LLAMA, messages=user("still there?"))  # type: ignore[arg-type]
         assert failed.value.status_code == 502 and "not answering" in str(failed.value)
+        tunnelled = await client.request(LLAMA, "GET", "/v1/models")  # the latest generation says it too
+        error = json.loads(await tunnelled.body.read())["error"]
+        assert tunnelled.status == 502 and error["code"] == packets.BACKEND_ERROR
+        assert "not answering" in error["message"]
         assert client.nodes == {me: [LLAMA]} and await listed(gw) == [LLAMA]
         await until(lambda: follower.failures >= 5, WAIT, "five retries")
         assert node.backend_state is BackendState.DOWN
@@ -292,3 +306,39 @@ async def test_a_hostile_node_pushing_identify_cannot_make_the_client_misbehave(
         assert most == 1 and queries <= first + 2  # one run, then one for the latest push
         assert client.nodes == {good.peer_id: ["echo"], hostile.peer_id: ["bad"]}
         assert await chat_text(client, "echo", "still here") == "still here"
+
+
+async def test_a_latest_generation_node_is_learnt_again_from_its_tunnels() -> None:
+    """A node of the latest generation only (tunnels, no ``/mimirllm/1.0.0``): a push with another tunnel
+    list makes the client ask ``GET /v1/models`` again for the real names (its names are not kept from the
+    first time); a push with no tunnel at all leaves a peer that is no node, and the client forgets it."""
+    names = [LLAMA]
+
+    async def tunnel(stream: Stream) -> None:
+        request = await stream.read_all(limit=1 << 16)
+        data = [{"id": n, "object": "model"} for n in names]
+        body = json.dumps({"object": "list", "data": data}).encode()
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n"
+        await stream.write(head + body if request.startswith(b"GET /v1/models ") else b"")
+
+    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as latest:
+        services = start_services(latest)
+        latest.set_handler(tunnel_protocol(LLAMA), tunnel)
+        try:
+            async with MimirClient([latest.listen_addrs[0]], mdns=False, dht=False) as client:
+                peer = latest.peer_id
+                assert client.nodes == {peer: [LLAMA]} and client.generation(peer) == "latest"
+                identify = identify_service(latest)
+                assert identify is not None
+                await identify.identify(latest.connections[client.host.peer_id])  # it accepts pushes
+                names.append("qwen2.5:7b")
+                latest.set_handler(tunnel_protocol("qwen2.5:7b"), tunnel)
+                assert await identify.push() == 1
+                await until(lambda: client.nodes.get(peer) == [LLAMA, "qwen2.5:7b"], WAIT, "the real names")
+                for name in names:
+                    latest.remove_handler(tunnel_protocol(name))
+                assert await identify.push() == 1
+                await until(lambda: peer not in client.nodes, WAIT, "forgotten")
+        finally:
+            for service in services:
+                service.close()
