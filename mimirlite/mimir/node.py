@@ -209,6 +209,8 @@ class MimirNode(Service):
         if self.state is not ServiceState.RUNNING:
             raise LocalError("the node is not running")
         models = list(dict.fromkeys(models))
+        if self.follower is not None:
+            self.follower.served = tuple(models)  # the next poll corrects a list the backend disowns
         if models == self.models:
             return
         added = [m for m in models if m not in self.models]
@@ -371,7 +373,9 @@ class MimirNode(Service):
         if self.models:
             return f"model {model!r} is not served here"
         follower = self.follower
-        why = follower.reason if follower is not None and follower.reason else "it lists no model"
+        if follower is None or follower.state is BackendState.UP:
+            return "this node serves no model now"
+        why = follower.reason
         return f"this node serves no model now: its backend is gone ({why}); its models return with it"
 
     def _as_sent(self, type: str, message: str) -> tuple[str, str]:

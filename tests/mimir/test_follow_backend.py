@@ -342,3 +342,16 @@ async def test_a_latest_generation_node_is_learnt_again_from_its_tunnels() -> No
         finally:
             for service in services:
                 service.close()
+
+
+async def test_the_backend_list_wins_over_a_hand_set_one() -> None:
+    """``set_models`` by hand while the node follows its backend: the next poll serves the backend's list."""
+    async with OpenAIServer(models=[LLAMA]) as srv, Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host:
+        backend = OpenAIBackend(srv.base_url, timeout=5.0)
+        follow = FollowConfig(interval=0.1, jitter=0.0)
+        async with MimirNode(host, backend, dht=False, follow=follow) as node:
+            await node.set_models([])
+            assert node.models == []
+            polled = srv.models_requests
+            await srv.wait_until(lambda: srv.models_requests > polled, WAIT)
+            await until(lambda: node.models == [LLAMA], WAIT, "the backend's list again")
