@@ -119,9 +119,17 @@ def _parser() -> argparse.ArgumentParser:
     node.add_argument(
         "--models-interval",
         type=float,
-        default=60.0,
+        default=30.0,
         metavar="S",
-        help="ask the backend for its models every S seconds and serve what changed (default 60; 0: never)",
+        help="ask the backend for its models every S seconds and serve what changed (default 30; 0: never)",
+    )
+    node.add_argument(
+        "--models-grace",
+        type=float,
+        default=None,
+        metavar="S",
+        help="a backend that stops answering keeps its models listed S seconds, retried meanwhile; then "
+        "the node serves no model until it answers (default: 3 x --models-interval)",
     )
     node.add_argument(
         "--dht-server",
@@ -547,6 +555,7 @@ async def _node(args: argparse.Namespace) -> int:
                     bootstrap=args.bootstrap,
                     dht_server=args.dht_server,
                     models_interval=args.models_interval or None,
+                    models_grace=args.models_grace,
                 )
             )
             if args.stats_interval:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         NoNodeError,
         TruncatedAnswerError,
     )
+    from mimirlite.mimir.follow import BackendState, FollowConfig
     from mimirlite.mimir.limits import NodeLimits
     from mimirlite.mimir.models import DEFAULT_MODEL, MODEL_CIDS
     from mimirlite.mimir.node import MimirNode
@@ -34,9 +35,11 @@ _LAZY = {
     "AnswerTimeoutError": "mimirlite.mimir.client",
     "Backend": "mimirlite.mimir.backends",
     "BackendError": "mimirlite.mimir.backends",
+    "BackendState": "mimirlite.mimir.follow",
     "ChatError": "mimirlite.mimir.client",
     "ClientConfig": "mimirlite.mimir.client",
     "EchoBackend": "mimirlite.mimir.backends",
+    "FollowConfig": "mimirlite.mimir.follow",
     "MimirClient": "mimirlite.mimir.client",
     "MimirNode": "mimirlite.mimir.node",
     "NoNodeError": "mimirlite.mimir.client",
@@ -55,9 +58,11 @@ __all__ = [
     "AnswerTimeoutError",
     "Backend",
     "BackendError",
+    "BackendState",
     "ChatError",
     "ClientConfig",
     "EchoBackend",
+    "FollowConfig",
     "MimirClient",
     "MimirNode",
     "NoNodeError",

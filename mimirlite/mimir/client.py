@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from mimirlite.aio import Service, SingleFlight
+from mimirlite.aio import Service, ServiceState, SingleFlight
 from mimirlite.errors import (
     LocalError,
     MimirliteError,
@@ -46,7 +46,13 @@ from mimirlite.net.config import HostConfig
 from mimirlite.net.connection import Connection
 from mimirlite.net.host import Host
 from mimirlite.net.stream import Stream
-from mimirlite.protocols import IdentifyTimeoutError, Ping, identify_service, start_services
+from mimirlite.protocols import (
+    IdentifyInfo,
+    IdentifyTimeoutError,
+    Ping,
+    identify_service,
+    start_services,
+)
 from mimirlite.protocols.relay.client import RelayClient
 from mimirlite.wire import lp
 
@@ -129,6 +135,12 @@ class ClientConfig:
         for name in ("identify_timeout", "read_timeout", "mdns_interval"):
             if not getattr(self, name) > 0:
                 raise LocalError(f"{name} must be a positive number of seconds")
+
+
+def _mimir_protocols(protocols: Iterable[str]) -> frozenset[str]:
+    """The protocols of a node's list that tell which models it serves: both generations'."""
+    first = (packets.CHAT_PROTOCOL, packets.MIMIR_IDENTIFY_PROTOCOL)
+    return frozenset(p for p in protocols if p in first or sanitized_of(p) is not None)
 
 
 def _request_id() -> str:
@@ -248,6 +260,9 @@ class MimirClient(Service):
         self._nodes: dict[PeerId, list[str]] = {}
         self._tunnels: dict[PeerId, dict[str, str]] = {}  # model name -> /mimir/<sanitized>/1.0.0
         self._generation: dict[PeerId, str] = {}
+        self._seen: dict[PeerId, frozenset[str]] = {}  # a node's mimir protocols when last learnt
+        self._pushed: dict[PeerId, Sequence[str]] = {}  # protocols a node pushed since: to learn from
+        self._relearning: dict[PeerId, asyncio.Task[None]] = {}
         self._names_of: dict[Connection, dict[str, str]] = {}  # a latest node's names, once per connection
         self.probe_models = list(cfg.probe_models)
         self._inflight: dict[PeerId, int] = {}
@@ -289,6 +304,8 @@ class MimirClient(Service):
             await self.discovery.start()
         cfg = self.config
         identify = identify_service(self.host)
+        if identify is not None:
+            identify.on_identified.append(self._on_identified)
         if self.host.circuit_dialer is None:  # --peer may be <relay>/p2p-circuit/p2p/<node>
             self._relay = RelayClient(self.host)
             await self._relay.start()
@@ -327,6 +344,15 @@ class MimirClient(Service):
             await self.discovery.stop()
         if self._on_disconnected in self.host.on_disconnected:
             self.host.on_disconnected.remove(self._on_disconnected)
+        identify = identify_service(self.host)
+        if identify is not None and self._on_identified in identify.on_identified:
+            identify.on_identified.remove(self._on_identified)
+        relearning = list(self._relearning.values())
+        for task in relearning:
+            task.cancel()
+        await asyncio.gather(*relearning, return_exceptions=True)
+        self._relearning.clear()
+        self._pushed.clear()
         for service in self._services:
             service.close()
         self._names_of.clear()
@@ -443,7 +469,10 @@ class MimirClient(Service):
         protocols, whose real names are asked through a tunnel. ProtocolNotSupportedError when the
         peer speaks neither.
         """
-        protocols = await self._remote_protocols(peer)
+        return await self._learn(peer, await self._remote_protocols(peer))
+
+    async def _learn(self, peer: PeerId, protocols: Sequence[str] | None) -> list[str]:
+        """:meth:`identify` once ``peer``'s protocol list is known (None: it did not say)."""
         tunnels: dict[str, str] = {}
         if protocols is None:  # no libp2p identify: ask as the first generation did, else probe
             try:
@@ -463,7 +492,9 @@ class MimirClient(Service):
             elif served:
                 conn = self.host.connections.get(peer)
                 known = self._names_of.get(conn) if conn is not None else None
-                tunnels = known if known is not None else await self._latest_names(peer, served)
+                if known is None or set(known.values()) != {f"/mimir/{s}/1.0.0" for s in served}:
+                    known = await self._latest_names(peer, served)  # first asked, or the list changed
+                tunnels = known
                 if conn is not None and conn.is_open:
                     self._names_of[conn] = tunnels
                 models, generation = list(tunnels), LATEST
@@ -473,6 +504,8 @@ class MimirClient(Service):
         self._nodes[peer] = [model_name(m) for m in models]
         self._tunnels[peer] = tunnels
         self._generation[peer] = generation
+        if protocols is not None:
+            self._seen[peer] = _mimir_protocols(protocols)
         log.info("node %s serves %s (%s generation)", peer, ", ".join(models) or "nothing", generation)
         self._notify()
         return list(models)
@@ -569,9 +602,43 @@ class MimirClient(Service):
         """The last measured round-trip time to ``peer``, in seconds."""
         return self._rtt.get(peer)
 
+    def _on_identified(self, info: IdentifyInfo) -> None:
+        """A libp2p identify answer or push: re-learn the models of a known node whose mimir protocols
+        changed (one run per node at a time; a push during it is taken once it ends, the latest only)."""
+        peer = info.peer_id
+        seen = self._seen.get(peer)
+        if seen is None or peer not in self._nodes or self.state is not ServiceState.RUNNING:
+            return
+        if _mimir_protocols(info.protocols) == seen and peer not in self._pushed:
+            return
+        self._pushed[peer] = info.protocols
+        if peer not in self._relearning:
+            self._relearning[peer] = self.host.spawn(self._relearn(peer), "mimirlite-relearn")
+
+    async def _relearn(self, peer: PeerId) -> None:
+        try:
+            while (protocols := self._pushed.pop(peer, None)) is not None:
+                if peer not in self._nodes:
+                    return  # forgotten meanwhile (disconnected, gone silent)
+                if _mimir_protocols(protocols) == self._seen.get(peer):
+                    continue  # learnt meanwhile
+                log.info("node %s changed its protocols: asking for its models again", peer)
+                try:
+                    await self._learn(peer, protocols)
+                except ProtocolNotSupportedError:
+                    log.info("node %s serves neither generation any more", peer)
+                    self.forget(peer)
+                except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
+                    reason = exc or type(exc).__name__
+                    log.info("node %s: asking for its models again failed: %s", peer, reason)
+        finally:
+            self._relearning.pop(peer, None)  # at once: a push from now on starts another run
+
     def forget(self, peer: PeerId) -> None:
         """Drop ``peer`` from the known nodes."""
         self._rtt.pop(peer, None)
+        self._seen.pop(peer, None)
+        self._pushed.pop(peer, None)
         self._tunnels.pop(peer, None)
         self._generation.pop(peer, None)
         if self._nodes.pop(peer, None) is not None:

@@ -24,6 +24,7 @@ from mimirlite.metrics import ChatOutcome, ChatTally, NodeMetrics, outcome_of
 from mimirlite.mimir import packets, tunnel
 from mimirlite.mimir.backends import Backend, BackendError, HttpHead
 from mimirlite.mimir.dht import ModelDht
+from mimirlite.mimir.follow import DEFAULT_INTERVAL, BackendState, FollowConfig, ModelFollower, Step
 from mimirlite.mimir.limits import Admission, NodeLimits, Refusal, Ticket
 from mimirlite.mimir.models import DEFAULT_MODEL, model_name, tunnel_protocol
 from mimirlite.mimir.packets import BadRequestError, ChatRequest, Packet, PacketError
@@ -55,6 +56,13 @@ class MimirNode(Service):
     ``clock`` (seconds) times the per-peer rate.
     ``models``: what the backend serves when the caller already asked it (start then asks no more).
     What it did is in :attr:`metrics`.
+
+    The node follows its backend's model list (:mod:`mimirlite.mimir.follow`): it asks every
+    ``models_interval`` s (None or 0: never) and serves what changed, both generations at once, tells its
+    connected peers (identify push) and the DHT. A backend that stops answering is retried with backoff;
+    its models stay listed for ``models_grace`` s (None: 3 intervals), chats meanwhile get
+    ``backend_error``; then the node serves no model (chats get ``model_not_found``) until the backend
+    answers again. ``follow`` gives every setting of this at once (retries too), in place of those two.
     """
 
     def __init__(
@@ -71,7 +79,9 @@ class MimirNode(Service):
         bootstrap: Sequence[str] = (),
         dht_server: bool = False,
         dht_config: DhtConfig | None = None,
-        models_interval: float | None = None,
+        models_interval: float | None = DEFAULT_INTERVAL,
+        models_grace: float | None = None,
+        follow: FollowConfig | None = None,
     ) -> None:
         self.host = host
         self.backend = backend
@@ -94,12 +104,23 @@ class MimirNode(Service):
         """Tunnel protocol ID -> the served model it carries."""
         self._dht_settings = (dht, tuple(bootstrap), dht_server, dht_config)
         self._providing: set[asyncio.Task[None]] = set()
-        if models_interval is not None and not models_interval > 0:
-            raise LocalError("models_interval must be a positive number of seconds or None")
-        self._models_interval = models_interval
+        if follow is None and models_interval is not None and not models_interval >= 0:
+            raise LocalError("models_interval must be a number of seconds >= 0 (0: never) or None")
+        if follow is None and models_interval:
+            follow = FollowConfig(interval=models_interval, grace=models_grace)
+        self._follow = follow
+        self.follower: ModelFollower | None = None
+        """What the node knows of its backend's model list while it follows it (:attr:`backend_state`)."""
         self._watching: asyncio.Task[None] | None = None
+        self._pushing: asyncio.Task[None] | None = None
+        self._push_again = False
         self.dht: ModelDht | None = None
         """The DHT the node provides its models on (and the bootstrap peers), while it runs with ``dht``."""
+
+    @property
+    def backend_state(self) -> BackendState:
+        """UP, DOWN (not answering; its models still served) or GONE (no model served until it answers)."""
+        return BackendState.UP if self.follower is None else self.follower.state
 
     @property
     def limits(self) -> NodeLimits:
@@ -142,20 +163,34 @@ class MimirNode(Service):
             )
             await self.dht.start()
             self._provide_soon(self.models)
-        if self._models_interval is not None:
-            self._watching = self.host.spawn(self._watch_models(self._models_interval), "mimirlite-models")
+        if self._follow is not None:
+            self.follower = ModelFollower(self._follow, self.models)
+            self._watching = self.host.spawn(self._watch_models(self.follower), "mimirlite-models")
 
-    async def _watch_models(self, interval: float) -> None:
-        """Ask the backend for its models every ``interval`` s; serve (and provide) what changed."""
+    async def _watch_models(self, follower: ModelFollower) -> None:
+        """Ask the backend for its models as ``follower`` says; serve (provide, push) what changed."""
+        loop = asyncio.get_running_loop()
+        delay = follower.config.interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
             try:
                 models = await self.backend.list_models()
-            except BackendError as exc:
-                log.info("the backend did not list its models: %s", exc)
-                continue
-            if models and set(models) != set(self.models):
-                await self.set_models(models)
+            except (MimirliteError, OSError) as exc:  # BackendError, or a backend of one's own failing
+                step = follower.failed(str(exc) or type(exc).__name__, loop.time())
+                if step.news is None:
+                    log.debug("the backend did not list its models (attempt %d): %s", follower.failures, exc)
+            else:
+                step = follower.listed(models, loop.time())
+            self._report(step)
+            if step.serve is not None:
+                await self.set_models(step.serve)
+            delay = step.delay
+
+    def _report(self, step: Step) -> None:
+        """A change of the backend's state, said once (a WARNING, its return too: it ends the incident
+        an operator saw begin); each retry only at DEBUG."""
+        if step.news is not None:
+            log.warning("%s", step.news)
 
     def _open_tunnels(self, models: Sequence[str]) -> None:
         for model in models:
@@ -167,13 +202,17 @@ class MimirNode(Service):
             self.host.set_handler(protocol, self._tunnel_handler(model))
 
     async def set_models(self, models: Sequence[str]) -> None:
-        """Serve ``models`` from now on (the backend's list changed): tunnels open and close, and the DHT
-        gets provider records for the new ones (the dropped ones' records expire within 48 h)."""
+        """Serve ``models`` from now on (the backend's list changed; empty: serve none, the node runs on):
+        tunnels open and close, connected peers are told (identify push), and the DHT gets provider records
+        for the new ones; the dropped ones are no longer provided (records other peers hold expire within
+        48 h)."""
         if self.state is not ServiceState.RUNNING:
             raise LocalError("the node is not running")
         models = list(dict.fromkeys(models))
-        if not models:
-            raise BackendError(packets.MODEL_NOT_FOUND, "the backend serves no model")
+        if self.follower is not None:
+            self.follower.served = tuple(models)  # the next poll corrects a list the backend disowns
+        if models == self.models:
+            return
         added = [m for m in models if m not in self.models]
         dropped = [m for m in self.models if m not in models]
         for protocol, model in list(self.tunnels.items()):
@@ -182,12 +221,37 @@ class MimirNode(Service):
                 del self.tunnels[protocol]
         self.models = models
         self._open_tunnels(added)
-        if self.default_model not in models:
+        if models and self.default_model not in models:
             self.default_model = DEFAULT_MODEL if DEFAULT_MODEL in models else models[0]
-        log.info("now serving %s (default %s)", ", ".join(models), self.default_model)
+        if models:
+            log.info("now serving %s (default %s)", ", ".join(models), self.default_model)
+        else:
+            log.info("now serving no model")
         if self.dht is not None:
             self.dht.unprovide(dropped)
             self._provide_soon(added)
+        self._push_soon()
+
+    def _push_soon(self) -> None:
+        """Tell the connected peers our protocols (identify push), one push at a time: a change made while
+        one is under way is pushed after it (a peer refuses a push while it still reads the previous one)."""
+        if self._pushing is not None:
+            self._push_again = True
+            return
+        identify = identify_service(self.host)
+        if identify is not None:
+            self._pushing = self.host.spawn(self._push(identify), "mimirlite-push")
+
+    async def _push(self, identify: Identify) -> None:
+        try:
+            while True:
+                self._push_again = False
+                told = await identify.push(unidentified=True)
+                log.debug("identify pushed to %d peers", told)
+                if not self._push_again:
+                    return
+        finally:
+            self._pushing = None
 
     def _provide_soon(self, models: Sequence[str]) -> None:
         assert self.dht is not None
@@ -207,9 +271,10 @@ class MimirNode(Service):
 
     async def _stop(self) -> None:
         """Stop answering and release the backend."""
-        if self._watching is not None:
-            self._watching.cancel()
-            self._watching = None
+        for task in (self._watching, self._pushing):
+            if task is not None:
+                task.cancel()
+        self._watching = self._pushing = None
         for task in list(self._providing):
             task.cancel()
         if self.dht is not None:
@@ -270,7 +335,7 @@ class MimirNode(Service):
             request = packets.parse_chat_request(packet.data)
             model = model_name(request.model) if request.model else self.default_model
             if model not in self.models:
-                raise BackendError(packets.MODEL_NOT_FOUND, f"model {model!r} is not served here")
+                raise BackendError(packets.MODEL_NOT_FOUND, self._not_served(model))
             tally.model = model
             if not stream.hold(_kept_for(size, request)):
                 tally.outcome = ChatOutcome.REFUSED
@@ -310,9 +375,32 @@ class MimirNode(Service):
             log.warning("%r: %s", stream, exc)
             tally.outcome = outcome_of(exc.type)
             metrics.backend_errors[exc.type] += 1
-            await _send_error(stream, exc.type, str(exc), request_id)
+            await _send_error(stream, *self._as_sent(exc.type, str(exc)), request_id)
         finally:
             tally.end(time.perf_counter())
+
+    def _not_served(self, model: str | None) -> str:
+        """Why ``model`` is not served: not one of the backend's, or no model is (the backend is gone)."""
+        if self.models:
+            return f"model {model!r} is not served here"
+        follower = self.follower
+        if follower is None or follower.state is BackendState.UP:
+            return "this node serves no model now"
+        why = follower.reason
+        return f"this node serves no model now: its backend is gone ({why}); its models return with it"
+
+    def _as_sent(self, type: str, message: str) -> tuple[str, str]:
+        """The error type and message a client gets for a backend error: an unreachable backend is a
+        ``backend_error`` that says so (and, while the node retries it, for how long its models stay)."""
+        if type != packets.BACKEND_UNAVAILABLE:
+            return type, message
+        text = f"the node's backend is not answering: {message}"
+        follower = self.follower
+        drops_at = None if follower is None else follower.drops_at
+        if drops_at is not None:
+            left = max(0.0, drops_at - asyncio.get_running_loop().time())
+            text += f" (retrying; its models are withdrawn in {left:.0f} s unless it answers)"
+        return packets.BACKEND_ERROR, text
 
     async def _wait_turn(self, stream: Stream, ticket: Ticket) -> bool:
         """Wait in the queue until ``ticket`` is admitted (True) or the client leaves (False)."""
@@ -542,7 +630,8 @@ class MimirNode(Service):
                 tally.outcome = outcome_of(exc.reason)
             metrics.backend_errors[exc.reason] += 1
             log.warning("%r: tunnel: %s", stream, exc.message)
-            await _send_raw(stream, tunnel.error_answer(exc.status, exc.message, exc.reason))
+            reason, message = self._as_sent(exc.reason, exc.message)
+            await _send_raw(stream, tunnel.error_answer(exc.status, message, reason))
         elif isinstance(exc, BackendError):  # mid-answer: never a silently short answer
             if ticket.ended is None:
                 metrics.backend_errors[exc.type] += 1

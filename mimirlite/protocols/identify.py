@@ -536,15 +536,17 @@ class Identify:
         self._count_dropped(what, dropped)
         self._remember(info)
 
-    async def push(self) -> int:
-        """Send our current Identify message to every connected peer that accepts pushes.
+    async def push(self, *, unidentified: bool = False) -> int:
+        """Send our current Identify message to every connected peer that accepts pushes (``unidentified``:
+        and to every one not identified yet, which refuses the protocol if it takes no push).
 
         Returns how many peers took it; failures are logged at debug level.
         """
         conns = [
             c
             for peer, c in self.host.connections.items()
-            if (info := self._infos.get(peer)) is not None and IDENTIFY_PUSH_PROTOCOL in info.protocols
+            if ((info := self._infos.get(peer)) is None and unidentified)
+            or (info is not None and IDENTIFY_PUSH_PROTOCOL in info.protocols)
         ]
         results = await asyncio.gather(*(self._push_one(c) for c in conns), return_exceptions=True)
         for conn, res in zip(conns, results, strict=True):

@@ -48,6 +48,10 @@ What the server saw:
 - ``connections_total`` / ``open_connections``, ``hanging`` (requests held by ``hang`` right now);
 - ``await srv.wait_until(lambda: ..., timeout)`` waits until a condition on these holds.
 
+``models`` can be changed at any time (the next ``GET /v1/models`` lists the new ones); :meth:`close`
+then :meth:`start` stops the server (connections refused, as a backend that went away) and starts it
+again on the same port.
+
 Use::
 
     async with OpenAIServer(models=["llama3.2:latest"]) as srv:
@@ -253,8 +257,10 @@ class OpenAIServer:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> OpenAIServer:
+        """Listen (again, after :meth:`close`: on the same port, its records kept, as a backend restarts)."""
         if self._server is not None:
             raise RuntimeError("server already started")
+        self._closing.clear()
         self._server = await asyncio.start_server(self._on_connect, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -268,7 +268,9 @@ async def test_backend_down(user: Host, node_host: Host) -> None:
         await node.start()
     try:
         error = await expect_error(user, node, {"event": "message", "data": {"messages": HELLO}})
-        assert error["type"] == "backend_unavailable"
+        assert error["type"] == "backend_error"  # the word for it; the metrics keep the cause
+        assert error["message"].startswith("the node's backend is not answering: ")
+        assert node.metrics.backend_errors["backend_unavailable"] == 1
     finally:
         await node.stop()
 

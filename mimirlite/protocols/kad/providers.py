@@ -112,6 +112,16 @@ class ProviderStore:
         self._expire_key(key, records, now)
         return list(records.values())
 
+    def remove(self, key: bytes, peer: PeerId) -> bool:
+        """Forget ``peer`` as a provider of ``key`` (our own record, when we stop providing it); whether it
+        was there."""
+        records = self._records.get(key)
+        if records is None or records.pop(peer, None) is None:
+            return False
+        if not records:
+            del self._records[key]
+        return True
+
     def expire(self, now: float) -> int:
         """Drop every record past its time; how many went."""
         before = len(self)

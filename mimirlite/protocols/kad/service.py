@@ -515,8 +515,10 @@ class KadDht(Service):
         return stored
 
     def unprovide(self, key: bytes) -> None:
-        """Stop republishing ``key`` (records already stored elsewhere expire in 48 h)."""
+        """Stop providing ``key``: our own store drops our record and it is not republished (records
+        already stored elsewhere expire in 48 h)."""
         self._provided.discard(key)
+        self.providers.remove(key, self.host.peer_id)
 
     async def republish(self) -> int:
         """Provide every key we provide again; returns the number of keys."""

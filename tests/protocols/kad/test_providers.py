@@ -76,3 +76,19 @@ def test_bounds_per_key_in_all_and_per_record() -> None:
     assert [p.peer for p in store.get(KEY, later)] == [PEERS[0], PEERS[3]]
     assert isinstance(store.add(b"k3", PEERS[1], [PRIVATE], PROVIDER_TTL + 2), Provider)
     assert store.key_count == 2
+
+
+def test_a_provider_record_can_be_removed() -> None:
+    """What a node that stops providing a key does to its own store (``KadDht.unprovide``)."""
+    store = ProviderStore(Scope.LAN)
+    other = KEY[:-1] + b"\x01"
+    for peer in PEERS[:2]:
+        store.add(KEY, peer, [LOOPBACK], 0.0)
+    store.add(other, PEERS[0], [LOOPBACK], 0.0)
+    assert store.remove(KEY, PEERS[0]) is True
+    assert [p.peer for p in store.get(KEY, 1.0)] == [PEERS[1]]
+    assert store.remove(KEY, PEERS[0]) is False  # already gone
+    assert store.remove(KEY, PEERS[1]) is True
+    assert store.get(KEY, 1.0) == [] and store.key_count == 1  # the emptied key goes
+    assert [p.peer for p in store.get(other, 1.0)] == [PEERS[0]]
+    assert store.remove(b"unknown", PEERS[0]) is False
