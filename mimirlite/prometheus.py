@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from mimirlite.metrics import MAX_MODEL_LABELS, OTHER_MODEL, ChatMetrics, Histogram, HostMetrics, NodeMetrics
+from mimirlite.mimir.follow import BackendState
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -62,6 +63,9 @@ class NodeSource(Protocol):
 
     @property
     def models(self) -> Sequence[str]: ...
+
+    @property
+    def backend_state(self) -> BackendState: ...
 
 
 class GatewaySource(Protocol):
@@ -112,7 +116,7 @@ class MetricsCollector(Collector):
         if self.host is not None:
             yield from _host(self.host.metrics)
         if self.node is not None:
-            yield from _node(self.node.metrics, self.node.models)
+            yield from _node(self.node.metrics, self.node.models, self.node.backend_state)
         if self.gateway is not None:
             yield from _gateway(self.gateway)
         if self.client is not None:
@@ -194,7 +198,7 @@ def _host(m: HostMetrics) -> Iterator[Metric]:
     yield _by(p + "protocol_errors", "Peer misbehaviour, by kind.", "kind", m.protocol_errors)
 
 
-def _node(m: NodeMetrics, models: Sequence[str]) -> Iterator[Metric]:
+def _node(m: NodeMetrics, models: Sequence[str], backend: BackendState) -> Iterator[Metric]:
     p = "node_"
     yield _counter(p + "requests", "Chat and tunnel requests read.", m.requests)
     yield from _chats(p, m.chats, "Chat and tunnel requests, by served model and outcome.")
@@ -210,6 +214,15 @@ def _node(m: NodeMetrics, models: Sequence[str]) -> Iterator[Metric]:
     for model in sorted(set(models))[:MAX_MODEL_LABELS]:
         served.add_metric([model], 1)
     yield served
+    state = GaugeMetricFamily(
+        PREFIX + p + "backend_state",
+        "1 for the state the node's backend is in: up, down (not answering; its models still served) or "
+        "gone (down past the grace period; no model served).",
+        labels=["state"],
+    )
+    for each in BackendState:
+        state.add_metric([each.value], 1 if each is backend else 0)
+    yield state
 
 
 def _chats(prefix: str, chats: ChatMetrics, doc: str) -> Iterator[Metric]:

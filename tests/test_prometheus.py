@@ -17,6 +17,7 @@ from mimirlite.errors import LocalError
 from mimirlite.metrics import MAX_MODEL_LABELS, OTHER_MODEL, ChatMetrics, ChatOutcome, Histogram
 from mimirlite.metrics_server import MetricsServer, parse_address
 from mimirlite.mimir import EchoBackend, MimirClient, MimirNode, NodeLimits, OpenAIBackend, packets
+from mimirlite.mimir.follow import BackendState
 from mimirlite.prometheus import CONTENT_TYPE, MetricsCollector
 from tests.helpers import until
 from tests.helpers.gateway import WAIT, RawHttp, bounded, gateway_for, live, mimir_node, sdk, user
@@ -156,6 +157,22 @@ async def test_a_backend_error_counts_under_its_type() -> None:
         assert delta(s1, s2, "mimirlite_node_backend_errors_total", type="backend_error") == 1
         assert delta(s1, s2, CHATS, model="m:1", outcome="backend_error") == 1
         assert delta(s1, s2, TTFC) == 0 and delta(s1, s2, DURATION) == 0
+
+
+@live
+async def test_the_backend_state_follows_the_backend() -> None:
+    async with OpenAIServer(models=["m:1"]) as srv, served_node(
+        OpenAIBackend(srv.base_url, timeout=5.0), models_interval=0.2, models_grace=60.0
+    ) as (_, node, server):
+        def states(samples: Samples) -> list[float]:
+            return [val(samples, "mimirlite_node_backend_state", state=s) for s in ("up", "down", "gone")]
+
+        assert states(await scrape(server)) == [1, 0, 0]
+        await srv.close()
+        await until(lambda: node.backend_state is BackendState.DOWN, WAIT, "the node sees its backend gone")
+        down = await scrape(server)
+        assert states(down) == [0, 1, 0]
+        assert val(down, "mimirlite_node_model_served", model="m:1") == 1  # kept through the grace period
 
 
 class SlowEcho(EchoBackend):
