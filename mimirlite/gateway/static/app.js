@@ -149,11 +149,12 @@
     fillPicker(ids.sort());
   }
 
-  function ago(seconds) {
-    if (seconds === null || seconds === undefined) return "never pinged";
-    if (seconds < 1) return "pinged just now";
-    if (seconds < 120) return `pinged ${Math.round(seconds)} s ago`;
-    return `pinged ${Math.round(seconds / 60)} min ago`;
+  function ping(rtt, seconds) {
+    if (typeof rtt !== "number" || typeof seconds !== "number") return "not pinged yet";
+    const ms = `${rtt.toFixed(rtt < 10 ? 2 : 0)} ms`;
+    if (seconds < 1) return `ping ${ms} · just now`;
+    if (seconds < 120) return `ping ${ms} · ${Math.round(seconds)} s ago`;
+    return `ping ${ms} · ${Math.round(seconds / 60)} min ago`;
   }
 
   function nodeItem(node) {
@@ -172,8 +173,8 @@
     for (const model of Array.isArray(node.models) ? node.models : []) {
       models.append(el("li", "", model));
     }
-    const rtt = typeof node.rtt_ms === "number" ? `${node.rtt_ms.toFixed(node.rtt_ms < 10 ? 2 : 0)} ms` : "rtt ?";
-    const stats = el("div", "node-stats", `${Number(node.in_flight) || 0} in flight · ${rtt} · ${ago(node.pinged)}`);
+    const stats = el("div", "node-stats", `${Number(node.in_flight) || 0} in flight · ${ping(node.rtt_ms, node.pinged)}`);
+    stats.title = "requests through this gateway now · last ping round trip · when it was measured";
     item.append(head, models, stats);
     return item;
   }
@@ -263,7 +264,7 @@
         }
         if (chunk && chunk.error) {
           const message = typeof chunk.error === "string" ? chunk.error : chunk.error.message;
-          throw new Error(`The answer broke off: ${message || "an error"}`);
+          throw new Error(message || "The answer broke off with an error.");
         }
         const choice = chunk && Array.isArray(chunk.choices) ? chunk.choices[0] : null;
         const content = choice && choice.delta ? choice.delta.content : null;
