@@ -15,10 +15,11 @@ import pytest
 from mimirlite import Host
 from mimirlite.gateway import Gateway
 from mimirlite.gateway.page import short_peer
-from mimirlite.mimir import EchoBackend, MimirNode
+from mimirlite.mimir import EchoBackend, MimirNode, OpenAIBackend
 from tests.helpers import until
 from tests.helpers.browser import BrowserPage, open_page, require_browser
 from tests.helpers.gateway import LLAMA, WAIT, gateway_for, live
+from tests.helpers.openai_server import OpenAIServer
 
 pytestmark = live
 
@@ -278,3 +279,35 @@ async def test_an_http_error_shows_the_gateways_message(browser_name: tuple[Path
         note = str(await page.text_content(f"{LAST_ANSWER} .note"))
         assert "gone:1b" in note and "(HTTP 404)" in note, note
         await view.shot("http-error")
+
+
+REPLIES = {
+    "What is mimirlite?": (
+        "mimirlite shares language models peer to peer: nodes put their backends on the network, "
+        "and this gateway turns the whole network into one OpenAI-compatible endpoint."
+    ),
+    "Which nodes answer?": (
+        "Two nodes right now, listed on the right: one serves echo, the other llama3.2:latest. "
+        "Each chat goes to the least busy node that serves the model."
+    ),
+}
+
+
+async def test_a_conversation_through_a_real_backend(browser_name: tuple[Path, str]) -> None:
+    """The picture in the README: a node in front of an OpenAI-compatible server, a conversation."""
+
+    def reply(body: dict[str, Any]) -> str:
+        return REPLIES.get(body["messages"][-1]["content"], "?")
+
+    async with OpenAIServer(models=[LLAMA], reply=reply, delay=0.01) as srv:
+        backend = OpenAIBackend(srv.base_url, timeout=WAIT)
+        async with network(EchoBackend(), backend) as net, browse(net, browser_name) as view:
+            page = view.page
+            await models_listed(view, 2)
+            await page.wait_for_function("() => document.querySelectorAll('#nodes .node').length === 2")
+            for question, answer in REPLIES.items():
+                await ask(view, LLAMA, question)
+                assert await answer_state(view, "done") == answer
+            # the second turn carried the whole conversation
+            assert [m["role"] for m in srv.chat_requests[-1]["messages"]] == ["user", "assistant", "user"]
+            await view.shot("readme")

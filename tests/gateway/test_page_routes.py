@@ -4,6 +4,7 @@ paths pass the door without the API key, and ``GET /mimirlite/nodes``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from mimirlite.gateway.page import PUBLIC_PATHS, STATIC, short_peer, wants_html
 from mimirlite.mimir import EchoBackend
 from tests.helpers import until
 from tests.helpers.gateway import LLAMA, WAIT, RawHttp, bounded, gateway_for, live, mimir_node, sdk, user
+from tests.helpers.nodeproc import gateway_command, make_env
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 KEY = "k3y-for-the-page"
@@ -278,3 +280,26 @@ async def test_nodes_are_pinged_again_while_the_list_is_watched() -> None:
         status, _, body = await fetch(gw, "GET", "/mimirlite/nodes", [AUTH])
         assert json.loads(body)["nodes"][0]["pinged"] < 0.3
         assert await client.measure_rtt(peer) is not None
+
+
+@live
+async def test_the_gateway_command_prints_the_page_and_serves_it() -> None:
+    """The page's files ship in the package: a ``mimirlite gateway`` process serves them, and says where."""
+    env = make_env(MIMIRLITE_API_KEY=KEY)
+    async with (
+        mimir_node(EchoBackend()) as (_, addr),
+        gateway_command("--peer", addr, env=env) as (proc, port),
+    ):
+        line = await proc.read_until("Chat in the browser at ", WAIT)
+        assert line == f"Chat in the browser at http://127.0.0.1:{port}/"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/html\r\n")
+            writer.write(b"Connection: close\r\n\r\n")
+            answer = await bounded(reader.read())
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and b"content-security-policy: " in head.lower()
+        assert body == package_file("index.html")
