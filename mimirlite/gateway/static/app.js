@@ -90,6 +90,7 @@
       const response = await fetch(path, { ...options, headers, cache: "no-store" });
       if (response.status !== 401) return response;
       await response.body?.cancel();
+      if (storedKey() !== key) continue; // another key was given meanwhile: try that one
       if (key) {
         try {
           sessionStorage.removeItem(KEY_STORE);
