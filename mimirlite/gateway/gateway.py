@@ -186,7 +186,9 @@ class Gateway(Service):
     ``/api/generate``, ``/api/embed``, ``/api/embeddings``; every other ``/api/`` path, model management
     included, is refused 403). Chats go to any node; embeddings and legacy completions
     (``/v1/embeddings``, ``/v1/completions``, ``/api/embed``, ``/api/embeddings``) go, checked against an
-    allowlist, through the ``/mimir/<model>/1.0.0`` tunnel of a node serving the model.
+    allowlist, through the ``/mimir/<model>/1.0.0`` tunnel of a node serving the model. For people:
+    ``GET /`` serves a chat page to browsers (:mod:`mimirlite.gateway.page`; its files need no API key),
+    and ``GET /mimirlite/nodes`` lists the nodes known (:func:`~mimirlite.gateway.page.node_list`).
 
     ``async with Gateway(client, port=0) as gateway`` listens (``gateway.port``, ``gateway.base_url``)
     until the block ends; :meth:`serve` listens until cancelled. The client (found nodes by ``peers``

@@ -14,10 +14,13 @@ from typing import Any
 import h11
 import pytest
 
+from mimirlite import Host
 from mimirlite.errors import RefusalReason
 from mimirlite.gateway import Door, Gateway, HttpError
 from mimirlite.gateway.page import PUBLIC_PATHS, STATIC, short_peer, wants_html
-from mimirlite.mimir import EchoBackend
+from mimirlite.mimir import EchoBackend, MimirNode
+from mimirlite.protocols.relay.client import RelayClient
+from mimirlite.protocols.relay.service import RelayService
 from tests.helpers import until
 from tests.helpers.gateway import LLAMA, WAIT, RawHttp, bounded, gateway_for, live, mimir_node, sdk, user
 from tests.helpers.nodeproc import gateway_command, make_env
@@ -303,3 +306,21 @@ async def test_the_gateway_command_prints_the_page_and_serves_it() -> None:
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 ") and b"content-security-policy: " in head.lower()
         assert body == package_file("index.html")
+
+
+@live
+async def test_a_node_behind_a_relay_is_listed_as_relayed() -> None:
+    async with (
+        Host(listen=["/ip4/127.0.0.1/tcp/0"]) as relay_host,
+        RelayService(relay_host),
+        Host() as node_host,  # listens nowhere: reachable only through the relay
+        RelayClient(node_host, [relay_host.listen_addrs[0]]) as reserved,
+        MimirNode(node_host, EchoBackend("far")),
+        mimir_node(EchoBackend()) as (_, near),
+    ):
+        [circuit] = reserved.circuit_addrs
+        async with gateway_for(near, circuit, api_key=KEY) as gw:
+            status, _, body = await fetch(gw, "GET", "/mimirlite/nodes", [AUTH])
+            assert status == 200
+            shown = {n["models"][0]: n["connection"] for n in json.loads(body)["nodes"]}
+            assert shown == {"far": "relayed", "echo": "direct"}
