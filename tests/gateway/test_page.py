@@ -206,6 +206,27 @@ async def test_a_node_that_dies_mid_answer_shows_an_error(browser_name: tuple[Pa
         await view.shot("node-died")
 
 
+async def test_a_gateway_that_goes_away_mid_answer_shows_an_error(browser_name: tuple[Path, str]) -> None:
+    words = " ".join(f"w{i}" for i in range(40))
+    async with (
+        network(EchoBackend(delay=0.2), EchoBackend(LLAMA)) as net,
+        browse(net, browser_name) as view,
+    ):
+        page = view.page
+        await models_listed(view, 2)
+        await ask(view, "echo", words)
+        await answer_words(view, 3)
+        await net.gateway.stop()  # the answer's HTTP body ends mid-chunk
+        partial = await answer_state(view, "error")
+        assert words.startswith(partial) and len(partial) < len(words)
+        note = str(await page.text_content(f"{LAST_ANSWER} .note"))
+        assert note.startswith("The answer broke off: the connection to the gateway failed"), note
+        # the next refresh cannot reach the gateway: said at the top
+        await page.wait_for_selector("#banner", state="visible")
+        assert "Cannot list the models" in str(await page.text_content("#banner"))
+        await view.shot("gateway-gone")
+
+
 async def test_model_text_and_names_are_shown_as_text(browser_name: tuple[Path, str]) -> None:
     attack = '<script>alert(1)</script> <img src=x onerror=alert(2)> <b id="bold">x</b>'
     async with (

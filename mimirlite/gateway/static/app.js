@@ -35,6 +35,13 @@
     return node;
   }
 
+  // What went wrong, for people: fetch() says "Failed to fetch" / "network error" (a TypeError) when the
+  // connection to the gateway failed.
+  function describe(error) {
+    if (error instanceof TypeError) return `the connection to the gateway failed (${error.message})`;
+    return error.message || String(error);
+  }
+
   function showBanner(text) {
     banner.textContent = text;
     banner.hidden = !text;
@@ -193,14 +200,16 @@
   async function refresh() {
     try {
       await Promise.all([loadModels(), loadNodes()]);
+      nodeList.classList.remove("stale");
       if (banner.dataset.kind === "refresh") {
         showBanner("");
         delete banner.dataset.kind;
       }
     } catch (error) {
-      nodesStatus.textContent = `Cannot reach the gateway: ${error.message}`;
+      nodeList.classList.add("stale");
+      nodesStatus.textContent = `Not refreshed: ${describe(error)}.`;
       banner.dataset.kind = "refresh";
-      showBanner(`Cannot list the models: ${error.message}`);
+      showBanner(`Cannot list the models: ${describe(error)}. Trying again every ${REFRESH_MS / 1000} s.`);
     } finally {
       setTimeout(refresh, REFRESH_MS);
     }
@@ -307,7 +316,7 @@
       finish(view, "done");
     } catch (error) {
       if (mine.signal.aborted) finish(view, "stopped", answer ? "Stopped." : "Stopped before the first word.");
-      else finish(view, "error", error.message || String(error));
+      else finish(view, "error", error instanceof TypeError ? `The answer broke off: ${describe(error)}.` : describe(error));
     } finally {
       if (answer) messages.push({ role: "assistant", content: answer });
       if (controller === mine) {
