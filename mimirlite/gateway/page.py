@@ -105,8 +105,8 @@ def static_path(path: str) -> tuple[list[tuple[str, str]], bytes] | None:
     return static_file(path[len(STATIC_PREFIX) :])
 
 
-def node_view(client: MimirClient, peer: PeerId) -> dict[str, Any]:
-    """One node as :func:`node_list` shows it."""
+def node_view(client: MimirClient, peer: PeerId, models: list[str]) -> dict[str, Any]:
+    """One node (serving ``models``) as :func:`node_list` shows it."""
     text = str(peer)
     conn = client.host.connections.get(peer)
     rtt = client.rtt(peer)
@@ -114,7 +114,7 @@ def node_view(client: MimirClient, peer: PeerId) -> dict[str, Any]:
     return {
         "peer": text,
         "short": short_peer(text),
-        "models": client.nodes.get(peer, []),
+        "models": models,
         "generation": client.generation(peer),
         "connection": "none" if conn is None or conn.is_closed else "relayed" if conn.relayed else "direct",
         "in_flight": client.in_flight(peer),
@@ -135,8 +135,8 @@ def node_list(client: MimirClient) -> dict[str, Any]:
     - ``rtt_ms``: the last measured ping round trip in milliseconds (null: none yet);
     - ``pinged``: seconds since that ping (null: none yet).
     """
-    nodes = sorted(client.nodes_for(), key=str)
-    return {"nodes": [node_view(client, peer) for peer in nodes]}
+    nodes = client.nodes
+    return {"nodes": [node_view(client, peer, nodes[peer]) for peer in sorted(nodes, key=str)]}
 
 
 class Repinger:
