@@ -14,7 +14,7 @@ from typing import Any
 import h11
 import pytest
 
-from mimirlite import Host
+from mimirlite import Host, Stream
 from mimirlite.errors import RefusalReason
 from mimirlite.gateway import Door, Gateway, HttpError
 from mimirlite.gateway.page import PUBLIC_PATHS, STATIC, short_peer, wants_html
@@ -23,6 +23,7 @@ from mimirlite.protocols.relay.client import RelayClient
 from mimirlite.protocols.relay.service import RelayService
 from tests.helpers import until
 from tests.helpers.gateway import LLAMA, WAIT, RawHttp, bounded, gateway_for, live, mimir_node, sdk, user
+from tests.helpers.mimir import latest_node
 from tests.helpers.nodeproc import gateway_command, make_env
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
@@ -309,8 +310,14 @@ async def test_the_gateway_command_prints_the_page_and_serves_it() -> None:
 
 
 @live
-async def test_a_node_behind_a_relay_is_listed_as_relayed() -> None:
+async def test_each_nodes_connection_and_generation() -> None:
+    """A node behind a circuit relay is ``relayed``; a latest-generation stand-in is ``latest``."""
+
+    async def no_chat(stream: Stream, request: bytes) -> None:
+        await stream.reset()
+
     async with (
+        latest_node(no_chat) as (latest, _),
         Host(listen=["/ip4/127.0.0.1/tcp/0"]) as relay_host,
         RelayService(relay_host),
         Host() as node_host,  # listens nowhere: reachable only through the relay
@@ -319,8 +326,12 @@ async def test_a_node_behind_a_relay_is_listed_as_relayed() -> None:
         mimir_node(EchoBackend()) as (_, near),
     ):
         [circuit] = reserved.circuit_addrs
-        async with gateway_for(near, circuit, api_key=KEY) as gw:
+        async with gateway_for(near, circuit, latest.listen_addrs[0], api_key=KEY) as gw:
             status, _, body = await fetch(gw, "GET", "/mimirlite/nodes", [AUTH])
             assert status == 200
-            shown = {n["models"][0]: n["connection"] for n in json.loads(body)["nodes"]}
-            assert shown == {"far": "relayed", "echo": "direct"}
+            shown = {n["models"][0]: (n["connection"], n["generation"]) for n in json.loads(body)["nodes"]}
+            assert shown == {
+                "far": ("relayed", "first"),
+                "echo": ("direct", "first"),
+                LLAMA: ("direct", "latest"),
+            }
