@@ -796,6 +796,7 @@ async def _gateway(args: argparse.Namespace) -> int:
         )
         async with client, gateway:
             print(f"OpenAI-compatible API at {gateway.base_url}", flush=True)
+            print(f"Chat in the browser at {gateway.url}/", flush=True)
             await asyncio.get_running_loop().create_future()
     except (MimirliteError, OSError) as exc:
         return _fail(str(exc))

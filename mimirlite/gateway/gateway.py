@@ -25,7 +25,7 @@ from typing import Any
 
 from mimirlite.aio import Service, race
 from mimirlite.errors import LocalError, MimirliteError, RefusalReason
-from mimirlite.gateway import api
+from mimirlite.gateway import api, page
 from mimirlite.gateway.api import ApiError
 from mimirlite.gateway.chats import GatewayChat
 from mimirlite.gateway.http import (
@@ -190,7 +190,9 @@ class Gateway(Service):
     ``/api/generate``, ``/api/embed``, ``/api/embeddings``; every other ``/api/`` path, model management
     included, is refused 403). Chats go to any node; embeddings and legacy completions
     (``/v1/embeddings``, ``/v1/completions``, ``/api/embed``, ``/api/embeddings``) go, checked against an
-    allowlist, through the ``/mimir/<model>/1.0.0`` tunnel of a node serving the model.
+    allowlist, through the ``/mimir/<model>/1.0.0`` tunnel of a node serving the model. For people:
+    ``GET /`` serves a chat page to browsers (:mod:`mimirlite.gateway.page`; its files need no API key),
+    and ``GET /mimirlite/nodes`` lists the nodes known (:func:`~mimirlite.gateway.page.node_list`).
 
     ``async with Gateway(client, port=0) as gateway`` listens (``gateway.port``, ``gateway.base_url``)
     until the block ends; :meth:`serve` listens until cancelled. The client (found nodes by ``peers``
@@ -253,8 +255,11 @@ class Gateway(Service):
         self.cors = CorsPolicy.of(list(cfg.cors_origins)) if cfg.cors_origins else None
         """Which browser origins may call the API (None: no CORS, as for any plain HTTP server)."""
         own = [] if cfg.host.strip() in WILDCARD_HOSTS else [cfg.host]
-        self.door = Door.of([*LOOPBACK_HOSTS, *own, *cfg.allow_hosts], self.api_key)
-        """What each request head must show (the address a connection came to is added per connection)."""
+        self.door = Door.of([*LOOPBACK_HOSTS, *own, *cfg.allow_hosts], self.api_key, public=page.PUBLIC_PATHS)
+        """What each request head must show (the address a connection came to is added per connection);
+        the chat page and its files need no API key."""
+        self.repinger = page.Repinger(client)
+        """Pings the nodes again while the chat page's node list is watched."""
         self.max_body = cfg.max_body
         self.idle_timeout = cfg.idle_timeout
         self.request_timeout = cfg.request_timeout
@@ -309,6 +314,7 @@ class Gateway(Service):
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        await self.repinger.aclose()
         tasks = list(self._conns)
         for task in tasks:
             task.cancel()
@@ -425,9 +431,19 @@ class Gateway(Service):
             elif path == "/metrics":
                 _allow(req, "GET", "HEAD")
                 await self._serve_metrics(out)
-            elif path == "" and req.method in ("GET", "HEAD"):  # Ollama's "is it up?" (its CLI's heartbeat)
-                out.http.respond(200, TEXT_HEADERS, b"Ollama is running")
-                await out.flush()
+            elif path == "" and req.method in ("GET", "HEAD"):
+                if page.wants_html(req.header("accept")):  # a browser: the chat page
+                    await self._static(page.static_file(page.PAGE), out, vary=True)
+                else:  # Ollama's "is it up?" (its CLI's heartbeat), tools asking for */*
+                    out.http.respond(200, [*TEXT_HEADERS, ("vary", "accept")], b"Ollama is running")
+                    await out.flush()
+            elif req.path.startswith(page.STATIC_PREFIX):
+                _allow(req, "GET", "HEAD")
+                await self._static(page.static_path(req.path), out)
+            elif path == page.NODES_PATH:
+                _allow(req, "GET")
+                self.repinger.kick()
+                await out.send_json(200, page.node_list(self.client))
             else:
                 raise ApiError(404, f"Unknown request URL: {req.method} {req.path}.", code="unknown_url")
         except ApiError as err:
@@ -443,6 +459,16 @@ class Gateway(Service):
         collector = MetricsCollector(host=self.client.host, gateway=self, client=self.client)
         body, content_type = collector.render()
         out.http.respond(200, [("content-type", content_type)], body)
+        await out.flush()
+
+    async def _static(
+        self, file: tuple[list[tuple[str, str]], bytes] | None, out: _Connection, *, vary: bool = False
+    ) -> None:
+        """A file of the chat page (404 when ``file`` is None: not one of them)."""
+        if file is None:
+            raise ApiError(404, "No such file.", code="unknown_url")
+        headers, body = file
+        out.http.respond(200, [*headers, ("vary", "accept")] if vary else headers, body)
         await out.flush()
 
     # ---- Ollama's native API ----

@@ -229,34 +229,52 @@ class Door:
     :class:`CorsPolicy`). ``json_only``: a ``POST`` must say ``Content-Type: application/json``, unless it
     comes from an ``Origin`` the CORS policy allows (a browser page may then send what it likes; any other
     page can send a "simple" cross-site ``POST`` only as ``text/plain`` or a form, which is refused).
+    ``public``: paths (compared exactly, the query string left aside) that ``GET`` and ``HEAD`` may ask
+    without the API key (the chat page and its static files, which hold no secret); ``Host`` is checked
+    for them as for any request.
     """
 
     hosts: frozenset[str] | None = None
     api_key: str | None = None
     json_only: bool = True
+    public: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, hosts: Iterable[str] | None, api_key: str | None = None, *, json_only: bool = True) -> Door:
+    def of(
+        cls,
+        hosts: Iterable[str] | None,
+        api_key: str | None = None,
+        *,
+        json_only: bool = True,
+        public: Iterable[str] = (),
+    ) -> Door:
         """A door allowing ``hosts`` (as given in ``Host`` headers or ``--allow-host``: any form
         :func:`host_name` takes; LocalError for one it does not)."""
+        paths = frozenset(public)
         if hosts is None:
-            return cls(None, api_key or None, json_only)
+            return cls(None, api_key or None, json_only, paths)
         kept = set()
         for given in hosts:
             if given.strip() == "*":
-                return cls(None, api_key or None, json_only)
+                return cls(None, api_key or None, json_only, paths)
             name = _allowed_name(given)
             if name is None:
                 raise LocalError(f"not a host name or address: {given!r}")
             kept.add(name)
-        return cls(frozenset(kept), api_key or None, json_only)
+        return cls(frozenset(kept), api_key or None, json_only, paths)
 
     def with_hosts(self, *names: str) -> Door:
         """This door, also allowing ``names`` (e.g. the address a connection came to)."""
         if self.hosts is None:
             return self
         extra = {n for n in map(_allowed_name, names) if n is not None}
-        return Door(self.hosts | extra, self.api_key, self.json_only)
+        return Door(self.hosts | extra, self.api_key, self.json_only, self.public)
+
+    def is_public(self, head: h11.Request) -> bool:
+        """Whether ``head`` asks, with ``GET`` or ``HEAD``, for one of the :attr:`public` paths."""
+        if head.method not in (b"GET", b"HEAD") or not self.public:
+            return False
+        return head.target.partition(b"?")[0].decode("latin-1") in self.public
 
     def check(self, head: h11.Request, cors: CorsPolicy | None) -> None:
         """HttpError when the request with ``head`` may not come in (see the class)."""
@@ -272,7 +290,7 @@ class Door:
                     code="host_not_allowed",
                 )
         preflight = cors is not None and head.method == b"OPTIONS"
-        if self.api_key is not None and not preflight:
+        if self.api_key is not None and not preflight and not self.is_public(head):
             given = _first(head, b"authorization") or b""
             scheme, _, key = given.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.api_key.encode()):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
+import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -267,6 +269,7 @@ class MimirClient(Service):
         self.probe_models = list(cfg.probe_models)
         self._inflight: dict[PeerId, int] = {}
         self._rtt: dict[PeerId, float] = {}
+        self._rtt_at: dict[PeerId, float] = {}  # time.monotonic() when each RTT was measured
         self._services = start_services(self.host)
         self._ping = Ping(self.host, serve=False)
         self.discovery: MdnsDiscovery | None = None
@@ -597,6 +600,7 @@ class MimirClient(Service):
             log.debug("could not ping %s: %s", peer, exc)
             return
         self._rtt[peer] = rtt
+        self._rtt_at[peer] = time.monotonic()
 
     def rtt(self, peer: PeerId) -> float | None:
         """The last measured round-trip time to ``peer``, in seconds."""
@@ -634,11 +638,41 @@ class MimirClient(Service):
         finally:
             self._relearning.pop(peer, None)  # at once: a push from now on starts another run
 
+    def ping_age(self, peer: PeerId) -> float | None:
+        """Seconds since :meth:`rtt` was last measured for ``peer`` (None: never)."""
+        at = self._rtt_at.get(peer)
+        return None if at is None else max(0.0, time.monotonic() - at)
+
+    async def measure_rtt(self, peer: PeerId) -> float | None:
+        """Ping a known node ``peer`` now (libp2p ping, else a yamux ping; bounded by ``identify_timeout``)
+        and keep the round trip, which ranks it among the nodes serving a model. The round-trip time in
+        seconds; None when the ping failed (the last one measured is kept)."""
+        if peer not in self._nodes:
+            return None
+        before = self._rtt_at.get(peer)
+        await self._measure_rtt(peer)
+        return self._rtt[peer] if self._rtt_at.get(peer) != before else None
+
+    def in_flight(self, peer: PeerId) -> int:
+        """Chats and tunnel requests (:meth:`request`) open with ``peer`` now."""
+        return self._inflight.get(peer, 0)
+
+    def _begin(self, peer: PeerId) -> None:
+        self._inflight[peer] = self._inflight.get(peer, 0) + 1
+
+    def _end(self, peer: PeerId) -> None:
+        left = self._inflight.get(peer, 0) - 1
+        if left > 0:
+            self._inflight[peer] = left
+        else:
+            self._inflight.pop(peer, None)
+
     def forget(self, peer: PeerId) -> None:
         """Drop ``peer`` from the known nodes."""
         self._rtt.pop(peer, None)
         self._seen.pop(peer, None)
         self._pushed.pop(peer, None)
+        self._rtt_at.pop(peer, None)
         self._tunnels.pop(peer, None)
         self._generation.pop(peer, None)
         if self._nodes.pop(peer, None) is not None:
@@ -789,19 +823,22 @@ class MimirClient(Service):
             raise NoNodeError(f"no known node serves {model} on a tunnel")
         raw = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         for i, peer in enumerate(candidates):
+            self._begin(peer)  # in flight until the body is read to its end or closed
             try:
                 stream, reader, first = await self._open_tunnel(
                     peer, self._tunnels[peer][name], method, path, raw
                 )
-            except (MimirliteError, OSError, asyncio.TimeoutError) as exc:
+            except BaseException as exc:
+                self._end(peer)
+                if not isinstance(exc, (MimirliteError, OSError, asyncio.TimeoutError)):
+                    raise
                 if i == len(candidates) - 1:
                     raise
                 log.warning("node %s failed before answering: %s; trying another", peer, exc)
                 continue
             assert reader.head is not None
-            return TunnelResponse(
-                reader.head.status, reader.head.headers, TunnelBody(self, stream, reader, first)
-            )
+            answer = TunnelBody(self, stream, reader, first, on_end=functools.partial(self._end, peer))
+            return TunnelResponse(reader.head.status, reader.head.headers, answer)
         raise NoNodeError(f"no known node serves {model} on a tunnel")  # pragma: no cover
 
     async def _chat_stream(self, peer: PeerId, protocol: str, early: bytes = b"") -> Stream:
@@ -890,17 +927,35 @@ class TunnelBody:
     """The body of a tunnel answer, as it arrives (to the end of the stream; TruncatedAnswerError if
     it is cut short). Iterate it to its end, or ``aclose()`` it (also ``async with``) to free the stream."""
 
-    def __init__(self, client: MimirClient, stream: Stream, reader: ResponseReader, first: bytes) -> None:
+    def __init__(
+        self,
+        client: MimirClient,
+        stream: Stream,
+        reader: ResponseReader,
+        first: bytes,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_end`` is called once, when the body ends (read to its end, failed, or closed)."""
         self._stream = stream
         self._started = False
         self._gen = client._body(stream, reader, first)
+        self._on_end = on_end
 
     def __aiter__(self) -> TunnelBody:
         return self
 
     async def __anext__(self) -> bytes:
         self._started = True
-        return await self._gen.__anext__()
+        try:
+            return await self._gen.__anext__()
+        except BaseException:
+            self._ended()
+            raise
+
+    def _ended(self) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end()
 
     async def read(self) -> bytes:
         """The rest of the body, at most MAX_ERROR_BODY bytes (PacketError past it)."""
@@ -916,6 +971,7 @@ class TunnelBody:
 
     async def aclose(self) -> None:
         """Stop reading: the stream is reset unless the body was read to its end."""
+        self._ended()
         await self._gen.aclose()
         if not self._started:
             self._started = True
