@@ -18,6 +18,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from mimirlite.errors import MimirliteError
+from mimirlite.mimir.census import node_view
 
 if TYPE_CHECKING:
     from mimirlite.identity import PeerId
@@ -105,38 +106,33 @@ def static_path(path: str) -> tuple[list[tuple[str, str]], bytes] | None:
     return static_file(path[len(STATIC_PREFIX) :])
 
 
-def node_view(client: MimirClient, peer: PeerId, models: list[str]) -> dict[str, Any]:
-    """One node (serving ``models``) as :func:`node_list` shows it."""
-    text = str(peer)
-    conn = client.host.connections.get(peer)
-    rtt = client.rtt(peer)
-    age = client.ping_age(peer)
-    return {
-        "peer": text,
-        "short": short_peer(text),
-        "models": models,
-        "generation": client.generation(peer),
-        "connection": "none" if conn is None or conn.is_closed else "relayed" if conn.relayed else "direct",
-        "in_flight": client.in_flight(peer),
-        "rtt_ms": None if rtt is None else round(rtt * 1000, 3),
-        "pinged": None if age is None else round(age, 1),
-    }
-
-
 def node_list(client: MimirClient) -> dict[str, Any]:
     """The body of ``GET /mimirlite/nodes``: ``{"nodes": [...]}``, one object per node the gateway knows,
-    in peer ID order:
+    in peer ID order: the fields of ``mimirlite peers --json``
+    (:meth:`~mimirlite.mimir.census.NodeView.to_json`: ``peer_id``, ``models``, ``generation``,
+    ``connection`` (``"direct"``, ``"relayed"`` or ``"not connected"``), ``addr``, ``addrs``) and
 
-    - ``peer``: the full peer ID; ``short``: its short form (:func:`short_peer`);
-    - ``models``: the model names it serves;
-    - ``generation``: ``"first"`` (``/mimirllm/1.0.0``) or ``"latest"`` (per-model HTTP tunnels);
-    - ``connection``: ``"direct"``, ``"relayed"`` (through a circuit relay) or ``"none"``;
+    - ``short``: the peer ID's short form (:func:`short_peer`);
     - ``in_flight``: chats and tunnel requests the gateway has open with it now;
     - ``rtt_ms``: the last measured ping round trip in milliseconds (null: none yet);
     - ``pinged``: seconds since that ping (null: none yet).
     """
-    nodes = client.nodes
-    return {"nodes": [node_view(client, peer, nodes[peer]) for peer in sorted(nodes, key=str)]}
+    known = client.nodes
+    nodes = []
+    for peer in sorted(known, key=str):
+        view = node_view(client, peer, known[peer])
+        rtt = client.rtt(peer)
+        age = client.ping_age(peer)
+        nodes.append(
+            {
+                **view.to_json(),
+                "short": short_peer(view.peer_id),
+                "in_flight": client.in_flight(peer),
+                "rtt_ms": None if rtt is None else round(rtt * 1000, 3),
+                "pinged": None if age is None else round(age, 1),
+            }
+        )
+    return {"nodes": nodes}
 
 
 class Repinger:

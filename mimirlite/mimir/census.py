@@ -8,13 +8,14 @@ them (``mimirlite.cli``), JSON escapes them by itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from mimirlite.wire.multiaddr import tcp_multiaddr_text
 
 if TYPE_CHECKING:
+    from mimirlite.identity import PeerId
     from mimirlite.mimir.client import MimirClient
     from mimirlite.net.connection import Connection
 
@@ -85,24 +86,27 @@ def connection_addr(conn: Connection) -> str | None:
     return tcp_multiaddr_text(ip.split("%", 1)[0], port, peer)  # an IPv6 zone is this machine's business
 
 
+def node_view(client: MimirClient, peer: PeerId, models: Sequence[str]) -> NodeView:
+    """Node ``peer`` (serving ``models``) as ``client`` knows it now."""
+    host = client.host
+    conn = host.connections.get(peer)
+    if conn is not None and conn.is_closed:
+        conn = None
+    path: Path = "not connected" if conn is None else "relayed" if conn.relayed else "direct"
+    return NodeView(
+        peer_id=str(peer),
+        models=tuple(models),
+        generation=client.generation(peer),
+        connection=path,
+        addr=None if conn is None else connection_addr(conn),
+        addrs=tuple(host.addrs_of(peer)),
+    )
+
+
 def node_views(client: MimirClient) -> list[NodeView]:
     """The nodes ``client`` knows now, sorted by peer ID."""
-    host = client.host
-    views = []
-    for peer, models in client.nodes.items():
-        conn = host.connections.get(peer)
-        path: Path = "not connected" if conn is None else "relayed" if conn.relayed else "direct"
-        views.append(
-            NodeView(
-                peer_id=str(peer),
-                models=tuple(models),
-                generation=client.generation(peer),
-                connection=path,
-                addr=None if conn is None else connection_addr(conn),
-                addrs=tuple(host.addrs_of(peer)),
-            )
-        )
-    return sorted(views, key=lambda v: v.peer_id)
+    nodes = client.nodes
+    return [node_view(client, peer, nodes[peer]) for peer in sorted(nodes, key=str)]
 
 
 def model_views(nodes: Iterable[NodeView]) -> list[ModelView]:

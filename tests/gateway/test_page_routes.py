@@ -50,8 +50,10 @@ TRAVERSALS = [
     "/static/app.js/",
 ]
 """Targets naming no file of the allowlist, as sent (no client normalizes them)."""
-FIELDS = ("peer", "short", "models", "generation", "connection", "in_flight", "rtt_ms", "pinged")
-"""Every field of a node in ``GET /mimirlite/nodes``."""
+FIELDS = (
+    "peer_id", "models", "generation", "connection", "addr", "addrs", "short", "in_flight", "rtt_ms", "pinged"
+)
+"""Every field of a node in ``GET /mimirlite/nodes``: ``peers --json``'s, and what the gateway measures."""
 
 
 async def fetch(
@@ -216,18 +218,18 @@ async def test_node_list_shows_each_node_and_its_requests_in_flight() -> None:
         status, headers, body = await fetch(gw, "GET", "/mimirlite/nodes")
         assert status == 200 and headers["content-type"] == "application/json"
         nodes = json.loads(body)["nodes"]
-        assert [n["peer"] for n in nodes] == sorted(str(p) for p in client.nodes)
+        assert [n["peer_id"] for n in nodes] == sorted(str(p) for p in client.nodes)
         assert sorted(m for n in nodes for m in n["models"]) == sorted(["echo", LLAMA])
         for n in nodes:
             assert set(n) == set(FIELDS)
-            assert n["short"] == short_peer(n["peer"])
+            assert n["short"] == short_peer(n["peer_id"])
             assert (n["generation"], n["connection"], n["in_flight"]) == ("first", "direct", 0)
             assert isinstance(n["rtt_ms"], float) and 0 < n["rtt_ms"] < WAIT * 1000
             assert isinstance(n["pinged"], float) and 0 <= n["pinged"] < 60
-        echo_peer = next(n["peer"] for n in nodes if n["models"] == ["echo"])
+        echo_peer = next(n["peer_id"] for n in nodes if n["models"] == ["echo"])
 
         def in_flight(body: bytes) -> dict[str, int]:
-            return {n["peer"]: n["in_flight"] for n in json.loads(body)["nodes"]}
+            return {n["peer_id"]: n["in_flight"] for n in json.loads(body)["nodes"]}
 
         async with sdk(gw) as api:
             stream = await api.chat.completions.create(
@@ -335,3 +337,5 @@ async def test_each_nodes_connection_and_generation() -> None:
                 "echo": ("direct", "first"),
                 LLAMA: ("direct", "latest"),
             }
+            far = next(n for n in json.loads(body)["nodes"] if n["models"] == ["far"])
+            assert far["addr"] == f"{relay_host.listen_addrs[0]}/p2p-circuit/p2p/{far['peer_id']}"

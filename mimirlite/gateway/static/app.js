@@ -167,11 +167,11 @@
 
   function nodeItem(node) {
     const item = el("li", "node");
-    item.dataset.peer = String(node.peer);
+    item.dataset.peer = String(node.peer_id);
     const head = el("div", "node-head");
     const peer = el("span", "peer", node.short);
-    peer.title = String(node.peer);
-    const connection = ["direct", "relayed", "none"].includes(node.connection) ? node.connection : "none";
+    peer.title = String(node.peer_id);
+    const connection = ["direct", "relayed"].includes(node.connection) ? node.connection : "none";
     head.append(
       peer,
       el("span", `badge ${connection}`, connection === "none" ? "not connected" : connection),
