@@ -5,13 +5,15 @@ way one node learns of another is the DHT, joined through one bootstrap peer.
 - B, the bootstrap peer: ``mimirlite node --backend echo --no-mdns`` on bridge 0 (its echo model under another
   name, so that an answer tells who gave it);
 - N: ``mimirlite node --backend echo --model M --bootstrap B`` on bridge 1: it provides M on the LAN DHT;
-- on bridge 0, ``chat --bootstrap B --model M -p ...`` gets N's echo, and ``peers --dht --bootstrap B``
-  (with and without ``--model M``) lists N with M and its bridge-1 address.
+- on bridge 0, ``chat --bootstrap B --model M -p ...`` gets N's echo, ``peers --dht --bootstrap B``
+  (with and without ``--model M``) lists N with M and its bridge-1 address, and ``models --dht`` lists M
+  as served by N.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 
 from tests.helpers.netns import RoutedNet, require_netns
 from tests.helpers.nodeproc import RUN_TIMEOUT, NodeProc, run_cli
@@ -65,3 +67,11 @@ async def test_chat_and_peers_find_a_node_only_through_the_dht() -> None:
             models, addrs = found[node.peer_id]
             assert models == [MODEL], out
             assert any(a.startswith(f"/ip4/{n_host.ip}/tcp/") for a in addrs), out
+
+        # models --dht: every model of the DHT's nodes, with how many nodes serve each
+        rc, out, err = await run_cli(
+            net, client_host, "models", "--dht", "--json", *common, timeout=RUN_TIMEOUT
+        )
+        assert rc == 0, f"models failed ({rc}):\n{out}\n--- stderr:\n{err}"
+        offered = {m["model"]: m["peers"] for m in json.loads(out)["models"]}
+        assert offered[MODEL] == [node.peer_id], out

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import sys
 from pathlib import Path
@@ -108,6 +109,15 @@ async def test_peers_and_chat_in_a_mixed_network() -> None:
             got_models, addrs, got_generation = listed[peer]
             assert (got_models, got_generation) == (models, generation), (peer, out)
             assert has_addr(addrs, host), (peer, host.ip, addrs)
+
+        wait = ("--wait", f"{FIND_TIMEOUT:g}")
+        code, out, err = await run_cli(  # models, found by mDNS as peers found them
+            net, client_host, "models", "--json", *wait, timeout=FIND_TIMEOUT + RUN_TIMEOUT
+        )
+        assert code == 0, f"{err}\n{js_logs()}"
+        offered = {m["model"]: (m["nodes"], m["peers"]) for m in json.loads(out)["models"]}
+        served = {model: (1, [peer]) for peer, (models, _, _) in expected.items() for model in models}
+        assert offered == served, f"{out}\n{err}"
 
         answers = {FIRST_MODEL: FIRST_REPLY, LATEST_MODEL: LATEST_REPLY, ECHO_MODEL: PROMPT}
         nodes = {FIRST_MODEL: (first.peer_id, first_host), LATEST_MODEL: (latest.peer_id, latest_host)}
