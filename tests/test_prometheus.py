@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -175,24 +175,9 @@ async def test_the_backend_state_follows_the_backend() -> None:
         assert val(down, "mimirlite_node_model_served", model="m:1") == 1  # kept through the grace period
 
 
-class SlowEcho(EchoBackend):
-    """The echo model, one word every ``pause`` seconds."""
-
-    def __init__(self, pause: float) -> None:
-        super().__init__()
-        self.pause = pause
-
-    async def stream_chat(
-        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
-    ) -> AsyncGenerator[dict[str, Any], None]:
-        async for chunk in super().stream_chat(model, messages, params):
-            await asyncio.sleep(self.pause)
-            yield chunk
-
-
 @live
 async def test_a_chat_the_client_leaves_counts_as_cancelled() -> None:
-    async with served_node(SlowEcho(0.05)) as (host, node, server), Host() as client:
+    async with served_node(EchoBackend(delay=0.05)) as (host, node, server), Host() as client:
         s1 = await scrape(server)
         stream = await client.new_stream(host.listen_addrs[0], packets.CHAT_PROTOCOL)
         words = " ".join(f"w{i}" for i in range(100))

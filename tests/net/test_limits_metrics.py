@@ -13,7 +13,7 @@ import errno
 import logging
 import socket
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -480,21 +480,6 @@ async def test_host_metrics_count_the_traffic() -> None:
         assert host.metrics.connections_closed == 1
 
 
-class SlowEcho(EchoBackend):
-    """The echo model, one word every ``delay`` seconds."""
-
-    def __init__(self, delay: float) -> None:
-        super().__init__()
-        self.pause = delay
-
-    async def stream_chat(
-        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
-    ) -> AsyncGenerator[dict[str, Any], None]:
-        async for chunk in super().stream_chat(model, messages, params):
-            await asyncio.sleep(self.pause)
-            yield chunk
-
-
 async def chat(user: Host, node: MimirNode, packet: Any) -> list[dict[str, Any]]:
     stream = await user.new_stream(node.host.listen_addrs[0], packets.CHAT_PROTOCOL)
     async with stream:
@@ -513,7 +498,7 @@ def message(text: str, **extra: Any) -> dict[str, Any]:
 async def test_node_metrics() -> None:
     async with (
         server() as host,
-        MimirNode(host, SlowEcho(0.05), limits=NodeLimits(max_concurrent=1, queue=0)) as node,
+        MimirNode(host, EchoBackend(delay=0.05), limits=NodeLimits(max_concurrent=1, queue=0)) as node,
         clients(1) as (user,),
     ):
         assert isinstance(node.metrics, NodeMetrics)
