@@ -1,5 +1,6 @@
-"""Mimir helpers shared by the suites: raw LP-JSON requests to a node, a stand-in latest-generation
-node, and the honest and hostile chat parameters of the parameter-injection suites."""
+"""Mimir helpers shared by the suites: a bare DHT bootstrap peer, raw LP-JSON requests to a node, a
+stand-in latest-generation node, and the honest and hostile chat parameters of the parameter-injection
+suites."""
 
 from __future__ import annotations
 
@@ -12,8 +13,20 @@ from typing import Any
 from mimirlite import Host, Stream
 from mimirlite.mimir import DEFAULT_MODEL, MimirNode
 from mimirlite.mimir.models import tunnel_protocol
-from mimirlite.protocols import start_services
+from mimirlite.protocols import identify_service, start_services
+from mimirlite.protocols.kad.service import Dht
 from mimirlite.wire import lp
+
+
+@contextlib.asynccontextmanager
+async def bootstrap_peer() -> AsyncIterator[Host]:
+    """A bare DHT server on 127.0.0.1: identify, ping and both DHTs, no mimir protocol."""
+    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host:
+        start_services(host)
+        identify = identify_service(host)
+        assert identify is not None
+        async with Dht(host, identify):
+            yield host
 
 
 async def request(user: Host, node: MimirNode, protocol: str, *packets_out: Any) -> list[dict[str, Any]]:

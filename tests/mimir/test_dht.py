@@ -9,21 +9,10 @@ from collections.abc import AsyncIterator
 from mimirlite import Host, MimirClient, MimirNode
 from mimirlite.mimir import EchoBackend, OpenAIBackend
 from mimirlite.mimir.models import dht_keys
-from mimirlite.protocols import identify_service, start_services
-from mimirlite.protocols.kad.service import KAD_PROTOCOL, LAN_KAD_PROTOCOL, Dht
+from mimirlite.protocols.kad.service import KAD_PROTOCOL, LAN_KAD_PROTOCOL
+from tests.helpers.mimir import bootstrap_peer
 from tests.helpers.openai_server import OpenAIServer
 from tests.helpers.waiting import until
-
-
-@contextlib.asynccontextmanager
-async def bootstrap_peer() -> AsyncIterator[Host]:
-    """A bare DHT server: no mimir protocol, only identify, ping and both DHTs."""
-    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host:
-        start_services(host)
-        identify = identify_service(host)
-        assert identify is not None
-        async with Dht(host, identify):
-            yield host
 
 
 @contextlib.asynccontextmanager

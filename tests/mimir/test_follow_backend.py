@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator
 
 import openai
 import pytest
@@ -26,12 +25,11 @@ from mimirlite.mimir.follow import BackendState, FollowConfig
 from mimirlite.mimir.models import dht_keys, tunnel_protocol
 from mimirlite.mimir.packets import Packet
 from mimirlite.protocols import IDENTIFY_PUSH_PROTOCOL, identify_service, start_services
-from mimirlite.protocols.kad.service import Dht
 from mimirlite.wire.lp import encode_message
 from mimirlite.wire.protobuf import encode_bytes_field
 from tests.helpers import until
 from tests.helpers.gateway import RawHttp, sdk, user
-from tests.helpers.mimir import request
+from tests.helpers.mimir import bootstrap_peer, request
 from tests.helpers.openai_server import OpenAIServer
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -44,17 +42,6 @@ INTERVAL = 0.5
 FIRST_RETRY = 0.03
 GRACE = 3.0
 FOLLOW = FollowConfig(interval=INTERVAL, grace=GRACE, first_retry=FIRST_RETRY, jitter=0.0)
-
-
-@contextlib.asynccontextmanager
-async def bootstrap_peer() -> AsyncIterator[Host]:
-    """A bare DHT server: identify, ping and both DHTs, no mimir protocol."""
-    async with Host(listen=["/ip4/127.0.0.1/tcp/0"]) as host:
-        start_services(host)
-        identify = identify_service(host)
-        assert identify is not None
-        async with Dht(host, identify):
-            yield host
 
 
 def self_records(node: MimirNode, model: str) -> list[bool]:
