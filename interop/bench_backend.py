@@ -47,6 +47,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
 from bench_worker import TUN_MODEL, TUN_WARMUP  # noqa: E402
+from benchlib import cpu_seconds  # noqa: E402
 from jsmimir import JsMimirNode, node_available  # noqa: E402
 
 from mimirlite.mimir import MimirClient  # noqa: E402
@@ -168,13 +169,6 @@ def header(info: dict[str, list[str]]) -> list[str]:
 def emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads) so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def py_env() -> dict[str, str]:
