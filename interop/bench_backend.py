@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import statistics
 import sys
 import time
@@ -47,7 +46,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
 from bench_worker import TUN_MODEL, TUN_WARMUP  # noqa: E402
-from benchlib import cpu_seconds  # noqa: E402
+from benchlib import cpu_seconds, stop_group  # noqa: E402
 from jsmimir import JsMimirNode, node_available  # noqa: E402
 
 from mimirlite.mimir import MimirClient  # noqa: E402
@@ -212,18 +211,7 @@ async def process(cmd: list[str], ready: Callable[[str], str | None]) -> AsyncIt
         drain = asyncio.ensure_future(rest())
         yield value, proc.pid
     finally:
-        if proc.returncode is None:
-            with contextlib.suppress(Exception):
-                assert proc.stdin is not None
-                proc.stdin.close()
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, sig)
-                try:
-                    await asyncio.wait_for(proc.wait(), 5)
-                    break
-                except asyncio.TimeoutError:
-                    continue
+        await stop_group(proc, stdin_wait=0, term_wait=5.0)
         if drain is not None:
             drain.cancel()
             await asyncio.gather(drain, return_exceptions=True)

@@ -37,26 +37,27 @@ async def stop_group(
     proc: asyncio.subprocess.Process,
     *,
     interrupt_wait: float | None = None,
-    stdin_wait: float = 5.0,
+    stdin_wait: float | None = 5.0,
     term_wait: float = 3.0,
     kill_wait: float = 5.0,
 ) -> None:
     """Stop ``proc`` (started with ``start_new_session=True``) and its process group.
 
     SIGINT first when ``interrupt_wait`` is given (e.g. so cProfile writes its file), then stdin closed (a
-    worker's signal to go), then SIGTERM, then SIGKILL to the group; each step waits its bound, and the next
-    runs only if the process is still there.
+    worker's signal to go; left open when ``stdin_wait`` is None), then SIGTERM, then SIGKILL to the group;
+    each step waits its bound, and the next runs only if the process is still there.
     """
     if interrupt_wait is not None and proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGINT)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(proc.wait(), interrupt_wait)
-    if proc.returncode is None and proc.stdin is not None:
+    if stdin_wait is not None and proc.returncode is None and proc.stdin is not None:
         with contextlib.suppress(Exception):
             proc.stdin.close()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(proc.wait(), stdin_wait)
+        if stdin_wait > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), stdin_wait)
     for sig, wait in ((signal.SIGTERM, term_wait), (signal.SIGKILL, kill_wait)):
         if proc.returncode is not None:
             break
