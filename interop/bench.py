@@ -61,6 +61,7 @@ from typing import Any
 import bench_backend  # this directory: W6 and W8
 import bench_curve  # this directory: W7's backends and levels
 import bench_worker  # this directory: the workers' default sizes are the full run's
+import benchlib  # this directory: RSS, stopping a process group
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -400,20 +401,8 @@ class Proc:
 
     async def stop(self) -> None:
         """Close stdin (the worker's signal to go), then SIGTERM, then SIGKILL its process group."""
-        proc = self.proc
         try:
-            if proc.returncode is None and proc.stdin is not None:
-                with contextlib.suppress(Exception):
-                    proc.stdin.close()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(proc.wait(), 5)
-            for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-                if proc.returncode is not None:
-                    break
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, sig)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(proc.wait(), wait)
+            await benchlib.stop_group(self.proc)
         finally:
             for t in self._tasks:
                 t.cancel()
@@ -431,16 +420,6 @@ def kill_all_now() -> None:
         if p.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.proc.pid, signal.SIGKILL)
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 # ---------------------------------------------------------------- implementations
@@ -578,7 +557,10 @@ class Bench:
                     break
             start_s = t - p.t_spawn
             await asyncio.sleep(self.cfg["settle"])
-            return p, str(ev["addr"]), start_s, rss_mib(p.pid)
+            rss: float | None = None
+            with contextlib.suppress(OSError, RuntimeError):  # gone already: no figure
+                rss = benchlib.rss_mib(p.pid)
+            return p, str(ev["addr"]), start_s, rss
         except BaseException:
             await p.stop()
             raise

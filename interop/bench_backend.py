@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
 from bench_worker import TUN_MODEL, TUN_WARMUP  # noqa: E402
+from benchlib import cpu_seconds, stop_group  # noqa: E402
 from jsmimir import JsMimirNode, node_available  # noqa: E402
 
 from mimirlite.mimir import MimirClient  # noqa: E402
@@ -170,13 +170,6 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads) so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def py_env() -> dict[str, str]:
     return {
         **os.environ,
@@ -218,18 +211,7 @@ async def process(cmd: list[str], ready: Callable[[str], str | None]) -> AsyncIt
         drain = asyncio.ensure_future(rest())
         yield value, proc.pid
     finally:
-        if proc.returncode is None:
-            with contextlib.suppress(Exception):
-                assert proc.stdin is not None
-                proc.stdin.close()
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, sig)
-                try:
-                    await asyncio.wait_for(proc.wait(), 5)
-                    break
-                except asyncio.TimeoutError:
-                    continue
+        await stop_group(proc, stdin_wait=0, term_wait=5.0)
         if drain is not None:
             drain.cancel()
             await asyncio.gather(drain, return_exceptions=True)

@@ -37,12 +37,13 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import benchlib  # this directory: stopping a process group
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -179,25 +180,8 @@ class Child:
         self.proc.stdin.write(text.encode() + b"\n")
 
     async def stop(self) -> None:
-        proc = self.proc
-        try:
-            if self.interrupt_first and proc.returncode is None:  # cProfile writes its file on the way out
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGINT)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(proc.wait(), 30)
-            if proc.returncode is None and proc.stdin is not None:
-                with contextlib.suppress(Exception):
-                    proc.stdin.close()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(proc.wait(), 5)
-            for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-                if proc.returncode is not None:
-                    break
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, sig)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(proc.wait(), wait)
+        try:  # cProfile writes its file on the way out: SIGINT first when asked
+            await benchlib.stop_group(self.proc, interrupt_wait=30 if self.interrupt_first else None)
         finally:
             for t in self._tasks:
                 t.cancel()

@@ -36,6 +36,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+from benchlib import rss_mib  # noqa: E402
 from jskad import JsKadPeer  # noqa: E402
 
 from mimirlite import Host  # noqa: E402
@@ -53,13 +54,6 @@ STEP_TIMEOUT = 60.0
 def key_of(name: str) -> tuple[bytes, str]:
     """A model name's DHT key and CID (the name's own CID, as mimirlite.mimir.models computes it)."""
     return bytes((SHA2_256, 32)) + hashlib.sha256(name.encode()).digest(), name_cid(name)
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no RSS for {pid}")
 
 
 def emit(obj: dict[str, Any]) -> None:

@@ -33,6 +33,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
+from benchlib import rss_mib  # noqa: E402  (this directory)
+
 from tests.helpers.openai_server import OpenAIServer  # noqa: E402
 
 MIMIRLITE = [sys.executable, "-m", "mimirlite"]
@@ -42,14 +44,6 @@ TIMEOUT = 60.0
 
 def emit(obj: dict[str, Any]) -> None:
     print(json.dumps(obj), flush=True)
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 class Run:

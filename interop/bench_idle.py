@@ -60,6 +60,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT)]
 
+import benchlib  # noqa: E402  (this directory)
+from benchlib import cpu_seconds, rss_kib  # noqa: E402
+
 LOCAL = "/ip4/127.0.0.1/tcp/0"
 FULL: dict[str, Any] = {"clients": 10, "per_client": 1000, "concurrency": 4, "chats": 50}
 QUICK: dict[str, Any] = {"clients": 2, "per_client": 100, "concurrency": 4, "chats": 10}
@@ -92,19 +95,6 @@ def raise_nofile(need: int) -> int:
     if soft != resource.RLIM_INFINITY and soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def port_range() -> tuple[int, int] | None:
@@ -347,18 +337,7 @@ class Proc:
         return await self.event(timeout)
 
     async def stop(self) -> None:
-        if self.proc.returncode is None and self.proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                self.proc.stdin.close()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.proc.wait(), 3)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if self.proc.returncode is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.proc.wait(), 5)
+        await benchlib.stop_group(self.proc, stdin_wait=3.0, term_wait=5.0)
 
 
 @contextlib.asynccontextmanager

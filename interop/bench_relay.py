@@ -42,7 +42,6 @@ import contextlib
 import functools
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
+from benchlib import cpu_seconds, stop_group  # noqa: E402
 from jsnat import JsNatPeer  # noqa: E402
 
 from mimirlite import Host  # noqa: E402
@@ -75,13 +75,6 @@ MAX_PUSHES = 64
 def emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads) so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------- R1a: relay CPU per MiB (loopback)
@@ -129,15 +122,7 @@ async def mimirlite_relay() -> AsyncIterator[tuple[str, int]]:
 
         yield await asyncio.wait_for(addr(), STEP_TIMEOUT), proc.pid
     finally:
-        if proc.returncode is None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, sig)
-                try:
-                    await asyncio.wait_for(proc.wait(), 5)
-                    break
-                except asyncio.TimeoutError:
-                    continue
+        await stop_group(proc, stdin_wait=None, term_wait=5.0)
 
 
 @contextlib.asynccontextmanager

@@ -27,24 +27,21 @@ private addresses (``allow_private``). Needs root (network namespaces, nftables)
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from jsnat import ECHO_PROTOCOL, JsNatPeer
 
-from mimirlite import Host, PeerId
-from mimirlite.protocols import identify_service, start_services
+from mimirlite import PeerId
 from mimirlite.protocols.autonat.service import AutoNat, AutonatConfig
 from mimirlite.protocols.autonat.verdict import DialPolicyConfig, Reachability, TrackerConfig
 from mimirlite.protocols.dcutr.holepunch import HolePunchConfig
 from mimirlite.protocols.dcutr.service import HolePuncher
 from mimirlite.protocols.relay.client import RelayClient
-from mimirlite.protocols.relay.service import RelayService
 from tests.helpers import echo_handler
-from tests.helpers.netns import NatLab, NetnsHost, NetnsLoop, PortForward, require_nat
+from tests.helpers.natlab import autonat_on, relay_on, reserve_and_punch
+from tests.helpers.netns import NatLab, NetnsHost, PortForward, require_nat
 from tests.helpers.waiting import until
 
 PORT = 4001
@@ -56,44 +53,6 @@ LAB = AutonatConfig(
 )
 PUNCH = HolePunchConfig(allow_private=True, timeout=5.0)
 DCUTR_LOG = "mimirlite.protocols.dcutr"
-
-
-@contextlib.asynccontextmanager
-async def lab_node(loop: NetnsLoop, listen: str, config: AutonatConfig = LAB) -> AsyncIterator[AutoNat]:
-    """A mimirlite host with identify and AutoNAT (both roles) started on ``loop`` (a namespace's thread),
-    stopped there."""
-
-    async def start() -> AutoNat:
-        host = Host(listen=[listen])
-        await host.start()
-        start_services(host)
-        identify = identify_service(host)
-        assert identify is not None
-        autonat = AutoNat(host, identify, config)
-        await autonat.start()
-        return autonat
-
-    async def stop(autonat: AutoNat) -> None:
-        await autonat.stop()
-        await autonat.host.stop()
-
-    autonat = await loop.run(start(), timeout=10)
-    try:
-        yield autonat
-    finally:
-        await loop.run(stop(autonat), timeout=10)
-
-
-@contextlib.asynccontextmanager
-async def lab_relay(loop: NetnsLoop, host: NetnsHost) -> AsyncIterator[AutoNat]:
-    """A mimirlite relay (hop) on wan host ``host``, also an AutoNAT server."""
-    async with lab_node(loop, f"/ip4/{host.ip}/tcp/{PORT}") as node:
-        relay = RelayService(node.host)
-        await loop.run(relay.start(), timeout=10)
-        try:
-            yield node
-        finally:
-            await loop.run(relay.stop(), timeout=10)
 
 
 async def js_on(lab: NatLab, host: NetnsHost, **kwargs: Any) -> JsNatPeer:
@@ -148,7 +107,7 @@ async def test_mimirlite_asks_a_js_autonat_server(where: str) -> None:
         listen = f"/ip4/{wan_host.ip if on_wan else '0.0.0.0'}/tcp/{PORT}"
         async with (
             await js_on(lab, js_host, autonat=True, debug="libp2p:auto-nat*") as server,
-            lab_node(loop, listen) as node,
+            autonat_on(loop, listen, LAB) as node,
         ):
             server_addr = wan_addr(server, js_host)
             server_id = PeerId.from_string(server.peer_id)
@@ -187,7 +146,7 @@ async def test_a_js_autonat_client_asks_mimirlite() -> None:
         (js_host, node_host), _ = lab.wan, lab.lans
         loop = lab.loop(node_host)
         async with (
-            lab_node(loop, f"/ip4/{node_host.ip}/tcp/{PORT}") as node,
+            autonat_on(loop, f"/ip4/{node_host.ip}/tcp/{PORT}", LAB) as node,
             await js_on(lab, js_host, autonat=True) as js,
         ):
             own = f"/ip4/{js_host.ip}/tcp/{PORT}"
@@ -226,7 +185,7 @@ async def test_dcutr_js_initiates_and_mimirlite_answers(
     async with NatLab(wan_hosts=2, lans=[1], forwards=forwards) as lab:
         (relay_host, js_host), ((node_host,),) = lab.wan, lab.lans
         loop = lab.loop(node_host)
-        async with lab_relay(lab.loop(relay_host), relay_host) as relay:
+        async with relay_on(lab.loop(relay_host), f"/ip4/{relay_host.ip}/tcp/{PORT}", LAB) as relay:
             relay_addr = relay.host.listen_addrs[0]
             async with await js_on(
                 lab, js_host, reserve=[relay_addr], dcutr=True, autonat=True, debug="libp2p:dcutr*"
@@ -238,7 +197,7 @@ async def test_dcutr_js_initiates_and_mimirlite_answers(
 
                 # the relay's AutoNAT server verifies JS's address: JS offers it in its CONNECT
                 await until(js_verified, 30, "JS's address verified by the relay")
-                async with lab_node(loop, f"/ip4/0.0.0.0/tcp/{PORT}") as node:
+                async with autonat_on(loop, f"/ip4/0.0.0.0/tcp/{PORT}", LAB) as node:
 
                     async def dial_through_relay() -> bool:
                         node.host.set_handler(ECHO_PROTOCOL, echo_handler)
@@ -316,13 +275,13 @@ async def test_dcutr_mimirlite_initiates_and_punches_to_js(
         (relay_host, wan_js_host), ((node_host,), (lan_js_host,)) = lab.wan, lab.lans
         js_host = lan_js_host if js_behind_nat else wan_js_host
         loop = lab.loop(node_host)
-        async with lab_relay(lab.loop(relay_host), relay_host) as relay:
+        async with relay_on(lab.loop(relay_host), f"/ip4/{relay_host.ip}/tcp/{PORT}", LAB) as relay:
             relay_addr = relay.host.listen_addrs[0]
             async with (
                 await js_on(
                     lab, js_host, relay_client=True, dcutr=True, autonat=True, debug="libp2p:dcutr*"
                 ) as js,
-                lab_node(loop, f"/ip4/0.0.0.0/tcp/{PORT}") as node,
+                autonat_on(loop, f"/ip4/0.0.0.0/tcp/{PORT}", LAB) as node,
             ):
                 own = f"/ip4/{js_host.ip}/tcp/{PORT}"
                 await js.dial(relay_addr)
@@ -334,17 +293,7 @@ async def test_dcutr_mimirlite_initiates_and_punches_to_js(
                 # CONNECT then); behind NAT it is a LAN address, which JS takes as verified at once
                 await until(js_verified, 30, "JS's address verified")
 
-                async def reserve() -> tuple[str, HolePuncher]:
-                    client = RelayClient(node.host, [relay_addr])
-                    await client.start()
-                    await node.identify.identify(node.host.connections[relay.host.peer_id])
-                    puncher = HolePuncher(node.host, node.candidate_addrs, PUNCH)
-                    await puncher.start()
-                    client.on_relayed.append(puncher.on_relayed)
-                    [circuit] = client.circuit_addrs
-                    return circuit, puncher
-
-                circuit, puncher = await loop.run(reserve(), timeout=20)
+                circuit, puncher = await loop.run(reserve_and_punch(node, relay, PUNCH), timeout=20)
                 dialed = await js.dial(circuit)
                 assert dialed["relayed"]
 

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator
 
 import pytest
 
 from mimirlite import Host
-from mimirlite.protocols import identify_service, start_services
-from mimirlite.protocols.autonat.service import AutoNat, AutonatConfig
+from mimirlite.protocols.autonat.service import AutonatConfig
 from mimirlite.protocols.autonat.verdict import DialPolicyConfig, Reachability, TrackerConfig
 from mimirlite.protocols.dcutr.holepunch import HolePunchConfig
 from mimirlite.protocols.dcutr.service import HolePuncher
 from mimirlite.protocols.relay.auto import AutoRelay
 from mimirlite.protocols.relay.client import RelayClient
-from mimirlite.protocols.relay.service import RelayService
 from tests.helpers import ECHO, echo_handler
-from tests.helpers.netns import NatLab, NetnsHost, NetnsLoop, PortForward, require_nat
+from tests.helpers.natlab import autonat_on, relay_on, reserve_and_punch
+from tests.helpers.netns import NatLab, NetnsHost, PortForward, require_nat
 from tests.helpers.nodeproc import MIMIRLITE, REPO, RUN_TIMEOUT, UNBUFFERED, NodeProc, Proc, run_cli
 from tests.helpers.waiting import until
 
@@ -30,31 +28,6 @@ PORT = 4001
 LAB = AutonatConfig(
     dial_timeout=2.0, policy=DialPolicyConfig(allow_private=True), tracker=TrackerConfig(required=1)
 )
-
-
-@contextlib.asynccontextmanager
-async def autonat_on(loop: NetnsLoop, listen: str) -> AsyncIterator[AutoNat]:
-    """A host with identify and AutoNAT started on ``loop`` (a namespace's thread); stopped there."""
-
-    async def start() -> AutoNat:
-        host = Host(listen=[listen])
-        await host.start()
-        start_services(host)
-        identify = identify_service(host)
-        assert identify is not None
-        autonat = AutoNat(host, identify, LAB)
-        await autonat.start()
-        return autonat
-
-    async def stop(autonat: AutoNat) -> None:
-        await autonat.stop()
-        await autonat.host.stop()
-
-    autonat = await loop.run(start(), timeout=10)
-    try:
-        yield autonat
-    finally:
-        await loop.run(stop(autonat), timeout=10)
 
 
 @pytest.mark.parametrize("forwarded", [False, True], ids=["behind-nat", "port-forward"])
@@ -65,8 +38,8 @@ async def test_a_node_behind_nat_learns_its_reachability(forwarded: bool) -> Non
         (wan,), ((private,),) = lab.wan, lab.lans
         loop = lab.loop(private)  # one event loop per namespace host: the node's objects live on it
         async with (
-            autonat_on(lab.loop(wan), f"/ip4/{wan.ip}/tcp/{PORT}") as server,
-            autonat_on(loop, f"/ip4/0.0.0.0/tcp/{PORT}") as node,
+            autonat_on(lab.loop(wan), f"/ip4/{wan.ip}/tcp/{PORT}", LAB) as server,
+            autonat_on(loop, f"/ip4/0.0.0.0/tcp/{PORT}", LAB) as node,
         ):
 
             async def ask() -> tuple[list[str], Reachability]:
@@ -88,35 +61,34 @@ async def test_a_private_node_picks_a_relay_and_is_reached_through_it() -> None:
     async with NatLab(wan_hosts=2, lans=[1]) as lab:
         (relay_host, far_host), ((private,),) = lab.wan, lab.lans
         relay_loop, node_loop, far_loop = lab.loop(relay_host), lab.loop(private), lab.loop(far_host)
-        async with autonat_on(relay_loop, f"/ip4/{relay_host.ip}/tcp/{PORT}") as relay_side:
-            relay = RelayService(relay_side.host)
-            await relay_loop.run(relay.start(), timeout=10)
-            async with autonat_on(node_loop, f"/ip4/0.0.0.0/tcp/{PORT}") as node:
+        async with (
+            relay_on(relay_loop, f"/ip4/{relay_host.ip}/tcp/{PORT}", LAB) as relay_side,
+            autonat_on(node_loop, f"/ip4/0.0.0.0/tcp/{PORT}", LAB) as node,
+        ):
 
-                async def go_private() -> list[str]:
-                    node.host.set_handler(ECHO, echo_handler)
-                    client = RelayClient(node.host)
-                    await client.start()
-                    auto = AutoRelay(node.host, node.identify, node, client)
-                    await auto.start()
-                    conn = await node.host.dial(relay_side.host.listen_addrs[0])
-                    await node.identify.identify(conn)
-                    assert await node.check() is Reachability.PRIVATE
-                    await until(lambda: client.circuit_addrs, 10, "a reservation on the relay picked")
-                    return client.circuit_addrs
+            async def go_private() -> list[str]:
+                node.host.set_handler(ECHO, echo_handler)
+                client = RelayClient(node.host)
+                await client.start()
+                auto = AutoRelay(node.host, node.identify, node, client)
+                await auto.start()
+                conn = await node.host.dial(relay_side.host.listen_addrs[0])
+                await node.identify.identify(conn)
+                assert await node.check() is Reachability.PRIVATE
+                await until(lambda: client.circuit_addrs, 10, "a reservation on the relay picked")
+                return client.circuit_addrs
 
-                [circuit] = await node_loop.run(go_private(), timeout=30)
-                assert circuit.startswith(relay_side.host.listen_addrs[0])
+            [circuit] = await node_loop.run(go_private(), timeout=30)
+            assert circuit.startswith(relay_side.host.listen_addrs[0])
 
-                async def reach() -> bytes:
-                    async with Host() as far, RelayClient(far):
-                        stream = await far.new_stream(circuit, ECHO)
-                        await stream.write(b"found behind the NAT")
-                        await stream.close_write()
-                        return await stream.read_all()
+            async def reach() -> bytes:
+                async with Host() as far, RelayClient(far):
+                    stream = await far.new_stream(circuit, ECHO)
+                    await stream.write(b"found behind the NAT")
+                    await stream.close_write()
+                    return await stream.read_all()
 
-                assert await far_loop.run(reach(), timeout=20) == b"found behind the NAT"
-            await relay_loop.run(relay.stop(), timeout=10)
+            assert await far_loop.run(reach(), timeout=20) == b"found behind the NAT"
 
 
 async def relay_command(lab: NatLab, stack: contextlib.AsyncExitStack, wan: NetnsHost, *args: str) -> str:
@@ -193,25 +165,16 @@ async def test_a_relayed_connection_is_upgraded_by_a_hole_punch(symmetric: bool)
     async with NatLab(wan_hosts=1, lans=[1, 1], symmetric=[False, symmetric]) as lab:
         (wan,), ((a_host,), (b_host,)) = lab.wan, lab.lans
         relay_loop, a_loop, b_loop = lab.loop(wan), lab.loop(a_host), lab.loop(b_host)
-        async with autonat_on(relay_loop, f"/ip4/{wan.ip}/tcp/{PORT}") as relay_side:
-            relay = RelayService(relay_side.host)
-            await relay_loop.run(relay.start(), timeout=10)
+        async with relay_on(relay_loop, f"/ip4/{wan.ip}/tcp/{PORT}", LAB) as relay_side:
             relay_addr = relay_side.host.listen_addrs[0]
             async with (
-                autonat_on(a_loop, f"/ip4/0.0.0.0/tcp/{PORT}") as a,
-                autonat_on(b_loop, f"/ip4/0.0.0.0/tcp/{PORT}") as b,
+                autonat_on(a_loop, f"/ip4/0.0.0.0/tcp/{PORT}", LAB) as a,
+                autonat_on(b_loop, f"/ip4/0.0.0.0/tcp/{PORT}", LAB) as b,
             ):
 
                 async def b_behind_relay() -> tuple[str, HolePuncher]:
                     b.host.set_handler(ECHO, echo_handler)
-                    client = RelayClient(b.host, [relay_addr])
-                    await client.start()
-                    await b.identify.identify(b.host.connections[relay_side.host.peer_id])
-                    puncher = HolePuncher(b.host, b.candidate_addrs, punch)
-                    await puncher.start()
-                    client.on_relayed.append(puncher.on_relayed)
-                    [addr] = client.circuit_addrs
-                    return addr, puncher
+                    return await reserve_and_punch(b, relay_side, punch)
 
                 circuit, b_puncher = await b_loop.run(b_behind_relay(), timeout=20)
 
@@ -242,4 +205,3 @@ async def test_a_relayed_connection_is_upgraded_by_a_hole_punch(symmetric: bool)
                     await until(lambda: b_puncher.failed == 1, 20, "the punch given up")
                 else:
                     assert b_puncher.succeeded == 1
-            await relay_loop.run(relay.stop(), timeout=10)
