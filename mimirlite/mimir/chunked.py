@@ -120,9 +120,9 @@ class ChunkedDecoder:
                     continue
                 stop = pos + size
                 if stop + 2 <= end:  # the whole chunk and its CRLF: the common case
+                    out.append(buf[pos:stop])  # as when it comes in pieces: the data before its CRLF
                     if buf[stop : stop + 2] != b"\r\n":
                         raise ChunkedError("chunk data not followed by CRLF")
-                    out.append(buf[pos:stop])
                     pos = stop + 2
                     continue
                 self._left = size
