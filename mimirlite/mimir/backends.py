@@ -67,8 +67,8 @@ class Backend(Protocol):
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Chunks of the answer; BackendError on failure. Closing the generator cancels the request.
 
-        A backend may also have ``stream_chat_wire`` (same arguments, yielding ``(chunk, json)``:
-        :meth:`OpenAIBackend.stream_chat_wire`): a node then calls that instead."""
+        A backend may also have ``stream_chat_wire`` (same arguments, yielding lists of ``(chunk,
+        json)``: :meth:`OpenAIBackend.stream_chat_wire`): a node then calls that instead."""
         ...
 
     def forward(
@@ -325,16 +325,19 @@ class OpenAIBackend:
     async def stream_chat(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> AsyncGenerator[dict[str, Any], None]:
-        async with contextlib.aclosing(self.stream_chat_wire(model, messages, params)) as chunks:
-            async for chunk, _ in chunks:
-                yield chunk
+        async with contextlib.aclosing(self.stream_chat_wire(model, messages, params)) as batches:
+            async for batch in batches:
+                for chunk, _ in batch:
+                    yield chunk
 
     async def stream_chat_wire(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
-    ) -> AsyncGenerator[tuple[dict[str, Any], str | None], None]:
-        """:meth:`stream_chat`'s chunks, each with the backend's own JSON text of it when that may be
-        passed on as it is (:func:`~mimirlite.mimir.chunks.loads_event`: one line, no duplicate key,
-        nothing but JSON, so that any parser reads the chunk checked here), else None."""
+    ) -> AsyncGenerator[list[tuple[dict[str, Any], str | None]], None]:
+        """:meth:`stream_chat`'s chunks in lists, one list for the chunks each read of the backend's
+        answer completed (a relay writes them at once), each chunk with the backend's own JSON text of
+        it when that may be passed on as it is (:func:`~mimirlite.mimir.chunks.loads_event`: one line,
+        no duplicate key, nothing but JSON, so that any parser reads the chunk checked here), else None.
+        A failure after good chunks is raised once they were yielded."""
         # Only allowlisted names reach the backend, whatever the caller checked; model, messages and
         # stream are this call's own (ALLOWED has none of them, and they are set last all the same).
         refused = sorted(str(name) for name in params if name not in ALLOWED)
@@ -365,19 +368,31 @@ class OpenAIBackend:
                     events = decoder.receive_data(data)
                 except SSEError as exc:
                     raise BackendError(packets.BACKEND_ERROR, f"backend stream broke off: {exc}") from exc
+                batch: list[tuple[dict[str, Any], str | None]] = []
+                failure: BackendError | None = None
+                done = False
                 for event in events:
                     text = event.data
                     if text.startswith("[DONE]"):
-                        await _drain(response)  # so that the connection is kept for the next request
-                        return
+                        done = True
+                        break
                     try:
                         chunk, verbatim = loads_event(text)
                     except PacketError as exc:
-                        message = f"backend stream broke off: {exc}"
-                        raise BackendError(packets.BACKEND_ERROR, message) from exc
+                        failure = BackendError(packets.BACKEND_ERROR, f"backend stream broke off: {exc}")
+                        failure.__cause__ = exc
+                        break
                     if type(chunk) is not dict or "error" in chunk or event.event == "error":
-                        raise _stream_error(chunk)
-                    yield chunk, text if verbatim else None
+                        failure = _stream_error(chunk)
+                        break
+                    batch.append((chunk, text if verbatim else None))
+                if batch:
+                    yield batch
+                if failure is not None:
+                    raise failure
+                if done:
+                    await _drain(response)  # so that the connection is kept for the next request
+                    return
                 if not data:
                     return
         finally:

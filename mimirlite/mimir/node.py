@@ -535,29 +535,36 @@ class MimirNode(Service):
 
     async def _answer_wire(
         self,
-        chat: AsyncGenerator[tuple[dict[str, Any], str | None], None],
+        chat: AsyncGenerator[list[tuple[dict[str, Any], str | None]], None],
         stream: Stream,
         request_id: str | None,
         ticket: Ticket,
         tally: ChatTally,
     ) -> bool:
-        """:meth:`_answer` from a backend's ``stream_chat_wire``: a chunk given with its JSON text is
-        written as that text inside the packet, not encoded again."""
+        """:meth:`_answer` from a backend's ``stream_chat_wire``: the packets of each list of chunks in
+        one write, a chunk given with its JSON text written as that text inside its packet, not
+        encoded again."""
         finished = False
         packet: dict[str, Any] = {"event": packets.COMPLETION_PACKET}
         if request_id is not None:
             packet["request_id"] = request_id
         head = json.dumps(packet, separators=(",", ":"))[:-1] + ',"data":'  # as lp writes it
-        async with contextlib.aclosing(chat) as chunks:
-            async for chunk, text in chunks:
-                if text is None:
-                    await stream.write_json({**packet, "data": chunk})
-                else:
-                    await stream.write(lp.encode_message(f"{head}{text}}}".encode()))
+        async with contextlib.aclosing(chat) as batches:
+            async for batch in batches:
+                if not batch:
+                    continue
+                parts = []
+                last = False
+                for chunk, text in batch:
+                    if text is None:
+                        parts.append(lp.encode_json({**packet, "data": chunk}))
+                    else:
+                        parts.append(lp.encode_message(f"{head}{text}}}".encode()))
+                    last = _finished(chunk)
+                    finished = finished or last
+                await stream.write(parts[0] if len(parts) == 1 else b"".join(parts))
                 tally.first_chunk(time.perf_counter())
-                if _finished(chunk):
-                    finished = True
-                elif ticket.ended is not None:
+                if not last and ticket.ended is not None:
                     return False
         if not finished:
             raise BackendError(packets.BACKEND_ERROR, "backend answer ended before a finish_reason")
