@@ -18,6 +18,7 @@ from tests.mimir.test_http import raw_server, read_request
 
 MODEL = "m"
 REQUEST_ID = 'r"\u00fc\u2028'  # escaped in the packet's head
+HEAD = b'{"event":"completionPacket","request_id":"r\\"\\u00fc\\u2028","data":'
 
 
 def event_text(content: str, *, finish: str | None = None, spaced: bool = False) -> str:
@@ -54,6 +55,17 @@ def sse(*texts: str) -> bytes:
 async def packets_for(texts: list[str]) -> list[bytes]:
     """The bodies of the packets a node writes for a backend streaming ``texts`` (and a last chunk)."""
     last = event_text("", finish="stop")
+    bodies = await all_packets([*texts, last])
+    assert json.loads(bodies[-1]) == {
+        "event": "completionPacket",
+        "request_id": REQUEST_ID,
+        "data": json.loads(last),
+    }
+    return bodies[:-1]
+
+
+async def all_packets(texts: list[str]) -> list[bytes]:
+    """The bodies of every packet a node writes for a backend streaming ``texts`` (one read)."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -63,7 +75,7 @@ async def packets_for(texts: list[str]) -> list[bytes]:
                 head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body)
                 writer.write(head + body)
             else:
-                writer.write(SSE_HEAD + sse(*texts, last))
+                writer.write(SSE_HEAD + sse(*texts))
             await writer.drain()
 
     async with (
@@ -81,12 +93,7 @@ async def packets_for(texts: list[str]) -> list[bytes]:
                 bodies = []
                 while (body := await asyncio.wait_for(stream.read_message(), 10)) is not None:
                     bodies.append(bytes(body))
-    assert json.loads(bodies[-1]) == {
-        "event": "completionPacket",
-        "request_id": REQUEST_ID,
-        "data": json.loads(last),
-    }
-    return bodies[:-1]
+    return bodies
 
 
 def packet(data: Any) -> dict[str, Any]:
@@ -95,8 +102,7 @@ def packet(data: Any) -> dict[str, Any]:
 
 async def test_a_chunk_that_reads_alike_everywhere_is_written_as_the_backend_wrote_it() -> None:
     bodies = await packets_for(VERBATIM)
-    head = b'{"event":"completionPacket","request_id":"r\\"\\u00fc\\u2028","data":'
-    assert bodies == [head + t.encode() + b"}" for t in VERBATIM]
+    assert bodies == [HEAD + t.encode() + b"}" for t in VERBATIM]
     assert [json.loads(b) for b in bodies] == [packet(json.loads(t)) for t in VERBATIM]
 
 
@@ -105,3 +111,13 @@ async def test_a_chunk_another_parser_could_read_otherwise_is_encoded_as_the_nod
     read = [json.loads(t) for t in REENCODED] + [json.loads(MULTILINE.replace("\ndata: ", "\n"))]
     assert bodies == [json.dumps(packet(chunk), separators=(",", ":")).encode() for chunk in read]
     assert bodies[0].count(b'"id"') == 1 and b"chatcmpl-1" in bodies[0]  # the key the node read, once
+
+
+async def test_chunks_before_a_failure_in_the_same_read_are_written_before_the_error() -> None:
+    error = json.dumps({"error": {"message": "out of memory"}})
+    bodies = await all_packets([*VERBATIM, error, event_text("never")])
+    assert bodies[:2] == [HEAD + t.encode() + b"}" for t in VERBATIM]
+    stop = json.loads(bodies[2])
+    assert len(bodies) == 3 and stop["event"] == "completionStop", bodies
+    assert stop["data"]["error"]["type"] == packets.BACKEND_ERROR
+    assert "out of memory" in stop["data"]["error"]["message"]
