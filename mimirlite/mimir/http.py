@@ -1,4 +1,6 @@
-"""The backend's HTTP/1.1 client: h11 (the sans-IO core) over an asyncio protocol, no more.
+"""The backend's HTTP/1.1 client: h11 (the sans-IO core) over an asyncio protocol, no more; a chunked
+body (an SSE stream: one chunk per event) is read by :mod:`mimirlite.mimir.chunked` in one call for all
+that came, h11 keeping the head and the connection's state.
 
 What a node asks of an OpenAI-compatible server: a request, its answer's head, then the body as it comes
 (its transfer coding undone), with connections kept alive and reused, ``timeout`` bounding connecting,
