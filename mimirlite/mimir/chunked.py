@@ -26,6 +26,8 @@ MAX_TRAILERS = 64 * 1024
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t !-~\x80-\xff])*"'
+_PLAIN_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
+"""A chunk-size line without white space or extensions (the common case: one test)."""
 # A chunk-size line (its extensions taken loosely here, checked by _EXTENSIONS when there are some).
 _SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})([ \t]*;[^\r\n]*)?[ \t]*\r\n")
 _EXTENSIONS = re.compile(
@@ -104,15 +106,10 @@ class ChunkedDecoder:
         state = self._state
         while pos < end:
             if state == _SIZE:
-                match = _SIZE_LINE.match(buf, pos)
+                match = _PLAIN_SIZE_LINE.match(buf, pos) or self._size_line(buf, pos)
                 if match is None:
-                    self._size_line_incomplete(buf, pos)
                     self._buf = buf[pos:]
                     return
-                if match.end() - pos - 2 > self.max_line:
-                    raise ChunkedError(f"chunk size line longer than {self.max_line} bytes")
-                if match.group(2) is not None and _EXTENSIONS.fullmatch(match.group(2)) is None:
-                    raise ChunkedError("bad chunk extension")
                 size = int(match.group(1), 16)
                 pos = match.end()
                 if size == 0:
@@ -155,6 +152,19 @@ class ChunkedDecoder:
             else:  # pragma: no cover - _DONE returns above
                 raise AssertionError(state)
         self._state = state
+
+    def _size_line(self, buf: bytes, pos: int) -> re.Match[bytes] | None:
+        """The chunk-size line at ``pos`` (one with white space or extensions: the plain ones are
+        matched before); None when it is not whole yet (and may still be one)."""
+        match = _SIZE_LINE.match(buf, pos)
+        if match is None:
+            self._size_line_incomplete(buf, pos)
+            return None
+        if match.end() - pos - 2 > self.max_line:
+            raise ChunkedError(f"chunk size line longer than {self.max_line} bytes")
+        if match.group(2) is not None and _EXTENSIONS.fullmatch(match.group(2)) is None:
+            raise ChunkedError("bad chunk extension")
+        return match
 
     def _size_line_incomplete(self, buf: bytes, pos: int) -> None:
         """No whole chunk-size line at ``pos``: ChunkedError when none can come (a line end is there,
