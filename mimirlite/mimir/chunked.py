@@ -104,9 +104,12 @@ class ChunkedDecoder:
         pos = 0
         end = len(buf)
         state = self._state
+        plain = self.max_line >= 16  # a plain size line is within the bound
         while pos < end:
             if state == _SIZE:
-                match = _PLAIN_SIZE_LINE.match(buf, pos) or self._size_line(buf, pos)
+                match = _PLAIN_SIZE_LINE.match(buf, pos) if plain else None
+                if match is None:
+                    match = self._size_line(buf, pos)
                 if match is None:
                     self._buf = buf[pos:]
                     return

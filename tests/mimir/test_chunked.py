@@ -141,6 +141,9 @@ def test_lines_are_bounded_before_their_end_comes() -> None:
         ChunkedDecoder().receive_data(b"5;" + b"a" * (MAX_LINE - 1) + b"\r\nhello\r\n")
     with pytest.raises(ChunkedError, match="bad chunk size line"):
         ChunkedDecoder().receive_data(b"x")  # cannot begin a size: no wait for its end
+    assert ChunkedDecoder(max_line=8).receive_data(b"ffffffff\r\nx") == b"x"
+    with pytest.raises(ChunkedError, match="longer than 8 bytes"):  # a plain size line is bounded too
+        ChunkedDecoder(max_line=8).receive_data(b"fffffffff\r\nx")
 
 
 def test_trailers_are_bounded() -> None:
