@@ -52,6 +52,9 @@ def test_one_input(data: bytes) -> None:
     if len(stream) <= 512:
         single = [stream[i : i + 1] for i in range(len(stream))]
         fuzzlib.check(_decode(single, max_line, max_trailers) == result, "byte by byte differs", pieces)
+        n = (data[0] >> 4) % 7 + 2  # and in pieces of 2 to 8 bytes (a state change and a cut line in one)
+        small = [stream[i : i + n] for i in range(0, len(stream), n)]
+        fuzzlib.check(_decode(small, max_line, max_trailers) == result, f"in {n}-byte pieces differs", pieces)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ class ChunkedDecoder:
                     match = self._size_line(buf, pos)
                 if match is None:
                     self._buf = buf[pos:]
-                    return
+                    break
                 size = int(match.group(1), 16)
                 pos = match.end()
                 if size == 0:
@@ -147,14 +147,13 @@ class ChunkedDecoder:
             elif state == _TRAILER:
                 pos = self._trailer_line(buf, pos)
                 if pos < 0:
-                    self._state = state
-                    return
+                    break
                 if self._state == _DONE:
                     self.unused = buf[pos:]
                     return
             else:  # pragma: no cover - _DONE returns above
                 raise AssertionError(state)
-        self._state = state
+        self._state = state  # where the next call goes on (what it needs of a line kept in _buf)
 
     def _size_line(self, buf: bytes, pos: int) -> re.Match[bytes] | None:
         """The chunk-size line at ``pos`` (one with white space or extensions: the plain ones are

@@ -15,16 +15,17 @@ from tests.mimir.test_http import raw_server, read_request
 
 
 def decode(pieces: list[bytes], **bounds: int) -> tuple[bytes, str | None, bytes]:
-    """(body data, the error's message or None, unused bytes) of ``pieces`` fed one by one, then EOF
-    when the body did not end."""
+    """(body data, the error's message or None, the bytes after the body) of ``pieces`` fed one by one
+    until the body ends, then EOF when it did not."""
     decoder = ChunkedDecoder(**bounds)
     out = []
     try:
-        for piece in pieces:
+        for i, piece in enumerate(pieces):
             if piece:
                 out.append(decoder.receive_data(piece))
-        if not decoder.done:
-            decoder.receive_data(b"")
+            if decoder.done:
+                return b"".join(out), None, decoder.unused + b"".join(pieces[i + 1 :])
+        decoder.receive_data(b"")
     except ChunkedError as exc:
         return b"".join(out) + exc.data, str(exc), decoder.unused
     return b"".join(out), None, decoder.unused
@@ -53,6 +54,14 @@ EVENTS = [b'data: {"n": %d}\n\n' % i for i in range(5)]
 def test_a_body_decodes_alike_however_it_is_cut() -> None:
     body = b"".join(chunk(e) for e in EVENTS) + b"0\r\n\r\n"
     assert every_cut(body) == (b"".join(EVENTS), None, b"")
+
+
+def test_a_body_cut_in_three_decodes_alike_at_every_pair_of_offsets() -> None:
+    body = chunk(b"hello") + chunk(b"big wide") + b"0;x=1\r\nx-sum: 1\r\n\r\nrest"
+    expected = (b"hellobig wide", None, b"rest")
+    for i in range(1, len(body)):
+        for j in range(i + 1, len(body)):
+            assert decode([body[:i], body[i:j], body[j:]]) == expected, (i, j)
 
 
 def test_partial_chunks_come_out_as_they_come() -> None:
