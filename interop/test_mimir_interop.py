@@ -183,6 +183,18 @@ async def test_js_client_gets_exactly_the_backend_chunks(srv: OpenAIServer) -> N
     assert res.packets[-1]["data"]["choices"][0]["delta"] == {}
 
 
+async def test_js_client_reads_the_backend_json_the_node_passes_on_as_it_is(srv: OpenAIServer) -> None:
+    """The test server writes raw UTF-8 (``ensure_ascii=False``); the node writes its text into the packets
+    unchanged (mimir/node.py ``_answer_wire``), and the JS client reads the same chunks."""
+    srv.reply = "h\u00e9llo w\u00f6rld \u2603 \U0001f600 \u2028 end"
+    async with mimir_node(OpenAIBackend(srv.base_url)) as (_node, addr):
+        res = await run_js_client(addr, PROMPT, timeout=TIMEOUT)
+    assert res.returncode == 0 and res.ok, res.stderr
+    (sent,) = srv.sent_chunks
+    assert res.packets == completion_packets(sent)
+    assert res.text == srv.reply
+
+
 @pytest.mark.parametrize("chunk_bytes", [None, 1], ids=["varint-then-body", "byte-by-byte"])
 async def test_js_client_packets_split_across_frames(
     monkeypatch: pytest.MonkeyPatch, chunk_bytes: int | None

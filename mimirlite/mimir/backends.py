@@ -8,6 +8,7 @@ exactly as the OpenAI API streams them (``object: "chat.completion.chunk"``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from mimirlite.errors import LocalError, MimirliteError
 from mimirlite.mimir import packets
+from mimirlite.mimir.chunks import loads_event
+from mimirlite.mimir.packets import PacketError
 from mimirlite.mimir.params import ALLOWED, MAX_NAME
 from mimirlite.mimir.sse import SSEDecoder, SSEError
 
@@ -62,7 +65,10 @@ class Backend(Protocol):
     def stream_chat(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> AsyncGenerator[dict[str, Any], None]:
-        """Chunks of the answer; BackendError on failure. Closing the generator cancels the request."""
+        """Chunks of the answer; BackendError on failure. Closing the generator cancels the request.
+
+        A backend may also have ``stream_chat_wire`` (same arguments, yielding lists of ``(chunk,
+        json)``: :meth:`OpenAIBackend.stream_chat_wire`): a node then calls that instead."""
         ...
 
     def forward(
@@ -319,6 +325,19 @@ class OpenAIBackend:
     async def stream_chat(
         self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> AsyncGenerator[dict[str, Any], None]:
+        async with contextlib.aclosing(self.stream_chat_wire(model, messages, params)) as batches:
+            async for batch in batches:
+                for chunk, _ in batch:
+                    yield chunk
+
+    async def stream_chat_wire(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> AsyncGenerator[list[tuple[dict[str, Any], str | None]], None]:
+        """:meth:`stream_chat`'s chunks in lists, one list for the chunks each read of the backend's
+        answer completed (a relay writes them at once), each chunk with the backend's own JSON text of
+        it when that may be passed on as it is (:func:`~mimirlite.mimir.chunks.loads_event`: one line,
+        no duplicate key, nothing but JSON, so that any parser reads the chunk checked here), else None.
+        A failure after good chunks is raised once they were yielded."""
         # Only allowlisted names reach the backend, whatever the caller checked; model, messages and
         # stream are this call's own (ALLOWED has none of them, and they are set last all the same).
         refused = sorted(str(name) for name in params if name not in ALLOWED)
@@ -349,19 +368,31 @@ class OpenAIBackend:
                     events = decoder.receive_data(data)
                 except SSEError as exc:
                     raise BackendError(packets.BACKEND_ERROR, f"backend stream broke off: {exc}") from exc
+                batch: list[tuple[dict[str, Any], str | None]] = []
+                failure: BackendError | None = None
+                done = False
                 for event in events:
                     text = event.data
                     if text.startswith("[DONE]"):
-                        await _drain(response)  # so that the connection is kept for the next request
-                        return
+                        done = True
+                        break
                     try:
-                        chunk = json.loads(text)
-                    except ValueError as exc:
-                        message = f"backend stream broke off: {exc!r}"
-                        raise BackendError(packets.BACKEND_ERROR, message) from exc
+                        chunk, verbatim = loads_event(text)
+                    except PacketError as exc:
+                        failure = BackendError(packets.BACKEND_ERROR, f"backend stream broke off: {exc}")
+                        failure.__cause__ = exc
+                        break
                     if type(chunk) is not dict or "error" in chunk or event.event == "error":
-                        raise _stream_error(chunk)
-                    yield chunk
+                        failure = _stream_error(chunk)
+                        break
+                    batch.append((chunk, text if verbatim else None))
+                if batch:
+                    yield batch
+                if failure is not None:
+                    raise failure
+                if done:
+                    await _drain(response)  # so that the connection is kept for the next request
+                    return
                 if not data:
                     return
         finally:

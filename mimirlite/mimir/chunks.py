@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
+from json.scanner import make_scanner
 from typing import Any
 
 from mimirlite.mimir.packets import PacketError
@@ -209,12 +211,29 @@ def verbatim_json(text: str) -> bool:
     return "\n" not in text and "\r" not in text and ("\\u" not in text or not _SURROGATE_ESCAPE.search(text))
 
 
+# Built once, the scanner called directly (as wire/lp.py does): json.loads with hooks builds a decoder
+# per call, and its decode() matches white space twice; the decoder stays the judge of what the
+# scanner stops at (white space around the document, or not JSON).
+_STRICT = json.JSONDecoder(object_pairs_hook=_unique, parse_constant=_constant, parse_float=_finite)
+_scan_strict: Callable[[str, int], tuple[Any, int]] = make_scanner(_STRICT)  # type: ignore[arg-type]
+
+
+def _loads_strict(text: str) -> Any:
+    if text.startswith("\ufeff"):
+        return json.loads(text)  # refused as json.loads refuses it
+    try:
+        obj, end = _scan_strict(text, 0)
+    except StopIteration:
+        return _STRICT.decode(text)
+    return obj if end == len(text) else _STRICT.decode(text)
+
+
 def loads_event(text: str) -> tuple[Any, bool]:
     """Parse one SSE event's JSON; returns ``(obj, verbatim)``: ``verbatim`` when the text may be passed
     on as it is: besides :func:`verbatim_json`, no duplicate key (parsers differ on which one wins),
     no ``NaN``/``Infinity`` and no number beyond a float (not JSON). PacketError when it is not JSON."""
     try:
-        obj = json.loads(text, object_pairs_hook=_unique, parse_constant=_constant, parse_float=_finite)
+        obj = _loads_strict(text)
     except _Unsafe:
         pass
     except (ValueError, RecursionError):

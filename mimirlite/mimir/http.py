@@ -1,4 +1,6 @@
-"""The backend's HTTP/1.1 client: h11 (the sans-IO core) over an asyncio protocol, no more.
+"""The backend's HTTP/1.1 client: h11 (the sans-IO core) over an asyncio protocol, no more; a chunked
+body (an SSE stream: one chunk per event) is read by :mod:`mimirlite.mimir.chunked` in one call for all
+that came, h11 keeping the head and the connection's state.
 
 What a node asks of an OpenAI-compatible server: a request, its answer's head, then the body as it comes
 (its transfer coding undone), with connections kept alive and reused, ``timeout`` bounding connecting,
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -27,6 +30,7 @@ import h11
 
 from mimirlite._version import __version__
 from mimirlite.errors import MimirliteError, MimirliteTimeoutError
+from mimirlite.mimir.chunked import ChunkedDecoder, ChunkedError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,10 @@ USER_AGENT = f"mimirlite/{__version__}"
 """Sent unless a request names its own (some servers refuse requests without one)."""
 
 Headers = Sequence[tuple[str, str]]
+
+_HEAD_END = re.compile(rb"\n\r?\n")
+"""Where h11 ends a head (its blank line)."""
+_LAST_CHUNK = b"0\r\n\r\n"
 
 
 class HttpError(MimirliteError):
@@ -130,6 +138,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._can_write: asyncio.Future[None] | None = None
         self._pending: Any = None  # an event read ahead of a body's data (more_data), for next_event
+        self._rest = b""  # received, given neither to h11 nor to a body's decoder yet
 
     # -- asyncio.Protocol
 
@@ -179,7 +188,13 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         """Idle, open and quiet (a server that closed a kept connection has sent its EOF by now)."""
         transport = self.transport
-        return transport is not None and not transport.is_closing() and not self._eof and not self._chunks
+        return (
+            transport is not None
+            and not transport.is_closing()
+            and not self._eof
+            and not self._chunks
+            and not self._rest
+        )
 
     def close(self) -> None:
         if self.transport is not None:
@@ -193,6 +208,65 @@ class _Connection(asyncio.Protocol):
             await self._wait(self._can_write, timeout, "sending the request")
         if self._eof:
             raise HttpConnectError("connection closed while sending")
+
+    async def read_head(self, timeout: float) -> Any:
+        """The answer's head (h11's Response, after any 1xx): h11 is given the head's bytes only, what
+        follows is kept for the body (:meth:`read`, or h11 after :meth:`body_to_h11`)."""
+        conn = self.h11
+        buf = self._rest
+        eof = False
+        while True:
+            match = _HEAD_END.search(buf)
+            if match is not None:
+                conn.receive_data(buf[: match.end()])
+                buf = buf[match.end() :]
+            elif len(buf) > 2:  # the last two bytes may begin the blank line
+                conn.receive_data(buf[:-2])
+                buf = buf[-2:]
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise HttpBrokenError(f"bad HTTP answer: {exc}") from None
+            if event is h11.NEED_DATA and not eof:
+                data = await self._receive(timeout)
+                if data:
+                    buf = buf + data if buf else data
+                else:  # the end: h11 says what it makes of what it has
+                    eof = True
+                    conn.receive_data(buf)
+                    conn.receive_data(b"")
+                    buf = b""
+            elif type(event) is h11.Response:
+                self._rest = buf
+                return event
+            elif type(event) is not h11.InformationalResponse:
+                raise HttpBrokenError("connection closed before an answer")
+
+    def body_to_h11(self) -> None:
+        """The body is h11's to read (not chunked): what came of it goes to h11."""
+        if self._rest:
+            self.h11.receive_data(self._rest)
+            self._rest = b""
+
+    async def read(self, timeout: float) -> bytes:
+        """What came and was not taken yet, waiting for it (bounded); ``b""`` once the connection ended."""
+        rest = self._rest
+        if rest:
+            self._rest = b""
+            return rest
+        return await self._receive(timeout)
+
+    def chunked_body_ended(self, unused: bytes) -> bool:
+        """A chunked body read by a decoder ended (``unused``: what came after it): h11 is told so with
+        a last chunk of its own (it then says whether the connection may be kept). False when h11 does
+        not see the end of the message."""
+        self._rest = unused
+        conn = self.h11
+        conn.receive_data(_LAST_CHUNK)
+        try:
+            return type(conn.next_event()) is h11.EndOfMessage
+        except h11.RemoteProtocolError:
+            return False
 
     async def next_event(self, timeout: float) -> Any:
         """h11's next event, reading as much as it needs; HttpBrokenError when it cannot."""
@@ -266,20 +340,62 @@ def _expire(future: asyncio.Future[None], message: str) -> None:
         future.set_exception(HttpTimeoutError(message))
 
 
-class _Answer:
-    """A :class:`Response` read from a :class:`_Connection` of an :class:`HttpClient`."""
+def _chunked(method: str, head: Any) -> bool:
+    """Whether h11 would read this answer's body as chunked (its framing rules; it checked already that
+    a Transfer-Encoding is ``chunked`` and nothing else)."""
+    status = head.status_code
+    if method == "HEAD" or status in (204, 304) or (method == "CONNECT" and 200 <= status < 300):
+        return False
+    return any(name == b"transfer-encoding" for name, _ in head.headers)
 
-    def __init__(self, client: HttpClient, conn: _Connection, head: Any) -> None:
+
+class _Answer:
+    """A :class:`Response` read from a :class:`_Connection` of an :class:`HttpClient`: a chunked body
+    through :class:`~mimirlite.mimir.chunked.ChunkedDecoder` (one call for all that came), others
+    through h11."""
+
+    def __init__(self, client: HttpClient, conn: _Connection, head: Any, method: str) -> None:
         self.status: int = head.status_code
         self.reason = head.reason.decode("latin-1")
         self.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers]
         self._client = client
         self._conn: _Connection | None = conn
+        self._decoder: ChunkedDecoder | None = None
+        self._broken = ""  # why the chunked body broke, raised at the next receive()
+        if _chunked(method, head):
+            self._decoder = ChunkedDecoder()
+        else:
+            conn.body_to_h11()
+
+    async def _receive_chunked(self, conn: _Connection, decoder: ChunkedDecoder) -> bytes:
+        if self._broken:
+            raise HttpBrokenError(self._broken)
+        timeout = self._client.timeout
+        while True:
+            data = await conn.read(timeout)
+            try:
+                body = decoder.receive_data(data)
+            except ChunkedError as exc:
+                self._broken = f"bad HTTP answer: {exc}"
+                if exc.data:  # what came before the break first; the error at the next receive()
+                    return exc.data
+                raise HttpBrokenError(self._broken) from None
+            if decoder.done:
+                self._conn = None
+                if conn.chunked_body_ended(decoder.unused):
+                    self._client._release(conn)
+                else:
+                    conn.close()
+                return body
+            if body:
+                return body
 
     async def receive(self) -> bytes:
         conn = self._conn
         if conn is None:
             return b""
+        if self._decoder is not None:
+            return await self._receive_chunked(conn, self._decoder)
         while True:
             event = await conn.next_event(self._client.timeout)
             kind = type(event)
@@ -330,7 +446,7 @@ class HttpClient:
                 except h11.LocalProtocolError as exc:
                     raise HttpConnectError(f"cannot send that request: {exc}") from None
                 await conn.send(data, self.timeout)
-                head = await self._head(conn)
+                head = await conn.read_head(self.timeout)
             except HttpError as exc:
                 conn.close()
                 if reused and attempt == 0 and not conn.answered and not isinstance(exc, HttpTimeoutError):
@@ -340,16 +456,8 @@ class HttpClient:
             except BaseException:
                 conn.close()
                 raise
-            return _Answer(self, conn, head)
+            return _Answer(self, conn, head, method)
         raise AssertionError("unreachable")
-
-    async def _head(self, conn: _Connection) -> Any:
-        while True:
-            event = await conn.next_event(self.timeout)
-            if type(event) is h11.Response:
-                return event
-            if type(event) is not h11.InformationalResponse:
-                raise HttpBrokenError("connection closed before an answer")
 
     async def _connection(self, origin: tuple[str, str, int]) -> tuple[_Connection, bool]:
         if self._closed:

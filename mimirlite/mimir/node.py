@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 from mimirlite.aio import Service, ServiceState, race
@@ -510,6 +511,11 @@ class MimirNode(Service):
         """Write the answer's chunks; False when the chat was ended (see ``_review``) before its end."""
         finished = False
         params = clamp_max_tokens(request.params, self.limits.max_tokens)
+        wire = getattr(self.backend, "stream_chat_wire", None)
+        if wire is not None:
+            return await self._answer_wire(
+                wire(model, request.messages, params), stream, request_id, ticket, tally
+            )
         chat = self.backend.stream_chat(model, request.messages, params)
         async with contextlib.aclosing(chat) as chunks:
             async for chunk in chunks:
@@ -519,10 +525,46 @@ class MimirNode(Service):
                 out["data"] = chunk
                 await stream.write_json(out)
                 tally.first_chunk(time.perf_counter())
-                choices = chunk.get("choices")
-                if choices and isinstance(choices[0], dict) and choices[0].get("finish_reason"):
+                if _finished(chunk):
                     finished = True
                 elif ticket.ended is not None:
+                    return False
+        if not finished:
+            raise BackendError(packets.BACKEND_ERROR, "backend answer ended before a finish_reason")
+        return True
+
+    async def _answer_wire(
+        self,
+        chat: AsyncGenerator[list[tuple[dict[str, Any], str | None]], None],
+        stream: Stream,
+        request_id: str | None,
+        ticket: Ticket,
+        tally: ChatTally,
+    ) -> bool:
+        """:meth:`_answer` from a backend's ``stream_chat_wire``: the packets of each list of chunks in
+        one write, a chunk given with its JSON text written as that text inside its packet, not
+        encoded again."""
+        finished = False
+        packet: dict[str, Any] = {"event": packets.COMPLETION_PACKET}
+        if request_id is not None:
+            packet["request_id"] = request_id
+        head = json.dumps(packet, separators=(",", ":"))[:-1] + ',"data":'  # as lp writes it
+        async with contextlib.aclosing(chat) as batches:
+            async for batch in batches:
+                if not batch:
+                    continue
+                parts = []
+                last = False
+                for chunk, text in batch:
+                    if text is None:
+                        parts.append(lp.encode_json({**packet, "data": chunk}))
+                    else:
+                        parts.append(lp.encode_message(f"{head}{text}}}".encode()))
+                    last = _finished(chunk)
+                    finished = finished or last
+                await stream.write(parts[0] if len(parts) == 1 else b"".join(parts))
+                tally.first_chunk(time.perf_counter())
+                if not last and ticket.ended is not None:
                     return False
         if not finished:
             raise BackendError(packets.BACKEND_ERROR, "backend answer ended before a finish_reason")
@@ -700,3 +742,9 @@ def _kept_for(size: int, request: ChatRequest) -> int:
     """What a parsed chat request of ``size`` bytes keeps in memory while it is served, about."""
     parts = sum(len(m["content"]) for m in request.messages if isinstance(m.get("content"), list))
     return 2 * size + KEPT_PER_ITEM * (len(request.messages) + parts)
+
+
+def _finished(chunk: dict[str, Any]) -> bool:
+    """Whether a backend's chunk ends the answer (its first choice has a ``finish_reason``)."""
+    choices = chunk.get("choices")
+    return bool(choices and isinstance(choices[0], dict) and choices[0].get("finish_reason"))

@@ -87,6 +87,7 @@ class SSEDecoder:
             raise SSEError(f"event stream line longer than {self.max_line} bytes")
         self._buf = rest
         events: list[Event] = []
+        max_line = self.max_line
         for line in lines:
             if not line:
                 if self._data:
@@ -94,10 +95,12 @@ class SSEDecoder:
                 else:
                     self._event = ""
                 continue
-            if len(line) > self.max_line:
-                raise SSEError(f"event stream line longer than {self.max_line} bytes")
-            if line.startswith(b"data:"):  # the common case first
-                self._add_data(line[6:] if line[5:6] == b" " else line[5:])
+            if len(line) > max_line:
+                raise SSEError(f"event stream line longer than {max_line} bytes")
+            if line.startswith(b"data: "):  # the common case first
+                self._add_data(line[6:])
+            elif line.startswith(b"data:"):
+                self._add_data(line[5:])
             elif line[0] != 0x3A:  # not a comment (":...")
                 self._field(line)
         return events

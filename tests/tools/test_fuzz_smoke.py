@@ -53,6 +53,7 @@ def test_every_decoder_has_a_harness_and_seeds() -> None:
         "gateway_http",
         "tunnel",
         "sse",
+        "chunked",
     }
     assert expected <= set(HARNESSES)
     total = 0
