@@ -68,7 +68,8 @@ class Backend(Protocol):
         """Chunks of the answer; BackendError on failure. Closing the generator cancels the request.
 
         A backend may also have ``stream_chat_wire`` (same arguments, yielding lists of ``(chunk,
-        json)``: :meth:`OpenAIBackend.stream_chat_wire`): a node then calls that instead."""
+        json)``: :meth:`OpenAIBackend.stream_chat_wire`): a node then calls that instead, unless a
+        subclass overrides ``stream_chat`` below the class defining ``stream_chat_wire``."""
         ...
 
     def forward(
@@ -385,6 +386,10 @@ class OpenAIBackend:
                     if type(chunk) is not dict or "error" in chunk or event.event == "error":
                         failure = _stream_error(chunk)
                         break
+                    if not verbatim and not _json_numbers(chunk):
+                        why = "backend chunk holds a number JSON cannot carry (NaN, infinity)"
+                        failure = BackendError(packets.BACKEND_ERROR, why)
+                        break
                     batch.append((chunk, text if verbatim else None))
                 if batch:
                     yield batch
@@ -503,3 +508,13 @@ def _stream_error(chunk: Any) -> BackendError:
         return BackendError(packets.BACKEND_ERROR, message)
     message = _error_text(chunk) or "an error occurred during streaming"
     return BackendError(packets.BACKEND_ERROR, f"backend failed mid-answer: {message}")
+
+
+def _json_numbers(chunk: dict[str, Any]) -> bool:
+    """Whether every number in ``chunk`` is one JSON can carry (no NaN or infinity, which Python's json
+    reads and would write back, and a peer's JSON.parse refuses)."""
+    try:
+        json.dumps(chunk, allow_nan=False)
+    except ValueError:
+        return False
+    return True

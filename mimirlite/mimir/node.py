@@ -511,7 +511,7 @@ class MimirNode(Service):
         """Write the answer's chunks; False when the chat was ended (see ``_review``) before its end."""
         finished = False
         params = clamp_max_tokens(request.params, self.limits.max_tokens)
-        wire = getattr(self.backend, "stream_chat_wire", None)
+        wire = _wire_of(self.backend)
         if wire is not None:
             return await self._answer_wire(
                 wire(model, request.messages, params), stream, request_id, ticket, tally
@@ -719,6 +719,22 @@ class MimirNode(Service):
         if not started:
             raise tunnel.TunnelError(502, "the backend sent no answer", packets.BACKEND_ERROR)
         await stream.close_write()
+
+
+WireChat = Callable[..., AsyncGenerator[list[tuple[dict[str, Any], str | None]], None]]
+"""A backend's ``stream_chat_wire``: lists of ``(chunk, its JSON text or None)``, one list per read."""
+
+
+def _wire_of(backend: Backend) -> WireChat | None:
+    """``backend.stream_chat_wire`` when it gives what ``backend.stream_chat`` would: not when a subclass
+    overrides ``stream_chat`` below the class that defines ``stream_chat_wire``."""
+    mro = type(backend).__mro__
+    wire_owner = next((c for c in mro if "stream_chat_wire" in vars(c)), None)
+    chat_owner = next((c for c in mro if "stream_chat" in vars(c)), None)
+    if wire_owner is None or chat_owner is None or not issubclass(wire_owner, chat_owner):
+        return None
+    wire: WireChat = backend.stream_chat_wire  # type: ignore[attr-defined]
+    return wire
 
 
 async def _send_raw(stream: Stream, data: bytes) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from mimirlite import Host
@@ -64,7 +65,7 @@ async def packets_for(texts: list[str]) -> list[bytes]:
     return bodies[:-1]
 
 
-async def all_packets(texts: list[str]) -> list[bytes]:
+async def all_packets(texts: list[str], backend_class: type[OpenAIBackend] = OpenAIBackend) -> list[bytes]:
     """The bodies of every packet a node writes for a backend streaming ``texts`` (one read)."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -83,7 +84,7 @@ async def all_packets(texts: list[str]) -> list[bytes]:
         Host(listen=["/ip4/127.0.0.1/tcp/0"]) as node_host,
         Host() as peer,
     ):
-        backend = OpenAIBackend(url + "/v1", timeout=5.0)
+        backend = backend_class(url + "/v1", timeout=5.0)
         async with MimirNode(node_host, backend, models=[MODEL], dht=False) as node:
             stream = await peer.new_stream(node.host.listen_addrs[0], packets.CHAT_PROTOCOL)
             async with stream:
@@ -121,3 +122,32 @@ async def test_chunks_before_a_failure_in_the_same_read_are_written_before_the_e
     assert len(bodies) == 3 and stop["event"] == "completionStop", bodies
     assert stop["data"]["error"]["type"] == packets.BACKEND_ERROR
     assert "out of memory" in stop["data"]["error"]["message"]
+
+
+async def test_a_chunk_with_a_number_json_cannot_carry_ends_the_answer() -> None:
+    nan = event_text("x").replace('"created":1', '"created":NaN')  # Python's json reads it, JSON.parse not
+    bodies = await all_packets([VERBATIM[0], nan, event_text("never")])
+    assert bodies[0] == HEAD + VERBATIM[0].encode() + b"}"
+    stop = json.loads(bodies[1])
+    assert len(bodies) == 2 and stop["event"] == "completionStop", bodies
+    assert stop["data"]["error"]["type"] == packets.BACKEND_ERROR
+    assert "NaN" in stop["data"]["error"]["message"]
+    assert all(b"NaN" not in b for b in bodies[:1])
+
+
+class Shouting(OpenAIBackend):
+    """A backend of one's own that changes the chunks in ``stream_chat`` only."""
+
+    async def stream_chat(
+        self, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        async for chunk in super().stream_chat(model, messages, params):
+            delta = chunk["choices"][0]["delta"]
+            delta["content"] = delta.get("content", "").upper()
+            yield chunk
+
+
+async def test_a_subclass_overriding_stream_chat_is_what_the_node_sends() -> None:
+    bodies = await all_packets([event_text("quiet words"), event_text("", finish="stop")], Shouting)
+    contents = [json.loads(b)["data"]["choices"][0]["delta"]["content"] for b in bodies]
+    assert contents == ["QUIET WORDS", ""]
