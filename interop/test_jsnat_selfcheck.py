@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 from jsnat import JsNatPeer
 from jspeer import JsPeerError
-from test_nat_interop import PORT, lab_node, wan_addr
+from test_nat_interop import LAB, PORT, wan_addr
 
 from mimirlite import PeerId
+from tests.helpers.natlab import autonat_on
 from tests.helpers.netns import NatLab, require_nat
 from tests.helpers.waiting import until
 
@@ -113,7 +114,7 @@ async def test_a_js_autonat_server_dials_a_lab_address_only_with_the_shim(shim: 
                 debug="libp2p:auto-nat*",
                 netns=js_host.netns,
             ) as server,
-            lab_node(loop, f"/ip4/{node_host.ip}/tcp/{PORT}") as node,
+            autonat_on(loop, f"/ip4/{node_host.ip}/tcp/{PORT}", LAB) as node,
         ):
             server_id = PeerId.from_string(server.peer_id)
 
