@@ -110,6 +110,24 @@ async def answer_words(view: BrowserPage, n: int) -> None:
     )
 
 
+WORDS = " ".join(f"w{i}" for i in range(40))
+"""A prompt the slow echo model answers word by word, 0.2 s apart: long enough to act mid-answer."""
+
+
+@contextlib.asynccontextmanager
+async def mid_answer(browser_name: tuple[Path, str]) -> AsyncIterator[tuple[Net, BrowserPage]]:
+    """Two nodes (a slow echo, LLAMA) behind a gateway, the page open, and the echo answering
+    :data:`WORDS`: three words shown so far."""
+    async with (
+        network(EchoBackend(delay=0.2), EchoBackend(LLAMA)) as net,
+        browse(net, browser_name) as view,
+    ):
+        await models_listed(view, 2)
+        await ask(view, "echo", WORDS)
+        await answer_words(view, 3)
+        yield net, view
+
+
 async def test_page_lists_the_models_and_the_nodes(browser_name: tuple[Path, str]) -> None:
     async with network(EchoBackend(), EchoBackend(LLAMA)) as net, browse(net, browser_name) as view:
         page = view.page
@@ -163,22 +181,15 @@ async def test_an_answer_streams_in_word_by_word(browser_name: tuple[Path, str])
 
 
 async def test_stop_cancels_the_answer_on_the_node(browser_name: tuple[Path, str]) -> None:
-    words = " ".join(f"w{i}" for i in range(40))
-    async with (
-        network(EchoBackend(delay=0.2), EchoBackend(LLAMA)) as net,
-        browse(net, browser_name) as view,
-    ):
+    async with mid_answer(browser_name) as (net, view):
         page = view.page
         node = net.nodes[0]
-        await models_listed(view, 2)
         before = node.metrics.cancelled
-        await ask(view, "echo", words)
-        await answer_words(view, 3)
         assert await page.is_visible("#stop") and not await page.is_visible("#send")
         await page.click("#stop")
         partial = await answer_state(view, "stopped")
         await until(lambda: node.metrics.cancelled == before + 1, WAIT, "the node saw the cancel")
-        assert partial and words.startswith(partial) and len(partial) < len(words)
+        assert partial and WORDS.startswith(partial) and len(partial) < len(WORDS)
         assert await page.text_content(f"{LAST_ANSWER} .note") == "Stopped."
         assert await page.is_visible("#send") and not await page.is_visible("#stop")
         await view.shot("stopped")
@@ -186,18 +197,11 @@ async def test_stop_cancels_the_answer_on_the_node(browser_name: tuple[Path, str
 
 
 async def test_a_node_that_dies_mid_answer_shows_an_error(browser_name: tuple[Path, str]) -> None:
-    words = " ".join(f"w{i}" for i in range(40))
-    async with (
-        network(EchoBackend(delay=0.2), EchoBackend(LLAMA)) as net,
-        browse(net, browser_name) as view,
-    ):
+    async with mid_answer(browser_name) as (net, view):
         page = view.page
-        await models_listed(view, 2)
-        await ask(view, "echo", words)
-        await answer_words(view, 3)
         await net.kill(0)
         partial = await answer_state(view, "error")
-        assert words.startswith(partial) and len(partial) < len(words)
+        assert WORDS.startswith(partial) and len(partial) < len(WORDS)
         note = str(await page.text_content(f"{LAST_ANSWER} .note"))
         assert "broke off" in note and str(net.hosts[0].peer_id) in note, note
         # the panel and the picker drop the node at their next refresh
@@ -207,18 +211,11 @@ async def test_a_node_that_dies_mid_answer_shows_an_error(browser_name: tuple[Pa
 
 
 async def test_a_gateway_that_goes_away_mid_answer_shows_an_error(browser_name: tuple[Path, str]) -> None:
-    words = " ".join(f"w{i}" for i in range(40))
-    async with (
-        network(EchoBackend(delay=0.2), EchoBackend(LLAMA)) as net,
-        browse(net, browser_name) as view,
-    ):
+    async with mid_answer(browser_name) as (net, view):
         page = view.page
-        await models_listed(view, 2)
-        await ask(view, "echo", words)
-        await answer_words(view, 3)
         await net.gateway.stop()  # the answer's HTTP body ends mid-chunk
         partial = await answer_state(view, "error")
-        assert words.startswith(partial) and len(partial) < len(words)
+        assert WORDS.startswith(partial) and len(partial) < len(WORDS)
         note = str(await page.text_content(f"{LAST_ANSWER} .note"))
         assert note.startswith("The answer broke off: the connection to the gateway failed"), note
         # the next refresh cannot reach the gateway: said at the top
