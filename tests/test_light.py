@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from mimirlite.mimir.http import PROXY_VARS
-from tests.helpers.nodeproc import cli, make_env, started
+from tests.helpers.nodeproc import PROBED_NODE, cli, make_env, probed_modules, started
 from tests.helpers.openai_server import OpenAIServer
 
 HEAVY = ("openai", "httpx", "zeroconf", "pydantic", "h11", "dns", "prometheus_client", "playwright")
@@ -46,17 +46,6 @@ def test_heavy_dependencies_load_where_used() -> None:
     assert "dns" in loaded_after(lookup)
 
 
-# A node process that prints the modules it has loaded when it gets SIGUSR1 (the handler runs in its
-# event loop's thread between two bytecodes: the node goes on serving).
-_PROBED_NODE = """
-import json, signal, sys
-def loaded(signum, frame):
-    print('LOADED ' + json.dumps(sorted(sys.modules)), flush=True)
-signal.signal(signal.SIGUSR1, loaded)
-sys.argv[0] = 'mimirlite'
-from mimirlite.cli import main
-raise SystemExit(main())
-"""
 
 
 async def test_a_node_with_an_openai_compatible_backend_serves_without_the_openai_sdk() -> None:
@@ -69,13 +58,12 @@ async def test_a_node_with_an_openai_compatible_backend_serves_without_the_opena
         env.pop(name.upper(), None)
     async with OpenAIServer(models=["m:1"]) as srv:
         args = ("node", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0", "--backend-url", srv.base_url)
-        async with started("-c", _PROBED_NODE, *args, env=env) as proc:
+        async with started("-c", PROBED_NODE, *args, env=env) as proc:
             banner = await proc.read_banner()
             res = await cli("chat", "--peer", banner.local_addr, "-p", "streamed through the node", env=env)
             assert res.rc == 0 and res.out == "streamed through the node\n", res
             assert srv.streams_completed == 1
-            proc.proc.send_signal(signal.SIGUSR1)
-            modules = json.loads((await proc.read_until("LOADED ")).removeprefix("LOADED "))
+            modules = await probed_modules(proc)
     loaded = {m.split(".")[0] for m in modules}
     assert "h11" in loaded and "mimirlite.mimir.sse" in modules and "mimirlite.mimir.node" in modules
     assert {"openai", "pydantic", "httpx"}.isdisjoint(loaded), sorted(loaded)
@@ -187,7 +175,6 @@ async def test_a_one_shot_chat_loads_neither_openai_nor_pydantic() -> None:
 async def test_a_gateway_answering_chats_loads_neither_openai_nor_pydantic() -> None:
     import asyncio
     import re
-    import signal
 
     import openai
 

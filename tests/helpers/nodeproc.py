@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import re
 import signal
@@ -270,6 +271,28 @@ async def started(
     cmd = (sys.executable, *args)
     async with await Proc.start(*cmd, stdin=stdin, cwd=REPO, env=dict(env), preexec_fn=preexec_fn) as p:
         yield p
+
+
+PROBED_NODE = """
+import json, signal, sys
+def loaded(signum, frame):
+    print('LOADED ' + json.dumps(sorted(sys.modules)), flush=True)
+signal.signal(signal.SIGUSR1, loaded)
+sys.argv[0] = 'mimirlite'
+from mimirlite.cli import main
+raise SystemExit(main())
+"""
+"""``python -c PROBED_NODE ARGS``: ``mimirlite ARGS`` printing the modules it has loaded at each SIGUSR1
+(:func:`probed_modules`; the handler runs in its event loop's thread between two bytecodes: the command
+goes on serving)."""
+
+
+async def probed_modules(proc: Proc) -> list[str]:
+    """The modules a :data:`PROBED_NODE` process has loaded now."""
+    proc.proc.send_signal(signal.SIGUSR1)
+    line = await proc.read_until("LOADED ")
+    modules: list[str] = json.loads(line.removeprefix("LOADED "))
+    return modules
 
 
 def _default_sigint() -> None:

@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 
-from tests.helpers.nodeproc import cli, make_env, started
+from tests.helpers.nodeproc import PROBED_NODE, cli, make_env, probed_modules, started
 from tests.helpers.scrape import Samples, delta, http_get, parse, val
 
-# A node process that prints the modules it has loaded when it gets SIGUSR1 (as in tests/test_light.py).
-PROBED_NODE = """
-import json, signal, sys
-def loaded(signum, frame):
-    print('LOADED ' + json.dumps(sorted(sys.modules)), flush=True)
-signal.signal(signal.SIGUSR1, loaded)
-sys.argv[0] = 'mimirlite'
-from mimirlite.cli import main
-raise SystemExit(main())
-"""
 NODE = ("node", "--no-mdns", "--no-dht", "--listen", "/ip4/127.0.0.1/tcp/0", "--backend", "echo")
 METRICS_LINE = re.compile(r"Metrics at (http://127\.0\.0\.1:(\d+)/metrics)")
 
@@ -51,8 +40,7 @@ async def test_a_node_process_serves_its_metrics_and_they_follow_a_chat() -> Non
         assert delta(before, after, "mimirlite_host_connections_opened_total", direction="outbound") == 0
         assert delta(before, after, "mimirlite_host_received_bytes_total") > 0
         assert (await http_get(port, "/"))[0] == 404
-        proc.proc.send_signal(signal.SIGUSR1)
-        modules = json.loads((await proc.read_until("LOADED ")).removeprefix("LOADED "))
+        modules = await probed_modules(proc)
     assert "prometheus_client" in modules and "mimirlite.metrics_server" in modules
 
 
@@ -62,8 +50,7 @@ async def test_a_node_without_metrics_loads_no_prometheus_client() -> None:
         banner = await proc.read_banner()
         res = await cli("chat", "--peer", banner.local_addr, "-p", "not counted for Prometheus", env=env)
         assert res.rc == 0, res
-        proc.proc.send_signal(signal.SIGUSR1)
-        modules = json.loads((await proc.read_until("LOADED ")).removeprefix("LOADED "))
+        modules = await probed_modules(proc)
         assert not proc.count("Metrics at")
     assert "mimirlite.node" not in modules and "mimirlite.mimir.node" in modules  # the probe saw a node
     assert not [m for m in modules if m.startswith(("prometheus_client", "mimirlite.prometheus"))]
