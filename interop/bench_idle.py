@@ -130,6 +130,18 @@ def watch_stdin(
     threading.Thread(target=run, daemon=True, name="stdin-watch").start()
 
 
+async def next_command(lines: asyncio.Queue[str], stop: asyncio.Event) -> str | None:
+    """The next line the runner sent, stripped; None once ``stop`` is set."""
+    get = asyncio.ensure_future(lines.get())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({get, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not get.done():
+        get.cancel()
+        return None
+    return get.result().strip()
+
+
 # ---------------------------------------------------------------- the node
 
 
@@ -164,14 +176,9 @@ async def node_role(args: argparse.Namespace) -> None:
         emit({"event": "ready", "addr": host.listen_addrs[0], "pid": os.getpid(), "nofile": nofile})
         snapshot: Any = None
         while not stop.is_set():
-            get = asyncio.ensure_future(lines.get())
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({get, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not get.done():
-                get.cancel()
+            cmd = await next_command(lines, stop)
+            if cmd is None:
                 break
-            cmd = get.result().strip()
             if cmd == "count":
                 streams = sum(c.stream_count for c in host.connections.values())
                 emit({"event": "count", "connections": len(host.connections), "streams": streams})
@@ -265,15 +272,8 @@ async def clients_role(args: argparse.Namespace) -> None:
                 "errors": failed[:3],
             }
         )
-        while True:  # "count": how many of our connections are open still
-            get = asyncio.ensure_future(lines.get())
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({get, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not get.done():
-                get.cancel()
-                return
-            if get.result().strip() == "count":
+        while (cmd := await next_command(lines, stop)) is not None:  # "count": our connections open still
+            if cmd == "count":
                 emit({"event": "count", "open": sum(1 for h in hosts if h.connections)})
     finally:
         await asyncio.gather(*(h.stop() for h in hosts), return_exceptions=True)
